@@ -1,0 +1,51 @@
+# Gantry: the two commands a new user needs are `make up` and `make test` (see README.md).
+# Every target installs what it needs itself, so a fresh Debian machine goes from clone to
+# green with nothing done by hand.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STATE_DIR ?= $(CURDIR)/.state
+export STATE_DIR
+export DATABASE_URL ?= postgres://gantry:gantry@127.0.0.1:5432/gantry
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: help venv services sysdeps migrate up test test-cloud test-agent bench clean
+
+help:
+	@echo "make up     - run the whole service on http://127.0.0.1:8000 (installs what is missing)"
+	@echo "make test   - install everything and run the test suites"
+	@echo "make bench  - run the benchmarks under bench/ and print their figures"
+
+# The venv is rebuilt only when pyproject.toml changes (the stamp records that).
+$(VENV)/.stamp: pyproject.toml
+	@scripts/ensure-python.sh $(PY)
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[agent,dev]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+# Debian packages the project uses (QEMU, busybox, registry, nftables, ...); installs only missing ones.
+sysdeps:
+	@scripts/ensure-debs.sh
+
+# PostgreSQL and Redis: use DATABASE_URL / REDIS_URL when they answer, else start (and if need be
+# install) the local Debian servers and create the gantry role.
+services: venv
+	@scripts/ensure-services.sh
+
+migrate: services
+	$(BIN)/python manage.py migrate --noinput
+
+test: venv sysdeps services
+	$(BIN)/pytest -q -p no:cacheprovider --create-db
+
+bench: venv sysdeps services
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .state
+
+-include mk/*.mk

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The node runtime's Debian packages (DESIGN.md section 2). The guest kernel is not installed
+# here: the agent fetches it with `apt-get download` into its own data dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/apt-install.sh qemu-system-x86 qemu-utils busybox-static e2fsprogs nftables iproute2 \
+  docker-registry skopeo umoci ca-certificates
