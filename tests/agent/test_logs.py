@@ -1,0 +1,144 @@
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from nodes.agent.logs import MAX_LINE_BYTES, LogReader, convert
+from nodes.agent.state import VmPaths
+
+
+def _paths(tmp_path):
+    d = tmp_path / "vm"
+    d.mkdir()
+    return VmPaths(d)
+
+
+def _append(path, data: bytes):
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def test_lines_get_one_seq_across_streams_and_keep_stream_order(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"out 1\nout 2\n")
+    _append(p.stderr, b"err 1\n")
+    first = convert(p)
+    _append(p.stdout, b"out 3\n")
+    second = convert(p)
+    assert [(x.seq, x.stream, x.message) for x in first + second] == [
+        (1, "stdout", "out 1"),
+        (2, "stdout", "out 2"),
+        (3, "stderr", "err 1"),
+        (4, "stdout", "out 3"),
+    ]
+    assert [x.seq for x in LogReader(p).read_all()] == [1, 2, 3, 4]
+
+
+def test_partial_line_waits_for_its_newline_unless_the_vm_ended(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"hel")
+    assert convert(p) == []
+    _append(p.stdout, b"lo\nwor")
+    assert [x.message for x in convert(p)] == ["hello"]
+    assert [x.message for x in convert(p, final=True)] == ["wor"]
+    assert convert(p, final=True) == []
+
+
+def test_conversion_is_idempotent(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"a\nb\n")
+    convert(p)
+    assert convert(p) == []
+    assert convert(p, final=True) == []
+    assert len(LogReader(p).read_all()) == 2
+
+
+def test_torn_last_record_is_cut_and_conversion_resumes(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"a\nb\n")
+    convert(p)
+    # A kill in the middle of the record write leaves half a JSON line behind.
+    _append(p.logs, b'{"seq": 3, "ts": 1, "stream": "std')
+    _append(p.stdout, b"c\n")
+    assert [(x.seq, x.message) for x in convert(p)] == [(3, "c")]
+    records = [json.loads(line) for line in p.logs.read_text().splitlines()]
+    assert [r["seq"] for r in records] == [1, 2, 3]
+    assert records[-1]["off"] == [6, 0]
+
+
+def test_line_without_newline_is_cut_at_the_limit(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"x" * (MAX_LINE_BYTES * 2 + 10))
+    lines = convert(p)
+    assert [len(x.message) for x in lines] == [MAX_LINE_BYTES, MAX_LINE_BYTES]
+    assert [len(x.message) for x in convert(p, final=True)] == [10]
+
+
+def test_invalid_utf8_and_crlf_are_tolerated(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stderr, b"bad \xff byte\r\n")
+    assert [x.message for x in convert(p)] == ["bad \ufffd byte"]
+
+
+def test_reader_skips_up_to_after_seq_and_follows_new_records(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"1\n2\n3\n")
+    convert(p)
+    reader = LogReader(p, after_seq=2)
+    assert [x.message for x in reader.read_new()] == ["3"]
+    assert reader.read_new() == []
+    _append(p.stderr, b"4\n")
+    convert(p)
+    assert [(x.seq, x.message) for x in reader.read_new()] == [(4, "4")]
+
+
+_CONVERTER = """
+import sys, time
+from pathlib import Path
+from nodes.agent.logs import convert
+from nodes.agent.state import VmPaths
+p = VmPaths(Path(sys.argv[1]))
+print("ready", flush=True)
+while True:
+    convert(p)
+"""
+
+
+def test_sigkill_at_any_point_loses_or_repeats_no_line(tmp_path):
+    """A converter process is SIGKILLed again and again while both streams grow; every line
+    must end up in logs.jsonl exactly once, in stream order, with contiguous seq."""
+    p = _paths(tmp_path)
+    rnd = random.Random(10)
+    n = 6000
+    pending = {"stdout": [f"out {i} {'o' * rnd.randint(0, 300)}\n".encode() for i in range(n)],
+               "stderr": [f"err {i}\n".encode() for i in range(n)]}
+    data = {k: b"".join(v) for k, v in pending.items()}
+    written = {"stdout": 0, "stderr": 0}
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    kills = 0
+    while kills < 25:
+        proc = subprocess.Popen([sys.executable, "-c", _CONVERTER, str(p.dir)], env=env, stdout=subprocess.PIPE)
+        assert proc.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + rnd.uniform(0.01, 0.15)
+        while time.monotonic() < deadline:
+            for stream in ("stdout", "stderr"):
+                # Arbitrary chunk sizes: lines arrive split anywhere.
+                step = rnd.randint(1, 20000)
+                chunk = data[stream][written[stream] : written[stream] + step]
+                _append(getattr(p, stream), chunk)
+                written[stream] += len(chunk)
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    for stream in ("stdout", "stderr"):
+        _append(getattr(p, stream), data[stream][written[stream] :])
+    convert(p, final=True)
+    lines = LogReader(p).read_all()
+    assert [x.seq for x in lines] == list(range(1, 2 * n + 1))
+    for stream in ("stdout", "stderr"):
+        got = [x.message + "\n" for x in lines if x.stream == stream]
+        assert got == [b.decode() for b in pending[stream]]
