@@ -1,0 +1,32 @@
+"""django-oauth-toolkit wiring: which scopes exist and who may be granted which."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from oauth2_provider.oauth2_validators import OAuth2Validator
+from oauth2_provider.scopes import SettingsScopes
+
+
+class GantryScopes(SettingsScopes):
+    """`nodes:admin` is offered only to staff: a customer's token can never carry it, whatever
+    the client asks for."""
+
+    def get_available_scopes(self, application=None, request=None, *args, **kwargs):
+        scopes = list(settings.SCOPES)
+        user = getattr(request, "user", None) if request is not None else None
+        if user is None and application is not None:
+            user = application.user
+        if not (user is not None and getattr(user, "is_staff", False)):
+            scopes.remove("nodes:admin")
+        return scopes
+
+
+class GantryOAuth2Validator(OAuth2Validator):
+    def validate_scopes(self, client_id, scopes, client, request, *args, **kwargs):
+        # For client credentials the requesting "user" is the application's owner (usually none):
+        # only customer scopes, unless a staff member owns the client.
+        available = set(GantryScopes().get_available_scopes(application=client, request=None))
+        account = getattr(client, "service_account", None) if client is not None else None
+        if account is not None and account.scopes:
+            available &= set(account.scopes.split())
+        return set(scopes).issubset(available)

@@ -1,0 +1,63 @@
+"""Reads about tenants and who may act for them."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from oauth2_provider.models import AbstractApplication
+
+from accounts.models import Membership, ServiceAccount, Tenant
+from cloud.exceptions import ApplicationError
+
+
+class TenantForbidden(ApplicationError):
+    status = 403
+    title = "Forbidden"
+    code = "tenant_forbidden"
+
+
+def memberships_for(*, user) -> QuerySet[Membership]:
+    return Membership.objects.filter(user=user).select_related("tenant")
+
+
+def personal_tenant_for(*, user) -> Tenant | None:
+    membership = (
+        memberships_for(user=user)
+        .filter(tenant__personal=True, role=Membership.Role.OWNER)
+        .order_by("created_at")
+        .first()
+    )
+    return membership.tenant if membership else None
+
+
+def tenant_for_request(*, user, token, tenant_slug: str | None) -> tuple[Tenant, str]:
+    """The one tenant a request acts for, and the caller's role in it.
+
+    A client-credentials token acts for its service account's tenant and nothing else. A user
+    (token or session) acts for the tenant named by X-Tenant, else their personal one; naming a
+    tenant they do not belong to is a 403 (the issue's rule: unlike objects, tenant slugs are
+    not secret, and a clear "not a member" helps a user with several organisations).
+    """
+    application = getattr(token, "application", None)
+    if application is not None and application.authorization_grant_type == AbstractApplication.GRANT_CLIENT_CREDENTIALS:
+        account = ServiceAccount.objects.select_related("tenant").filter(application=application).first()
+        if account is None:
+            raise TenantForbidden("This client is not a service account of any tenant.")
+        if tenant_slug and tenant_slug != account.tenant.slug:
+            raise TenantForbidden(f"This client acts only for tenant '{account.tenant.slug}'.")
+        return account.tenant, "service"
+
+    if user is None or not user.is_authenticated:
+        raise TenantForbidden("No user is bound to these credentials.")
+    if tenant_slug:
+        membership = memberships_for(user=user).filter(tenant__slug=tenant_slug).first()
+        if membership is None:
+            raise TenantForbidden(f"You are not a member of tenant '{tenant_slug}'.")
+        return membership.tenant, membership.role
+    membership = (
+        memberships_for(user=user)
+        .order_by("-tenant__personal", "created_at")
+        .first()
+    )
+    if membership is None:
+        raise TenantForbidden("Your account belongs to no tenant; ask an operator to add you to one.")
+    return membership.tenant, membership.role

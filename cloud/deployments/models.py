@@ -1,0 +1,171 @@
+"""Deployments, their replicas, their logs and their event feed."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.db import models
+from django.db.models import Q
+
+from cloud import crypto
+
+
+class Deployment(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        STARTING = "starting"
+        RUNNING = "running"
+        STOPPING = "stopping"
+        STOPPED = "stopped"
+        FAILED = "failed"
+        EXPIRED = "expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="deployments")
+    name = models.CharField(max_length=100)
+    template = models.ForeignKey("catalog.Template", null=True, blank=True, on_delete=models.SET_NULL, related_name="deployments")
+    image = models.CharField(max_length=512)
+    registry_username = models.CharField(max_length=200, blank=True)
+    registry_secret_encrypted = models.TextField(blank=True, editable=False)
+    env = models.JSONField(default=dict, blank=True)
+    secret_env_encrypted = models.TextField(blank=True, editable=False)
+    # Only the names: what the API and admin may show without decrypting anything.
+    secret_env_keys = models.JSONField(default=list, blank=True, editable=False)
+    entrypoint = models.JSONField(null=True, blank=True)
+    args = models.JSONField(null=True, blank=True)
+    traffic_port = models.PositiveIntegerField(null=True, blank=True)
+    gpus_per_container = models.PositiveSmallIntegerField()
+    hardware_type = models.ForeignKey("nodes.HardwareType", on_delete=models.PROTECT, related_name="deployments")
+    locations = models.ManyToManyField("nodes.Location", blank=True, related_name="deployments")
+    node = models.ForeignKey("nodes.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="pinned_deployments")
+    replica_count = models.PositiveSmallIntegerField(default=1)
+    duration_hours = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status_reason = models.CharField(max_length=500, blank=True)
+    price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4, help_text="locked in at creation")
+    total_cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="deployment_unique_tenant_name")]
+        indexes = [
+            # The list endpoint: one tenant, newest first, optionally by status.
+            models.Index(fields=["tenant", "-created_at", "-id"], name="deployment_tenant_recent_idx"),
+            models.Index(fields=["tenant", "status", "-created_at"], name="deployment_tenant_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+    # Secrets are written through these setters and only read by the code that builds the
+    # agent's replica.start message; nothing else decrypts them.
+    def set_secret_env(self, values: dict[str, str]) -> None:
+        self.secret_env_encrypted = crypto.encrypt_json(values) if values else ""
+        self.secret_env_keys = sorted(values)
+
+    def get_secret_env(self) -> dict[str, str]:
+        return crypto.decrypt_json(self.secret_env_encrypted) or {}
+
+    def set_registry_secret(self, secret: str | None) -> None:
+        self.registry_secret_encrypted = crypto.encrypt(secret) if secret else ""
+
+    def get_registry_secret(self) -> str | None:
+        return crypto.decrypt(self.registry_secret_encrypted) if self.registry_secret_encrypted else None
+
+    @property
+    def gpus_total(self) -> int:
+        return self.gpus_per_container * self.replica_count
+
+
+class Replica(models.Model):
+    class State(models.TextChoices):
+        PENDING = "pending"
+        PULLING = "pulling"
+        BOOTING = "booting"
+        STARTING = "starting"
+        RUNNING = "running"
+        STOPPING = "stopping"
+        STOPPED = "stopped"
+        FAILED = "failed"
+        LOST = "lost"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replicas")
+    ordinal = models.PositiveSmallIntegerField()
+    node = models.ForeignKey("nodes.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="replicas")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING, db_index=True)
+    # Every non-running replica says why: "no capacity of 8x H100 in us-east", "pulling 312/870 MB".
+    reason = models.CharField(max_length=500, blank=True)
+    vm_address = models.GenericIPAddressField(null=True, blank=True)
+    host_port = models.PositiveIntegerField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["deployment_id", "ordinal"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "ordinal"], name="replica_unique_ordinal")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}-{self.ordinal}"
+
+
+class LogLine(models.Model):
+    class Stream(models.TextChoices):
+        STDOUT = "stdout"
+        STDERR = "stderr"
+        SYSTEM = "system"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="log_lines")
+    replica = models.ForeignKey(Replica, on_delete=models.CASCADE, related_name="log_lines")
+    # Numbered by the agent per replica: a resend after a reconnect hits the unique key and is
+    # dropped; a missing number is a visible gap, never a silent loss.
+    seq = models.PositiveBigIntegerField()
+    ts = models.DateTimeField()
+    stream = models.CharField(max_length=6, choices=Stream.choices)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["ts", "replica_id", "seq"]
+        constraints = [models.UniqueConstraint(fields=["replica", "seq"], name="logline_unique_replica_seq")]
+        indexes = [models.Index(fields=["deployment", "-ts"], name="logline_deployment_ts_idx")]
+
+
+class Event(models.Model):
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="events")
+    deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=50)
+    payload = models.JSONField(default=dict, blank=True)
+    ts = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["deployment", "id"], name="event_deployment_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.type} @ {self.ts:%Y-%m-%d %H:%M:%S}"
+
+
+class IdempotencyKey(models.Model):
+    """The first answer to a POST made with an `Idempotency-Key` header, per tenant.
+
+    The fingerprint of the request body is kept too, so the same key reused with a different
+    body is a 409 rather than a silent replay of an unrelated deployment.
+    """
+
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    deployment = models.ForeignKey(Deployment, null=True, on_delete=models.SET_NULL, related_name="+")
+    status_code = models.PositiveSmallIntegerField()
+    response = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="idempotency_unique_tenant_key")]

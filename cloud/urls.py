@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+import cloud.openapi  # noqa: F401  (registers the scoped OAuth2 security scheme)
+from cloud import health
+
+api_v1 = [
+    path("", include("cloud.deployments.urls")),
+    path("", include("templates.urls")),
+    path("", include("nodes.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+]
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("api/v1/", include(api_v1)),
+    path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
+    path("accounts/", include("accounts.urls")),
+    path("admin/", admin.site.urls),
+]

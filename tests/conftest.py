@@ -1,0 +1,75 @@
+"""The fixed cast every API test uses (STYLE.md: healthchecks' alice/bob/charlie):
+
+- alice owns tenant "acme" (and has her personal tenant too);
+- bob is a plain member of "acme";
+- mallory owns tenant "evil" and belongs nowhere else.
+So "someone else's object" is one line in any test: create it for mallory, ask as alice.
+"""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.models import Membership
+from tests.factories import MembershipFactory, TenantFactory, UserFactory, issue_token
+
+
+@pytest.fixture
+def acme(db):
+    return TenantFactory(slug="acme", name="Acme Corp")
+
+
+@pytest.fixture
+def evil(db):
+    return TenantFactory(slug="evil", name="Evil Corp")
+
+
+@pytest.fixture
+def alice(acme):
+    user = UserFactory(username="alice@example.com")
+    MembershipFactory(user=user, tenant=acme, role=Membership.Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def bob(acme):
+    user = UserFactory(username="bob@example.com")
+    MembershipFactory(user=user, tenant=acme, role=Membership.Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def mallory(evil):
+    user = UserFactory(username="mallory@example.com")
+    MembershipFactory(user=user, tenant=evil, role=Membership.Role.OWNER)
+    return user
+
+
+def client_for(user=None, *, scopes: str = "deployments:read deployments:write templates:read billing:read",
+               tenant: str | None = None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        token = issue_token(user=user, scopes=scopes)
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token.token}", **({"HTTP_X_TENANT": tenant} if tenant else {}))
+    return client
+
+
+@pytest.fixture
+def as_alice(alice):
+    return client_for(alice, tenant="acme")
+
+
+@pytest.fixture
+def as_bob(bob):
+    return client_for(bob, tenant="acme")
+
+
+@pytest.fixture
+def as_mallory(mallory):
+    return client_for(mallory, tenant="evil")
+
+
+@pytest.fixture
+def anonymous():
+    return APIClient()
