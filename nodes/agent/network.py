@@ -1,0 +1,274 @@
+"""Host networking for microVMs: one bridge per host, one TAP per VM, NAT and published ports.
+
+Layout on a node (defaults):
+
+    VM eth0 172.31.240.x ── TAP gt<hash> ── bridge gantry0 172.31.240.1 ── host routing ── uplink
+
+Links and addresses go through netlink (pyroute2), packet rewriting through one nftables
+table of ours (`ip gantry`, see `net/nft.py`). Addresses and host ports are leased in
+`<state_dir>/network.json`, so an agent restart re-derives exactly what it had. Every method
+measures before it acts: calling it again on a converged host changes nothing.
+
+The agent manages the namespace it runs in (the host's root namespace). `netns=` points the
+same code at a named namespace instead; the tests use it to build everything inside a
+throwaway namespace of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pyroute2 import AsyncIPRoute
+
+from nodes.agent.errors import AgentError
+from nodes.agent.net.host import NetnsHost
+from nodes.agent.net.leases import LeaseFile, Leases, VmLease
+from nodes.agent.net.nft import HOST_OWNER, VM_OWNER_PREFIX, NftTable, Rule, vm_owner
+
+__all__ = ["LinuxNetwork", "Network", "NetworkConfig", "VmNetwork", "tap_name", "vm_mac"]
+
+IFF_UP = 0x1
+LOOPBACK_NET = "127.0.0.0/8"
+# Our VM names end up in interface aliases and nft comments (quoted strings, 128 bytes at
+# most), so they are held to a conservative alphabet with no ':' (the comment separator).
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_ALIAS_PREFIX = VM_OWNER_PREFIX  # "gantry:vm:<name>" on each TAP, read back by owned()
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    bridge: str = "gantry0"
+    subnet: ipaddress.IPv4Network = field(default_factory=lambda: ipaddress.IPv4Network("172.31.240.0/24"))
+    host_port_range: tuple[int, int] = (30000, 32767)
+    publish_address: str = "0.0.0.0"  # 0.0.0.0: every local address of the node
+    uplink: str | None = None  # None: masquerade whatever leaves by any link but the bridge
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return self.subnet.network_address + 1
+
+
+@dataclass(frozen=True)
+class VmNetwork:
+    tap: str
+    mac: str
+    address: ipaddress.IPv4Address
+    gateway: ipaddress.IPv4Address
+    prefixlen: int
+
+
+class Network(Protocol):
+    async def ensure_host(self) -> None: ...
+
+    async def ensure_tap(self, name: str) -> VmNetwork: ...
+
+    async def publish_port(self, name: str, guest_port: int, host_port: int | None = None) -> int: ...
+
+    async def remove(self, name: str) -> None: ...
+
+    async def owned(self) -> set[str]: ...
+
+
+def tap_name(name: str) -> str:
+    # Linux caps interface names at 15 bytes; 10 hex chars of a hash keep collisions
+    # negligible for the few hundred VMs a host runs.
+    return "gt" + hashlib.sha256(name.encode()).hexdigest()[:10]
+
+
+def vm_mac(name: str) -> str:
+    # 02: a locally administered unicast address, stable per name so a restarted VM keeps
+    # the MAC its neighbours have cached for its (equally stable) leased address.
+    digest = hashlib.sha256(b"mac:" + name.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def _check_name(name: str) -> None:
+    if not _NAME_RE.fullmatch(name):
+        raise AgentError(f"invalid VM name {name!r} for networking", permanent=True)
+
+
+class LinuxNetwork:
+    def __init__(self, config: NetworkConfig, state_dir: Path, *, netns: str | None = None):
+        if len(config.bridge.encode()) > 15:
+            raise AgentError(f"bridge name {config.bridge!r} is longer than 15 bytes", permanent=True)
+        if config.subnet.prefixlen > 29:
+            raise AgentError(f"subnet {config.subnet} is too small for VMs", permanent=True)
+        self.config = config
+        self.netns = netns
+        self._host = NetnsHost(netns)
+        self._nft = NftTable(self._host)
+        self._leases = LeaseFile(Path(state_dir) / "network.json")
+
+    # -- the Network protocol ---------------------------------------------------------------
+
+    async def ensure_host(self) -> None:
+        async with self._leases.locked():
+            await self._ensure_host()
+
+    async def ensure_tap(self, name: str) -> VmNetwork:
+        _check_name(name)
+        async with self._leases.locked():
+            await self._ensure_host()
+            lease = await self._lease_address(name)
+            tap = tap_name(name)
+            async with self._ipr() as ipr:
+                bridge = await self._link_index(ipr, self.config.bridge)
+                index = await self._link_index(ipr, tap)
+                if index is None:
+                    # A persistent TAP owned by root: QEMU (root) attaches to it by name later,
+                    # and it outlives both QEMU and the agent until remove() deletes it.
+                    await ipr.link(
+                        "add",
+                        ifname=tap,
+                        kind="tuntap",
+                        mode="tap",
+                        uid=0,
+                        ifr={"no_pi": True, "one_queue": False, "vnet_hdr": True, "multi_queue": False},
+                    )
+                    index = await self._link_index(ipr, tap)
+                link = await self._link(ipr, index)
+                if link.get(("linkinfo", "kind")) != "tun":
+                    raise AgentError(f"{tap} exists and is not a TAP device; remove it", permanent=True)
+                alias = f"{_ALIAS_PREFIX}{name}"
+                if (
+                    link.get("master") != bridge
+                    or not link["flags"] & IFF_UP
+                    or link.get("ifalias") != alias
+                ):
+                    await ipr.link("set", index=index, master=bridge, state="up", ifalias=alias)
+        return VmNetwork(tap, vm_mac(name), lease.address, self.config.gateway, self.config.subnet.prefixlen)
+
+    async def publish_port(self, name: str, guest_port: int, host_port: int | None = None) -> int:
+        _check_name(name)
+        for port in (guest_port, host_port):
+            if port is not None and not 0 < port < 65536:
+                raise AgentError(f"invalid port {port}", permanent=True)
+        async with self._leases.locked():
+            await self._ensure_host()
+            leases = await self._leases.read()
+            before = leases.to_json()
+            lease = leases.lease_address(name, self.config.subnet, {self.config.gateway})
+            published = leases.lease_port(name, guest_port, host_port, self.config.host_port_range)
+            if leases.to_json() != before:
+                await self._leases.write(leases)
+            await self._nft.sync(vm_owner(name), self._vm_rules(lease))
+        return published
+
+    async def remove(self, name: str) -> None:
+        # Rules, then the TAP, then the lease: a crash half-way leaves the lease behind, so
+        # owned() still names the VM and the next cleanup finishes the job.
+        async with self._leases.locked():
+            await self._nft.sync(vm_owner(name), [])
+            async with self._ipr() as ipr:
+                index = await self._link_index(ipr, tap_name(name))
+                if index is not None:
+                    await ipr.link("del", index=index)
+            leases = await self._leases.read()
+            if leases.vms.pop(name, None) is not None:
+                await self._leases.write(leases)
+
+    async def owned(self) -> set[str]:
+        names = set((await self._leases.read()).vms)
+        names |= {owner.removeprefix(VM_OWNER_PREFIX) for owner in await self._nft.owners() if owner != HOST_OWNER}
+        async with self._ipr() as ipr:
+            async for link in await ipr.get_links():
+                alias = link.get("ifalias") or ""
+                if alias.startswith(_ALIAS_PREFIX):
+                    names.add(alias.removeprefix(_ALIAS_PREFIX))
+        return names
+
+    # -- steps ------------------------------------------------------------------------------
+
+    async def _ensure_host(self) -> None:
+        cfg = self.config
+        async with self._ipr() as ipr:
+            index = await self._link_index(ipr, cfg.bridge)
+            if index is None:
+                # A fixed MAC: a bridge otherwise takes the lowest MAC of its ports, which
+                # changes as VMs come and go and makes every guest's ARP entry go stale.
+                await ipr.link("add", ifname=cfg.bridge, kind="bridge", address=vm_mac(f"bridge:{cfg.bridge}"))
+                index = await self._link_index(ipr, cfg.bridge)
+            link = await self._link(ipr, index)
+            if link.get(("linkinfo", "kind")) != "bridge":
+                raise AgentError(f"{cfg.bridge} exists and is not a bridge", permanent=True)
+            have = {
+                (addr.get("address"), addr["prefixlen"]) async for addr in await ipr.get_addr(index=index)
+            }
+            if (str(cfg.gateway), cfg.subnet.prefixlen) not in have:
+                await ipr.addr("add", index=index, address=str(cfg.gateway), prefixlen=cfg.subnet.prefixlen)
+            if not link["flags"] & IFF_UP:
+                await ipr.link("set", index=index, state="up")
+        await self._host.ensure_sysctl("net/ipv4/ip_forward", "1")
+        # Published ports must answer `curl 127.0.0.1:<port>` on the node itself: the output
+        # chain DNATs such a connection to the VM, but the kernel refuses to route a packet
+        # with a 127/8 source out of a non-loopback link ("martian") unless route_localnet is
+        # set on that link. We set it on the bridge only, masquerade 127/8 sources leaving
+        # by the bridge (so the VM sees and answers the gateway, and conntrack maps the reply
+        # back), and drop anything arriving from the bridge with a 127/8 source or
+        # destination, which route_localnet would otherwise let a VM send to the host's
+        # loopback services (the hole of kubernetes CVE-2020-8558).
+        await self._host.ensure_sysctl(f"net/ipv4/conf/{cfg.bridge}/route_localnet", "1")
+        await self._nft.sync(HOST_OWNER, self._host_rules())
+
+    def _host_rules(self) -> list[Rule]:
+        br, subnet = f'"{self.config.bridge}"', self.config.subnet
+        out = f'oifname "{self.config.uplink}"' if self.config.uplink else f"oifname != {br}"
+        return [
+            Rule("guard", f"iifname {br} ip saddr {LOOPBACK_NET} drop"),
+            Rule("guard", f"iifname {br} ip daddr {LOOPBACK_NET} drop"),
+            # Egress: VMs reach the world as the node's own address.
+            Rule("postrouting", f"ip saddr {subnet} {out} masquerade"),
+            # Host-local clients of published ports (see route_localnet above).
+            Rule("postrouting", f"ip saddr {LOOPBACK_NET} oifname {br} masquerade"),
+            # Hairpin: a VM calling a published port (its own or another VM's) must see the
+            # answer come back through the gateway, not straight from the VM it reached.
+            Rule("postrouting", f"ip saddr {subnet} oifname {br} ct status dnat masquerade"),
+            Rule("forward", f"iifname {br} accept"),
+            Rule("forward", f"oifname {br} accept"),
+        ]
+
+    def _vm_rules(self, lease: VmLease) -> list[Rule]:
+        if self.config.publish_address == "0.0.0.0":
+            outside = local = "fib daddr type local"
+        else:
+            outside = f"ip daddr {self.config.publish_address}"
+            local = f"ip daddr {{ {LOOPBACK_NET}, {self.config.publish_address} }}"
+        rules = []
+        for guest, host in sorted(lease.ports.items()):
+            target = f"tcp dport {host} dnat to {lease.address}:{guest}"
+            rules.append(Rule("prerouting", f"{outside} {target}"))  # from other machines
+            rules.append(Rule("output", f"{local} {target}"))  # from the node itself
+        return rules
+
+    async def _lease_address(self, name: str) -> VmLease:
+        leases: Leases = await self._leases.read()
+        before = leases.to_json()
+        lease = leases.lease_address(name, self.config.subnet, {self.config.gateway})
+        if leases.to_json() != before:
+            await self._leases.write(leases)
+        return lease
+
+    @contextlib.asynccontextmanager
+    async def _ipr(self) -> AsyncIterator[AsyncIPRoute]:
+        # flags=0: pyroute2 would otherwise create a missing namespace (O_CREAT by default).
+        ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
+        async with ipr:
+            yield ipr
+
+    @staticmethod
+    async def _link_index(ipr: AsyncIPRoute, ifname: str) -> int | None:
+        found = await ipr.link_lookup(ifname=ifname)
+        return found[0] if found else None
+
+    @staticmethod
+    async def _link(ipr: AsyncIPRoute, index: int):
+        async for link in await ipr.get_links(index):
+            return link
+        raise AgentError(f"link {index} vanished while being configured")
