@@ -39,6 +39,9 @@ services: venv
 migrate: services
 	$(BIN)/python manage.py migrate --noinput
 
+up: venv services
+	@scripts/up.sh
+
 test: venv sysdeps services
 	$(BIN)/pytest -q -p no:cacheprovider --create-db
 

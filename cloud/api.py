@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
+from django.core.exceptions import ImproperlyConfigured
 from rest_framework import serializers, viewsets
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import BasePagination
@@ -22,7 +23,7 @@ class TenantScopedViewSet(viewsets.GenericViewSet):
     lookup_value_regex = "[^/]+"
 
     def scoped_queryset(self, *, tenant):
-        raise NotImplementedError("a TenantScopedViewSet names its selector in scoped_queryset()")
+        raise ImproperlyConfigured(f"{type(self).__name__} must name its selector in scoped_queryset()")
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no tenant
