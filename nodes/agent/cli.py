@@ -1,0 +1,232 @@
+"""The operator CLI: `gantry-agent vm run|ls|logs|stop|rm` and `gantry-agent doctor`.
+
+Every command prints JSON on stdout (`vm logs` and progress events: one object per line) and
+reports failures as {"error": ...} with exit code 1 (the operation failed) or 2 (bad usage),
+never a traceback. The CLI is not a daemon: each command builds a MicroVmRuntime over the
+data dir, lets it recover what it finds there, does its one thing and exits; the VMs keep
+running, because QEMU is detached and writes its streams to files (see docs/runtime.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from nodes.agent.errors import AgentError
+from nodes.protocol import ReplicaSpec
+
+DEFAULT_DATA_DIR = Path("/var/lib/gantry-agent")
+# Set in the environment of the re-executed CLI, so `--netns` enters the namespace once.
+_NETNS_ENV = "GANTRY_AGENT_NETNS"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print usage text and exit 2
+        raise UsageError(message)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _entrypoint(text: str) -> list[str]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--entrypoint must be a JSON list of strings: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise argparse.ArgumentTypeError("--entrypoint must be a JSON list of strings")
+    return value
+
+
+def _common(*, defaults: bool) -> argparse.ArgumentParser:
+    # Subcommands take the same options, but without defaults of their own: argparse would
+    # otherwise let a subparser's default overwrite a value given before the subcommand.
+    def d(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    common = _Parser(add_help=False)
+    common.add_argument("--data-dir", type=Path, default=d(DEFAULT_DATA_DIR))
+    common.add_argument("--netns", default=d(None), help="run inside this network namespace (ip netns), QEMU included")
+    common.add_argument("--bridge", default=d("gantry0"))
+    common.add_argument("--subnet", type=ipaddress.IPv4Network, default=d(ipaddress.IPv4Network("172.31.240.0/24")))
+    common.add_argument("--insecure-registry", action="append", default=d(None),
+                        help="registry reached over plain HTTP (default: 127.0.0.1:5000, localhost:5000)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common(defaults=False)
+    parser = _Parser(prog="gantry-agent", parents=[_common(defaults=True)])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    vm = sub.add_parser("vm", parents=[common]).add_subparsers(dest="vm_command", required=True)
+
+    run = vm.add_parser("run", parents=[common])
+    run.add_argument("name")
+    run.add_argument("--image", required=True)
+    run.add_argument("--env", type=_key_value, action="append", default=[])
+    run.add_argument("--secret-env", type=_key_value, action="append", default=[])
+    run.add_argument("--entrypoint", type=_entrypoint)
+    run.add_argument("--arg", action="append", dest="args")
+    run.add_argument("--port", type=int)
+    run.add_argument("--vcpus", type=int, default=1)
+    run.add_argument("--memory-mib", type=int, default=256)
+    run.add_argument("--registry-user")
+    run.add_argument("--registry-password-file", type=Path)
+
+    vm.add_parser("ls", parents=[common])
+    logs = vm.add_parser("logs", parents=[common])
+    logs.add_argument("name")
+    logs.add_argument("--follow", action="store_true")
+    logs.add_argument("--after-seq", type=int, default=0)
+    for cmd in ("stop", "rm"):
+        vm.add_parser(cmd, parents=[common]).add_argument("name")
+    sub.add_parser("doctor", parents=[common])
+    return parser
+
+
+def _emit(obj: Any, stream=None) -> None:
+    stream = stream or sys.stdout
+    stream.write(json.dumps(obj, sort_keys=True) + "\n")
+    stream.flush()
+
+
+def build_runtime(args: argparse.Namespace):
+    # Imported here so `--help` and usage errors work even where a piece fails to import.
+    from nodes.agent.images import OciImageStore
+    from nodes.agent.network import LinuxNetwork, NetworkConfig
+    from nodes.agent.runtime import MicroVmRuntime
+
+    kwargs = {}
+    if args.insecure_registry:
+        kwargs["insecure_registries"] = frozenset(args.insecure_registry)
+    images = OciImageStore(args.data_dir / "images", **kwargs)
+    network = LinuxNetwork(NetworkConfig(bridge=args.bridge, subnet=args.subnet), args.data_dir / "network")
+    return MicroVmRuntime(args.data_dir, images=images, network=network)
+
+
+def _spec(args: argparse.Namespace) -> ReplicaSpec:
+    password = None
+    if args.registry_password_file is not None:
+        if args.registry_user is None:
+            raise UsageError("--registry-password-file needs --registry-user")
+        try:
+            password = args.registry_password_file.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read --registry-password-file: {exc.strerror}") from None
+    return ReplicaSpec(
+        name=args.name,
+        image=args.image,
+        registry_username=args.registry_user,
+        registry_password=password if args.registry_user is not None else None,
+        env=dict(args.env),
+        secret_env=dict(args.secret_env),
+        entrypoint=args.entrypoint,
+        args=args.args,
+        traffic_port=args.port,
+        vcpus=args.vcpus,
+        memory_mib=args.memory_mib,
+    )
+
+
+async def _run(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    runtime = build_runtime(args)
+    queue = runtime.subscribe()
+
+    async def progress() -> None:
+        while True:
+            event = await queue.get()
+            if event.name == spec.name:
+                _emit(event.to_dict(), sys.stderr)
+
+    printer = asyncio.create_task(progress())
+    try:
+        await runtime.recover()
+        info = await runtime.start(spec)
+    finally:
+        await asyncio.sleep(0)  # let the printer drain what start emitted last
+        while not queue.empty():
+            event = queue.get_nowait()
+            if event.name == spec.name:
+                _emit(event.to_dict(), sys.stderr)
+        printer.cancel()
+        await runtime.close()
+    _emit(info.public())
+    return 1 if info.state == "failed" else 0
+
+
+async def _vm(args: argparse.Namespace) -> int:
+    if args.vm_command == "run":
+        return await _run(args)
+    runtime = build_runtime(args)
+    try:
+        if args.vm_command == "ls":
+            await runtime.recover()
+            _emit([info.public() for info in await runtime.list()])
+        elif args.vm_command == "logs":
+            async for line in runtime.logs(args.name, after_seq=args.after_seq, follow=args.follow):
+                _emit(line.to_dict())
+        elif args.vm_command == "stop":
+            await runtime.recover()
+            _emit((await runtime.stop(args.name)).public())
+        elif args.vm_command == "rm":
+            await runtime.recover()
+            await runtime.remove(args.name)
+            _emit({"removed": args.name})
+    finally:
+        await runtime.close()
+    return 0
+
+
+async def _main(args: argparse.Namespace) -> int:
+    if args.command == "doctor":
+        from nodes.agent.doctor import run_doctor
+
+        report = await run_doctor(args.data_dir, bridge=args.bridge)
+        _emit(report)
+        return 0 if report["ok"] else 1
+    return await _vm(args)
+
+
+def _enter_netns(netns: str, argv: list[str]) -> None:
+    """Re-execute inside the namespace: the TAPs, nftables rules, health checks and QEMU (which
+    opens its TAP by name) must all live in it, and `ip netns exec` gets /sys right too."""
+    env = {**os.environ, _NETNS_ENV: netns}
+    os.execvpe("ip", ["ip", "netns", "exec", netns, sys.executable, "-m", "nodes.agent", *argv], env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.netns and os.environ.get(_NETNS_ENV) != args.netns:
+            if not Path("/run/netns", args.netns).exists():
+                raise UsageError(f"network namespace {args.netns!r} does not exist")
+            _enter_netns(args.netns, argv)
+        return asyncio.run(_main(args))
+    except UsageError as exc:
+        _emit({"error": str(exc)})
+        return 2
+    except AgentError as exc:
+        _emit({"error": exc.message, "permanent": exc.permanent})
+        return 1
+    except KeyboardInterrupt:
+        _emit({"error": "interrupted"})
+        return 130
+    except Exception as exc:  # the operator gets a reason, not a traceback
+        _emit({"error": f"internal error: {type(exc).__name__}: {exc}"})
+        return 1

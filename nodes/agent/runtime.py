@@ -1,0 +1,407 @@
+"""The `Runtime` interface and its only shipped implementation: one QEMU microVM per replica.
+
+MicroVmRuntime composes the image store, the host network, the guest kit and the vmm. It holds
+no state that is not on disk: every VM's files live in `<data_dir>/vms/<name>/` (see state.py),
+QEMU runs detached, and a new runtime (after a crash, or a one-shot CLI) rebuilds its view from
+those files with `recover()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Protocol
+
+from nodes.agent.errors import AgentError
+from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, read_status
+from nodes.agent.logs import LogLine, LogReader, convert
+from nodes.agent.locks import VmLocks
+from nodes.agent.state import StateStore, VmInfo, VmPaths, is_locked, validate_name
+from nodes.protocol import ReplicaSpec
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    """A state change: pulling (with bytes), booting, starting, running, restarting(exit code),
+    stopping, stopped, failed(reason)."""
+
+    name: str
+    state: str
+    ts: float
+    reason: str = ""
+    exit_code: int | None = None
+    phase: str | None = None
+    done_bytes: int | None = None
+    total_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _read_pid(paths: VmPaths) -> int | None:
+    try:
+        return int(paths.pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class Runtime(Protocol):
+    async def start(self, spec: ReplicaSpec) -> VmInfo: ...
+    async def stop(self, name: str) -> VmInfo: ...
+    async def remove(self, name: str) -> None: ...
+    async def list(self) -> list[VmInfo]: ...
+    def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]: ...
+    def events(self) -> AsyncIterator[RuntimeEvent]: ...
+
+
+class MicroVmRuntime:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        images: Any,
+        network: Any,
+        kit_provider: Callable[[Path], Any] | None = None,
+        accel_provider: Callable[[Path, Any], Any] | None = None,
+        vmm: Any = None,
+        health_check: Callable[..., Any] | None = None,
+        clock: Callable[[], float] = time.time,
+        poll_interval: float = 0.1,
+        boot_timeout: float = 180.0,
+        health_timeout: float = 60.0,
+        stop_timeout: float = 10.0,
+    ):
+        # The real pieces are the defaults; tests inject fakes of the far side only.
+        if kit_provider is None:
+            from nodes.agent.guest.kit import ensure_kit as kit_provider
+        if accel_provider is None:
+            from nodes.agent.vmm.accel import probe_accel as accel_provider
+        if vmm is None:
+            from nodes.agent.vmm.qemu import QemuVm
+
+            vmm = QemuVm()
+        if health_check is None:
+            from nodes.agent.health import wait_healthy as health_check
+        self.data_dir = Path(data_dir)
+        self.store = StateStore(self.data_dir)
+        self.images = images
+        self.network = network
+        self._kit_provider = kit_provider
+        self._accel_provider = accel_provider
+        self.vmm = vmm
+        self._health_check = health_check
+        self._clock = clock
+        self.poll_interval = poll_interval
+        self.boot_timeout = boot_timeout
+        self.health_timeout = health_timeout
+        self.stop_timeout = stop_timeout
+        self._locks = VmLocks(self.data_dir / "locks")
+        self._host_lock = asyncio.Lock()
+        self._host: tuple[Any, Any] | None = None
+        self._network_ready = False
+        self._infos: dict[str, VmInfo] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._watchers: dict[str, asyncio.Task] = {}
+        self._subscribers: set[asyncio.Queue] = set()
+
+    # -- host: guest kit, accelerator, network (once per runtime) ---------------------------
+    async def host(self) -> tuple[Any, Any]:
+        async with self._host_lock:
+            if self._host is None:
+                kit = await self._kit_provider(self.data_dir)
+                accel = await self._accel_provider(self.data_dir, kit)
+                self._host = (kit, accel)
+            return self._host
+
+    async def _ensure_network(self) -> None:
+        if not self._network_ready:
+            await self.network.ensure_host()
+            self._network_ready = True
+
+    # -- events ------------------------------------------------------------------------------
+    async def events(self) -> AsyncIterator[RuntimeEvent]:
+        queue: asyncio.Queue = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+    def subscribe(self) -> asyncio.Queue:
+        """A queue that receives every event from now on (events() without the generator)."""
+        queue: asyncio.Queue = asyncio.Queue()
+        self._subscribers.add(queue)
+        return queue
+
+    def _emit(self, event: RuntimeEvent) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    async def _set(self, info: VmInfo, *, persist: bool = True) -> VmInfo:
+        old = self._infos.get(info.name)
+        self._infos[info.name] = info
+        if persist:
+            await asyncio.to_thread(self.store.write_info, info)
+        if old is None or (old.state, old.reason, old.exit_code) != (info.state, info.reason, info.exit_code):
+            self._emit(RuntimeEvent(info.name, info.state, self._clock(), info.reason, info.exit_code))
+        self._changed.setdefault(info.name, asyncio.Event()).set()
+        return info
+
+    # -- start -------------------------------------------------------------------------------
+    async def start(self, spec: ReplicaSpec) -> VmInfo:
+        """Returns once the workload runs (and answers its health check if it has a traffic
+        port); raises AgentError with the reason otherwise, leaving the VM `failed`."""
+        validate_name(spec.name)
+        async with self._locks.hold(spec.name):
+            existing = await self._current(spec.name)
+            if existing is not None and existing.state not in TERMINAL_STATES:
+                stored = await asyncio.to_thread(self.store.read_spec, spec.name)
+                if stored == spec.redacted():
+                    return existing  # asked twice: already there
+                raise AgentError(
+                    f"VM {spec.name} already exists ({existing.state}); stop and remove it first", permanent=True
+                )
+            if existing is not None:
+                await self._release(spec.name)
+                await asyncio.to_thread(self.store.delete, spec.name)
+            paths = await asyncio.to_thread(self.store.create, spec.name)
+            await asyncio.to_thread(self.store.write_spec, spec)
+            info = VmInfo(name=spec.name, state="pulling", image=spec.image, started_at=self._clock())
+            await self._set(info)
+            try:
+                return await self._boot(spec, paths, info)
+            except BaseException as exc:
+                reason = exc.message if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, asyncio.CancelledError):
+                    reason = "start cancelled"
+                await self._fail_start(spec.name, reason)
+                if isinstance(exc, (AgentError, asyncio.CancelledError)):
+                    raise
+                raise AgentError(f"start of {spec.name} failed: {reason}") from exc
+
+    async def _boot(self, spec: ReplicaSpec, paths: VmPaths, info: VmInfo) -> VmInfo:
+        from nodes.agent.vmm.qemu import GuestSpec, VmLaunch
+
+        kit, accel = await self.host()
+        info = await self._set(replace(info, accel=accel.name))
+
+        def progress(p: Any) -> None:
+            self._emit(RuntimeEvent(spec.name, "pulling", self._clock(), phase=p.phase,
+                                    done_bytes=p.done_bytes, total_bytes=p.total_bytes))
+
+        credentials = None
+        if spec.registry_username is not None:
+            credentials = (spec.registry_username, spec.registry_password or "")
+        disk = await self.images.ensure_disk(spec.image, credentials=credentials, progress=progress)
+        argv, env = guest_command(disk.config, spec)
+        info = await self._set(replace(info, state="booting", digest=disk.digest))
+        await self.images.create_overlay(disk, paths.overlay)
+        await self._ensure_network()
+        net = await self.network.ensure_tap(spec.name)
+        host_port = None
+        if spec.traffic_port:
+            host_port = await self.network.publish_port(spec.name, spec.traffic_port)
+        info = await self._set(replace(info, address=str(net.address), host_port=host_port))
+        guest = GuestSpec(argv=argv, env=env, workdir=disk.config.workdir or "/", user=disk.config.user or "")
+        launch = VmLaunch(
+            name=spec.name, vm_dir=paths.dir, kit=kit, accel=accel, disk=paths.overlay,
+            vcpus=spec.vcpus, memory_mib=spec.memory_mib, guest=guest, net=net,
+        )
+        pid = await self.vmm.launch(launch)
+        info = await self._set(replace(info, pid=pid))
+        self._watch(spec.name)
+        info = await self._wait_for(spec.name, lambda i: i.state not in ("booting",), self.boot_timeout,
+                                    f"workload did not start within {self.boot_timeout:.0f}s")
+        if info.state == "failed":
+            raise AgentError(info.reason or "VM failed", permanent=True)
+        if info.state == "stopped":
+            return info  # the workload already ran to completion with code 0
+        if spec.traffic_port:
+            await self._health(spec.name, str(net.address), spec.traffic_port)
+        current = self._infos[spec.name]
+        if current.state in ("starting", "restarting"):
+            current = await self._set(replace(current, state="running", reason=""))
+        return current
+
+    async def _health(self, name: str, host: str, port: int) -> None:
+        """The health check races the VM's own end: a workload that dies fails fast with its
+        crash reason instead of a connection timeout."""
+        check = asyncio.ensure_future(self._health_check(host, port, timeout=self.health_timeout))
+        ended = asyncio.ensure_future(self._wait_for(name, lambda i: i.state in TERMINAL_STATES, None, ""))
+        try:
+            done, _ = await asyncio.wait({check, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if check in done:
+                check.result()
+            else:
+                info = ended.result()
+                raise AgentError(info.reason or f"VM {info.state}", permanent=True)
+        finally:
+            for task in (check, ended):
+                task.cancel()
+            await asyncio.gather(check, ended, return_exceptions=True)
+
+    async def _wait_for(self, name: str, cond: Callable[[VmInfo], bool], timeout: float | None, message: str) -> VmInfo:
+        event = self._changed.setdefault(name, asyncio.Event())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self._infos[name]
+            if cond(info):
+                return info
+            event.clear()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise AgentError(message)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
+
+    async def _fail_start(self, name: str, reason: str) -> None:
+        """A failed start keeps its dir (state, logs) but no process, TAP, rule or overlay."""
+        info = self._infos.get(name) or VmInfo(name=name, state="failed")
+        await self._unwatch(name)
+        paths = self.store.paths(name)
+        with contextlib.suppress(Exception):
+            await self.vmm.stop(paths.dir, timeout=0)
+        await self._release(name)
+        await asyncio.to_thread(convert, paths, final=True, clock=self._clock)
+        await self._set(replace(info, state="failed", reason=reason, pid=None))
+
+    async def _release(self, name: str) -> None:
+        paths = self.store.paths(name)
+        await self.network.remove(name)
+        await asyncio.to_thread(paths.overlay.unlink, missing_ok=True)
+
+    # -- watching a live VM ------------------------------------------------------------------
+    def _watch(self, name: str) -> None:
+        if name not in self._watchers or self._watchers[name].done():
+            self._watchers[name] = asyncio.create_task(self._watch_loop(name), name=f"watch-{name}")
+
+    async def _unwatch(self, name: str) -> None:
+        task = self._watchers.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _watch_loop(self, name: str) -> None:
+        paths = self.store.paths(name)
+        while True:
+            info = await self._refresh(name, paths, self._infos[name])
+            if info.state in TERMINAL_STATES:
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    async def _refresh(self, name: str, paths: VmPaths, info: VmInfo, *, persist: bool = True) -> VmInfo:
+        """One catch-up pass: convert new log lines, derive state from status.raw + liveness."""
+        alive = await asyncio.to_thread(self.vmm.alive, paths.dir)
+        if alive and info.pid is None:
+            # Launched, but the launcher died before recording the pid: adopt it from the pidfile.
+            info = replace(info, pid=await asyncio.to_thread(_read_pid, paths))
+        status = await asyncio.to_thread(read_status, paths.status)
+        # Liveness is read before the final conversion so no byte written before death is missed.
+        await asyncio.to_thread(convert, paths, final=not alive and info.pid is not None, clock=self._clock)
+        new = await asyncio.to_thread(derive, info, status, alive, paths)
+        if not alive and new.pid is not None and new.state in TERMINAL_STATES:
+            new = replace(new, pid=None)
+        if new != info or name not in self._infos:
+            new = await self._set(new, persist=persist)
+        return new
+
+    # -- recovery ----------------------------------------------------------------------------
+    async def recover(self) -> list[VmInfo]:
+        """Adopt live VMs, settle dead ones, and remove what a crash left behind."""
+        names = await asyncio.to_thread(self.store.names)
+        known: set[str] = set()
+        for name in names:
+            paths = self.store.paths(name)
+            if await asyncio.to_thread(is_locked, self._locks.path(name)):
+                known.add(name)  # another process is starting or stopping it right now
+                continue
+            async with self._locks.hold(name):
+                info = await asyncio.to_thread(self.store.read_info, name)
+                alive = await asyncio.to_thread(self.vmm.alive, paths.dir)
+                launched = alive or (info is not None and info.pid is not None) or await asyncio.to_thread(paths.pidfile.exists)
+                if info is None or (not launched and info.state not in TERMINAL_STATES):
+                    # Half-created: the start that made it died before QEMU ran; its caller retries.
+                    await self._release(name)
+                    await asyncio.to_thread(self.store.delete, name)
+                    continue
+                known.add(name)
+                self._infos[name] = info
+                info = await self._refresh(name, paths, info)
+                if info.state not in TERMINAL_STATES:
+                    self._watch(name)
+        for orphan in await self.network.owned() - known:
+            await self.network.remove(orphan)
+        return [self._infos[n] for n in sorted(known) if n in self._infos]
+
+    # -- stop / remove -----------------------------------------------------------------------
+    async def stop(self, name: str) -> VmInfo:
+        async with self._locks.hold(validate_name(name)):
+            return await self._stop(name)
+
+    async def _stop(self, name: str) -> VmInfo:
+        paths = self.store.paths(name)
+        info = await self._current(name)
+        if info is None:
+            raise AgentError(f"no VM named {name}", permanent=True)
+        await self._unwatch(name)
+        if info.state not in TERMINAL_STATES:
+            info = await self._set(replace(info, state="stopping", stop_requested=True))
+        await self.vmm.stop(paths.dir, timeout=self.stop_timeout)
+        info = await self._refresh(name, paths, info)
+        await self._release(name)
+        return info
+
+    async def remove(self, name: str) -> None:
+        async with self._locks.hold(validate_name(name)):
+            if await self._current(name) is None:
+                raise AgentError(f"no VM named {name}", permanent=True)
+            await self._stop(name)
+            await asyncio.to_thread(self.store.delete, name)
+            self._infos.pop(name, None)
+            self._changed.pop(name, None)
+
+    # -- views -------------------------------------------------------------------------------
+    async def _current(self, name: str) -> VmInfo | None:
+        if name in self._watchers and not self._watchers[name].done():
+            return self._infos[name]
+        info = await asyncio.to_thread(self.store.read_info, name)
+        if info is None:
+            return None
+        # Only the process holding the VM's lock writes its state; others just look.
+        mine = self._locks.held(name) or not await asyncio.to_thread(is_locked, self._locks.path(name))
+        return await self._refresh(name, self.store.paths(name), info, persist=mine)
+
+    async def get(self, name: str) -> VmInfo | None:
+        return await self._current(validate_name(name))
+
+    async def list(self) -> list[VmInfo]:
+        out = []
+        for name in await asyncio.to_thread(self.store.names):
+            info = await self._current(name)
+            if info is not None:
+                out.append(info)
+        return out
+
+    async def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]:
+        paths = self.store.paths(name)
+        if not await asyncio.to_thread(paths.dir.is_dir):
+            raise AgentError(f"no VM named {name}", permanent=True)
+        reader = LogReader(paths, after_seq)
+        while True:
+            info = await self._current(name)
+            for line in await asyncio.to_thread(reader.read_new):
+                yield line
+            if not follow or info is None or info.state in TERMINAL_STATES:
+                for line in await asyncio.to_thread(reader.read_all):
+                    yield line
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    async def close(self) -> None:
+        """Stop watching (VMs keep running: they are adopted by the next runtime)."""
+        for name in list(self._watchers):
+            await self._unwatch(name)
