@@ -38,8 +38,12 @@ _ERROR_STATUSES = {
     "400": "Invalid input: `errors` names each bad field",
     "401": "No or invalid bearer token",
     "403": "The token lacks a scope, or the caller is not a member of the X-Tenant tenant",
+    "402": "Balance or spend limit does not cover the request",
     "404": "No such object for this tenant",
     "405": "Method not allowed",
+    "406": "The Accept header asks for a type the API cannot produce",
+    "409": "Conflicts with the object's current state (a name in use, an invalid transition)",
+    "415": "The request body is not JSON",
     "429": "Rate limit or quota exceeded",
 }
 
