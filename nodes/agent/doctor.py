@@ -1,0 +1,92 @@
+"""`gantry-agent doctor`: can this host run microVMs, and if not, what to fix.
+
+Each check measures the real thing (the accelerator by booting a probe VM, the guest kit by
+building or finding it) and reports {"name", "ok", "detail", "fix"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def _check(name: str, ok: bool, detail: str, fix: str = "") -> dict[str, Any]:
+    return {"name": name, "ok": ok, "detail": detail, "fix": "" if ok else fix}
+
+
+def _tools() -> list[dict[str, Any]]:
+    wanted = {
+        "qemu-system-x86_64": "qemu-system-x86",
+        "qemu-img": "qemu-utils",
+        "skopeo": "skopeo",
+        "umoci": "umoci",
+        "mkfs.ext4": "e2fsprogs",
+        "nft": "nftables",
+        "ip": "iproute2",
+    }
+    out = []
+    for tool, package in wanted.items():
+        path = shutil.which(tool)
+        out.append(_check(f"tool {tool}", path is not None, path or "not found on PATH",
+                          f"apt-get install {package} (or run scripts/ensure-debs.sh)"))
+    return out
+
+
+def _host() -> list[dict[str, Any]]:
+    out = []
+    tun = Path("/dev/net/tun")
+    out.append(_check("/dev/net/tun", tun.exists(), "present" if tun.exists() else "missing",
+                      "modprobe tun (in a container: pass --device /dev/net/tun)"))
+    try:
+        forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+    except OSError as exc:
+        forward = f"unreadable: {exc.strerror}"
+    # The agent turns forwarding on itself when it sets up the bridge; off is only a problem if
+    # something (a sysctl.d file, a firewall manager) keeps turning it back off.
+    out.append(_check("ip_forward", forward in ("0", "1"),
+                      f"net.ipv4.ip_forward={forward}" + (" (the agent enables it at start)" if forward == "0" else ""),
+                      "make /proc/sys/net/ipv4/ip_forward writable (the agent sets it to 1)"))
+    bridge_ok = Path("/sys/module/bridge").exists() or any(
+        Path("/lib/modules", os.uname().release).glob("kernel/net/bridge/bridge.ko*")
+    )
+    out.append(_check("bridge support", bridge_ok, "bridge module loaded or available" if bridge_ok else "no bridge module",
+                      "install the kernel's bridge module (linux-modules) or build it in"))
+    out.append(_check("root", os.geteuid() == 0, f"euid {os.geteuid()}",
+                      "run the agent as root: it creates TAPs, nftables rules and runs QEMU"))
+    return out
+
+
+async def run_doctor(data_dir: Path, *, bridge: str = "gantry0") -> dict[str, Any]:
+    checks: list[dict[str, Any]] = []
+    checks += await asyncio.to_thread(_tools)
+    checks += await asyncio.to_thread(_host)
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "-j", "link", "show", bridge, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    exists = await proc.wait() == 0
+    # Informational: the bridge is created on the first `vm run`.
+    checks.append(_check(f"bridge {bridge}", True, "exists" if exists else "not created yet (made on first vm run)"))
+    kit = None
+    try:
+        from nodes.agent.guest.kit import ensure_kit
+
+        kit = await ensure_kit(Path(data_dir))
+        checks.append(_check("guest kit", True, f"kernel {kit.kernel_version}: {kit.kernel}, initrd {kit.initrd}"))
+    except Exception as exc:  # a doctor reports, it does not crash
+        checks.append(_check("guest kit", False, f"{type(exc).__name__}: {exc}",
+                             "needs apt-get download of linux-image-cloud-amd64 and busybox-static (apt sources reachable)"))
+    accel: dict[str, Any] = {}
+    if kit is not None:
+        try:
+            from nodes.agent.vmm.accel import probe_accel
+
+            result = await probe_accel(Path(data_dir), kit)
+            accel = {"name": result.name, "reason": result.reason}
+            checks.append(_check("accelerator", True, f"{result.name}: {result.reason}"))
+        except Exception as exc:
+            checks.append(_check("accelerator", False, f"{type(exc).__name__}: {exc}",
+                                 "check that qemu-system-x86_64 runs; see qemu.log under the data dir's probe"))
+    return {"ok": all(c["ok"] for c in checks), "accel": accel, "checks": checks}

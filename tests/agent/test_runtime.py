@@ -1,0 +1,181 @@
+"""MicroVmRuntime against fakes of its far sides (tests/agent/fakes.py): the guest is a host
+process that behaves like /init, so these tests run in seconds. The same behaviours are checked
+with real QEMU, registry and network in test_cli.py and test_crash_safety.py."""
+
+import asyncio
+import json
+import socket
+import sys
+
+import pytest
+
+from nodes.agent.errors import AgentError
+from nodes.agent.lifecycle import guest_command
+from nodes.agent.runtime import MicroVmRuntime
+from nodes.protocol import ReplicaSpec
+from tests.agent.fakes import FakeImageConfig, FakeImageStore, FakeNetwork, FakeVmm, fake_accel, fake_kit
+
+SH = FakeImageConfig(entrypoint=["/bin/sh", "-c"], cmd=["echo default"], env={"FROM_IMAGE": "1", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture
+def parts(tmp_path):
+    images = FakeImageStore(tmp_path / "images", {"sh": SH})
+    return images, FakeNetwork(), FakeVmm()
+
+
+def make_runtime(tmp_path, parts, **kw):
+    images, network, vmm = parts
+    return MicroVmRuntime(
+        tmp_path / "data", images=images, network=network, vmm=vmm, kit_provider=fake_kit,
+        accel_provider=fake_accel, poll_interval=0.02, **kw,
+    )
+
+
+async def wait_state(rt, name, states, timeout=10):
+    for _ in range(int(timeout / 0.05)):
+        info = await rt.get(name)
+        if info.state in states:
+            return info
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} stuck in {info.state}")
+
+
+async def all_logs(rt, name):
+    return [line async for line in rt.logs(name)]
+
+
+def test_spec_entrypoint_replaces_entrypoint_and_drops_cmd():
+    spec = ReplicaSpec(name="a", image="sh", entrypoint=["/bin/echo"])
+    assert guest_command(SH, spec)[0] == ["/bin/echo"]
+    spec = ReplicaSpec(name="a", image="sh", entrypoint=["/bin/echo"], args=["x"])
+    assert guest_command(SH, spec)[0] == ["/bin/echo", "x"]
+    spec = ReplicaSpec(name="a", image="sh", args=["echo hi"])
+    assert guest_command(SH, spec)[0] == ["/bin/sh", "-c", "echo hi"]
+    assert guest_command(SH, ReplicaSpec(name="a", image="sh"))[0] == ["/bin/sh", "-c", "echo default"]
+    env = guest_command(SH, ReplicaSpec(name="a", image="sh", env={"A": "1"}, secret_env={"A": "s"}))[1]
+    assert env["A"] == "s" and env["FROM_IMAGE"] == "1"
+    with pytest.raises(AgentError):
+        guest_command(FakeImageConfig(), ReplicaSpec(name="a", image="x"))
+
+
+async def test_workload_streams_env_and_exit_code_reach_state_and_logs(tmp_path, parts):
+    rt = make_runtime(tmp_path, parts)
+    events = rt.subscribe()
+    spec = ReplicaSpec(
+        name="web", image="sh", env={"GREETING": "hi"}, secret_env={"TOKEN": "s3cret-value"},
+        args=['echo "$GREETING $TOKEN $FROM_IMAGE"; echo one >&2; echo out2; echo two >&2'],
+    )
+    await rt.start(spec)
+    info = await wait_state(rt, "web", {"stopped", "failed"})
+    assert (info.state, info.exit_code) == ("stopped", 0)
+    lines = await all_logs(rt, "web")
+    assert [line.seq for line in lines] == [1, 2, 3, 4]
+    assert [ln.message for ln in lines if ln.stream == "stdout"] == ["hi s3cret-value 1", "out2"]
+    assert [ln.message for ln in lines if ln.stream == "stderr"] == ["one", "two"]
+    seen = []
+    while not events.empty():
+        seen.append(events.get_nowait())
+    states = [e.state for e in seen]
+    assert states[0] == "pulling" and "booting" in states and states[-1] == "stopped"
+    assert any(e.total_bytes == 1024 for e in seen)
+    vm_dir = tmp_path / "data" / "vms" / "web"
+    for f in ("spec.json", "state.json"):
+        assert "s3cret-value" not in (vm_dir / f).read_text()
+    assert json.loads((vm_dir / "spec.json").read_text())["secret_env"] == ["TOKEN"]
+    await rt.close()
+
+
+async def test_crash_loop_fails_with_code_restarts_and_last_stderr(tmp_path, parts):
+    rt = make_runtime(tmp_path, parts)
+    spec = ReplicaSpec(name="bad", image="sh", args=["echo boom >&2; exit 3"])
+    await rt.start(spec)
+    info = await wait_state(rt, "bad", {"failed"}, timeout=20)
+    assert info.exit_code == 3 and info.restarts == 3
+    assert info.reason.startswith("exited with code 3 after 3 restarts; last stderr: boom")
+    await rt.close()
+
+
+async def test_health_check_gates_running_and_stop_leaves_nothing(tmp_path, parts):
+    images, network, vmm = parts
+    rt = make_runtime(tmp_path, parts)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = ReplicaSpec(name="srv", image="sh", entrypoint=[sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)],
+                       traffic_port=port)
+    info = await rt.start(spec)
+    assert info.state == "running" and info.host_port == port
+    _, writer = await asyncio.open_connection("127.0.0.1", port)  # it answers
+    writer.close()
+    info = await rt.stop("srv")
+    assert info.state == "stopped"
+    assert not vmm.alive(tmp_path / "data" / "vms" / "srv")
+    assert network.taps == set() and network.ports == {}
+    assert not (tmp_path / "data" / "vms" / "srv" / "overlay.qcow2").exists()
+    await rt.remove("srv")
+    assert not (tmp_path / "data" / "vms" / "srv").exists()
+    assert await rt.list() == []
+
+
+async def test_workload_dying_before_health_fails_start_with_its_reason(tmp_path, parts):
+    rt = make_runtime(tmp_path, parts, health_timeout=30)
+    spec = ReplicaSpec(name="die", image="sh", args=["echo cannot bind >&2; exit 7"], traffic_port=9)
+    with pytest.raises(AgentError, match="exited with code 7 after 3 restarts; last stderr: cannot bind"):
+        await rt.start(spec)
+    assert (await rt.get("die")).state == "failed"
+
+
+async def test_image_error_fails_start_and_releases_everything(tmp_path, parts):
+    images, network, vmm = parts
+    rt = make_runtime(tmp_path, parts)
+    with pytest.raises(AgentError, match="not found") as err:
+        await rt.start(ReplicaSpec(name="x", image="nope"))
+    assert err.value.permanent
+    info = await rt.get("x")
+    assert info.state == "failed" and "not found" in info.reason
+    assert network.taps == set()
+
+
+async def test_second_start_of_same_spec_is_idempotent_and_other_spec_conflicts(tmp_path, parts):
+    rt = make_runtime(tmp_path, parts)
+    spec = ReplicaSpec(name="long", image="sh", args=["sleep 30"])
+    first = await rt.start(spec)
+    again = await rt.start(spec)
+    assert again.pid == first.pid
+    with pytest.raises(AgentError, match="already exists"):
+        await rt.start(ReplicaSpec(name="long", image="sh", args=["sleep 5"]))
+    await rt.remove("long")
+
+
+async def test_new_runtime_adopts_live_vm_and_cleans_crash_leftovers(tmp_path, parts):
+    images, network, vmm = parts
+    rt = make_runtime(tmp_path, parts)
+    await rt.start(ReplicaSpec(name="tick", image="sh", args=["for i in 1 2 3 4 5 6; do echo $i; sleep 0.2; done"]))
+    await rt.close()  # the agent "dies": its watchers stop, the guest keeps running
+    network.taps.add("orphan")  # a TAP of a VM whose dir never got written
+    half = tmp_path / "data" / "vms" / "half"
+    half.mkdir()
+    (half / "state.json").write_text(json.dumps({"name": "half", "state": "pulling"}))
+
+    rt2 = make_runtime(tmp_path, parts)
+    adopted = await rt2.recover()
+    assert [i.name for i in adopted] == ["tick"]
+    assert "orphan" not in network.taps and not half.exists()
+    info = await wait_state(rt2, "tick", {"stopped"})
+    assert info.exit_code == 0
+    assert [ln.message for ln in await all_logs(rt2, "tick")] == ["1", "2", "3", "4", "5", "6"]
+    await rt2.close()
+
+
+async def test_start_and_stop_of_one_vm_never_interleave(tmp_path, parts):
+    images, network, vmm = parts
+    rt = make_runtime(tmp_path, parts)
+    spec = ReplicaSpec(name="race", image="sh", args=["sleep 30"])
+    start = asyncio.create_task(rt.start(spec))
+    await asyncio.sleep(0)
+    stopped = await rt.stop("race")  # queued behind the start
+    assert (await start).state == "running"
+    assert stopped.state == "stopped"
+    names = [c[0] for c in vmm.calls]
+    assert names.index("launch") < names.index("stop")
