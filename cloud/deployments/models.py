@@ -50,14 +50,28 @@ class Deployment(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # DELETE hides a deployment (404 from then on, its name free again) but keeps the row:
+    # UsageRecord cascades from Deployment, and a statement must not lose what was metered.
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="deployment_unique_tenant_name")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "name"], condition=Q(deleted_at__isnull=True), name="deployment_unique_tenant_name"
+            ),
+        ]
         indexes = [
-            # The list endpoint: one tenant, newest first, optionally by status.
-            models.Index(fields=["tenant", "-created_at", "-id"], name="deployment_tenant_recent_idx"),
-            models.Index(fields=["tenant", "status", "-created_at"], name="deployment_tenant_status_idx"),
+            # The list endpoint: one tenant, newest first, optionally by status; deleted rows
+            # are never listed, so they stay out of the index too.
+            models.Index(
+                fields=["tenant", "-created_at", "-id"], condition=Q(deleted_at__isnull=True),
+                name="deployment_tenant_recent_idx",
+            ),
+            models.Index(
+                fields=["tenant", "status", "-created_at"], condition=Q(deleted_at__isnull=True),
+                name="deployment_tenant_status_idx",
+            ),
         ]
 
     def __str__(self) -> str:
