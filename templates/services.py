@@ -1,0 +1,102 @@
+"""Writes to the template catalog. Customers manage only their own private templates; global
+ones come from `load_catalog` or the admin."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+
+from cloud.exceptions import ApplicationError, Conflict, InvalidInput
+from templates.models import Template
+
+EDITABLE_FIELDS = (
+    "slug", "name", "description", "image", "default_env", "entrypoint", "args",
+    "traffic_port", "min_gpus", "max_gpus", "health_check_path",
+)
+
+
+class TemplateReadOnly(ApplicationError):
+    """A global template is visible to every tenant, so refusing with 403 confirms nothing
+    that GET does not already show."""
+
+    status = 403
+    title = "Forbidden"
+    code = "template_read_only"
+
+
+def _check_slug_free(*, tenant, slug: str, exclude_pk=None) -> None:
+    clash = Template.objects.filter(slug=slug, tenant=tenant)
+    if exclude_pk is not None:
+        clash = clash.exclude(pk=exclude_pk)
+    if clash.exists():
+        raise Conflict(f"You already have a template with slug '{slug}'.",
+                       errors=[{"field": "slug", "message": "already in use", "code": "unique"}])
+    if Template.objects.filter(slug=slug, tenant__isnull=True).exists():
+        # Allowed by the database (private shadows global), refused here so that a customer's
+        # `template_id: "ollama"` never silently changes meaning under their colleagues.
+        raise Conflict(f"'{slug}' is the slug of a global template; choose another.",
+                       errors=[{"field": "slug", "message": "taken by a global template", "code": "unique"}])
+
+
+def _check_gpu_range(template: Template) -> None:
+    if template.min_gpus > template.max_gpus:
+        raise InvalidInput("min_gpus", "min_gpus must not exceed max_gpus.")
+
+
+def _save(template: Template) -> Template:
+    try:
+        with transaction.atomic():
+            template.save()
+    except IntegrityError as exc:  # two concurrent creates of the same slug
+        raise Conflict(f"A template with slug '{template.slug}' already exists.") from exc
+    return template
+
+
+@transaction.atomic
+def template_create(*, tenant, actor=None, data: dict) -> Template:
+    template = Template(tenant=tenant, **{k: v for k, v in data.items() if k in EDITABLE_FIELDS})
+    _check_slug_free(tenant=tenant, slug=template.slug)
+    _check_gpu_range(template)
+    return _save(template)
+
+
+def template_check_editable(*, template: Template) -> None:
+    if template.is_global:
+        raise TemplateReadOnly("Global templates are managed by operators.")
+
+
+@transaction.atomic
+def template_update(*, template: Template, actor=None, data: dict) -> Template:
+    template_check_editable(template=template)
+    if "slug" in data and data["slug"] != template.slug:
+        _check_slug_free(tenant=template.tenant, slug=data["slug"], exclude_pk=template.pk)
+    for field, value in data.items():
+        if field in EDITABLE_FIELDS:
+            setattr(template, field, value)
+    _check_gpu_range(template)
+    return _save(template)
+
+
+@transaction.atomic
+def template_delete(*, template: Template, actor=None) -> None:
+    template_check_editable(template=template)
+    # Deployments keep their own copy of image, env and ports; their FK is SET_NULL.
+    template.delete()
+
+
+def template_upsert_global(*, slug: str, defaults: dict) -> tuple[Template, str]:
+    """For `load_catalog`: create or bring a global template to `defaults`. Returns the
+    template and what happened: "created", "updated" or "unchanged"."""
+    template = Template.objects.filter(tenant__isnull=True, slug=slug).first()
+    if template is None:
+        template = Template(tenant=None, slug=slug, **defaults)
+        template.full_clean()
+        template.save()
+        return template, "created"
+    changed = [field for field, value in defaults.items() if getattr(template, field) != value]
+    if not changed:
+        return template, "unchanged"
+    for field in changed:
+        setattr(template, field, defaults[field])
+    template.full_clean()
+    template.save()
+    return template, "updated"
