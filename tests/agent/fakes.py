@@ -70,13 +70,13 @@ class FakeImageStore(_Recorder):
                 progress(SimpleNamespace(phase="pull", done_bytes=done, total_bytes=1024))
             progress(SimpleNamespace(phase="disk", done_bytes=1024, total_bytes=1024))
         path = self.root / "base.ext4"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(path.touch)
         return FakeImageDisk(ref, "sha256:" + "ab" * 32, path, 1024, self.images[ref])
 
     async def create_overlay(self, disk, dest: Path) -> None:
         self._record("create_overlay", dest)
-        dest.write_bytes(b"QFI\xfb")
+        await asyncio.to_thread(dest.write_bytes, b"QFI\xfb")
 
     async def evict(self, *, in_use):
         self._record("evict", in_use)
@@ -150,6 +150,12 @@ event(event="final", code=code)
 """
 
 
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 class FakeVmm(_Recorder):
     """Copies QemuVm: launch writes guest.json (0600) and qemu.pid and runs the guest detached
     in its own session, appending stdout.raw/stderr.raw/status.raw exactly as QEMU and /init do
@@ -162,17 +168,13 @@ class FakeVmm(_Recorder):
 
     async def launch(self, launch) -> int:
         self._record("launch", launch.name)
-        guest = asdict(launch.guest)
-        path = launch.vm_dir / "guest.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(guest, f)
+        await asyncio.to_thread(_write_private, launch.vm_dir / "guest.json", json.dumps(asdict(launch.guest)))
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _GUEST, str(launch.vm_dir), start_new_session=True,
             stdin=asyncio.subprocess.DEVNULL,
         )
         self.procs[launch.vm_dir] = proc
-        (launch.vm_dir / "qemu.pid").write_text(f"{proc.pid}\n")
+        await asyncio.to_thread((launch.vm_dir / "qemu.pid").write_text, f"{proc.pid}\n")
         return proc.pid
 
     def alive(self, vm_dir: Path) -> bool:
@@ -188,7 +190,7 @@ class FakeVmm(_Recorder):
         self._record("stop", vm_dir)
         if not await asyncio.to_thread(self.alive, vm_dir):
             return
-        pid = int((vm_dir / "qemu.pid").read_text())
+        pid = int(await asyncio.to_thread((vm_dir / "qemu.pid").read_text))
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while await asyncio.to_thread(self.alive, vm_dir):
