@@ -45,6 +45,7 @@ class WorkloadStatus:
     last_event: str | None = None
     last_code: int | None = None
     final_code: int | None = None
+    final_error: str = ""  # /init's own failure (code 125): no such command, bad user, ...
 
     @property
     def final(self) -> bool:
@@ -71,7 +72,8 @@ def read_status(path: Path) -> WorkloadStatus:
         elif kind == "exit":
             status = replace(status, last_event="exit", last_code=code)
         elif kind == "final":
-            status = replace(status, last_event="final", final_code=int(code if code is not None else -1))
+            status = replace(status, last_event="final", final_code=int(code if code is not None else -1),
+                             final_error=str(ev.get("error") or ""))
     return status
 
 
@@ -105,10 +107,13 @@ def derive(info: VmInfo, status: WorkloadStatus, alive: bool, paths: VmPaths) ->
     if status.final:
         if status.final_code == 0:
             return replace(info, state="stopped", reason="exited with code 0", exit_code=0, restarts=restarts)
+        reason = crash_reason(status.final_code, restarts, paths)
+        if status.final_error:
+            reason = f"workload could not be started: {status.final_error}"
         return replace(
             info,
             state="failed",
-            reason=crash_reason(status.final_code, restarts, paths),
+            reason=reason,
             exit_code=status.final_code,
             restarts=restarts,
         )
