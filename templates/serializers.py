@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from templates.models import Template
-from templates.validators import validate_env_name, validate_image_reference
+from cloud.deployments.validators import env_errors, validate_image_reference
 
 MAX_GPUS_PER_REPLICA = 8  # one HGX board; a replica never spans nodes
 MAX_LIST_ITEMS = 64
@@ -53,10 +53,7 @@ class TemplateInput(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     description = serializers.CharField(max_length=2000, allow_blank=True, required=False)
     image = serializers.CharField(max_length=512, validators=[_django_to_drf(validate_image_reference)], trim_whitespace=False)
-    default_env = serializers.DictField(
-        child=serializers.CharField(max_length=MAX_ITEM_LENGTH, allow_blank=True, trim_whitespace=False),
-        required=False,
-    )
+    default_env = serializers.JSONField(required=False, help_text='{"NAME": "value"}: merged under a deployment\'s own env')
     entrypoint = _StringList()
     args = _StringList()
     traffic_port = serializers.IntegerField(min_value=1, max_value=65535, allow_null=True, required=False)
@@ -67,15 +64,9 @@ class TemplateInput(serializers.Serializer):
         error_messages={"invalid": "A path starting with '/', without spaces."},
     )
 
-    def validate_default_env(self, value: dict) -> dict:
-        if len(value) > MAX_LIST_ITEMS:
-            raise serializers.ValidationError(f"At most {MAX_LIST_ITEMS} variables.")
-        errors = {}
-        for name in value:
-            try:
-                validate_env_name(name)
-            except DjangoValidationError as exc:
-                errors[name] = [serializers.ErrorDetail(exc.messages[0], code="invalid_env_name")]
+    def validate_default_env(self, value) -> dict:
+        # The deployments API's own rule, so a template can never hold env a deployment refuses.
+        errors = env_errors(value)
         if errors:
             raise serializers.ValidationError(errors)
         return value

@@ -1,0 +1,84 @@
+"""Reads about the fleet that customers may see: locations, hardware kinds and free capacity.
+
+Nothing here is tenant-specific: capacity is a property of the fleet. Free capacity is computed
+in a fixed number of queries whatever the size of the fleet (one for the hardware types, one
+aggregate over online nodes), never one query per node or per GPU.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+
+from nodes.models import Gpu, HardwareType, Location, Node
+
+# Replica states that hold a slot on their node (cpu-only kinds count replicas, not GPUs).
+_FINISHED_REPLICA_STATES = ("stopped", "failed", "lost")
+
+
+def locations_list() -> QuerySet[Location]:
+    return Location.objects.order_by("id")
+
+
+def hardware_types_list() -> QuerySet[HardwareType]:
+    return HardwareType.objects.order_by("id")
+
+
+def _count_subquery(queryset) -> Coalesce:
+    counted = queryset.order_by().values("node_id").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+def _largest_allowed(allowed: list[int], free: int) -> int:
+    fitting = [count for count in allowed if count <= free]
+    return max(fitting) if fitting else 0
+
+
+def capacity_by_hardware() -> dict[int, list[dict]]:
+    """{hardware_type_id: [availability row, ...]} for online nodes, one row per
+    (location, simulated) pair so simulated capacity is never mixed into real capacity.
+
+    A row: location_id, location (slug), simulated, nodes_online, gpus_free (for a cpu-only
+    kind: free replica slots), max_gpus_per_replica_now (the largest allowed count that fits on
+    one node now: a replica never spans nodes).
+    """
+    from cloud.deployments.models import Replica  # the deployments app imports nodes, not the reverse
+
+    free_gpus = _count_subquery(Gpu.objects.filter(node_id=OuterRef("pk"), replica__isnull=True))
+    busy_slots = _count_subquery(
+        Replica.objects.filter(node_id=OuterRef("pk")).exclude(state__in=_FINISHED_REPLICA_STATES)
+    )
+    nodes = (
+        Node.objects.filter(status=Node.Status.ONLINE)
+        .annotate(free_gpus=free_gpus, busy_slots=busy_slots)
+        .values(
+            "hardware_type_id", "hardware_type__cpu_only", "hardware_type__gpus_per_node",
+            "hardware_type__allowed_gpu_counts", "location_id", "location__slug", "simulated",
+            "free_gpus", "busy_slots",
+        )
+        .order_by("hardware_type_id", "location_id", "simulated")
+    )
+    rows: dict[tuple, dict] = {}
+    for node in nodes:
+        key = (node["hardware_type_id"], node["location_id"], node["simulated"])
+        if node["hardware_type__cpu_only"]:
+            free = max(node["hardware_type__gpus_per_node"] - node["busy_slots"], 0)
+            fits = 0
+        else:
+            free = node["free_gpus"]
+            fits = _largest_allowed(node["hardware_type__allowed_gpu_counts"], free)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = {
+                "location_id": node["location_id"], "location": node["location__slug"],
+                "simulated": node["simulated"], "nodes_online": 0, "gpus_free": 0, "max_gpus_per_replica_now": 0,
+            }
+        row["nodes_online"] += 1
+        row["gpus_free"] += free
+        row["max_gpus_per_replica_now"] = max(row["max_gpus_per_replica_now"], fits)
+    by_hardware: dict[int, list[dict]] = defaultdict(list)
+    for (hardware_type_id, _, _), row in rows.items():
+        by_hardware[hardware_type_id].append(row)
+    return by_hardware
