@@ -13,3 +13,7 @@ class AgentError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ImageError(AgentError):
+    """Pulling an image or building its disk failed (re-exported by nodes.agent.images)."""

@@ -1,0 +1,408 @@
+"""OCI images to ext4 base disks, cached by image digest, and copy-on-write overlays per VM.
+
+Pulls use our own registry client (httpx, nodes/agent/oci/) rather than skopeo: we need
+byte-level progress for the cold-start breakdown, a sha256 check on every blob as it streams,
+and errors a customer can read (skopeo prints Go error chains and progress bars). Layers are
+applied in Python (whiteouts, chroot-style symlink resolution) and the disk is made by
+`mkfs.ext4 -d`, which needs no root, no loop device and no mount; overlays are `qemu-img`
+qcow2 files backed by the cached disk, so a second VM of an image copies nothing.
+
+Layout under `root`: blobs/sha256/<hex> (verified blobs), disks/<hex>.ext4 (base disks; <hex>
+of the linux/amd64 manifest digest), disks/<hex>.json (config; its mtime is the last use),
+refs/<sha256 of the reference> (the digest a reference last resolved to), tmp/ (work dirs).
+"""
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from nodes.agent.errors import ImageError
+from nodes.agent.oci import disk as disks
+from nodes.agent.oci.layers import apply_layer, measure
+from nodes.agent.oci.reference import Reference, parse_reference
+from nodes.agent.oci.registry import INDEX_TYPES, MANIFEST_TYPES, RegistryClient
+
+__all__ = ["ImageConfig", "ImageDisk", "ImageError", "ImageStore", "OciImageStore", "PullProgress"]
+
+log = logging.getLogger(__name__)
+GiB = 1 << 30
+PLATFORM = ("linux", "amd64")
+MAX_PARALLEL_BLOBS = 3
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    env: dict[str, str]
+    entrypoint: list[str]
+    cmd: list[str]
+    workdir: str
+    user: str
+    exposed_ports: list[int]
+
+    @classmethod
+    def from_oci(cls, document: dict) -> "ImageConfig":
+        config = document.get("config") or {}
+        env = {}
+        for item in config.get("Env") or []:
+            key, _, value = item.partition("=")
+            env[key] = value
+        ports = set()
+        for spec in config.get("ExposedPorts") or {}:
+            port, _, proto = spec.partition("/")
+            if proto in ("", "tcp") and port.isdigit():
+                ports.add(int(port))
+        return cls(env=env, entrypoint=list(config.get("Entrypoint") or []),
+                   cmd=list(config.get("Cmd") or []), workdir=config.get("WorkingDir") or "/",
+                   user=config.get("User") or "", exposed_ports=sorted(ports))
+
+
+@dataclass(frozen=True)
+class ImageDisk:
+    ref: str
+    digest: str
+    path: Path
+    size_bytes: int
+    config: ImageConfig
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    phase: str  # resolve, pull, unpack, disk, cached
+    done_bytes: int
+    total_bytes: int
+
+
+ProgressCallback = Callable[[PullProgress], None]
+
+
+class ImageStore(Protocol):
+    async def ensure_disk(self, ref: str, *, credentials: tuple[str, str] | None = None,
+                          progress: ProgressCallback | None = None) -> ImageDisk: ...
+
+    async def create_overlay(self, disk: ImageDisk, dest: Path) -> None: ...
+
+    async def evict(self, *, in_use: set[str]) -> list[str]: ...
+
+
+class _Reporter:
+    """Forwards progress, at most about once per percent of a phase, and never lets a
+    broken callback break a pull."""
+
+    def __init__(self, callback: ProgressCallback | None):
+        self._callback = callback
+        self._last: tuple[str, int] = ("", -1)
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self._callback is None:
+            return
+        last_phase, last_done = self._last
+        if phase == last_phase and done != total and done - last_done < max(total // 100, 1):
+            return
+        self._last = (phase, done)
+        try:
+            self._callback(PullProgress(phase, done, total))
+        except Exception:
+            log.exception("image progress callback failed")
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[1]
+
+
+class OciImageStore:
+    def __init__(self, root: Path, *,
+                 insecure_registries: frozenset[str] = frozenset({"127.0.0.1:5000", "localhost:5000"}),
+                 cache_limit_bytes: int = 20 * GiB):
+        self.root = Path(root)
+        self.insecure_registries = insecure_registries
+        self.cache_limit_bytes = cache_limit_bytes
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._active_tmp: set[Path] = set()
+        self._active_blobs: Counter[str] = Counter()  # blobs a pull in progress still needs
+        self._ssl: ssl.SSLContext | None = None
+
+    # -- paths and small blocking helpers -------------------------------------------------------
+
+    def _blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / _hex(digest)
+
+    def _disk_path(self, digest: str) -> Path:
+        return self.root / "disks" / f"{_hex(digest)}.ext4"
+
+    def _meta_path(self, digest: str) -> Path:
+        return self.root / "disks" / f"{_hex(digest)}.json"
+
+    def _ref_path(self, ref: Reference) -> Path:
+        return self.root / "refs" / hashlib.sha256(str(ref).encode()).hexdigest()
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def _mkdirs(self) -> None:
+        for sub in ("blobs/sha256", "disks", "refs", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _write_atomic(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def _touch(self, digest: str) -> None:
+        now = time.time_ns()
+        os.utime(self._meta_path(digest), ns=(now, now))
+
+    def _load(self, digest: str, ref: str) -> ImageDisk | None:
+        """The cached disk for digest, marked as just used; None when not (fully) cached."""
+        try:
+            meta = json.loads(self._meta_path(digest).read_text())
+        except (OSError, ValueError):
+            return None
+        path = self._disk_path(digest)
+        if not path.is_file():
+            return None
+        self._touch(digest)
+        return ImageDisk(ref=ref, digest=digest, path=path, size_bytes=meta["size_bytes"],
+                         config=ImageConfig(**meta["config"]))
+
+    def _cached_for_ref(self, ref: Reference) -> ImageDisk | None:
+        try:
+            digest = self._ref_path(ref).read_text().strip()
+        except OSError:
+            return None
+        return self._load(digest, str(ref))
+
+    async def _client(self) -> httpx.AsyncClient:
+        if self._ssl is None:
+            # Loading the system CA bundle reads files: keep it off the loop, and do it once.
+            self._ssl = await asyncio.to_thread(ssl.create_default_context)
+        return httpx.AsyncClient(verify=self._ssl, follow_redirects=True,
+                                 timeout=httpx.Timeout(30.0, connect=10.0),
+                                 headers={"User-Agent": "gantry-agent"})
+
+    # -- ensure_disk ------------------------------------------------------------------------------
+
+    async def ensure_disk(self, ref: str, *, credentials: tuple[str, str] | None = None,
+                          progress: ProgressCallback | None = None) -> ImageDisk:
+        reference = parse_reference(ref)
+        report = _Reporter(progress)
+        await asyncio.to_thread(self._mkdirs)
+        if reference.digest:
+            # A digest never changes what it names: no need to ask the registry again.
+            cached = await asyncio.to_thread(self._cached_for_ref, reference)
+            if cached:
+                report("cached", cached.size_bytes, cached.size_bytes)
+                return cached
+        report("resolve", 0, 0)
+        async with await self._client() as http:
+            client = RegistryClient(http, reference, insecure=reference.endpoint in self.insecure_registries,
+                                    credentials=credentials)
+            try:
+                manifest, digest = await self._resolve(client, reference)
+            except ImageError as exc:
+                cached = None if exc.permanent else await asyncio.to_thread(self._cached_for_ref, reference)
+                if cached is None:
+                    raise
+                # The registry is down but this reference resolved before: run what we have.
+                log.warning("%s; using the cached %s for %s", exc.message, cached.digest, reference)
+                report("cached", cached.size_bytes, cached.size_bytes)
+                return cached
+            async with self._lock(digest):
+                disk = await asyncio.to_thread(self._load, digest, str(reference))
+                if disk is None:
+                    disk = await self._build(client, reference, digest, manifest, report)
+                else:
+                    report("cached", disk.size_bytes, disk.size_bytes)
+                await asyncio.to_thread(self._write_atomic, self._ref_path(reference), digest.encode())
+                return disk
+
+    async def _resolve(self, client: RegistryClient, ref: Reference) -> tuple[dict, str]:
+        """The linux/amd64 image manifest `ref` names, and its digest."""
+        document, digest = await client.manifest(ref.reference, f"image {ref}")
+        media_type = document.get("mediaType", "")
+        if media_type in INDEX_TYPES or ("manifests" in document and "layers" not in document):
+            offered = []
+            for entry in document.get("manifests") or []:
+                platform = entry.get("platform") or {}
+                pair = (platform.get("os"), platform.get("architecture"))
+                offered.append("/".join(str(p) for p in pair))
+                if pair == PLATFORM:
+                    document, digest = await client.manifest(entry["digest"], f"linux/amd64 image of {ref}")
+                    break
+            else:
+                shown = ", ".join(sorted(set(offered))) or "nothing"
+                raise ImageError(f"image {ref} has no linux/amd64 variant (it offers {shown})",
+                                 permanent=True)
+            media_type = document.get("mediaType", "")
+        if media_type not in MANIFEST_TYPES and "layers" not in document:
+            raise ImageError(f"image {ref} has an unsupported manifest type {media_type!r}",
+                             permanent=True)
+        try:
+            for desc in [document["config"], *document["layers"]]:
+                if not isinstance(desc["size"], int) or not str(desc["digest"]).startswith("sha256:"):
+                    raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise ImageError(f"image {ref} has a malformed manifest", permanent=True) from None
+        return document, digest
+
+    async def _build(self, client: RegistryClient, ref: Reference, digest: str, manifest: dict,
+                     report: _Reporter) -> ImageDisk:
+        blobs = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
+        # Counted, not locked: evict() must not take these blobs while this pull needs them.
+        self._active_blobs.update(blobs)
+        try:
+            await self._pull(client, manifest, report)
+            return await self._unpack(ref, digest, manifest, report)
+        finally:
+            self._active_blobs.subtract(blobs)
+
+    async def _pull(self, client: RegistryClient, manifest: dict, report: _Reporter) -> None:
+        descriptors = [manifest["config"], *manifest["layers"]]
+        total = sum(desc["size"] for desc in descriptors)
+        done: dict[str, int] = {}
+
+        def on_bytes(blob: str, n: int) -> None:
+            done[blob] = n
+            report("pull", sum(done.values()), total)
+
+        report("pull", 0, total)
+        semaphore = asyncio.Semaphore(MAX_PARALLEL_BLOBS)
+
+        async def fetch(desc: dict) -> None:
+            blob = desc["digest"]
+            async with semaphore, self._lock(blob):
+                path = self._blob_path(blob)
+                if not await asyncio.to_thread(path.is_file):
+                    await client.fetch_blob(blob, desc["size"], path, lambda n: on_bytes(blob, n))
+            on_bytes(blob, desc["size"])
+
+        await asyncio.gather(*(fetch(desc) for desc in descriptors))
+
+    async def _unpack(self, ref: Reference, digest: str, manifest: dict, report: _Reporter) -> ImageDisk:
+        config_desc, layers = manifest["config"], manifest["layers"]
+        config_doc = await asyncio.to_thread(self._read_config, self._blob_path(config_desc["digest"]), ref)
+        platform = (config_doc.get("os"), config_doc.get("architecture"))
+        if platform != PLATFORM and all(platform):
+            raise ImageError(f"image {ref} is built for {platform[0]}/{platform[1]}, not linux/amd64",
+                             permanent=True)
+        config = ImageConfig.from_oci(config_doc)
+        work = self.root / "tmp" / f"{_hex(digest)[:16]}.{secrets.token_hex(4)}"
+        self._active_tmp.add(work)
+        try:
+            rootfs = work / "rootfs"
+            await asyncio.to_thread(rootfs.mkdir, mode=0o755, parents=True)
+            unpacked = sum(layer["size"] for layer in layers)
+            applied = 0
+            report("unpack", 0, unpacked)
+            for layer in layers:
+                await asyncio.to_thread(apply_layer, self._blob_path(layer["digest"]), rootfs, layer["digest"])
+                applied += layer["size"]
+                report("unpack", applied, unpacked)
+            content, inodes = await asyncio.to_thread(measure, rootfs)
+            size, inode_count = disks.disk_geometry(content, inodes)
+            report("disk", 0, size)
+            image = work / "disk.ext4"
+            await disks.make_ext4(rootfs, image, size_bytes=size, inodes=inode_count,
+                                  label=ref.repository.rsplit("/", 1)[-1])
+            path = self._disk_path(digest)
+            await asyncio.to_thread(os.replace, image, path)
+            meta = {"ref": str(ref), "digest": digest, "size_bytes": size,
+                    "config": dataclasses.asdict(config),
+                    "blobs": [config_desc["digest"], *(layer["digest"] for layer in layers)]}
+            # The metadata file is the commit marker: a disk without one is not in the cache.
+            await asyncio.to_thread(self._write_atomic, self._meta_path(digest),
+                                    json.dumps(meta, indent=1).encode())
+            report("disk", size, size)
+        finally:
+            self._active_tmp.discard(work)
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        await asyncio.to_thread(self._touch, digest)
+        return ImageDisk(ref=str(ref), digest=digest, path=path, size_bytes=size, config=config)
+
+    @staticmethod
+    def _read_config(path: Path, ref: Reference) -> dict:
+        try:
+            document = json.loads(path.read_bytes())
+            if not isinstance(document, dict):
+                raise ValueError
+            return document
+        except ValueError:
+            raise ImageError(f"image {ref} has a config that is not a JSON object", permanent=True) from None
+
+    # -- overlays and eviction ----------------------------------------------------------------
+
+    async def create_overlay(self, disk: ImageDisk, dest: Path) -> None:
+        if not await asyncio.to_thread(disk.path.is_file):
+            raise ImageError(f"the cached disk of {disk.ref} is gone (evicted); pull it again")
+        await disks.make_overlay(disk.path, Path(dest))
+        await asyncio.to_thread(self._touch, disk.digest)
+
+    async def evict(self, *, in_use: set[str]) -> list[str]:
+        """Delete least recently used disks (and their blobs no other disk needs) until the
+        cache fits cache_limit_bytes; never a digest in `in_use` or one being pulled now."""
+        busy_blobs = {key for key, n in self._active_blobs.items() if n > 0}
+        busy_blobs |= {key for key, lock in self._locks.items() if lock.locked()}
+        entries, usage = await asyncio.to_thread(self._scan, busy_blobs, set(self._active_tmp))
+        evicted: list[str] = []
+        for digest, _, _, blobs in sorted(entries, key=lambda e: e[1]):
+            if usage <= self.cache_limit_bytes:
+                break
+            if digest in in_use or self._lock(digest).locked():
+                continue
+            async with self._lock(digest):
+                others = {b for d, _, _, bs in entries if d != digest and d not in evicted for b in bs}
+                doomed = [b for b in blobs if b not in others and b not in busy_blobs]
+                usage -= await asyncio.to_thread(self._delete, digest, doomed)
+            evicted.append(digest)
+        return evicted
+
+    def _scan(self, busy_blobs: set[str], busy_tmp: set[Path]) -> tuple[list, int]:
+        """Cache entries (digest, last use ns, disk bytes, blobs) and the bytes used on disk,
+        counting allocated blocks (base disks are sparse). What crashed or failed pulls left
+        behind (work dirs, partial or unreferenced blobs) is deleted on the way."""
+        self._mkdirs()
+        for stale in (self.root / "tmp").iterdir():
+            if stale not in busy_tmp:
+                shutil.rmtree(stale, ignore_errors=True)
+        entries, referenced = [], set()
+        for meta_path in (self.root / "disks").glob("*.json"):
+            try:
+                meta = json.loads(meta_path.read_text())
+                st_meta = meta_path.stat()
+                st_disk = self._disk_path(meta["digest"]).stat()
+            except (OSError, ValueError, KeyError):
+                continue
+            entries.append((meta["digest"], st_meta.st_mtime_ns, st_disk.st_blocks * 512, meta["blobs"]))
+            referenced.update(meta["blobs"])
+        usage = sum(e[2] for e in entries)
+        for blob in (self.root / "blobs" / "sha256").iterdir():
+            digest = "sha256:" + blob.name.lstrip(".").split(".", 1)[0]
+            if digest not in busy_blobs and (blob.name.startswith(".") or digest not in referenced):
+                blob.unlink(missing_ok=True)
+                continue
+            usage += blob.stat().st_blocks * 512
+        return entries, usage
+
+    def _delete(self, digest: str, blobs: list[str]) -> int:
+        freed = 0
+        for path in [self._meta_path(digest), self._disk_path(digest), *map(self._blob_path, blobs)]:
+            try:
+                freed += path.stat().st_blocks * 512
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        return freed

@@ -1,0 +1,178 @@
+"""Apply OCI layer tarballs to a rootfs directory (blocking: call through asyncio.to_thread).
+
+We extract entry by entry instead of tarfile.extractall because the layer's paths belong to
+the image's root, not the host's: a parent component that is a symlink is resolved inside the
+rootfs as a chroot would (an absolute `/etc` target means `<rootfs>/etc`), `..` in a name is
+refused, and whiteouts (`.wh.<name>`, `.wh..wh..opq`) delete what lower layers made.
+Owners, modes, mtimes and xattrs are kept, so mkfs.ext4 -d copies them into the disk.
+"""
+
+import os
+import shutil
+import stat
+import tarfile
+from pathlib import Path
+
+from nodes.agent.errors import ImageError
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+_MAX_SYMLINK_HOPS = 40  # Linux's own limit
+_IS_ROOT = os.geteuid() == 0
+
+
+def _bad_layer(layer: str, why: str) -> ImageError:
+    return ImageError(f"layer {layer} is malformed: {why}", permanent=True)
+
+
+def _parts(name: str, layer: str) -> list[str]:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise _bad_layer(layer, f"entry {name!r} points outside the image root")
+    return parts
+
+
+def _resolve(rootfs: Path, parts: list[str]) -> Path:
+    """The real directory `parts` names inside rootfs, following symlinks chroot-style."""
+    resolved: list[str] = []
+    todo = list(parts)
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = rootfs.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > _MAX_SYMLINK_HOPS:
+                raise ImageError(f"too many levels of symlinks under /{'/'.join(parts)}", permanent=True)
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            todo = target.split("/") + todo
+            continue
+        resolved.append(part)
+    return rootfs.joinpath(*resolved)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.is_symlink() or path.exists():
+        path.unlink()
+
+
+def _metadata(path: Path, member: tarfile.TarInfo) -> None:
+    if _IS_ROOT:
+        os.lchown(path, member.uid, member.gid)
+    for key, value in member.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            try:
+                os.setxattr(path, key[13:], value.encode("utf-8", "surrogateescape"),
+                            follow_symlinks=False)
+            except OSError:
+                pass  # e.g. security.* xattrs the host's LSM refuses; the workload rarely needs them
+    if not member.issym():
+        os.chmod(path, member.mode & 0o7777)  # after lchown, which clears setuid bits
+    os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+
+
+def _open_layer(blob: Path, layer: str):
+    with open(blob, "rb") as probe:
+        magic = probe.read(4)
+    if magic.startswith(b"\x28\xb5\x2f\xfd"):
+        raise ImageError(f"layer {layer} is zstd-compressed, which this agent does not support yet",
+                         permanent=True)
+    mode = "r|gz" if magic.startswith(b"\x1f\x8b") else "r|"
+    return tarfile.open(blob, mode=mode)
+
+
+def apply_layer(blob: Path, rootfs: Path, layer: str) -> None:
+    """Apply one layer (gzip or plain tar) on top of rootfs."""
+    created: set[Path] = set()
+    dirs: list[tuple[Path, tarfile.TarInfo]] = []
+    try:
+        with _open_layer(blob, layer) as tar:
+            for member in tar:
+                _apply_member(tar, member, rootfs, layer, created, dirs)
+        # Directory modes and mtimes last: adding children changes a dir's mtime, and a
+        # read-only dir must stay writable until its children are in.
+        for path, member in reversed(dirs):
+            _metadata(path, member)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (28, 122):  # ENOSPC, EDQUOT
+            raise ImageError(f"no space left to unpack layer {layer} on the agent's disk") from None
+        raise _bad_layer(layer, str(exc) or type(exc).__name__) from None
+
+
+def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, rootfs: Path, layer: str,
+                  created: set[Path], dirs: list) -> None:
+    parts = _parts(member.name, layer)
+    if not parts:
+        return  # the root entry itself: rootfs keeps 0755 root:root
+    parent = _resolve(rootfs, parts[:-1])
+    base = parts[-1]
+    if base == OPAQUE:
+        # An opaque dir hides everything lower layers put in it, not what this layer adds.
+        if parent.is_dir():
+            for child in list(parent.iterdir()):
+                if child not in created:
+                    _remove(child)
+        return
+    if base.startswith(WHITEOUT):
+        _remove(parent / base[len(WHITEOUT):])
+        return
+    parent.mkdir(parents=True, exist_ok=True)
+    path = parent / base
+    if path.is_symlink() or path.exists():
+        if not (member.isdir() and path.is_dir() and not path.is_symlink()):
+            _remove(path)
+    created.add(path)
+    if member.isdir():
+        path.mkdir(exist_ok=True)
+        dirs.append((path, member))
+        return
+    if member.isreg():
+        source = tar.extractfile(member)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    elif member.issym():
+        os.symlink(member.linkname, path)
+    elif member.islnk():
+        link_parts = _parts(member.linkname, layer)
+        target = _resolve(rootfs, link_parts[:-1]) / link_parts[-1] if link_parts else rootfs
+        if not (target.is_symlink() or target.exists()) or target.is_dir():
+            raise _bad_layer(layer, f"hard link {member.name!r} to missing {member.linkname!r}")
+        os.link(target, path, follow_symlinks=False)
+        return  # a hard link shares the target's inode and metadata
+    elif member.ischr() or member.isblk():
+        if not _IS_ROOT:
+            return
+        kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+        os.mknod(path, kind | (member.mode & 0o7777), os.makedev(member.devmajor, member.devminor))
+    elif member.isfifo():
+        os.mkfifo(path, member.mode & 0o7777)
+    else:
+        return  # sockets and unknown types have no meaning in an image
+    _metadata(path, member)
+
+
+def measure(rootfs: Path) -> tuple[int, int]:
+    """(bytes the tree needs in 4 KiB blocks, number of inodes) for sizing its ext4 disk."""
+    total, inodes = 0, 1
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(rootfs):
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            inodes += 1
+            total += (st.st_size + 4095) // 4096 * 4096 if not stat.S_ISLNK(st.st_mode) else 0
+    return total, inodes
