@@ -1,0 +1,126 @@
+"""The operator CLI end to end: real QEMU (TCG here), the real registry and hello image, the
+real network, all inside a throwaway namespace. Each boot costs a few seconds, so each test
+checks several behaviours of one VM."""
+
+import json
+import os
+import time
+
+import pytest
+
+from nodes.agent.cli import main
+from nodes.agent.network import tap_name
+
+pytestmark = [pytest.mark.vm, pytest.mark.netns, pytest.mark.timeout(600)]
+
+
+def wait_for_state(cli, name, states, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, vms, _ = cli("vm", "ls")
+        vms = vms if isinstance(vms, list) else [vms]
+        info = next((v for v in vms if v["name"] == name), None)
+        if info and info["state"] in states:
+            return info
+        time.sleep(1)
+    raise AssertionError(f"{name} never reached {states}: {info}")
+
+
+def test_usage_errors_are_json_with_exit_code_2(capsys):
+    assert main(["vm", "run", "x"]) == 2
+    assert "error" in json.loads(capsys.readouterr().out)
+    assert main(["vm", "run", "x", "--image", "i", "--entrypoint", "not json"]) == 2
+    assert "JSON list" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_hello_serves_its_port_with_separate_streams_and_stop_leaves_nothing(agent_cli, ns_registry, node_netns):
+    rc, info, progress = agent_cli(
+        "vm", "run", "web", "--image", ns_registry, "--port", "8080",
+        "--env", "GREETING=hi there", "--secret-env", "API_TOKEN=tok-s3cret",
+    )
+    assert info["state"] == "running" and info["accel"] in ("kvm", "tcg")
+    events = [json.loads(line) for line in progress.splitlines()]
+    assert [e["state"] for e in events][:1] == ["pulling"] and events[-1]["state"] == "running"
+    # The published port answers from the node itself (DNAT on output) and at the VM address.
+    assert node_netns.fetch("http", "127.0.0.1", info["host_port"]).strip() == "hi there"
+    assert node_netns.fetch("http", info["address"], 8080).strip() == "hi there"
+
+    _, lines, _ = agent_cli("vm", "logs", "web")
+    assert [x["message"] for x in lines if x["stream"] == "stdout"][:1] == ["hi there"]
+    assert [x["message"] for x in lines if x["stream"] == "stderr"][:1] == ["hello: mode serve, port 8080"]
+    assert [x["seq"] for x in lines] == list(range(1, len(lines) + 1))
+
+    _, ls, _ = agent_cli("vm", "ls")
+    vm_dir = agent_cli.data_dir / "vms" / "web"
+    for text in (json.dumps(ls), progress, (vm_dir / "spec.json").read_text(), (vm_dir / "state.json").read_text()):
+        assert "tok-s3cret" not in text
+
+    _, stopped, _ = agent_cli("vm", "stop", "web")
+    assert stopped["state"] == "stopped"
+    assert not (vm_dir / "overlay.qcow2").exists()
+    pid = info["pid"]
+    assert not os.path.exists(f"/proc/{pid}") or "qemu" not in open(f"/proc/{pid}/cmdline").read()
+    assert tap_name("web") not in node_netns.run("ip", "-o", "link")
+    ruleset = node_netns.run("nft", "list", "ruleset")
+    assert "web" not in ruleset and str(info["host_port"]) not in ruleset
+    agent_cli("vm", "rm", "web")
+    assert not vm_dir.exists()
+    _, ls, _ = agent_cli("vm", "ls")
+    assert ls == []
+
+
+def test_entrypoint_args_env_secret_and_exit_code_reach_the_workload(agent_cli, ns_registry):
+    script = 'echo "$GREETING $API_TOKEN $1"; echo "err-$1" >&2; echo after; exit 0'
+    rc, info, progress = agent_cli(
+        "vm", "run", "once", "--image", ns_registry, "--entrypoint", json.dumps(["/bin/sh", "-c", script, "sh"]),
+        "--arg", "A1", "--env", "GREETING=g", "--secret-env", "API_TOKEN=tok-2",
+    )
+    assert "tok-2" not in progress
+    info = wait_for_state(agent_cli, "once", {"stopped", "failed"})
+    assert (info["state"], info["exit_code"]) == ("stopped", 0)
+    _, lines, _ = agent_cli("vm", "logs", "once")
+    assert [x["message"] for x in lines if x["stream"] == "stdout"] == ["g tok-2 A1", "after"]
+    assert [x["message"] for x in lines if x["stream"] == "stderr"] == ["err-A1"]
+    _, later, _ = agent_cli("vm", "logs", "once", "--after-seq", "2")
+    assert [x["seq"] for x in later] == [3]
+    agent_cli("vm", "rm", "once")
+
+
+def test_crash_loop_ends_failed_with_code_and_last_stderr(agent_cli, ns_registry):
+    agent_cli("vm", "run", "crash", "--image", ns_registry, "--arg", "exit", "--arg", "3")
+    info = wait_for_state(agent_cli, "crash", {"failed", "stopped"}, timeout=180)
+    assert info["state"] == "failed" and info["exit_code"] == 3
+    assert info["reason"].startswith("exited with code 3 after 3 restarts; last stderr:")
+    assert "hello: mode exit" in info["reason"]
+    agent_cli("vm", "rm", "crash")
+
+
+@pytest.mark.parametrize(
+    "image, expected",
+    [
+        ("NOT a reference!", "reference"),
+        ("127.0.0.1:5000/gantry/nope:latest", "not found"),
+        ("127.0.0.1:5999/gantry/hello:latest", "127.0.0.1:5999"),
+    ],
+)
+def test_bad_image_gives_a_reason_not_a_traceback(agent_cli, ns_registry, image, expected):
+    rc, result, _ = agent_cli("vm", "run", "bad", "--image", image, "--insecure-registry", "127.0.0.1:5999",
+                              "--insecure-registry", "127.0.0.1:5000", check=False)
+    assert rc == 1
+    assert expected.lower() in result["error"].lower()
+
+
+def test_wrong_registry_credentials_give_a_reason(agent_cli, node_netns, agent_shared_dir, tmp_path):
+    from tests.agent.conftest import REGISTRY_SCRIPT, _registry
+
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(node_netns.run("python3", str(REGISTRY_SCRIPT), "htpasswd", "u", "right"))
+    _registry(node_netns, tmp_path / "authreg", "up", "--addr", "127.0.0.1:5001", "--name", "authreg",
+              "--htpasswd", str(htpasswd))
+    password = tmp_path / "pw"
+    password.write_text("wrong\n")
+    rc, result, _ = agent_cli("vm", "run", "auth", "--image", "127.0.0.1:5001/gantry/hello:latest",
+                              "--insecure-registry", "127.0.0.1:5001", "--registry-user", "u",
+                              "--registry-password-file", str(password), check=False)
+    assert rc == 1
+    assert any(word in result["error"].lower() for word in ("credential", "unauthorized", "denied", "authentication"))
