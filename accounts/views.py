@@ -1,0 +1,42 @@
+"""Customer sign-up. Login and logout are Django's own views (accounts/urls.py)."""
+
+from __future__ import annotations
+
+from django.contrib.auth import login
+from django.shortcuts import redirect
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.generic import FormView
+
+from accounts.forms import SignupForm
+from accounts.services import user_signup
+from cloud.exceptions import ApplicationError
+
+# Where a new user lands unless `next` says otherwise (e.g. back to /o/authorize/).
+DEFAULT_AFTER_SIGNUP = "/api/v1/docs/"
+
+
+class SignupView(FormView):
+    template_name = "accounts/signup.html"
+    form_class = SignupForm
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(next=self._next_url(), **kwargs)
+
+    def form_valid(self, form):
+        try:
+            user, _tenant = user_signup(email=form.cleaned_data["email"], password=form.cleaned_data["password1"])
+        except ApplicationError as exc:  # a concurrent signup with the same email
+            form.add_error("email", exc.detail)
+            return self.form_invalid(form)
+        # Named explicitly: login() refuses to guess when several backends are configured.
+        login(self.request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect(self._next_url())
+
+    def _next_url(self) -> str:
+        # Only same-site redirects: `next` comes from the query string and must not send a
+        # freshly signed-up user to someone else's site (open redirect).
+        candidate = self.request.POST.get("next") or self.request.GET.get("next") or ""
+        if candidate and url_has_allowed_host_and_scheme(candidate, allowed_hosts={self.request.get_host()},
+                                                         require_https=self.request.is_secure()):
+            return candidate
+        return DEFAULT_AFTER_SIGNUP
