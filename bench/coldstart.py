@@ -1,0 +1,230 @@
+"""Cold-start benchmark of the microVM runtime, for the `hello` image.
+
+Self-contained: re-executes itself inside a throwaway network namespace (so TAPs, nftables
+rules and published ports never touch the host's network), starts the local registry inside
+it with scripts/registry/registry.py (the same script as `make registry`) and pushes
+gantry/hello there, and uses a temporary data dir (the guest kit is cached in
+$STATE_DIR/bench-kit, so only the first run builds it).
+
+Prints:
+  - the floor: the same kernel booting an initramfs whose /init only powers off (kit.floor_initrd),
+  - cold start (empty image cache) and warm start (cached image), broken down into pull,
+    unpack, disk, QEMU start, kernel to /init and workload ready (health check passed),
+  - QEMU's memory beyond guest RAM for a running VM, from /proc/<pid>/smaps,
+  - ten VMs started at once: how many reach running, and how long it took.
+Targets (issue 10): warm start within 1.5x the floor; < 30 MiB beyond guest RAM; 10/10 running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
+STATE_DIR = Path(os.environ.get("STATE_DIR", ROOT / ".state"))
+HELLO = "127.0.0.1:5000/gantry/hello:latest"
+_IN_NS = "GANTRY_COLDSTART_NETNS"
+
+
+def _enter_netns() -> int:
+    name = f"gbench-{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        env = {**os.environ, _IN_NS: name}
+        return subprocess.run(["ip", "netns", "exec", name, sys.executable, __file__], env=env).returncode
+    finally:
+        for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "del", name])
+
+
+def _registry(state: Path) -> None:
+    for argv in (["up", "--addr", "127.0.0.1:5000", "--name", "benchreg"], ["push-hello", "--registry", "127.0.0.1:5000"]):
+        subprocess.run([sys.executable, str(REGISTRY), *argv, "--state-dir", str(state)], check=True,
+                       stdout=subprocess.DEVNULL)
+
+
+def _ms(seconds: float | None) -> str:
+    return "    -   " if seconds is None else f"{seconds * 1000:8.0f}"
+
+
+async def _floor(kit, accel, work: Path, runs: int = 3) -> float:
+    """Wall time of QEMU booting the floor initramfs to power-off, best of `runs`: the same
+    command line as a real VM (machine, devices, accelerator) without disk or network."""
+    from dataclasses import replace
+
+    from nodes.agent.vmm.qemu import GuestSpec, VmLaunch, command_line
+
+    best = float("inf")
+    for i in range(runs):
+        vm_dir = work / f"floor-{i}"
+        vm_dir.mkdir(parents=True)
+        (vm_dir / "guest.sh").write_text("")
+        launch = VmLaunch(name=f"floor-{i}", vm_dir=vm_dir, kit=replace(kit, initrd=kit.floor_initrd), accel=accel,
+                          disk=None, vcpus=1, memory_mib=256, guest=GuestSpec(argv=["true"]), net=None)
+        t0 = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(*command_line(launch), stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        await proc.wait()
+        best = min(best, time.monotonic() - t0)
+    return best
+
+
+def _time_launches(runtime, marks: dict[str, dict[str, float]]) -> None:
+    """Wrap the vmm's launch to time QEMU start (exec until QMP answers) per VM."""
+    launch = runtime.vmm.launch
+
+    async def timed(l):
+        t0 = time.time()
+        pid = await launch(l)
+        marks.setdefault(l.name, {}).update({"launch": t0, "launched": time.time()})
+        return pid
+
+    runtime.vmm.launch = timed
+
+
+async def _timed_start(runtime, name: str, launches: dict[str, dict[str, float]]):
+    """Start hello with its port and time each phase from the runtime's events."""
+    from nodes.protocol import ReplicaSpec
+
+    marks: dict[str, float] = {}
+    queue = runtime.subscribe()
+    t0 = time.time()
+    info = await runtime.start(ReplicaSpec(name=name, image=HELLO, traffic_port=8080))
+    wall = time.time() - t0
+    while not queue.empty():
+        ev = queue.get_nowait()
+        if ev.name == name:
+            marks.setdefault(ev.phase if ev.state == "pulling" and ev.phase else ev.state, ev.ts)
+    marks.update(launches.get(name, {}))
+    return info, marks, t0, wall
+
+
+def _breakdown(marks: dict[str, float], t0: float) -> dict[str, float | None]:
+    def span(a: str, b: str) -> float | None:
+        return marks[b] - marks[a] if a in marks and b in marks else None
+
+    # Each phase runs from its first event to the next phase's first event. A cached image
+    # reports `cached` only, so its pull and unpack are absent.
+    return {
+        "resolve (manifest)": span("resolve", "pull") if "pull" in marks else span("resolve", "cached"),
+        "pull (blobs)": span("pull", "unpack"),
+        "unpack (layers)": span("unpack", "disk"),
+        "disk (ext4 + overlay + TAP/port)": span("disk", "launch") if "disk" in marks else span("cached", "launch"),
+        "QEMU start (exec to QMP up)": span("launch", "launched"),
+        "kernel + /init to workload start": span("launched", "starting"),
+        "workload ready (health check)": span("starting", "running"),
+        "total": marks["running"] - t0 if "running" in marks else None,
+    }
+
+
+def _memory(pid: int) -> dict:
+    """RSS of a QEMU process split into guest RAM (its largest anonymous mapping: the RAM block
+    is one mmap of the guest's size) and everything else (QEMU's heap and code, the TCG
+    translation cache, device state), with the largest mappings to show where it goes."""
+    from nodes.agent.vmm.qemu import overhead_rss_kib
+
+    total, ram = overhead_rss_kib(pid)
+    maps: list[tuple[int, int, str]] = []
+    name, size = "", 0
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and ":" not in head[0]:
+            name = head[5] if len(head) >= 6 else "[anon]"
+        elif head[0] == "Size:":
+            size = int(head[1])
+        elif head[0] == "Rss:":
+            maps.append((int(head[1]), size, name))
+    status = Path(f"/proc/{pid}/status").read_text()
+    vmrss = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+    return {"vmrss_mib": vmrss / 1024, "smaps_rss_mib": total / 1024, "guest_ram_rss_mib": ram / 1024,
+            "overhead_mib": (total - ram) / 1024,
+            "largest": [(r / 1024, s / 1024, n) for r, s, n in sorted(maps, reverse=True)[:5]]}
+
+
+async def main() -> int:
+    from nodes.agent.images import OciImageStore
+    from nodes.agent.network import LinuxNetwork, NetworkConfig
+    from nodes.agent.runtime import MicroVmRuntime
+    from nodes.protocol import ReplicaSpec
+
+    tmp = Path(tempfile.mkdtemp(prefix="gantry-coldstart-"))
+    try:
+        await asyncio.to_thread(_registry, tmp / "registry")
+        data = tmp / "data"
+        data.mkdir()
+        kit_cache = STATE_DIR / "bench-kit"
+        kit_cache.mkdir(parents=True, exist_ok=True)
+        (data / "kit").symlink_to(kit_cache)
+        runtime = MicroVmRuntime(data, images=OciImageStore(data / "images"),
+                                 network=LinuxNetwork(NetworkConfig(), data / "network"))
+        kit, accel = await runtime.host()
+        print(f"accelerator: {accel.name} ({accel.reason}); kernel {kit.kernel_version}")
+        floor = await _floor(kit, accel, tmp / "floor")
+        launches: dict[str, dict[str, float]] = {}
+        _time_launches(runtime, launches)
+        print(f"floor (same kernel, /init only powers off): {floor * 1000:.0f} ms")
+
+        rows = {}
+        for label in ("cold", "warm"):
+            info, marks, t0, wall = await _timed_start(runtime, f"bench-{label}", launches)
+            rows[label] = (_breakdown(marks, t0), wall)
+            if label == "warm":
+                mem = await asyncio.to_thread(_memory, info.pid)
+            await runtime.remove(f"bench-{label}")
+        print(f"\n{'phase (ms)':36} {'cold':>8} {'warm':>8}   (kernel to /init alone is about the floor)")
+        for key in rows["cold"][0]:
+            print(f"{key:36} {_ms(rows['cold'][0][key])} {_ms(rows['warm'][0][key])}")
+        print(f"{'wall (start() call)':36} {_ms(rows['cold'][1])} {_ms(rows['warm'][1])}")
+        warm = rows["warm"][1]
+        ok = warm <= 1.5 * floor
+        print(f"\nwarm start {warm * 1000:.0f} ms vs floor {floor * 1000:.0f} ms = {warm / floor:.2f}x "
+              f"(target <= 1.5x): {'OK' if ok else 'MISSED'}")
+
+        print(f"\nQEMU memory (warm VM, 256 MiB guest, running hello): VmRSS {mem['vmrss_mib']:.1f} MiB "
+              f"(sum of smaps Rss {mem['smaps_rss_mib']:.1f} MiB), of which guest RAM touched "
+              f"{mem['guest_ram_rss_mib']:.1f} MiB (Rss of the largest anonymous mapping, the RAM block)")
+        print(f"  beyond guest RAM = smaps Rss - guest RAM Rss = {mem['overhead_mib']:.1f} MiB "
+              f"(target < 30 MiB): {'OK' if mem['overhead_mib'] < 30 else 'MISSED'}")
+        for rss, size, name in mem["largest"]:
+            print(f"  mapping {name:24} size {size:8.1f} MiB  rss {rss:6.1f} MiB")
+
+        names = [f"bench-many-{i}" for i in range(10)]
+        t0 = time.monotonic()
+        results = await asyncio.gather(
+            *(runtime.start(ReplicaSpec(name=n, image=HELLO, traffic_port=8080)) for n in names), return_exceptions=True
+        )
+        took = time.monotonic() - t0
+        running = sum(1 for r in results if not isinstance(r, BaseException) and r.state == "running")
+        print(f"\nten VMs started at once: {running}/10 running in {took:.1f} s (target 10/10): "
+              f"{'OK' if running == 10 else 'MISSED'}")
+        for r in results:
+            if isinstance(r, BaseException):
+                print(f"  failed: {r}")
+        await asyncio.gather(*(runtime.remove(n) for n in names), return_exceptions=True)
+        await runtime.close()
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        print("coldstart: needs root (network namespace, TAPs, QEMU)", file=sys.stderr)
+        sys.exit(1)
+    if os.environ.get(_IN_NS) is None:
+        sys.exit(_enter_netns())
+    sys.exit(asyncio.run(main()))
