@@ -1,0 +1,155 @@
+"""Registries for the image tests: the real local one (what `make registry` starts, through the
+same script), a second real docker-registry with basic auth, and helpers that push hand-made
+images to a registry through its HTTP API."""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REGISTRY_SCRIPT = REPO_ROOT / "scripts" / "registry" / "registry.py"
+LOCAL_REGISTRY = "127.0.0.1:5000"
+HELLO = f"{LOCAL_REGISTRY}/gantry/hello:latest"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def _registry(*args: str) -> None:
+    state = os.environ.get("STATE_DIR", str(REPO_ROOT / ".state"))
+    subprocess.run([sys.executable, str(REGISTRY_SCRIPT), *args, "--state-dir", state],
+                   check=True, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def local_registry() -> str:
+    """127.0.0.1:5000 answering with gantry/hello:latest pushed, as after `make registry`."""
+    _registry("up", "--addr", LOCAL_REGISTRY)
+    _registry("push-hello", "--registry", LOCAL_REGISTRY)
+    return LOCAL_REGISTRY
+
+
+@dataclass(frozen=True)
+class AuthRegistry:
+    addr: str
+    user: str
+    password: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory) -> AuthRegistry:
+    """A second docker-registry, with an htpasswd file, holding gantry/hello:latest."""
+    state = tmp_path_factory.mktemp("auth-registry")
+    user, password = "alice", secrets.token_urlsafe(12)
+    line = subprocess.run([sys.executable, str(REGISTRY_SCRIPT), "htpasswd", user, password],
+                          check=True, capture_output=True, text=True).stdout
+    (state / "htpasswd").write_text(line)
+    (state / "creds").write_text(f"{user}:{password}")
+    addr = f"127.0.0.1:{_free_port()}"
+    run = [sys.executable, str(REGISTRY_SCRIPT)]
+    subprocess.run([*run, "up", "--state-dir", str(state), "--name", "auth", "--addr", addr,
+                    "--htpasswd", str(state / "htpasswd")], check=True, capture_output=True)
+    try:
+        subprocess.run([*run, "push-hello", "--state-dir", str(state), "--registry", addr,
+                        "--creds-file", str(state / "creds")], check=True, capture_output=True)
+        yield AuthRegistry(addr, user, password)
+    finally:
+        subprocess.run([*run, "stop", "--state-dir", str(state), "--name", "auth"], check=True)
+
+
+# -- hand-made images ------------------------------------------------------------------------------
+
+def layer(*entries: tuple) -> bytes:
+    """A gzip layer from (name, kind, payload, mode) entries: kind is "file" (payload bytes),
+    "dir", "symlink" or "hardlink" (payload = link target)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, payload, mode in entries:
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = mode, 1704067200
+            data = None
+            if kind == "file":
+                info.size, data = len(payload), io.BytesIO(payload)
+            elif kind == "dir":
+                info.type = tarfile.DIRTYPE
+            elif kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, payload
+            elif kind == "hardlink":
+                info.type, info.linkname = tarfile.LNKTYPE, payload
+            tar.addfile(info, data)
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_parts(layers: list[bytes], *, arch: str = "amd64", config: dict | None = None) -> dict:
+    """{digest: bytes} of config and layers, plus "manifest" (bytes) of an OCI image."""
+    config_doc = {"architecture": arch, "os": "linux",
+                  "config": config or {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+                  "rootfs": {"type": "layers",
+                             "diff_ids": [digest_of(gzip.decompress(b)) for b in layers]}}
+    config_bytes = json.dumps(config_doc).encode()
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": digest_of(config_bytes), "size": len(config_bytes)},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                            "digest": digest_of(b), "size": len(b)} for b in layers]}
+    parts = {digest_of(b): b for b in [config_bytes, *layers]}
+    parts["manifest"] = json.dumps(manifest).encode()
+    return parts
+
+
+async def push_image(registry: str, repo: str, tag: str, layers: list[bytes], *,
+                     arch: str = "amd64", config: dict | None = None) -> str:
+    """Push an image through the registry API (monolithic uploads); returns its digest."""
+    parts = image_parts(layers, arch=arch, config=config)
+    manifest = parts.pop("manifest")
+    async with httpx.AsyncClient(base_url=f"http://{registry}/v2/{repo}") as http:
+        for digest, data in parts.items():
+            started = await http.post("/blobs/uploads/")
+            assert started.status_code == 202, started.text
+            # The upload URL carries its own state in the query: add to it, do not replace it.
+            url = httpx.URL(started.headers["location"]).copy_merge_params({"digest": digest})
+            done = await http.put(url, content=data, headers={"Content-Type": "application/octet-stream"})
+            assert done.status_code == 201, done.text
+        await put_manifest(http, tag, manifest, OCI_MANIFEST)
+    return digest_of(manifest)
+
+
+async def push_index(registry: str, repo: str, tag: str, entries: list[tuple[str, str]]) -> str:
+    """Push an OCI index of (architecture, manifest digest) entries already in `repo`."""
+    async with httpx.AsyncClient(base_url=f"http://{registry}/v2/{repo}") as http:
+        manifests = []
+        for arch, digest in entries:
+            head = await http.head(f"/manifests/{digest}", headers={"Accept": OCI_MANIFEST})
+            assert head.status_code == 200, (arch, digest)
+            manifests.append({"mediaType": OCI_MANIFEST, "digest": digest,
+                              "size": int(head.headers["content-length"]),
+                              "platform": {"os": "linux", "architecture": arch}})
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}).encode()
+        await put_manifest(http, tag, index, OCI_INDEX)
+    return digest_of(index)
+
+
+async def put_manifest(http: httpx.AsyncClient, tag: str, body: bytes, media_type: str) -> None:
+    response = await http.put(f"/manifests/{tag}", content=body, headers={"Content-Type": media_type})
+    assert response.status_code == 201, response.text

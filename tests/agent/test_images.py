@@ -1,0 +1,227 @@
+"""OciImageStore against real registries (docker-registry on loopback) and real tools
+(mkfs.ext4, qemu-img, debugfs); only the digest-mismatch case needs a registry that lies."""
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from nodes.agent.images import ImageError, OciImageStore, PullProgress
+from tests.agent.conftest_images import (  # noqa: F401  (fixtures)
+    HELLO, AuthRegistry, auth_registry, digest_of, image_parts, layer, local_registry,
+    push_image, push_index,
+)
+
+
+async def run(*argv: str) -> str:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def ls(disk: Path, directory: str) -> set[str]:
+    """Names in `directory` of an ext4 image, read with debugfs (no mount needed)."""
+    out = await run("debugfs", "-R", f"ls -p {directory}", str(disk))
+    # ls -p prints /inode/mode/uid/gid/name/size/ per entry
+    return {f.split("/")[5] for f in out.splitlines() if f.startswith("/")} - {".", ".."}
+
+
+async def cat(disk: Path, path: str) -> str:
+    return await run("debugfs", "-R", f"cat {path}", str(disk))
+
+
+@pytest.fixture
+def store(tmp_path) -> OciImageStore:
+    return OciImageStore(tmp_path / "images")
+
+
+async def test_pulls_hello_into_an_ext4_disk(local_registry, store):
+    seen: list[PullProgress] = []
+    disk = await store.ensure_disk(HELLO, progress=seen.append)
+
+    assert disk.ref == HELLO and disk.digest.startswith("sha256:")
+    assert disk.path.is_file() and disk.path.stat().st_size == disk.size_bytes
+    assert {"hello.sh", "bin", "etc", "tmp"} <= await ls(disk.path, "/")
+    assert {"busybox", "sh", "httpd"} <= await ls(disk.path, "/bin")
+    assert "GREETING" in await cat(disk.path, "/hello.sh")
+    assert disk.config.env["GREETING"] == "Hello from Gantry" and disk.config.env["PORT"] == "8080"
+    assert disk.config.entrypoint == ["/hello.sh"] and disk.config.cmd == ["serve"]
+    assert disk.config.exposed_ports == [8080] and disk.config.workdir == "/"
+    phases = [p.phase for p in seen]
+    assert phases[0] == "resolve" and phases[-1] == "disk" and "unpack" in phases
+    pulls = [p for p in seen if p.phase == "pull"]
+    assert pulls[-1].total_bytes > 900_000 and pulls[-1].done_bytes == pulls[-1].total_bytes
+    assert not list((store.root / "tmp").iterdir()), "the unpacked rootfs is removed"
+
+
+async def test_second_pull_is_a_cache_hit(local_registry, store):
+    first = await store.ensure_disk(HELLO)
+    blobs = {p: p.stat().st_mtime_ns for p in (store.root / "blobs" / "sha256").iterdir()}
+    seen: list[PullProgress] = []
+
+    second = await store.ensure_disk("127.0.0.1:5000/gantry/hello", progress=seen.append)
+
+    assert second == first
+    assert [p.phase for p in seen] == ["resolve", "cached"]
+    assert {p: p.stat().st_mtime_ns for p in (store.root / "blobs" / "sha256").iterdir()} == blobs
+
+
+async def test_concurrent_pulls_of_one_image_build_one_disk(local_registry, store):
+    phases: list[list[str]] = [[], []]
+    disks = await asyncio.gather(*(
+        store.ensure_disk(HELLO, progress=lambda p, i=i: phases[i].append(p.phase)) for i in range(2)))
+
+    assert disks[0] == disks[1]
+    assert sorted("pull" in p for p in phases) == [False, True]
+    stem = disks[0].path.stem
+    assert sorted(p.name for p in (store.root / "disks").iterdir()) == [f"{stem}.ext4", f"{stem}.json"]
+
+
+async def test_digest_reference_needs_no_registry_once_cached(local_registry, store):
+    disk = await store.ensure_disk(HELLO)
+    pinned = f"127.0.0.1:5000/gantry/hello@{disk.digest}"
+    assert (await store.ensure_disk(pinned)).digest == disk.digest
+    seen: list[PullProgress] = []
+    assert (await store.ensure_disk(pinned, progress=seen.append)).path == disk.path
+    assert [p.phase for p in seen] == ["cached"]
+
+
+async def test_overlay_is_a_thin_qcow2_backed_by_the_cached_disk(local_registry, store, tmp_path):
+    disk = await store.ensure_disk(HELLO)
+    overlay = tmp_path / "vm" / "root.qcow2"
+    overlay.parent.mkdir()
+
+    await store.create_overlay(disk, overlay)
+
+    info = json.loads(await run("qemu-img", "info", "--output=json", str(overlay)))
+    assert info["format"] == "qcow2"
+    assert info["backing-filename"] == str(disk.path) and info["backing-filename-format"] == "raw"
+    assert info["virtual-size"] == disk.size_bytes
+    assert info["actual-size"] < 1 << 20
+
+
+async def test_whiteouts_and_opaque_dirs_are_applied(local_registry, store):
+    lower = layer(("a", "dir", None, 0o755), ("a/keep", "file", b"keep", 0o644),
+                  ("a/gone", "file", b"gone", 0o644), ("o", "dir", None, 0o750),
+                  ("o/old", "file", b"old", 0o644), ("o/sub", "dir", None, 0o755),
+                  ("o/sub/deep", "file", b"deep", 0o644), ("x", "file", b"x", 0o600))
+    upper = layer(("a/.wh.gone", "file", b"", 0o644), ("o/.wh..wh..opq", "file", b"", 0o644),
+                  ("o/new", "file", b"new", 0o4755), ("x", "file", b"replaced", 0o640),
+                  ("y", "hardlink", "x", 0o640))
+    await push_image(local_registry, "gantry-test/whiteout", "v1", [lower, upper])
+
+    disk = await store.ensure_disk(f"{local_registry}/gantry-test/whiteout:v1")
+
+    assert await ls(disk.path, "/a") == {"keep"}
+    assert await ls(disk.path, "/o") == {"new"}
+    assert await cat(disk.path, "/x") == "replaced"
+    stat = await run("debugfs", "-R", "stat /o/new", str(disk.path))
+    assert "Mode:  04755" in stat
+    links = await run("debugfs", "-R", "stat /y", str(disk.path))
+    assert "Links: 2" in links
+
+
+async def test_layer_paths_cannot_escape_the_rootfs(local_registry, store, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    sneaky = layer(("escape", "symlink", str(outside), 0o777),
+                   ("escape/pwned", "file", b"pwned", 0o644))
+    await push_image(local_registry, "gantry-test/escape", "symlink", [sneaky])
+
+    disk = await store.ensure_disk(f"{local_registry}/gantry-test/escape:symlink")
+
+    assert not list(outside.iterdir())
+    assert await cat(disk.path, f"{outside}/pwned") == "pwned"  # landed inside the image
+
+    dotdot = layer(("../../pwned", "file", b"pwned", 0o644))
+    await push_image(local_registry, "gantry-test/escape", "dotdot", [dotdot])
+    with pytest.raises(ImageError, match="points outside the image root") as err:
+        await store.ensure_disk(f"{local_registry}/gantry-test/escape:dotdot")
+    assert err.value.permanent
+
+
+async def test_multi_arch_index_resolves_to_amd64(local_registry, store):
+    files = [layer(("arch", "file", b"amd64", 0o644))]
+    amd64 = await push_image(local_registry, "gantry-test/multi", "amd64", files)
+    arm64 = await push_image(local_registry, "gantry-test/multi", "arm64",
+                             [layer(("arch", "file", b"arm64", 0o644))], arch="arm64")
+    await push_index(local_registry, "gantry-test/multi", "latest", [("arm64", arm64), ("amd64", amd64)])
+    await push_index(local_registry, "gantry-test/multi", "arm-only", [("arm64", arm64)])
+
+    disk = await store.ensure_disk(f"{local_registry}/gantry-test/multi")
+
+    assert disk.digest == amd64
+    assert await cat(disk.path, "/arch") == "amd64"
+    with pytest.raises(ImageError, match=r"no linux/amd64 variant \(it offers linux/arm64\)") as err:
+        await store.ensure_disk(f"{local_registry}/gantry-test/multi:arm-only")
+    assert err.value.permanent
+
+
+@pytest.mark.parametrize("ref, reason", [
+    ("", "it is empty"),
+    ("Gantry/Hello", "must be lowercase"),
+    ("127.0.0.1:5000/gantry/hello:bad tag", "whitespace"),
+    ("127.0.0.1:5000/gantry/hello:-x", "tag '-x' is not valid"),
+    ("gantry/hello@sha256:abc", "the digest must be sha256"),
+    ("127.0.0.1:5000//hello", "'' is not a valid repository path component"),
+])
+async def test_bad_reference_is_refused(store, ref, reason):
+    with pytest.raises(ImageError, match=reason) as err:
+        await store.ensure_disk(ref)
+    assert err.value.permanent and "invalid image reference" in str(err.value)
+
+
+async def test_unreachable_registry_is_transient_and_named(store):
+    with socket_closed() as port:
+        store.insecure_registries = frozenset({f"127.0.0.1:{port}"})
+        with pytest.raises(ImageError) as err:
+            await store.ensure_disk(f"127.0.0.1:{port}/gantry/hello")
+    assert str(err.value) == f"registry 127.0.0.1:{port} is unreachable: Connection refused"
+    assert not err.value.permanent
+
+
+async def test_missing_tag_is_permanent(local_registry, store):
+    with pytest.raises(ImageError) as err:
+        await store.ensure_disk(f"{local_registry}/gantry/hello:no-such-tag")
+    assert "image 127.0.0.1:5000/gantry/hello:no-such-tag not found" in str(err.value)
+    assert err.value.permanent
+
+
+async def test_credentials_are_checked_by_the_registry(auth_registry: AuthRegistry, tmp_path):
+    store = OciImageStore(tmp_path, insecure_registries=frozenset({auth_registry.addr}))
+    ref = f"{auth_registry.addr}/gantry/hello"
+
+    with pytest.raises(ImageError) as wrong:
+        await store.ensure_disk(ref, credentials=(auth_registry.user, "wrong"))
+    with pytest.raises(ImageError) as missing:
+        await store.ensure_disk(ref)
+    disk = await store.ensure_disk(ref, credentials=(auth_registry.user, auth_registry.password))
+
+    assert str(wrong.value) == f"registry {auth_registry.addr} rejected the credentials for gantry/hello"
+    assert wrong.value.permanent
+    assert "requires credentials for gantry/hello" in str(missing.value) and missing.value.permanent
+    assert "hello.sh" in await ls(disk.path, "/")
+
+
+async def test_plain_http_only_for_insecure_registries(local_registry, tmp_path):
+    store = OciImageStore(tmp_path, insecure_registries=frozenset())
+    with pytest.raises(ImageError, match="registry 127.0.0.1:5000 is unreachable"):
+        await store.ensure_disk(HELLO)
+
+
+def socket_closed():
+    """A loopback port nothing listens on (bound, then closed)."""
+    import contextlib
+    import socket
+
+    @contextlib.contextmanager
+    def closed():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        yield port
+    return closed()
