@@ -16,21 +16,26 @@ throwaway namespace of their own.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import ipaddress
 import re
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink import NETLINK_ROUTE
+from pyroute2.netns import create_socket
 
 from nodes.agent.errors import AgentError
 from nodes.agent.net.host import NetnsHost
 from nodes.agent.net.leases import LeaseFile, Leases, VmLease
 from nodes.agent.net.nft import HOST_OWNER, VM_OWNER_PREFIX, NftTable, Rule, vm_owner
+from nodes.agent.net.tap import create_tap
 
 __all__ = ["LinuxNetwork", "Network", "NetworkConfig", "VmNetwork", "tap_name", "vm_mac"]
 
@@ -122,16 +127,7 @@ class LinuxNetwork:
                 bridge = await self._link_index(ipr, self.config.bridge)
                 index = await self._link_index(ipr, tap)
                 if index is None:
-                    # A persistent TAP owned by root: QEMU (root) attaches to it by name later,
-                    # and it outlives both QEMU and the agent until remove() deletes it.
-                    await ipr.link(
-                        "add",
-                        ifname=tap,
-                        kind="tuntap",
-                        mode="tap",
-                        uid=0,
-                        ifr={"no_pi": True, "one_queue": False, "vnet_hdr": True, "multi_queue": False},
-                    )
+                    await create_tap(tap, self.netns)
                     index = await self._link_index(ipr, tap)
                 link = await self._link(ipr, index)
                 if link.get(("linkinfo", "kind")) != "tun":
@@ -143,6 +139,13 @@ class LinuxNetwork:
                     or link.get("ifalias") != alias
                 ):
                     await ipr.link("set", index=index, master=bridge, state="up", ifalias=alias)
+                    link = await self._link(ipr, index)
+                if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_MODE") != 1:
+                    # Hairpin: where br_netfilter is loaded (any host with Docker), a VM's
+                    # packet to its own published port is DNATed at bridge level and sent
+                    # back out the port it came in by, which a bridge refuses unless hairpin
+                    # mode is on for that port.
+                    await ipr.brport("set", index=index, mode=1)
         return VmNetwork(tap, vm_mac(name), lease.address, self.config.gateway, self.config.subnet.prefixlen)
 
     async def publish_port(self, name: str, guest_port: int, host_port: int | None = None) -> int:
@@ -218,7 +221,7 @@ class LinuxNetwork:
         await self._nft.sync(HOST_OWNER, self._host_rules())
 
     def _host_rules(self) -> list[Rule]:
-        br, subnet = f'"{self.config.bridge}"', self.config.subnet
+        br, subnet, gw = f'"{self.config.bridge}"', self.config.subnet, self.config.gateway
         out = f'oifname "{self.config.uplink}"' if self.config.uplink else f"oifname != {br}"
         return [
             Rule("guard", f"iifname {br} ip saddr {LOOPBACK_NET} drop"),
@@ -226,10 +229,14 @@ class LinuxNetwork:
             # Egress: VMs reach the world as the node's own address.
             Rule("postrouting", f"ip saddr {subnet} {out} masquerade"),
             # Host-local clients of published ports (see route_localnet above).
-            Rule("postrouting", f"ip saddr {LOOPBACK_NET} oifname {br} masquerade"),
+            Rule("postrouting", f"ip saddr {LOOPBACK_NET} ip daddr {subnet} snat to {gw}"),
             # Hairpin: a VM calling a published port (its own or another VM's) must see the
             # answer come back through the gateway, not straight from the VM it reached.
-            Rule("postrouting", f"ip saddr {subnet} oifname {br} ct status dnat masquerade"),
+            # Matched on addresses and SNATed to the gateway explicitly rather than by
+            # `oifname ... masquerade`: with br_netfilter loaded this traffic is DNATed and
+            # delivered at bridge level, where the output device is a bridge port with no
+            # address for masquerade to take.
+            Rule("postrouting", f"ip saddr {subnet} ip daddr {subnet} ct status dnat snat to {gw}"),
             Rule("forward", f"iifname {br} accept"),
             Rule("forward", f"oifname {br} accept"),
         ]
@@ -257,8 +264,16 @@ class LinuxNetwork:
 
     @contextlib.asynccontextmanager
     async def _ipr(self) -> AsyncIterator[AsyncIPRoute]:
-        # flags=0: pyroute2 would otherwise create a missing namespace (O_CREAT by default).
-        ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
+        if self.netns is None:
+            ipr = AsyncIPRoute()
+        else:
+            # pyroute2 would open the namespace's socket lazily, forking a helper and
+            # waiting on it from the event loop; done here in a thread instead. flags=0: it
+            # would otherwise create a missing namespace (O_CREAT by default).
+            sock = await asyncio.to_thread(
+                create_socket, self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE, flags=0
+            )
+            ipr = AsyncIPRoute(fileno=sock.detach())
         async with ipr:
             yield ipr
 

@@ -1,0 +1,105 @@
+"""The readiness gate for a replica: its traffic port accepts TCP, and answers HTTP if asked.
+
+A replica becomes `running` only once `wait_healthy` returns. The check is retried every
+`interval` until `timeout`; the AgentError it raises carries the last reason seen, which is
+what the customer reads, so reasons are plain words ("connection refused", "HTTP 503").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from pyroute2.netns import create_socket
+
+from nodes.agent.errors import AgentError
+
+# One attempt may not eat the whole budget: a workload that accepts but answers slowly at
+# first is given several tries, while a slow TCG guest still gets ten seconds per answer.
+_ATTEMPT_CAP_S = 10.0
+_MAX_STATUS_LINE = 4096
+
+
+class _Unhealthy(Exception):
+    pass
+
+
+async def wait_healthy(
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    http_path: str | None = None,
+    interval: float = 0.2,
+    netns: str | None = None,
+) -> None:
+    """Return once host:port is healthy; raise AgentError with the last reason at `timeout`.
+
+    `netns` runs the check from inside a named network namespace (tests build the whole node
+    inside one); the agent itself checks from the namespace it runs in.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    target = f"{host}:{port}{http_path or ''}"
+    last = "no attempt completed"
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise AgentError(f"health check failed: {target}: {last} (gave up after {timeout:g}s)")
+        attempt = min(remaining, _ATTEMPT_CAP_S)
+        try:
+            async with asyncio.timeout(attempt):
+                await _probe(host, port, http_path, netns)
+            return
+        except TimeoutError:
+            last = f"no answer within {attempt:.1f}s"
+        except ConnectionRefusedError:
+            last = "connection refused"
+        except _Unhealthy as exc:
+            last = str(exc)
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+        await asyncio.sleep(max(0.0, min(interval, deadline - loop.time())))
+
+
+async def _probe(host: str, port: int, http_path: str | None, netns: str | None) -> None:
+    reader, writer = await _connect(host, port, netns)
+    try:
+        if http_path is None:
+            return
+        request = f"GET {http_path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: gantry-health\r\n\r\n"
+        writer.write(request.encode("latin-1"))
+        await writer.drain()
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            raise _Unhealthy("connection closed before an HTTP status line") from exc
+        except asyncio.LimitOverrunError as exc:
+            raise _Unhealthy("no HTTP status line in the answer") from exc
+        parts = line.decode("latin-1").split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise _Unhealthy(f"not an HTTP answer: {line[:80]!r}")
+        status = int(parts[1])
+        if status >= 500:
+            raise _Unhealthy(f"HTTP {status} from GET {http_path}")
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass  # reset by a peer that already gave its answer: the answer is what counted
+
+
+async def _connect(host: str, port: int, netns: str | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if netns is None:
+        return await asyncio.open_connection(host, port, limit=_MAX_STATUS_LINE)
+    # A socket belongs to the namespace it was created in; pyroute2 creates it in a forked
+    # child that entered the namespace, and hands the descriptor back.
+    sock = await asyncio.to_thread(create_socket, netns, socket.AF_INET, socket.SOCK_STREAM, flags=0)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock, limit=_MAX_STATUS_LINE)

@@ -1,0 +1,234 @@
+"""LinuxNetwork against real kernel objects, inside namespaces the tests create and delete.
+
+A "vm" namespace stands in for a guest: its veth is enslaved to the bridge next to the VM's
+TAP, carries the leased address and runs a small server on the guest port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+
+import pytest
+
+from nodes.agent.errors import AgentError
+from nodes.agent.health import wait_healthy
+from nodes.agent.network import LinuxNetwork, NetworkConfig, VmNetwork, tap_name
+from tests.agent.conftest_netns import (  # noqa: F401  (fixtures)
+    NODE_UPLINK_IP,
+    OUTSIDE_IP,
+    netns_factory,
+    node_netns,
+    node_network,
+    outside_netns,
+)
+from tests.agent.netns import Netns, configure, ip, link_veth
+
+pytestmark = pytest.mark.netns
+
+
+def _snapshot(ns: Netns) -> tuple[object, ...]:
+    def untimed(value: object) -> object:
+        # Bridge timers (gc_timer, hello_timer...) tick on their own; everything else is state.
+        if isinstance(value, dict):
+            return {k: untimed(v) for k, v in value.items() if not k.endswith("_timer")}
+        if isinstance(value, list):
+            return [untimed(v) for v in value]
+        return value
+
+    return (
+        json.loads(ns.run("nft", "-j", "list", "ruleset")),
+        untimed(json.loads(ns.run("ip", "-d", "-j", "link"))),
+        json.loads(ns.run("ip", "-j", "addr")),
+    )
+
+
+def _rules(ns: Netns) -> list[dict]:
+    items = json.loads(ns.run("nft", "-j", "list", "ruleset"))["nftables"]
+    return [item["rule"] for item in items if "rule" in item]
+
+
+def _link(ns: Netns, ifname: str) -> dict | None:
+    result = ip("-n", ns.name, "-d", "-j", "link", "show", ifname, check=False)
+    return json.loads(result.stdout)[0] if result.returncode == 0 else None
+
+
+def _attach_vm(node: Netns, vm: Netns, net: VmNetwork) -> None:
+    """Put `vm` on the bridge with the VM's address, as its TAP would carry a guest."""
+    link_veth(node, "gv0", vm, "eth0")
+    configure(node, "gv0", "", master="gantry0")
+    ip("-n", node.name, "link", "set", "gv0", "type", "bridge_slave", "hairpin", "on")  # as on the TAP
+    ip("-n", vm.name, "link", "set", "eth0", "address", net.mac)
+    configure(vm, "eth0", f"{net.address}/{net.prefixlen}", gateway=str(net.gateway))
+
+
+async def test_ensure_host_builds_bridge_forwarding_and_nat(node_netns, node_network):
+    await node_network.ensure_host()
+
+    bridge = _link(node_netns, "gantry0")
+    assert bridge["linkinfo"]["info_kind"] == "bridge"
+    assert "UP" in bridge["flags"]
+    addrs = json.loads(node_netns.run("ip", "-j", "addr", "show", "gantry0"))[0]["addr_info"]
+    assert [(a["local"], a["prefixlen"]) for a in addrs if a["family"] == "inet"] == [("172.31.240.1", 24)]
+    assert node_netns.run("cat", "/proc/sys/net/ipv4/ip_forward").strip() == "1"
+    assert node_netns.run("cat", "/proc/sys/net/ipv4/conf/gantry0/route_localnet").strip() == "1"
+    listing = node_netns.run("nft", "list", "table", "ip", "gantry")
+    assert 'ip saddr 172.31.240.0/24 oifname != "gantry0" masquerade' in listing
+
+
+async def test_second_pass_changes_nothing(node_netns, node_network, tmp_path):
+    await node_network.ensure_host()
+    first_tap = await node_network.ensure_tap("web")
+    first_port = await node_network.publish_port("web", 8080)
+    before = await asyncio.to_thread(_snapshot, node_netns)
+    leases_before = (tmp_path / "network" / "network.json").read_text()
+
+    await node_network.ensure_host()
+    assert await node_network.ensure_tap("web") == first_tap
+    assert await node_network.publish_port("web", 8080) == first_port
+    after = await asyncio.to_thread(_snapshot, node_netns)
+
+    assert after == before
+    assert (tmp_path / "network" / "network.json").read_text() == leases_before
+    assert len([r for r in _rules(node_netns) if r.get("comment", "").startswith("gantry:vm:web:")]) == 2
+
+
+async def test_tap_is_a_persistent_bridge_port_and_is_adopted(node_netns, node_network, tmp_path):
+    net = await node_network.ensure_tap("web")
+
+    assert net.tap == tap_name("web") and len(net.tap) <= 15
+    tap = _link(node_netns, net.tap)
+    assert tap["linkinfo"]["info_kind"] == "tun"
+    assert tap["linkinfo"]["info_data"]["type"] == "tap"
+    assert tap["linkinfo"]["info_data"]["persist"] is True
+    assert tap["master"] == "gantry0"
+    assert tap["linkinfo"]["info_slave_data"]["hairpin"] is True
+    assert "UP" in tap["flags"]
+    assert ipaddress.IPv4Address(net.address) in ipaddress.IPv4Network("172.31.240.0/24")
+    assert net.address != net.gateway and net.prefixlen == 24
+
+    # A restarted agent (new instance, same state) adopts the TAP instead of recreating it.
+    restarted = LinuxNetwork(NetworkConfig(), tmp_path / "network", netns=node_netns.name)
+    assert await restarted.ensure_tap("web") == net
+    assert _link(node_netns, net.tap)["ifindex"] == tap["ifindex"]
+
+
+async def test_leases_survive_a_new_instance(node_netns, node_network, tmp_path):
+    a = await node_network.ensure_tap("a")
+    b = await node_network.ensure_tap("b")
+    pa = await node_network.publish_port("a", 8080)
+    pb = await node_network.publish_port("b", 8080)
+    assert a.address != b.address and pa != pb
+    assert {pa, pb} <= set(range(30000, 32768))
+
+    restarted = LinuxNetwork(NetworkConfig(), tmp_path / "network", netns=node_netns.name)
+    assert await restarted.publish_port("b", 8080) == pb
+    assert await restarted.ensure_tap("a") == a
+    assert await restarted.ensure_tap("b") == b
+
+
+async def test_host_port_taken_by_another_vm_is_refused(node_network):
+    assert await node_network.publish_port("a", 80, host_port=31000) == 31000
+    with pytest.raises(AgentError) as err:
+        await node_network.publish_port("b", 80, host_port=31000)
+    assert err.value.permanent
+    assert "31000" in err.value.message and "a" in err.value.message
+
+
+async def test_invalid_name_is_refused(node_network):
+    with pytest.raises(AgentError) as err:
+        await node_network.ensure_tap('bad"name')
+    assert err.value.permanent
+
+
+async def test_published_port_answers_from_node_and_outside(
+    node_netns, outside_netns, netns_factory, node_network, tmp_path
+):
+    await node_network.ensure_host()
+    net = await node_network.ensure_tap("web")
+    host_port = await node_network.publish_port("web", 8080)
+    vm = netns_factory()
+    _attach_vm(node_netns, vm, net)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "marker").write_text("hello from the vm")
+    await asyncio.to_thread(vm.serve_http, 8080, site)
+
+    await wait_healthy("127.0.0.1", host_port, timeout=10, http_path="/marker", netns=node_netns.name)
+    from_node = await asyncio.to_thread(node_netns.fetch, "http", "127.0.0.1", host_port, "marker")
+    from_outside = await asyncio.to_thread(outside_netns.fetch, "http", NODE_UPLINK_IP, host_port, "marker")
+    # Hairpin: the VM calling its own published port through the node's address.
+    from_vm = await asyncio.to_thread(vm.fetch, "http", NODE_UPLINK_IP, host_port, "marker")
+
+    assert from_node == from_outside == from_vm == "hello from the vm"
+
+
+async def test_vm_egress_is_masqueraded_as_the_node(node_netns, outside_netns, netns_factory, node_network):
+    await node_network.ensure_host()
+    net = await node_network.ensure_tap("web")
+    vm = netns_factory()
+    _attach_vm(node_netns, vm, net)
+    await asyncio.to_thread(outside_netns.serve_whoami, 9000)
+
+    # The outside namespace has no route back to the VM subnet: only NAT can make this work.
+    seen = await asyncio.to_thread(vm.fetch, "tcp", OUTSIDE_IP, 9000)
+
+    assert seen.strip() == NODE_UPLINK_IP
+
+
+async def test_vm_cannot_reach_node_loopback(node_netns, netns_factory, node_network):
+    """route_localnet on the bridge would let a guest reach the node's 127/8 services; the
+    guard chain must stop that. The test first proves its probe does get through without
+    the guard, so it cannot pass by accident."""
+    await node_network.ensure_host()
+    net = await node_network.ensure_tap("web")
+    vm = netns_factory()
+    _attach_vm(node_netns, vm, net)
+    await asyncio.to_thread(node_netns.serve_whoami, 9100)
+    # Teach the "guest" to send 127.0.0.2 to its gateway, as a malicious guest could.
+    ip("-n", vm.name, "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local")
+    ip("-n", vm.name, "route", "add", "127.0.0.2/32", "via", str(net.gateway))
+    vm.run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet")
+
+    node_netns.run("nft", "flush", "chain", "ip", "gantry", "guard")
+    unguarded = await asyncio.to_thread(vm.fetch, "tcp", "127.0.0.2", 9100, check=False)
+    assert unguarded.strip() == str(net.address)
+
+    await node_network.ensure_host()  # puts the guard back, as any later pass would
+    guarded = await asyncio.to_thread(vm.fetch, "tcp", "127.0.0.2", 9100, check=False)
+    assert guarded.strip() != str(net.address)
+
+
+async def test_remove_leaves_no_tap_rule_or_lease(node_netns, node_network, tmp_path):
+    await node_network.ensure_host()
+    net = await node_network.ensure_tap("web")
+    await node_network.publish_port("web", 8080)
+    await node_network.ensure_tap("other")
+
+    await node_network.remove("web")
+    await node_network.remove("web")  # idempotent
+
+    assert _link(node_netns, net.tap) is None
+    comments = [r.get("comment", "") for r in _rules(node_netns)]
+    assert not [c for c in comments if c.startswith("gantry:vm:web:")]
+    assert any(c.startswith("gantry:host:") for c in comments)
+    leases = json.loads((tmp_path / "network" / "network.json").read_text())
+    assert set(leases["vms"]) == {"other"}
+    assert await node_network.owned() == {"other"}
+
+
+async def test_owned_reports_a_crashed_vms_leftovers(node_netns, node_network, tmp_path):
+    net = await node_network.ensure_tap("crashed")
+    await node_network.publish_port("crashed", 8080)
+
+    # Even with the lease file gone, the TAP's alias and the rules' comments name the VM.
+    amnesiac = LinuxNetwork(NetworkConfig(), tmp_path / "fresh", netns=node_netns.name)
+    assert await amnesiac.owned() == {"crashed"}
+    await amnesiac.remove("crashed")
+    assert _link(node_netns, net.tap) is None
+    assert not [r for r in _rules(node_netns) if r.get("comment", "").startswith("gantry:vm:")]
+    # The original instance still holds the lease: it reports that until it removes it.
+    assert await node_network.owned() == {"crashed"}
+    await node_network.remove("crashed")
+    assert await node_network.owned() == set()
