@@ -2,6 +2,7 @@
 same script), a second real docker-registry with basic auth, and helpers that push hand-made
 images to a registry through its HTTP API."""
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -72,6 +73,64 @@ def auth_registry(tmp_path_factory) -> AuthRegistry:
         yield AuthRegistry(addr, user, password)
     finally:
         subprocess.run([*run, "stop", "--state-dir", str(state), "--name", "auth"], check=True)
+
+
+class FakeRegistry:
+    """Serves fixed bytes per path the way docker-registry answers GETs (Content-Type, the
+    registry/2.0 header, 404 with a MANIFEST_UNKNOWN error body), so a test can hand the real
+    client what a real registry never sends, such as a blob that does not match its digest."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[str, bytes]] = {}
+        self.addr = ""
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.addr = "127.0.0.1:%d" % self._server.sockets[0].getsockname()[1]
+        return self.addr
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def serve_image(self, repo: str, tag: str, parts: dict) -> None:
+        parts = dict(parts)
+        self.routes[f"/v2/{repo}/manifests/{tag}"] = (OCI_MANIFEST, parts.pop("manifest"))
+        for digest, data in parts.items():
+            self.routes[f"/v2/{repo}/blobs/{digest}"] = ("application/octet-stream", data)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                method, target, _ = line.decode().split(" ", 2)
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+                path = target.split("?", 1)[0]
+                status, ctype, body = 200, "application/json", b"{}"
+                if path in self.routes:
+                    ctype, body = self.routes[path]
+                elif path != "/v2/":
+                    status = 404
+                    body = b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}'
+                head = (f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
+                        f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                        "Docker-Distribution-Api-Version: registry/2.0\r\n\r\n")
+                writer.write(head.encode() + (b"" if method == "HEAD" else body))
+                await writer.drain()
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def fake_registry() -> FakeRegistry:
+    registry = FakeRegistry()
+    await registry.start()
+    yield registry
+    await registry.stop()
 
 
 # -- hand-made images ------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 
 from nodes.agent.images import ImageError, OciImageStore, PullProgress
 from tests.agent.conftest_images import (  # noqa: F401  (fixtures)
-    HELLO, AuthRegistry, auth_registry, digest_of, image_parts, layer, local_registry,
-    push_image, push_index,
+    HELLO, AuthRegistry, FakeRegistry, auth_registry, digest_of, fake_registry, image_parts,
+    layer, local_registry, push_image, push_index,
 )
 
 
@@ -211,6 +211,71 @@ async def test_plain_http_only_for_insecure_registries(local_registry, tmp_path)
     store = OciImageStore(tmp_path, insecure_registries=frozenset())
     with pytest.raises(ImageError, match="registry 127.0.0.1:5000 is unreachable"):
         await store.ensure_disk(HELLO)
+
+
+async def test_digest_mismatch_is_refused_and_nothing_is_cached(fake_registry: FakeRegistry, tmp_path):
+    store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
+    good = layer(("file", "file", b"the real content", 0o644))
+    parts = image_parts([good])
+    parts[digest_of(good)] = layer(("file", "file", b"tampered content", 0o644))
+    fake_registry.serve_image("gantry/tampered", "latest", parts)
+
+    with pytest.raises(ImageError) as err:
+        await store.ensure_disk(f"{fake_registry.addr}/gantry/tampered")
+
+    assert str(err.value).startswith(f"digest mismatch for blob {digest_of(good)} of "
+                                     f"{fake_registry.addr}/gantry/tampered: got ")
+    assert err.value.permanent
+    assert not (tmp_path / "blobs" / "sha256" / digest_of(good).split(":")[1]).exists()
+    assert [p.name for p in (tmp_path / "blobs" / "sha256").iterdir() if p.name.startswith(".")] == []
+    assert not list((tmp_path / "disks").iterdir())
+
+
+async def test_cached_disk_serves_a_tag_while_its_registry_is_down(fake_registry: FakeRegistry, tmp_path):
+    store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
+    fake_registry.serve_image("gantry/app", "v1", image_parts([layer(("app", "file", b"v1", 0o755))]))
+    ref = f"{fake_registry.addr}/gantry/app:v1"
+    disk = await store.ensure_disk(ref)
+    await fake_registry.stop()
+    seen: list[PullProgress] = []
+
+    again = await store.ensure_disk(ref, progress=seen.append)
+
+    assert again.path == disk.path and seen[-1].phase == "cached"
+    with pytest.raises(ImageError, match="unreachable") as err:
+        await store.ensure_disk(f"{fake_registry.addr}/gantry/app:v2")
+    assert not err.value.permanent
+
+
+def usage(root: Path) -> int:
+    files = [*(root / "disks").glob("*.ext4"), *(root / "blobs" / "sha256").iterdir()]
+    return sum(p.stat().st_blocks * 512 for p in files)
+
+
+async def test_eviction_drops_least_recently_used_images_not_in_use(local_registry, tmp_path):
+    refs = {}
+    for name in "abc":
+        await push_image(local_registry, f"gantry-test/evict-{name}", "latest",
+                         [layer((name, "file", name.encode() * 1000, 0o644))])
+        refs[name] = f"{local_registry}/gantry-test/evict-{name}"
+    store = OciImageStore(tmp_path)
+    a, b, c = [await store.ensure_disk(refs[n]) for n in "abc"]
+    overlay = tmp_path / "a.qcow2"
+    await store.create_overlay(a, overlay)  # a use: b is now the least recent, then c
+    assert await store.evict(in_use=set()) == []  # under the 20 GiB default
+
+    store.cache_limit_bytes = usage(tmp_path) - 1
+    assert await store.evict(in_use={b.digest}) == [c.digest]
+    assert not c.path.exists() and b.path.exists() and a.path.exists()
+
+    store.cache_limit_bytes = 0
+    assert await store.evict(in_use={b.digest}) == [a.digest]
+    assert b.path.exists() and not a.path.exists()
+    blobs = {p.name for p in (tmp_path / "blobs" / "sha256").iterdir()}
+    assert blobs == {json_blob.split(":")[1] for json_blob in json.loads(
+        (tmp_path / "disks" / f"{b.path.stem}.json").read_text())["blobs"]}
+    again = await store.ensure_disk(refs["a"])  # evicted images are simply pulled again
+    assert again.path.is_file()
 
 
 def socket_closed():
