@@ -1,0 +1,184 @@
+"""`/api/v1/deployments`: thin views over the deployments services and selectors."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import status
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from billing.services import hourly_cost
+from cloud.api import TenantScopedViewSet, paginator
+from cloud.deployments import selectors, services
+from cloud.deployments.filters import DeploymentFilter
+from cloud.deployments.models import Deployment
+from cloud.deployments.serializers import (
+    DeleteResultOutput,
+    DeploymentCreatedOutput,
+    DeploymentCreateInput,
+    DeploymentEnvelopeOutput,
+    DeploymentOutput,
+    DeploymentUpdateInput,
+    EventListOutput,
+    EventOutput,
+    EventsQuery,
+    LogLineOutput,
+    LogListOutput,
+    LogsQuery,
+    ReplicaListOutput,
+    ReplicaOutput,
+)
+from cloud.exceptions import InvalidInput
+
+ID_PARAMETER = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The deployment's id.")
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+    description="Retrying with the same key and body returns the first answer (201) instead of creating a second "
+                "deployment, for 24 hours; the same key with another body is a 409.",
+)
+_402 = OpenApiResponse(description="Balance or monthly spend limit does not cover the deployment")
+_409 = OpenApiResponse(description="Name taken, Idempotency-Key reused with another body, or an invalid status transition")
+
+
+def _envelope(deployment: Deployment) -> dict:
+    return {"deployment": DeploymentOutput(deployment).data}
+
+
+def _idempotency_key(request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > services.idempotency.MAX_KEY_LENGTH or not key.isprintable() or not key.isascii():
+        raise InvalidInput("Idempotency-Key", "An Idempotency-Key is 1-255 printable ASCII characters.")
+    return key
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List deployments", responses={200: DeploymentOutput(many=True)}),
+    retrieve=extend_schema(summary="Get a deployment", parameters=[ID_PARAMETER], responses={200: DeploymentEnvelopeOutput}),
+    create=extend_schema(
+        summary="Create a deployment", request=DeploymentCreateInput, parameters=[IDEMPOTENCY_PARAMETER],
+        responses={201: DeploymentCreatedOutput, 402: _402, 409: _409},
+    ),
+    partial_update=extend_schema(
+        summary="Scale, extend or change env", parameters=[ID_PARAMETER], request=DeploymentUpdateInput,
+        responses={200: DeploymentEnvelopeOutput, 402: _402, 409: _409},
+    ),
+    destroy=extend_schema(
+        summary="Delete a deployment (stops it first)", parameters=[ID_PARAMETER], responses={200: DeleteResultOutput},
+    ),
+)
+class DeploymentViewSet(TenantScopedViewSet):
+    read_scopes = ["deployments:read"]
+    write_scopes = ["deployments:write"]
+    queryset = Deployment.objects.none()
+    serializer_class = DeploymentOutput
+    pagination_class = paginator("deployments")
+    filterset_class = DeploymentFilter
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def scoped_queryset(self, *, tenant):
+        return selectors.deployments_for(tenant=tenant)
+
+    def _get(self, pk) -> Deployment:
+        return selectors.deployment_get(tenant=self.request.tenant, deployment_id=pk)
+
+    def list(self, request):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        return self.get_paginated_response(DeploymentOutput(page, many=True).data)
+
+    def retrieve(self, request, pk=None):
+        return Response(_envelope(self._get(pk)))
+
+    def create(self, request):
+        key = _idempotency_key(request)
+        body = DeploymentCreateInput(data=request.data)
+
+        def produce():
+            body.is_valid(raise_exception=True)
+            deployment = services.deployment_create(tenant=request.tenant, actor=request.user, spec=body.validated_data)
+            deployment = self._get(deployment.pk)
+            estimate = hourly_cost(price_per_gpu_hour=deployment.price_per_gpu_hour,
+                                   gpus_per_container=deployment.gpus_per_container,
+                                   replica_count=deployment.replica_count)
+            return status.HTTP_201_CREATED, {**_envelope(deployment), "estimated_hourly_cost": str(estimate)}, deployment
+
+        if key is None:
+            with transaction.atomic():
+                code, payload, _ = produce()
+            return Response(payload, status=code)
+        result = services.idempotent_create(
+            tenant=request.tenant, key=key, fingerprint=services.idempotency_fingerprint(request.data), produce=produce,
+        )
+        headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+        return Response(result.body, status=result.status_code, headers=headers)
+
+    def partial_update(self, request, pk=None):
+        body = DeploymentUpdateInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        deployment = services.deployment_update(
+            tenant=request.tenant, actor=request.user, deployment_id=pk, changes=body.validated_data,
+        )
+        return Response(_envelope(self._get(deployment.pk)))
+
+    def destroy(self, request, pk=None):
+        services.deployment_delete(tenant=request.tenant, actor=request.user, deployment_id=pk)
+        return Response({"success": True, "message": "Deployment deleted"})
+
+    def _transition(self, service, request, pk):
+        deployment = service(tenant=request.tenant, actor=request.user, deployment_id=pk)
+        return Response(_envelope(self._get(deployment.pk)))
+
+    @extend_schema(summary="Start a stopped, failed or (extended) expired deployment", request=None,
+                   parameters=[ID_PARAMETER], responses={200: DeploymentEnvelopeOutput, 402: _402, 409: _409})
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        return self._transition(services.deployment_start, request, pk)
+
+    @extend_schema(summary="Stop a deployment", request=None, parameters=[ID_PARAMETER],
+                   responses={200: DeploymentEnvelopeOutput, 409: _409})
+    @action(detail=True, methods=["post"])
+    def stop(self, request, pk=None):
+        return self._transition(services.deployment_stop, request, pk)
+
+    @extend_schema(summary="Restart a running or starting deployment", request=None, parameters=[ID_PARAMETER],
+                   responses={200: DeploymentEnvelopeOutput, 409: _409})
+    @action(detail=True, methods=["post"])
+    def restart(self, request, pk=None):
+        return self._transition(services.deployment_restart, request, pk)
+
+    @extend_schema(summary="The deployment's replicas and why each is in its state", parameters=[ID_PARAMETER],
+                   responses={200: ReplicaListOutput})
+    @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
+    def replicas(self, request, pk=None):
+        replicas = selectors.replicas_for(tenant=request.tenant, deployment_id=pk)
+        return Response({"replicas": ReplicaOutput(replicas, many=True).data})
+
+    @extend_schema(summary="The last log lines, oldest first", parameters=[ID_PARAMETER, LogsQuery],
+                   responses={200: LogListOutput})
+    @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
+    def logs(self, request, pk=None):
+        query = LogsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        try:
+            lines = selectors.logs_for(tenant=request.tenant, deployment_id=pk, tail=params["tail"],
+                                       since=params.get("since"), replica=params.get("replica"))
+        except LookupError as exc:
+            raise InvalidInput("replica", str(exc)) from None
+        return Response({"logs": LogLineOutput(lines, many=True).data})
+
+    @extend_schema(summary="The deployment's events, oldest first", parameters=[ID_PARAMETER, EventsQuery],
+                   responses={200: EventListOutput})
+    @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
+    def events(self, request, pk=None):
+        query = EventsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        events = selectors.events_for(tenant=request.tenant, deployment_id=pk, after=query.validated_data.get("after"),
+                                      limit=query.validated_data["limit"])
+        return Response({"events": EventOutput(events, many=True).data})
+
+
+__all__ = ["DeploymentViewSet"]

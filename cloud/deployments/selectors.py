@@ -1,0 +1,164 @@
+"""Tenant-scoped reads of deployments, their replicas, logs and events.
+
+Every function takes `tenant=`: another tenant's deployment is simply not found (404), never
+"found but forbidden". Deleted deployments are invisible here too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from django.db.models import F, Prefetch, Q, QuerySet
+
+from cloud.deployments.models import Deployment, Event, LogLine, Replica
+from cloud.exceptions import NotFound
+from nodes.models import Gpu, Location, Node
+
+# Columns the API representation shows; the rest (encrypted blobs, registry user, price
+# history) stays on disk for the list endpoint, which is benchmarked at 5,000 rows a tenant.
+_SHOWN_FIELDS = (
+    "id", "tenant_id", "name", "status", "status_reason", "template__slug", "image", "env", "secret_env_keys",
+    "entrypoint", "args", "traffic_port", "gpus_per_container", "hardware_type_id", "node_id", "replica_count",
+    "duration_hours", "price_per_gpu_hour", "total_cost", "registry_username",
+    "created_at", "updated_at", "started_at", "stopped_at", "expires_at",
+)
+
+# States in which a replica is no longer wanted on a node (for counting what is in use).
+INACTIVE_DEPLOYMENT_STATUSES = (Deployment.Status.STOPPED, Deployment.Status.FAILED, Deployment.Status.EXPIRED)
+
+
+def _visible(*, tenant) -> QuerySet[Deployment]:
+    return Deployment.objects.filter(tenant=tenant, deleted_at__isnull=True)
+
+
+def deployments_for(*, tenant, filters: dict | None = None) -> QuerySet[Deployment]:
+    """The tenant's deployments, newest first, shaped for the API representation.
+
+    A constant number of queries whatever the page size: one for the rows (template slug
+    joined), one for location ids, one for running replicas with their node's address (ready
+    count and endpoints)."""
+    queryset = (
+        _visible(tenant=tenant)
+        .select_related("template")
+        .only(*_SHOWN_FIELDS)
+        .prefetch_related(
+            Prefetch("locations", queryset=Location.objects.only("id").order_by("id")),
+            Prefetch(
+                "replicas",
+                queryset=Replica.objects.filter(state=Replica.State.RUNNING, host_port__isnull=False)
+                .select_related("node")
+                .only("id", "deployment_id", "ordinal", "state", "host_port", "node__public_address")
+                .order_by("ordinal"),
+                to_attr="running_replicas",
+            ),
+        )
+        .order_by("-created_at", "-id")
+    )
+    filters = filters or {}
+    if filters.get("status"):
+        queryset = queryset.filter(status=filters["status"])
+    return queryset
+
+
+def _parse_id(deployment_id) -> uuid.UUID:
+    try:
+        return deployment_id if isinstance(deployment_id, uuid.UUID) else uuid.UUID(str(deployment_id))
+    except (TypeError, ValueError, AttributeError):
+        # Not a UUID is "no such deployment", not a validation error: the id is part of the URL.
+        raise NotFound(f"No deployment '{deployment_id}'.") from None
+
+
+def deployment_get(*, tenant, deployment_id) -> Deployment:
+    """One deployment of `tenant`, shaped like `deployments_for`; NotFound otherwise."""
+    pk = _parse_id(deployment_id)
+    deployment = deployments_for(tenant=tenant).filter(pk=pk).first()
+    if deployment is None:
+        raise NotFound(f"No deployment '{deployment_id}'.")
+    return deployment
+
+
+def deployment_get_for_update(*, tenant, deployment_id) -> Deployment:
+    """The full row, locked (SELECT ... FOR UPDATE) for a state change; call inside a transaction."""
+    pk = _parse_id(deployment_id)
+    deployment = _visible(tenant=tenant).select_for_update(of=("self",)).filter(pk=pk).first()
+    if deployment is None:
+        raise NotFound(f"No deployment '{deployment_id}'.")
+    return deployment
+
+
+def gpus_in_use_for(*, tenant, exclude_id=None) -> int:
+    """GPUs the tenant's live deployments ask for (replicas x GPUs each), counted against
+    Tenant.max_gpus. Stopped, failed and expired deployments hold nothing; CPU-only hardware
+    counts slots, not GPUs."""
+    queryset = (
+        _visible(tenant=tenant)
+        .exclude(status__in=INACTIVE_DEPLOYMENT_STATUSES)
+        .filter(hardware_type__cpu_only=False)
+    )
+    if exclude_id is not None:
+        queryset = queryset.exclude(pk=exclude_id)
+    total = 0
+    for gpus, replicas in queryset.values_list("gpus_per_container", "replica_count"):
+        total += gpus * replicas
+    return total
+
+
+def deployment_count_for(*, tenant) -> int:
+    return _visible(tenant=tenant).count()
+
+
+def replicas_for(*, tenant, deployment_id) -> QuerySet[Replica]:
+    deployment = deployment_get(tenant=tenant, deployment_id=deployment_id)
+    return (
+        Replica.objects.filter(deployment=deployment)
+        .select_related("node", "node__location", "deployment")
+        .only(
+            "id", "deployment_id", "ordinal", "state", "reason", "host_port", "exit_code", "created_at", "started_at",
+            "stopped_at", "node__id", "node__hostname", "node__public_address", "node__simulated",
+            "node__location__slug", "deployment__traffic_port",
+        )
+        .prefetch_related(Prefetch("gpus", queryset=Gpu.objects.only("id", "replica_id", "index", "uuid", "model")))
+        .order_by("ordinal")
+    )
+
+
+def logs_for(*, tenant, deployment_id, tail: int = 100, since: datetime | None = None,
+             replica: int | None = None) -> list[LogLine]:
+    """The last `tail` lines (newest `tail`, returned oldest first), optionally from `since` on
+    and from one replica (by ordinal). An unknown ordinal is the caller's error, raised as
+    LookupError so the API can name the parameter."""
+    deployment = deployment_get(tenant=tenant, deployment_id=deployment_id)
+    queryset = LogLine.objects.filter(deployment=deployment)
+    if replica is not None:
+        replica_id = Replica.objects.filter(deployment=deployment, ordinal=replica).values_list("id", flat=True).first()
+        if replica_id is None:
+            raise LookupError(f"Deployment has no replica with ordinal {replica}.")
+        queryset = queryset.filter(replica_id=replica_id)
+    if since is not None:
+        queryset = queryset.filter(ts__gte=since)
+    lines = list(
+        queryset.annotate(replica_ordinal=F("replica__ordinal"))
+        .only("id", "ts", "stream", "message", "seq", "replica_id")
+        .order_by("-ts", "-replica_id", "-seq")[:tail]
+    )
+    lines.reverse()
+    return lines
+
+
+def events_for(*, tenant, deployment_id, after: int | None = None, limit: int = 100) -> list[Event]:
+    deployment = deployment_get(tenant=tenant, deployment_id=deployment_id)
+    queryset = Event.objects.filter(tenant=tenant, deployment=deployment)
+    if after is not None:
+        queryset = queryset.filter(id__gt=after)
+    return list(queryset.order_by("id")[:limit])
+
+
+def node_for_pinning(*, node_id) -> Node | None:
+    """A node a customer may pin to: any registered node (placement decides later whether it
+    is online); only its hardware type and location are checked at create."""
+    return Node.objects.filter(pk=node_id).only("id", "hardware_type_id", "location_id", "status").first()
+
+
+def visible_template_q(*, tenant) -> Q:
+    return Q(tenant__isnull=True) | Q(tenant=tenant)

@@ -1,0 +1,37 @@
+"""Request and response shapes of the deployments API (inputs validate, outputs render)."""
+
+from cloud.deployments.serializers.inputs import (
+    DeploymentCreateInput,
+    DeploymentUpdateInput,
+    EventsQuery,
+    LogsQuery,
+)
+from cloud.deployments.serializers.outputs import (
+    DeleteResultOutput,
+    DeploymentCreatedOutput,
+    DeploymentEnvelopeOutput,
+    DeploymentOutput,
+    EventListOutput,
+    EventOutput,
+    LogLineOutput,
+    LogListOutput,
+    ReplicaListOutput,
+    ReplicaOutput,
+)
+
+__all__ = [
+    "DeleteResultOutput",
+    "DeploymentCreateInput",
+    "DeploymentCreatedOutput",
+    "DeploymentEnvelopeOutput",
+    "DeploymentOutput",
+    "DeploymentUpdateInput",
+    "EventListOutput",
+    "EventOutput",
+    "EventsQuery",
+    "LogLineOutput",
+    "LogListOutput",
+    "LogsQuery",
+    "ReplicaListOutput",
+    "ReplicaOutput",
+]

@@ -1,0 +1,65 @@
+"""Strict JSON fields: DRF's own coerce ("5" → 5, 5 → "5", true → 1), which hides client bugs
+and lets a schema say one thing while the API accepts another. These accept only the JSON type
+the schema names."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from cloud.deployments.validators import env_errors, validate_image_reference
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictCharField(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class ImageReferenceField(StrictCharField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", 512)
+        kwargs.setdefault("help_text", "OCI image reference: [registry[:port]/]repository[:tag][@sha256:<digest>]")
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        try:
+            return validate_image_reference(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages[0], code="invalid_image") from None
+
+
+@extend_schema_field({
+    "type": "object",
+    "additionalProperties": {"type": "string"},
+    "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 255},
+    "maxProperties": 200,
+})
+class EnvField(serializers.Field):
+    """NAME: "value" pairs; POSIX names, string values, bounded in count and total size."""
+
+    def to_internal_value(self, data):
+        errors = env_errors(data)
+        if errors is not None:
+            raise serializers.ValidationError(errors, code="invalid_env")
+        return dict(data)
+
+    def to_representation(self, value):
+        return dict(value or {})
+
+
+def string_list(*, item_max_length: int = 4096, max_length: int = 256, **kwargs) -> serializers.ListField:
+    return serializers.ListField(
+        child=StrictCharField(max_length=item_max_length, allow_blank=True, trim_whitespace=False),
+        max_length=max_length, **kwargs,
+    )

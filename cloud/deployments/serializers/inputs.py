@@ -1,0 +1,167 @@
+"""What the deployments API accepts. io.net's deploy fields and Neuranet's (with their
+camelCase spellings) are both accepted as they are and folded into one spec for the service.
+Unknown fields are a 400 naming them: a typo must not silently deploy something else."""
+
+from __future__ import annotations
+
+import re
+
+from rest_framework import serializers
+
+from cloud.deployments.serializers.fields import (
+    EnvField,
+    ImageReferenceField,
+    StrictCharField,
+    StrictIntegerField,
+    string_list,
+)
+
+NAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+NAME_HELP = "1-100 characters: letters, digits, '.', '_' and '-', starting with a letter or digit; unique per tenant."
+
+MAX_REPLICAS = 100
+MAX_DURATION_HOURS = 8760  # a year
+MAX_GPUS_PER_CONTAINER = 8  # one HGX board
+
+
+class _StrictInput(serializers.Serializer):
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {name: [serializers.ErrorDetail("Unknown field.", code="unknown_field")] for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+def _opt(field_cls, **kwargs):
+    kwargs.setdefault("required", False)
+    kwargs.setdefault("allow_null", True)
+    return field_cls(**kwargs)
+
+
+class DeploymentCreateInput(_StrictInput):
+    # Neuranet
+    name = _opt(StrictCharField, max_length=100, help_text=NAME_HELP + " Generated when omitted.")
+    template_id = _opt(StrictCharField, max_length=50, help_text="A template slug (GET /api/v1/templates); the tenant's private template wins over a global one.")
+    templateId = _opt(StrictCharField, max_length=50, help_text="Alias of template_id.")
+    custom_image = _opt(ImageReferenceField, help_text="Alias of image_url.")
+    customImage = _opt(ImageReferenceField, help_text="Alias of image_url.")
+    node_id = _opt(StrictIntegerField, min_value=1, max_value=2**63 - 1, help_text="Pin every replica to this node (GET /api/v1/nodes).")
+    nodeId = _opt(StrictIntegerField, min_value=1, max_value=2**63 - 1, help_text="Alias of node_id.")
+    env = _opt(EnvField, help_text="Plain environment variables, merged over the template's defaults.")
+    # io.net
+    resource_private_name = _opt(StrictCharField, max_length=100, help_text="Alias of name.")
+    duration_hours = _opt(StrictIntegerField, min_value=1, max_value=MAX_DURATION_HOURS,
+                          help_text="Run time from creation; the deployment expires after it. Omit for no expiry.")
+    gpus_per_container = _opt(StrictIntegerField, min_value=0, max_value=MAX_GPUS_PER_CONTAINER,
+                              help_text="GPUs per replica; must be one of the hardware type's allowed_gpu_counts and within the "
+                                        "template's range. Default: the smallest count that fits.")
+    hardware_id = _opt(StrictIntegerField, min_value=1, max_value=2**31 - 1,
+                       help_text="Hardware type id (GET /api/v1/hardware). Default: the pinned node's type, else the "
+                                 "cheapest type offering a fitting GPU count.")
+    location_ids = serializers.ListField(
+        child=StrictIntegerField(min_value=1, max_value=2**31 - 1), required=False, allow_null=True, max_length=50,
+        help_text="Allowed locations (GET /api/v1/locations); empty or omitted: any.",
+    )
+    replica_count = _opt(StrictIntegerField, min_value=1, max_value=MAX_REPLICAS, help_text="Default 1.")
+    env_variables = _opt(EnvField, help_text="Alias of env.")
+    secret_env_variables = _opt(EnvField, help_text="Secret variables: encrypted at rest, never returned (only their names).")
+    entrypoint = string_list(required=False, allow_null=True, help_text="Exec-form entrypoint; default the template's or the image's.")
+    args = string_list(required=False, allow_null=True, help_text="Arguments appended to the entrypoint.")
+    traffic_port = _opt(StrictIntegerField, min_value=1, max_value=65535, help_text="The container's HTTP port, published as the endpoint.")
+    image_url = _opt(ImageReferenceField, help_text="The image to run instead of a template's, e.g. ghcr.io/org/image:tag.")
+    registry_username = _opt(StrictCharField, max_length=200, allow_blank=True)
+    registry_secret = _opt(StrictCharField, max_length=4096, allow_blank=True, write_only=True,
+                           help_text="Registry password or token: encrypted at rest, never returned.")
+
+    def validate_name(self, value):
+        return _valid_name(value)
+
+    def validate_resource_private_name(self, value):
+        return _valid_name(value)
+
+    def validate(self, attrs):
+        name = _one_of(attrs, "name", "resource_private_name")
+        template = _one_of(attrs, "template_id", "templateId")
+        image = _one_of(attrs, "image_url", "custom_image", "customImage")
+        node_id = _one_of(attrs, "node_id", "nodeId")
+        env = _one_of(attrs, "env", "env_variables")
+        secret_env = attrs.get("secret_env_variables") or {}
+
+        if template and image:
+            raise serializers.ValidationError(
+                {"template_id": "Give a template_id or an image (image_url / custom_image), not both."}
+            )
+        if not template and not image:
+            raise serializers.ValidationError(
+                {"template_id": "Required: a template_id, or an image in image_url / custom_image."}
+            )
+        overlap = sorted(set(env or {}) & set(secret_env))
+        if overlap:
+            raise serializers.ValidationError(
+                {"secret_env_variables": f"{', '.join(overlap)} is also a plain variable; a name is plain or secret, not both."}
+            )
+        location_ids = attrs.get("location_ids") or []
+        return {
+            "name": name, "template": template, "image": image, "node_id": node_id,
+            "env": env or {}, "secret_env": secret_env,
+            "gpus_per_container": attrs.get("gpus_per_container"), "hardware_id": attrs.get("hardware_id"),
+            "location_ids": list(dict.fromkeys(location_ids)),  # de-duplicated, order kept
+            "replica_count": attrs.get("replica_count") or 1, "duration_hours": attrs.get("duration_hours"),
+            "entrypoint": attrs.get("entrypoint"), "args": attrs.get("args"), "traffic_port": attrs.get("traffic_port"),
+            "registry_username": attrs.get("registry_username") or "", "registry_secret": attrs.get("registry_secret") or "",
+        }
+
+
+def _valid_name(value):
+    if value is None:
+        return value
+    if not re.match(NAME_REGEX, value):
+        raise serializers.ValidationError(NAME_HELP, code="invalid_name")
+    return value
+
+
+def _one_of(attrs: dict, *names: str):
+    """The value given under any of the alias `names`; two different values is a 400 on the
+    second spelling."""
+    given = [(n, attrs[n]) for n in names if attrs.get(n) is not None]
+    if len({repr(v) for _, v in given}) > 1:
+        raise serializers.ValidationError({given[1][0]: f"Conflicts with {given[0][0]}; give one of {', '.join(names)}."})
+    return given[0][1] if given else None
+
+
+class DeploymentUpdateInput(_StrictInput):
+    replica_count = StrictIntegerField(required=False, min_value=1, max_value=MAX_REPLICAS)
+    duration_hours = StrictIntegerField(required=False, min_value=1, max_value=MAX_DURATION_HOURS,
+                                        help_text="Total run time from creation; may only grow.")
+    env = EnvField(required=False, help_text="Replaces the plain environment.")
+    env_variables = EnvField(required=False, help_text="Alias of env.")
+    secret_env_variables = EnvField(required=False, help_text="Replaces the secret environment.")
+
+    def validate(self, attrs):
+        env = _one_of(attrs, "env", "env_variables")
+        changes = {k: attrs[k] for k in ("replica_count", "duration_hours") if k in attrs}
+        if env is not None:
+            changes["env"] = env
+        if "secret_env_variables" in attrs:
+            changes["secret_env"] = attrs["secret_env_variables"]
+        overlap = sorted(set(changes.get("env") or {}) & set(changes.get("secret_env") or {}))
+        if overlap:
+            raise serializers.ValidationError(
+                {"secret_env_variables": f"{', '.join(overlap)} is also a plain variable; a name is plain or secret, not both."}
+            )
+        return changes
+
+
+class LogsQuery(serializers.Serializer):
+    tail = serializers.IntegerField(min_value=1, max_value=10000, default=100, help_text="The last N lines (1-10000).")
+    since = serializers.DateTimeField(required=False, help_text="ISO 8601; only lines at or after this time.")
+    replica = serializers.IntegerField(required=False, min_value=0, max_value=32767, help_text="A replica's ordinal.")
+
+
+class EventsQuery(serializers.Serializer):
+    after = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1,
+                                     help_text="Cursor: only events with a greater id.")
+    limit = serializers.IntegerField(min_value=1, max_value=500, default=100)

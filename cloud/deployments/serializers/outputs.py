@@ -1,0 +1,177 @@
+"""What the deployments API returns. Secrets never appear: secret env shows its names only,
+the registry secret not at all, and a replica's VM address (internal) is never shown."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from billing.services import hourly_cost
+from cloud.deployments.models import Deployment, LogLine, Replica
+from cloud.deployments.serializers.fields import EnvField
+
+
+def endpoint_url(*, address: str | None, port: int | None) -> str | None:
+    if not address or not port:
+        return None
+    host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    return f"http://{host}:{port}"
+
+
+class EndpointOutput(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["http"])
+    url = serializers.CharField()
+    internal_port = serializers.IntegerField(allow_null=True)
+
+
+class DeploymentOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    status = serializers.ChoiceField(choices=Deployment.Status.choices)
+    status_reason = serializers.CharField(help_text="Why the deployment is in this status, for a human.")
+    template_id = serializers.SerializerMethodField(help_text="The template's slug, or null for a custom image.")
+    image = serializers.CharField()
+    gpus_per_container = serializers.IntegerField()
+    hardware_id = serializers.IntegerField(source="hardware_type_id")
+    location_ids = serializers.SerializerMethodField()
+    node_id = serializers.IntegerField(allow_null=True, help_text="The node every replica is pinned to, if any.")
+    replica_count = serializers.IntegerField()
+    ready_replicas = serializers.SerializerMethodField()
+    endpoints = serializers.SerializerMethodField()
+    env = EnvField(help_text="Plain environment variables.")
+    secret_env_keys = serializers.ListField(child=serializers.CharField(), help_text="Names of the secret variables; values are never returned.")
+    entrypoint = serializers.ListField(child=serializers.CharField(allow_blank=True), allow_null=True)
+    args = serializers.ListField(child=serializers.CharField(allow_blank=True), allow_null=True)
+    traffic_port = serializers.IntegerField(allow_null=True)
+    duration_hours = serializers.IntegerField(allow_null=True)
+    registry_username = serializers.SerializerMethodField()
+    price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4, help_text="Locked in at creation, USD.")
+    estimated_hourly_cost = serializers.SerializerMethodField()
+    total_cost = serializers.DecimalField(max_digits=14, decimal_places=6, help_text="Metered so far, USD.")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    stopped_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_field({"type": ["string", "null"]})
+    def get_template_id(self, obj: Deployment):
+        return obj.template.slug if obj.template_id else None
+
+    @extend_schema_field({"type": "array", "items": {"type": "integer"}})
+    def get_location_ids(self, obj: Deployment):
+        return [loc.id for loc in obj.locations.all()]
+
+    def _running(self, obj: Deployment) -> list[Replica]:
+        running = getattr(obj, "running_replicas", None)
+        if running is None:  # not shaped by the selector: read it (a single object, never a list)
+            running = list(obj.replicas.filter(state=Replica.State.RUNNING, host_port__isnull=False).select_related("node"))
+        return running
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_ready_replicas(self, obj: Deployment) -> int:
+        return len(self._running(obj))
+
+    @extend_schema_field(EndpointOutput(many=True))
+    def get_endpoints(self, obj: Deployment) -> list[dict]:
+        endpoints = []
+        for replica in self._running(obj):
+            url = endpoint_url(address=replica.node.public_address if replica.node_id else None, port=replica.host_port)
+            if url:
+                endpoints.append({"type": "http", "url": url, "internal_port": obj.traffic_port})
+        return endpoints
+
+    @extend_schema_field({"type": ["string", "null"]})
+    def get_registry_username(self, obj: Deployment):
+        return obj.registry_username or None
+
+    @extend_schema_field({"type": "string", "format": "decimal", "description": "USD per hour at the locked-in price."})
+    def get_estimated_hourly_cost(self, obj: Deployment) -> str:
+        return str(hourly_cost(price_per_gpu_hour=obj.price_per_gpu_hour, gpus_per_container=obj.gpus_per_container,
+                               replica_count=obj.replica_count))
+
+
+class DeploymentEnvelopeOutput(serializers.Serializer):
+    deployment = DeploymentOutput()
+
+
+class DeploymentCreatedOutput(serializers.Serializer):
+    deployment = DeploymentOutput()
+    estimated_hourly_cost = serializers.CharField(help_text="USD per hour, a decimal string.")
+
+
+class DeleteResultOutput(serializers.Serializer):
+    success = serializers.BooleanField()
+    message = serializers.CharField()
+
+
+class ReplicaNodeOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    hostname = serializers.CharField()
+    location = serializers.CharField(source="location.slug")
+    simulated = serializers.BooleanField(help_text="GPUs presented from a fake sysfs tree, not real hardware.")
+
+
+class ReplicaGpusOutput(serializers.Serializer):
+    count = serializers.IntegerField()
+    ids = serializers.ListField(child=serializers.CharField(), help_text="GPU UUIDs.")
+
+
+class ReplicaOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    ordinal = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=Replica.State.choices)
+    reason = serializers.CharField(help_text="Why the replica is in this state, for a human.")
+    node = serializers.SerializerMethodField()
+    gpus = serializers.SerializerMethodField()
+    endpoint = serializers.SerializerMethodField()
+    host_port = serializers.IntegerField(allow_null=True)
+    exit_code = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    stopped_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_field(ReplicaNodeOutput(allow_null=True))
+    def get_node(self, obj: Replica):
+        return ReplicaNodeOutput(obj.node).data if obj.node_id else None
+
+    @extend_schema_field(ReplicaGpusOutput())
+    def get_gpus(self, obj: Replica):
+        gpus = list(obj.gpus.all())
+        return {"count": len(gpus), "ids": [g.uuid for g in gpus]}
+
+    @extend_schema_field({"type": ["string", "null"]})
+    def get_endpoint(self, obj: Replica):
+        if obj.state != Replica.State.RUNNING or not obj.node_id:
+            return None
+        return endpoint_url(address=obj.node.public_address, port=obj.host_port)
+
+
+class ReplicaListOutput(serializers.Serializer):
+    replicas = ReplicaOutput(many=True)
+
+
+class LogLineOutput(serializers.Serializer):
+    timestamp = serializers.DateTimeField(source="ts")
+    replica = serializers.IntegerField(source="replica_ordinal", help_text="The replica's ordinal.")
+    seq = serializers.IntegerField(help_text="Per-replica sequence number: a gap means lost lines.")
+    stream = serializers.ChoiceField(choices=LogLine.Stream.choices)
+    message = serializers.CharField(allow_blank=True)
+
+
+class LogListOutput(serializers.Serializer):
+    logs = LogLineOutput(many=True)
+
+
+class EventOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    type = serializers.CharField()
+    payload = serializers.DictField()
+    ts = serializers.DateTimeField()
+
+
+class EventListOutput(serializers.Serializer):
+    events = EventOutput(many=True)

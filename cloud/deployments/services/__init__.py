@@ -1,0 +1,41 @@
+"""Every write to deployments goes through these functions (API views, Celery tasks, the
+admin and, later, the agent consumer all call the same code). Split by concept:
+
+- `create`: validating a spec against the catalog, quotas and funds, and creating it;
+- `change`: PATCH (replicas, duration, env);
+- `lifecycle`: start, stop, restart, delete, expiry;
+- `events`: the per-deployment event feed;
+- `idempotency`: replaying a POST retried with the same Idempotency-Key.
+"""
+
+from cloud.deployments.services.change import deployment_update
+from cloud.deployments.services.create import deployment_create
+from cloud.deployments.services.events import event_record
+from cloud.deployments.services.idempotency import (
+    IdempotentResult,
+    idempotency_fingerprint,
+    idempotency_keys_purge,
+    idempotent_create,
+)
+from cloud.deployments.services.lifecycle import (
+    deployment_delete,
+    deployment_expire_due,
+    deployment_restart,
+    deployment_start,
+    deployment_stop,
+)
+
+__all__ = [
+    "IdempotentResult",
+    "deployment_create",
+    "deployment_delete",
+    "deployment_expire_due",
+    "deployment_restart",
+    "deployment_start",
+    "deployment_stop",
+    "deployment_update",
+    "event_record",
+    "idempotency_fingerprint",
+    "idempotency_keys_purge",
+    "idempotent_create",
+]

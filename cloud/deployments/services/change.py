@@ -1,0 +1,109 @@
+"""PATCH: scale, extend, replace env. Other fields are fixed at creation (make a new
+deployment to change the image or hardware)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from billing.services import hourly_cost
+from cloud.deployments import selectors
+from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.services import quotas
+from cloud.deployments.services.create import replicas_build
+from cloud.deployments.services.events import actor_label, event_record
+from cloud.deployments.services.lifecycle import LIVE, REPLICA_DONE
+from cloud.exceptions import Conflict, InvalidInput
+
+S = Deployment.Status
+
+
+def _scale(*, tenant, deployment: Deployment, replica_count: int) -> None:
+    old = deployment.replica_count
+    if replica_count == old:
+        return
+    if deployment.status == S.STOPPING:
+        raise Conflict("The deployment is stopping; change replica_count once it has stopped.",
+                       extra={"status_now": deployment.status})
+    live = deployment.status in LIVE
+    if replica_count > old and live:
+        locked = quotas.tenant_lock(tenant=tenant)
+        quotas.check_gpu_quota(
+            tenant=locked, gpus_needed=deployment.gpus_per_container * replica_count, exclude_id=deployment.pk,
+            cpu_only=deployment.hardware_type.cpu_only,
+        )
+        quotas.check_funds(tenant=locked, hourly_cost=hourly_cost(
+            price_per_gpu_hour=deployment.price_per_gpu_hour, gpus_per_container=deployment.gpus_per_container,
+            replica_count=replica_count,
+        ))
+    deployment.replica_count = replica_count
+    if replica_count > old:
+        if live:
+            existing = set(Replica.objects.filter(deployment=deployment).values_list("ordinal", flat=True))
+            replicas_build(deployment=deployment, ordinals=[o for o in range(replica_count) if o not in existing])
+        return  # a stopped deployment gets its replicas when started
+    removed = Replica.objects.filter(deployment=deployment, ordinal__gte=replica_count)
+    # A replica on a node is stopped by its agent; one that never ran (or has no metered
+    # usage to keep: UsageRecord cascades from Replica) is simply removed.
+    removed.filter(node__isnull=False).exclude(state__in=REPLICA_DONE).update(
+        state=Replica.State.STOPPING, reason="removed by scale-down",
+    )
+    removed.filter(node__isnull=True, usage_records__isnull=True).delete()
+    removed.filter(state__in=REPLICA_DONE).exclude(usage_records__isnull=True).update(reason="removed by scale-down")
+
+
+def _extend(*, deployment: Deployment, duration_hours: int) -> None:
+    """`duration_hours` counts from creation; PATCH may only lengthen it."""
+    if deployment.duration_hours is not None and duration_hours < deployment.duration_hours:
+        raise InvalidInput(
+            "duration_hours",
+            f"duration_hours can only be extended (now {deployment.duration_hours}); stop the deployment to end it sooner.",
+            code="shorter",
+        )
+    expires_at = deployment.created_at + timedelta(hours=duration_hours)
+    if expires_at <= timezone.now():
+        raise InvalidInput(
+            "duration_hours",
+            f"duration_hours counts from creation ({deployment.created_at:%Y-%m-%dT%H:%M:%SZ}); "
+            f"{duration_hours} hour(s) would end in the past.",
+            code="in_the_past",
+        )
+    deployment.duration_hours, deployment.expires_at = duration_hours, expires_at
+
+
+@transaction.atomic
+def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deployment:
+    """`changes` may hold replica_count, duration_hours, env, secret_env (each optional)."""
+    deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
+    changed: list[str] = []
+    if "replica_count" in changes and changes["replica_count"] != deployment.replica_count:
+        _scale(tenant=tenant, deployment=deployment, replica_count=changes["replica_count"])
+        changed.append("replica_count")
+    if "duration_hours" in changes and changes["duration_hours"] != deployment.duration_hours:
+        _extend(deployment=deployment, duration_hours=changes["duration_hours"])
+        changed.append("duration_hours")
+    if "secret_env" in changes:
+        deployment.set_secret_env(changes["secret_env"])
+        changed.append("secret_env_variables")
+    if "env" in changes:
+        deployment.env = dict(changes["env"])
+        changed.append("env")
+    overlap = set(deployment.env) & set(deployment.secret_env_keys)
+    if overlap:
+        if "env" in changes:
+            raise InvalidInput(
+                "env", f"{', '.join(sorted(overlap))} is already a secret variable; a name is plain or secret, not both.",
+                code="duplicate_name",
+            )
+        for key in overlap:  # a new secret replaces the plain variable of the same name
+            deployment.env.pop(key)
+    deployment.save()
+    if changed:
+        event_record(tenant=tenant, deployment=deployment, type="deployment.updated", payload={
+            "fields": changed, "replica_count": deployment.replica_count,
+            "expires_at": deployment.expires_at.isoformat() if deployment.expires_at else None,
+            "actor": actor_label(actor),
+        })
+    return deployment

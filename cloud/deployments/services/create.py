@@ -1,0 +1,223 @@
+"""Creating a deployment: resolve the spec against the catalog, check quotas and funds under
+the tenant lock, write the deployment, its pending replicas and a `deployment.created` event.
+
+`spec` is what `DeploymentCreateInput` validated, with aliases already folded (name,
+template, image, env, secret_env, node_id, ...). Rules the serializer cannot know (does the
+template exist for this tenant, does the hardware offer that GPU count) raise InvalidInput
+naming the request field.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing.services import hourly_cost
+from cloud.deployments import selectors
+from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.services import quotas
+from cloud.deployments.services.events import actor_label, event_record
+from cloud.exceptions import Conflict, InvalidInput
+from nodes.models import HardwareType, Location
+from templates.models import Template
+
+# What a customer reads on a replica no scheduler has placed yet. Nothing fakes progress.
+PENDING_REASON = "waiting for the scheduler: no node placement yet"
+MAX_GPUS_WITHOUT_TEMPLATE = 8
+
+
+def _template_for(*, tenant, slug: str) -> Template:
+    """The tenant's private template of that slug, else the global one."""
+    template = (
+        Template.objects.filter(selectors.visible_template_q(tenant=tenant), slug=slug)
+        .order_by("tenant_id")  # NULL (global) sorts last in PostgreSQL's ascending order
+        .first()
+    )
+    if template is None:
+        raise InvalidInput("template_id", f"No template '{slug}'. See GET /api/v1/templates.", code="unknown_template")
+    return template
+
+
+def _gpu_range(*, template: Template | None, hardware: HardwareType) -> tuple[int, int]:
+    if template is not None:
+        return template.min_gpus, template.max_gpus
+    return (0 if hardware.cpu_only else 1), MAX_GPUS_WITHOUT_TEMPLATE
+
+
+def _pick_hardware(*, template, gpus: int | None, hardware: HardwareType | None) -> tuple[HardwareType, int]:
+    """The hardware type and GPUs per replica to use.
+
+    Both given: checked. GPUs omitted: the smallest count the hardware allows within the
+    template's range. Hardware omitted: the cheapest (price x GPUs, then id) type offering a
+    fitting count; without a template and without a GPU count only GPU types are considered,
+    so a custom image never lands on a CPU-only type by surprise."""
+    if hardware is not None:
+        candidates = [hardware]
+    else:
+        candidates = list(HardwareType.objects.order_by("id"))
+        if template is None and gpus is None:
+            candidates = [h for h in candidates if not h.cpu_only]
+    options: list[tuple] = []
+    for hw in candidates:
+        lo, hi = _gpu_range(template=template, hardware=hw)
+        counts = [gpus] if gpus is not None else sorted(hw.allowed_gpu_counts)
+        for count in counts:
+            if count in hw.allowed_gpu_counts and lo <= count <= hi:
+                options.append((hw.price_per_gpu_hour * max(count, 1), count, hw.id, hw))
+                break  # the smallest fitting count of this type
+    if options:
+        _, count, _, hw = min(options, key=lambda o: o[:3])
+        return hw, count
+
+    if gpus is not None and template is not None and not template.min_gpus <= gpus <= template.max_gpus:
+        raise InvalidInput(
+            "gpus_per_container",
+            f"Template '{template.slug}' runs with {template.min_gpus} to {template.max_gpus} GPUs per container, not {gpus}.",
+            code="out_of_range",
+        )
+    if hardware is not None:
+        allowed = ", ".join(str(c) for c in sorted(hardware.allowed_gpu_counts))
+        what = gpus if gpus is not None else "a fitting count"
+        raise InvalidInput(
+            "gpus_per_container",
+            f"Hardware type {hardware.id} ({hardware.name}) offers {allowed} GPUs per container, not {what}.",
+            code="not_offered",
+        )
+    raise InvalidInput(
+        "gpus_per_container",
+        f"No hardware type offers {gpus if gpus is not None else 'a fitting number of'} GPUs per container"
+        + (f" for template '{template.slug}'." if template is not None else "."),
+        code="not_offered",
+    )
+
+
+def _locations(location_ids: list[int] | None) -> list[Location]:
+    if not location_ids:
+        return []
+    found = {loc.id: loc for loc in Location.objects.filter(pk__in=location_ids)}
+    missing = [i for i in location_ids if i not in found]
+    if missing:
+        raise InvalidInput(
+            "location_ids", f"Unknown location id(s): {', '.join(map(str, missing))}. See GET /api/v1/locations.",
+            code="unknown_location",
+        )
+    return [found[i] for i in location_ids]
+
+
+def _name_base(*, template: Template | None, image: str) -> str:
+    if template is not None:
+        base = template.slug
+    else:
+        path = image.split("@")[0]
+        last = path.rsplit("/", 1)[-1]
+        base = last.split(":")[0]
+    base = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")[:40]
+    return base or "deployment"
+
+
+def _unique_name(*, tenant, base: str) -> str:
+    for _ in range(8):
+        name = f"{base}-{secrets.token_hex(3)}"
+        if not Deployment.objects.filter(tenant=tenant, name=name, deleted_at__isnull=True).exists():
+            return name
+    return f"{base}-{secrets.token_hex(8)}"
+
+
+def replicas_build(*, deployment: Deployment, ordinals, state=Replica.State.PENDING, reason=PENDING_REASON) -> list[Replica]:
+    return Replica.objects.bulk_create(
+        [Replica(deployment=deployment, ordinal=o, state=state, reason=reason) for o in ordinals]
+    )
+
+
+@transaction.atomic
+def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
+    template = _template_for(tenant=tenant, slug=spec["template"]) if spec.get("template") else None
+    image = spec.get("image") or (template.image if template else None)
+    if not image:
+        raise InvalidInput("image_url", "Give a template_id or an image (image_url / custom_image).", code="required")
+
+    node = None
+    if spec.get("node_id") is not None:
+        node = selectors.node_for_pinning(node_id=spec["node_id"])
+        if node is None:
+            raise InvalidInput("node_id", f"No node {spec['node_id']}.", code="unknown_node")
+
+    hardware = None
+    if spec.get("hardware_id") is not None:
+        hardware = HardwareType.objects.filter(pk=spec["hardware_id"]).first()
+        if hardware is None:
+            raise InvalidInput(
+                "hardware_id", f"Unknown hardware id {spec['hardware_id']}. See GET /api/v1/hardware.",
+                code="unknown_hardware",
+            )
+    elif node is not None:
+        hardware = HardwareType.objects.get(pk=node.hardware_type_id)
+    hardware, gpus = _pick_hardware(template=template, gpus=spec.get("gpus_per_container"), hardware=hardware)
+
+    locations = _locations(spec.get("location_ids"))
+    if node is not None:
+        if node.hardware_type_id != hardware.id:
+            raise InvalidInput("node_id", f"Node {node.id} is not of hardware type {hardware.id}.", code="hardware_mismatch")
+        if locations and node.location_id not in {loc.id for loc in locations}:
+            raise InvalidInput("node_id", f"Node {node.id} is not in any of location_ids.", code="location_mismatch")
+
+    secret_env = spec.get("secret_env") or {}
+    env = {**(template.default_env if template else {}), **(spec.get("env") or {})}
+    for key in secret_env:  # a secret wins over a template default of the same name
+        env.pop(key, None)
+
+    replica_count = spec.get("replica_count") or 1
+    estimate = hourly_cost(
+        price_per_gpu_hour=hardware.price_per_gpu_hour, gpus_per_container=gpus, replica_count=replica_count
+    )
+
+    locked = quotas.tenant_lock(tenant=tenant)
+    quotas.check_deployment_quota(tenant=locked)
+    quotas.check_gpu_quota(tenant=locked, gpus_needed=gpus * replica_count, cpu_only=hardware.cpu_only)
+    quotas.check_funds(tenant=locked, hourly_cost=estimate)
+
+    name = spec.get("name")
+    if name and Deployment.objects.filter(tenant=tenant, name=name, deleted_at__isnull=True).exists():
+        raise Conflict(f"A deployment named '{name}' already exists.", errors=[
+            {"field": "name", "message": "This name is already used by another deployment.", "code": "unique"}
+        ])
+    name = name or _unique_name(tenant=tenant, base=_name_base(template=template, image=image))
+
+    now = timezone.now()
+    deployment = Deployment(
+        tenant=tenant, name=name, template=template, image=image,
+        registry_username=spec.get("registry_username") or "",
+        env=env,
+        entrypoint=spec["entrypoint"] if spec.get("entrypoint") is not None else (template.entrypoint if template else None),
+        args=spec["args"] if spec.get("args") is not None else (template.args if template else None),
+        traffic_port=spec.get("traffic_port") or (template.traffic_port if template else None),
+        gpus_per_container=gpus, hardware_type=hardware, node=node, replica_count=replica_count,
+        duration_hours=spec.get("duration_hours"),
+        expires_at=now + timedelta(hours=spec["duration_hours"]) if spec.get("duration_hours") else None,
+        status=Deployment.Status.PENDING, status_reason=PENDING_REASON,
+        price_per_gpu_hour=hardware.price_per_gpu_hour,
+    )
+    deployment.set_secret_env(secret_env)
+    deployment.set_registry_secret(spec.get("registry_secret"))
+    try:
+        with transaction.atomic():
+            deployment.save(force_insert=True)
+    except IntegrityError:
+        # The tenant lock makes this rare (a create outside this service); the constraint decides.
+        raise Conflict(f"A deployment named '{name}' already exists.") from None
+    if locations:
+        deployment.locations.set(locations)
+    replicas_build(deployment=deployment, ordinals=range(replica_count))
+    event_record(
+        tenant=tenant, deployment=deployment, type="deployment.created",
+        payload={
+            "name": name, "image": image, "template_id": template.slug if template else None,
+            "hardware_id": hardware.id, "gpus_per_container": gpus, "replica_count": replica_count,
+            "actor": actor_label(actor),
+        },
+    )
+    return deployment

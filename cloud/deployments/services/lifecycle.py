@@ -1,0 +1,165 @@
+"""Start, stop, restart, delete and expiry: the deployment state machine.
+
+    pending/starting/running --stop--> stopping (replicas on a node) --agent--> stopped
+                             --stop--> stopped  (no replica was ever placed)
+    stopped/failed (expired if extended) --start--> pending (replicas wait for the scheduler)
+    starting/running --restart--> starting
+    any live status past expires_at --expiry task--> expired
+
+Nothing here pretends a node did something: a replica that is on a node goes to `stopping`
+and the agent reports when it really stopped; a replica never placed stops at once.
+Every transition holds the deployment row lock and writes an event.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from billing.services import hourly_cost
+from cloud.deployments import selectors
+from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.services import quotas
+from cloud.deployments.services.create import PENDING_REASON, replicas_build
+from cloud.deployments.services.events import actor_label, event_record
+from cloud.exceptions import Conflict
+
+S = Deployment.Status
+LIVE = (S.PENDING, S.STARTING, S.RUNNING)
+STARTABLE = (S.STOPPED, S.FAILED, S.EXPIRED)
+RESTARTABLE = (S.STARTING, S.RUNNING)
+# Replica states in which nothing runs on a node any more.
+REPLICA_DONE = (Replica.State.STOPPED, Replica.State.FAILED, Replica.State.LOST)
+
+
+def _conflict(deployment: Deployment, action: str, allowed) -> Conflict:
+    return Conflict(
+        f"Cannot {action} a deployment that is {deployment.status}; {action} works from: {', '.join(allowed)}.",
+        extra={"status_now": deployment.status},
+    )
+
+
+def replicas_stop(*, deployment: Deployment, reason: str) -> bool:
+    """Stops every replica of the deployment. Returns True when some replica is on a node and
+    must be stopped by its agent first (the deployment is then `stopping`)."""
+    now = timezone.now()
+    replicas = Replica.objects.filter(deployment=deployment).exclude(state__in=REPLICA_DONE)
+    replicas.filter(node__isnull=True).update(state=Replica.State.STOPPED, reason=reason, stopped_at=now)
+    placed = replicas.filter(node__isnull=False).update(state=Replica.State.STOPPING, reason=reason)
+    return placed > 0
+
+
+def _stop(*, deployment: Deployment, reason: str, final_status: str) -> None:
+    now = timezone.now()
+    waiting = replicas_stop(deployment=deployment, reason=reason)
+    deployment.status = S.STOPPING if waiting and final_status == S.STOPPED else final_status
+    deployment.status_reason = (
+        f"{reason}: waiting for the node(s) to stop the replicas" if waiting else reason
+    )
+    if not waiting or final_status != S.STOPPED:
+        deployment.stopped_at = now
+    deployment.save(update_fields=["status", "status_reason", "stopped_at", "updated_at"])
+
+
+@transaction.atomic
+def deployment_stop(*, tenant, actor, deployment_id) -> Deployment:
+    deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
+    if deployment.status not in LIVE:
+        raise _conflict(deployment, "stop", LIVE)
+    _stop(deployment=deployment, reason="stopped by user", final_status=S.STOPPED)
+    event_record(tenant=tenant, deployment=deployment, type="deployment.stopped",
+                 payload={"status": deployment.status, "actor": actor_label(actor)})
+    return deployment
+
+
+@transaction.atomic
+def deployment_start(*, tenant, actor, deployment_id) -> Deployment:
+    deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
+    now = timezone.now()
+    if deployment.status not in STARTABLE:
+        raise _conflict(deployment, "start", STARTABLE)
+    if deployment.expires_at is not None and deployment.expires_at <= now:
+        raise Conflict(
+            "The deployment's duration is used up (expired at "
+            f"{deployment.expires_at:%Y-%m-%dT%H:%M:%SZ}); extend duration_hours with PATCH before starting it.",
+            extra={"status_now": deployment.status},
+        )
+    if Replica.objects.filter(deployment=deployment).exclude(state__in=REPLICA_DONE).exists():
+        raise Conflict("Some replicas are still being stopped on their node; start again once they have stopped.")
+
+    locked = quotas.tenant_lock(tenant=tenant)
+    hardware = deployment.hardware_type
+    quotas.check_gpu_quota(tenant=locked, gpus_needed=deployment.gpus_total, exclude_id=deployment.pk,
+                           cpu_only=hardware.cpu_only)
+    quotas.check_funds(tenant=locked, hourly_cost=hourly_cost(
+        price_per_gpu_hour=deployment.price_per_gpu_hour, gpus_per_container=deployment.gpus_per_container,
+        replica_count=deployment.replica_count,
+    ))
+
+    # Fresh replicas: the scheduler places them anew (the old node may be gone or full).
+    Replica.objects.filter(deployment=deployment, ordinal__gte=deployment.replica_count).delete()
+    Replica.objects.filter(deployment=deployment).update(
+        state=Replica.State.PENDING, reason=PENDING_REASON, node=None, host_port=None, vm_address=None,
+        exit_code=None, started_at=None, stopped_at=None,
+    )
+    existing = set(Replica.objects.filter(deployment=deployment).values_list("ordinal", flat=True))
+    replicas_build(deployment=deployment, ordinals=[o for o in range(deployment.replica_count) if o not in existing])
+    deployment.status, deployment.status_reason = S.PENDING, PENDING_REASON
+    deployment.stopped_at = None
+    deployment.save(update_fields=["status", "status_reason", "stopped_at", "updated_at"])
+    event_record(tenant=tenant, deployment=deployment, type="deployment.started", payload={"actor": actor_label(actor)})
+    return deployment
+
+
+@transaction.atomic
+def deployment_restart(*, tenant, actor, deployment_id) -> Deployment:
+    """Asks every placed replica to restart in place. The agent protocol turns the replicas in
+    `starting` with this reason into replica.stop + replica.start; until a replica reports
+    `running` again the deployment is `starting`."""
+    deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
+    if deployment.status not in RESTARTABLE:
+        raise _conflict(deployment, "restart", RESTARTABLE)
+    reason = "restart requested: restarting on its node"
+    Replica.objects.filter(deployment=deployment, node__isnull=False).exclude(state__in=REPLICA_DONE).update(
+        state=Replica.State.STARTING, reason=reason,
+    )
+    deployment.status, deployment.status_reason = S.STARTING, "restart requested"
+    deployment.save(update_fields=["status", "status_reason", "updated_at"])
+    event_record(tenant=tenant, deployment=deployment, type="deployment.restarted", payload={"actor": actor_label(actor)})
+    return deployment
+
+
+@transaction.atomic
+def deployment_delete(*, tenant, actor, deployment_id) -> None:
+    """Stops what runs and hides the deployment (its name is free again). The row, replicas
+    and usage are kept for billing; a replica still on a node is stopped by its agent."""
+    deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
+    if deployment.status in LIVE or deployment.status == S.STOPPING:
+        _stop(deployment=deployment, reason="deployment deleted", final_status=S.STOPPED)
+    deployment.deleted_at = timezone.now()
+    deployment.save(update_fields=["deleted_at", "updated_at"])
+    event_record(tenant=tenant, deployment=deployment, type="deployment.deleted",
+                 payload={"name": deployment.name, "actor": actor_label(actor)})
+
+
+def deployment_expire_due(*, now: datetime | None = None, batch: int = 500) -> int:
+    """Expires live deployments past their expires_at; returns how many. Safe to run in
+    several workers at once: rows are claimed with SKIP LOCKED and re-checked under the lock."""
+    now = now or timezone.now()
+    expired = 0
+    while True:
+        with transaction.atomic():
+            due = list(
+                Deployment.objects.select_for_update(skip_locked=True, of=("self",)).select_related("tenant")
+                .filter(deleted_at__isnull=True, expires_at__lte=now, status__in=(*LIVE, S.STOPPING))
+                .order_by("expires_at")[:batch]
+            )
+            for deployment in due:
+                _stop(deployment=deployment, reason="duration used up", final_status=S.EXPIRED)
+                event_record(tenant=deployment.tenant, deployment=deployment, type="deployment.expired",
+                             payload={"expires_at": deployment.expires_at.isoformat()})
+            expired += len(due)
+        if len(due) < batch:
+            return expired

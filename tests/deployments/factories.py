@@ -1,0 +1,111 @@
+"""Factories for deployments' tests. `deployment_for` goes through the real service, so a test
+sees what a customer's POST would have produced; the factories below write rows directly for
+states no API call can reach yet (running replicas on a node, log lines)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import factory
+from django.utils import timezone
+
+from cloud.deployments.models import Deployment, Event, LogLine, Replica
+from cloud.deployments.services import deployment_create
+from nodes.models import Node
+from templates.models import Template
+from tests.factories import HardwareTypeFactory, LocationFactory, TenantFactory
+
+
+class TemplateFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Template
+
+    tenant = None
+    slug = factory.Sequence(lambda n: f"tpl-{n}")
+    name = factory.LazyAttribute(lambda t: t.slug.title())
+    image = "ollama/ollama:0.3.12"
+    default_env = factory.LazyFunction(lambda: {"OLLAMA_HOST": "0.0.0.0"})
+    entrypoint = None
+    args = None
+    traffic_port = 11434
+    min_gpus = 1
+    max_gpus = 8
+
+
+class NodeFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Node
+
+    hostname = factory.Sequence(lambda n: f"gpu-{n}.example.net")
+    location = factory.SubFactory(LocationFactory)
+    hardware_type = factory.SubFactory(HardwareTypeFactory)
+    public_address = factory.Sequence(lambda n: f"203.0.113.{n % 250 + 1}")
+    status = Node.Status.ONLINE
+
+
+class DeploymentFactory(factory.django.DjangoModelFactory):
+    """A bare row (no replicas, no event): for lists and benchmarks, not for behaviour."""
+
+    class Meta:
+        model = Deployment
+
+    tenant = factory.SubFactory(TenantFactory)
+    name = factory.Sequence(lambda n: f"dep-{n}")
+    image = "ollama/ollama:0.3.12"
+    gpus_per_container = 1
+    hardware_type = factory.SubFactory(HardwareTypeFactory)
+    replica_count = 1
+    price_per_gpu_hour = Decimal("2.4900")
+
+
+class ReplicaFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Replica
+
+    deployment = factory.SubFactory(DeploymentFactory)
+    ordinal = factory.Sequence(lambda n: n)
+
+
+class LogLineFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = LogLine
+
+    replica = factory.SubFactory(ReplicaFactory)
+    deployment = factory.SelfAttribute("replica.deployment")
+    seq = factory.Sequence(lambda n: n)
+    ts = factory.LazyFunction(timezone.now)
+    stream = LogLine.Stream.STDOUT
+    message = factory.Sequence(lambda n: f"line {n}")
+
+
+class EventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Event
+
+    deployment = factory.SubFactory(DeploymentFactory)
+    tenant = factory.SelfAttribute("deployment.tenant")
+    type = "deployment.note"
+
+
+def deployment_for(tenant, **spec) -> Deployment:
+    """A deployment created through the service, as POST would, with defaults for a custom image
+    on a fresh hardware type."""
+    if "hardware_id" not in spec and "node_id" not in spec:
+        spec["hardware_id"] = HardwareTypeFactory().id
+    spec.setdefault("image", None if spec.get("template") else "ollama/ollama:0.3.12")
+    spec.setdefault("replica_count", 1)
+    return deployment_create(tenant=tenant, actor=None, spec=spec)
+
+
+def place_running(deployment: Deployment, *, node: Node | None = None) -> list[Replica]:
+    """Marks every replica running on `node` with a host port: what the agent will report."""
+    node = node or NodeFactory(hardware_type=deployment.hardware_type)
+    replicas = list(deployment.replicas.order_by("ordinal"))
+    for replica in replicas:
+        replica.node, replica.state, replica.reason = node, Replica.State.RUNNING, ""
+        replica.host_port, replica.vm_address = 30000 + replica.ordinal, "10.88.0.2"
+        replica.started_at = timezone.now()
+        replica.save()
+    deployment.status, deployment.started_at = Deployment.Status.RUNNING, timezone.now()
+    deployment.save()
+    return replicas
