@@ -113,7 +113,11 @@ def create_netns(prefix: str = "gtest") -> Netns:
     name = f"{prefix}-{secrets.token_hex(4)}"
     ip("netns", "add", name)
     ns = Netns(name)
-    ip("-n", name, "link", "set", "lo", "up")  # a fresh namespace starts with lo down
+    try:
+        ip("-n", name, "link", "set", "lo", "up")  # a fresh namespace starts with lo down
+    except BaseException:
+        ns.close()
+        raise
     return ns
 
 

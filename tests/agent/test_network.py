@@ -128,6 +128,29 @@ async def test_leases_survive_a_new_instance(node_netns, node_network, tmp_path)
     assert await restarted.ensure_tap("b") == b
 
 
+async def test_vms_started_at_once_get_distinct_leases(node_netns, node_network):
+    names = [f"vm{i}" for i in range(10)]
+    nets = await asyncio.gather(*(node_network.ensure_tap(name) for name in names))
+    ports = await asyncio.gather(*(node_network.publish_port(name, 8080) for name in names))
+
+    assert len({net.address for net in nets}) == len({net.tap for net in nets}) == len(set(ports)) == 10
+    host_rules = [r for r in _rules(node_netns) if r.get("comment", "").startswith("gantry:host:")]
+    assert len(host_rules) == 7  # ensure_host ran ten times over, added its rules once
+
+
+async def test_two_agents_on_one_state_dir_never_share_a_port(node_netns, tmp_path):
+    """The operator CLI and the agent are separate processes with separate in-process locks;
+    the lease file's flock is what keeps them from handing out the same lowest free port."""
+    first = LinuxNetwork(NetworkConfig(), tmp_path / "network", netns=node_netns.name)
+    second = LinuxNetwork(NetworkConfig(), tmp_path / "network", netns=node_netns.name)
+
+    ports = await asyncio.gather(
+        *(net.publish_port(f"{label}{i}", 80) for i in range(4) for label, net in (("a", first), ("b", second)))
+    )
+
+    assert sorted(ports) == list(range(30000, 30008))
+
+
 async def test_host_port_taken_by_another_vm_is_refused(node_network):
     assert await node_network.publish_port("a", 80, host_port=31000) == 31000
     with pytest.raises(AgentError) as err:
