@@ -1,0 +1,126 @@
+"""Operators' view of deployments. Secrets are never shown: the encrypted columns are not
+fields of any form here, and only `secret_env_keys` (names) is displayed. Deleting goes
+through the service (stop, then hide) so metered usage is never cascaded away."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import admin, messages
+from django.db.models import Q
+
+from cloud.deployments import services
+from cloud.deployments.models import Deployment, Event, IdempotencyKey, LogLine, Replica
+from cloud.exceptions import ApplicationError
+
+
+class ReadOnlyAdminMixin:
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ReplicaInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = Replica
+    extra = 0
+    fields = ["ordinal", "state", "reason", "node", "vm_address", "host_port", "exit_code", "started_at", "stopped_at"]
+    readonly_fields = fields
+    show_change_link = True
+
+
+class UuidSearchMixin:
+    """`id` is a UUID: an exact match when the term is one, never a 500 when it is not."""
+
+    def get_search_results(self, request, queryset, search_term):
+        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        try:
+            term_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return queryset, may_have_duplicates
+        return queryset | self.model.objects.filter(Q(pk=term_id)), may_have_duplicates
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(UuidSearchMixin, admin.ModelAdmin):
+    list_display = ["name", "tenant", "status", "hardware_type", "gpus_per_container", "replica_count", "total_cost",
+                    "created_at", "expires_at", "deleted_at"]
+    list_filter = ["status", "hardware_type", "locations", ("deleted_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "tenant__slug", "image"]
+    list_select_related = ["tenant", "hardware_type"]
+    raw_id_fields = ["tenant", "template", "node"]
+    filter_horizontal = ["locations"]
+    readonly_fields = ["id", "secret_env_keys", "registry_username", "price_per_gpu_hour", "total_cost", "created_at",
+                       "updated_at", "started_at", "stopped_at", "deleted_at"]
+    fields = ["id", "tenant", "name", "status", "status_reason", "template", "image", "registry_username", "env",
+              "secret_env_keys", "entrypoint", "args", "traffic_port", "gpus_per_container", "hardware_type", "locations",
+              "node", "replica_count", "duration_hours", "expires_at", "price_per_gpu_hour", "total_cost", "created_at",
+              "updated_at", "started_at", "stopped_at", "deleted_at"]
+    inlines = [ReplicaInline]
+    actions = ["stop_selected", "delete_selected_softly"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False  # deployments are created through the API, which checks quotas and funds
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a hard delete would cascade away metered usage; use the action instead
+
+    def _each(self, request, queryset, service, verb: str) -> None:
+        done = 0
+        for deployment in queryset.select_related("tenant"):
+            try:
+                service(tenant=deployment.tenant, actor=request.user, deployment_id=deployment.pk)
+                done += 1
+            except ApplicationError as exc:
+                self.message_user(request, f"{deployment.name}: {exc.detail}", level=messages.WARNING)
+        self.message_user(request, f"{verb} {done} deployment(s).")
+
+    @admin.action(description="Stop selected deployments")
+    def stop_selected(self, request, queryset):
+        self._each(request, queryset, services.deployment_stop, "Stopped")
+
+    @admin.action(description="Delete selected deployments (stop, then hide; usage kept)")
+    def delete_selected_softly(self, request, queryset):
+        self._each(request, queryset.filter(deleted_at__isnull=True), services.deployment_delete, "Deleted")
+
+
+@admin.register(Replica)
+class ReplicaAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "state", "reason", "node", "host_port", "exit_code", "started_at"]
+    list_filter = ["state"]
+    search_fields = ["deployment__name", "deployment__tenant__slug", "node__hostname"]
+    list_select_related = ["deployment", "node"]
+    raw_id_fields = ["deployment", "node"]
+    readonly_fields = ["created_at", "started_at", "stopped_at"]
+
+
+@admin.register(LogLine)
+class LogLineAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["ts", "deployment", "replica", "seq", "stream", "message"]
+    list_filter = ["stream"]
+    search_fields = ["message", "deployment__name"]
+    list_select_related = ["deployment", "replica", "replica__deployment"]
+    show_full_result_count = False  # the table is large; counting it on every page is not worth it
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["ts", "type", "deployment", "tenant"]
+    list_filter = ["type"]
+    search_fields = ["type", "deployment__name", "tenant__slug"]
+    list_select_related = ["deployment", "tenant"]
+    show_full_result_count = False
+
+
+@admin.register(IdempotencyKey)
+class IdempotencyKeyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["key", "tenant", "status_code", "deployment", "created_at"]
+    search_fields = ["key", "tenant__slug"]
+    list_select_related = ["tenant", "deployment"]
+    # `fingerprint` is a keyed hash of the body (which held secrets): of no use to an operator.
+    exclude = ["fingerprint"]

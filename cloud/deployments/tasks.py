@@ -1,0 +1,24 @@
+"""Periodic work for deployments; each task only calls a service (safe to run twice).
+
+Beat entries (in cloud/settings.py CELERY_BEAT_SCHEDULE):
+    "deployments-expire-due": {"task": "deployments.expire_due", "schedule": 60.0},
+    "deployments-purge-idempotency-keys": {"task": "deployments.purge_idempotency_keys", "schedule": 3600.0},
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from cloud.deployments import services
+
+
+@shared_task(name="deployments.expire_due")
+def deployments_expire_due() -> int:
+    """Deployments past expires_at become `expired` (their replicas stop)."""
+    return services.deployment_expire_due()
+
+
+@shared_task(name="deployments.purge_idempotency_keys")
+def idempotency_keys_purge() -> int:
+    """Idempotency keys older than IDEMPOTENCY_KEY_TTL_HOURS are forgotten."""
+    return services.idempotency_keys_purge()
