@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from django.db.models import Q, QuerySet
 
 from cloud.exceptions import NotFound
 from templates.models import Template
+
+
+_REF_RE = re.compile(r"^(?:[0-9]{1,18}|[a-z0-9][a-z0-9-]{0,49})$")
 
 
 def templates_for(*, tenant) -> QuerySet[Template]:
@@ -22,6 +27,10 @@ def template_get(*, tenant, ref) -> Template:
     template that does not exist.
     """
     ref = str(ref).strip()
+    if not _REF_RE.match(ref):
+        # Not an id or a slug (NUL bytes, slashes, 300 characters): nothing could match, and
+        # PostgreSQL would refuse some of these outright.
+        raise NotFound(f"No template '{ref[:60]}'.")
     visible = templates_for(tenant=tenant)
     if ref.isdigit():
         template = visible.filter(pk=int(ref)).first()

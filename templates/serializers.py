@@ -1,23 +1,24 @@
+"""Template request and response shapes. The field types (strict JSON types, OCI image
+references, env mappings) are the deployments API's own, so a template can never hold a value
+that a deployment made from it would refuse."""
+
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError as DjangoValidationError
+import re
+
 from rest_framework import serializers
 
+from cloud.deployments.serializers.fields import (
+    EnvField,
+    ImageReferenceField,
+    StrictCharField,
+    StrictIntegerField,
+    string_list,
+)
 from templates.models import Template
-from cloud.deployments.validators import env_errors, validate_image_reference
 
 MAX_GPUS_PER_REPLICA = 8  # one HGX board; a replica never spans nodes
-MAX_LIST_ITEMS = 64
-MAX_ITEM_LENGTH = 4096
-
-
-def _django_to_drf(validator):
-    def run(value):
-        try:
-            validator(value)
-        except DjangoValidationError as exc:
-            raise serializers.ValidationError(exc.messages[0], code=exc.code or "invalid") from exc
-    return run
+SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$"
 
 
 class TemplateOutput(serializers.ModelSerializer):
@@ -35,40 +36,31 @@ class TemplateOutput(serializers.ModelSerializer):
         return "global" if obj.is_global else "private"
 
 
-class _StringList(serializers.ListField):
-    def __init__(self, **kwargs):
-        super().__init__(
-            child=serializers.CharField(max_length=MAX_ITEM_LENGTH, allow_blank=True, trim_whitespace=False),
-            max_length=MAX_LIST_ITEMS, allow_null=True, required=False, **kwargs,
-        )
-
-
 class TemplateInput(serializers.Serializer):
-    """POST body (all of slug, name, image required) and PATCH body (any subset)."""
+    """POST body (slug, name and image required) and PATCH body (any subset)."""
 
-    slug = serializers.RegexField(
-        r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$", max_length=50,
-        error_messages={"invalid": "Lowercase letters, digits and dashes, starting and ending with a letter or digit."},
-    )
-    name = serializers.CharField(max_length=100)
-    description = serializers.CharField(max_length=2000, allow_blank=True, required=False)
-    image = serializers.CharField(max_length=512, validators=[_django_to_drf(validate_image_reference)], trim_whitespace=False)
-    default_env = serializers.JSONField(required=False, help_text='{"NAME": "value"}: merged under a deployment\'s own env')
-    entrypoint = _StringList()
-    args = _StringList()
-    traffic_port = serializers.IntegerField(min_value=1, max_value=65535, allow_null=True, required=False)
-    min_gpus = serializers.IntegerField(min_value=0, max_value=MAX_GPUS_PER_REPLICA, required=False)
-    max_gpus = serializers.IntegerField(min_value=0, max_value=MAX_GPUS_PER_REPLICA, required=False)
-    health_check_path = serializers.RegexField(
-        r"^/[^\s]*$", max_length=200, allow_blank=True, required=False,
-        error_messages={"invalid": "A path starting with '/', without spaces."},
-    )
+    slug = StrictCharField(max_length=50, help_text="lowercase letters, digits and dashes")
+    name = StrictCharField(max_length=100)
+    description = StrictCharField(max_length=2000, allow_blank=True, required=False)
+    image = ImageReferenceField()
+    default_env = EnvField(required=False, help_text="merged under a deployment's own env")
+    entrypoint = string_list(max_length=64, allow_null=True, required=False)
+    args = string_list(max_length=256, allow_null=True, required=False)
+    traffic_port = StrictIntegerField(min_value=1, max_value=65535, allow_null=True, required=False)
+    min_gpus = StrictIntegerField(min_value=0, max_value=MAX_GPUS_PER_REPLICA, required=False)
+    max_gpus = StrictIntegerField(min_value=0, max_value=MAX_GPUS_PER_REPLICA, required=False)
+    health_check_path = StrictCharField(max_length=200, allow_blank=True, required=False,
+                                        help_text="HTTP path probed on traffic_port, e.g. /health")
 
-    def validate_default_env(self, value) -> dict:
-        # The deployments API's own rule, so a template can never hold env a deployment refuses.
-        errors = env_errors(value)
-        if errors:
-            raise serializers.ValidationError(errors)
+    def validate_slug(self, value: str) -> str:
+        if not re.match(SLUG_PATTERN, value):
+            raise serializers.ValidationError(
+                "Lowercase letters, digits and dashes, starting and ending with a letter or digit.", code="invalid")
+        return value
+
+    def validate_health_check_path(self, value: str) -> str:
+        if value and (not value.startswith("/") or any(c.isspace() for c in value)):
+            raise serializers.ValidationError("A path starting with '/', without spaces.", code="invalid")
         return value
 
     def validate(self, attrs):
