@@ -255,3 +255,27 @@ async def test_owned_reports_a_crashed_vms_leftovers(node_netns, node_network, t
     assert await node_network.owned() == {"crashed"}
     await node_network.remove("crashed")
     assert await node_network.owned() == set()
+
+
+async def test_publish_address_and_uplink_narrow_the_rules(node_netns, outside_netns, netns_factory, tmp_path):
+    """publish_address limits DNAT from outside to that one address (plus loopback on the node);
+    uplink limits egress masquerade to that link."""
+    ip("-n", node_netns.name, "addr", "add", "192.0.2.3/24", "dev", "uplink0")
+    config = NetworkConfig(publish_address=NODE_UPLINK_IP, uplink="uplink0")
+    network = LinuxNetwork(config, tmp_path / "network", netns=node_netns.name)
+    net = await network.ensure_tap("web")
+    host_port = await network.publish_port("web", 8080)
+    vm = netns_factory()
+    _attach_vm(node_netns, vm, net)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "marker").write_text("narrow")
+    await asyncio.to_thread(vm.serve_http, 8080, site)
+    await asyncio.to_thread(outside_netns.serve_whoami, 9000)
+
+    assert await asyncio.to_thread(outside_netns.fetch, "http", NODE_UPLINK_IP, host_port, "marker") == "narrow"
+    assert await asyncio.to_thread(node_netns.fetch, "http", "127.0.0.1", host_port, "marker") == "narrow"
+    other = await asyncio.to_thread(outside_netns.fetch, "http", "192.0.2.3", host_port, "marker", check=False)
+    assert other != "narrow"
+    seen = await asyncio.to_thread(vm.fetch, "tcp", OUTSIDE_IP, 9000)
+    assert seen.strip() in {NODE_UPLINK_IP, "192.0.2.3"}  # masqueraded by uplink0, either address
