@@ -3,6 +3,7 @@ same script), a second real docker-registry with basic auth, and helpers that pu
 images to a registry through its HTTP API."""
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import io
@@ -59,7 +60,8 @@ def auth_registry(tmp_path_factory) -> AuthRegistry:
     """A second docker-registry, with an htpasswd file, holding gantry/hello:latest."""
     state = tmp_path_factory.mktemp("auth-registry")
     user, password = "alice", secrets.token_urlsafe(12)
-    line = subprocess.run([sys.executable, str(REGISTRY_SCRIPT), "htpasswd", user, password],
+    line = subprocess.run([sys.executable, str(REGISTRY_SCRIPT), "htpasswd", user, password,
+                           "--cost", "4"],
                           check=True, capture_output=True, text=True).stdout
     (state / "htpasswd").write_text(line)
     (state / "creds").write_text(f"{user}:{password}")
@@ -78,11 +80,17 @@ def auth_registry(tmp_path_factory) -> AuthRegistry:
 class FakeRegistry:
     """Serves fixed bytes per path the way docker-registry answers GETs (Content-Type, the
     registry/2.0 header, 404 with a MANIFEST_UNKNOWN error body), so a test can hand the real
-    client what a real registry never sends, such as a blob that does not match its digest."""
+    client what a real registry never sends, such as a blob that does not match its digest.
+    With `token` set it also plays Docker Hub's token auth: a request without that bearer
+    token gets a `WWW-Authenticate: Bearer realm=.../token` challenge, and /token hands the
+    token out to anyone (or, with `token_basic` set, only to that `user:password`)."""
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[str, bytes]] = {}
         self.addr = ""
+        self.token: str | None = None
+        self.token_basic: str | None = None
+        self.token_requests: list[str] = []
         self._server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -101,22 +109,37 @@ class FakeRegistry:
         for digest, data in parts.items():
             self.routes[f"/v2/{repo}/blobs/{digest}"] = ("application/octet-stream", data)
 
+    def _answer(self, target: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        path, _, query = target.partition("?")
+        if path == "/token":
+            self.token_requests.append(query)
+            expected = self.token_basic and "Basic " + base64.b64encode(self.token_basic.encode()).decode()
+            if expected and headers.get("authorization") != expected:
+                return 401, {}, b'{"details":"incorrect username or password"}'
+            return 200, {}, json.dumps({"token": self.token}).encode()
+        if self.token and headers.get("authorization") != f"Bearer {self.token}":
+            challenge = f'Bearer realm="http://{self.addr}/token",service="fake-registry"'
+            return 401, {"WWW-Authenticate": challenge}, b'{"errors":[{"code":"UNAUTHORIZED"}]}'
+        if path in self.routes:
+            ctype, body = self.routes[path]
+            return 200, {"Content-Type": ctype}, body
+        if path == "/v2/":
+            return 200, {}, b"{}"
+        return 404, {}, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}'
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
                 method, target, _ = line.decode().split(" ", 2)
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
-                path = target.split("?", 1)[0]
-                status, ctype, body = 200, "application/json", b"{}"
-                if path in self.routes:
-                    ctype, body = self.routes[path]
-                elif path != "/v2/":
-                    status = 404
-                    body = b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}'
-                head = (f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
-                        f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                        "Docker-Distribution-Api-Version: registry/2.0\r\n\r\n")
+                headers = {}
+                while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = header.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                status, extra, body = self._answer(target, headers)
+                extra.setdefault("Content-Type", "application/json")
+                head = f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
+                head += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+                head += f"Content-Length: {len(body)}\r\nDocker-Distribution-Api-Version: registry/2.0\r\n\r\n"
                 writer.write(head.encode() + (b"" if method == "HEAD" else body))
                 await writer.drain()
         except (ConnectionError, ValueError):

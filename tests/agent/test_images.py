@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nodes.agent.images import ImageError, OciImageStore, PullProgress
+from nodes.agent.oci.reference import parse_reference
 from tests.agent.conftest_images import (  # noqa: F401  (fixtures)
     HELLO, AuthRegistry, FakeRegistry, auth_registry, digest_of, fake_registry, image_parts,
     layer, local_registry, push_image, push_index,
@@ -161,6 +162,26 @@ async def test_multi_arch_index_resolves_to_amd64(local_registry, store):
     assert err.value.permanent
 
 
+D = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize("ref, canonical, endpoint", [
+    ("busybox", "docker.io/library/busybox:latest", "registry-1.docker.io"),
+    ("nginx:1.27-alpine", "docker.io/library/nginx:1.27-alpine", "registry-1.docker.io"),
+    ("bitnami/redis", "docker.io/bitnami/redis:latest", "registry-1.docker.io"),
+    ("index.docker.io/library/busybox:1", "docker.io/library/busybox:1", "registry-1.docker.io"),
+    ("ghcr.io/acme/app/api:v1.2", "ghcr.io/acme/app/api:v1.2", "ghcr.io"),
+    ("localhost/app", "localhost/app:latest", "localhost"),
+    ("127.0.0.1:5000/gantry/hello", "127.0.0.1:5000/gantry/hello:latest", "127.0.0.1:5000"),
+    (f"quay.io/x/y@{D}", f"quay.io/x/y@{D}", "quay.io"),
+    (f"quay.io/x/y:tag@{D}", f"quay.io/x/y:tag@{D}", "quay.io"),
+])
+def test_references_get_docker_defaults(ref, canonical, endpoint):
+    parsed = parse_reference(ref)
+    assert str(parsed) == canonical and parsed.endpoint == endpoint
+    assert parsed.reference == (D if "@" in ref else canonical.rsplit(":", 1)[1])
+
+
 @pytest.mark.parametrize("ref, reason", [
     ("", "it is empty"),
     ("Gantry/Hello", "must be lowercase"),
@@ -245,6 +266,30 @@ async def test_cached_disk_serves_a_tag_while_its_registry_is_down(fake_registry
     with pytest.raises(ImageError, match="unreachable") as err:
         await store.ensure_disk(f"{fake_registry.addr}/gantry/app:v2")
     assert not err.value.permanent
+
+
+async def test_anonymous_bearer_token_flow(fake_registry: FakeRegistry, tmp_path):
+    store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
+    fake_registry.token = "anon-token"
+    fake_registry.serve_image("library/app", "latest", image_parts([layer(("app", "file", b"x", 0o755))]))
+
+    disk = await store.ensure_disk(f"{fake_registry.addr}/library/app")
+
+    assert await ls(disk.path, "/") >= {"app"}
+    assert fake_registry.token_requests[0] == "scope=repository%3Alibrary%2Fapp%3Apull&service=fake-registry"
+
+
+async def test_token_service_refusing_credentials_is_permanent(fake_registry: FakeRegistry, tmp_path):
+    store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
+    fake_registry.token, fake_registry.token_basic = "secret-token", "bob:right"
+    fake_registry.serve_image("bob/app", "latest", image_parts([layer(("app", "file", b"x", 0o755))]))
+    ref = f"{fake_registry.addr}/bob/app"
+
+    with pytest.raises(ImageError) as err:
+        await store.ensure_disk(ref, credentials=("bob", "wrong"))
+    assert str(err.value) == f"registry {fake_registry.addr} rejected the credentials for bob/app"
+    assert err.value.permanent
+    assert (await store.ensure_disk(ref, credentials=("bob", "right"))).path.is_file()
 
 
 def usage(root: Path) -> int:
