@@ -1,0 +1,55 @@
+"""The fleet and catalog admin pages render for an operator and never show a credential."""
+
+import pytest
+
+from nodes.models import Node
+from tests.factories import UserFactory
+from tests.nodes.factories import NodeFactory
+from tests.templates.factories import TemplateFactory
+
+
+@pytest.fixture
+def operator_client(client, db):
+    operator = UserFactory(username="ops@example.com", is_staff=True, is_superuser=True)
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def node(db):
+    node = NodeFactory(hostname="gpu-1.example.net", gpus=2, simulated=True)
+    Node.objects.filter(pk=node.pk).update(credential_hash="pbkdf2_sha256$1$salt$SECRETHASHVALUE")
+    return node
+
+
+@pytest.mark.parametrize("url", [
+    "/admin/nodes/location/", "/admin/nodes/hardwaretype/", "/admin/nodes/node/", "/admin/nodes/gpu/",
+    "/admin/catalog/template/",
+    "/admin/nodes/node/?status__exact=online&simulated__exact=1", "/admin/nodes/node/?q=gpu-1",
+    "/admin/nodes/gpu/?allocation=free", "/admin/catalog/template/?visibility=global&q=olla",
+])
+def test_changelists_render(operator_client, node, url):
+    TemplateFactory(slug="ollama")
+    assert operator_client.get(url).status_code == 200
+
+
+def test_the_node_page_shows_gpus_but_never_the_credential_hash(operator_client, node):
+    response = operator_client.get(f"/admin/nodes/node/{node.pk}/change/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "SECRETHASHVALUE" not in page
+    assert "issued" in page
+    assert "0000:18:00.0" in page  # the GPU inline
+
+
+def test_the_node_list_marks_simulated_nodes(operator_client, node):
+    assert "gpu-1.example.net (simulated)" in operator_client.get(f"/admin/nodes/node/{node.pk}/change/").content.decode()
+
+
+def test_a_gpu_cannot_be_added_by_hand(operator_client, db):
+    assert operator_client.get("/admin/nodes/gpu/add/").status_code == 403
+
+
+def test_customers_cannot_reach_the_admin(client, alice):
+    client.force_login(alice)
+    assert client.get("/admin/nodes/node/").status_code == 302
