@@ -50,6 +50,8 @@ class EnvField(serializers.Field):
 
     def to_internal_value(self, data):
         errors = env_errors(data)
+        if isinstance(errors, dict):  # per variable: the problem names `env.NAME`
+            raise serializers.ValidationError({name: [message] for name, message in errors.items()}, code="invalid_env")
         if errors is not None:
             raise serializers.ValidationError(errors, code="invalid_env")
         return dict(data)

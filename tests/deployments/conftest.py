@@ -1,0 +1,50 @@
+"""Fixtures shared by the deployments tests: a hardware type, a template, a request body."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from tests.conftest import client_for
+from tests.deployments.factories import TemplateFactory
+from tests.factories import HardwareTypeFactory, LocationFactory
+
+URL = "/api/v1/deployments"
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # The cast's users get real passwords; PBKDF2 at production strength costs ~1 s a test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def h100(db):
+    return HardwareTypeFactory(slug="h100", price_per_gpu_hour=Decimal("2.5000"), allowed_gpu_counts=[1, 2, 4, 8])
+
+
+@pytest.fixture
+def us_east(db):
+    return LocationFactory(slug="us-east")
+
+
+@pytest.fixture
+def ollama(db):
+    return TemplateFactory(slug="ollama", image="ollama/ollama:0.3.12", default_env={"OLLAMA_HOST": "0.0.0.0"},
+                           traffic_port=11434, entrypoint=["/bin/ollama"], args=["serve"], min_gpus=1, max_gpus=8)
+
+
+@pytest.fixture
+def body(h100):
+    """A minimal valid io.net-style body."""
+    def make(**overrides):
+        data = {"image_url": "ghcr.io/acme/app:1.0", "hardware_id": h100.id, "gpus_per_container": 1}
+        data.update(overrides)
+        return {k: v for k, v in data.items() if v is not ...}
+    return make
+
+
+@pytest.fixture
+def as_alice_readonly(alice):
+    return client_for(alice, scopes="deployments:read", tenant="acme")
