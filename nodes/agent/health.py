@@ -17,6 +17,7 @@ from nodes.agent.errors import AgentError
 # One attempt may not eat the whole budget: a workload that accepts but answers slowly at
 # first is given several tries, while a slow TCG guest still gets ten seconds per answer.
 _ATTEMPT_CAP_S = 10.0
+_MIN_ATTEMPT_S = 0.1
 _MAX_STATUS_LINE = 4096
 
 
@@ -48,8 +49,15 @@ async def wait_healthy(
             raise AgentError(f"health check failed: {target}: {last} (gave up after {timeout:g}s)")
         attempt = min(remaining, _ATTEMPT_CAP_S)
         try:
+            if netns is not None:
+                # The namespace's socket is made before the clock starts: a slow fork on a
+                # busy host is our delay, not the workload's, and must not read as "no answer".
+                sock = await _netns_socket(netns)
+                attempt = min(max(deadline - loop.time(), _MIN_ATTEMPT_S), _ATTEMPT_CAP_S)
+            else:
+                sock = None
             async with asyncio.timeout(attempt):
-                await _probe(host, port, http_path, netns)
+                await _probe(host, port, http_path, sock)
             return
         except TimeoutError:
             last = f"no answer within {attempt:.1f}s"
@@ -62,8 +70,8 @@ async def wait_healthy(
         await asyncio.sleep(max(0.0, min(interval, deadline - loop.time())))
 
 
-async def _probe(host: str, port: int, http_path: str | None, netns: str | None) -> None:
-    reader, writer = await _connect(host, port, netns)
+async def _probe(host: str, port: int, http_path: str | None, sock: socket.socket | None) -> None:
+    reader, writer = await _connect(host, port, sock)
     try:
         if http_path is None:
             return
@@ -90,16 +98,22 @@ async def _probe(host: str, port: int, http_path: str | None, netns: str | None)
             pass  # reset by a peer that already gave its answer: the answer is what counted
 
 
-async def _connect(host: str, port: int, netns: str | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    if netns is None:
+async def _connect(
+    host: str, port: int, sock: socket.socket | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if sock is None:
         return await asyncio.open_connection(host, port, limit=_MAX_STATUS_LINE)
-    # A socket belongs to the namespace it was created in; pyroute2 creates it in a forked
-    # child that entered the namespace, and hands the descriptor back.
-    sock = await asyncio.to_thread(create_socket, netns, socket.AF_INET, socket.SOCK_STREAM, flags=0)
     try:
-        sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (host, port))
     except BaseException:
         sock.close()
         raise
     return await asyncio.open_connection(sock=sock, limit=_MAX_STATUS_LINE)
+
+
+async def _netns_socket(netns: str) -> socket.socket:
+    # A socket belongs to the namespace it was created in; pyroute2 creates it in a forked
+    # child that entered the namespace and hands the descriptor back (blocking: a thread).
+    sock = await asyncio.to_thread(create_socket, netns, socket.AF_INET, socket.SOCK_STREAM, flags=0)
+    sock.setblocking(False)
+    return sock

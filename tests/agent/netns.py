@@ -78,16 +78,23 @@ class Netns:
         self.spawn(sys.executable, "-c", WHOAMI_SERVER, str(port), ready_line="ready")
 
     def serve_http(self, port: int, directory: Path) -> None:
-        self.spawn(sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0", "--directory", str(directory))
-        self.wait_listening(port)
+        proc = self.spawn(
+            sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0", "--directory", str(directory)
+        )
+        self.wait_listening(port, proc)
 
-    def wait_listening(self, port: int, timeout: float = 10) -> None:
+    def wait_listening(self, port: int, proc: subprocess.Popen[str] | None = None, timeout: float = 30) -> None:
+        # Generous: the suite shares two cores with TCG-emulated VMs, and a Python start-up
+        # can take seconds then.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if f":{port} " in self.run("ss", "-Htln"):
                 return
+            if proc is not None and proc.poll() is not None:
+                output = proc.stdout.read() if proc.stdout else ""
+                raise AssertionError(f"server for {port} in {self.name} exited {proc.returncode}: {output}")
             time.sleep(0.05)
-        raise AssertionError(f"nothing listens on {port} in {self.name}")
+        raise AssertionError(f"nothing listens on {port} in {self.name} after {timeout:g}s")
 
     def fetch(self, kind: str, host: str, port: int, path: str = "", check: bool = True) -> str:
         return self.run(sys.executable, "-c", FETCH_CLIENT, kind, host, str(port), path, check=check)

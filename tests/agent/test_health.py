@@ -117,7 +117,7 @@ async def test_check_runs_inside_a_namespace(node_netns, tmp_path):
     # namespace tests.
     await asyncio.to_thread(node_netns.serve_http, 18080, tmp_path)
 
-    await wait_healthy("127.0.0.1", 18080, timeout=5, http_path="/", netns=node_netns.name)
+    await wait_healthy("127.0.0.1", 18080, timeout=30, http_path="/", netns=node_netns.name)
     with pytest.raises(AgentError) as err:
-        await wait_healthy("127.0.0.1", 18081, timeout=0.3, netns=node_netns.name)
+        await wait_healthy("127.0.0.1", 18081, timeout=1, netns=node_netns.name)
     assert "connection refused" in err.value.message

@@ -178,7 +178,7 @@ async def test_published_port_answers_from_node_and_outside(
     (site / "marker").write_text("hello from the vm")
     await asyncio.to_thread(vm.serve_http, 8080, site)
 
-    await wait_healthy("127.0.0.1", host_port, timeout=10, http_path="/marker", netns=node_netns.name)
+    await wait_healthy("127.0.0.1", host_port, timeout=30, http_path="/marker", netns=node_netns.name)
     from_node = await asyncio.to_thread(node_netns.fetch, "http", "127.0.0.1", host_port, "marker")
     from_outside = await asyncio.to_thread(outside_netns.fetch, "http", NODE_UPLINK_IP, host_port, "marker")
     # Hairpin: the VM calling its own published port through the node's address.
