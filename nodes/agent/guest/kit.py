@@ -1,0 +1,273 @@
+"""The guest kit: the kernel and initramfs every microVM boots, built once per host.
+
+Layout under `<data_dir>/kit/`:
+  debs/<package>_<version>.deb   the kernel package as `apt-get download` fetched it
+  <key>/vmlinuz, initrd.img, floor.img, kit.json
+where <key> hashes every input (kernel package and version, the busybox binary, our /init,
+the floor /init, the module list, KIT_FORMAT). A changed input gives a new key and a rebuild;
+an unchanged host reuses the kit after one `apt-cache` query. The kernel is never installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodes.agent.errors import AgentError
+from nodes.agent.guest import cpio, modules
+
+KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
+BUSYBOX = Path("/bin/busybox")
+INIT_PATH = Path(__file__).with_name("init")
+# Drivers the guest loads; their dependencies are resolved from the modules themselves.
+# ext4, crc32c and af_packet are built into Debian's cloud kernel, so they need no entry.
+GUEST_MODULES = (
+    "virtio_mmio",  # the microvm transport for every device below
+    "virtio_blk",  # the image's root disk
+    "virtio_net",  # the TAP-backed NIC
+    "virtio_console",  # stdout/stderr/status ports
+    "qemu_fw_cfg",  # the guest spec, read from /sys/firmware/qemu_fw_cfg
+    "button",  # ACPI power button: QMP system_powerdown reaches /init as a key press
+    "evdev",  # ... read from /dev/input/event*
+)
+# Bumped when the archive layout changes in a way the other inputs do not capture.
+KIT_FORMAT = 1
+
+# The probe and the bench's floor: the same kernel and busybox, an /init that only says it ran
+# (accel.py waits for this line on the serial console) and powers off.
+FLOOR_MARKER = "gantry-floor: init reached"
+FLOOR_INIT = f"#!/bin/busybox sh\n/bin/busybox echo '{FLOOR_MARKER}' >/dev/console\n/bin/busybox poweroff -f\n"
+
+
+@dataclass(frozen=True)
+class GuestKit:
+    kernel: Path
+    initrd: Path
+    floor_initrd: Path
+    kernel_version: str
+
+
+async def _run(*argv: str, cwd: Path | None = None) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        raise AgentError(f"{argv[0]} {argv[1]} failed (exit {proc.returncode}): {' | '.join(tail)}")
+    return out.decode(errors="replace")
+
+
+async def _apt_update() -> None:
+    await _run("apt-get", "update", "-q")
+
+
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+async def resolve_kernel_package() -> tuple[str, str]:
+    """(package, version) of the real kernel behind the cloud metapackage, e.g.
+    ("linux-image-6.1.0-56-cloud-amd64", "6.1.192-2"). Runs `apt-get update` once if the
+    package lists are missing (a fresh machine or container)."""
+    for attempt in (1, 2):
+        try:
+            show = await _run("apt-cache", "show", "--no-all-versions", KERNEL_METAPACKAGE)
+            match = re.search(r"^Depends:.*?\b(linux-image-\S+-cloud-amd64) \(= ([^)\s]+)\)", show, re.M)
+            if not match:
+                raise AgentError(f"{KERNEL_METAPACKAGE} names no kernel package: {show.strip()[:200]!r}")
+            return match.group(1), match.group(2)
+        except AgentError:
+            if attempt == 2:
+                raise
+            await _apt_update()
+    raise AssertionError("unreachable")
+
+
+def _lists_stamp() -> str:
+    try:
+        return str(APT_LISTS.stat().st_mtime_ns)
+    except OSError:
+        return ""
+
+
+async def _resolve_cached(root: Path) -> tuple[str, str]:
+    """resolve_kernel_package, remembered until the apt lists change (`apt-get update`
+    renames files into the lists dir, which moves its mtime). apt-cache alone costs about a
+    second where the package cache is disabled, as in Debian's container images."""
+    memo = root / "resolved.json"
+    stamp = await asyncio.to_thread(_lists_stamp)
+    try:
+        data = json.loads(await asyncio.to_thread(memo.read_text))
+        if stamp and data["lists"] == stamp:
+            return data["package"], data["version"]
+    except (OSError, ValueError, KeyError):
+        pass
+    package, version = await resolve_kernel_package()
+    text = json.dumps({"lists": await asyncio.to_thread(_lists_stamp), "package": package, "version": version})
+    await asyncio.to_thread(memo.write_text, text + "\n")
+    return package, version
+
+
+async def _download(package: str, version: str, debs: Path) -> Path:
+    deb = debs / f"{package}_{version}.deb"
+    if deb.exists():
+        return deb
+    await asyncio.to_thread(debs.mkdir, parents=True, exist_ok=True)
+    tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=debs, prefix=".dl-"))
+    try:
+        # apt drops to the _apt user for downloads; our root-only data dir is not its to
+        # write, so keep the download as root instead of warning about it.
+        argv = ("apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{package}={version}")
+        try:
+            await _run(*argv, cwd=tmp)
+        except AgentError:
+            await _apt_update()
+            await _run(*argv, cwd=tmp)
+        got = await asyncio.to_thread(lambda: list(tmp.glob("*.deb")))
+        if len(got) != 1:
+            raise AgentError(f"apt-get download {package} produced {len(got)} .deb files")
+        await asyncio.to_thread(os.replace, got[0], deb)
+        return deb
+    finally:
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
+
+
+def _input_key(package: str, version: str, init: bytes) -> str:
+    h = hashlib.sha256()
+    for part in (
+        f"format={KIT_FORMAT}",
+        f"kernel={package}={version}",
+        f"modules={','.join(GUEST_MODULES)}",
+        "busybox=" + hashlib.sha256(BUSYBOX.read_bytes()).hexdigest(),
+        "init=" + hashlib.sha256(init).hexdigest(),
+        "floor=" + hashlib.sha256(FLOOR_INIT.encode()).hexdigest(),
+    ):
+        h.update(part.encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def _busybox_entries() -> list[cpio.Entry]:
+    entries = [cpio.directory(d) for d in ("bin", "dev", "etc", "lib", "proc", "sys", "run", "tmp", "newroot")]
+    entries += [cpio.chardev("dev/console", 5, 1), cpio.chardev("dev/null", 1, 3, 0o666)]
+    entries.append(cpio.file("bin/busybox", BUSYBOX.read_bytes(), 0o755))
+    return entries
+
+
+def _applets() -> list[str]:
+    import subprocess  # only ever called from a worker thread (see _build)
+
+    out = subprocess.run([str(BUSYBOX), "--list"], check=True, capture_output=True, text=True).stdout
+    return [a for a in out.split() if a and a != "busybox"]
+
+
+def _build(tree: Path, dest: Path, init: bytes, version: str, kernel_version: str) -> None:
+    """Blocking: run in a worker thread. Writes vmlinuz, initrd.img, floor.img, kit.json."""
+    mod_root = tree / "lib" / "modules" / kernel_version
+    order = modules.load_order(list(GUEST_MODULES), mod_root, modules.builtin_names(mod_root / "modules.builtin"))
+
+    base = _busybox_entries()
+    links = [cpio.symlink(f"bin/{a}", "busybox") for a in _applets()]
+    mods = [cpio.directory("lib/modules")]
+    mods += [cpio.file(f"lib/modules/{ko.name}", ko.read_bytes()) for ko in order]
+    # /init insmods these in this order: dependencies first, no modprobe or modules.dep needed.
+    mods.append(cpio.file("etc/modules", "".join(f"{ko.name}\n" for ko in order).encode()))
+
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".build-"))
+    try:
+        shutil.copyfile(tree / "boot" / f"vmlinuz-{kernel_version}", tmp / "vmlinuz")
+        (tmp / "initrd.img").write_bytes(cpio.gzipped_newc(base + links + mods + [cpio.file("init", init, 0o755)]))
+        floor = base + [cpio.symlink("bin/sh", "busybox"), cpio.file("init", FLOOR_INIT.encode(), 0o755)]
+        (tmp / "floor.img").write_bytes(cpio.gzipped_newc(floor))
+        meta = {"kernel_version": kernel_version, "package_version": version, "modules": [k.name for k in order]}
+        (tmp / "kit.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load(dest: Path) -> GuestKit | None:
+    try:
+        meta = json.loads((dest / "kit.json").read_text())
+    except (OSError, ValueError):
+        return None
+    kit = GuestKit(dest / "vmlinuz", dest / "initrd.img", dest / "floor.img", meta["kernel_version"])
+    return kit if all(p.exists() for p in (kit.kernel, kit.initrd, kit.floor_initrd)) else None
+
+
+def _newest_existing(root: Path) -> GuestKit | None:
+    kits = [k for k in (_load(d) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")) if k]
+    return max(kits, key=lambda k: k.initrd.stat().st_mtime, default=None)
+
+
+def _prune(root: Path, keep: Path, package_version: str) -> None:
+    """Keeps the new kit and the one before it (a GuestKit handed out before this rebuild still
+    boots), and only the kernel package the new kit came from."""
+    kits = sorted(
+        (d for d in root.iterdir() if d.is_dir() and d != keep and d.name != "debs" and not d.name.startswith(".")),
+        key=lambda d: d.stat().st_mtime,
+    )
+    for d in kits[:-1]:
+        shutil.rmtree(d, ignore_errors=True)
+    for deb in (root / "debs").glob("*.deb"):
+        if not deb.name.endswith(f"_{package_version}.deb"):
+            deb.unlink(missing_ok=True)
+
+
+async def _locked(root: Path):
+    """An exclusive flock on the kit dir: two processes (agent, CLI) never build at once."""
+    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+    fd = await asyncio.to_thread(os.open, root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+    return fd
+
+
+async def ensure_kit(data_dir: Path, *, init_path: Path = INIT_PATH) -> GuestKit:
+    """The current guest kit, building it if an input changed. `init_path` exists so a test
+    can vary the /init input; the agent always uses the packaged one."""
+    root = data_dir / "kit"
+    fd = await _locked(root)
+    try:
+        try:
+            package, version = await _resolve_cached(root)
+        except AgentError as e:
+            # Offline with no package lists: an already built kit still boots VMs.
+            existing = await asyncio.to_thread(_newest_existing, root)
+            if existing:
+                return existing
+            raise AgentError(f"cannot find the guest kernel package: {e.message}") from e
+        init = await asyncio.to_thread(init_path.read_bytes)
+        key = await asyncio.to_thread(_input_key, package, version, init)
+        dest = root / key
+        kit = await asyncio.to_thread(_load, dest)
+        if kit:
+            return kit
+        deb = await _download(package, version, root / "debs")
+        tree = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=root, prefix=".unpack-"))
+        try:
+            await _run("dpkg-deb", "-x", str(deb), str(tree))
+            kernel_version = package.removeprefix("linux-image-")
+            await asyncio.to_thread(_build, tree, dest, init, version, kernel_version)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, tree, True)
+        await asyncio.to_thread(_prune, root, dest, version)
+        kit = await asyncio.to_thread(_load, dest)
+        if kit is None:
+            raise AgentError(f"guest kit build left no usable kit in {dest}")
+        return kit
+    finally:
+        await asyncio.to_thread(os.close, fd)

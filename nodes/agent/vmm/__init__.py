@@ -1,0 +1,1 @@
+"""QEMU microVMs: acceleration probe, launch/stop, QMP and the guest spec."""

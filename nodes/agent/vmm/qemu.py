@@ -1,0 +1,344 @@
+"""QEMU microVMs: command line, detached launch, liveness and graceful stop.
+
+Everything about one VM lives in its vm_dir (see VmFiles), so a restarted agent finds a running
+VM from the directory alone: the pidfile says which process, its /proc cmdline (which names the
+vm_dir) proves the pid was not reused, the QMP socket controls it, and QEMU itself keeps
+appending the workload's streams to the .raw files while no agent runs.
+
+QEMU is started by a shell that backgrounds it under `setsid` and exits: it is never our child,
+so neither the agent's exit nor a SIGKILL to it, nor asyncio's subprocess transport (which
+kills live children when it is closed or collected), can take the VM down.
+
+GPU passthrough (a later issue) plugs in at `machine_args`: `-M q35` with a 64-bit MMIO hole and
+one `vfio-pci` device per BDF instead of microvm's virtio-mmio transport; VmLaunch then grows a
+`gpu_bdfs` field. Nothing here builds it yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodes.agent.errors import AgentError
+from nodes.agent.guest.kit import GuestKit
+from nodes.agent.vmm import qmp
+from nodes.agent.vmm.accel import Accel
+from nodes.agent.vmm.spec import FW_CFG_NAME, GuestSpec, render
+
+__all__ = ["GuestSpec", "VmLaunch", "VmFiles", "QemuVm", "alive", "read_pid", "overhead_rss_kib"]
+
+QEMU = "qemu-system-x86_64"
+# Under TCG QEMU's own memory is dominated by the translation cache (default 1 GiB, filled
+# as the guest runs). 32 MiB keeps a VM's overhead within the 30 MiB budget at the cost of
+# re-translating more often; the guest workload here is I/O bound, not CPU bound.
+TCG_TB_SIZE_MIB = 32
+# quiet: the serial console is slow under TCG and only feeds qemu.log; the rest skips probes
+# for hardware microvm does not have.
+KERNEL_CMDLINE = (
+    "console=ttyS0 quiet panic=-1 reboot=t pci=off 8250.nr_uarts=1 "
+    "i8042.noaux i8042.nomux i8042.nopnp i8042.nokbd cryptomgr.notests"
+)
+READY_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class VmLaunch:
+    name: str
+    vm_dir: Path
+    kit: GuestKit
+    accel: Accel
+    disk: Path | None  # the VM's root disk (qcow2 overlay or raw ext4), mounted rw as /
+    vcpus: int
+    memory_mib: int
+    guest: GuestSpec
+    net: object | None = None  # nodes.agent.network.VmNetwork (duck-typed: tap, mac, address, gateway, prefixlen)
+
+
+@dataclass(frozen=True)
+class VmFiles:
+    vm_dir: Path
+
+    @property
+    def pid(self) -> Path:
+        return self.vm_dir / "qemu.pid"
+
+    @property
+    def qmp(self) -> Path:
+        return self.vm_dir / "qmp.sock"
+
+    @property
+    def log(self) -> Path:
+        return self.vm_dir / "qemu.log"
+
+    @property
+    def stdout(self) -> Path:
+        return self.vm_dir / "stdout.raw"
+
+    @property
+    def stderr(self) -> Path:
+        return self.vm_dir / "stderr.raw"
+
+    @property
+    def status(self) -> Path:
+        return self.vm_dir / "status.raw"
+
+    @property
+    def guest_json(self) -> Path:
+        return self.vm_dir / "guest.json"
+
+    @property
+    def guest_sh(self) -> Path:
+        return self.vm_dir / "guest.sh"
+
+
+def _disk_format(disk: Path) -> str:
+    with open(disk, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate, from /proc/cpuinfo. Blocking: call via asyncio.to_thread.
+
+    Under TCG the guest's TSC is the host's TSC. microvm offers no HPET or PM timer, so the
+    kernel calibrates the TSC against the PIT, and on a busy host (TCG vCPUs are host threads
+    competing for the same cores) that calibration fails and the 6.1 kernel hangs before
+    /init. Telling it the rate (tsc_early_khz) skips calibration; tsc=reliable then keeps the
+    jiffies watchdog, which lags under load, from demoting the TSC."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "cpu MHz":
+                return round(float(value) * 1000)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def kernel_cmdline(accel: Accel, tsc_khz: int | None) -> str:
+    if accel.name == "tcg" and tsc_khz:
+        return f"{KERNEL_CMDLINE} tsc_early_khz={tsc_khz} tsc=reliable"
+    return KERNEL_CMDLINE
+
+
+def machine_args(l: VmLaunch) -> list[str]:
+    if l.accel.name == "kvm":
+        accel = ["-accel", "kvm", "-cpu", "host"]
+    else:
+        accel = ["-accel", f"tcg,tb-size={TCG_TB_SIZE_MIB}", "-cpu", "max"]
+    return ["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on", *accel]
+
+
+def command_line(l: VmLaunch, disk_format: str | None = None, tsc_khz: int | None = None) -> list[str]:
+    f = VmFiles(l.vm_dir)
+    argv = [
+        QEMU,
+        "-name", l.name,
+        *machine_args(l),
+        "-smp", str(l.vcpus),
+        "-m", str(l.memory_mib),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(l.kit.kernel),
+        "-initrd", str(l.kit.initrd),
+        "-append", kernel_cmdline(l.accel, tsc_khz),
+        # The kernel console shares qemu.log with QEMU's own stderr: diagnostics, never logs.
+        "-chardev", f"file,id=console,path={f.log},append=on",
+        "-serial", "chardev:console",
+        "-fw_cfg", f"name={FW_CFG_NAME},file={f.guest_sh}",
+        # Port 0 is reserved for a console, so three named ports need four.
+        "-device", "virtio-serial-device,max_ports=4",
+    ]  # fmt: skip
+    for port, path in (("stdout", f.stdout), ("stderr", f.stderr), ("status", f.status)):
+        argv += [
+            "-chardev", f"file,id={port},path={path},append=on",
+            "-device", f"virtserialport,chardev={port},name=gantry.{port}",
+        ]  # fmt: skip
+    if l.disk is not None:
+        argv += [
+            "-drive", f"id=root,file={l.disk},format={disk_format or 'raw'},if=none,discard=unmap",
+            "-device", "virtio-blk-device,drive=root",
+        ]  # fmt: skip
+    if l.net is not None:
+        argv += [
+            "-netdev", f"tap,id=net0,ifname={l.net.tap},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=net0,mac={l.net.mac}",
+        ]  # fmt: skip
+    argv += [
+        "-qmp", f"unix:{f.qmp},server=on,wait=off",
+        "-pidfile", str(f.pid),
+    ]  # fmt: skip
+    return argv
+
+
+def _guest_fragment(l: VmLaunch) -> str:
+    net = None
+    if l.net is not None:
+        net = {"addr": f"{l.net.address}/{l.net.prefixlen}", "gw": str(l.net.gateway), "mac": l.net.mac}
+    return render(l.guest, hostname=l.name, root_dev="/dev/vda" if l.disk else None, net=net)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Root-only from creation on: these files carry the secret env."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def read_pid(vm_dir: Path) -> int | None:
+    """The pid of this vm_dir's QEMU if it runs (not a zombie, and really ours), else None.
+    Blocking (small /proc reads): call through asyncio.to_thread from async code."""
+    f = VmFiles(vm_dir)
+    try:
+        pid = int(f.pid.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    # A reused pid would not name our pidfile on its command line.
+    if str(f.pid).encode() not in cmdline.split(b"\0") or state in ("Z", "X"):
+        return None
+    return pid
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def alive(vm_dir: Path) -> bool:
+    return read_pid(vm_dir) is not None
+
+
+def _log_tail(vm_dir: Path, lines: int = 8) -> str:
+    try:
+        text = VmFiles(vm_dir).log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
+
+
+def overhead_rss_kib(pid: int) -> tuple[int, int]:
+    """(total RSS, RSS of the guest RAM mapping) in KiB, from /proc/<pid>/smaps.
+
+    Guest RAM is QEMU's largest anonymous mapping; what is resident beyond it is QEMU's own
+    cost (code, TCG translation cache, device state). Blocking: call via asyncio.to_thread."""
+    total = 0
+    biggest: tuple[int, int] = (0, 0)  # (size, rss) of the largest anonymous mapping
+    size = rss = 0
+    anon = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and ":" not in head[0]:
+            if anon and size > biggest[0]:
+                biggest = (size, rss)
+            anon = len(head) < 6
+            size = rss = 0
+        elif head[0] == "Size:":
+            size = int(head[1])
+        elif head[0] == "Rss:":
+            rss = int(head[1])
+            total += rss
+    if anon and size > biggest[0]:
+        biggest = (size, rss)
+    return total, biggest[1]
+
+
+class QemuVm:
+    """Launches and stops QEMU processes; holds no state beyond what the vm_dir records."""
+
+    async def launch(self, l: VmLaunch) -> int:
+        f = VmFiles(l.vm_dir)
+        if await asyncio.to_thread(alive, l.vm_dir):
+            raise AgentError(f"VM {l.name} is already running")
+        disk_format = await asyncio.to_thread(_disk_format, l.disk) if l.disk else None
+        tsc_khz = await asyncio.to_thread(host_tsc_khz)
+
+        def prepare() -> int:
+            l.vm_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(l.vm_dir, 0o700)
+            for stale in (f.pid, f.qmp):
+                stale.unlink(missing_ok=True)
+            _write_private(f.guest_json, json.dumps(l.guest.to_dict(), indent=1) + "\n")
+            _write_private(f.guest_sh, _guest_fragment(l))
+            return os.open(f.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+        try:
+            log_fd = await asyncio.to_thread(prepare)
+        except ValueError as e:
+            raise AgentError(str(e), permanent=True) from e
+        try:
+            # The shell backgrounds QEMU in a session of its own and exits at once, printing
+            # its pid: QEMU is orphaned into init's care with no tie to this process.
+            proc = await asyncio.create_subprocess_exec(
+                "sh", "-c", 'log=$1; shift; setsid "$@" </dev/null >>"$log" 2>&1 & echo $!',
+                "sh", str(f.log), *command_line(l, disk_format, tsc_khz),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, start_new_session=True,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            pid = int(out.strip())
+        finally:
+            await asyncio.to_thread(os.close, log_fd)
+        await self._wait_ready(l, pid)
+        return pid
+
+    async def _wait_ready(self, l: VmLaunch, pid: int) -> None:
+        """Until QMP answers: the pidfile is written and the machine runs. A QEMU that dies
+        first (bad TAP, unreadable disk, ...) is reported with the end of its log."""
+        f = VmFiles(l.vm_dir)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if await asyncio.to_thread(read_pid, l.vm_dir) == pid:
+                try:
+                    await qmp.command(f.qmp, "query-status", timeout=2)
+                    return
+                except qmp.QmpError:
+                    pass
+            elif not await asyncio.to_thread(_running, pid):
+                break
+            await asyncio.sleep(0.02)
+        if await asyncio.to_thread(_running, pid):
+            os.kill(pid, signal.SIGKILL)
+        tail = await asyncio.to_thread(_log_tail, l.vm_dir)
+        raise AgentError(f"QEMU did not start for VM {l.name}: {tail or 'no output'}")
+
+    @staticmethod
+    def alive(vm_dir: Path) -> bool:
+        return alive(vm_dir)
+
+    async def stop(self, vm_dir: Path, *, timeout: float = 10) -> None:
+        """ACPI power button through QMP; /init stops the workload and powers off. SIGKILL if
+        the VM is still there after `timeout`. Returns once the process is gone; a VM that is
+        not running is already stopped."""
+        pid = await asyncio.to_thread(read_pid, vm_dir)
+        if pid is None:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            await qmp.command(VmFiles(vm_dir).qmp, "system_powerdown", timeout=min(2.0, timeout))
+        except qmp.QmpError:
+            pass  # QMP gone or wedged: the kill below still ends it
+        if await self._gone(vm_dir, deadline):
+            return
+        try:
+            if await asyncio.to_thread(read_pid, vm_dir) == pid:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        if not await self._gone(vm_dir, time.monotonic() + 5):
+            raise AgentError(f"QEMU pid {pid} survived SIGKILL")
+
+    async def _gone(self, vm_dir: Path, deadline: float) -> bool:
+        while True:
+            if not await asyncio.to_thread(alive, vm_dir):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
