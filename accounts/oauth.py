@@ -30,3 +30,13 @@ class GantryOAuth2Validator(OAuth2Validator):
         if account is not None and account.scopes:
             available &= set(account.scopes.split())
         return set(scopes).issubset(available)
+
+    def get_default_scopes(self, client_id, request, *args, **kwargs):
+        # A client asking for no scope gets the defaults, which must then pass validate_scopes:
+        # for a service account restricted to a few scopes, the defaults are those few, not
+        # every customer scope (which it could never be granted, so the request would fail).
+        client = getattr(request, "client", None)
+        account = getattr(client, "service_account", None) if client is not None else None
+        if account is not None and account.scopes:
+            return account.scopes.split()
+        return super().get_default_scopes(client_id, request, *args, **kwargs)
