@@ -1,0 +1,44 @@
+import pytest
+
+from tests.deployments.conftest import URL
+from tests.deployments.factories import EventFactory, deployment_for
+
+pytestmark = pytest.mark.django_db
+
+
+def events(client, deployment, **params):
+    return client.get(f"{URL}/{deployment.pk}/events", params)
+
+
+def test_it_lists_the_deployments_events_in_order(as_alice, acme):
+    deployment = deployment_for(acme)
+    as_alice.post(f"{URL}/{deployment.pk}/stop")
+    response = events(as_alice, deployment)
+    assert response.status_code == 200
+    shown = response.json()["events"]
+    assert [e["type"] for e in shown] == ["deployment.created", "deployment.stopped"]
+    assert set(shown[0]) == {"id", "type", "payload", "ts"}
+
+
+def test_after_is_a_cursor_and_limit_bounds_the_page(as_alice, acme):
+    deployment = deployment_for(acme)
+    extra = [EventFactory(deployment=deployment) for _ in range(5)]
+    first = events(as_alice, deployment, limit=3).json()["events"]
+    assert len(first) == 3
+    rest = events(as_alice, deployment, after=first[-1]["id"]).json()["events"]
+    assert [e["id"] for e in rest] == [e.id for e in extra[2:]]
+
+
+def test_other_deployments_events_are_not_shown(as_alice, acme):
+    deployment, other = deployment_for(acme), deployment_for(acme)
+    assert {e["type"] for e in events(as_alice, deployment).json()["events"]} == {"deployment.created"}
+    assert len(events(as_alice, other).json()["events"]) == 1
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"after": -1}, "after"), ({"after": "x"}, "after"), ({"limit": 0}, "limit"), ({"limit": 501}, "limit"),
+])
+def test_bad_parameters_are_a_400_naming_them(as_alice, acme, params, field):
+    response = events(as_alice, deployment_for(acme), **params)
+    assert response.status_code == 400
+    assert {e["field"] for e in response.json()["errors"]} == {field}
