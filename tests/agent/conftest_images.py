@@ -28,10 +28,14 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
+def _script(*args: str) -> str:
+    done = subprocess.run([sys.executable, str(REGISTRY_SCRIPT), *args], capture_output=True, text=True)
+    assert done.returncode == 0, f"registry.py {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
 def _registry(*args: str) -> None:
-    state = os.environ.get("STATE_DIR", str(REPO_ROOT / ".state"))
-    subprocess.run([sys.executable, str(REGISTRY_SCRIPT), *args, "--state-dir", state],
-                   check=True, capture_output=True, text=True)
+    _script(*args, "--state-dir", os.environ.get("STATE_DIR", str(REPO_ROOT / ".state")))
 
 
 @pytest.fixture(scope="session")
@@ -60,21 +64,17 @@ def auth_registry(tmp_path_factory) -> AuthRegistry:
     """A second docker-registry, with an htpasswd file, holding gantry/hello:latest."""
     state = tmp_path_factory.mktemp("auth-registry")
     user, password = "alice", secrets.token_urlsafe(12)
-    line = subprocess.run([sys.executable, str(REGISTRY_SCRIPT), "htpasswd", user, password,
-                           "--cost", "4"],
-                          check=True, capture_output=True, text=True).stdout
-    (state / "htpasswd").write_text(line)
+    (state / "htpasswd").write_text(_script("htpasswd", user, password, "--cost", "4"))
     (state / "creds").write_text(f"{user}:{password}")
     addr = f"127.0.0.1:{_free_port()}"
-    run = [sys.executable, str(REGISTRY_SCRIPT)]
-    subprocess.run([*run, "up", "--state-dir", str(state), "--name", "auth", "--addr", addr,
-                    "--htpasswd", str(state / "htpasswd")], check=True, capture_output=True)
     try:
-        subprocess.run([*run, "push-hello", "--state-dir", str(state), "--registry", addr,
-                        "--creds-file", str(state / "creds")], check=True, capture_output=True)
+        _script("up", "--state-dir", str(state), "--name", "auth", "--addr", addr,
+                "--htpasswd", str(state / "htpasswd"))
+        _script("push-hello", "--state-dir", str(state), "--registry", addr,
+                "--creds-file", str(state / "creds"))
         yield AuthRegistry(addr, user, password)
     finally:
-        subprocess.run([*run, "stop", "--state-dir", str(state), "--name", "auth"], check=True)
+        _script("stop", "--state-dir", str(state), "--name", "auth")
 
 
 class FakeRegistry:
