@@ -1,0 +1,96 @@
+"""Tenant quotas (429) and funds (402) at create, under the tenant row lock."""
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from billing.models import UsageRecord
+from cloud.deployments.models import Deployment
+from tests.conftest import client_for
+from tests.deployments.conftest import URL
+from tests.deployments.factories import deployment_for
+
+pytestmark = pytest.mark.django_db
+
+
+def test_max_gpus_counts_live_deployments_including_this_one(as_alice, acme, body):
+    acme.max_gpus = 8
+    acme.save()
+    assert as_alice.post(URL, body(gpus_per_container=4, replica_count=1), format="json").status_code == 201
+    response = as_alice.post(URL, body(gpus_per_container=4, replica_count=2), format="json")
+    assert response.status_code == 429
+    assert response.json()["quota"] == "max_gpus" and "max_gpus" in response.json()["detail"]
+    assert as_alice.post(URL, body(gpus_per_container=4, replica_count=1), format="json").status_code == 201
+
+
+def test_stopped_deployments_hold_no_gpus(as_alice, acme, body):
+    acme.max_gpus = 8
+    acme.save()
+    first = as_alice.post(URL, body(gpus_per_container=8), format="json").json()["deployment"]
+    as_alice.post(f"{URL}/{first['id']}/stop")
+    assert as_alice.post(URL, body(gpus_per_container=8), format="json").status_code == 201
+
+
+def test_max_deployments(as_alice, acme, body):
+    acme.max_deployments = 2
+    acme.save()
+    for _ in range(2):
+        assert as_alice.post(URL, body(), format="json").status_code == 201
+    response = as_alice.post(URL, body(), format="json")
+    assert response.status_code == 429 and response.json()["quota"] == "max_deployments"
+
+
+def test_a_balance_below_one_hour_is_402(as_alice, acme, body):
+    acme.balance = Decimal("4.99")
+    acme.save()
+    response = as_alice.post(URL, body(gpus_per_container=2), format="json")  # 2 x 2.50 = 5.00/hour
+    assert response.status_code == 402
+    assert response.json()["estimated_hourly_cost"] == "5.000000"
+    assert Deployment.objects.count() == 0
+
+
+def test_a_reached_spend_limit_is_402(as_alice, acme, body):
+    other = deployment_for(acme)
+    acme.spend_limit = Decimal("10")
+    acme.save()
+    now = timezone.now()
+    UsageRecord.objects.create(tenant=acme, deployment=other, replica=other.replicas.get(), period_start=now,
+                               period_end=now + timezone.timedelta(hours=1), gpus=1,
+                               price_per_gpu_hour=Decimal("10"), amount=Decimal("10"))
+    response = as_alice.post(URL, body(), format="json")
+    assert response.status_code == 402 and "spend limit" in response.json()["detail"]
+
+
+def test_quotas_are_per_tenant(as_alice, as_mallory, acme, evil, body):
+    acme.max_deployments = 1
+    acme.save()
+    as_alice.post(URL, body(), format="json")
+    assert as_mallory.post(URL, body(), format="json").status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_cannot_both_squeeze_under_the_quota(alice, acme, body):
+    acme.max_deployments = 1
+    acme.save()
+    data = body()
+    codes = []
+    barrier = threading.Barrier(3)
+
+    def attempt():
+        client = client_for(alice, tenant="acme")
+        barrier.wait()
+        try:
+            codes.append(client.post(URL, data, format="json").status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [201, 429, 429]
+    assert Deployment.objects.count() == 1
