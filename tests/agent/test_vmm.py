@@ -1,0 +1,175 @@
+"""QEMU microVMs under TCG: the guest spec reaches the workload, streams stay apart, crash loops
+end in `final`, VMs outlive their launcher, and stop is graceful with a kill fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nodes.agent.errors import AgentError
+from nodes.agent.vmm import qmp
+from nodes.agent.vmm.accel import Accel, probe_accel
+from nodes.agent.vmm.qemu import QemuVm, VmFiles, alive, overhead_rss_kib, read_pid
+from nodes.agent.vmm.spec import GuestSpec, render
+from tests.agent.conftest_vmm import *  # noqa: F401,F403
+from tests.agent.conftest_vmm import REPO, TEST_UID, status_events, wait_for_event, wait_gone
+
+TRICKY = ["it's", 'a "quote"', "$(echo no)", "`no`", "back\\slash", "new\nline", "*", "", "-n"]
+
+
+def test_rendered_spec_survives_shell_quoting(tmp_path):
+    """The fragment /init sources gives back argv and env byte for byte, whatever they hold."""
+    spec = GuestSpec(argv=["prog", *TRICKY], env={"A": TRICKY[0], "B": "x\ny $HOME"}, workdir="/srv/my app")
+    fragment = tmp_path / "spec.sh"
+    fragment.write_text(render(spec, hostname="h", root_dev=None, net=None))
+    script = f'. {fragment}; eval "set -- $GANTRY_ARGV"; for a; do printf "%s\\0" "$a"; done; printf "%s\\0" "$GANTRY_WORKDIR"; eval "env -i $GANTRY_ENV env -0"'
+    out = subprocess.run(["/bin/busybox", "sh", "-c", script], capture_output=True, check=True).stdout
+    parts = out.decode().split("\0")
+    assert parts[: len(spec.argv)] == spec.argv
+    assert parts[len(spec.argv)] == "/srv/my app"
+    assert {"A=it's", "B=x\ny $HOME"} <= set(parts[len(spec.argv) + 1 :])
+
+
+def test_render_rejects_what_no_guest_can_run():
+    with pytest.raises(ValueError, match="nothing to run"):
+        render(GuestSpec(argv=[]), hostname="h", root_dev=None, net=None)
+    with pytest.raises(ValueError, match="variable name"):
+        render(GuestSpec(argv=["x"], env={"A=B": "1"}), hostname="h", root_dev=None, net=None)
+
+
+@pytest.mark.vm
+async def test_workload_gets_spec_and_streams_stay_apart(vm_launch):
+    """argv, env (secret included), workdir and user reach the workload; stdout and stderr land
+    in their own files in order, with no kernel console line in either; exit 0 powers off."""
+    script = 'echo "hello $GREETING"; echo "err 1" >&2; id -u; pwd; echo "$TOKEN" "$1"; echo "err 2" >&2; seq 1 200'
+    launch = vm_launch(
+        "streams", ["sh", "-c", script, "sh", "arg one"],
+        env={"PATH": "/bin", "GREETING": "world", "TOKEN": "s3cr3t 'quoted'"},
+        workdir="/srv/app", user="app",
+    )  # fmt: skip
+    pid = await QemuVm().launch(launch)
+    assert pid == await asyncio.to_thread(read_pid, launch.vm_dir)
+    events = await wait_for_event(launch.vm_dir, "final")
+    await wait_gone(launch.vm_dir)
+
+    files = VmFiles(launch.vm_dir)
+    expected = ["hello world", str(TEST_UID), "/srv/app", "s3cr3t 'quoted' arg one", *map(str, range(1, 201))]
+    assert files.stdout.read_text().splitlines() == expected
+    assert files.stderr.read_text().splitlines() == ["err 1", "err 2"]
+    assert [(e["event"], e.get("code")) for e in events] == [("start", None), ("exit", 0), ("final", 0)]
+    assert events[-1]["stopped"] is False
+    # The secret is in the root-only spec files, not on QEMU's command line.
+    assert oct(files.guest_sh.stat().st_mode & 0o777) == "0o600"
+    assert "s3cr3t" in files.guest_json.read_text()
+    assert "s3cr3t" not in (files.log.read_text())
+
+
+@pytest.mark.vm
+async def test_crash_loop_restarts_with_backoff_then_final(vm_launch):
+    launch = vm_launch("crash", ["sh", "-c", "echo attempt; echo boom >&2; exit 3"], max_restarts=2, backoff_s=0.2)
+    await QemuVm().launch(launch)
+    events = await wait_for_event(launch.vm_dir, "final")
+    await wait_gone(launch.vm_dir)
+    assert [(e["event"], e.get("attempt"), e.get("code")) for e in events] == [
+        ("start", 1, None), ("exit", 1, 3), ("start", 2, None), ("exit", 2, 3), ("start", 3, None), ("exit", 3, 3),
+        ("final", None, 3),
+    ]  # fmt: skip
+    assert [e.get("restart_in_s") for e in events if e["event"] == "exit"] == [0.2, 0.4, None]
+    assert events[-1]["attempts"] == 3
+    assert VmFiles(launch.vm_dir).stderr.read_text() == "boom\n" * 3
+
+
+LAUNCHER = """
+import asyncio, json, pickle, sys
+from nodes.agent.vmm.qemu import QemuVm
+launch = pickle.loads(bytes.fromhex(sys.argv[1]))
+pid = asyncio.run(QemuVm().launch(launch))
+print(pid, flush=True)
+import time; time.sleep(3600)
+"""
+
+
+@pytest.mark.vm
+async def test_vm_outlives_killed_launcher_and_stops_gracefully(vm_launch):
+    import pickle
+
+    ticker = 'trap "echo got TERM; exit 0" TERM; i=0; while :; do i=$((i+1)); echo "tick $i"; sleep 0.2; done'
+    launch = vm_launch("survivor", ["sh", "-c", ticker])
+    launcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LAUNCHER, pickle.dumps(launch).hex(),
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    pid = int(await asyncio.wait_for(launcher.stdout.readline(), 60))
+    launcher.send_signal(signal.SIGKILL)
+    await launcher.wait()
+
+    await wait_for_event(launch.vm_dir, "start")
+    stdout = VmFiles(launch.vm_dir).stdout
+    before = await asyncio.to_thread(stdout.read_text)
+    await asyncio.sleep(1.5)
+    assert await asyncio.to_thread(alive, launch.vm_dir)
+    assert len((await asyncio.to_thread(stdout.read_text)).splitlines()) > len(before.splitlines())
+    assert (await qmp.command(VmFiles(launch.vm_dir).qmp, "query-status"))["status"] == "running"
+    total, guest = await asyncio.to_thread(overhead_rss_kib, pid)
+    print(f"QEMU RSS {total} KiB, guest RAM resident {guest} KiB, overhead {(total - guest) / 1024:.1f} MiB")
+
+    started = time.monotonic()
+    await QemuVm().stop(launch.vm_dir, timeout=20)
+    took = time.monotonic() - started
+    events = status_events(launch.vm_dir)
+    assert events[-1] == {**events[-1], "event": "final", "code": 0, "stopped": True}
+    assert stdout.read_text().splitlines()[-1] == "got TERM"
+    assert not await asyncio.to_thread(alive, launch.vm_dir)
+    assert took < 20, "the guest powered off by itself, before stop() had to kill it"
+    print(f"graceful stop took {took:.2f}s")
+
+
+@pytest.mark.vm
+async def test_stop_kills_a_guest_that_ignores_the_power_button(vm_launch):
+    launch = vm_launch("stubborn", ["sh", "-c", 'trap "" TERM; echo up; while :; do sleep 1; done'], stop_grace_s=600)
+    await QemuVm().launch(launch)
+    await wait_for_event(launch.vm_dir, "start")
+    started = time.monotonic()
+    await QemuVm().stop(launch.vm_dir, timeout=2)
+    took = time.monotonic() - started
+    assert not await asyncio.to_thread(alive, launch.vm_dir)
+    assert 2 <= took < 10
+    assert "final" not in [e["event"] for e in status_events(launch.vm_dir)]
+    started = time.monotonic()
+    await QemuVm().stop(launch.vm_dir, timeout=2)  # idempotent: nothing left to stop
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.vm
+async def test_launch_reports_why_qemu_did_not_start(vm_launch, tmp_path):
+    launch = vm_launch("broken", ["true"], disk=False)
+    bad = tmp_path / "bad.qcow2"
+    bad.write_bytes(b"QFI\xfb" + b"\xff" * 508)
+    launch = dataclasses.replace(launch, disk=bad)
+    with pytest.raises(AgentError, match="QEMU did not start.*bad.qcow2"):
+        await QemuVm().launch(launch)
+    assert not await asyncio.to_thread(alive, launch.vm_dir)
+
+
+@pytest.mark.vm
+async def test_probe_accel_decides_once_per_boot(tmp_path, vmm_kit):
+    accel = await probe_accel(tmp_path, vmm_kit)
+    assert accel.name in ("kvm", "tcg") and accel.reason.startswith("kvm")
+    if not Path("/dev/kvm").exists():
+        assert accel.name == "tcg"
+    cache = json.loads((tmp_path / "accel.json").read_text())
+    assert cache["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    # A second call reads the cache instead of probing again.
+    (tmp_path / "accel.json").write_text(json.dumps({**cache, "reason": "from cache"}))
+    assert await probe_accel(tmp_path, vmm_kit) == Accel(accel.name, "from cache")
+    (tmp_path / "accel.json").write_text(json.dumps({**cache, "boot_id": "another boot"}))
+    assert (await probe_accel(tmp_path, vmm_kit)).reason == accel.reason
