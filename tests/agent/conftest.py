@@ -32,19 +32,37 @@ REGISTRY_SCRIPT = REPO / "scripts" / "registry" / "registry.py"
 HELLO = "127.0.0.1:5000/gantry/hello:latest"
 
 
+STATE_DIR = Path(os.environ.get("STATE_DIR", REPO / ".state"))
+
+
 @pytest.fixture(scope="session")
 def agent_shared_dir(tmp_path_factory):
-    """Guest kit and image cache shared by the end-to-end tests (built once per session)."""
+    """Image cache shared by the end-to-end tests of one session."""
     return tmp_path_factory.mktemp("agent-shared")
 
 
+@pytest.fixture(scope="session")
+def agent_kit_dir():
+    """The guest kit, built here in the root namespace (apt-get download needs the network the
+    test namespaces lack) and kept in the state dir across sessions: it only changes with its
+    inputs, which ensure_kit checks itself."""
+    import asyncio
+
+    from nodes.agent.guest.kit import ensure_kit
+
+    base = STATE_DIR / "agent-test"
+    base.mkdir(parents=True, exist_ok=True)
+    asyncio.run(ensure_kit(base))
+    return base / "kit"
+
+
 @pytest.fixture
-def agent_data_dir(tmp_path, agent_shared_dir):
+def agent_data_dir(tmp_path, agent_shared_dir, agent_kit_dir):
     data = tmp_path / "data"
     data.mkdir()
-    for part in ("kit", "images"):
-        (agent_shared_dir / part).mkdir(exist_ok=True)
-        (data / part).symlink_to(agent_shared_dir / part)
+    (agent_shared_dir / "images").mkdir(exist_ok=True)
+    (data / "images").symlink_to(agent_shared_dir / "images")
+    (data / "kit").symlink_to(agent_kit_dir)
     return data
 
 
