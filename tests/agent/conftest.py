@@ -8,7 +8,9 @@ collects from the repository root).
 import pytest
 from blockbuster import blockbuster_ctx
 
+from tests.agent.conftest_images import *  # noqa: F401,F403
 from tests.agent.conftest_netns import *  # noqa: F401,F403
+from tests.agent.conftest_vmm import *  # noqa: F401,F403
 
 
 @pytest.fixture(autouse=True)
