@@ -192,7 +192,9 @@ class OciImageStore:
             self._ssl = await asyncio.to_thread(ssl.create_default_context)
         return httpx.AsyncClient(verify=self._ssl, follow_redirects=True,
                                  timeout=httpx.Timeout(30.0, connect=10.0),
-                                 headers={"User-Agent": "gantry-agent"})
+                                 # identity: a gzip transfer encoding would change the
+                                 # raw bytes whose sha256 we check against the digest
+                                 headers={"User-Agent": "gantry-agent", "Accept-Encoding": "identity"})
 
     # -- ensure_disk ------------------------------------------------------------------------------
 
@@ -290,7 +292,16 @@ class OciImageStore:
                     await client.fetch_blob(blob, desc["size"], path, lambda n: on_bytes(blob, n))
             on_bytes(blob, desc["size"])
 
-        await asyncio.gather(*(fetch(desc) for desc in descriptors))
+        tasks = [asyncio.create_task(fetch(desc)) for desc in descriptors]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # gather leaves the other downloads running after one fails; they would go on
+            # writing into the cache after ensure_disk has already given up.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def _unpack(self, ref: Reference, digest: str, manifest: dict, report: _Reporter) -> ImageDisk:
         config_desc, layers = manifest["config"], manifest["layers"]
