@@ -6,22 +6,16 @@ and errors a customer can read (skopeo prints Go error chains and progress bars)
 applied in Python (whiteouts, chroot-style symlink resolution) and the disk is made by
 `mkfs.ext4 -d`, which needs no root, no loop device and no mount; overlays are `qemu-img`
 qcow2 files backed by the cached disk, so a second VM of an image copies nothing.
-
-Layout under `root`: blobs/sha256/<hex> (verified blobs), disks/<hex>.ext4 (base disks; <hex>
-of the linux/amd64 manifest digest), disks/<hex>.json (config; its mtime is the last use),
-refs/<sha256 of the reference> (the digest a reference last resolved to), tmp/ (work dirs).
+The files under the store's root are described in nodes/agent/oci/cache.py.
 """
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import ssl
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +26,7 @@ import httpx
 
 from nodes.agent.errors import ImageError
 from nodes.agent.oci import disk as disks
+from nodes.agent.oci.cache import CacheDir
 from nodes.agent.oci.layers import apply_layer, measure
 from nodes.agent.oci.reference import Reference, parse_reference
 from nodes.agent.oci.registry import INDEX_TYPES, MANIFEST_TYPES, RegistryClient
@@ -119,10 +114,6 @@ class _Reporter:
             log.exception("image progress callback failed")
 
 
-def _hex(digest: str) -> str:
-    return digest.split(":", 1)[1]
-
-
 class OciImageStore:
     def __init__(self, root: Path, *,
                  insecure_registries: frozenset[str] = frozenset({"127.0.0.1:5000", "localhost:5000"}),
@@ -130,61 +121,27 @@ class OciImageStore:
         self.root = Path(root)
         self.insecure_registries = insecure_registries
         self.cache_limit_bytes = cache_limit_bytes
+        self._cache = CacheDir(self.root)
         self._locks: dict[str, asyncio.Lock] = {}
         self._active_tmp: set[Path] = set()
         self._active_blobs: Counter[str] = Counter()  # blobs a pull in progress still needs
         self._ssl: ssl.SSLContext | None = None
 
-    # -- paths and small blocking helpers -------------------------------------------------------
-
-    def _blob_path(self, digest: str) -> Path:
-        return self.root / "blobs" / "sha256" / _hex(digest)
-
-    def _disk_path(self, digest: str) -> Path:
-        return self.root / "disks" / f"{_hex(digest)}.ext4"
-
-    def _meta_path(self, digest: str) -> Path:
-        return self.root / "disks" / f"{_hex(digest)}.json"
-
-    def _ref_path(self, ref: Reference) -> Path:
-        return self.root / "refs" / hashlib.sha256(str(ref).encode()).hexdigest()
-
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    def _mkdirs(self) -> None:
-        for sub in ("blobs/sha256", "disks", "refs", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def _write_atomic(path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-
-    def _touch(self, digest: str) -> None:
-        now = time.time_ns()
-        os.utime(self._meta_path(digest), ns=(now, now))
-
     def _load(self, digest: str, ref: str) -> ImageDisk | None:
         """The cached disk for digest, marked as just used; None when not (fully) cached."""
-        try:
-            meta = json.loads(self._meta_path(digest).read_text())
-        except (OSError, ValueError):
+        meta = self._cache.read_meta(digest)
+        if meta is None:
             return None
-        path = self._disk_path(digest)
-        if not path.is_file():
-            return None
-        self._touch(digest)
-        return ImageDisk(ref=ref, digest=digest, path=path, size_bytes=meta["size_bytes"],
+        self._cache.touch(digest)
+        return ImageDisk(ref=ref, digest=digest, path=self._cache.disk(digest), size_bytes=meta["size_bytes"],
                          config=ImageConfig(**meta["config"]))
 
     def _cached_for_ref(self, ref: Reference) -> ImageDisk | None:
-        try:
-            digest = self._ref_path(ref).read_text().strip()
-        except OSError:
-            return None
-        return self._load(digest, str(ref))
+        digest = self._cache.read_ref(str(ref))
+        return self._load(digest, str(ref)) if digest else None
 
     async def _client(self) -> httpx.AsyncClient:
         if self._ssl is None:
@@ -202,7 +159,7 @@ class OciImageStore:
                           progress: ProgressCallback | None = None) -> ImageDisk:
         reference = parse_reference(ref)
         report = _Reporter(progress)
-        await asyncio.to_thread(self._mkdirs)
+        await asyncio.to_thread(self._cache.mkdirs)
         if reference.digest:
             # A digest never changes what it names: no need to ask the registry again.
             cached = await asyncio.to_thread(self._cached_for_ref, reference)
@@ -229,7 +186,7 @@ class OciImageStore:
                     disk = await self._build(client, reference, digest, manifest, report)
                 else:
                     report("cached", disk.size_bytes, disk.size_bytes)
-                await asyncio.to_thread(self._write_atomic, self._ref_path(reference), digest.encode())
+                await asyncio.to_thread(self._cache.write_atomic, self._cache.ref(str(reference)), digest.encode())
                 return disk
 
     async def _resolve(self, client: RegistryClient, ref: Reference) -> tuple[dict, str]:
@@ -287,7 +244,7 @@ class OciImageStore:
         async def fetch(desc: dict) -> None:
             blob = desc["digest"]
             async with semaphore, self._lock(blob):
-                path = self._blob_path(blob)
+                path = self._cache.blob(blob)
                 if not await asyncio.to_thread(path.is_file):
                     await client.fetch_blob(blob, desc["size"], path, lambda n: on_bytes(blob, n))
             on_bytes(blob, desc["size"])
@@ -305,13 +262,13 @@ class OciImageStore:
 
     async def _unpack(self, ref: Reference, digest: str, manifest: dict, report: _Reporter) -> ImageDisk:
         config_desc, layers = manifest["config"], manifest["layers"]
-        config_doc = await asyncio.to_thread(self._read_config, self._blob_path(config_desc["digest"]), ref)
+        config_doc = await asyncio.to_thread(self._read_config, self._cache.blob(config_desc["digest"]), ref)
         platform = (config_doc.get("os"), config_doc.get("architecture"))
         if platform != PLATFORM and all(platform):
             raise ImageError(f"image {ref} is built for {platform[0]}/{platform[1]}, not linux/amd64",
                              permanent=True)
         config = ImageConfig.from_oci(config_doc)
-        work = self.root / "tmp" / f"{_hex(digest)[:16]}.{secrets.token_hex(4)}"
+        work = self._cache.work_dir(digest)
         self._active_tmp.add(work)
         try:
             rootfs = work / "rootfs"
@@ -320,7 +277,7 @@ class OciImageStore:
             applied = 0
             report("unpack", 0, unpacked)
             for layer in layers:
-                await asyncio.to_thread(apply_layer, self._blob_path(layer["digest"]), rootfs, layer["digest"])
+                await asyncio.to_thread(apply_layer, self._cache.blob(layer["digest"]), rootfs, layer["digest"])
                 applied += layer["size"]
                 report("unpack", applied, unpacked)
             content, inodes = await asyncio.to_thread(measure, rootfs)
@@ -329,19 +286,19 @@ class OciImageStore:
             image = work / "disk.ext4"
             await disks.make_ext4(rootfs, image, size_bytes=size, inodes=inode_count,
                                   label=ref.repository.rsplit("/", 1)[-1])
-            path = self._disk_path(digest)
+            path = self._cache.disk(digest)
             await asyncio.to_thread(os.replace, image, path)
             meta = {"ref": str(ref), "digest": digest, "size_bytes": size,
                     "config": dataclasses.asdict(config),
                     "blobs": [config_desc["digest"], *(layer["digest"] for layer in layers)]}
             # The metadata file is the commit marker: a disk without one is not in the cache.
-            await asyncio.to_thread(self._write_atomic, self._meta_path(digest),
+            await asyncio.to_thread(self._cache.write_atomic, self._cache.meta(digest),
                                     json.dumps(meta, indent=1).encode())
             report("disk", size, size)
         finally:
             self._active_tmp.discard(work)
             await asyncio.to_thread(shutil.rmtree, work, True)
-        await asyncio.to_thread(self._touch, digest)
+        await asyncio.to_thread(self._cache.touch, digest)
         return ImageDisk(ref=str(ref), digest=digest, path=path, size_bytes=size, config=config)
 
     @staticmethod
@@ -360,14 +317,14 @@ class OciImageStore:
         if not await asyncio.to_thread(disk.path.is_file):
             raise ImageError(f"the cached disk of {disk.ref} is gone (evicted); pull it again")
         await disks.make_overlay(disk.path, Path(dest))
-        await asyncio.to_thread(self._touch, disk.digest)
+        await asyncio.to_thread(self._cache.touch, disk.digest)
 
     async def evict(self, *, in_use: set[str]) -> list[str]:
         """Delete least recently used disks (and their blobs no other disk needs) until the
         cache fits cache_limit_bytes; never a digest in `in_use` or one being pulled now."""
         busy_blobs = {key for key, n in self._active_blobs.items() if n > 0}
         busy_blobs |= {key for key, lock in self._locks.items() if lock.locked()}
-        entries, usage = await asyncio.to_thread(self._scan, busy_blobs, set(self._active_tmp))
+        entries, usage = await asyncio.to_thread(self._cache.scan, busy_blobs, set(self._active_tmp))
         evicted: list[str] = []
         for digest, _, _, blobs in sorted(entries, key=lambda e: e[1]):
             if usage <= self.cache_limit_bytes:
@@ -377,43 +334,6 @@ class OciImageStore:
             async with self._lock(digest):
                 others = {b for d, _, _, bs in entries if d != digest and d not in evicted for b in bs}
                 doomed = [b for b in blobs if b not in others and b not in busy_blobs]
-                usage -= await asyncio.to_thread(self._delete, digest, doomed)
+                usage -= await asyncio.to_thread(self._cache.delete, digest, doomed)
             evicted.append(digest)
         return evicted
-
-    def _scan(self, busy_blobs: set[str], busy_tmp: set[Path]) -> tuple[list, int]:
-        """Cache entries (digest, last use ns, disk bytes, blobs) and the bytes used on disk,
-        counting allocated blocks (base disks are sparse). What crashed or failed pulls left
-        behind (work dirs, partial or unreferenced blobs) is deleted on the way."""
-        self._mkdirs()
-        for stale in (self.root / "tmp").iterdir():
-            if stale not in busy_tmp:
-                shutil.rmtree(stale, ignore_errors=True)
-        entries, referenced = [], set()
-        for meta_path in (self.root / "disks").glob("*.json"):
-            try:
-                meta = json.loads(meta_path.read_text())
-                st_meta = meta_path.stat()
-                st_disk = self._disk_path(meta["digest"]).stat()
-            except (OSError, ValueError, KeyError):
-                continue
-            entries.append((meta["digest"], st_meta.st_mtime_ns, st_disk.st_blocks * 512, meta["blobs"]))
-            referenced.update(meta["blobs"])
-        usage = sum(e[2] for e in entries)
-        for blob in (self.root / "blobs" / "sha256").iterdir():
-            digest = "sha256:" + blob.name.lstrip(".").split(".", 1)[0]
-            if digest not in busy_blobs and (blob.name.startswith(".") or digest not in referenced):
-                blob.unlink(missing_ok=True)
-                continue
-            usage += blob.stat().st_blocks * 512
-        return entries, usage
-
-    def _delete(self, digest: str, blobs: list[str]) -> int:
-        freed = 0
-        for path in [self._meta_path(digest), self._disk_path(digest), *map(self._blob_path, blobs)]:
-            try:
-                freed += path.stat().st_blocks * 512
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        return freed

@@ -1,0 +1,110 @@
+"""The image cache's files under its root (blocking: call through asyncio.to_thread).
+
+blobs/sha256/<hex>   verified blobs (config and layers)
+disks/<hex>.ext4     base disks, <hex> of the linux/amd64 manifest digest
+disks/<hex>.json     the image's config and blobs; written last, so it marks a finished
+                     disk, and its mtime is the image's last use
+refs/<sha256(ref)>   the digest a reference last resolved to
+tmp/                 work dirs of pulls in progress
+"""
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+CacheEntry = tuple[str, int, int, list[str]]  # digest, last use (ns), disk bytes, blobs
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[1]
+
+
+class CacheDir:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def blob(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / _hex(digest)
+
+    def disk(self, digest: str) -> Path:
+        return self.root / "disks" / f"{_hex(digest)}.ext4"
+
+    def meta(self, digest: str) -> Path:
+        return self.root / "disks" / f"{_hex(digest)}.json"
+
+    def ref(self, ref: str) -> Path:
+        return self.root / "refs" / hashlib.sha256(ref.encode()).hexdigest()
+
+    def work_dir(self, digest: str) -> Path:
+        return self.root / "tmp" / f"{_hex(digest)[:16]}.{secrets.token_hex(4)}"
+
+    def mkdirs(self) -> None:
+        for sub in ("blobs/sha256", "disks", "refs", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def write_atomic(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def touch(self, digest: str) -> None:
+        now = time.time_ns()
+        os.utime(self.meta(digest), ns=(now, now))
+
+    def read_meta(self, digest: str) -> dict | None:
+        """The metadata of a finished disk; None when either file is missing."""
+        try:
+            meta = json.loads(self.meta(digest).read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if self.disk(digest).is_file() else None
+
+    def read_ref(self, ref: str) -> str | None:
+        try:
+            return self.ref(ref).read_text().strip()
+        except OSError:
+            return None
+
+    def scan(self, busy_blobs: set[str], busy_tmp: set[Path]) -> tuple[list[CacheEntry], int]:
+        """Finished disks and the bytes the cache uses, counting allocated blocks (base disks
+        are sparse). What crashed or failed pulls left behind (work dirs, partial or
+        unreferenced blobs) is deleted on the way, unless a pull in progress owns it."""
+        self.mkdirs()
+        for stale in (self.root / "tmp").iterdir():
+            if stale not in busy_tmp:
+                shutil.rmtree(stale, ignore_errors=True)
+        entries: list[CacheEntry] = []
+        referenced: set[str] = set()
+        for meta_path in (self.root / "disks").glob("*.json"):
+            try:
+                meta = json.loads(meta_path.read_text())
+                st_meta = meta_path.stat()
+                st_disk = self.disk(meta["digest"]).stat()
+            except (OSError, ValueError, KeyError):
+                continue
+            entries.append((meta["digest"], st_meta.st_mtime_ns, st_disk.st_blocks * 512, meta["blobs"]))
+            referenced.update(meta["blobs"])
+        usage = sum(e[2] for e in entries)
+        for blob in (self.root / "blobs" / "sha256").iterdir():
+            digest = "sha256:" + blob.name.lstrip(".").split(".", 1)[0]
+            if digest not in busy_blobs and (blob.name.startswith(".") or digest not in referenced):
+                blob.unlink(missing_ok=True)
+                continue
+            usage += blob.stat().st_blocks * 512
+        return entries, usage
+
+    def delete(self, digest: str, blobs: list[str]) -> int:
+        """Delete a disk, its metadata and the given blobs; returns the bytes freed."""
+        freed = 0
+        for path in [self.meta(digest), self.disk(digest), *map(self.blob, blobs)]:
+            try:
+                freed += path.stat().st_blocks * 512
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        return freed
