@@ -48,7 +48,23 @@ _ERROR_STATUSES = {
 }
 
 
+def _relax_nullable_any(node):
+    """drf-spectacular renders a nullable untyped field as oneOf[{}, {type: null}], which no
+    value can satisfy (null matches both branches, and oneOf wants exactly one). `{}` already
+    admits null, so the oneOf collapses to it."""
+    if isinstance(node, dict):
+        one_of = node.get("oneOf")
+        if isinstance(one_of, list) and len(one_of) == 2 and {} in one_of and {"type": "null"} in one_of:
+            del node["oneOf"]
+        for value in node.values():
+            _relax_nullable_any(value)
+    elif isinstance(node, list):
+        for value in node:
+            _relax_nullable_any(value)
+
+
 def add_problem_responses(result, generator, request, public):
+    _relax_nullable_any(result)
     result.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
     ref = {"$ref": "#/components/schemas/Problem"}
     for path_item in result.get("paths", {}).values():
