@@ -6,8 +6,8 @@ REGISTRY_ADDR ?= 127.0.0.1:5000
 .PHONY: registry registry-stop
 
 registry: sysdeps
-	@python3 scripts/registry/registry.py up --state-dir $(STATE_DIR) --addr $(REGISTRY_ADDR)
-	@python3 scripts/registry/registry.py push-hello --state-dir $(STATE_DIR) --registry $(REGISTRY_ADDR)
+	@$(PY) scripts/registry/registry.py up --state-dir $(STATE_DIR) --addr $(REGISTRY_ADDR)
+	@$(PY) scripts/registry/registry.py push-hello --state-dir $(STATE_DIR) --registry $(REGISTRY_ADDR)
 
 registry-stop:
-	@python3 scripts/registry/registry.py stop --state-dir $(STATE_DIR)
+	@$(PY) scripts/registry/registry.py stop --state-dir $(STATE_DIR)
