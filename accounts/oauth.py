@@ -1,4 +1,15 @@
-"""django-oauth-toolkit wiring: which scopes exist and who may be granted which."""
+"""django-oauth-toolkit wiring: which scopes exist and who may be granted which.
+
+Token introspection (RFC 7662) for a resource server: create a confidential client
+(`manage.py create_api_client <tenant>`), then
+
+    curl -u CLIENT_ID:CLIENT_SECRET -d token=THE_TOKEN http://127.0.0.1:8000/o/introspect/
+
+answers {"active": true, "scope", "exp", "client_id", "username"} or {"active": false}. DOT
+accepts the credentials of any confidential client (or a bearer token carrying an
+`introspection` scope, which Gantry does not offer): a caller learns only about a token it
+already holds, and tokens are too long to guess.
+"""
 
 from __future__ import annotations
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from django.db import IntegrityError, transaction
 
-from cloud.exceptions import ApplicationError, Conflict, InvalidInput
+from cloud.exceptions import ApplicationError, Conflict, InvalidInput, QuotaExceeded
 from templates.models import Template
+
+# A template is a few hundred bytes, but an unbounded list is a cheap way to bloat every
+# catalog page a tenant loads; operators can make more room by raising this.
+MAX_PRIVATE_TEMPLATES = 200
 
 EDITABLE_FIELDS = (
     "slug", "name", "description", "image", "default_env", "entrypoint", "args",
@@ -53,6 +57,8 @@ def _save(template: Template) -> Template:
 
 @transaction.atomic
 def template_create(*, tenant, actor=None, data: dict) -> Template:
+    if Template.objects.filter(tenant=tenant).count() >= MAX_PRIVATE_TEMPLATES:
+        raise QuotaExceeded(f"A tenant may keep at most {MAX_PRIVATE_TEMPLATES} private templates; delete one first.")
     template = Template(tenant=tenant, **{k: v for k, v in data.items() if k in EDITABLE_FIELDS})
     _check_slug_free(tenant=tenant, slug=template.slug)
     _check_gpu_range(template)

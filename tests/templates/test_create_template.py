@@ -114,3 +114,16 @@ def test_creating_needs_the_deployments_write_scope(alice):
     assert response.status_code == 403
     assert "deployments:write" in response.json()["detail"]
     assert not Template.objects.exists()
+
+
+def test_the_number_of_private_templates_is_capped(as_alice, acme, monkeypatch):
+    from templates import services
+
+    monkeypatch.setattr(services, "MAX_PRIVATE_TEMPLATES", 2)
+    TemplateFactory(slug="one", tenant=acme)
+    TemplateFactory(slug="two", tenant=acme)
+    TemplateFactory(slug="global-does-not-count")
+    response = as_alice.post("/api/v1/templates", VALID, format="json")
+    assert response.status_code == 429
+    assert response["Content-Type"] == "application/problem+json"
+    assert not Template.objects.filter(slug="my-llm").exists()
