@@ -122,7 +122,7 @@ async def _resolve_cached(root: Path) -> tuple[str, str]:
 
 async def _download(package: str, version: str, debs: Path) -> Path:
     deb = debs / f"{package}_{version}.deb"
-    if deb.exists():
+    if await asyncio.to_thread(deb.exists):
         return deb
     await asyncio.to_thread(debs.mkdir, parents=True, exist_ok=True)
     tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=debs, prefix=".dl-"))
