@@ -179,6 +179,15 @@ def layer(*entries: tuple) -> bytes:
     return gzip.compress(buf.getvalue(), mtime=0)
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _plain(data: bytes) -> bytes:
+    if data.startswith(ZSTD_MAGIC):
+        return subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, check=True).stdout
+    return gzip.decompress(data)
+
+
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -187,13 +196,13 @@ def image_parts(layers: list[bytes], *, arch: str = "amd64", config: dict | None
     """{digest: bytes} of config and layers, plus "manifest" (bytes) of an OCI image."""
     config_doc = {"architecture": arch, "os": "linux",
                   "config": config or {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
-                  "rootfs": {"type": "layers",
-                             "diff_ids": [digest_of(gzip.decompress(b)) for b in layers]}}
+                  "rootfs": {"type": "layers", "diff_ids": [digest_of(_plain(b)) for b in layers]}}
     config_bytes = json.dumps(config_doc).encode()
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                            "digest": digest_of(config_bytes), "size": len(config_bytes)},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+"
+                                         + ("zstd" if b.startswith(ZSTD_MAGIC) else "gzip"),
                             "digest": digest_of(b), "size": len(b)} for b in layers]}
     parts = {digest_of(b): b for b in [config_bytes, *layers]}
     parts["manifest"] = json.dumps(manifest).encode()

@@ -2,6 +2,7 @@
 (mkfs.ext4, qemu-img, debugfs); only the digest-mismatch case needs a registry that lies."""
 
 import asyncio
+import gzip
 import json
 import os
 from pathlib import Path
@@ -10,9 +11,8 @@ import pytest
 
 from nodes.agent.images import ImageError, OciImageStore, PullProgress
 from nodes.agent.oci.reference import parse_reference
-from tests.agent.conftest_images import (  # noqa: F401  (fixtures)
-    HELLO, AuthRegistry, FakeRegistry, auth_registry, digest_of, fake_registry, image_parts,
-    layer, local_registry, push_image, push_index,
+from tests.agent.conftest_images import (
+    HELLO, AuthRegistry, FakeRegistry, digest_of, image_parts, layer, push_image, push_index,
 )
 
 
@@ -124,6 +124,19 @@ async def test_whiteouts_and_opaque_dirs_are_applied(local_registry, store):
     assert "Mode:  04755" in stat
     links = await run("debugfs", "-R", "stat /y", str(disk.path))
     assert "Links: 2" in links
+
+
+async def test_zstd_layers_are_applied(local_registry, store):
+    gz = layer(("etc", "dir", None, 0o755), ("etc/motd", "file", b"from gzip", 0o644))
+    upper = layer(("etc/motd", "file", b"zstd works", 0o644))
+    proc = await asyncio.create_subprocess_exec("zstd", "-q", "-c", stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE)
+    zst, _ = await proc.communicate(gzip.decompress(upper))
+    await push_image(local_registry, "gantry-test/zstd", "latest", [gz, zst])
+
+    disk = await store.ensure_disk(f"{local_registry}/gantry-test/zstd")
+
+    assert await cat(disk.path, "/etc/motd") == "zstd works"
 
 
 async def test_layer_paths_cannot_escape_the_rootfs(local_registry, store, tmp_path):
