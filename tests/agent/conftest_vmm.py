@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("STATE_DIR", REPO / ".state"))
 KIT_BASE = STATE_DIR / "agent-test"
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "echo", "printf", "cat", "env", "id", "pwd", "sleep", "ls", "true", "false", "seq")
+APPLETS = ("sh", "echo", "printf", "cat", "env", "id", "pwd", "sleep", "ls", "true", "false", "seq", "ip", "ping", "hostname")
 TEST_UID = 1000
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import os
 import signal
@@ -173,3 +174,33 @@ async def test_probe_accel_decides_once_per_boot(tmp_path, vmm_kit):
     assert await probe_accel(tmp_path, vmm_kit) == Accel(accel.name, "from cache")
     (tmp_path / "accel.json").write_text(json.dumps({**cache, "boot_id": "another boot"}))
     assert (await probe_accel(tmp_path, vmm_kit)).reason == accel.reason
+
+
+@pytest.mark.vm
+@pytest.mark.netns
+async def test_guest_network_is_configured_from_the_spec(vm_launch, netns_factory):
+    """In a namespace of the test's own: a bridge holding the gateway address and the VM's TAP.
+    QEMU runs inside it (launched from there); the guest pings its gateway by the route /init set."""
+    import pickle
+
+    from nodes.agent.network import VmNetwork
+
+    ns = netns_factory()
+    for cmd in (
+        "link add br0 type bridge", "addr add 192.0.2.1/24 dev br0", "link set br0 up",
+        "tuntap add mode tap name gttest0", "link set gttest0 master br0", "link set gttest0 up",
+    ):  # fmt: skip
+        await asyncio.to_thread(ns.run, "ip", *cmd.split())
+    net = VmNetwork(tap="gttest0", mac="52:54:00:12:34:56", address=ipaddress.IPv4Address("192.0.2.10"),
+                    gateway=ipaddress.IPv4Address("192.0.2.1"), prefixlen=24)  # fmt: skip
+    script = "hostname; ip -4 -o addr show dev eth0 | grep -o '192[^ ]*'; ip route | grep default; ping -c 1 -W 10 192.0.2.1 >/dev/null && echo reached gateway"
+    launch = dataclasses.replace(vm_launch("netvm", ["sh", "-c", script]), net=net)
+    launcher = await asyncio.to_thread(
+        ns.spawn, "env", f"PYTHONPATH={REPO}", sys.executable, "-c", LAUNCHER, pickle.dumps(launch).hex(), cwd=REPO
+    )
+    events = await wait_for_event(launch.vm_dir, "final")
+    launcher.kill()
+    assert events[-1]["code"] == 0, VmFiles(launch.vm_dir).stderr.read_text()
+    assert VmFiles(launch.vm_dir).stdout.read_text().splitlines() == [
+        "netvm", "192.0.2.10/24", "default via 192.0.2.1 dev eth0 ", "reached gateway",
+    ]  # fmt: skip
