@@ -86,7 +86,8 @@ class DeploymentViewSet(TenantScopedViewSet):
         return selectors.deployment_get(tenant=self.request.tenant, deployment_id=pk)
 
     def list(self, request):
-        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        ids = self.paginate_queryset(self.filter_queryset(selectors.deployment_ids_for(tenant=request.tenant)))
+        page = selectors.deployments_in_order(tenant=request.tenant, ids=ids)
         return self.get_paginated_response(DeploymentOutput(page, many=True).data)
 
     def retrieve(self, request, pk=None):

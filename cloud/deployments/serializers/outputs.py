@@ -63,12 +63,17 @@ class DeploymentOutput(serializers.Serializer):
 
     @extend_schema_field({"type": "array", "items": {"type": "integer"}})
     def get_location_ids(self, obj: Deployment):
-        return [loc.id for loc in obj.locations.all()]
+        ids = getattr(obj, "location_id_list", None)  # annotated by selectors.deployments_for
+        return list(ids) if ids is not None else [loc.id for loc in obj.locations.order_by("id")]
 
-    def _running(self, obj: Deployment) -> list[Replica]:
-        running = getattr(obj, "running_replicas", None)
-        if running is None:  # not shaped by the selector: read it (a single object, never a list)
-            running = list(obj.replicas.filter(state=Replica.State.RUNNING, host_port__isnull=False).select_related("node"))
+    def _running(self, obj: Deployment) -> list[dict]:
+        running = getattr(obj, "running_endpoints", None)  # annotated by selectors.deployments_for
+        if running is None:
+            running = [
+                {"address": r.node.public_address, "port": r.host_port}
+                for r in obj.replicas.filter(state=Replica.State.RUNNING, host_port__isnull=False, node__isnull=False)
+                .select_related("node").order_by("ordinal")
+            ]
         return running
 
     @extend_schema_field(OpenApiTypes.INT)
@@ -79,7 +84,7 @@ class DeploymentOutput(serializers.Serializer):
     def get_endpoints(self, obj: Deployment) -> list[dict]:
         endpoints = []
         for replica in self._running(obj):
-            url = endpoint_url(address=replica.node.public_address if replica.node_id else None, port=replica.host_port)
+            url = endpoint_url(address=replica["address"], port=replica["port"])
             if url:
                 endpoints.append({"type": "http", "url": url, "internal_port": obj.traffic_port})
         return endpoints
