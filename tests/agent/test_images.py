@@ -5,6 +5,7 @@ import asyncio
 import gzip
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -334,6 +335,26 @@ async def test_eviction_drops_least_recently_used_images_not_in_use(local_regist
         (tmp_path / "disks" / f"{b.path.stem}.json").read_text())["blobs"]}
     again = await store.ensure_disk(refs["a"])  # evicted images are simply pulled again
     assert again.path.is_file()
+
+
+async def test_eviction_clears_old_leftovers_but_not_fresh_ones(tmp_path):
+    store = OciImageStore(tmp_path)
+    await store.evict(in_use=set())  # creates the layout
+    old, fresh = tmp_path / "tmp" / "crashed.0000", tmp_path / "tmp" / "another-process.0000"
+    old_part = tmp_path / "blobs" / "sha256" / f".{'1' * 64}.99.part"
+    fresh_part = tmp_path / "blobs" / "sha256" / f".{'2' * 64}.99.part"
+    for path in (old, fresh):
+        (path / "rootfs").mkdir(parents=True)
+    for path in (old_part, fresh_part):
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for path in (old, old_part):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    assert await store.evict(in_use=set()) == []
+
+    assert not old.exists() and not old_part.exists()
+    assert fresh.exists() and fresh_part.exists()
 
 
 def socket_closed():

@@ -16,11 +16,19 @@ import shutil
 import time
 from pathlib import Path
 
+GARBAGE_AGE_S = 3600
 CacheEntry = tuple[str, int, int, list[str]]  # digest, last use (ns), disk bytes, blobs
 
 
 def _hex(digest: str) -> str:
     return digest.split(":", 1)[1]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 class CacheDir:
@@ -75,8 +83,12 @@ class CacheDir:
         are sparse). What crashed or failed pulls left behind (work dirs, partial or
         unreferenced blobs) is deleted on the way, unless a pull in progress owns it."""
         self.mkdirs()
+        # Another agent process (each CLI command is one) may be pulling into this cache right
+        # now, and its work is invisible to our busy sets: only garbage that has not been
+        # written to for an hour is taken as left behind.
+        cutoff = time.time() - GARBAGE_AGE_S
         for stale in (self.root / "tmp").iterdir():
-            if stale not in busy_tmp:
+            if stale not in busy_tmp and _mtime(stale) < cutoff:
                 shutil.rmtree(stale, ignore_errors=True)
         entries: list[CacheEntry] = []
         referenced: set[str] = set()
@@ -92,10 +104,14 @@ class CacheDir:
         usage = sum(e[2] for e in entries)
         for blob in (self.root / "blobs" / "sha256").iterdir():
             digest = "sha256:" + blob.name.lstrip(".").split(".", 1)[0]
-            if digest not in busy_blobs and (blob.name.startswith(".") or digest not in referenced):
+            garbage = blob.name.startswith(".") or digest not in referenced
+            if garbage and digest not in busy_blobs and _mtime(blob) < cutoff:
                 blob.unlink(missing_ok=True)
                 continue
-            usage += blob.stat().st_blocks * 512
+            try:
+                usage += blob.stat().st_blocks * 512
+            except FileNotFoundError:
+                pass  # a partial download another process just renamed or dropped
         return entries, usage
 
     def delete(self, digest: str, blobs: list[str]) -> int:
