@@ -115,6 +115,8 @@ class _Reporter:
 
 
 class OciImageStore:
+    """The ImageStore of a node: see the module docstring and docs/runtime-images.md."""
+
     def __init__(self, root: Path, *,
                  insecure_registries: frozenset[str] = frozenset({"127.0.0.1:5000", "localhost:5000"}),
                  cache_limit_bytes: int = 20 * GiB):
@@ -196,10 +198,12 @@ class OciImageStore:
         if media_type in INDEX_TYPES or ("manifests" in document and "layers" not in document):
             offered = []
             for entry in document.get("manifests") or []:
-                platform = entry.get("platform") or {}
+                platform = (entry.get("platform") if isinstance(entry, dict) else None) or {}
                 pair = (platform.get("os"), platform.get("architecture"))
                 offered.append("/".join(str(p) for p in pair))
                 if pair == PLATFORM:
+                    if not str(entry.get("digest")).startswith("sha256:"):
+                        raise ImageError(f"image {ref} has a malformed index", permanent=True)
                     document, digest = await client.manifest(entry["digest"], f"linux/amd64 image of {ref}")
                     break
             else:
@@ -267,7 +271,10 @@ class OciImageStore:
         if platform != PLATFORM and all(platform):
             raise ImageError(f"image {ref} is built for {platform[0]}/{platform[1]}, not linux/amd64",
                              permanent=True)
-        config = ImageConfig.from_oci(config_doc)
+        try:
+            config = ImageConfig.from_oci(config_doc)
+        except (AttributeError, TypeError, ValueError):
+            raise ImageError(f"image {ref} has a malformed config", permanent=True) from None
         work = self._cache.work_dir(digest)
         self._active_tmp.add(work)
         try:

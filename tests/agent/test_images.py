@@ -266,6 +266,21 @@ async def test_digest_mismatch_is_refused_and_nothing_is_cached(fake_registry: F
     assert not list((tmp_path / "disks").iterdir())
 
 
+@pytest.mark.parametrize("body, reason", [
+    (b"not json", "a manifest that is not JSON"),
+    (b'{"schemaVersion": 2, "layers": []}', "a malformed manifest"),
+    (b'{"schemaVersion": 2, "manifests": [{"platform": {"os": "linux", "architecture": "amd64"}}]}',
+     "a malformed index"),
+    (b'{"schemaVersion": 1, "fsLayers": []}', "schema 1 manifests, which are not supported"),
+])
+async def test_malformed_manifests_are_refused(fake_registry: FakeRegistry, tmp_path, body, reason):
+    store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
+    fake_registry.routes["/v2/gantry/odd/manifests/latest"] = ("application/json", body)
+    with pytest.raises(ImageError, match=reason) as err:
+        await store.ensure_disk(f"{fake_registry.addr}/gantry/odd")
+    assert err.value.permanent
+
+
 async def test_cached_disk_serves_a_tag_while_its_registry_is_down(fake_registry: FakeRegistry, tmp_path):
     store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
     fake_registry.serve_image("gantry/app", "v1", image_parts([layer(("app", "file", b"v1", 0o755))]))
