@@ -89,6 +89,27 @@ async def test_crash_loop_restarts_with_backoff_then_final(vm_launch):
     assert VmFiles(launch.vm_dir).stderr.read_text() == "boom\n" * 3
 
 
+@pytest.mark.vm
+async def test_stop_during_crash_loop_is_graceful(vm_launch):
+    """The power button still works after restarts (their cleanup spares its watcher) and cuts
+    the backoff short; a daemon left by an attempt does not outlive it."""
+    script = (
+        'if [ -f /srv/app/last ] && kill -0 "$(cat /srv/app/last)" 2>/dev/null; then echo leftover; fi; '
+        "sleep 1000 & echo $! >/srv/app/last; echo started; exit 1"
+    )
+    launch = vm_launch("looping", ["sh", "-c", script], max_restarts=10, backoff_s=0.5)
+    await QemuVm().launch(launch)
+    await wait_for_event(launch.vm_dir, "exit", count=2)
+    started = time.monotonic()
+    await QemuVm().stop(launch.vm_dir, timeout=30)
+    took = time.monotonic() - started
+    events = status_events(launch.vm_dir)
+    assert events[-1]["event"] == "final" and events[-1]["stopped"] is True and events[-1]["code"] == 1
+    assert took < 15, f"stop took {took:.1f}s: the guest did not react to the power button"
+    lines = VmFiles(launch.vm_dir).stdout.read_text().splitlines()
+    assert lines.count("started") >= 2 and "leftover" not in lines
+
+
 LAUNCHER = """
 import asyncio, json, pickle, sys
 from nodes.agent.vmm.qemu import QemuVm
