@@ -1,0 +1,156 @@
+"""Tenant isolation for every API route and verb, found by walking the URL conf.
+
+A route under /api/v1/ that is not listed in ROUTES below fails
+`test_every_api_route_has_an_isolation_case`, so a new endpoint cannot ship without saying how
+another tenant's data is kept from it. For each route and each method its view accepts:
+- anonymous → 401;
+- an object route asked by alice about mallory's object → 404 (and mallory herself gets no
+  404 for the same request, so the object is real and the check can fail);
+- a list route never shows alice mallory's objects, while mallory sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from tests.conftest import client_for
+from tests.deployments.factories import DeploymentFactory, LogLineFactory, ReplicaFactory
+from tests.templates.factories import TemplateFactory
+
+DOCS = {"api/v1/schema/", "api/v1/docs/", "api/v1/redoc/"}
+
+
+@dataclass(frozen=True)
+class ObjectRoute:
+    """The route names one customer-owned object; `make(tenant)` returns its URL kwargs."""
+
+    make: Callable[..., dict]
+
+
+@dataclass(frozen=True)
+class ListRoute:
+    """The route lists the caller's objects; `make(tenant)` returns text that would leak."""
+
+    make: Callable[..., str]
+
+
+@dataclass(frozen=True)
+class CatalogRoute:
+    """Shared, non-tenant data (hardware, locations): only authentication is checked here."""
+
+
+def _deployment(tenant) -> dict:
+    deployment = DeploymentFactory(tenant=tenant, name="mallory-secret-dep")
+    replica = ReplicaFactory(deployment=deployment, ordinal=0)
+    LogLineFactory(replica=replica, message="mallory-secret-log")
+    return {"pk": deployment.pk}
+
+
+def _private_template(tenant) -> dict:
+    return {"ref": TemplateFactory(tenant=tenant, slug="mallory-secret-tpl").slug}
+
+
+ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute] = {
+    "api/v1/^deployments$": ListRoute(lambda t: str(DeploymentFactory(tenant=t, name="mallory-secret-dep").pk)),
+    "api/v1/^deployments/(?P<pk>[^/]+)$": ObjectRoute(_deployment),
+    "api/v1/^deployments/(?P<pk>[^/]+)/events$": ObjectRoute(_deployment),
+    "api/v1/^deployments/(?P<pk>[^/]+)/logs$": ObjectRoute(_deployment),
+    "api/v1/^deployments/(?P<pk>[^/]+)/replicas$": ObjectRoute(_deployment),
+    "api/v1/^deployments/(?P<pk>[^/]+)/restart$": ObjectRoute(_deployment),
+    "api/v1/^deployments/(?P<pk>[^/]+)/start$": ObjectRoute(_deployment),
+    "api/v1/^deployments/(?P<pk>[^/]+)/stop$": ObjectRoute(_deployment),
+    "api/v1/^templates$": ListRoute(lambda t: TemplateFactory(tenant=t, slug="mallory-secret-tpl").slug),
+    "api/v1/^templates/(?P<ref>[^/]+)$": ObjectRoute(_private_template),
+    "api/v1/hardware": CatalogRoute(),
+    "api/v1/locations": CatalogRoute(),
+}
+
+
+def _walk(patterns, prefix=""):
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            yield from _walk(pattern.url_patterns, prefix + str(pattern.pattern))
+        elif isinstance(pattern, URLPattern):
+            yield prefix + str(pattern.pattern), pattern
+
+
+def _methods(pattern: URLPattern) -> list[str]:
+    callback = pattern.callback
+    actions = getattr(callback, "actions", None)
+    if actions:
+        return sorted(actions)
+    view_class = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
+    return sorted(m for m in ("get", "post", "put", "patch", "delete") if hasattr(view_class, m))
+
+
+def _api_routes():
+    return {route: p for route, p in _walk(get_resolver().url_patterns) if route.startswith("api/") and route not in DOCS}
+
+
+def _url(route: str, kwargs: dict) -> str:
+    path = route
+    for key, value in kwargs.items():
+        path = path.replace(f"(?P<{key}>[^/]+)", str(value))
+    return "/" + path.replace("^", "").replace("$", "")
+
+
+def _cases():
+    for route, pattern in sorted(_api_routes().items()):
+        for method in _methods(pattern):
+            yield pytest.param(route, method, id=f"{method.upper()} /{route}")
+
+
+def test_every_api_route_has_an_isolation_case():
+    missing = sorted(set(_api_routes()) - set(ROUTES))
+    assert not missing, f"routes without a tenant-isolation case in tests/test_tenant_isolation.py: {missing}"
+    stale = sorted(set(ROUTES) - set(_api_routes()))
+    assert not stale, f"isolation cases for routes that no longer exist: {stale}"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("route,method", list(_cases()))
+def test_anonymous_gets_401(route, method, anonymous):
+    case = ROUTES[route]
+    kwargs = {key: "00000000-0000-0000-0000-000000000000" for key in ("pk", "ref")}
+    url = _url(route, kwargs) if isinstance(case, ObjectRoute) else _url(route, {})
+    response = getattr(anonymous, method)(url, {}, format="json")
+    assert response.status_code == 401, response.content
+    assert response["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("route,method", list(_cases()))
+def test_another_tenants_data_is_invisible(route, method, alice, mallory, evil):
+    case = ROUTES[route]
+    as_alice, as_mallory = client_for(alice, tenant="acme"), client_for(mallory, tenant="evil")
+    if isinstance(case, ObjectRoute):
+        kwargs = case.make(evil)
+        url = _url(route, kwargs)
+        theirs = getattr(as_alice, method)(url, {}, format="json")
+        assert theirs.status_code == 404, f"{method.upper()} {url} as alice: {theirs.status_code} {theirs.content[:200]}"
+        # Indistinguishable from an object that never existed: same body but for the id echoed.
+        nothing = {key: ("11111111-2222-3333-4444-555555555555" if key == "pk" else "no-such-object") for key in kwargs}
+        absent = getattr(as_alice, method)(_url(route, nothing), {}, format="json")
+        def _normalised(response, ids):
+            text = response.content.decode()
+            for value in ids.values():
+                text = text.replace(str(value), "<id>")
+            return text
+        assert _normalised(theirs, kwargs) == _normalised(absent, nothing)
+        assert "mallory-secret-log" not in theirs.content.decode()
+        own = getattr(as_mallory, method)(url, {}, format="json")
+        assert own.status_code != 404, f"{method.upper()} {url} as mallory should find her own object"
+    elif isinstance(case, ListRoute):
+        if method != "get":
+            pytest.skip("creation lands in the caller's tenant: covered by each create test")
+        marker = case.make(evil)
+        url = _url(route, {})
+        assert marker not in as_alice.get(url).content.decode()
+        assert marker in as_mallory.get(url).content.decode()
+    else:
+        response = getattr(as_alice, method)(_url(route, {}))
+        assert response.status_code == 200
