@@ -4,7 +4,7 @@ Self-contained: re-executes itself inside a throwaway network namespace (so TAPs
 rules and published ports never touch the host's network), starts the local registry inside
 it with scripts/registry/registry.py (the same script as `make registry`) and pushes
 gantry/hello there, and uses a temporary data dir (the guest kit is cached in
-$STATE_DIR/bench-kit, so only the first run builds it).
+$STATE_DIR/agent-test/kit, shared with the agent tests, so only the first run builds it).
 
 Prints:
   - the floor: the same kernel booting an initramfs whose /init only powers off (kit.floor_initrd),
@@ -33,9 +33,16 @@ REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
 STATE_DIR = Path(os.environ.get("STATE_DIR", ROOT / ".state"))
 HELLO = "127.0.0.1:5000/gantry/hello:latest"
 _IN_NS = "GANTRY_COLDSTART_NETNS"
+KIT_BASE = STATE_DIR / "agent-test"
+FLOOR_TIMEOUT_S = 60.0
 
 
 def _enter_netns() -> int:
+    # The guest kit is fetched with apt-get download, which needs the network the namespace
+    # lacks: build (or find) it here first, in the cache the agent tests use too.
+    from nodes.agent.guest.kit import ensure_kit
+
+    asyncio.run(ensure_kit(KIT_BASE))
     name = f"gbench-{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
@@ -78,8 +85,16 @@ async def _floor(kit, accel, work: Path, runs: int = 3) -> float:
         t0 = time.monotonic()
         proc = await asyncio.create_subprocess_exec(*command_line(launch), stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        await proc.wait()
+        try:
+            await asyncio.wait_for(proc.wait(), FLOOR_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            print(f"  floor run {i}: no power-off within {FLOOR_TIMEOUT_S:.0f} s (guest hung), see {vm_dir}/qemu.log")
+            continue
         best = min(best, time.monotonic() - t0)
+    if best == float("inf"):
+        raise SystemExit("coldstart: the floor VM never powered off; the guest kernel hangs on this host")
     return best
 
 
@@ -166,9 +181,7 @@ async def main() -> int:
         await asyncio.to_thread(_registry, tmp / "registry")
         data = tmp / "data"
         data.mkdir()
-        kit_cache = STATE_DIR / "bench-kit"
-        kit_cache.mkdir(parents=True, exist_ok=True)
-        (data / "kit").symlink_to(kit_cache)
+        (data / "kit").symlink_to(KIT_BASE / "kit")
         runtime = MicroVmRuntime(data, images=OciImageStore(data / "images"),
                                  network=LinuxNetwork(NetworkConfig(), data / "network"))
         kit, accel = await runtime.host()

@@ -363,6 +363,19 @@ class MicroVmRuntime:
             await asyncio.to_thread(self.store.delete, name)
             self._infos.pop(name, None)
             self._changed.pop(name, None)
+        await self._evict()
+
+    async def _evict(self) -> None:
+        """Give the image cache a chance to shrink once a VM no longer pins its image."""
+        in_use = set()
+        for other in await asyncio.to_thread(self.store.names):
+            info = await asyncio.to_thread(self.store.read_info, other)
+            if info is not None and info.digest:
+                in_use.add(info.digest)
+        try:
+            await self.images.evict(in_use=in_use)
+        except AgentError:
+            pass  # eviction is housekeeping: a failure here must not fail the removal
 
     # -- views -------------------------------------------------------------------------------
     async def _current(self, name: str) -> VmInfo | None:
