@@ -21,8 +21,7 @@ def _tools() -> list[dict[str, Any]]:
     wanted = {
         "qemu-system-x86_64": "qemu-system-x86",
         "qemu-img": "qemu-utils",
-        "skopeo": "skopeo",
-        "umoci": "umoci",
+        "setsid": "util-linux",  # QEMU is started detached through `setsid -f`
         "mkfs.ext4": "e2fsprogs",
         "nft": "nftables",
         "ip": "iproute2",

@@ -124,3 +124,12 @@ def test_wrong_registry_credentials_give_a_reason(agent_cli, node_netns, agent_s
                               "--registry-password-file", str(password), check=False)
     assert rc == 1
     assert any(word in result["error"].lower() for word in ("credential", "unauthorized", "denied", "authentication"))
+
+
+def test_doctor_reports_accelerator_kit_and_network_prerequisites(agent_cli):
+    rc, report, _ = agent_cli("doctor", check=False)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert {"accelerator", "guest kit", "/dev/net/tun", "ip_forward", "tool nft"} <= set(checks)
+    assert report["accel"]["name"] in ("kvm", "tcg") and report["accel"]["reason"]
+    assert all(c["ok"] or c["fix"] for c in report["checks"])
+    assert rc == (0 if report["ok"] else 1)
