@@ -165,20 +165,13 @@ def _busybox_entries() -> list[cpio.Entry]:
     return entries
 
 
-def _applets() -> list[str]:
-    import subprocess  # only ever called from a worker thread (see _build)
-
-    out = subprocess.run([str(BUSYBOX), "--list"], check=True, capture_output=True, text=True).stdout
-    return [a for a in out.split() if a and a != "busybox"]
-
-
-def _build(tree: Path, dest: Path, init: bytes, version: str, kernel_version: str) -> None:
+def _build(tree: Path, dest: Path, init: bytes, version: str, kernel_version: str, applets: list[str]) -> None:
     """Blocking: run in a worker thread. Writes vmlinuz, initrd.img, floor.img, kit.json."""
     mod_root = tree / "lib" / "modules" / kernel_version
     order = modules.load_order(list(GUEST_MODULES), mod_root, modules.builtin_names(mod_root / "modules.builtin"))
 
     base = _busybox_entries()
-    links = [cpio.symlink(f"bin/{a}", "busybox") for a in _applets()]
+    links = [cpio.symlink(f"bin/{a}", "busybox") for a in applets if a != "busybox"]
     mods = [cpio.directory("lib/modules")]
     mods += [cpio.file(f"lib/modules/{ko.name}", ko.read_bytes()) for ko in order]
     # /init insmods these in this order: dependencies first, no modprobe or modules.dep needed.
@@ -261,7 +254,8 @@ async def ensure_kit(data_dir: Path, *, init_path: Path = INIT_PATH) -> GuestKit
         try:
             await _run("dpkg-deb", "-x", str(deb), str(tree))
             kernel_version = package.removeprefix("linux-image-")
-            await asyncio.to_thread(_build, tree, dest, init, version, kernel_version)
+            applets = (await _run(str(BUSYBOX), "--list")).split()
+            await asyncio.to_thread(_build, tree, dest, init, version, kernel_version, applets)
         finally:
             await asyncio.to_thread(shutil.rmtree, tree, True)
         await asyncio.to_thread(_prune, root, dest, version)

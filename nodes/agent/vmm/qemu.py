@@ -34,8 +34,11 @@ __all__ = ["GuestSpec", "VmLaunch", "VmFiles", "QemuVm", "alive", "read_pid", "o
 
 QEMU = "qemu-system-x86_64"
 # Under TCG QEMU's own memory is dominated by the translation cache (default 1 GiB, filled as
-# the guest runs). Measured here: 16 MiB boots as fast as 32 (8 doubles boot time, 4 quadruples
-# it, from re-translation) and saves 16 MiB per VM.
+# the guest runs). Measured on a loaded 2-core host: 16 MiB boots about as fast as 32, 8 doubles
+# the boot time and 4 quadruples it (re-translation). What else is resident beyond guest RAM
+# (about 70 MiB in all): ~28 MiB QEMU binary and libraries (page cache, shared by every VM),
+# 13.5 MiB QEMU's copy of the kernel image (fw_cfg keeps it for reboots: inherent to -kernel),
+# ~12 MiB heap and device state.
 TCG_TB_SIZE_MIB = 16
 # quiet: the serial console is slow under TCG and only feeds qemu.log; the rest skips probes
 # for hardware microvm does not have.
@@ -44,9 +47,6 @@ KERNEL_CMDLINE = (
     "i8042.noaux i8042.nomux i8042.nopnp i8042.nokbd cryptomgr.notests"
 )
 READY_TIMEOUT_S = 15.0
-# glibc gives each QEMU thread (vCPU, I/O) its own malloc arena, megabytes each; one arena is
-# plenty for a microVM's few allocating threads and counts against the per-VM overhead.
-QEMU_ENV = {"MALLOC_ARENA_MAX": "1"}
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,10 @@ def machine_args(l: VmLaunch) -> list[str]:
 
 
 def command_line(l: VmLaunch, disk_format: str | None = None, tsc_khz: int | None = None) -> list[str]:
+    """QEMU's argv for a VM. tsc_khz None means read it here (a small blocking /proc read:
+    async callers pass `await asyncio.to_thread(host_tsc_khz)` instead)."""
+    if tsc_khz is None and l.accel.name == "tcg":
+        tsc_khz = host_tsc_khz()
     f = VmFiles(l.vm_dir)
     argv = [
         QEMU,
@@ -177,10 +181,12 @@ def command_line(l: VmLaunch, disk_format: str | None = None, tsc_khz: int | Non
     return argv
 
 
-def floor_command_line(kit: GuestKit, accel: Accel, tsc_khz: int | None, memory_mib: int = 128) -> list[str]:
-    """The bench's floor and the accel probe's shape: the same machine, kernel and command line
+def floor_command_line(kit: GuestKit, accel: Accel, tsc_khz: int | None = None, memory_mib: int = 256) -> list[str]:
+    """The bench's floor: the same machine, accelerator, kernel and kernel command line
     as a real VM, booting the floor initramfs (its /init prints FLOOR_MARKER on the serial
     console, here QEMU's stdout, and powers off). QEMU exits when the guest does."""
+    if tsc_khz is None and accel.name == "tcg":
+        tsc_khz = host_tsc_khz()
     l = VmLaunch("floor", Path("/nonexistent"), kit, accel, None, 1, memory_mib, GuestSpec(argv=["true"]))
     return [
         QEMU, *machine_args(l), "-m", str(memory_mib),
@@ -297,7 +303,6 @@ class QemuVm:
                 "sh", "-c", 'log=$1; shift; setsid "$@" </dev/null >>"$log" 2>&1 & echo $!',
                 "sh", str(f.log), *command_line(l, disk_format, tsc_khz),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, start_new_session=True,
-                env={**os.environ, **QEMU_ENV},
             )  # fmt: skip
             out, _ = await proc.communicate()
             pid = int(out.strip())
