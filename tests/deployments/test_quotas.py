@@ -1,6 +1,7 @@
 """Tenant quotas (429) and funds (402) at create, under the tenant row lock."""
 
 import threading
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -58,7 +59,7 @@ def test_a_reached_spend_limit_is_402(as_alice, acme, body):
     acme.save()
     now = timezone.now()
     UsageRecord.objects.create(tenant=acme, deployment=other, replica=other.replicas.get(), period_start=now,
-                               period_end=now + timezone.timedelta(hours=1), gpus=1,
+                               period_end=now + timedelta(hours=1), gpus=1,
                                price_per_gpu_hour=Decimal("10"), amount=Decimal("10"))
     response = as_alice.post(URL, body(), format="json")
     assert response.status_code == 402 and "spend limit" in response.json()["detail"]
