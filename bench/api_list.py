@@ -125,8 +125,11 @@ def main() -> None:
     token = seed()
     counts = query_counts(token)
 
+    import logging
+
     import httpx
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     port = free_port()
     server = subprocess.Popen(
         [str(ROOT / ".venv/bin/daphne"), "-b", "127.0.0.1", "-p", str(port), "cloud.asgi:application"],

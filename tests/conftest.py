@@ -15,6 +15,13 @@ from accounts.models import Membership
 from tests.factories import MembershipFactory, TenantFactory, UserFactory, issue_token
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # Full-strength PBKDF2 costs ~1 s per user on this machine; hashing strength is Django's
+    # concern, not what these tests check.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def acme(db):
     return TenantFactory(slug="acme", name="Acme Corp")

@@ -13,12 +13,6 @@ from tests.factories import HardwareTypeFactory, LocationFactory
 URL = "/api/v1/deployments"
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # The cast's users get real passwords; PBKDF2 at production strength costs ~1 s a test.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def h100(db):
     return HardwareTypeFactory(slug="h100", price_per_gpu_hour=Decimal("2.5000"), allowed_gpu_counts=[1, 2, 4, 8])

@@ -12,24 +12,16 @@ from django.utils import timezone
 from cloud.deployments.models import Deployment, Event, LogLine, Replica
 from cloud.deployments.services import deployment_create
 from nodes.models import Node
-from templates.models import Template
 from tests.factories import HardwareTypeFactory, LocationFactory, TenantFactory
+from tests.templates.factories import TemplateFactory as BaseTemplateFactory
 
 
-class TemplateFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = Template
+class TemplateFactory(BaseTemplateFactory):
+    """The templates suite's factory, with an ollama-like default the deployment tests expect."""
 
-    tenant = None
-    slug = factory.Sequence(lambda n: f"tpl-{n}")
-    name = factory.LazyAttribute(lambda t: t.slug.title())
     image = "ollama/ollama:0.3.12"
     default_env = factory.LazyFunction(lambda: {"OLLAMA_HOST": "0.0.0.0"})
-    entrypoint = None
-    args = None
-    traffic_port = 11434
     min_gpus = 1
-    max_gpus = 8
 
 
 class NodeFactory(factory.django.DjangoModelFactory):
