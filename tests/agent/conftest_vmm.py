@@ -120,3 +120,10 @@ def vm_launch(tmp_path, vmm_kit, vmm_accel, base_disk):
     yield make
     for vm_dir in made:
         asyncio.run(QemuVm().stop(vm_dir, timeout=0))
+    # Whatever else the test launched under its tmp_path (a VM dir it moved, say) dies too.
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(tmp_path).encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), 9)
+        except (OSError, ProcessLookupError):
+            pass

@@ -158,7 +158,11 @@ async def test_vm_outlives_killed_launcher_and_stops_gracefully(vm_launch):
 @pytest.mark.vm
 async def test_stop_kills_a_guest_that_ignores_the_power_button(vm_launch):
     launch = vm_launch("stubborn", ["sh", "-c", 'trap "" TERM; echo up; while :; do sleep 1; done'], stop_grace_s=600)
+    # Deeper than a unix socket path allows (107 bytes): QMP must still work.
+    launch = dataclasses.replace(launch, vm_dir=launch.vm_dir / ("deep-" * 20) / "vm")
+    assert len(str(VmFiles(launch.vm_dir).qmp)) > 108
     await QemuVm().launch(launch)
+    assert (await qmp.command(VmFiles(launch.vm_dir).qmp, "query-status"))["status"] == "running"
     await wait_for_event(launch.vm_dir, "start")
     started = time.monotonic()
     await QemuVm().stop(launch.vm_dir, timeout=2)

@@ -175,7 +175,8 @@ def command_line(l: VmLaunch, disk_format: str | None = None, tsc_khz: int | Non
             "-device", f"virtio-net-device,netdev=net0,mac={l.net.mac}",
         ]  # fmt: skip
     argv += [
-        "-qmp", f"unix:{f.qmp},server=on,wait=off",
+        # Relative to QEMU's cwd (the vm_dir): a unix socket path is limited to 107 bytes.
+        "-qmp", f"unix:{f.qmp.name},server=on,wait=off",
         "-pidfile", str(f.pid),
     ]  # fmt: skip
     return argv
@@ -303,6 +304,7 @@ class QemuVm:
                 "sh", "-c", 'log=$1; shift; setsid "$@" </dev/null >>"$log" 2>&1 & echo $!',
                 "sh", str(f.log), *command_line(l, disk_format, tsc_khz),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, start_new_session=True,
+                cwd=l.vm_dir,
             )  # fmt: skip
             out, _ = await proc.communicate()
             pid = int(out.strip())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,17 @@ class Qmp:
 
     @classmethod
     async def connect(cls, socket: Path, *, timeout: float = 5.0) -> Qmp:
+        # sun_path holds 107 bytes; a deep data dir (a test's tmp_path) can exceed that, so the
+        # socket is reached through a directory fd, the way QEMU creates it (relative to its cwd).
+        dir_fd = await asyncio.to_thread(os.open, socket.parent, os.O_PATH) if len(bytes(socket)) > 100 else None
+        path = f"/proc/self/fd/{dir_fd}/{socket.name}" if dir_fd is not None else str(socket)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket)), timeout)
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
         except (OSError, asyncio.TimeoutError) as e:
             raise QmpError(f"cannot connect to QMP socket {socket}: {e}") from e
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
         qmp = cls(reader, writer)
         try:
             greeting = await asyncio.wait_for(qmp._read(), timeout)
