@@ -17,10 +17,15 @@ def quantize_money(amount: Decimal) -> Decimal:
     return amount.quantize(MONEY_PLACES, rounding=ROUND_HALF_UP)
 
 
+def billable_units(gpus_per_container: int) -> int:
+    """What one replica is billed for per hour: its GPUs, or one slot when it has none (only
+    CPU-only hardware allows 0 GPUs, and there the price is per replica-hour)."""
+    return gpus_per_container if gpus_per_container > 0 else 1
+
+
 def hourly_cost(*, price_per_gpu_hour: Decimal, gpus_per_container: int, replica_count: int) -> Decimal:
-    """GPUs x price per GPU-hour x replicas (DESIGN section 8). On a CPU-only hardware type
-    `gpus_per_container` counts slots, priced the same way."""
-    return quantize_money(Decimal(price_per_gpu_hour) * gpus_per_container * replica_count)
+    """Billable units x price per unit-hour x replicas (DESIGN section 8)."""
+    return quantize_money(Decimal(price_per_gpu_hour) * billable_units(gpus_per_container) * replica_count)
 
 
 def estimate_hourly_cost(*, hardware_type, gpus_per_container: int, replica_count: int) -> Decimal:
