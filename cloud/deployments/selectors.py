@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 
 from django.contrib.postgres.expressions import ArraySubquery
-from django.db.models import F, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import F, OuterRef, Prefetch, QuerySet
 from django.db.models.functions import JSONObject
 
 from cloud.deployments.models import Deployment, Event, LogLine, Replica
@@ -181,7 +181,3 @@ def node_for_pinning(*, node_id) -> Node | None:
     """A node a customer may pin to: any registered node (placement decides later whether it
     is online); only its hardware type and location are checked at create."""
     return Node.objects.filter(pk=node_id).only("id", "hardware_type_id", "location_id", "status").first()
-
-
-def visible_template_q(*, tenant) -> Q:
-    return Q(tenant__isnull=True) | Q(tenant=tenant)

@@ -44,7 +44,7 @@ def _opt(field_cls, **kwargs):
 class DeploymentCreateInput(_StrictInput):
     # Neuranet
     name = _opt(StrictCharField, max_length=100, help_text=NAME_HELP + " Generated when omitted.")
-    template_id = _opt(StrictCharField, max_length=50, help_text="A template slug (GET /api/v1/templates); the tenant's private template wins over a global one.")
+    template_id = _opt(StrictCharField, max_length=50, help_text="A template slug or id (GET /api/v1/templates); the tenant's private template wins over a global one.")
     templateId = _opt(StrictCharField, max_length=50, help_text="Alias of template_id.")
     custom_image = _opt(ImageReferenceField, help_text="Alias of image_url.")
     customImage = _opt(ImageReferenceField, help_text="Alias of image_url.")

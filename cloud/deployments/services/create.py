@@ -21,25 +21,24 @@ from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
-from cloud.exceptions import Conflict, InvalidInput
+from cloud.exceptions import Conflict, InvalidInput, NotFound
 from nodes.models import HardwareType, Location
 from templates.models import Template
+from templates.selectors import template_get
 
 # What a customer reads on a replica no scheduler has placed yet. Nothing fakes progress.
 PENDING_REASON = "waiting for the scheduler: no node placement yet"
 MAX_GPUS_WITHOUT_TEMPLATE = 8
 
 
-def _template_for(*, tenant, slug: str) -> Template:
-    """The tenant's private template of that slug, else the global one."""
-    template = (
-        Template.objects.filter(selectors.visible_template_q(tenant=tenant), slug=slug)
-        .order_by("tenant_id")  # NULL (global) sorts last in PostgreSQL's ascending order
-        .first()
-    )
-    if template is None:
-        raise InvalidInput("template_id", f"No template '{slug}'. See GET /api/v1/templates.", code="unknown_template")
-    return template
+def _template_for(*, tenant, ref: str) -> Template:
+    """The one template lookup the templates API uses too (id or slug, private before global),
+    reported against the request field that named it."""
+    try:
+        return template_get(tenant=tenant, ref=ref)
+    except NotFound:
+        raise InvalidInput("template_id", f"No template '{ref[:60]}'. See GET /api/v1/templates.",
+                           code="unknown_template") from None
 
 
 def _gpu_range(*, template: Template | None, hardware: HardwareType) -> tuple[int, int]:
@@ -135,7 +134,7 @@ def replicas_build(*, deployment: Deployment, ordinals, state=Replica.State.PEND
 
 @transaction.atomic
 def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
-    template = _template_for(tenant=tenant, slug=spec["template"]) if spec.get("template") else None
+    template = _template_for(tenant=tenant, ref=spec["template"]) if spec.get("template") else None
     image = spec.get("image") or (template.image if template else None)
     if not image:
         raise InvalidInput("image_url", "Give a template_id or an image (image_url / custom_image).", code="required")
