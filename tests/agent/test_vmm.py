@@ -50,8 +50,9 @@ def test_render_rejects_what_no_guest_can_run():
 @pytest.mark.vm
 async def test_workload_gets_spec_and_streams_stay_apart(vm_launch):
     """argv, env (secret included), workdir and user reach the workload; stdout and stderr land
-    in their own files in order, with no kernel console line in either; exit 0 powers off."""
-    script = 'echo "hello $GREETING"; echo "err 1" >&2; id -u; pwd; echo "$TOKEN" "$1"; echo "err 2" >&2; seq 1 200'
+    in their own files in order, with no kernel console line in either; /dev holds the usual
+    nodes only (no disk, no gantry port); exit 0 powers off."""
+    script = 'echo "hello $GREETING"; echo "err 1" >&2; id -u; pwd; echo "$TOKEN" "$1"; echo "err 2" >&2; ls /dev; seq 1 200'
     launch = vm_launch(
         "streams", ["sh", "-c", script, "sh", "arg one"],
         env={"PATH": "/bin", "GREETING": "world", "TOKEN": "s3cr3t 'quoted'"},
@@ -63,7 +64,8 @@ async def test_workload_gets_spec_and_streams_stay_apart(vm_launch):
     await wait_gone(launch.vm_dir)
 
     files = VmFiles(launch.vm_dir)
-    expected = ["hello world", str(TEST_UID), "/srv/app", "s3cr3t 'quoted' arg one", *map(str, range(1, 201))]
+    dev = ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"]
+    expected = ["hello world", str(TEST_UID), "/srv/app", "s3cr3t 'quoted' arg one", *dev, *map(str, range(1, 201))]
     assert files.stdout.read_text().splitlines() == expected
     assert files.stderr.read_text().splitlines() == ["err 1", "err 2"]
     assert [(e["event"], e.get("code")) for e in events] == [("start", None), ("exit", 0), ("final", 0)]

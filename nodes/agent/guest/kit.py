@@ -39,7 +39,7 @@ GUEST_MODULES = (
     "evdev",  # ... read from /dev/input/event*
 )
 # Bumped when the archive layout changes in a way the other inputs do not capture.
-KIT_FORMAT = 1
+KIT_FORMAT = 2
 
 # The probe and the bench's floor: the same kernel and busybox, an /init that only says it ran
 # (accel.py waits for this line on the serial console) and powers off.
@@ -158,6 +158,21 @@ def _input_key(package: str, version: str, init: bytes) -> str:
     return h.hexdigest()[:16]
 
 
+def _dev_skeleton() -> list[cpio.Entry]:
+    """The workload's /dev, copied in one `cp -a` by /init (a mknod per node costs a fork)."""
+    d = "etc/gantry-dev"
+    nodes = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
+    return [
+        cpio.directory(d),
+        *(cpio.chardev(f"{d}/{name}", *numbers, 0o666) for name, numbers in nodes.items()),
+        cpio.directory(f"{d}/pts"),
+        cpio.directory(f"{d}/shm", 0o1777),
+        cpio.symlink(f"{d}/ptmx", "pts/ptmx"),
+        cpio.symlink(f"{d}/fd", "/proc/self/fd"),
+        *(cpio.symlink(f"{d}/{name}", f"/proc/self/fd/{fd}") for fd, name in enumerate(("stdin", "stdout", "stderr"))),
+    ]
+
+
 def _busybox_entries() -> list[cpio.Entry]:
     entries = [cpio.directory(d) for d in ("bin", "dev", "etc", "lib", "proc", "sys", "run", "tmp", "newroot")]
     entries += [cpio.chardev("dev/console", 5, 1), cpio.chardev("dev/null", 1, 3, 0o666)]
@@ -172,8 +187,8 @@ def _build(tree: Path, dest: Path, init: bytes, version: str, kernel_version: st
 
     base = _busybox_entries()
     links = [cpio.symlink(f"bin/{a}", "busybox") for a in applets if a != "busybox"]
-    mods = [cpio.directory("lib/modules")]
-    mods += [cpio.file(f"lib/modules/{ko.name}", ko.read_bytes()) for ko in order]
+    mods = [*_dev_skeleton(), cpio.directory("lib/modules")]
+    mods += [cpio.file(f"lib/modules/{ko.name}", modules.strip_signature(ko.read_bytes())) for ko in order]
     # /init insmods these in this order: dependencies first, no modprobe or modules.dep needed.
     mods.append(cpio.file("etc/modules", "".join(f"{ko.name}\n" for ko in order).encode()))
 
