@@ -83,6 +83,8 @@ def test_entrypoint_args_env_secret_and_exit_code_reach_the_workload(agent_cli, 
     assert [x["message"] for x in lines if x["stream"] == "stderr"] == ["err-A1"]
     _, later, _ = agent_cli("vm", "logs", "once", "--after-seq", "2")
     assert [x["seq"] for x in later] == [3]
+    _, followed, _ = agent_cli("vm", "logs", "once", "--follow", timeout=30)  # ends: the VM has
+    assert len(followed) == 3
     agent_cli("vm", "rm", "once")
 
 

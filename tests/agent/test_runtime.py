@@ -88,11 +88,15 @@ async def test_workload_streams_env_and_exit_code_reach_state_and_logs(tmp_path,
 
 async def test_crash_loop_fails_with_code_restarts_and_last_stderr(tmp_path, parts):
     rt = make_runtime(tmp_path, parts)
+    events = rt.subscribe()
     spec = ReplicaSpec(name="bad", image="sh", args=["echo boom >&2; exit 3"])
     await rt.start(spec)
     info = await wait_state(rt, "bad", {"failed"}, timeout=20)
     assert info.exit_code == 3 and info.restarts == 3
     assert info.reason.startswith("exited with code 3 after 3 restarts; last stderr: boom")
+    seen = [events.get_nowait() for _ in range(events.qsize())]
+    assert any(e.state == "restarting" and e.exit_code == 3 for e in seen)
+    assert seen[-1].state == "failed" and seen[-1].reason == info.reason
     await rt.close()
 
 
