@@ -106,7 +106,8 @@ async def test_stop_during_crash_loop_is_graceful(vm_launch):
     await QemuVm().stop(launch.vm_dir, timeout=30)
     took = time.monotonic() - started
     events = status_events(launch.vm_dir)
-    assert events[-1]["event"] == "final" and events[-1]["stopped"] is True and events[-1]["code"] == 1
+    # Code 1 when the press lands in the backoff (almost always), 143 if it catches a restart.
+    assert events[-1]["event"] == "final" and events[-1]["stopped"] is True and events[-1]["code"] in (1, 143)
     assert took < 15, f"stop took {took:.1f}s: the guest did not react to the power button"
     lines = VmFiles(launch.vm_dir).stdout.read_text().splitlines()
     assert lines.count("started") >= 2 and "leftover" not in lines
@@ -166,6 +167,8 @@ async def test_stop_kills_a_guest_that_ignores_the_power_button(vm_launch):
     await QemuVm().launch(launch)
     assert (await qmp.command(VmFiles(launch.vm_dir).qmp, "query-status"))["status"] == "running"
     await wait_for_event(launch.vm_dir, "start")
+    while "up" not in await asyncio.to_thread(VmFiles(launch.vm_dir).stdout.read_text):
+        await asyncio.sleep(0.05)  # the trap is set: a press before it would kill the shell
     started = time.monotonic()
     await QemuVm().stop(launch.vm_dir, timeout=2)
     took = time.monotonic() - started
