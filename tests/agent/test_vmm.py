@@ -77,9 +77,13 @@ async def test_workload_gets_spec_and_streams_stay_apart(vm_launch):
 
 
 @pytest.mark.vm
-async def test_crash_loop_restarts_with_backoff_then_final(vm_launch):
+async def test_crash_loop_restarts_with_backoff_then_final(vm_launch, tmp_path, monkeypatch):
     launch = vm_launch("crash", ["sh", "-c", "echo attempt; echo boom >&2; exit 3"], max_restarts=2, backoff_s=0.2)
+    # A relative VM dir (and disk) works: QEMU runs in the VM dir, the agent wherever it was started.
+    monkeypatch.chdir(tmp_path)
+    launch = dataclasses.replace(launch, vm_dir=Path("crash"), disk=Path(launch.disk.name))
     await QemuVm().launch(launch)
+    assert await asyncio.to_thread(alive, tmp_path / "crash")
     events = await wait_for_event(launch.vm_dir, "final")
     await wait_gone(launch.vm_dir)
     assert [(e["event"], e.get("attempt"), e.get("code")) for e in events] == [

@@ -21,7 +21,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nodes.agent.errors import AgentError
@@ -213,10 +213,15 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _absolute(l: VmLaunch) -> VmLaunch:
+    kit = replace(l.kit, kernel=l.kit.kernel.absolute(), initrd=l.kit.initrd.absolute())
+    return replace(l, vm_dir=l.vm_dir.absolute(), kit=kit, disk=l.disk.absolute() if l.disk else None)
+
+
 def read_pid(vm_dir: Path) -> int | None:
     """The pid of this vm_dir's QEMU if it runs (not a zombie, and really ours), else None.
     Blocking (small /proc reads): call through asyncio.to_thread from async code."""
-    f = VmFiles(vm_dir)
+    f = VmFiles(vm_dir.absolute())
     try:
         pid = int(f.pid.read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -278,6 +283,9 @@ class QemuVm:
     """Launches and stops QEMU processes; holds no state beyond what the vm_dir records."""
 
     async def launch(self, l: VmLaunch) -> int:
+        # Absolute paths: QEMU runs with the vm_dir as cwd, and read_pid matches the pidfile
+        # path against QEMU's command line.
+        l = await asyncio.to_thread(_absolute, l)
         f = VmFiles(l.vm_dir)
         if await asyncio.to_thread(alive, l.vm_dir):
             raise AgentError(f"VM {l.name} is already running")
@@ -304,7 +312,7 @@ class QemuVm:
                 "sh", "-c", 'log=$1; shift; setsid "$@" </dev/null >>"$log" 2>&1 & echo $!',
                 "sh", str(f.log), *command_line(l, disk_format, tsc_khz),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, start_new_session=True,
-                cwd=l.vm_dir,
+                cwd=f.vm_dir,
             )  # fmt: skip
             out, _ = await proc.communicate()
             pid = int(out.strip())
