@@ -92,6 +92,8 @@ async def test_crash_loop_restarts_with_backoff_then_final(vm_launch, tmp_path, 
     ]  # fmt: skip
     assert [e.get("restart_in_s") for e in events if e["event"] == "exit"] == [0.2, 0.4, None]
     assert events[-1]["attempts"] == 3
+    stamps = [e["ts"] for e in events]
+    assert stamps == sorted(stamps) and abs(stamps[-1] - time.time()) < 30
     assert VmFiles(launch.vm_dir).stderr.read_text() == "boom\n" * 3
 
 
