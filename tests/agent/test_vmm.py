@@ -119,6 +119,19 @@ async def test_stop_during_crash_loop_is_graceful(vm_launch):
     assert lines.count("started") >= 2 and "leftover" not in lines
 
 
+@pytest.mark.vm
+async def test_init_failure_is_reported_with_its_reason(vm_launch):
+    """What /init cannot do (here: a user the image does not have) ends the VM with code 125,
+    the reason in the final event and on stderr, where the runtime takes a failure reason from."""
+    launch = vm_launch("ghost", ["true"], user="ghost")
+    await QemuVm().launch(launch)
+    events = await wait_for_event(launch.vm_dir, "final")
+    await wait_gone(launch.vm_dir)
+    assert [e["event"] for e in events] == ["final"]
+    assert events[0]["code"] == 125 and "user ghost not found" in events[0]["error"]
+    assert "user ghost not found" in VmFiles(launch.vm_dir).stderr.read_text()
+
+
 LAUNCHER = """
 import asyncio, json, pickle, sys
 from nodes.agent.vmm.qemu import QemuVm
