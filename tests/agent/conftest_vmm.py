@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+# What `from tests.agent.conftest_vmm import *` brings in: the fixtures, nothing that could
+# shadow a name of the importing conftest.
+__all__ = ["vmm_kit", "vmm_accel", "base_disk", "vm_launch"]
+
 REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("STATE_DIR", REPO / ".state"))
 KIT_BASE = STATE_DIR / "agent-test"
