@@ -42,3 +42,29 @@ def body(h100):
 @pytest.fixture
 def as_alice_readonly(alice):
     return client_for(alice, scopes="deployments:read", tenant="acme")
+
+
+def post_concurrently(user, data, *, times: int, headers: dict | None = None) -> list:
+    """POST the same body `times` times from as many threads released at once (a barrier), each
+    on its own database connection, as concurrent API calls would be. Returns the responses."""
+    import threading
+
+    from django.db import connection
+
+    responses = []
+    barrier = threading.Barrier(times)
+
+    def attempt():
+        client = client_for(user, tenant="acme")
+        barrier.wait()
+        try:
+            responses.append(client.post(URL, data, format="json", **(headers or {})))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return responses

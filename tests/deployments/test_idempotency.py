@@ -1,15 +1,13 @@
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from cloud.deployments.models import Deployment, IdempotencyKey
 from cloud.deployments.services import idempotency_keys_purge
 from cloud.deployments.tasks import idempotency_keys_purge as purge_task
 from tests.conftest import client_for
-from tests.deployments.conftest import URL
+from tests.deployments.conftest import URL, post_concurrently
 
 pytestmark = pytest.mark.django_db
 
@@ -81,24 +79,7 @@ def test_expired_keys_are_purged_and_can_be_reused(as_alice, body):
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_duplicates_create_one_deployment(alice, body):
-    data = body()
-    results = []
-    barrier = threading.Barrier(4)
-
-    def attempt():
-        client = client_for(alice, tenant="acme")
-        barrier.wait()
-        try:
-            response = post(client, data, "race-key")
-            results.append((response.status_code, response.json()))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=attempt) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert [code for code, _ in results] == [201] * 4
-    assert len({payload["deployment"]["id"] for _, payload in results}) == 1
+    responses = post_concurrently(alice, body(), times=4, headers={"HTTP_IDEMPOTENCY_KEY": "race-key"})
+    assert [r.status_code for r in responses] == [201] * 4
+    assert len({r.json()["deployment"]["id"] for r in responses}) == 1
     assert Deployment.objects.count() == 1

@@ -1,17 +1,15 @@
 """Tenant quotas (429) and funds (402) at create, under the tenant row lock."""
 
-import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from billing.models import UsageRecord
 from cloud.deployments.models import Deployment
 from tests.conftest import client_for
-from tests.deployments.conftest import URL
+from tests.deployments.conftest import URL, post_concurrently
 from tests.deployments.factories import deployment_for
 
 pytestmark = pytest.mark.django_db
@@ -76,22 +74,6 @@ def test_quotas_are_per_tenant(as_alice, as_mallory, acme, evil, body):
 def test_concurrent_creates_cannot_both_squeeze_under_the_quota(alice, acme, body):
     acme.max_deployments = 1
     acme.save()
-    data = body()
-    codes = []
-    barrier = threading.Barrier(3)
-
-    def attempt():
-        client = client_for(alice, tenant="acme")
-        barrier.wait()
-        try:
-            codes.append(client.post(URL, data, format="json").status_code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=attempt) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    codes = [r.status_code for r in post_concurrently(alice, body(), times=3)]
     assert sorted(codes) == [201, 429, 429]
     assert Deployment.objects.count() == 1
