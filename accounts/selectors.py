@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from django.db.models import QuerySet
 from oauth2_provider.models import AbstractApplication
 
 from accounts.models import Membership, ServiceAccount, Tenant
 from cloud.exceptions import ApplicationError
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$")
 
 
 class TenantForbidden(ApplicationError):
@@ -49,6 +53,10 @@ def tenant_for_request(*, user, token, tenant_slug: str | None) -> tuple[Tenant,
     if user is None or not user.is_authenticated:
         raise TenantForbidden("No user is bound to these credentials.")
     if tenant_slug:
+        if not SLUG_RE.match(tenant_slug):
+            # Nothing could match (and PostgreSQL refuses NUL bytes outright): same answer as
+            # any tenant the caller is not in, never a driver error.
+            raise TenantForbidden(f"You are not a member of tenant '{tenant_slug[:60]}'.")
         membership = memberships_for(user=user).filter(tenant__slug=tenant_slug).first()
         if membership is None:
             raise TenantForbidden(f"You are not a member of tenant '{tenant_slug}'.")

@@ -76,3 +76,11 @@ def test_the_fleet_catalog_needs_no_tenant(db):
     loner = UserFactory(username="loner@example.com")
     assert client_for(loner).get("/api/v1/hardware").status_code == 200
     assert client_for(loner).get("/api/v1/locations").status_code == 200
+
+
+@pytest.mark.parametrize("header", ["acme\x00", "\x00", "a" * 5000, "ACME", "../acme"])
+def test_a_malformed_x_tenant_is_a_403_not_a_server_error(alice, header):
+    client = client_for(alice, tenant=header)
+    response = client.get("/api/v1/deployments")
+    assert response.status_code == 403
+    assert response["Content-Type"] == "application/problem+json"
