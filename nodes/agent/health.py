@@ -31,7 +31,7 @@ async def wait_healthy(
     *,
     timeout: float,
     http_path: str | None = None,
-    interval: float = 0.2,
+    interval: float = 0.05,
     netns: str | None = None,
 ) -> None:
     """Return once host:port is healthy; raise AgentError with the last reason at `timeout`.

@@ -22,6 +22,9 @@ from nodes.agent.locks import VmLocks
 from nodes.agent.state import StateStore, VmInfo, VmPaths, is_locked, validate_name
 from nodes.protocol import ReplicaSpec
 
+# Watch pass interval while a VM boots (see _watch_loop); running VMs use poll_interval.
+BOOT_POLL_S = 0.03
+
 
 @dataclass(frozen=True)
 class RuntimeEvent:
@@ -291,7 +294,10 @@ class MicroVmRuntime:
             info = await self._refresh(name, paths, self._infos[name])
             if info.state in TERMINAL_STATES:
                 return
-            await asyncio.sleep(self.poll_interval)
+            # Until the workload runs, a start() waits on this loop to see the start event: a
+            # tighter pass there is start latency saved, and a booting VM has few logs to convert.
+            booting = info.state in ("booting", "starting")
+            await asyncio.sleep(min(self.poll_interval, BOOT_POLL_S) if booting else self.poll_interval)
 
     async def _refresh(self, name: str, paths: VmPaths, info: VmInfo, *, persist: bool = True) -> VmInfo:
         """One catch-up pass: convert new log lines, derive state from status.raw + liveness."""

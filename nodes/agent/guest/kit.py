@@ -152,6 +152,7 @@ def _input_key(package: str, version: str, init: bytes) -> str:
         f"modules={','.join(GUEST_MODULES)}",
         "busybox=" + hashlib.sha256(BUSYBOX.read_bytes()).hexdigest(),
         "init=" + hashlib.sha256(init).hexdigest(),
+        "fstabs=" + hashlib.sha256(json.dumps(FSTABS, sort_keys=True).encode()).hexdigest(),
         "floor=" + hashlib.sha256(FLOOR_INIT.encode()).hexdigest(),
     ):
         h.update(part.encode() + b"\n")
@@ -173,6 +174,20 @@ def _dev_skeleton() -> list[cpio.Entry]:
     ]
 
 
+# /init mounts these with `mount -a -T`: one process per table rather than one per mount.
+FSTABS = {
+    "etc/fstab.boot": "proc /proc proc defaults 0 0\nsysfs /sys sysfs defaults 0 0\ndevtmpfs /dev devtmpfs defaults 0 0\n",
+    "etc/fstab.root": (
+        "proc /newroot/proc proc defaults 0 0\nsysfs /newroot/sys sysfs defaults 0 0\n"
+        "dev /newroot/dev tmpfs mode=0755,nosuid 0 0\n"
+    ),
+    "etc/fstab.rootdev": (
+        "devpts /newroot/dev/pts devpts newinstance,ptmxmode=0666,mode=0620 0 0\n"
+        "shm /newroot/dev/shm tmpfs nosuid,nodev,mode=1777 0 0\n"
+    ),
+}
+
+
 def _busybox_entries() -> list[cpio.Entry]:
     entries = [cpio.directory(d) for d in ("bin", "dev", "etc", "lib", "proc", "sys", "run", "tmp", "newroot")]
     entries += [cpio.chardev("dev/console", 5, 1), cpio.chardev("dev/null", 1, 3, 0o666)]
@@ -187,7 +202,8 @@ def _build(tree: Path, dest: Path, init: bytes, version: str, kernel_version: st
 
     base = _busybox_entries()
     links = [cpio.symlink(f"bin/{a}", "busybox") for a in applets if a != "busybox"]
-    mods = [*_dev_skeleton(), cpio.directory("lib/modules")]
+    mods = [*_dev_skeleton(), *(cpio.file(path, text.encode()) for path, text in FSTABS.items())]
+    mods.append(cpio.directory("lib/modules"))
     mods += [cpio.file(f"lib/modules/{ko.name}", modules.strip_signature(ko.read_bytes())) for ko in order]
     # /init insmods these in this order: dependencies first, no modprobe or modules.dep needed.
     mods.append(cpio.file("etc/modules", "".join(f"{ko.name}\n" for ko in order).encode()))
