@@ -77,6 +77,27 @@ async def test_workload_gets_spec_and_streams_stay_apart(vm_launch):
 
 
 @pytest.mark.vm
+async def test_guest_gets_the_fast_boot_options_and_its_mounts(vm_launch):
+    """The kernel options the vmm picks for boot speed reach the guest (CPU-flaw mitigations off
+    only under TCG), /init's fstabs give the workload proc, sysfs and a /dev with devpts and
+    shm, and event times are epoch seconds (read from the guest RTC, no `date` fork)."""
+    launch = vm_launch("bootopts", ["sh", "-c", "cat /proc/cmdline /proc/mounts"])
+    started = time.time()
+    await QemuVm().launch(launch)
+    events = await wait_for_event(launch.vm_dir, "final")
+    await wait_gone(launch.vm_dir)
+
+    cmdline, *mounts = VmFiles(launch.vm_dir).stdout.read_text().splitlines()
+    options = cmdline.split()
+    assert "init_on_alloc=0" in options
+    assert ("mitigations=off" in options) == (launch.accel.name == "tcg")
+    fstypes = {fields[1]: fields[2] for fields in (line.split() for line in mounts)}
+    assert fstypes == {"/": "ext4", "/proc": "proc", "/sys": "sysfs", "/dev": "tmpfs", "/dev/pts": "devpts", "/dev/shm": "tmpfs"}
+    assert [e["event"] for e in events] == ["start", "exit", "final"]
+    assert started - 5 < events[0]["ts"] < time.time() + 5
+
+
+@pytest.mark.vm
 async def test_crash_loop_restarts_with_backoff_then_final(vm_launch, tmp_path, monkeypatch):
     launch = vm_launch("crash", ["sh", "-c", "echo attempt; echo boom >&2; exit 3"], max_restarts=2, backoff_s=0.2)
     # A relative VM dir (and disk) works: QEMU runs in the VM dir, the agent wherever it was started.
