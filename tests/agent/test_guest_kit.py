@@ -59,6 +59,13 @@ def test_kit_holds_kernel_init_and_modules_in_dependency_order(vmm_kit):
         deps = modules.modinfo(members[f"lib/modules/{ko}"]).get("depends", "")
         for dep in filter(None, deps.split(",")):
             assert order.index(f"{dep}.ko") < order.index(ko), f"{ko} loads before its dependency {dep}"
+    # busybox modprobe's view: /lib/modules/`uname -r`/modules.dep names every module each one
+    # needs, directly or not, the one to load first last.
+    assert members[f"lib/modules/{vmm_kit.kernel_version}"] == b"."
+    dep_lines = dict(line.split(":") for line in members["lib/modules/modules.dep"].decode().splitlines())
+    assert set(dep_lines) == set(order)
+    assert dep_lines["virtio_net.ko"].split() == ["net_failover.ko", "failover.ko", "virtio.ko", "virtio_ring.ko"]
+    assert dep_lines["virtio_ring.ko"] == ""
 
     floor = _members(vmm_kit.floor_initrd)
     assert FLOOR_MARKER in floor["init"].decode() and "poweroff" in floor["init"].decode()

@@ -195,6 +195,21 @@ def _busybox_entries() -> list[cpio.Entry]:
     return entries
 
 
+def _modules_dep(blobs: dict[str, bytes]) -> str:
+    """depmod's format for modules listed dependencies first: each line names every module
+    the first one needs, directly or not, the one to load first last."""
+    by_name = {name.removesuffix(".ko").replace("-", "_"): name for name in blobs}
+    closure: dict[str, list[str]] = {}
+    for name, data in blobs.items():  # dependencies first, so theirs are known
+        needed: list[str] = []
+        for dep in filter(None, modules.modinfo(data).get("depends", "").split(",")):
+            dep_file = by_name.get(dep.replace("-", "_"))
+            if dep_file:  # else built into the kernel
+                needed += [d for d in (*closure[dep_file], dep_file) if d not in needed]
+        closure[name] = needed
+    return "".join(f"{name}: {' '.join(reversed(deps))}\n".replace(": \n", ":\n") for name, deps in closure.items())
+
+
 def _build(tree: Path, dest: Path, init: bytes, version: str, kernel_version: str, applets: list[str]) -> None:
     """Blocking: run in a worker thread. Writes vmlinuz, initrd.img, floor.img, kit.json."""
     mod_root = tree / "lib" / "modules" / kernel_version
@@ -204,7 +219,11 @@ def _build(tree: Path, dest: Path, init: bytes, version: str, kernel_version: st
     links = [cpio.symlink(f"bin/{a}", "busybox") for a in applets if a != "busybox"]
     mods = [*_dev_skeleton(), *(cpio.file(path, text.encode()) for path, text in FSTABS.items())]
     mods.append(cpio.directory("lib/modules"))
-    mods += [cpio.file(f"lib/modules/{ko.name}", modules.strip_signature(ko.read_bytes())) for ko in order]
+    blobs = {ko.name: modules.strip_signature(ko.read_bytes()) for ko in order}
+    mods += [cpio.file(f"lib/modules/{name}", data) for name, data in blobs.items()]
+    # busybox modprobe looks in /lib/modules/`uname -r`: one process loads them all.
+    mods.append(cpio.symlink(f"lib/modules/{kernel_version}", "."))
+    mods.append(cpio.file("lib/modules/modules.dep", _modules_dep(blobs).encode()))
     # /init insmods these in this order: dependencies first, no modprobe or modules.dep needed.
     mods.append(cpio.file("etc/modules", "".join(f"{ko.name}\n" for ko in order).encode()))
 
