@@ -35,6 +35,7 @@ HELLO = "127.0.0.1:5000/gantry/hello:latest"
 _IN_NS = "GANTRY_COLDSTART_NETNS"
 KIT_BASE = STATE_DIR / "agent-test"
 FLOOR_TIMEOUT_S = 60.0
+WARM_RUNS = 3  # the floor's best of 3 is matched by the warm start's best of 3
 
 
 def _enter_netns() -> int:
@@ -196,19 +197,27 @@ async def main() -> int:
         _time_launches(runtime, launches)
         print(f"floor (same kernel, /init only powers off): {floor * 1000:.0f} ms")
 
+        # Warm is the best of as many runs as the floor: a single sample against a best-of-3
+        # floor would charge the warm start with all of the host's noise.
         rows = {}
-        for label in ("cold", "warm"):
-            info, marks, t0, wall = await _timed_start(runtime, f"bench-{label}", launches)
-            rows[label] = (_breakdown(marks, t0), wall)
+        warm_walls = []
+        for label in ("cold", *["warm"] * WARM_RUNS):
+            name = f"bench-{label}-{len(warm_walls)}"
+            info, marks, t0, wall = await _timed_start(runtime, name, launches)
             if label == "warm":
-                mem = await asyncio.to_thread(_memory, info.pid)
-            await runtime.remove(f"bench-{label}")
+                warm_walls.append(wall)
+                if len(warm_walls) == 1:
+                    mem = await asyncio.to_thread(_memory, info.pid)
+            if label not in rows or wall < rows[label][1]:
+                rows[label] = (_breakdown(marks, t0), wall)
+            await runtime.remove(name)
         print(f"\n{'phase (ms)':36} {'cold':>8} {'warm':>8}   (kernel to /init alone is about the floor)")
         for key in rows["cold"][0]:
             print(f"{key:36} {_ms(rows['cold'][0][key])} {_ms(rows['warm'][0][key])}")
         print(f"{'wall (start() call)':36} {_ms(rows['cold'][1])} {_ms(rows['warm'][1])}")
         warm = rows["warm"][1]
         ok = warm <= 1.5 * floor
+        print(f"warm runs (ms): {', '.join(f'{w * 1000:.0f}' for w in warm_walls)}; the table shows the best")
         print(f"\nwarm start {warm * 1000:.0f} ms vs floor {floor * 1000:.0f} ms = {warm / floor:.2f}x "
               f"(target <= 1.5x): {'OK' if ok else 'MISSED'}")
 
