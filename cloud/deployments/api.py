@@ -9,7 +9,6 @@ from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from billing.services import hourly_cost
 from cloud.api import TenantScopedViewSet, paginator
 from cloud.deployments import selectors, services
 from cloud.deployments.filters import DeploymentFilter
@@ -101,10 +100,11 @@ class DeploymentViewSet(TenantScopedViewSet):
             body.is_valid(raise_exception=True)
             deployment = services.deployment_create(tenant=request.tenant, actor=request.user, spec=body.validated_data)
             deployment = self._get(deployment.pk)
-            estimate = hourly_cost(price_per_gpu_hour=deployment.price_per_gpu_hour,
-                                   gpus_per_container=deployment.gpus_per_container,
-                                   replica_count=deployment.replica_count)
-            return status.HTTP_201_CREATED, {**_envelope(deployment), "estimated_hourly_cost": str(estimate)}, deployment
+            shown = DeploymentOutput(deployment).data
+            # The create answer repeats the representation's own estimate at the top level
+            # (Neuranet's shape), so both always agree.
+            return status.HTTP_201_CREATED, {"deployment": shown,
+                                             "estimated_hourly_cost": shown["estimated_hourly_cost"]}, deployment
 
         if key is None:
             with transaction.atomic():

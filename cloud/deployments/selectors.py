@@ -34,7 +34,7 @@ def _visible(*, tenant) -> QuerySet[Deployment]:
     return Deployment.objects.filter(tenant=tenant, deleted_at__isnull=True)
 
 
-def deployments_for(*, tenant, filters: dict | None = None) -> QuerySet[Deployment]:
+def deployments_for(*, tenant) -> QuerySet[Deployment]:
     """The tenant's deployments, newest first, shaped for the API representation.
 
     One query whatever the page size: the template slug is joined, and location ids and the
@@ -59,23 +59,16 @@ def deployments_for(*, tenant, filters: dict | None = None) -> QuerySet[Deployme
         )
         .order_by("-created_at", "-id")
     )
-    filters = filters or {}
-    if filters.get("status"):
-        queryset = queryset.filter(status=filters["status"])
     return queryset
 
 
-def deployment_ids_for(*, tenant, filters: dict | None = None) -> QuerySet:
+def deployment_ids_for(*, tenant) -> QuerySet:
     """The ids of the tenant's deployments, newest first: the list endpoint pages over this
     (an index-only scan of deployment_tenant_recent_idx, however deep the page) and only then
     loads the page's rows with `deployments_in_order`. Paging over full rows instead makes
     PostgreSQL fetch and join every skipped row from the heap: at page 250 of a 5,000-row
-    tenant that was most of the request's time."""
-    queryset = _visible(tenant=tenant).order_by("-created_at", "-id")
-    filters = filters or {}
-    if filters.get("status"):
-        queryset = queryset.filter(status=filters["status"])
-    return queryset.values_list("id", flat=True)
+    tenant that was most of the request's time. `?status=` is applied by DeploymentFilter."""
+    return _visible(tenant=tenant).order_by("-created_at", "-id").values_list("id", flat=True)
 
 
 def deployments_in_order(*, tenant, ids: list) -> list[Deployment]:
@@ -99,6 +92,15 @@ def deployment_get(*, tenant, deployment_id) -> Deployment:
     if deployment is None:
         raise NotFound(f"No deployment '{deployment_id}'.")
     return deployment
+
+
+def _visible_pk(*, tenant, deployment_id) -> uuid.UUID:
+    """The id of one visible deployment of `tenant`, for reads of its replicas, logs and events:
+    an index lookup, without the representation's subqueries `deployment_get` carries."""
+    pk = _parse_id(deployment_id)
+    if not _visible(tenant=tenant).filter(pk=pk).exists():
+        raise NotFound(f"No deployment '{deployment_id}'.")
+    return pk
 
 
 def deployment_get_for_update(*, tenant, deployment_id) -> Deployment:
@@ -132,9 +134,9 @@ def deployment_count_for(*, tenant) -> int:
 
 
 def replicas_for(*, tenant, deployment_id) -> QuerySet[Replica]:
-    deployment = deployment_get(tenant=tenant, deployment_id=deployment_id)
+    pk = _visible_pk(tenant=tenant, deployment_id=deployment_id)
     return (
-        Replica.objects.filter(deployment=deployment)
+        Replica.objects.filter(deployment_id=pk)
         .select_related("node", "node__location", "deployment")
         .only(
             "id", "deployment_id", "ordinal", "state", "reason", "host_port", "exit_code", "created_at", "started_at",
@@ -151,10 +153,10 @@ def logs_for(*, tenant, deployment_id, tail: int = 100, since: datetime | None =
     """The last `tail` lines (newest `tail`, returned oldest first), optionally from `since` on
     and from one replica (by ordinal). An unknown ordinal is the caller's error, raised as
     LookupError so the API can name the parameter."""
-    deployment = deployment_get(tenant=tenant, deployment_id=deployment_id)
-    queryset = LogLine.objects.filter(deployment=deployment)
+    pk = _visible_pk(tenant=tenant, deployment_id=deployment_id)
+    queryset = LogLine.objects.filter(deployment_id=pk)
     if replica is not None:
-        replica_id = Replica.objects.filter(deployment=deployment, ordinal=replica).values_list("id", flat=True).first()
+        replica_id = Replica.objects.filter(deployment_id=pk, ordinal=replica).values_list("id", flat=True).first()
         if replica_id is None:
             raise LookupError(f"Deployment has no replica with ordinal {replica}.")
         queryset = queryset.filter(replica_id=replica_id)
@@ -170,8 +172,8 @@ def logs_for(*, tenant, deployment_id, tail: int = 100, since: datetime | None =
 
 
 def events_for(*, tenant, deployment_id, after: int | None = None, limit: int = 100) -> list[Event]:
-    deployment = deployment_get(tenant=tenant, deployment_id=deployment_id)
-    queryset = Event.objects.filter(tenant=tenant, deployment=deployment)
+    pk = _visible_pk(tenant=tenant, deployment_id=deployment_id)
+    queryset = Event.objects.filter(tenant=tenant, deployment_id=pk)
     if after is not None:
         queryset = queryset.filter(id__gt=after)
     return list(queryset.order_by("id")[:limit])
