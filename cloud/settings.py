@@ -216,7 +216,10 @@ LOGGING = {
 # Tenancy defaults for a new tenant; operators raise them per tenant in the admin.
 TENANT_DEFAULT_MAX_GPUS = int(os.environ.get("TENANT_DEFAULT_MAX_GPUS", "16"))
 TENANT_DEFAULT_MAX_DEPLOYMENTS = int(os.environ.get("TENANT_DEFAULT_MAX_DEPLOYMENTS", "20"))
-TENANT_DEFAULT_BALANCE = os.environ.get("TENANT_DEFAULT_BALANCE", "0")
+# A new tenant's starting credit in USD: enough to try the platform (the CPU-only `hello`
+# template costs 0.02/hour). Deployments are refused with 402 once the balance cannot cover an
+# hour; set 0 where every tenant must pay first.
+TENANT_DEFAULT_BALANCE = os.environ.get("TENANT_DEFAULT_BALANCE", "10")
 IDEMPOTENCY_KEY_TTL_HOURS = 24
 
 # Named explicitly so our models can point at DOT's (unswapped) models through settings.

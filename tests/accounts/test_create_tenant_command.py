@@ -67,3 +67,19 @@ def test_the_owner_must_be_an_email(db):
 def test_the_owner_is_required(db):
     with pytest.raises(CommandError):
         call_command("create_tenant", "acme")
+
+
+@pytest.mark.django_db
+def test_a_new_tenant_can_deploy_the_hello_template_on_its_trial_credit():
+    """The README's first deployment must work for a tenant made by create_tenant."""
+    from tests.conftest import client_for
+
+    call_command("load_catalog", verbosity=0)
+    call_command("create_tenant", "newco", "--owner", "new@example.com", stdout=StringIO())
+    tenant = Tenant.objects.get(slug="newco")
+    assert tenant.balance > 0
+    owner = tenant.memberships.get().user
+    response = client_for(owner, tenant="newco").post(
+        "/api/v1/deployments", {"name": "hi", "template_id": "hello", "gpus_per_container": 0, "replica_count": 1},
+        format="json")
+    assert response.status_code == 201, response.content
