@@ -2,10 +2,12 @@
 
 Layout under `<data_dir>/kit/`:
   debs/<package>_<version>.deb   the kernel package as `apt-get download` fetched it
-  <key>/vmlinuz, initrd.img, floor.img, kit.json
+  <key>/vmlinuz, vmlinux, initrd.img, floor.img, kit.json
 where <key> hashes every input (kernel package and version, the busybox binary, our /init,
 the floor /init, the module list, KIT_FORMAT). A changed input gives a new key and a rebuild;
 an unchanged host reuses the kit after one `apt-cache` query. The kernel is never installed.
+VMs boot `vmlinux`, the kernel's ELF taken out of the bzImage for PVH direct boot (pvh.py says
+why); a kernel that cannot give one boots as the bzImage, and kit.json says which and why.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodes.agent.errors import AgentError
-from nodes.agent.guest import cpio, modules
+from nodes.agent.guest import cpio, modules, pvh
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")
@@ -39,7 +41,7 @@ GUEST_MODULES = (
     "evdev",  # ... read from /dev/input/event*
 )
 # Bumped when the archive layout changes in a way the other inputs do not capture.
-KIT_FORMAT = 2
+KIT_FORMAT = 3
 
 # The probe and the bench's floor: the same kernel and busybox, an /init that only says it ran
 # (accel.py waits for this line on the serial console) and powers off.
@@ -49,10 +51,11 @@ FLOOR_INIT = f"#!/bin/busybox sh\n/bin/busybox echo '{FLOOR_MARKER}' >/dev/conso
 
 @dataclass(frozen=True)
 class GuestKit:
-    kernel: Path
+    kernel: Path  # what QEMU's -kernel gets: vmlinux (PVH) or vmlinuz (bzImage)
     initrd: Path
     floor_initrd: Path
     kernel_version: str
+    boot: str = "pvh"  # or "bzimage: <why not pvh>"
 
 
 async def _run(*argv: str, cwd: Path | None = None) -> str:
@@ -154,6 +157,8 @@ def _input_key(package: str, version: str, init: bytes) -> str:
         "init=" + hashlib.sha256(init).hexdigest(),
         "fstabs=" + hashlib.sha256(json.dumps(FSTABS, sort_keys=True).encode()).hexdigest(),
         "floor=" + hashlib.sha256(FLOOR_INIT.encode()).hexdigest(),
+        # Installing a missing decompressor later gives a rebuild with PVH boot.
+        "pvh-tools=" + ",".join(t for t in ("lz4", "zstd") if shutil.which(t)),
     ):
         h.update(part.encode() + b"\n")
     return h.hexdigest()[:16]
@@ -211,7 +216,8 @@ def _modules_dep(blobs: dict[str, bytes]) -> str:
 
 
 def _build(tree: Path, dest: Path, init: bytes, version: str, kernel_version: str, applets: list[str]) -> None:
-    """Blocking: run in a worker thread. Writes vmlinuz, initrd.img, floor.img, kit.json."""
+    """Blocking: run in a worker thread. Writes vmlinuz, vmlinux (when the kernel allows PVH
+    boot), initrd.img, floor.img, kit.json."""
     mod_root = tree / "lib" / "modules" / kernel_version
     order = modules.load_order(list(GUEST_MODULES), mod_root, modules.builtin_names(mod_root / "modules.builtin"))
 
@@ -230,10 +236,17 @@ def _build(tree: Path, dest: Path, init: bytes, version: str, kernel_version: st
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".build-"))
     try:
         shutil.copyfile(tree / "boot" / f"vmlinuz-{kernel_version}", tmp / "vmlinuz")
+        try:
+            compression, elf = pvh.vmlinux_from_bzimage((tmp / "vmlinuz").read_bytes())
+            (tmp / "vmlinux").write_bytes(elf)
+            boot = "pvh"
+        except AgentError as e:
+            compression, boot = "", f"bzimage: {e.message}"
         (tmp / "initrd.img").write_bytes(cpio.gzipped_newc(base + links + mods + [cpio.file("init", init, 0o755)]))
         floor = base + [cpio.symlink("bin/sh", "busybox"), cpio.file("init", FLOOR_INIT.encode(), 0o755)]
         (tmp / "floor.img").write_bytes(cpio.gzipped_newc(floor))
-        meta = {"kernel_version": kernel_version, "package_version": version, "modules": [k.name for k in order]}
+        meta = {"kernel_version": kernel_version, "package_version": version, "boot": boot,
+                "compression": compression, "modules": [k.name for k in order]}
         (tmp / "kit.json").write_text(json.dumps(meta, indent=1) + "\n")
         if dest.exists():
             shutil.rmtree(dest)
@@ -248,7 +261,9 @@ def _load(dest: Path) -> GuestKit | None:
         meta = json.loads((dest / "kit.json").read_text())
     except (OSError, ValueError):
         return None
-    kit = GuestKit(dest / "vmlinuz", dest / "initrd.img", dest / "floor.img", meta["kernel_version"])
+    boot = meta.get("boot", "")
+    kernel = dest / ("vmlinux" if boot == "pvh" else "vmlinuz")
+    kit = GuestKit(kernel, dest / "initrd.img", dest / "floor.img", meta["kernel_version"], boot)
     return kit if all(p.exists() for p in (kit.kernel, kit.initrd, kit.floor_initrd)) else None
 
 

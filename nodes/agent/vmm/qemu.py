@@ -30,7 +30,7 @@ from nodes.agent.vmm import qmp
 from nodes.agent.vmm.accel import Accel
 from nodes.agent.vmm.spec import FW_CFG_NAME, GuestSpec, render
 
-__all__ = ["GuestSpec", "VmLaunch", "VmFiles", "QemuVm", "alive", "read_pid", "overhead_rss_kib"]
+__all__ = ["GuestSpec", "VmLaunch", "VmFiles", "QemuVm", "alive", "read_pid"]
 
 QEMU = "qemu-system-x86_64"
 # Under TCG QEMU's own memory is dominated by the translation cache (default 1 GiB, filled as
@@ -262,32 +262,6 @@ def _log_tail(vm_dir: Path, lines: int = 8) -> str:
     except OSError:
         return ""
     return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
-
-
-def overhead_rss_kib(pid: int) -> tuple[int, int]:
-    """(total RSS, RSS of the guest RAM mapping) in KiB, from /proc/<pid>/smaps.
-
-    Guest RAM is QEMU's largest anonymous mapping; what is resident beyond it is QEMU's own
-    cost (code, TCG translation cache, device state). Blocking: call via asyncio.to_thread."""
-    total = 0
-    biggest: tuple[int, int] = (0, 0)  # (size, rss) of the largest anonymous mapping
-    size = rss = 0
-    anon = False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        head = line.split()
-        if "-" in head[0] and ":" not in head[0]:
-            if anon and size > biggest[0]:
-                biggest = (size, rss)
-            anon = len(head) < 6
-            size = rss = 0
-        elif head[0] == "Size:":
-            size = int(head[1])
-        elif head[0] == "Rss:":
-            rss = int(head[1])
-            total += rss
-    if anon and size > biggest[0]:
-        biggest = (size, rss)
-    return total, biggest[1]
 
 
 class QemuVm:
