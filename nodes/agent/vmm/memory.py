@@ -44,6 +44,8 @@ class MemoryUse:
 def memory_use(pid: int, kernel: Path | None = None) -> MemoryUse:
     """Blocking (reads smaps): call via asyncio.to_thread. `kernel` names the kernel file so
     its mapping can be told apart from QEMU's own files."""
+    # smaps names files by their real path, whatever symlinks the command line went through.
+    kernel_path = str(kernel.resolve()) if kernel is not None else None
     totals = {"Rss": 0, "Pss": 0, "Anonymous": 0}
     ram = (0, 0)  # (size, rss) of the largest anonymous mapping
     tcg = image = files = 0
@@ -56,7 +58,7 @@ def memory_use(pid: int, kernel: Path | None = None) -> MemoryUse:
         rss, size, path = current.get("Rss", 0), current.get("Size", 0), current["path"]
         if path:
             files += rss
-            if kernel is not None and path == str(kernel):
+            if path == kernel_path:
                 image += rss
         elif size > ram[0]:
             ram = (size, rss)
