@@ -82,7 +82,9 @@ async def test_guest_gets_the_fast_boot_options_and_its_mounts(vm_launch):
     """The kernel options the vmm picks for boot speed reach the guest (CPU-flaw mitigations off
     only under TCG), /init's fstabs give the workload proc, sysfs and a /dev with devpts and
     shm, and event times are epoch seconds (read from the guest RTC, no `date` fork)."""
-    launch = vm_launch("bootopts", ["sh", "-c", "cat /proc/cmdline /proc/mounts"])
+    # The spec (secrets included) stays out of the workload's sysfs, even for root.
+    script = "cat /proc/cmdline /proc/mounts; ls /sys/firmware/qemu_fw_cfg >&2; id -u >&2"
+    launch = vm_launch("bootopts", ["sh", "-c", script], user="0")
     started = time.time()
     await QemuVm().launch(launch)
     events = await wait_for_event(launch.vm_dir, "final")
@@ -93,7 +95,9 @@ async def test_guest_gets_the_fast_boot_options_and_its_mounts(vm_launch):
     assert "init_on_alloc=0" in options
     assert ("mitigations=off" in options) == (launch.accel.name == "tcg")
     fstypes = {fields[1]: fields[2] for fields in (line.split() for line in mounts)}
-    assert fstypes == {"/": "ext4", "/proc": "proc", "/sys": "sysfs", "/dev": "tmpfs", "/dev/pts": "devpts", "/dev/shm": "tmpfs"}
+    assert fstypes == {"/": "ext4", "/proc": "proc", "/sys": "sysfs", "/sys/firmware/qemu_fw_cfg": "tmpfs",
+                       "/dev": "tmpfs", "/dev/pts": "devpts", "/dev/shm": "tmpfs"}
+    assert VmFiles(launch.vm_dir).stderr.read_text().splitlines() == ["0"]  # root, and fw_cfg is empty
     assert [e["event"] for e in events] == ["start", "exit", "final"]
     assert started - 5 < events[0]["ts"] < time.time() + 5
 

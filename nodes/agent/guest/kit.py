@@ -185,6 +185,7 @@ FSTABS = {
     "etc/fstab.root": (
         "proc /newroot/proc proc defaults 0 0\nsysfs /newroot/sys sysfs defaults 0 0\n"
         "dev /newroot/dev tmpfs mode=0755,nosuid 0 0\n"
+        "none /newroot/sys/firmware/qemu_fw_cfg tmpfs ro,size=4k,mode=0555 0 0\n"
     ),
     "etc/fstab.rootdev": (
         "devpts /newroot/dev/pts devpts newinstance,ptmxmode=0666,mode=0620 0 0\n"
