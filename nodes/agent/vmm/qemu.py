@@ -34,12 +34,13 @@ __all__ = ["GuestSpec", "VmLaunch", "VmFiles", "QemuVm", "alive", "read_pid"]
 
 QEMU = "qemu-system-x86_64"
 # Under TCG QEMU's own memory is dominated by the translation cache (default 1 GiB, filled as
-# the guest runs). Measured again after the boot speedups (full VM, best of 3): 16 MiB boots in
-# 2.5 s, 32 ~0.1 s faster, 12 0.5 s slower, 8 1.6 s slower (re-translation). What else is
-# resident beyond guest RAM (about 70 MiB in all): ~28 MiB QEMU binary and libraries (page
-# cache, shared by every VM), 13.5 MiB QEMU's copy of the kernel image (fw_cfg keeps it for
-# reboots: inherent to -kernel), ~12 MiB heap and device state.
-TCG_TB_SIZE_MIB = 16
+# the guest runs), so it is capped; the cap trades memory for boot time. A warm start of hello
+# translates far more than the kernel's boot alone: from /init on the guest keeps generating
+# code at ~40 MiB/s (QMP `info jit`), so a small cache is flushed and refilled over and over.
+# Measured on the 2-core TCG host (full VM, hello): 16 MiB flushed 7 times and the warm start
+# took ~4.5 s; 24 MiB, 3 flushes; 32 MiB, 1 flush and ~2.8 s. The floor (kernel only) is the
+# same at 16, 32 and 48. Every MiB of the cap is resident per VM, hence 32, not more.
+TCG_TB_SIZE_MIB = 32
 # quiet: the serial console is slow under TCG and only feeds qemu.log; the i8042/8250/pci
 # options skip probes for hardware microvm does not have. init_on_alloc=0: Debian turns on
 # zeroing of every page the guest kernel allocates, a hardening against leaks between the
