@@ -38,7 +38,7 @@ HELLO = "127.0.0.1:5000/gantry/hello:latest"
 _IN_NS = "GANTRY_COLDSTART_NETNS"
 KIT_BASE = STATE_DIR / "agent-test"
 FLOOR_TIMEOUT_S = 60.0
-WARM_RUNS = 5  # warm starts, each after a floor run: the best of each is compared
+WARM_RUNS = 7  # warm starts, each right after a floor run of its own
 SETTLE_S = 2.0  # memory is read this long after `running`, once boot-time allocations settle
 OWN_TARGET_MIB = 30
 
@@ -224,10 +224,17 @@ async def main() -> int:
             print(f"{key:36} {_ms(rows['cold'][0][key])} {_ms(rows['warm'][0][key])}")
         print(f"{'wall (start() call)':36} {_ms(rows['cold'][1])} {_ms(rows['warm'][1])}")
         warm = rows["warm"][1]
-        ok = warm <= 1.5 * floor
         print(f"warm runs (ms): {', '.join(f'{w * 1000:.0f}' for w in warm_walls)}; the table shows the best")
-        print(f"\nwarm start {warm * 1000:.0f} ms vs floor {floor * 1000:.0f} ms = {warm / floor:.2f}x "
-              f"(target <= 1.5x): {'OK' if ok else 'MISSED'}")
+        # Each warm start against the floor run just before it: a pair shares the host's speed
+        # of the moment, so the median pair ratio is what the target is judged on; best against
+        # best is printed beside it (a lone lucky floor run moves it by tens of percent here).
+        ratios = sorted(w / f for w, f in zip(warm_walls, floors))
+        median = ratios[len(ratios) // 2]
+        print(f"\nwarm start / floor, per pair (each warm start after its own floor run): "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}")
+        print(f"warm start = {median:.2f}x the floor, median of {len(ratios)} pairs (target <= 1.5x): "
+              f"{'OK' if median <= 1.5 else 'MISSED'}; best vs best {warm * 1000:.0f} / {floor * 1000:.0f} ms "
+              f"= {warm / floor:.2f}x")
 
         _print_memory(mem)
 
