@@ -14,8 +14,9 @@ Prints:
   - QEMU's memory beyond guest RAM for a running VM, from /proc/<pid>/smaps: its own
     (anonymous) memory, the page cache every VM shares, and RSS and PSS (vmm/memory.py),
   - ten VMs started at once: how many reach running, how long it took, and their memory.
-Targets (issue 10): warm start within 1.5x the floor; < 30 MiB beyond guest RAM (judged on each
-VM's own memory: RSS also counts, in full in every VM, the pages all VMs share); 10/10 running.
+Targets (issue 10): warm start within 1.5x the floor; < 30 MiB beyond guest RAM by RSS (printed
+beside each VM's own memory: RSS also counts, in full in every VM, the pages all VMs share);
+10/10 running.
 """
 
 from __future__ import annotations
@@ -162,18 +163,22 @@ def _mib(kib: float) -> str:
     return f"{kib / 1024:.1f} MiB"
 
 
+def _verdict(kib: float) -> str:
+    return f"(target < {OWN_TARGET_MIB} MiB): {'OK' if kib / 1024 < OWN_TARGET_MIB else 'MISSED'}"
+
+
 def _print_memory(mem) -> None:
-    own_ok = mem.own / 1024 < OWN_TARGET_MIB
     print(f"\nQEMU memory, warm VM running hello (256 MiB guest), from /proc/<pid>/smaps:")
     print(f"  guest RAM resident                     {_mib(mem.guest_ram)}")
-    print(f"  own memory beyond guest RAM            {_mib(mem.own)}  (target < {OWN_TARGET_MIB} MiB): "
-          f"{'OK' if own_ok else 'MISSED'}")
+    print(f"  own memory beyond guest RAM            {_mib(mem.own)}  {_verdict(mem.own)}")
     print(f"    TCG translation cache {_mib(mem.tcg_cache)}, heap, device state and library data "
           f"{_mib(mem.own - mem.tcg_cache)}; what this VM adds, and frees when it stops")
     print(f"  shared page cache, one copy per host   {_mib(mem.files)}: guest kernel image {_mib(mem.kernel_image)}, "
           f"QEMU binary, libraries, initrd {_mib(mem.files - mem.kernel_image)}")
-    print(f"  RSS beyond guest RAM                   {_mib(mem.rss_beyond_guest)}  (own + shared, the shared pages "
-          f"counted in full in every VM)")
+    # The issue's own measure. The page cache part of it is at least QEMU's binary and libraries,
+    # ~28 MiB with Debian's qemu-system-x86_64, before any memory of the VM itself.
+    print(f"  RSS beyond guest RAM                   {_mib(mem.rss_beyond_guest)}  {_verdict(mem.rss_beyond_guest)} "
+          f"(own + shared, the shared pages counted in full in every VM)")
     print(f"  PSS beyond guest RAM                   {_mib(mem.pss_beyond_guest)}  (shared pages split among "
           f"the processes mapping them)")
 
@@ -254,10 +259,9 @@ async def main() -> int:
             def mean(attr: str) -> str:
                 return _mib(sum(getattr(m, attr) for m in mems) / len(mems))
 
-            own_max = max(m.own for m in mems) / 1024
+            own_max = max(m.own for m in mems)
             print(f"  with {len(mems)} running, beyond guest RAM per VM (mean): own {mean('own')} (largest "
-                  f"{own_max:.1f} MiB, target < {OWN_TARGET_MIB} MiB: {'OK' if own_max < OWN_TARGET_MIB else 'MISSED'}), "
-                  f"PSS {mean('pss_beyond_guest')}, RSS {mean('rss_beyond_guest')}")
+                  f"{_mib(own_max)} {_verdict(own_max)}), PSS {mean('pss_beyond_guest')}, RSS {mean('rss_beyond_guest')}")
         for r in results:
             if isinstance(r, BaseException):
                 print(f"  failed: {r}")
