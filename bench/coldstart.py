@@ -39,7 +39,7 @@ HELLO = "127.0.0.1:5000/gantry/hello:latest"
 _IN_NS = "GANTRY_COLDSTART_NETNS"
 KIT_BASE = STATE_DIR / "agent-test"
 FLOOR_TIMEOUT_S = 60.0
-WARM_RUNS = 7  # warm starts, each right after a floor run of its own
+WARM_RUNS = 9  # warm starts, each right after a floor run of its own
 SETTLE_S = 2.0  # memory is read this long after `running`, once boot-time allocations settle
 OWN_TARGET_MIB = 30
 
