@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Protocol
 
 from nodes.agent.errors import AgentError
+from nodes.agent.events import EventHub, RuntimeEvent
 from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, read_status
 from nodes.agent.logs import LogLine, LogReader, convert
 from nodes.agent.locks import VmLocks
@@ -24,24 +25,6 @@ from nodes.protocol import ReplicaSpec
 
 # Watch pass interval while a VM boots (see _watch_loop); running VMs use poll_interval.
 BOOT_POLL_S = 0.03
-
-
-@dataclass(frozen=True)
-class RuntimeEvent:
-    """A state change: pulling (with bytes), booting, starting, running, restarting(exit code),
-    stopping, stopped, failed(reason)."""
-
-    name: str
-    state: str
-    ts: float
-    reason: str = ""
-    exit_code: int | None = None
-    phase: str | None = None
-    done_bytes: int | None = None
-    total_bytes: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def _read_pid(paths: VmPaths) -> int | None:
@@ -108,7 +91,7 @@ class MicroVmRuntime:
         self._infos: dict[str, VmInfo] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task] = {}
-        self._subscribers: set[asyncio.Queue] = set()
+        self._hub = EventHub()
 
     # -- host: guest kit, accelerator, network (once per runtime) ---------------------------
     async def host(self) -> tuple[Any, Any]:
@@ -125,24 +108,15 @@ class MicroVmRuntime:
             self._network_ready = True
 
     # -- events ------------------------------------------------------------------------------
-    async def events(self) -> AsyncIterator[RuntimeEvent]:
-        queue: asyncio.Queue = asyncio.Queue()
-        self._subscribers.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.discard(queue)
+    def events(self) -> AsyncIterator[RuntimeEvent]:
+        return self._hub.stream()
 
     def subscribe(self) -> asyncio.Queue:
         """A queue that receives every event from now on (events() without the generator)."""
-        queue: asyncio.Queue = asyncio.Queue()
-        self._subscribers.add(queue)
-        return queue
+        return self._hub.subscribe()
 
     def _emit(self, event: RuntimeEvent) -> None:
-        for queue in self._subscribers:
-            queue.put_nowait(event)
+        self._hub.emit(event)
 
     async def _set(self, info: VmInfo, *, persist: bool = True) -> VmInfo:
         old = self._infos.get(info.name)
