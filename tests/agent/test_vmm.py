@@ -285,3 +285,26 @@ async def test_guest_network_is_configured_from_the_spec(vm_launch, netns_factor
     assert VmFiles(launch.vm_dir).stdout.read_text().splitlines() == [
         "netvm", "192.0.2.10/24", "default via 192.0.2.1 dev eth0 ", "reached gateway",
     ]  # fmt: skip
+
+
+
+@pytest.mark.vm
+async def test_workload_kill_zero_reaches_only_its_own_processes(vm_launch):
+    """A workload signalling its process group (`kill 0`, a common cleanup trap) neither stops
+    the VM nor kills the power-button watcher: it runs in a session of its own."""
+    script = 'trap "" TERM; kill -TERM 0; sleep 3; echo alive; sleep 1000'
+    # A 1 s grace: had /init taken the signal as a stop, the workload would be killed before
+    # it says it is alive.
+    launch = vm_launch("killzero", ["sh", "-c", script], stop_grace_s=1)
+    await QemuVm().launch(launch)
+    await wait_for_event(launch.vm_dir, "start")
+    stdout = VmFiles(launch.vm_dir).stdout
+    deadline = time.monotonic() + 30
+    while "alive" not in await asyncio.to_thread(stdout.read_text) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert stdout.read_text().splitlines() == ["alive"]
+    assert [e["event"] for e in status_events(launch.vm_dir)] == ["start"]  # /init did not start stopping
+    started = time.monotonic()
+    await QemuVm().stop(launch.vm_dir, timeout=30)
+    assert time.monotonic() - started < 20, "the power button watcher was gone"
+    assert status_events(launch.vm_dir)[-1]["stopped"] is True
