@@ -32,6 +32,7 @@ from pyroute2.netlink import NETLINK_ROUTE
 from pyroute2.netns import create_socket
 
 from nodes.agent.errors import AgentError
+from nodes.agent.net.dns import host_nameservers
 from nodes.agent.net.host import NetnsHost
 from nodes.agent.net.leases import LeaseFile, Leases, VmLease
 from nodes.agent.net.nft import HOST_OWNER, VM_OWNER_PREFIX, NftTable, Rule, vm_owner
@@ -54,6 +55,7 @@ class NetworkConfig:
     host_port_range: tuple[int, int] = (30000, 32767)
     publish_address: str = "0.0.0.0"  # 0.0.0.0: every local address of the node
     uplink: str | None = None  # None: masquerade whatever leaves by any link but the bridge
+    nameservers: tuple[str, ...] | None = None  # None: the host's own (net/dns.py)
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -67,6 +69,7 @@ class VmNetwork:
     address: ipaddress.IPv4Address
     gateway: ipaddress.IPv4Address
     prefixlen: int
+    nameservers: tuple[str, ...] = ()
 
 
 class Network(Protocol):
@@ -146,7 +149,11 @@ class LinuxNetwork:
                     # back out the port it came in by, which a bridge refuses unless hairpin
                     # mode is on for that port.
                     await ipr.brport("set", index=index, mode=1)
-        return VmNetwork(tap, vm_mac(name), lease.address, self.config.gateway, self.config.subnet.prefixlen)
+        nameservers = self.config.nameservers
+        if nameservers is None:
+            nameservers = await asyncio.to_thread(host_nameservers)
+        return VmNetwork(tap, vm_mac(name), lease.address, self.config.gateway, self.config.subnet.prefixlen,
+                         tuple(nameservers))
 
     async def publish_port(self, name: str, guest_port: int, host_port: int | None = None) -> int:
         _check_name(name)

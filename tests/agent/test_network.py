@@ -113,6 +113,13 @@ async def test_tap_is_a_persistent_bridge_port_and_is_adopted(node_netns, node_n
     assert await restarted.ensure_tap("web") == net
     assert _link(node_netns, net.tap)["ifindex"] == tap["ifindex"]
 
+    # Nameservers: the host's own unless configured (this fixture configures none).
+    from nodes.agent.net.dns import host_nameservers
+
+    assert net.nameservers == await asyncio.to_thread(host_nameservers)
+    configured = LinuxNetwork(NetworkConfig(nameservers=("192.0.2.53",)), tmp_path / "network", netns=node_netns.name)
+    assert (await configured.ensure_tap("web")).nameservers == ("192.0.2.53",)
+
 
 async def test_leases_survive_a_new_instance(node_netns, node_network, tmp_path):
     a = await node_network.ensure_tap("a")

@@ -273,8 +273,10 @@ async def test_guest_network_is_configured_from_the_spec(vm_launch, netns_factor
     ):  # fmt: skip
         await asyncio.to_thread(ns.run, "ip", *cmd.split())
     net = VmNetwork(tap="gttest0", mac="52:54:00:12:34:56", address=ipaddress.IPv4Address("192.0.2.10"),
-                    gateway=ipaddress.IPv4Address("192.0.2.1"), prefixlen=24)  # fmt: skip
-    script = "hostname; ip -4 -o addr show dev eth0 | grep -o '192[^ ]*'; ip route | grep default; ping -c 1 -W 10 192.0.2.1 >/dev/null && echo reached gateway"
+                    gateway=ipaddress.IPv4Address("192.0.2.1"), prefixlen=24,
+                    nameservers=("192.0.2.53", "198.51.100.53"))  # fmt: skip
+    script = ("hostname; ip -4 -o addr show dev eth0 | grep -o '192[^ ]*'; ip route | grep default; "
+              "ping -c 1 -W 10 192.0.2.1 >/dev/null && echo reached gateway; cat /etc/resolv.conf")
     launch = dataclasses.replace(vm_launch("netvm", ["sh", "-c", script]), net=net)
     launcher = await asyncio.to_thread(
         ns.spawn, "env", f"PYTHONPATH={REPO}", sys.executable, "-c", LAUNCHER, pickle.dumps(launch).hex(), cwd=REPO
@@ -284,8 +286,8 @@ async def test_guest_network_is_configured_from_the_spec(vm_launch, netns_factor
     assert events[-1]["code"] == 0, VmFiles(launch.vm_dir).stderr.read_text()
     assert VmFiles(launch.vm_dir).stdout.read_text().splitlines() == [
         "netvm", "192.0.2.10/24", "default via 192.0.2.1 dev eth0 ", "reached gateway",
+        "nameserver 192.0.2.53", "nameserver 198.51.100.53",
     ]  # fmt: skip
-
 
 
 @pytest.mark.vm

@@ -212,7 +212,8 @@ def floor_command_line(kit: GuestKit, accel: Accel, tsc_khz: int | None = None, 
 def _guest_fragment(l: VmLaunch) -> str:
     net = None
     if l.net is not None:
-        net = {"addr": f"{l.net.address}/{l.net.prefixlen}", "gw": str(l.net.gateway), "mac": l.net.mac}
+        net = {"addr": f"{l.net.address}/{l.net.prefixlen}", "gw": str(l.net.gateway), "mac": l.net.mac,
+               "dns": " ".join(getattr(l.net, "nameservers", ()))}
     return render(l.guest, hostname=l.name, root_dev="/dev/vda" if l.disk else None, net=net)
 
 

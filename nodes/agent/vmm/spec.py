@@ -65,7 +65,8 @@ def validate(spec: GuestSpec) -> None:
 
 
 def render(spec: GuestSpec, *, hostname: str, root_dev: str | None, net: dict[str, str] | None) -> str:
-    """The fragment /init sources. net: {"addr": "a.b.c.d/len", "gw": ..., "mac": ...}."""
+    """The fragment /init sources. net: {"addr": "a.b.c.d/len", "gw": ..., "mac": ..., "dns":
+    space-separated nameserver addresses}."""
     validate(spec)
     env = dict(spec.env)
     env.setdefault("PATH", DEFAULT_PATH)
@@ -83,5 +84,6 @@ def render(spec: GuestSpec, *, hostname: str, root_dev: str | None, net: dict[st
         "GANTRY_NET_ADDR": (net or {}).get("addr", ""),
         "GANTRY_NET_GW": (net or {}).get("gw", ""),
         "GANTRY_NET_MAC": (net or {}).get("mac", "").lower(),
+        "GANTRY_NET_DNS": (net or {}).get("dns", ""),
     }
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
