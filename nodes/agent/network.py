@@ -165,7 +165,8 @@ class LinuxNetwork:
             leases = await self._leases.read()
             before = leases.to_json()
             lease = leases.lease_address(name, self.config.subnet, {self.config.gateway})
-            published = leases.lease_port(name, guest_port, host_port, self.config.host_port_range)
+            published = leases.lease_port(name, guest_port, host_port, self.config.host_port_range,
+                                          await self._listening_ports())
             if leases.to_json() != before:
                 await self._leases.write(leases)
             await self._nft.sync(vm_owner(name), self._vm_rules(lease))
@@ -195,6 +196,16 @@ class LinuxNetwork:
         return names
 
     # -- steps ------------------------------------------------------------------------------
+
+    async def _listening_ports(self) -> frozenset[int]:
+        """TCP ports something on the node listens on (`ss`, in the managed namespace)."""
+        result = await self._host.run("ss", "-Hltn")
+        ports = set()
+        for line in result.stdout.splitlines():
+            fields = line.split()
+            if len(fields) >= 4 and fields[3].rpartition(":")[2].isdigit():
+                ports.add(int(fields[3].rpartition(":")[2]))
+        return frozenset(ports)
 
     async def _ensure_host(self) -> None:
         cfg = self.config

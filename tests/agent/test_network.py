@@ -166,6 +166,17 @@ async def test_host_port_taken_by_another_vm_is_refused(node_network):
     assert "31000" in err.value.message and "a" in err.value.message
 
 
+async def test_a_port_another_program_listens_on_is_never_published(node_netns, node_network, tmp_path):
+    """DNAT would steal that program's traffic: a new lease skips the port, and asking for it
+    by number is refused with the reason."""
+    low = NetworkConfig().host_port_range[0]
+    await asyncio.to_thread(node_netns.serve_http, low, tmp_path)
+    assert await node_network.publish_port("a", 80) == low + 1
+    with pytest.raises(AgentError) as err:
+        await node_network.publish_port("b", 80, host_port=low)
+    assert err.value.permanent and f"host port {low} is in use by another program" in err.value.message
+
+
 async def test_invalid_name_is_refused(node_network):
     with pytest.raises(AgentError) as err:
         await node_network.ensure_tap('bad"name')

@@ -77,7 +77,12 @@ class Leases:
                 return lease
         raise AgentError(f"no free VM address left in {subnet}: {len(self.vms)} VMs hold leases")
 
-    def lease_port(self, name: str, guest_port: int, host_port: int | None, port_range: tuple[int, int]) -> int:
+    def lease_port(
+        self, name: str, guest_port: int, host_port: int | None, port_range: tuple[int, int],
+        listening: frozenset[int] = frozenset(),
+    ) -> int:
+        """`listening`: TCP ports a program on the node listens on; a new lease avoids them
+        (DNAT would take that program's traffic), an explicit request for one is refused."""
         lease = self.vms[name]
         holders = {
             host: (other, guest) for other, vm in self.vms.items() for guest, host in vm.ports.items()
@@ -88,6 +93,8 @@ class Leases:
                 raise AgentError(
                     f"host port {host_port} is already published for {holder[0]} port {holder[1]}", permanent=True
                 )
+            if holder is None and host_port in listening:
+                raise AgentError(f"host port {host_port} is in use by another program on this node", permanent=True)
             lease.ports[guest_port] = host_port
             return host_port
         current = lease.ports.get(guest_port)
@@ -95,7 +102,7 @@ class Leases:
             return current
         low, high = port_range
         for candidate in range(low, high + 1):
-            if candidate not in holders:
+            if candidate not in holders and candidate not in listening:
                 lease.ports[guest_port] = candidate
                 return candidate
         raise AgentError(f"no free host port left in {low}-{high}")
