@@ -92,6 +92,7 @@ class MicroVmRuntime:
         self._changed: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task] = {}
         self._hub = EventHub()
+        self._set_lock = asyncio.Lock()
 
     # -- host: guest kit, accelerator, network (once per runtime) ---------------------------
     async def host(self) -> tuple[Any, Any]:
@@ -119,13 +120,17 @@ class MicroVmRuntime:
         self._hub.emit(event)
 
     async def _set(self, info: VmInfo, *, persist: bool = True) -> VmInfo:
-        old = self._infos.get(info.name)
-        self._infos[info.name] = info
-        if persist:
-            await asyncio.to_thread(self.store.write_info, info)
-        if old is None or (old.state, old.reason, old.exit_code) != (info.state, info.reason, info.exit_code):
-            self._emit(RuntimeEvent(info.name, info.state, self._clock(), info.reason, info.exit_code))
-        self._changed.setdefault(info.name, asyncio.Event()).set()
+        # On disk first, then visible and announced with no await between: whoever reads a
+        # state (get, list) can rely on its event having been emitted. One lock keeps the
+        # start path and the watcher from landing their writes out of order.
+        async with self._set_lock:
+            if persist:
+                await asyncio.to_thread(self.store.write_info, info)
+            old = self._infos.get(info.name)
+            self._infos[info.name] = info
+            if old is None or (old.state, old.reason, old.exit_code) != (info.state, info.reason, info.exit_code):
+                self._emit(RuntimeEvent(info.name, info.state, self._clock(), info.reason, info.exit_code))
+            self._changed.setdefault(info.name, asyncio.Event()).set()
         return info
 
     # -- start -------------------------------------------------------------------------------

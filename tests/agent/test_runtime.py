@@ -3,6 +3,7 @@ process that behaves like /init, so these tests run in seconds. The same behavio
 with real QEMU, registry and network in test_cli.py and test_crash_safety.py."""
 
 import asyncio
+import time
 import json
 import socket
 import sys
@@ -97,6 +98,31 @@ async def test_crash_loop_fails_with_code_restarts_and_last_stderr(tmp_path, par
     seen = [events.get_nowait() for _ in range(events.qsize())]
     assert any(e.state == "restarting" and e.exit_code == 3 for e in seen)
     assert seen[-1].state == "failed" and seen[-1].reason == info.reason
+    await rt.close()
+
+
+async def test_a_state_is_announced_by_the_time_anyone_can_read_it(tmp_path, parts):
+    """get() never shows a state whose event is still to come, even when the disk is slow."""
+    rt = make_runtime(tmp_path, parts)
+    write_info = rt.store.write_info
+
+    def slow_write(info):  # runs in a worker thread
+        time.sleep(0.05)
+        write_info(info)
+
+    rt.store.write_info = slow_write
+    events = rt.subscribe()
+    await rt.start(ReplicaSpec(name="bad", image="sh", args=["exit 3"]))
+    seen: list[str] = []
+    for _ in range(400):
+        info = await rt.get("bad")
+        while not events.empty():
+            seen.append(events.get_nowait().state)
+        assert seen and seen[-1] == info.state, f"get() says {info.state}, events so far {seen}"
+        if info.state == "failed":
+            break
+        await asyncio.sleep(0.01)
+    assert seen[-1] == "failed"
     await rt.close()
 
 
