@@ -75,7 +75,10 @@ async def run_doctor(data_dir: Path, *, bridge: str = "gantry0") -> dict[str, An
         kit = await ensure_kit(Path(data_dir))
         checks.append(_check("guest kit", True, f"kernel {kit.kernel_version}: {kit.kernel}, initrd {kit.initrd}"))
         # Informational: a bzImage boots too, only slower and with a kernel copy per VM.
-        slow = "" if kit.boot == "pvh" else " (VMs boot slower and each keeps its own copy of the kernel; apt-get install lz4 zstd, and the next start rebuilds the kit)"
+        slow = "" if kit.boot == "pvh" else (
+            " (VMs boot slower and each keeps its own copy of the kernel;"
+            " apt-get install lz4 zstd, and the next start rebuilds the kit)"
+        )
         checks.append(_check("kernel boot", True, f"{kit.boot}{slow}"))
     except Exception as exc:  # a doctor reports, it does not crash
         checks.append(_check("guest kit", False, f"{type(exc).__name__}: {exc}",

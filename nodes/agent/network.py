@@ -165,8 +165,11 @@ class LinuxNetwork:
             leases = await self._leases.read()
             before = leases.to_json()
             lease = leases.lease_address(name, self.config.subnet, {self.config.gateway})
-            published = leases.lease_port(name, guest_port, host_port, self.config.host_port_range,
-                                          await self._listening_ports())
+            # Asking the node what listens costs a process: only when a port is to be chosen.
+            held = lease.ports.get(guest_port)
+            settled = held is not None and host_port in (None, held)
+            listening = frozenset() if settled else await self._listening_ports()
+            published = leases.lease_port(name, guest_port, host_port, self.config.host_port_range, listening)
             if leases.to_json() != before:
                 await self._leases.write(leases)
             await self._nft.sync(vm_owner(name), self._vm_rules(lease))

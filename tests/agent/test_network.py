@@ -14,6 +14,7 @@ import pytest
 
 from nodes.agent.errors import AgentError
 from nodes.agent.health import wait_healthy
+from nodes.agent.net.dns import host_nameservers
 from nodes.agent.network import LinuxNetwork, NetworkConfig, VmNetwork, tap_name
 from tests.agent.conftest_netns import (  # noqa: F401  (fixtures)
     NODE_UPLINK_IP,
@@ -61,6 +62,14 @@ def _attach_vm(node: Netns, vm: Netns, net: VmNetwork) -> None:
     ip("-n", node.name, "link", "set", "gv0", "type", "bridge_slave", "hairpin", "on")  # as on the TAP
     ip("-n", vm.name, "link", "set", "eth0", "address", net.mac)
     configure(vm, "eth0", f"{net.address}/{net.prefixlen}", gateway=str(net.gateway))
+
+
+async def _serve_marker(vm: Netns, tmp_path, text: str) -> None:
+    """An HTTP server on port 8080 in the VM's namespace whose /marker says `text`."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "marker").write_text(text)
+    await asyncio.to_thread(vm.serve_http, 8080, site)
 
 
 async def test_ensure_host_builds_bridge_forwarding_and_nat(node_netns, node_network):
@@ -114,8 +123,6 @@ async def test_tap_is_a_persistent_bridge_port_and_is_adopted(node_netns, node_n
     assert _link(node_netns, net.tap)["ifindex"] == tap["ifindex"]
 
     # Nameservers: the host's own unless configured (this fixture configures none).
-    from nodes.agent.net.dns import host_nameservers
-
     assert net.nameservers == await asyncio.to_thread(host_nameservers)
     configured = LinuxNetwork(NetworkConfig(nameservers=("192.0.2.53",)), tmp_path / "network", netns=node_netns.name)
     assert (await configured.ensure_tap("web")).nameservers == ("192.0.2.53",)
@@ -191,10 +198,7 @@ async def test_published_port_answers_from_node_and_outside(
     host_port = await node_network.publish_port("web", 8080)
     vm = netns_factory()
     _attach_vm(node_netns, vm, net)
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "marker").write_text("hello from the vm")
-    await asyncio.to_thread(vm.serve_http, 8080, site)
+    await _serve_marker(vm, tmp_path, "hello from the vm")
 
     await wait_healthy("127.0.0.1", host_port, timeout=30, http_path="/marker", netns=node_netns.name)
     from_node = await asyncio.to_thread(node_netns.fetch, "http", "127.0.0.1", host_port, "marker")
@@ -285,10 +289,7 @@ async def test_publish_address_and_uplink_narrow_the_rules(node_netns, outside_n
     host_port = await network.publish_port("web", 8080)
     vm = netns_factory()
     _attach_vm(node_netns, vm, net)
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "marker").write_text("narrow")
-    await asyncio.to_thread(vm.serve_http, 8080, site)
+    await _serve_marker(vm, tmp_path, "narrow")
     await asyncio.to_thread(outside_netns.serve_whoami, 9000)
 
     assert await asyncio.to_thread(outside_netns.fetch, "http", NODE_UPLINK_IP, host_port, "marker") == "narrow"

@@ -4,7 +4,7 @@ Layout under `<data_dir>/kit/`:
   debs/<package>_<version>.deb   the kernel package as `apt-get download` fetched it
   <key>/vmlinuz, vmlinux, initrd.img, floor.img, kit.json
 where <key> hashes every input (kernel package and version, the busybox binary, our /init,
-the floor /init, the module list, KIT_FORMAT). A changed input gives a new key and a rebuild;
+the floor /init, the module list, the kernel decompressors present, KIT_FORMAT). A changed input gives a new key and a rebuild;
 an unchanged host reuses the kit after one `apt-cache` query. The kernel is never installed.
 VMs boot `vmlinux`, the kernel's ELF taken out of the bzImage for PVH direct boot (pvh.py says
 why); a kernel that cannot give one boots as the bzImage, and kit.json says which and why.
@@ -262,7 +262,7 @@ def _load(dest: Path) -> GuestKit | None:
         meta = json.loads((dest / "kit.json").read_text())
     except (OSError, ValueError):
         return None
-    boot = meta.get("boot", "")
+    boot = meta.get("boot", "bzimage: kit built before PVH boot")
     kernel = dest / ("vmlinux" if boot == "pvh" else "vmlinuz")
     kit = GuestKit(kernel, dest / "initrd.img", dest / "floor.img", meta["kernel_version"], boot)
     return kit if all(p.exists() for p in (kit.kernel, kit.initrd, kit.floor_initrd)) else None

@@ -41,41 +41,33 @@ class MemoryUse:
         return self.pss - self.guest_ram
 
 
+def _mappings(smaps: str) -> list[dict]:
+    """One dict per mapping: its perms, its file path ("" when anonymous) and its KiB fields."""
+    maps: list[dict] = []
+    for line in smaps.splitlines():
+        head = line.split()
+        if "-" in head[0] and ":" not in head[0]:
+            path = head[5] if len(head) >= 6 else ""
+            maps.append({"perms": head[1], "path": "" if path.startswith("[") else path})
+        elif maps and head[0].endswith(":") and len(head) >= 2 and head[1].isdigit():
+            maps[-1][head[0][:-1]] = int(head[1])
+    return maps
+
+
 def memory_use(pid: int, kernel: Path | None = None) -> MemoryUse:
     """Blocking (reads smaps): call via asyncio.to_thread. `kernel` names the kernel file so
     its mapping can be told apart from QEMU's own files."""
     # smaps names files by their real path, whatever symlinks the command line went through.
     kernel_path = str(kernel.resolve()) if kernel is not None else None
-    totals = {"Rss": 0, "Pss": 0, "Anonymous": 0}
-    ram = (0, 0)  # (size, rss) of the largest anonymous mapping
-    tcg = image = files = 0
-    current: dict[str, object] = {}
+    maps = _mappings(Path(f"/proc/{pid}/smaps").read_text())
 
-    def close() -> None:
-        nonlocal ram, tcg, image, files
-        if not current:
-            return
-        rss, size, path = current.get("Rss", 0), current.get("Size", 0), current["path"]
-        if path:
-            files += rss
-            if path == kernel_path:
-                image += rss
-        elif size > ram[0]:
-            ram = (size, rss)
-        if "x" in current["perms"] and "w" in current["perms"]:
-            tcg += rss
+    def total(key: str, where=lambda m: True) -> int:
+        return sum(m.get(key, 0) for m in maps if where(m))
 
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        head = line.split()
-        if "-" in head[0] and ":" not in head[0]:
-            close()
-            path = head[5] if len(head) >= 6 else ""
-            current = {"perms": head[1], "path": "" if path.startswith("[") else path}
-        elif head[0].endswith(":") and len(head) >= 2 and head[1].isdigit():
-            key = head[0][:-1]
-            current[key] = int(head[1])
-            if key in totals:
-                totals[key] += int(head[1])
-    close()
-    return MemoryUse(rss=totals["Rss"], pss=totals["Pss"], anonymous=totals["Anonymous"], guest_ram=ram[1],
-                     tcg_cache=tcg, kernel_image=image, files=files)
+    ram = max((m for m in maps if not m["path"]), key=lambda m: m.get("Size", 0), default={})
+    return MemoryUse(
+        rss=total("Rss"), pss=total("Pss"), anonymous=total("Anonymous"), guest_ram=ram.get("Rss", 0),
+        tcg_cache=total("Rss", lambda m: "w" in m["perms"] and "x" in m["perms"]),
+        kernel_image=total("Rss", lambda m: m["path"] == kernel_path),
+        files=total("Rss", lambda m: bool(m["path"])),
+    )

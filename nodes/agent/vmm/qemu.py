@@ -69,7 +69,7 @@ class VmLaunch:
     vcpus: int
     memory_mib: int
     guest: GuestSpec
-    net: object | None = None  # nodes.agent.network.VmNetwork (duck-typed: tap, mac, address, gateway, prefixlen)
+    net: object | None = None  # nodes.agent.network.VmNetwork (duck-typed: tap, mac, address, gateway, prefixlen, nameservers)
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def _guest_fragment(l: VmLaunch) -> str:
     net = None
     if l.net is not None:
         net = {"addr": f"{l.net.address}/{l.net.prefixlen}", "gw": str(l.net.gateway), "mac": l.net.mac,
-               "dns": " ".join(getattr(l.net, "nameservers", ()))}
+               "dns": " ".join(l.net.nameservers)}
     return render(l.guest, hostname=l.name, root_dev="/dev/vda" if l.disk else None, net=net)
 
 
