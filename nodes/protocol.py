@@ -1,18 +1,47 @@
-"""The wire vocabulary shared by the control plane and the node agent.
+"""The wire protocol shared by the control plane and the node agent (DESIGN section 5).
 
 Plain dataclasses only: the agent imports this module on GPU hosts that carry no Django, and
-the control plane imports it to build the specs it sends. The WebSocket messages themselves
-(hello, heartbeat, replica.start, ...) join this module with the agent-protocol issue.
+the control plane imports it to build what it sends. One WebSocket per node; every frame is one
+JSON object `{"type": ..., "version": ..., ...fields}`. `decode()` validates a frame completely
+(size, JSON, type, version, every field's type) before anything acts on it, and raises
+ProtocolError with a reason that is safe to send back in an `error` frame.
+
+Level-triggered, like a kubelet: on every (re)connect the agent sends `hello` (inventory and
+the replicas it actually runs); the plane answers `desired` (the full set this node should run,
+each with the last log seq the plane stored). Anything the node runs that is not in the set is
+stopped: that is the fence for a node that was declared lost. `replica.start` / `replica.stop`
+carry command ids and are idempotent, so a resend is harmless.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import json
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, ClassVar, Union
 
-# Replica/VM states as the runtime reports them. The control plane maps these onto the
-# customer-facing deployment status words.
-VM_STATES = ("pulling", "booting", "starting", "running", "restarting", "stopping", "stopped", "failed")
+PROTOCOL_VERSION = 1
+# A frame larger than this is refused unread: a log batch is capped well below it.
+MAX_FRAME_BYTES = 1 << 20
+MAX_LOG_BATCH_LINES = 500
+MAX_LOG_LINE_CHARS = 64 * 1024
+MAX_DESIRED_REPLICAS = 256
+HEARTBEAT_INTERVAL_S = 5.0
+
+# Replica states, defined once for both sides. The agent reports the first eight (they are the
+# microVM runtime's own states); `pending` (not placed or not yet started) and `lost` (its node
+# went silent) exist only on the plane.
+REPORTED_STATES = ("pulling", "booting", "starting", "running", "restarting", "stopping", "stopped", "failed")
+REPLICA_STATES = ("pending", *REPORTED_STATES, "lost")
+TERMINAL_STATES = ("stopped", "failed", "lost")
+VM_STATES = REPORTED_STATES  # the runtime's name for them
+LOG_STREAMS = ("stdout", "stderr", "system")
+DESIRED_STATES = ("run", "stop")
+
+
+class ProtocolError(ValueError):
+    """A frame that cannot be accepted; the message names what is wrong (never echoes secrets)."""
 
 
 @dataclass(frozen=True)
@@ -47,3 +76,270 @@ class ReplicaSpec:
         data["secret_env"] = sorted(self.secret_env)
         data["registry_password"] = None if self.registry_password is None else "***"
         return data
+
+
+# -- pieces of messages -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What a node is. GPUs (list of objects) are filled by the GPU issue's inventory; until
+    then an empty list. `simulated` is what the agent itself says, never an operator flag."""
+
+    hostname: str
+    agent_version: str
+    cpus: int
+    memory_mib: int
+    disk_gib: int
+    accelerator: str  # "kvm" or "tcg": what the probe found, not whether /dev/kvm exists
+    simulated: bool = False
+    gpus: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """One replica's state as its node sees it. `started_at`: epoch seconds the VM was started
+    on the node (unchanged when a restarted agent adopts it). `log_seq`: the last log seq the
+    agent has for it."""
+
+    replica_id: str
+    state: str
+    reason: str = ""
+    address: str | None = None
+    host_port: int | None = None
+    exit_code: int | None = None
+    started_at: float | None = None
+    log_seq: int = 0
+
+    def check(self) -> None:
+        if self.state not in REPORTED_STATES:
+            raise ProtocolError(f"state must be one of {', '.join(REPORTED_STATES)}, not {self.state[:40]!r}")
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    seq: int
+    ts: float
+    stream: str
+    message: str
+
+    def check(self) -> None:
+        if self.seq < 1:
+            raise ProtocolError("log seq counts from 1")
+        if self.stream not in LOG_STREAMS:
+            raise ProtocolError(f"stream must be one of {', '.join(LOG_STREAMS)}")
+        if len(self.message) > MAX_LOG_LINE_CHARS:
+            raise ProtocolError(f"a log line may hold at most {MAX_LOG_LINE_CHARS} characters")
+
+
+@dataclass(frozen=True)
+class DesiredReplica:
+    """A replica the node should run: its spec (VM named `spec.name` == replica_id), how long a
+    stop may take before the VM is killed, and the last log seq the plane has stored."""
+
+    replica_id: str
+    spec: ReplicaSpec
+    stop_grace_s: float = 10.0
+    acked_seq: int = 0
+
+    def check(self) -> None:
+        if self.spec.name != self.replica_id:
+            raise ProtocolError("a desired replica's VM is named after its replica_id")
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    type: ClassVar[str] = ""
+
+    def check(self) -> None:
+        """Rules beyond field types; raises ProtocolError."""
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    type: ClassVar[str] = "hello"
+    inventory: Inventory
+    replicas: list[ReplicaReport] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    type: ClassVar[str] = "heartbeat"
+    load1: float = 0.0
+    free_disk_gib: float = 0.0
+    gpu_health: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReplicaStatus(Message):
+    type: ClassVar[str] = "replica.status"
+    report: ReplicaReport
+
+
+@dataclass(frozen=True)
+class Logs(Message):
+    type: ClassVar[str] = "logs"
+    replica_id: str
+    lines: list[LogEntry]
+
+    def check(self) -> None:
+        if len(self.lines) > MAX_LOG_BATCH_LINES:
+            raise ProtocolError(f"a log batch may hold at most {MAX_LOG_BATCH_LINES} lines")
+        seqs = [line.seq for line in self.lines]
+        if seqs != sorted(seqs):
+            raise ProtocolError("a log batch's lines must be in seq order")
+
+
+@dataclass(frozen=True)
+class Desired(Message):
+    type: ClassVar[str] = "desired"
+    replicas: list[DesiredReplica]
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+
+    def check(self) -> None:
+        if len(self.replicas) > MAX_DESIRED_REPLICAS:
+            raise ProtocolError(f"at most {MAX_DESIRED_REPLICAS} replicas per node")
+
+
+@dataclass(frozen=True)
+class ReplicaStart(Message):
+    type: ClassVar[str] = "replica.start"
+    command_id: str
+    replica: DesiredReplica
+
+
+@dataclass(frozen=True)
+class ReplicaStop(Message):
+    type: ClassVar[str] = "replica.stop"
+    command_id: str
+    replica_id: str
+    grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class NodeDrain(Message):
+    type: ClassVar[str] = "node.drain"
+    command_id: str
+
+
+@dataclass(frozen=True)
+class LogsAck(Message):
+    type: ClassVar[str] = "logs.ack"
+    replica_id: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """The plane's answer to a frame it refused; the connection stays open."""
+
+    type: ClassVar[str] = "error"
+    message: str
+    refused_type: str = ""
+
+
+AGENT_MESSAGES: tuple[type[Message], ...] = (Hello, Heartbeat, ReplicaStatus, Logs)
+PLANE_MESSAGES: tuple[type[Message], ...] = (Desired, ReplicaStart, ReplicaStop, NodeDrain, LogsAck, Error)
+_BY_TYPE: dict[str, type[Message]] = {m.type: m for m in (*AGENT_MESSAGES, *PLANE_MESSAGES)}
+
+
+# -- encoding and validation --------------------------------------------------------------------
+
+
+def encode(message: Message) -> str:
+    body = {"type": message.type, "version": PROTOCOL_VERSION, **asdict(message)}
+    text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    if len(text.encode()) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"{message.type} frame exceeds {MAX_FRAME_BYTES} bytes")
+    return text
+
+
+def decode(frame: str | bytes, *, allowed: tuple[type[Message], ...] | None = None) -> Message:
+    """One frame → one validated message. `allowed`: the messages this side may receive."""
+    size = len(frame.encode() if isinstance(frame, str) else frame)
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+    try:
+        data = json.loads(frame)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("frame must be a JSON object")
+    kind = data.pop("type", None)
+    version = data.pop("version", None)
+    cls = _BY_TYPE.get(kind) if isinstance(kind, str) else None
+    if cls is None or (allowed is not None and cls not in allowed):
+        raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {str(version)[:10]!r} is not supported (this side speaks {PROTOCOL_VERSION})")
+    return _build(cls, data, kind)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{where} must be an object")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ProtocolError(f"{where}.{f.name} is required")
+            continue
+        kwargs[f.name] = _value(hints[f.name], data[f.name], f"{where}.{f.name}")
+    # Fields this side does not know are ignored: a newer peer may add some within a version.
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ProtocolError as exc:
+            raise ProtocolError(f"{where}: {exc}") from None
+    return obj
+
+
+def _value(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ProtocolError(f"{where} may not be null")
+        inner = [o for o in options if o is not type(None)]
+        return _value(inner[0], value, where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where} must be a list")
+        return [_value(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where} must be an object")
+        return {_value(key_type, k, where): _value(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where} must be an object")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where} must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError(f"{where} must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProtocolError(f"{where} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ProtocolError(f"{where} must be a string")
+        return value
+    if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+        return _build(hint, value, where)
+    raise ProtocolError(f"{where}: unsupported field type")  # pragma: no cover - a bug here, not on the wire
