@@ -36,7 +36,7 @@ def _read_pid(paths: VmPaths) -> int | None:
 
 class Runtime(Protocol):
     async def start(self, spec: ReplicaSpec) -> VmInfo: ...
-    async def stop(self, name: str) -> VmInfo: ...
+    async def stop(self, name: str, *, timeout: float | None = None) -> VmInfo: ...
     async def remove(self, name: str) -> None: ...
     async def list(self) -> list[VmInfo]: ...
     def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]: ...
@@ -323,11 +323,13 @@ class MicroVmRuntime:
         return [self._infos[n] for n in sorted(known) if n in self._infos]
 
     # -- stop / remove -----------------------------------------------------------------------
-    async def stop(self, name: str) -> VmInfo:
+    async def stop(self, name: str, *, timeout: float | None = None) -> VmInfo:
+        """ACPI power-off, then a kill after `timeout` seconds (default: the runtime's
+        stop_timeout); the plane sets it per deployment."""
         async with self._locks.hold(validate_name(name)):
-            return await self._stop(name)
+            return await self._stop(name, timeout)
 
-    async def _stop(self, name: str) -> VmInfo:
+    async def _stop(self, name: str, timeout: float | None = None) -> VmInfo:
         paths = self.store.paths(name)
         info = await self._current(name)
         if info is None:
@@ -335,7 +337,7 @@ class MicroVmRuntime:
         await self._unwatch(name)
         if info.state not in TERMINAL_STATES:
             info = await self._set(replace(info, state="stopping", stop_requested=True))
-        await self.vmm.stop(paths.dir, timeout=self.stop_timeout)
+        await self.vmm.stop(paths.dir, timeout=self.stop_timeout if timeout is None else timeout)
         info = await self._refresh(name, paths, info)
         await self._release(name)
         return info
