@@ -9,7 +9,8 @@ from django.db import models
 class UsageRecord(models.Model):
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="usage_records")
     deployment = models.ForeignKey("deployments.Deployment", on_delete=models.CASCADE, related_name="usage_records")
-    replica = models.ForeignKey("deployments.Replica", on_delete=models.CASCADE, related_name="usage_records")
+    # PROTECT: what was metered outlives every delete path of the replica it was metered on.
+    replica = models.ForeignKey("deployments.Replica", on_delete=models.PROTECT, related_name="usage_records")
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
     gpus = models.PositiveSmallIntegerField()

@@ -1,4 +1,10 @@
-"""WebSocket routes. The agent consumer (/ws/v1/agent/) and the log/event streams arrive with
-their issues; the router exists now so daphne serves one application from day one."""
+"""WebSocket routes: the node agents' link (/ws/v1/agent/). The log and event streams join
+with their issue."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from nodes.consumers import AgentConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/v1/agent/", AgentConsumer.as_asgi()),
+]

@@ -112,13 +112,18 @@ CHANNEL_LAYERS = {
     }
 }
 
+# A node silent this long is offline and its replicas are lost (heartbeats come every 5 s).
+NODE_LIVENESS_WINDOW_S = float(os.environ.get("NODE_LIVENESS_WINDOW_S", "30"))
+NODE_DRAIN_TIMEOUT_S = float(os.environ.get("NODE_DRAIN_TIMEOUT_S", "600"))
+
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-task leaves it for another, tasks are idempotent
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE = {
-    "deployments-expire-due": {"task": "deployments.expire_due", "schedule": 60.0},
+    "deployments-expire-due": {"task": "deployments.expire_due", "schedule": 10.0},
+    "deployments-fleet-sweep": {"task": "deployments.fleet_sweep", "schedule": 5.0},
     "deployments-purge-idempotency-keys": {"task": "deployments.purge_idempotency_keys", "schedule": 3600.0},
 }
 

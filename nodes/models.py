@@ -57,14 +57,29 @@ class Node(models.Model):
     hostname = models.CharField(max_length=253, unique=True)
     location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="nodes")
     hardware_type = models.ForeignKey(HardwareType, on_delete=models.PROTECT, related_name="nodes")
+    # Endpoints are http://<public_address>:<host port>. Several nodes may share one address
+    # (a single test machine running several agents), so it is not unique.
     public_address = models.GenericIPAddressField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.JOINING, db_index=True)
+    status_reason = models.CharField(max_length=300, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     agent_version = models.CharField(max_length=50, blank=True)
-    # `gnode_<id>_<secret>`: only a hash is kept (the agent-protocol issue issues and checks them).
+    protocol_version = models.PositiveSmallIntegerField(null=True, blank=True)
+    # `gnode_<id>_<secret>`: only a SHA-256 of the secret is kept. The secret is 256 random
+    # bits, so a fast hash is as good as a slow one and keeps every agent message cheap to check.
     credential_hash = models.CharField(max_length=128, blank=True)
-    # Presents GPUs from a fake sysfs tree (--simulate-gpus): shown wherever a node is shown.
+    credential_issued_at = models.DateTimeField(null=True, blank=True)
+    # What the agent reported about itself at join and on every hello (never typed in).
+    cpus = models.PositiveIntegerField(default=0)
+    memory_mib = models.PositiveBigIntegerField(default=0)
+    disk_gib = models.PositiveIntegerField(default=0)
+    accelerator = models.CharField(max_length=10, blank=True)
+    inventory = models.JSONField(default=dict, blank=True)
+    # Presents GPUs from a fake sysfs tree (--simulate-gpus), as its agent says: shown wherever
+    # a node is shown, never an operator's choice.
     simulated = models.BooleanField(default=False)
+    # While draining: when the old replicas are stopped even if their replacements never ran.
+    drain_deadline = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -96,3 +111,35 @@ class Gpu(models.Model):
 
     def __str__(self) -> str:
         return f"{self.node.hostname}#{self.index}"
+
+
+class CpuSlot(models.Model):
+    """One replica's room on a `cpu_only` node (HardwareType.gpus_per_node counts them). Slots
+    are rows, like GPUs, so the scheduler claims both the same way (FOR UPDATE SKIP LOCKED)."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="slots")
+    index = models.PositiveSmallIntegerField()
+    replica = models.ForeignKey(
+        "deployments.Replica", null=True, blank=True, on_delete=models.SET_NULL, related_name="slots"
+    )
+
+    class Meta:
+        ordering = ["node_id", "index"]
+        constraints = [models.UniqueConstraint(fields=["node", "index"], name="slot_unique_node_index")]
+        indexes = [models.Index(fields=["node", "replica"], name="slot_node_free_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.node.hostname}/slot{self.index}"
+
+
+class JoinToken(models.Model):
+    """A one-time token an operator hands to a new node (`create_node`); only its hash is kept."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="join_tokens")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]

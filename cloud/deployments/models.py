@@ -9,6 +9,7 @@ from django.db import models
 from django.db.models import Q
 
 from cloud import crypto
+from nodes.protocol import TERMINAL_STATES
 
 
 class Deployment(models.Model):
@@ -50,6 +51,8 @@ class Deployment(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    # How long a stopping replica's workload gets between ACPI power-off and the kill.
+    stop_grace_seconds = models.PositiveSmallIntegerField(default=10)
     # DELETE hides a deployment (404 from then on, its name free again) but keeps the row:
     # UsageRecord cascades from Deployment, and a statement must not lose what was metered.
     deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -98,19 +101,36 @@ class Deployment(models.Model):
 
 
 class Replica(models.Model):
+    """One incarnation: one placement of one ordinal on one node, from `pending` to a terminal
+    state. Start after stop, restart, and re-placement after a lost node make a new row for the
+    same ordinal (`generation` + 1); the old row stays, with its logs and usage, as history.
+
+    `desired` is what the plane wants (run|stop); `state`, `reason`, address, host port, exit
+    code are what the node last reported. The VM on the node is named after `uid`, so two
+    incarnations (or two control planes' databases) can never be confused.
+    """
+
     class State(models.TextChoices):
         PENDING = "pending"
         PULLING = "pulling"
         BOOTING = "booting"
         STARTING = "starting"
         RUNNING = "running"
+        RESTARTING = "restarting"
         STOPPING = "stopping"
         STOPPED = "stopped"
         FAILED = "failed"
         LOST = "lost"
 
+    class Desired(models.TextChoices):
+        RUN = "run"
+        STOP = "stop"
+
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replicas")
     ordinal = models.PositiveSmallIntegerField()
+    generation = models.PositiveIntegerField(default=1)
+    desired = models.CharField(max_length=4, choices=Desired.choices, default=Desired.RUN)
     node = models.ForeignKey("nodes.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="replicas")
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING, db_index=True)
     # Every non-running replica says why: "no capacity of 8x H100 in us-east", "pulling 312/870 MB".
@@ -118,16 +138,42 @@ class Replica(models.Model):
     vm_address = models.GenericIPAddressField(null=True, blank=True)
     host_port = models.PositiveIntegerField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
+    # A drain's replacement: this row keeps running until `replaced_by` runs (or the drain
+    # times out), and meanwhile does not count as its ordinal's live replica.
+    replaced_by = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces")
     created_at = models.DateTimeField(auto_now_add=True)
+    placed_at = models.DateTimeField(null=True, blank=True)
+    # When it entered and left `running` (billing meters between them).
     started_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True, help_text="when it reached a terminal state")
+    # The node still holds its VM (GPUs stay allocated) until the node says the VM is gone.
+    vm_gone = models.BooleanField(default=False)
+    last_report_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["deployment_id", "ordinal"]
-        constraints = [models.UniqueConstraint(fields=["deployment", "ordinal"], name="replica_unique_ordinal")]
+        ordering = ["deployment_id", "ordinal", "generation"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "ordinal", "generation"], name="replica_unique_incarnation"),
+            # The live set: at most one wanted, unfinished, unreplaced incarnation per ordinal.
+            models.UniqueConstraint(
+                fields=["deployment", "ordinal"],
+                condition=Q(desired="run", replaced_by__isnull=True) & ~Q(state__in=("stopped", "failed", "lost")),
+                name="replica_one_live_per_ordinal",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["node", "state"], name="replica_node_state_idx"),
+            models.Index(fields=["state", "created_at"], condition=Q(node__isnull=True, state="pending"),
+                         name="replica_unplaced_idx"),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.deployment.name}-{self.ordinal}"
+        return f"{self.deployment.name}-{self.ordinal}.{self.generation}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
 
 
 class LogLine(models.Model):
@@ -137,7 +183,8 @@ class LogLine(models.Model):
         SYSTEM = "system"
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="log_lines")
-    replica = models.ForeignKey(Replica, on_delete=models.CASCADE, related_name="log_lines")
+    # PROTECT: an incarnation that wrote logs is history and is never deleted with its lines.
+    replica = models.ForeignKey(Replica, on_delete=models.PROTECT, related_name="log_lines")
     # Numbered by the agent per replica: a resend after a reconnect hits the unique key and is
     # dropped; a missing number is a visible gap, never a silent loss.
     seq = models.PositiveBigIntegerField()

@@ -22,3 +22,16 @@ def deployments_expire_due() -> int:
 def idempotency_keys_purge() -> int:
     """Idempotency keys older than IDEMPOTENCY_KEY_TTL_HOURS are forgotten."""
     return services.idempotency_keys_purge()
+
+
+@shared_task(name="deployments.schedule_pending")
+def schedule_pending() -> int:
+    """Places pending replicas (queued by every change that can make room)."""
+    return services.schedule_pending()
+
+
+@shared_task(name="deployments.fleet_sweep")
+def fleet_sweep() -> dict:
+    """Silent nodes → offline → their replicas lost and re-placed; drains progress; a
+    scheduling pass for whatever waits."""
+    return services.fleet_sweep()

@@ -49,7 +49,9 @@ def test_starting_a_stopped_deployment_makes_it_pending_again(as_alice, acme):
     response = post(as_alice, deployment, "start")
     assert response.status_code == 200
     assert response.json()["deployment"]["status"] == "pending"  # nothing fakes progress
-    assert set(deployment.replicas.values_list("state", flat=True)) == {"pending"}
+    # Each ordinal gets a new incarnation; the stopped ones stay as history.
+    rows = set(deployment.replicas.values_list("ordinal", "generation", "state"))
+    assert rows == {(0, 1, "stopped"), (1, 1, "stopped"), (0, 2, "pending"), (1, 2, "pending")}
     assert Event.objects.filter(deployment=deployment, type="deployment.started").exists()
 
 
@@ -87,7 +89,9 @@ def test_restarting_a_running_deployment(as_alice, acme):
     response = post(as_alice, deployment, "restart")
     assert response.status_code == 200
     assert response.json()["deployment"]["status"] == "starting"
-    assert deployment.replicas.get().state == "starting"
+    old, new = deployment.replicas.order_by("generation")
+    assert (old.generation, old.desired, old.state) == (1, "stop", "stopping")
+    assert (new.generation, new.desired, new.state, new.node) == (2, "run", "pending", None)
     assert Event.objects.filter(deployment=deployment, type="deployment.restarted").exists()
 
 

@@ -24,13 +24,26 @@ def test_scaling_up_adds_pending_replicas(as_alice, acme):
     assert Event.objects.filter(deployment=deployment, type="deployment.updated").exists()
 
 
-def test_scaling_down_removes_unplaced_replicas_and_stops_placed_ones(as_alice, acme):
+def test_scaling_down_stops_unplaced_replicas_at_once_and_placed_ones_on_their_node(as_alice, acme):
     deployment = deployment_for(acme, replica_count=3)
     place_running(deployment)
     Replica.objects.filter(deployment=deployment, ordinal=2).update(node=None, state="pending")
     response = patch(as_alice, deployment, {"replica_count": 1})
     assert response.status_code == 200
-    assert dict(deployment.replicas.values_list("ordinal", "state")) == {0: "running", 1: "stopping"}
+    # Nothing is deleted: the removed ordinals' rows stay, ended or ending.
+    assert dict(deployment.replicas.values_list("ordinal", "state")) == {0: "running", 1: "stopping", 2: "stopped"}
+    assert set(deployment.replicas.filter(ordinal__gte=1).values_list("desired", flat=True)) == {"stop"}
+
+
+def test_scaling_down_then_up_gives_replica_count_live_replicas(as_alice, acme):
+    deployment = deployment_for(acme, replica_count=3)
+    place_running(deployment)
+    patch(as_alice, deployment, {"replica_count": 1})
+    response = patch(as_alice, deployment, {"replica_count": 3})
+    assert response.status_code == 200
+    live = deployment.replicas.filter(desired="run").exclude(state__in=("stopped", "failed", "lost"))
+    assert sorted(live.values_list("ordinal", "generation")) == [(0, 1), (1, 2), (2, 2)]
+    assert deployment.replicas.count() == 5
 
 
 def test_scaling_up_is_quota_checked(as_alice, acme):

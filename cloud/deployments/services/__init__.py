@@ -4,6 +4,9 @@ admin and, later, the agent consumer all call the same code). Split by concept:
 - `create`: validating a spec against the catalog, quotas and funds, and creating it;
 - `change`: PATCH (replicas, duration, env);
 - `lifecycle`: start, stop, restart, delete, expiry;
+- `status`: incarnations and the deployment status derived from them;
+- `placement`: the scheduler; `fleet`: lost nodes, drains and the periodic sweep;
+- `agents`: what node agents report and what they should run (the consumer's sink);
 - `events`: the per-deployment event feed;
 - `idempotency`: replaying a POST retried with the same Idempotency-Key.
 """
@@ -11,6 +14,8 @@ admin and, later, the agent consumer all call the same code). Split by concept:
 from cloud.deployments.services.change import deployment_update
 from cloud.deployments.services.create import deployment_create
 from cloud.deployments.services.events import event_record
+from cloud.deployments.services.fleet import fleet_sweep, node_drain, node_lost
+from cloud.deployments.services.placement import schedule_pending
 from cloud.deployments.services.idempotency import (
     IdempotentResult,
     idempotency_fingerprint,
@@ -35,6 +40,10 @@ __all__ = [
     "deployment_stop",
     "deployment_update",
     "event_record",
+    "fleet_sweep",
+    "node_drain",
+    "node_lost",
+    "schedule_pending",
     "idempotency_fingerprint",
     "idempotency_keys_purge",
     "idempotent_create",

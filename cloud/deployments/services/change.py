@@ -12,9 +12,9 @@ from billing.services import hourly_cost
 from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
-from cloud.deployments.services.create import replicas_build
 from cloud.deployments.services.events import actor_label, event_record
-from cloud.deployments.services.lifecycle import LIVE, REPLICA_DONE
+from cloud.deployments.services.lifecycle import LIVE
+from cloud.deployments.services.status import incarnations_create, missing_ordinals, replicas_stop, unfinished_q
 from cloud.exceptions import Conflict, InvalidInput
 
 S = Deployment.Status
@@ -41,17 +41,11 @@ def _scale(*, tenant, deployment: Deployment, replica_count: int) -> None:
     deployment.replica_count = replica_count
     if replica_count > old:
         if live:
-            existing = set(Replica.objects.filter(deployment=deployment).values_list("ordinal", flat=True))
-            replicas_build(deployment=deployment, ordinals=[o for o in range(replica_count) if o not in existing])
+            incarnations_create(deployment=deployment, ordinals=missing_ordinals(deployment))
         return  # a stopped deployment gets its replicas when started
-    removed = Replica.objects.filter(deployment=deployment, ordinal__gte=replica_count)
-    # A replica on a node is stopped by its agent; one that never ran (or has no metered
-    # usage to keep: UsageRecord cascades from Replica) is simply removed.
-    removed.filter(node__isnull=False).exclude(state__in=REPLICA_DONE).update(
-        state=Replica.State.STOPPING, reason="removed by scale-down",
-    )
-    removed.filter(node__isnull=True, usage_records__isnull=True).delete()
-    removed.filter(state__in=REPLICA_DONE).exclude(usage_records__isnull=True).update(reason="removed by scale-down")
+    # Scale-down stops the removed ordinals' incarnations; their rows stay as history.
+    replicas_stop(Replica.objects.filter(unfinished_q(), deployment=deployment, ordinal__gte=replica_count),
+                  reason="removed by scale-down")
 
 
 def _extend(*, deployment: Deployment, duration_hours: int) -> None:

@@ -18,16 +18,15 @@ from django.utils import timezone
 
 from billing.services import hourly_cost
 from cloud.deployments import selectors
-from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.models import Deployment
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
+from cloud.deployments.services.status import PENDING_REASON, incarnations_create
 from cloud.exceptions import Conflict, InvalidInput, NotFound
 from nodes.models import HardwareType, Location
 from templates.models import Template
 from templates.selectors import template_get
 
-# What a customer reads on a replica no scheduler has placed yet. Nothing fakes progress.
-PENDING_REASON = "waiting for the scheduler: no node placement yet"
 MAX_GPUS_WITHOUT_TEMPLATE = 8
 
 
@@ -126,12 +125,6 @@ def _unique_name(*, tenant, base: str) -> str:
     return f"{base}-{secrets.token_hex(8)}"
 
 
-def replicas_build(*, deployment: Deployment, ordinals, state=Replica.State.PENDING, reason=PENDING_REASON) -> list[Replica]:
-    return Replica.objects.bulk_create(
-        [Replica(deployment=deployment, ordinal=o, state=state, reason=reason) for o in ordinals]
-    )
-
-
 @transaction.atomic
 def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
     template = _template_for(tenant=tenant, ref=spec["template"]) if spec.get("template") else None
@@ -210,7 +203,7 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
         raise Conflict(f"A deployment named '{name}' already exists.") from None
     if locations:
         deployment.locations.set(locations)
-    replicas_build(deployment=deployment, ordinals=range(replica_count))
+    incarnations_create(deployment=deployment, ordinals=range(replica_count))
     event_record(
         tenant=tenant, deployment=deployment, type="deployment.created",
         payload={

@@ -6,8 +6,10 @@ from __future__ import annotations
 from cloud.deployments.models import Event
 
 
-def event_record(*, tenant, deployment=None, type: str, payload: dict | None = None) -> Event:  # noqa: A002
-    return Event.objects.create(tenant=tenant, deployment=deployment, type=type, payload=payload or {})
+def event_record(*, tenant=None, tenant_id=None, deployment=None, type: str, payload: dict | None = None) -> Event:  # noqa: A002
+    if tenant is not None:
+        tenant_id = tenant.pk
+    return Event.objects.create(tenant_id=tenant_id, deployment=deployment, type=type, payload=payload or {})
 
 
 def actor_label(actor) -> str | None:

@@ -2,8 +2,8 @@
 
     pending/starting/running --stop--> stopping (replicas on a node) --agent--> stopped
                              --stop--> stopped  (no replica was ever placed)
-    stopped/failed (expired if extended) --start--> pending (replicas wait for the scheduler)
-    starting/running --restart--> starting
+    stopped/failed (expired if extended) --start--> pending (new incarnations wait for the scheduler)
+    starting/running --restart--> starting (each placed replica replaced by a new incarnation)
     any live status past expires_at --expiry task--> expired
 
 Nothing here pretends a node did something: a replica that is on a node goes to `stopping`
@@ -22,16 +22,21 @@ from billing.services import hourly_cost
 from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
-from cloud.deployments.services.create import PENDING_REASON, replicas_build
 from cloud.deployments.services.events import actor_label, event_record
+from cloud.deployments.services.status import (
+    PENDING_REASON,
+    incarnations_create,
+    live_q,
+    missing_ordinals,
+    replicas_stop,
+    unfinished_q,
+)
 from cloud.exceptions import Conflict
 
 S = Deployment.Status
 LIVE = (S.PENDING, S.STARTING, S.RUNNING)
 STARTABLE = (S.STOPPED, S.FAILED, S.EXPIRED)
 RESTARTABLE = (S.STARTING, S.RUNNING)
-# Replica states in which nothing runs on a node any more.
-REPLICA_DONE = (Replica.State.STOPPED, Replica.State.FAILED, Replica.State.LOST)
 
 
 def _conflict(deployment: Deployment, action: str, allowed) -> Conflict:
@@ -41,19 +46,9 @@ def _conflict(deployment: Deployment, action: str, allowed) -> Conflict:
     )
 
 
-def replicas_stop(*, deployment: Deployment, reason: str) -> bool:
-    """Stops every replica of the deployment. Returns True when some replica is on a node and
-    must be stopped by its agent first (the deployment is then `stopping`)."""
-    now = timezone.now()
-    replicas = Replica.objects.filter(deployment=deployment).exclude(state__in=REPLICA_DONE)
-    replicas.filter(node__isnull=True).update(state=Replica.State.STOPPED, reason=reason, stopped_at=now)
-    placed = replicas.filter(node__isnull=False).update(state=Replica.State.STOPPING, reason=reason)
-    return placed > 0
-
-
 def _stop(*, deployment: Deployment, reason: str, final_status: str) -> None:
     now = timezone.now()
-    waiting = replicas_stop(deployment=deployment, reason=reason)
+    waiting = replicas_stop(Replica.objects.filter(unfinished_q(), deployment=deployment), reason=reason)
     deployment.status = S.STOPPING if waiting and final_status == S.STOPPED else final_status
     deployment.status_reason = (
         f"{reason}: waiting for the node(s) to stop the replicas" if waiting else reason
@@ -69,7 +64,7 @@ def deployment_stop(*, tenant, actor, deployment_id) -> Deployment:
     if deployment.status not in LIVE:
         raise _conflict(deployment, "stop", LIVE)
     _stop(deployment=deployment, reason="stopped by user", final_status=S.STOPPED)
-    event_record(tenant=tenant, deployment=deployment, type="deployment.stopped",
+    event_record(tenant=tenant, deployment=deployment, type="deployment.stopping" if deployment.status == S.STOPPING else "deployment.stopped",
                  payload={"status": deployment.status, "actor": actor_label(actor)})
     return deployment
 
@@ -86,8 +81,6 @@ def deployment_start(*, tenant, actor, deployment_id) -> Deployment:
             f"{deployment.expires_at:%Y-%m-%dT%H:%M:%SZ}); extend duration_hours with PATCH before starting it.",
             extra={"status_now": deployment.status},
         )
-    if Replica.objects.filter(deployment=deployment).exclude(state__in=REPLICA_DONE).exists():
-        raise Conflict("Some replicas are still being stopped on their node; start again once they have stopped.")
 
     locked = quotas.tenant_lock(tenant=tenant)
     hardware = deployment.hardware_type
@@ -98,14 +91,10 @@ def deployment_start(*, tenant, actor, deployment_id) -> Deployment:
         replica_count=deployment.replica_count,
     ))
 
-    # Fresh replicas: the scheduler places them anew (the old node may be gone or full).
-    Replica.objects.filter(deployment=deployment, ordinal__gte=deployment.replica_count).delete()
-    Replica.objects.filter(deployment=deployment).update(
-        state=Replica.State.PENDING, reason=PENDING_REASON, node=None, host_port=None, vm_address=None,
-        exit_code=None, started_at=None, stopped_at=None,
-    )
-    existing = set(Replica.objects.filter(deployment=deployment).values_list("ordinal", flat=True))
-    replicas_build(deployment=deployment, ordinals=[o for o in range(deployment.replica_count) if o not in existing])
+    # New incarnations (generation + 1): the old rows stay as history with their logs and usage;
+    # one still stopping on its node holds its units until the node confirms, so the new one is
+    # placed wherever there is room.
+    incarnations_create(deployment=deployment, ordinals=missing_ordinals(deployment))
     deployment.status, deployment.status_reason = S.PENDING, PENDING_REASON
     deployment.stopped_at = None
     deployment.save(update_fields=["status", "status_reason", "stopped_at", "updated_at"])
@@ -115,17 +104,17 @@ def deployment_start(*, tenant, actor, deployment_id) -> Deployment:
 
 @transaction.atomic
 def deployment_restart(*, tenant, actor, deployment_id) -> Deployment:
-    """Asks every placed replica to restart in place. The agent protocol turns the replicas in
-    `starting` with this reason into replica.stop + replica.start; until a replica reports
-    `running` again the deployment is `starting`."""
+    """Every placed replica is replaced by a new incarnation: the old one is stopped on its node
+    (gracefully), the new one is placed and started. Restart is the `restarting` deployment
+    transition and the replicas' own states, never something read out of a reason text."""
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
     if deployment.status not in RESTARTABLE:
         raise _conflict(deployment, "restart", RESTARTABLE)
-    reason = "restart requested: restarting on its node"
-    Replica.objects.filter(deployment=deployment, node__isnull=False).exclude(state__in=REPLICA_DONE).update(
-        state=Replica.State.STARTING, reason=reason,
-    )
-    deployment.status, deployment.status_reason = S.STARTING, "restart requested"
+    placed = Replica.objects.filter(live_q(), deployment=deployment, node__isnull=False)
+    ordinals = list(placed.values_list("ordinal", flat=True))
+    replicas_stop(placed, reason="restart requested: replaced by a new incarnation")
+    incarnations_create(deployment=deployment, ordinals=ordinals)
+    deployment.status, deployment.status_reason = S.STARTING, "restart requested: new incarnations starting"
     deployment.save(update_fields=["status", "status_reason", "updated_at"])
     event_record(tenant=tenant, deployment=deployment, type="deployment.restarted", payload={"actor": actor_label(actor)})
     return deployment

@@ -1,0 +1,174 @@
+"""What node agents tell the plane about replicas, and what the plane wants them to run: the
+`nodes.link.ReplicaSink` the agent consumer calls (registered in DeploymentsConfig.ready()).
+
+A node may only speak of replicas placed on it (else `NotPlacedHere`, which the consumer turns
+into an error frame). A report never revives an incarnation the plane has ended (`lost`, or a
+stop the node has not confirmed yet): the plane's intent wins and the fence stops the VM. GPUs
+and slots are freed only when the node says the VM is gone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone as dt_timezone
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from cloud.deployments.models import Deployment, LogLine, Replica
+from cloud.deployments.services import placement
+from cloud.deployments.services.status import TERMINAL, deployment_refresh, replica_event
+from nodes import link
+from nodes.models import Gpu
+from nodes.protocol import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
+
+R = Replica.State
+
+
+def _uid(replica_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(replica_id)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def _replica_on(node_id: int, replica_id: str, *, lock: bool) -> Replica:
+    uid = _uid(replica_id)
+    row = Replica.objects.filter(uid=uid).values("pk", "node_id", "deployment_id").first() if uid else None
+    if row is None or row["node_id"] != node_id:
+        raise link.NotPlacedHere(f"replica {replica_id[:40]} is not placed on this node")
+    if lock:
+        Deployment.objects.select_for_update(of=("self",)).filter(pk=row["deployment_id"]).first()
+        return Replica.objects.select_for_update(of=("self",)).select_related("deployment", "node").get(pk=row["pk"])
+    return Replica.objects.select_related("deployment").get(pk=row["pk"])
+
+
+def _vm_gone(replica: Replica) -> None:
+    replica.vm_gone = True
+    if placement.units_release(replica):
+        placement.scheduler_kick()
+
+
+def _apply(replica: Replica, report: ReplicaReport) -> None:
+    now = timezone.now()
+    old_state = replica.state
+    replica.last_report_at = now
+    if report.state in ("stopped", "failed"):
+        if not replica.vm_gone:
+            _vm_gone(replica)
+    if replica.state in TERMINAL:
+        replica.save(update_fields=["last_report_at", "vm_gone"])
+        return  # ended on the plane (lost or stopped): the node's word no longer moves it
+    wanted_stop = replica.desired == Replica.Desired.STOP
+    if report.state in ("stopped", "failed"):
+        replica.state = R.STOPPED if wanted_stop else report.state
+        replica.ended_at = now
+        if replica.started_at is not None and replica.stopped_at is None:
+            replica.stopped_at = now
+        replica.reason = (report.reason or replica.reason) if not wanted_stop else (replica.reason or "stopped")
+    elif wanted_stop:
+        replica.state = R.STOPPING  # a late report from before the stop must not undo it
+    else:
+        replica.state = report.state
+        replica.reason = report.reason
+        if report.state == R.RUNNING and replica.started_at is None:
+            replica.started_at = now
+    replica.vm_address = report.address
+    replica.host_port = report.host_port
+    replica.exit_code = report.exit_code
+    replica.save(update_fields=["state", "reason", "vm_address", "host_port", "exit_code", "started_at",
+                                "stopped_at", "ended_at", "vm_gone", "last_report_at"])
+    if replica.state != old_state:
+        replica_event(replica, f"replica.{replica.state}", node=replica.node.hostname if replica.node_id else None)
+    if replica.state == R.RUNNING and old_state != R.RUNNING:
+        _replacement_running(replica)
+    deployment_refresh(deployment_id=replica.deployment_id)
+
+
+def _replacement_running(replica: Replica) -> None:
+    """A drain's replacement runs: the incarnation it replaces may stop now."""
+    from cloud.deployments.services.status import replicas_stop
+
+    old = Replica.objects.filter(replaced_by=replica).exclude(state__in=TERMINAL)
+    replicas_stop(old, reason=f"replaced by generation {replica.generation} (node drain)")
+
+
+class AgentSink:
+    def report(self, *, node_id: int, report: ReplicaReport) -> None:
+        with transaction.atomic():
+            _apply(_replica_on(node_id, report.replica_id, lock=True), report)
+
+    def hello(self, *, node_id: int, reports: list[ReplicaReport]) -> None:
+        """The node's view after a (re)connect. Reports about replicas it does not hold are
+        ignored (the desired set stops those VMs); replicas it should hold but no longer has
+        are over, and their units free."""
+        seen = set()
+        for report in reports:
+            try:
+                self.report(node_id=node_id, report=report)
+                seen.add(_uid(report.replica_id))
+            except link.NotPlacedHere:
+                continue
+        with transaction.atomic():
+            missing = (Replica.objects.filter(node_id=node_id, vm_gone=False)
+                       .exclude(uid__in=seen).exclude(state=R.PENDING).values_list("pk", "deployment_id"))
+            for pk, deployment_id in list(missing):
+                Deployment.objects.select_for_update(of=("self",)).filter(pk=deployment_id).first()
+                replica = Replica.objects.select_for_update(of=("self",)).select_related("deployment", "node").get(pk=pk)
+                if replica.state in TERMINAL or replica.desired == Replica.Desired.STOP:
+                    gone = ReplicaReport(replica_id=str(replica.uid), state="stopped")
+                else:
+                    gone = ReplicaReport(replica_id=str(replica.uid), state="failed",
+                                         reason="its node no longer has the VM (the host restarted or its data was lost)")
+                _apply(replica, gone)
+
+    def logs(self, *, node_id: int, replica_id: str, lines: list[LogEntry]) -> int:
+        replica = _replica_on(node_id, replica_id, lock=False)
+        LogLine.objects.bulk_create(
+            [LogLine(deployment_id=replica.deployment_id, replica=replica, seq=line.seq,
+                     ts=datetime.fromtimestamp(line.ts, tz=dt_timezone.utc), stream=line.stream,
+                     message=line.message.replace("\x00", "\ufffd"))
+             for line in lines],
+            ignore_conflicts=True,  # a resend after a reconnect hits the unique key and is dropped
+        )
+        return LogLine.objects.filter(replica=replica).aggregate(m=Max("seq"))["m"] or 0
+
+    def desired(self, *, node_id: int) -> list[DesiredReplica]:
+        replicas = list(
+            Replica.objects.filter(node_id=node_id, desired=Replica.Desired.RUN)
+            .exclude(state__in=TERMINAL)
+            .select_related("deployment__hardware_type").order_by("created_at", "id")
+        )
+        acked = dict(
+            LogLine.objects.filter(replica__in=replicas).values("replica_id").annotate(m=Max("seq"))
+            .values_list("replica_id", "m")
+        )
+        bdfs: dict[int, list[str]] = {}
+        for replica_pk, bdf in Gpu.objects.filter(replica__in=replicas).order_by("index").values_list("replica_id", "pci_bdf"):
+            bdfs.setdefault(replica_pk, []).append(bdf)
+        return [
+            DesiredReplica(replica_id=str(r.uid), spec=replica_spec(r, gpu_bdfs=bdfs.get(r.pk, [])),
+                           stop_grace_s=float(r.deployment.stop_grace_seconds), acked_seq=acked.get(r.pk, 0))
+            for r in replicas
+        ]
+
+    def node_online(self, *, node_id: int) -> None:
+        with transaction.atomic():
+            placement.scheduler_kick()
+
+
+def replica_spec(replica: Replica, *, gpu_bdfs: list[str]) -> ReplicaSpec:
+    """The spec a node runs; the only place secrets are decrypted (they travel to the node, and
+    to no log, event or API answer)."""
+    d = replica.deployment
+    hardware = d.hardware_type
+    units = 1 if hardware.cpu_only else max(d.gpus_per_container, 1)
+    return ReplicaSpec(
+        name=str(replica.uid), image=d.image,
+        registry_username=d.registry_username or None, registry_password=d.get_registry_secret() if d.registry_username else None,
+        env={**d.env, "GANTRY_DEPLOYMENT_ID": str(d.pk), "GANTRY_REPLICA_ORDINAL": str(replica.ordinal)},
+        secret_env=d.get_secret_env(), entrypoint=d.entrypoint, args=d.args, traffic_port=d.traffic_port,
+        vcpus=max(hardware.vcpus_per_gpu * units, 1), memory_mib=max(hardware.memory_gib_per_gpu * units * 1024, 256),
+        gpu_bdfs=gpu_bdfs,
+    )

@@ -1,0 +1,123 @@
+"""What node events do to replicas: a node gone silent (its replicas `lost`, new incarnations
+placed elsewhere), a drain (replacements first, the old ones stopped once those run or at the
+deadline), and the periodic sweep that ties them together.
+
+The node's own state changes are `nodes.services`; this module adds the replica side, so the
+admin, the staff API and the Celery tasks all drain or fail over through the same code.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.services.placement import schedule_pending, scheduler_kick
+from cloud.deployments.services.status import (
+    LIVE_STATUSES,
+    TERMINAL,
+    deployment_refresh,
+    incarnations_create,
+    live_q,
+    replica_event,
+    replicas_stop,
+    unfinished_q,
+)
+from nodes import services as node_services
+from nodes.models import Node
+
+R = Replica.State
+
+
+def _deployments_on(node_id: int) -> list:
+    return list(Replica.objects.filter(unfinished_q(), node_id=node_id).values_list("deployment_id", flat=True).distinct())
+
+
+def node_lost(*, node_id: int) -> int:
+    """The node is offline: each of its unfinished incarnations becomes `lost` (metered to the
+    node's last heartbeat), and a wanted one gets a new incarnation to place elsewhere. Its
+    GPUs stay held until the node, if it comes back, confirms the VMs are gone."""
+    node = Node.objects.get(pk=node_id)
+    last_seen = node.last_heartbeat or timezone.now()
+    lost = 0
+    for deployment_id in _deployments_on(node_id):
+        with transaction.atomic():
+            deployment = Deployment.objects.select_for_update(of=("self",)).get(pk=deployment_id)
+            for replica in (Replica.objects.select_for_update(of=("self",)).select_related("deployment")
+                            .filter(unfinished_q(), deployment=deployment, node_id=node_id)):
+                was_live = replica.desired == Replica.Desired.RUN and replica.replaced_by_id is None
+                replica.state, replica.ended_at = R.LOST, timezone.now()
+                replica.reason = f"node {node.hostname} stopped answering (last heartbeat {last_seen:%H:%M:%SZ})"
+                if replica.started_at is not None and replica.stopped_at is None:
+                    replica.stopped_at = max(last_seen, replica.started_at)
+                replica.save(update_fields=["state", "ended_at", "reason", "stopped_at"])
+                replica_event(replica, "replica.lost", node=node.hostname)
+                lost += 1
+                if was_live and deployment.status in LIVE_STATUSES and replica.ordinal < deployment.replica_count:
+                    incarnations_create(deployment=deployment, ordinals=[replica.ordinal])
+            deployment_refresh(deployment_id=deployment.pk)
+    return lost
+
+
+def node_drain(*, node_id: int, timeout_s: float | None = None) -> Node:
+    """Draining: each wanted replica on the node gets a replacement placed elsewhere; the old
+    one keeps serving until its replacement runs (or the drain deadline passes)."""
+    timeout_s = timeout_s if timeout_s is not None else getattr(settings, "NODE_DRAIN_TIMEOUT_S", 600)
+    node = node_services.node_start_drain(node_id=node_id, timeout_s=timeout_s)
+    for deployment_id in _deployments_on(node_id):
+        with transaction.atomic():
+            deployment = Deployment.objects.select_for_update(of=("self",)).get(pk=deployment_id)
+            if deployment.status not in LIVE_STATUSES:
+                continue
+            for replica in Replica.objects.select_for_update(of=("self",)).filter(
+                    live_q(), deployment=deployment, node_id=node_id):
+                _replace(deployment, replica, node)
+    scheduler_kick()
+    return node
+
+
+def _replace(deployment: Deployment, replica: Replica, node: Node) -> Replica:
+    generation = (Replica.objects.filter(deployment=deployment, ordinal=replica.ordinal)
+                  .aggregate(g=Max("generation"))["g"] or 0) + 1
+    # Made unwanted first, so the live-per-ordinal constraint admits it beside the old row;
+    # wanted again once the old row points at it (all in one transaction, so no worker sees
+    # the in-between).
+    new = Replica.objects.create(deployment=deployment, ordinal=replica.ordinal, generation=generation,
+                                 desired=Replica.Desired.STOP, state=R.PENDING,
+                                 reason=f"replacing generation {replica.generation} from draining node {node.hostname}")
+    replica.replaced_by = new
+    replica.reason = f"draining: serving until its replacement (generation {generation}) runs"
+    replica.save(update_fields=["replaced_by", "reason"])
+    Replica.objects.filter(pk=new.pk).update(desired=Replica.Desired.RUN)
+    return new
+
+
+def drains_progress() -> int:
+    """Draining nodes: past the deadline every remaining replica stops; a node with nothing
+    left running becomes `cordoned`. Returns how many nodes finished draining."""
+    finished = 0
+    now = timezone.now()
+    for node in Node.objects.filter(status=Node.Status.DRAINING):
+        if node.drain_deadline is not None and node.drain_deadline <= now:
+            for deployment_id in _deployments_on(node.pk):
+                with transaction.atomic():
+                    Deployment.objects.select_for_update(of=("self",)).filter(pk=deployment_id).first()
+                    replicas_stop(Replica.objects.filter(unfinished_q(), deployment_id=deployment_id, node_id=node.pk)
+                                  .filter(desired=Replica.Desired.RUN), reason="drain deadline passed")
+        if not Replica.objects.filter(node_id=node.pk).exclude(state__in=TERMINAL).exists():
+            node_services.node_finish_drain(node_id=node.pk)
+            finished += 1
+    return finished
+
+
+def fleet_sweep() -> dict:
+    """The periodic pass (Celery beat, every few seconds): silent nodes go offline and lose
+    their replicas, drains progress, and whatever is pending is placed."""
+    window = getattr(settings, "NODE_LIVENESS_WINDOW_S", 30)
+    offline = node_services.nodes_mark_silent_offline(window_s=window)
+    lost = sum(node_lost(node_id=n) for n in offline)
+    drained = drains_progress()
+    placed = schedule_pending()
+    return {"offline": len(offline), "lost": lost, "drained": drained, "placed": placed}

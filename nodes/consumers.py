@@ -1,0 +1,125 @@
+"""`/ws/v1/agent/`: one WebSocket per node (DESIGN section 5).
+
+The node's credential comes as `Authorization: Bearer gnode_...`; anything else is refused
+before the socket opens (the handshake gets a 403). Every frame is validated by
+`nodes.protocol.decode`; a frame that is malformed, oversized, unknown, out of order or about a
+replica placed on another node gets an `error` frame and a log line, and the consumer keeps
+serving. Replica reports go to the deployments app through `nodes.link.sink()`.
+
+The consumer remembers what it last told its agent (`_sent`), so a `node.sync` from any
+process turns into exactly the `replica.start` / `replica.stop` commands that changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from nodes import link, services
+from nodes import protocol as p
+
+log = logging.getLogger(__name__)
+
+# Close codes the agent can tell apart (4000-4999 are the application's).
+CLOSE_OFFLINE = 4000  # declared offline while connected: reconnect and say hello again
+CLOSE_REPLACED = 4001  # another connection for this node took over, or the credential changed
+
+
+def _bearer(scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"authorization":
+            kind, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if kind.lower() == "bearer" else ""
+    return ""
+
+
+class AgentConsumer(AsyncWebsocketConsumer):
+    node_id: int | None = None
+
+    async def connect(self):
+        node = await database_sync_to_async(services.node_authenticate)(_bearer(self.scope))
+        if node is None:
+            await self.close()  # before accept: the handshake is refused with 403
+            return
+        self.node_id = node.pk
+        self.hostname = node.hostname
+        self._sent: dict[str, p.DesiredReplica] = {}
+        self._greeted = False
+        # One live connection per node: an older one (a half-dead socket) is told to go.
+        await self.channel_layer.group_send(link.node_group(node.pk), {"type": "node.disconnect"})
+        await self.channel_layer.group_add(link.node_group(node.pk), self.channel_name)
+        await self.accept()
+        log.info("agent of node %s (%s) connected", node.pk, node.hostname)
+
+    async def disconnect(self, code):
+        if self.node_id is not None:
+            await self.channel_layer.group_discard(link.node_group(self.node_id), self.channel_name)
+            log.info("agent of node %s disconnected (%s)", self.node_id, code)
+
+    # -- frames from the agent ----------------------------------------------------------------
+    async def receive(self, text_data=None, bytes_data=None):
+        frame = text_data if text_data is not None else bytes_data
+        kind = "?"
+        try:
+            message = p.decode(frame or "", allowed=p.AGENT_MESSAGES)
+            kind = message.type
+            if not self._greeted and not isinstance(message, p.Hello):
+                raise p.ProtocolError(f"send hello before {message.type}")
+            await self._handle(message)
+        except p.ProtocolError as exc:
+            await self._refuse(kind, str(exc))
+        except link.NotPlacedHere as exc:
+            await self._refuse(kind, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one bad frame must never end the node's session
+            log.exception("node %s: %s frame failed", self.node_id, kind)
+            await self._refuse(kind, f"internal error handling {kind}: {type(exc).__name__}")
+
+    async def _refuse(self, kind: str, reason: str) -> None:
+        log.warning("node %s: refused %s frame: %s", self.node_id, kind, reason)
+        await self.send(text_data=p.encode(p.Error(message=reason[:500], refused_type=kind[:40])))
+
+    async def _handle(self, message: p.Message) -> None:
+        sink = link.sink()
+        if isinstance(message, p.Hello):
+            node, came_online = await database_sync_to_async(services.node_connected)(
+                node_id=self.node_id, inventory=message.inventory)
+            await database_sync_to_async(sink.hello)(node_id=self.node_id, reports=message.replicas)
+            self._greeted = True
+            desired = await database_sync_to_async(sink.desired)(node_id=self.node_id)
+            self._sent = {d.replica_id: d for d in desired}
+            await self.send(text_data=p.encode(p.Desired(replicas=desired)))
+            if came_online:
+                await database_sync_to_async(sink.node_online)(node_id=self.node_id)
+        elif isinstance(message, p.Heartbeat):
+            if not await database_sync_to_async(services.node_heartbeat)(node_id=self.node_id):
+                # Declared offline meanwhile (its replicas are lost and placed elsewhere): the
+                # agent must reconnect, say hello, and be fenced by the new desired set.
+                await self.close(code=CLOSE_OFFLINE)
+        elif isinstance(message, p.ReplicaStatus):
+            await database_sync_to_async(sink.report)(node_id=self.node_id, report=message.report)
+        elif isinstance(message, p.Logs):
+            seq = await database_sync_to_async(sink.logs)(
+                node_id=self.node_id, replica_id=message.replica_id, lines=message.lines)
+            await self.send(text_data=p.encode(p.LogsAck(replica_id=message.replica_id, seq=seq)))
+
+    # -- messages from the rest of the plane (channel layer) --------------------------------------
+    async def node_sync(self, event):
+        if not self._greeted:
+            return  # the hello's answer will carry the whole set
+        desired = await database_sync_to_async(link.sink().desired)(node_id=self.node_id)
+        now = {d.replica_id: d for d in desired}
+        for replica_id, entry in now.items():
+            if replica_id not in self._sent:
+                await self.send(text_data=p.encode(p.ReplicaStart(command_id=uuid.uuid4().hex, replica=entry)))
+        for replica_id, entry in self._sent.items():
+            if replica_id not in now:
+                await self.send(text_data=p.encode(p.ReplicaStop(
+                    command_id=uuid.uuid4().hex, replica_id=replica_id, grace_s=entry.stop_grace_s)))
+        self._sent = now
+
+    async def node_disconnect(self, event):
+        if self._greeted or self.node_id is not None:
+            await self.close(code=CLOSE_REPLACED)

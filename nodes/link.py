@@ -1,0 +1,75 @@
+"""How the rest of the plane reaches a connected agent, and how the agent consumer reaches the
+replicas without importing the deployments app (imports run one way: deployments → nodes).
+
+- `notify_node(node_id)`: after a commit that changed what a node should run, its consumer
+  (wherever it runs: any daphne process) recomputes the desired set and sends the difference.
+- `disconnect_node(node_id)`: closes the node's socket (credential revoked or replaced).
+- `ReplicaSink`: what the consumer needs of the replica side; the deployments app registers
+  its implementation in `AppConfig.ready()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from nodes.protocol import DesiredReplica, LogEntry, ReplicaReport
+
+log = logging.getLogger(__name__)
+
+
+def node_group(node_id: int) -> str:
+    return f"node.{node_id}"
+
+
+def _send(node_id: int, message: dict) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(node_group(node_id), message)
+    except Exception:  # noqa: BLE001 - Redis away: the agent converges on its next hello/sweep
+        log.warning("could not reach node %s's consumer through the channel layer", node_id, exc_info=True)
+
+
+def notify_node(node_id: int) -> None:
+    """Tell the node's consumer to resync once the current transaction commits."""
+    transaction.on_commit(lambda: _send(node_id, {"type": "node.sync"}))
+
+
+def disconnect_node(node_id: int) -> None:
+    transaction.on_commit(lambda: _send(node_id, {"type": "node.disconnect"}))
+
+
+class NotPlacedHere(Exception):
+    """A node reported on a replica that is not placed on it."""
+
+
+class ReplicaSink(Protocol):
+    def hello(self, *, node_id: int, reports: list[ReplicaReport]) -> None: ...
+
+    def report(self, *, node_id: int, report: ReplicaReport) -> None: ...
+
+    def logs(self, *, node_id: int, replica_id: str, lines: list[LogEntry]) -> int: ...
+
+    def desired(self, *, node_id: int) -> list[DesiredReplica]: ...
+
+    def node_online(self, *, node_id: int) -> None: ...
+
+
+_sink: ReplicaSink | None = None
+
+
+def register_sink(sink: ReplicaSink) -> None:
+    global _sink
+    _sink = sink
+
+
+def sink() -> ReplicaSink:
+    if _sink is None:  # pragma: no cover - a wiring bug, not a runtime condition
+        raise RuntimeError("no ReplicaSink registered (is cloud.deployments installed?)")
+    return _sink

@@ -1,0 +1,280 @@
+"""Every write to the fleet: creating nodes, joining, credentials, what agents report about
+themselves, cordon / drain / uncordon, and liveness. The admin, the management commands, the
+staff API and the agent consumer all call these functions.
+
+Replicas are the deployments app's business (it imports this one, never the reverse): where a
+node change affects replicas (a drain, a node gone silent), this module changes the node and
+the caller — `cloud/deployments/services/placement.py` — moves the replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from cloud.exceptions import Conflict, InvalidInput
+from nodes import link
+from nodes.models import CpuSlot, HardwareType, JoinToken, Location, Node
+from nodes.protocol import PROTOCOL_VERSION, Inventory
+
+JOIN_TOKEN_TTL = timedelta(hours=1)
+CREDENTIAL_PREFIX = "gnode_"
+JOIN_TOKEN_PREFIX = "gjoin_"
+
+
+class JoinRefused(Exception):
+    """A join token that is wrong, used or expired; the message is safe to show the agent."""
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _by_id_or_slug(model, ref, field: str):
+    text = str(ref).strip()
+    row = model.objects.filter(pk=int(text)).first() if text.isdigit() else model.objects.filter(slug=text).first()
+    if row is None:
+        raise InvalidInput(field, f"No {model._meta.verbose_name} '{text[:60]}'.", code="unknown")
+    return row
+
+
+# -- creating and joining -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewNode:
+    node: Node
+    join_token: str
+    expires_at: object
+
+    def as_json(self) -> dict:
+        return {
+            "node_id": self.node.pk, "hostname": self.node.hostname, "join_token": self.join_token,
+            "expires_at": self.expires_at.isoformat(),
+            "join_command": f"gantry-agent join --url <control plane URL> --token {self.join_token}",
+        }
+
+
+@transaction.atomic
+def node_create(*, hostname: str, hardware_type, location, public_address: str | None = None) -> NewNode:
+    """A node row in `joining` and a one-time join token for it (shown once)."""
+    hostname = (hostname or "").strip()
+    if not hostname or len(hostname) > 253:
+        raise InvalidInput("hostname", "Give a hostname of 1 to 253 characters.", code="invalid")
+    if Node.objects.filter(hostname=hostname).exists():
+        raise Conflict(f"A node named '{hostname}' already exists.")
+    hardware = hardware_type if isinstance(hardware_type, HardwareType) else _by_id_or_slug(HardwareType, hardware_type, "hardware_type")
+    place = location if isinstance(location, Location) else _by_id_or_slug(Location, location, "location")
+    if public_address:
+        try:
+            public_address = str(ipaddress.ip_address(public_address))
+        except ValueError:
+            raise InvalidInput("public_address", f"'{public_address[:60]}' is not an IP address.", code="invalid") from None
+    node = Node.objects.create(hostname=hostname, hardware_type=hardware, location=place,
+                               public_address=public_address or None, status=Node.Status.JOINING,
+                               status_reason="waiting for its agent to join")
+    token, expires_at = _issue_join_token(node)
+    return NewNode(node=node, join_token=token, expires_at=expires_at)
+
+
+def _issue_join_token(node: Node) -> tuple[str, object]:
+    token = JOIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    expires_at = timezone.now() + JOIN_TOKEN_TTL
+    JoinToken.objects.create(node=node, token_hash=_digest(token), expires_at=expires_at)
+    return token, expires_at
+
+
+@transaction.atomic
+def join_token_reissue(*, node: Node) -> NewNode:
+    """A fresh join token for an existing node (a rebuilt host re-joins under its old name);
+    earlier unused tokens stop working."""
+    JoinToken.objects.filter(node=node, used_at__isnull=True).update(expires_at=timezone.now())
+    token, expires_at = _issue_join_token(node)
+    return NewNode(node=node, join_token=token, expires_at=expires_at)
+
+
+@transaction.atomic
+def node_join(*, token: str, inventory: Inventory) -> tuple[Node, str]:
+    """Trades a join token for the node's long-lived credential and records its inventory.
+    The credential replaces any earlier one (a re-join revokes the old agent)."""
+    row = (
+        JoinToken.objects.select_for_update().select_related("node")
+        .filter(token_hash=_digest(token or "")).first()
+    )
+    now = timezone.now()
+    if row is None:
+        raise JoinRefused("join token not recognised: ask the operator for a new one (manage.py create_node)")
+    if row.used_at is not None:
+        raise JoinRefused("join token already used: each token joins one node once; issue a new one")
+    if row.expires_at <= now:
+        raise JoinRefused(f"join token expired at {row.expires_at:%Y-%m-%dT%H:%M:%SZ}; issue a new one")
+    row.used_at = now
+    row.save(update_fields=["used_at"])
+    node = Node.objects.select_for_update().get(pk=row.node_id)
+    secret = secrets.token_urlsafe(32)
+    node.credential_hash = _digest(secret)
+    node.credential_issued_at = now
+    _apply_inventory(node, inventory)
+    node.status_reason = "joined: waiting for its agent to connect"
+    node.save()
+    slots_sync(node=node)
+    link.disconnect_node(node.pk)  # an agent still holding the old credential is cut off
+    return node, f"{CREDENTIAL_PREFIX}{node.pk}_{secret}"
+
+
+def _apply_inventory(node: Node, inventory: Inventory) -> None:
+    node.agent_version = inventory.agent_version[:50]
+    node.cpus = max(inventory.cpus, 0)
+    node.memory_mib = max(inventory.memory_mib, 0)
+    node.disk_gib = max(inventory.disk_gib, 0)
+    node.accelerator = inventory.accelerator[:10]
+    node.simulated = inventory.simulated
+    node.inventory = {
+        "hostname": inventory.hostname[:253], "cpus": inventory.cpus, "memory_mib": inventory.memory_mib,
+        "disk_gib": inventory.disk_gib, "accelerator": inventory.accelerator, "simulated": inventory.simulated,
+        "gpus": inventory.gpus,
+    }
+
+
+def slots_sync(*, node: Node) -> None:
+    """A cpu_only node has one CpuSlot row per slot its hardware type offers; extra rows are
+    removed only while free (a slot in use disappears once its replica is gone)."""
+    if not node.hardware_type.cpu_only:
+        return
+    wanted = node.hardware_type.gpus_per_node
+    have = set(CpuSlot.objects.filter(node=node).values_list("index", flat=True))
+    CpuSlot.objects.bulk_create([CpuSlot(node=node, index=i) for i in range(wanted) if i not in have])
+    CpuSlot.objects.filter(node=node, index__gte=wanted, replica__isnull=True).delete()
+
+
+def node_authenticate(credential: str) -> Node | None:
+    """The node a credential belongs to, or None (wrong, revoked, or not a credential)."""
+    if not credential or not credential.startswith(CREDENTIAL_PREFIX):
+        return None
+    node_id, sep, secret = credential[len(CREDENTIAL_PREFIX):].partition("_")
+    if not sep or not node_id.isdigit() or not secret:
+        return None
+    node = Node.objects.filter(pk=int(node_id)).select_related("hardware_type").first()
+    if node is None or not node.credential_hash:
+        return None
+    return node if hmac.compare_digest(node.credential_hash, _digest(secret)) else None
+
+
+@transaction.atomic
+def node_revoke_credential(*, node_id: int) -> Node:
+    """The agent is cut off at once and cannot reconnect until the node joins again."""
+    node = Node.objects.select_for_update().get(pk=node_id)
+    node.credential_hash = ""
+    node.status_reason = "credential revoked by an operator: re-join with a new token"
+    node.save(update_fields=["credential_hash", "status_reason"])
+    transaction.on_commit(lambda: link.disconnect_node(node_id))
+    return node
+
+
+# -- what a connected agent says ----------------------------------------------------------------
+
+
+@transaction.atomic
+def node_connected(*, node_id: int, inventory: Inventory) -> tuple[Node, bool]:
+    """An agent's hello: its inventory is refreshed, and a joining or offline node comes online
+    (a cordoned or draining one keeps its state). Returns (node, came_online)."""
+    node = Node.objects.select_for_update().select_related("hardware_type").get(pk=node_id)
+    _apply_inventory(node, inventory)
+    node.protocol_version = PROTOCOL_VERSION
+    node.last_heartbeat = timezone.now()
+    came_online = node.status in (Node.Status.JOINING, Node.Status.OFFLINE)
+    if came_online:
+        node.status, node.status_reason = Node.Status.ONLINE, ""
+    node.save()
+    slots_sync(node=node)
+    return node, came_online
+
+
+def node_heartbeat(*, node_id: int) -> bool:
+    """Returns False if the node was offline (its hello must be redone before it counts)."""
+    return Node.objects.filter(pk=node_id).exclude(status=Node.Status.OFFLINE).update(
+        last_heartbeat=timezone.now()) > 0
+
+
+def nodes_mark_silent_offline(*, window_s: float) -> list[int]:
+    """Nodes whose last heartbeat is older than the liveness window go `offline`; returns their
+    ids so the caller can mark their replicas lost. Safe to run in several workers at once."""
+    cutoff = timezone.now() - timedelta(seconds=window_s)
+    with transaction.atomic():
+        silent = list(
+            Node.objects.select_for_update(skip_locked=True)
+            .filter(status__in=(Node.Status.ONLINE, Node.Status.CORDONED, Node.Status.DRAINING), last_heartbeat__lt=cutoff)
+        )
+        for node in silent:
+            node.status = Node.Status.OFFLINE
+            node.status_reason = f"no heartbeat since {node.last_heartbeat:%Y-%m-%dT%H:%M:%SZ} (window {window_s:g}s)"
+            node.drain_deadline = None
+            node.save(update_fields=["status", "status_reason", "drain_deadline"])
+    return [n.pk for n in silent]
+
+
+# -- operator actions ---------------------------------------------------------------------------
+
+_CORDONABLE = (Node.Status.ONLINE, Node.Status.DRAINING)
+
+
+def _for_update(node_id: int) -> Node:
+    node = Node.objects.select_for_update().filter(pk=node_id).first()
+    if node is None:
+        from cloud.exceptions import NotFound
+
+        raise NotFound(f"No node {node_id}.")
+    return node
+
+
+@transaction.atomic
+def node_cordon(*, node_id: int) -> Node:
+    """No new placements; what runs keeps running."""
+    node = _for_update(node_id)
+    if node.status == Node.Status.CORDONED:
+        return node
+    if node.status not in _CORDONABLE:
+        raise Conflict(f"Node {node.hostname} is {node.status}; only an online or draining node can be cordoned.")
+    node.status, node.status_reason, node.drain_deadline = Node.Status.CORDONED, "cordoned by an operator", None
+    node.save(update_fields=["status", "status_reason", "drain_deadline"])
+    return node
+
+
+@transaction.atomic
+def node_uncordon(*, node_id: int) -> Node:
+    node = _for_update(node_id)
+    if node.status == Node.Status.ONLINE:
+        return node
+    if node.status not in (Node.Status.CORDONED, Node.Status.DRAINING):
+        raise Conflict(f"Node {node.hostname} is {node.status}; only a cordoned or draining node can be uncordoned.")
+    node.status, node.status_reason, node.drain_deadline = Node.Status.ONLINE, "", None
+    node.save(update_fields=["status", "status_reason", "drain_deadline"])
+    return node
+
+
+@transaction.atomic
+def node_start_drain(*, node_id: int, timeout_s: float) -> Node:
+    """Marks the node draining (no new placements) with a deadline; moving its replicas is the
+    deployments app's part (`cloud.deployments.services.node_drain`)."""
+    node = _for_update(node_id)
+    if node.status not in (Node.Status.ONLINE, Node.Status.CORDONED, Node.Status.DRAINING):
+        raise Conflict(f"Node {node.hostname} is {node.status}; only an online or cordoned node can be drained.")
+    node.status = Node.Status.DRAINING
+    node.drain_deadline = timezone.now() + timedelta(seconds=timeout_s)
+    node.status_reason = f"draining: replicas move elsewhere, the rest stop by {node.drain_deadline:%H:%M:%SZ}"
+    node.save(update_fields=["status", "status_reason", "drain_deadline"])
+    return node
+
+
+def node_finish_drain(*, node_id: int) -> None:
+    """A drained node stays out of placement as `cordoned` until an operator uncordons it."""
+    Node.objects.filter(pk=node_id, status=Node.Status.DRAINING).update(
+        status=Node.Status.CORDONED, status_reason="drained: uncordon to place replicas here again", drain_deadline=None,
+    )
