@@ -1,8 +1,9 @@
 """Fixtures for the guest kit and QEMU tests: a real kit, a tiny busybox root disk, and a
 helper that boots a VM on a copy-on-write overlay of it and waits for its final event.
 
-The kit lives in $STATE_DIR/agent-test (the same cache the end-to-end fixtures use), so a rerun
-neither refetches the kernel nor rebuilds the initramfs unless an input changed.
+The kit (and the accelerator probe's answer) live in $STATE_DIR/agent-test, the one kit cache
+of the tests (the end-to-end ones pass it as `--kit-cache`), so a rerun neither refetches the
+kernel nor rebuilds the initramfs unless an input changed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ __all__ = ["vmm_kit", "vmm_accel", "base_disk", "vm_launch"]
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("STATE_DIR", REPO / ".state"))
-KIT_BASE = STATE_DIR / "agent-test"
+KIT_CACHE = STATE_DIR / "agent-test"  # the tests' --kit-cache: one per host, kept across sessions
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "echo", "printf", "cat", "env", "id", "pwd", "sleep", "ls", "true", "false", "seq", "ip", "ping", "hostname")
 TEST_UID = 1000
@@ -33,15 +34,15 @@ TEST_UID = 1000
 def vmm_kit():
     from nodes.agent.guest.kit import ensure_kit
 
-    KIT_BASE.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(ensure_kit(KIT_BASE))
+    KIT_CACHE.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(ensure_kit(KIT_CACHE))
 
 
 @pytest.fixture(scope="session")
 def vmm_accel(vmm_kit):
     from nodes.agent.vmm.accel import probe_accel
 
-    return asyncio.run(probe_accel(KIT_BASE, vmm_kit))
+    return asyncio.run(probe_accel(KIT_CACHE, vmm_kit))
 
 
 @pytest.fixture(scope="session")

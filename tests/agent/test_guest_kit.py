@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from nodes.agent.guest import cpio, modules
 from nodes.agent.guest.kit import FLOOR_MARKER, INIT_PATH, ensure_kit
 from tests.agent.conftest_vmm import *  # noqa: F401,F403
-from tests.agent.conftest_vmm import KIT_BASE
+from tests.agent.conftest_vmm import KIT_CACHE, REPO
 
 
 def _members(initrd: Path) -> dict[str, bytes]:
@@ -73,9 +74,9 @@ def test_kit_holds_kernel_init_and_modules_in_dependency_order(vmm_kit):
 
 
 async def test_kit_is_reused_and_rebuilt_only_when_an_input_changes(tmp_path, vmm_kit):
-    # A data dir of its own (the package download is reused) so the shared cache is untouched.
-    data = tmp_path / "data"
-    shutil.copytree(KIT_BASE / "kit" / "debs", data / "kit" / "debs")
+    # A kit cache of its own (the package download is reused) so the shared one is untouched.
+    data = tmp_path / "cache"
+    shutil.copytree(KIT_CACHE / "kit" / "debs", data / "kit" / "debs")
     first = await ensure_kit(data)
     assert first.initrd.exists() and first.kernel_version == vmm_kit.kernel_version
     built_at = first.initrd.stat().st_mtime_ns
@@ -92,6 +93,22 @@ async def test_kit_is_reused_and_rebuilt_only_when_an_input_changes(tmp_path, vm
     assert _members(rebuilt.initrd)["init"].endswith(b"# changed\n")
     # The previous kit stays bootable for VMs that were handed it before the rebuild.
     assert first.initrd.exists()
+
+
+def test_agents_sharing_a_kit_cache_build_it_once(tmp_path, vmm_kit):
+    """Two agent processes starting together on a fresh host-wide cache: one builds, the other
+    waits on the lock and is handed the very same kit."""
+    cache = tmp_path / "cache"
+    shutil.copytree(KIT_CACHE / "kit" / "debs", cache / "kit" / "debs")  # no download
+    script = ("import asyncio, sys; from nodes.agent.guest.kit import ensure_kit; "
+              "k = asyncio.run(ensure_kit(sys.argv[1])); print(k.initrd, k.initrd.stat().st_mtime_ns)")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(cache)], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO) for _ in range(2)]
+    outs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert outs[0] == outs[1] and outs[0].startswith(str(cache / "kit"))
+    kits = [d.name for d in (cache / "kit").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    assert sorted(kits) == sorted(["debs", Path(outs[0].split()[0]).parent.name])
 
 
 def test_kit_boots_the_kernel_elf_by_pvh(vmm_kit):

@@ -1,6 +1,10 @@
 """The guest kit: the kernel and initramfs every microVM boots, built once per host.
 
-Layout under `<data_dir>/kit/`:
+The kit lives in a host-wide cache dir (DEFAULT_CACHE_DIR, `--kit-cache`), not in an
+agent's data dir: every agent, CLI and data dir on the host shares one build, under one
+flock, so a second agent on the host neither downloads nor builds again.
+
+Layout under `<cache_dir>/kit/`:
   debs/<package>_<version>.deb   the kernel package as `apt-get download` fetched it
   <key>/vmlinuz, vmlinux, initrd.img, floor.img, kit.json
 where <key> hashes every input (kernel package and version, the busybox binary, our /init,
@@ -26,6 +30,7 @@ from pathlib import Path
 from nodes.agent.errors import AgentError
 from nodes.agent.guest import cpio, modules, pvh
 
+DEFAULT_CACHE_DIR = Path("/var/cache/gantry-agent")
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")
 INIT_PATH = Path(__file__).with_name("init")
@@ -130,7 +135,7 @@ async def _download(package: str, version: str, debs: Path) -> Path:
     await asyncio.to_thread(debs.mkdir, parents=True, exist_ok=True)
     tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=debs, prefix=".dl-"))
     try:
-        # apt drops to the _apt user for downloads; our root-only data dir is not its to
+        # apt drops to the _apt user for downloads; our root-only cache dir is not its to
         # write, so keep the download as root instead of warning about it.
         argv = ("apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{package}={version}")
         try:
@@ -288,17 +293,19 @@ def _prune(root: Path, keep: Path, package_version: str) -> None:
 
 
 async def _locked(root: Path):
-    """An exclusive flock on the kit dir: two processes (agent, CLI) never build at once."""
+    """An exclusive flock on the kit dir: two processes (agents, CLIs, on any data dir) never
+    build at once, and none reads a kit another is half-way through replacing."""
     await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
     fd = await asyncio.to_thread(os.open, root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
     return fd
 
 
-async def ensure_kit(data_dir: Path, *, init_path: Path = INIT_PATH) -> GuestKit:
-    """The current guest kit, building it if an input changed. `init_path` exists so a test
-    can vary the /init input; the agent always uses the packaged one."""
-    root = data_dir / "kit"
+async def ensure_kit(cache_dir: Path = DEFAULT_CACHE_DIR, *, init_path: Path = INIT_PATH) -> GuestKit:
+    """The current guest kit in `<cache_dir>/kit`, building it if an input changed.
+    `init_path` exists so a test can vary the /init input; the agent always uses the
+    packaged one."""
+    root = Path(cache_dir) / "kit"
     fd = await _locked(root)
     try:
         try:

@@ -4,12 +4,14 @@ Some hosts expose a /dev/kvm that cannot run a stock guest: a paravirtual KVM (k
 QEMU abort on an MSR assertion with `-cpu host`/`max` and hangs the guest silently with other
 CPU models. So the probe boots the kit's floor initramfs under KVM with a short timeout and
 takes KVM only if that /init announced itself and the VM powered off. The answer holds until the
-host reboots: it is cached per /proc/sys/kernel/random/boot_id (and kernel) in the data dir.
+host reboots: it is cached per /proc/sys/kernel/random/boot_id (and kernel) in the host-wide
+cache dir beside the guest kit, since it is a fact about the host, not about one data dir.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import time
@@ -84,8 +86,20 @@ async def _probe_kvm(kit: GuestKit, timeout: float) -> str | None:
     return f"probe VM failed after {time.monotonic() - started:.1f}s (exit {proc.returncode}): {last[0][:200]}"
 
 
-async def probe_accel(data_dir: Path, kit: GuestKit, *, timeout: float = PROBE_TIMEOUT_S) -> Accel:
-    cache = data_dir / "accel.json"
+async def probe_accel(cache_dir: Path, kit: GuestKit, *, timeout: float = PROBE_TIMEOUT_S) -> Accel:
+    cache = Path(cache_dir) / "accel.json"
+    await asyncio.to_thread(cache.parent.mkdir, parents=True, exist_ok=True)
+    # Agents starting together on one host would each boot a probe VM and race on the
+    # cache file: one probes, the others wait and read its answer.
+    fd = await asyncio.to_thread(os.open, cache.with_name(".accel.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        return await _probe_cached(cache, kit, timeout)
+    finally:
+        await asyncio.to_thread(os.close, fd)
+
+
+async def _probe_cached(cache: Path, kit: GuestKit, timeout: float) -> Accel:
     boot_id = (await asyncio.to_thread(BOOT_ID.read_text)).strip()
     cached = await asyncio.to_thread(_read_cache, cache, boot_id, kit.kernel_version)
     if cached:
