@@ -194,8 +194,7 @@ async def main() -> int:
         await asyncio.to_thread(_registry, tmp / "registry")
         data = tmp / "data"
         data.mkdir()
-        (data / "kit").symlink_to(KIT_BASE / "kit")
-        runtime = MicroVmRuntime(data, images=OciImageStore(data / "images"),
+        runtime = MicroVmRuntime(data, images=OciImageStore(data / "images"), kit_cache=KIT_BASE,
                                  network=LinuxNetwork(NetworkConfig(), data / "network"))
         kit, accel = await runtime.host()
         print(f"accelerator: {accel.name} ({accel.reason}); kernel {kit.kernel_version}")

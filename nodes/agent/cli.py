@@ -5,6 +5,10 @@ reports failures as {"error": ...} with exit code 1 (the operation failed) or 2 
 never a traceback. The CLI is not a daemon: each command builds a MicroVmRuntime over the
 data dir, lets it recover what it finds there, does its one thing and exits; the VMs keep
 running, because QEMU is detached and writes its streams to files (see docs/runtime.md).
+
+`--netns NS` moves only the VMs' network (bridge, TAPs, rules, published ports, QEMU's TAP,
+the health check) into NS; the process itself stays where it runs, so image pulls and kit
+downloads use the agent's own network.
 """
 
 from __future__ import annotations
@@ -13,17 +17,22 @@ import argparse
 import asyncio
 import ipaddress
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from nodes.agent.errors import AgentError
+from nodes.agent.guest.kit import DEFAULT_CACHE_DIR as DEFAULT_KIT_CACHE
+from nodes.agent.net.tap import NETNS_RUN_DIR
 from nodes.protocol import ReplicaSpec
 
+if TYPE_CHECKING:
+    from nodes.agent.runtime import MicroVmRuntime
+
 DEFAULT_DATA_DIR = Path("/var/lib/gantry-agent")
-# Set in the environment of the re-executed CLI, so `--netns` enters the namespace once.
-_NETNS_ENV = "GANTRY_AGENT_NETNS"
+DEFAULT_BRIDGE = "gantry0"
+DEFAULT_SUBNET = ipaddress.IPv4Network("172.31.240.0/24")
 
 
 class UsageError(Exception):
@@ -60,9 +69,12 @@ def _common(*, defaults: bool) -> argparse.ArgumentParser:
 
     common = _Parser(add_help=False)
     common.add_argument("--data-dir", type=Path, default=d(DEFAULT_DATA_DIR))
-    common.add_argument("--netns", default=d(None), help="run inside this network namespace (ip netns), QEMU included")
-    common.add_argument("--bridge", default=d("gantry0"))
-    common.add_argument("--subnet", type=ipaddress.IPv4Network, default=d(ipaddress.IPv4Network("172.31.240.0/24")))
+    common.add_argument("--kit-cache", type=Path, default=d(DEFAULT_KIT_CACHE),
+                        help="host-wide guest kit cache, shared by every agent and data dir")
+    common.add_argument("--netns", default=d(None),
+                        help="put the VMs' network (bridge, TAPs, rules, published ports) in this namespace (ip netns)")
+    common.add_argument("--bridge", default=d(DEFAULT_BRIDGE))
+    common.add_argument("--subnet", type=ipaddress.IPv4Network, default=d(DEFAULT_SUBNET))
     common.add_argument("--insecure-registry", action="append", default=d(None),
                         help="registry reached over plain HTTP (default: 127.0.0.1:5000, localhost:5000)")
     return common
@@ -104,18 +116,47 @@ def _emit(obj: Any, stream=None) -> None:
     stream.flush()
 
 
-def build_runtime(args: argparse.Namespace):
+def build_runtime(
+    *,
+    data_dir: Path,
+    netns: str | None = None,
+    bridge: str = DEFAULT_BRIDGE,
+    subnet: ipaddress.IPv4Network = DEFAULT_SUBNET,
+    insecure_registries: Iterable[str] | None = None,
+    kit_cache: Path = DEFAULT_KIT_CACHE,
+) -> MicroVmRuntime:
+    """The real runtime, as the `vm` commands and the daemon run it.
+
+    data_dir: this agent's state (VMs, image cache, network leases).
+    netns: the namespace (`ip netns`) for the VMs' network only: bridge, TAPs, nftables rules,
+      published ports, the `ss` port check, the health check and QEMU (for its TAP). None: the
+      namespace this process runs in. Must exist; a missing one fails the first network step.
+    bridge, subnet: the VMs' bridge and its IPv4 subnet (gateway: the first address).
+    insecure_registries: HOST:PORTs reached over plain HTTP (None: 127.0.0.1:5000, localhost:5000).
+    kit_cache: the host-wide guest kit and accelerator-probe cache.
+    Image pulls and kit downloads always use this process's own namespace. Builds objects
+    only (no I/O), so it may be called on the event loop.
+    """
     # Imported here so `--help` and usage errors work even where a piece fails to import.
     from nodes.agent.images import OciImageStore
     from nodes.agent.network import LinuxNetwork, NetworkConfig
     from nodes.agent.runtime import MicroVmRuntime
 
     kwargs = {}
-    if args.insecure_registry:
-        kwargs["insecure_registries"] = frozenset(args.insecure_registry)
-    images = OciImageStore(args.data_dir / "images", **kwargs)
-    network = LinuxNetwork(NetworkConfig(bridge=args.bridge, subnet=args.subnet), args.data_dir / "network")
-    return MicroVmRuntime(args.data_dir, images=images, network=network)
+    if insecure_registries:
+        kwargs["insecure_registries"] = frozenset(insecure_registries)
+    data_dir = Path(data_dir)
+    images = OciImageStore(data_dir / "images", **kwargs)
+    network = LinuxNetwork(NetworkConfig(bridge=bridge, subnet=subnet), data_dir / "network", netns=netns)
+    return MicroVmRuntime(data_dir, images=images, network=network, kit_cache=kit_cache, netns=netns)
+
+
+def runtime_from_args(args: argparse.Namespace) -> MicroVmRuntime:
+    """build_runtime from the common options (every subcommand has them)."""
+    return build_runtime(
+        data_dir=args.data_dir, netns=args.netns, bridge=args.bridge, subnet=args.subnet,
+        insecure_registries=args.insecure_registry, kit_cache=args.kit_cache,
+    )
 
 
 def _spec(args: argparse.Namespace) -> ReplicaSpec:
@@ -144,7 +185,7 @@ def _spec(args: argparse.Namespace) -> ReplicaSpec:
 
 async def _run(args: argparse.Namespace) -> int:
     spec = _spec(args)
-    runtime = build_runtime(args)
+    runtime = runtime_from_args(args)
     queue = runtime.subscribe()
 
     async def progress() -> None:
@@ -172,7 +213,7 @@ async def _run(args: argparse.Namespace) -> int:
 async def _vm(args: argparse.Namespace) -> int:
     if args.vm_command == "run":
         return await _run(args)
-    runtime = build_runtime(args)
+    runtime = runtime_from_args(args)
     try:
         if args.vm_command == "ls":
             await runtime.recover()
@@ -196,27 +237,18 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "doctor":
         from nodes.agent.doctor import run_doctor
 
-        report = await run_doctor(args.data_dir, bridge=args.bridge)
+        report = await run_doctor(bridge=args.bridge, kit_cache=args.kit_cache, netns=args.netns)
         _emit(report)
         return 0 if report["ok"] else 1
     return await _vm(args)
-
-
-def _enter_netns(netns: str, argv: list[str]) -> None:
-    """Re-execute inside the namespace: the TAPs, nftables rules, health checks and QEMU (which
-    opens its TAP by name) must all live in it, and `ip netns exec` gets /sys right too."""
-    env = {**os.environ, _NETNS_ENV: netns}
-    os.execvpe("ip", ["ip", "netns", "exec", netns, sys.executable, "-m", "nodes.agent", *argv], env)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
-        if args.netns and os.environ.get(_NETNS_ENV) != args.netns:
-            if not Path("/run/netns", args.netns).exists():
-                raise UsageError(f"network namespace {args.netns!r} does not exist")
-            _enter_netns(args.netns, argv)
+        if getattr(args, "netns", None) and not Path(NETNS_RUN_DIR, args.netns).exists():
+            raise UsageError(f"network namespace {args.netns!r} does not exist (ip netns add {args.netns})")
         return asyncio.run(_main(args))
     except UsageError as exc:
         _emit({"error": str(exc)})

@@ -12,6 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from nodes.agent.errors import AgentError
+from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
+from nodes.agent.net.host import NetnsHost
+
 
 def _check(name: str, ok: bool, detail: str, fix: str = "") -> dict[str, Any]:
     return {"name": name, "ok": ok, "detail": detail, "fix": "" if ok else fix}
@@ -22,6 +26,7 @@ def _tools() -> list[dict[str, Any]]:
         "qemu-system-x86_64": "qemu-system-x86",
         "qemu-img": "qemu-utils",
         "setsid": "util-linux",  # QEMU is started detached through `setsid -f`
+        "nsenter": "util-linux",  # ... and, with --netns, inside the VMs' namespace
         "mkfs.ext4": "e2fsprogs",
         "nft": "nftables",
         "ip": "iproute2",
@@ -34,20 +39,23 @@ def _tools() -> list[dict[str, Any]]:
     return out
 
 
+async def _ip_forward(vm_net: NetnsHost) -> dict[str, Any]:
+    try:
+        forward = await vm_net.read_sysctl("net/ipv4/ip_forward")
+    except (OSError, AgentError) as exc:
+        forward = f"unreadable: {getattr(exc, 'strerror', None) or exc}"
+    # The agent turns forwarding on itself when it sets up the bridge; off is only a problem if
+    # something (a sysctl.d file, a firewall manager) keeps turning it back off.
+    return _check("ip_forward", forward in ("0", "1"),
+                  f"net.ipv4.ip_forward={forward}" + (" (the agent enables it at start)" if forward == "0" else ""),
+                  "make /proc/sys/net/ipv4/ip_forward writable (the agent sets it to 1)")
+
+
 def _host() -> list[dict[str, Any]]:
     out = []
     tun = Path("/dev/net/tun")
     out.append(_check("/dev/net/tun", tun.exists(), "present" if tun.exists() else "missing",
                       "modprobe tun (in a container: pass --device /dev/net/tun)"))
-    try:
-        forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
-    except OSError as exc:
-        forward = f"unreadable: {exc.strerror}"
-    # The agent turns forwarding on itself when it sets up the bridge; off is only a problem if
-    # something (a sysctl.d file, a firewall manager) keeps turning it back off.
-    out.append(_check("ip_forward", forward in ("0", "1"),
-                      f"net.ipv4.ip_forward={forward}" + (" (the agent enables it at start)" if forward == "0" else ""),
-                      "make /proc/sys/net/ipv4/ip_forward writable (the agent sets it to 1)"))
     bridge_ok = Path("/sys/module/bridge").exists() or any(
         Path("/lib/modules", os.uname().release).glob("kernel/net/bridge/bridge.ko*")
     )
@@ -58,21 +66,26 @@ def _host() -> list[dict[str, Any]]:
     return out
 
 
-async def run_doctor(data_dir: Path, *, bridge: str = "gantry0") -> dict[str, Any]:
+async def run_doctor(
+    *, bridge: str = "gantry0", kit_cache: Path = DEFAULT_CACHE_DIR, netns: str | None = None
+) -> dict[str, Any]:
+    """`netns`: the namespace the VMs' network lives in (the bridge and ip_forward are checked
+    there); the kit and the accelerator are the host's, checked from this process."""
     checks: list[dict[str, Any]] = []
     checks += await asyncio.to_thread(_tools)
     checks += await asyncio.to_thread(_host)
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "-j", "link", "show", bridge, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-    exists = await proc.wait() == 0
+    vm_net = NetnsHost(netns)
+    checks.append(await _ip_forward(vm_net))
+    exists = (await vm_net.run("ip", "-j", "link", "show", bridge, check=False)).returncode == 0
+    where = f" in netns {netns}" if netns else ""
     # Informational: the bridge is created on the first `vm run`.
-    checks.append(_check(f"bridge {bridge}", True, "exists" if exists else "not created yet (made on first vm run)"))
+    checks.append(_check(f"bridge {bridge}", True,
+                         ("exists" if exists else "not created yet (made on first vm run)") + where))
     kit = None
     try:
         from nodes.agent.guest.kit import ensure_kit
 
-        kit = await ensure_kit(Path(data_dir))
+        kit = await ensure_kit(Path(kit_cache))
         checks.append(_check("guest kit", True, f"kernel {kit.kernel_version}: {kit.kernel}, initrd {kit.initrd}"))
         # Informational: a bzImage boots too, only slower and with a kernel copy per VM.
         slow = "" if kit.boot == "pvh" else (
@@ -88,10 +101,10 @@ async def run_doctor(data_dir: Path, *, bridge: str = "gantry0") -> dict[str, An
         try:
             from nodes.agent.vmm.accel import probe_accel
 
-            result = await probe_accel(Path(data_dir), kit)
+            result = await probe_accel(Path(kit_cache), kit)
             accel = {"name": result.name, "reason": result.reason}
             checks.append(_check("accelerator", True, f"{result.name}: {result.reason}"))
         except Exception as exc:
             checks.append(_check("accelerator", False, f"{type(exc).__name__}: {exc}",
-                                 "check that qemu-system-x86_64 runs; see qemu.log under the data dir's probe"))
+                                 "check that qemu-system-x86_64 runs (try the probe's command line by hand)"))
     return {"ok": all(c["ok"] for c in checks), "accel": accel, "checks": checks}

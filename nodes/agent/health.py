@@ -36,8 +36,8 @@ async def wait_healthy(
 ) -> None:
     """Return once host:port is healthy; raise AgentError with the last reason at `timeout`.
 
-    `netns` runs the check from inside a named network namespace (tests build the whole node
-    inside one); the agent itself checks from the namespace it runs in.
+    `netns` runs the check from inside a named network namespace: the one the VMs' network
+    lives in under `--netns`, where their addresses are reachable and the agent's own are not.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

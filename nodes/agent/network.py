@@ -10,8 +10,9 @@ table of ours (`ip gantry`, see `net/nft.py`). Addresses and host ports are leas
 measures before it acts: calling it again on a converged host changes nothing.
 
 The agent manages the namespace it runs in (the host's root namespace). `netns=` points the
-same code at a named namespace instead; the tests use it to build everything inside a
-throwaway namespace of their own.
+same code at a named namespace instead (`--netns`): only the VMs' network moves there, while
+the agent itself (its control-plane connection, image pulls, kit downloads) stays where it
+runs. The tests use it to build a node's VM network inside a throwaway namespace of their own.
 """
 
 from __future__ import annotations
@@ -291,9 +292,13 @@ class LinuxNetwork:
             # pyroute2 would open the namespace's socket lazily, forking a helper and
             # waiting on it from the event loop; done here in a thread instead. flags=0: it
             # would otherwise create a missing namespace (O_CREAT by default).
-            sock = await asyncio.to_thread(
-                create_socket, self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE, flags=0
-            )
+            try:
+                sock = await asyncio.to_thread(
+                    create_socket, self.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE, flags=0
+                )
+            except FileNotFoundError:
+                # Deleted under a running agent, say: a reason, not an errno.
+                raise AgentError(f"network namespace {self.netns!r} does not exist", permanent=True) from None
             ipr = AsyncIPRoute(fileno=sock.detach())
         async with ipr:
             yield ipr

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Callable, Protocol
 
 from nodes.agent.errors import AgentError
 from nodes.agent.events import EventHub, RuntimeEvent
+from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
 from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, read_status
 from nodes.agent.logs import LogLine, LogReader, convert
 from nodes.agent.locks import VmLocks
@@ -34,6 +35,14 @@ def _read_pid(paths: VmPaths) -> int | None:
         return None
 
 
+def _kit_present(kit: Any) -> bool:
+    # The kit cache is shared: another agent on the host may rebuild it (a new /init, a new
+    # kernel) and prune the kit this runtime was handed earlier. A long-lived runtime asks
+    # for the current kit again rather than launch QEMU on files that are gone.
+    paths = [getattr(kit, attr, None) for attr in ("kernel", "initrd")]
+    return all(p.exists() for p in paths if isinstance(p, Path))
+
+
 class Runtime(Protocol):
     async def start(self, spec: ReplicaSpec) -> VmInfo: ...
     async def stop(self, name: str, *, timeout: float | None = None) -> VmInfo: ...
@@ -44,12 +53,19 @@ class Runtime(Protocol):
 
 
 class MicroVmRuntime:
+    """`kit_cache` is the host-wide dir the guest kit and the accelerator probe are kept in
+    (shared by every runtime on the host). `netns` is the namespace the VMs' network lives in
+    (the `network` must manage the same one): QEMU runs in it and the health check connects
+    from it, while image pulls and the kit build stay in this process's own namespace."""
+
     def __init__(
         self,
         data_dir: Path,
         *,
         images: Any,
         network: Any,
+        kit_cache: Path = DEFAULT_CACHE_DIR,
+        netns: str | None = None,
         kit_provider: Callable[[Path], Any] | None = None,
         accel_provider: Callable[[Path, Any], Any] | None = None,
         vmm: Any = None,
@@ -68,10 +84,12 @@ class MicroVmRuntime:
         if vmm is None:
             from nodes.agent.vmm.qemu import QemuVm
 
-            vmm = QemuVm()
+            vmm = QemuVm(netns=netns)
         if health_check is None:
             from nodes.agent.health import wait_healthy as health_check
         self.data_dir = Path(data_dir)
+        self.kit_cache = Path(kit_cache)
+        self.netns = netns
         self.store = StateStore(self.data_dir)
         self.images = images
         self.network = network
@@ -97,9 +115,9 @@ class MicroVmRuntime:
     # -- host: guest kit, accelerator, network (once per runtime) ---------------------------
     async def host(self) -> tuple[Any, Any]:
         async with self._host_lock:
-            if self._host is None:
-                kit = await self._kit_provider(self.data_dir)
-                accel = await self._accel_provider(self.data_dir, kit)
+            if self._host is None or not await asyncio.to_thread(_kit_present, self._host[0]):
+                kit = await self._kit_provider(self.kit_cache)
+                accel = await self._accel_provider(self.kit_cache, kit)
                 self._host = (kit, accel)
             return self._host
 
@@ -212,7 +230,7 @@ class MicroVmRuntime:
     async def _health(self, name: str, host: str, port: int) -> None:
         """The health check races the VM's own end: a workload that dies fails fast with its
         crash reason instead of a connection timeout."""
-        check = asyncio.ensure_future(self._health_check(host, port, timeout=self.health_timeout))
+        check = asyncio.ensure_future(self._health_check(host, port, timeout=self.health_timeout, netns=self.netns))
         ended = asyncio.ensure_future(self._wait_for(name, lambda i: i.state in TERMINAL_STATES, None, ""))
         try:
             done, _ = await asyncio.wait({check, ended}, return_when=asyncio.FIRST_COMPLETED)

@@ -21,7 +21,7 @@ def blockbuster():
         yield bb
 
 
-# -- end-to-end fixtures: the real CLI, QEMU, registry and network inside a test namespace ------
+# -- end-to-end fixtures: the real CLI, QEMU and registry; the VMs' network in a test namespace ------
 
 import json  # noqa: E402
 import os  # noqa: E402
@@ -29,12 +29,9 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from tests.agent.conftest_vmm import KIT_CACHE  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
-REGISTRY_SCRIPT = REPO / "scripts" / "registry" / "registry.py"
-HELLO = "127.0.0.1:5000/gantry/hello:latest"
-
-
-STATE_DIR = Path(os.environ.get("STATE_DIR", REPO / ".state"))
 
 
 @pytest.fixture(scope="session")
@@ -44,56 +41,34 @@ def agent_shared_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def agent_kit_dir():
-    """The guest kit, built here in the root namespace (apt-get download needs the network the
-    test namespaces lack) and kept in the state dir across sessions: it only changes with its
-    inputs, which ensure_kit checks itself."""
-    import asyncio
-
-    from nodes.agent.guest.kit import ensure_kit
-
-    base = STATE_DIR / "agent-test"
-    base.mkdir(parents=True, exist_ok=True)
-    asyncio.run(ensure_kit(base))
-    return base / "kit"
+def agent_kit_cache(vmm_kit):
+    """The host-wide kit cache every agent process of the tests shares (`--kit-cache`): the
+    one the vmm fixtures built, so no test builds a kit of its own."""
+    return KIT_CACHE
 
 
 @pytest.fixture
-def agent_data_dir(tmp_path, agent_shared_dir, agent_kit_dir):
+def agent_data_dir(tmp_path, agent_shared_dir):
     data = tmp_path / "data"
     data.mkdir()
     (agent_shared_dir / "images").mkdir(exist_ok=True)
     (data / "images").symlink_to(agent_shared_dir / "images")
-    (data / "kit").symlink_to(agent_kit_dir)
     return data
 
 
-def _registry(ns, state_dir: Path, *argv: str) -> None:
-    out = subprocess.run(ns.argv(sys.executable, str(REGISTRY_SCRIPT), *argv, "--state-dir", str(state_dir)),
-                         capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
-        raise AssertionError(f"registry.py {argv[0]} failed: {out.stdout}{out.stderr}")
-
-
-@pytest.fixture
-def ns_registry(node_netns, agent_shared_dir):
-    """The hello image in a registry on 127.0.0.1:5000 *inside* the test namespace, so the
-    CLI (which runs entirely in that namespace) pulls without any traffic leaving it."""
-    state = agent_shared_dir / "registry-state"
-    _registry(node_netns, state, "up", "--addr", "127.0.0.1:5000", "--name", "nsreg")
-    _registry(node_netns, state, "push-hello", "--registry", "127.0.0.1:5000")
-    return HELLO
-
-
 class AgentCli:
-    """Runs `python -m nodes.agent ... --data-dir D --netns NS` like an operator would."""
+    """Runs `python -m nodes.agent ... --data-dir D --kit-cache K --netns NS` like an operator
+    would: the process itself stays in the test's own namespace (where the local registry
+    listens on loopback), only the VMs' network is in NS."""
 
-    def __init__(self, data_dir: Path, netns: str):
+    def __init__(self, data_dir: Path, netns: str, kit_cache: Path):
         self.data_dir = data_dir
         self.netns = netns
+        self.kit_cache = kit_cache
 
     def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "nodes.agent", *args, "--data-dir", str(self.data_dir), "--netns", self.netns]
+        return [sys.executable, "-m", "nodes.agent", *args, "--data-dir", str(self.data_dir),
+                "--kit-cache", str(self.kit_cache), "--netns", self.netns]
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 240):
         out = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO,
@@ -111,7 +86,8 @@ class AgentCli:
 
 
 @pytest.fixture
-def agent_cli(agent_data_dir, node_netns):
-    cli = AgentCli(agent_data_dir, node_netns.name)
+def agent_cli(agent_data_dir, node_netns, agent_kit_cache):
+    cli = AgentCli(agent_data_dir, node_netns.name, agent_kit_cache)
     yield cli
-    # Whatever a failed test left running dies with the namespace (Netns.close kills its pids).
+    # Whatever a failed test left running dies with the namespace (Netns.close kills its pids:
+    # QEMU runs in it).

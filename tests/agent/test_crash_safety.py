@@ -14,9 +14,9 @@ LINES = 400
 WRITER = f"i=0; while [ $i -lt {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.01; done"
 
 
-def test_sigkilled_agent_adopts_the_vm_and_loses_or_repeats_no_line(agent_cli, ns_registry):
+def test_sigkilled_agent_adopts_the_vm_and_loses_or_repeats_no_line(agent_cli, local_registry):
     vm_dir = agent_cli.data_dir / "vms" / "writer"
-    run = agent_cli.spawn("vm", "run", "writer", "--image", ns_registry, "--entrypoint",
+    run = agent_cli.spawn("vm", "run", "writer", "--image", f"{local_registry}/gantry/hello:latest", "--entrypoint",
                           json.dumps(["/bin/sh", "-c", WRITER]))
     # Kill `vm run` as soon as QEMU exists: the boot goes on without any agent.
     deadline = time.monotonic() + 120

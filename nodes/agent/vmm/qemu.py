@@ -26,6 +26,7 @@ from pathlib import Path
 
 from nodes.agent.errors import AgentError
 from nodes.agent.guest.kit import GuestKit
+from nodes.agent.net.tap import NETNS_RUN_DIR
 from nodes.agent.vmm import qmp
 from nodes.agent.vmm.accel import Accel
 from nodes.agent.vmm.spec import FW_CFG_NAME, GuestSpec, render
@@ -267,7 +268,26 @@ def _log_tail(vm_dir: Path, lines: int = 8) -> str:
 
 
 class QemuVm:
-    """Launches and stops QEMU processes; holds no state beyond what the vm_dir records."""
+    """Launches and stops QEMU processes; holds no state beyond what the vm_dir records.
+
+    `netns` names the namespace (ip netns) the VMs' TAPs live in; QEMU is started inside it
+    and everything else about it (files, QMP socket, liveness) is unchanged."""
+
+    def __init__(self, *, netns: str | None = None):
+        self.netns = netns
+
+    def _prefix(self) -> list[str]:
+        if self.netns is None:
+            return []
+        # QEMU attaches its TAP by name (TUNSETIFF), which looks the name up in the calling
+        # process's namespace, so QEMU itself must be in NS. The other way, opening the TAP
+        # here in a setns'd thread and passing `-netdev tap,fd=N`, would tie the VM's network
+        # to a descriptor that has to survive the launch shell and setsid, leaves a command
+        # line that no longer names its TAP, and rules out attaching by name later (QMP
+        # netdev_add on an adopted VM). Only the network namespace is entered (nsenter, not
+        # `ip netns exec`): QEMU keeps the agent's mount namespace and /sys, which VFIO will
+        # need, and its QMP socket is a path, which works across network namespaces.
+        return ["nsenter", f"--net={NETNS_RUN_DIR}/{self.netns}", "--"]
 
     async def launch(self, l: VmLaunch) -> int:
         # Absolute paths: QEMU runs with the vm_dir as cwd, and read_pid matches the pidfile
@@ -297,7 +317,7 @@ class QemuVm:
             # its pid: QEMU is orphaned into init's care with no tie to this process.
             proc = await asyncio.create_subprocess_exec(
                 "sh", "-c", 'log=$1; shift; setsid "$@" </dev/null >>"$log" 2>&1 & echo $!',
-                "sh", str(f.log), *command_line(l, disk_format, tsc_khz),
+                "sh", str(f.log), *self._prefix(), *command_line(l, disk_format, tsc_khz),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, start_new_session=True,
                 cwd=f.vm_dir,
             )  # fmt: skip
