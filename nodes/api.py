@@ -1,4 +1,5 @@
-"""`/api/v1/hardware` and `/api/v1/locations`: the fleet as customers see it.
+"""`/api/v1/hardware` and `/api/v1/locations`: the fleet as customers see it; `/api/v1/nodes/join`
+for agents; `/api/v1/nodes/{id}/cordon|drain|uncordon` for operators.
 
 Not tenant-specific (every tenant sees the same catalog and capacity), but still behind a token
 with `templates:read`: free capacity is commercially sensitive and scraping it anonymously would
@@ -8,10 +9,13 @@ be free market intelligence.
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, serializers
 from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
-from nodes import selectors
+from cloud.exceptions import InvalidInput
+from nodes import protocol, selectors, services
 from nodes.serializers import HardwareTypeOutput, LocationOutput
 
 
@@ -39,3 +43,79 @@ class LocationListView(CatalogView):
     )
     def get(self, request):
         return Response({"locations": LocationOutput(selectors.locations_list(), many=True).data})
+
+
+# -- joining (the agent, before it has a credential) -------------------------------------------
+
+
+class JoinInput(serializers.Serializer):
+    token = serializers.CharField(max_length=200)
+    inventory = serializers.DictField()
+
+
+class JoinOutput(serializers.Serializer):
+    node_id = serializers.IntegerField()
+    hostname = serializers.CharField()
+    credential = serializers.CharField(help_text="The node's long-lived credential, shown this once.")
+
+
+class JoinThrottle(AnonRateThrottle):
+    rate = "30/min"  # a join token is 256 random bits; the limit only keeps the log readable
+
+
+class NodeJoinView(APIView):
+    """`POST /api/v1/nodes/join`: an agent trades its one-time join token for a credential."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    throttle_classes = [JoinThrottle]
+
+    def get_authenticate_header(self, request):
+        # A refused token is a 401 (DRF makes it a 403 when no authenticator names a scheme).
+        return 'JoinToken realm="gantry"'
+
+    @extend_schema(summary="Join a node (agent only): trade a one-time join token for its credential",
+                   request=JoinInput, responses={201: JoinOutput}, auth=[])
+    def post(self, request):
+        body = JoinInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            inventory = protocol.build(protocol.Inventory, body.validated_data["inventory"], "inventory")
+        except protocol.ProtocolError as exc:
+            raise InvalidInput("inventory", str(exc)) from None
+        try:
+            node, credential = services.node_join(token=body.validated_data["token"], inventory=inventory)
+        except services.JoinRefused as exc:
+            raise exceptions.AuthenticationFailed(str(exc)) from None
+        return Response({"node_id": node.pk, "hostname": node.hostname, "credential": credential}, status=201)
+
+
+# -- operators ---------------------------------------------------------------------------------
+
+
+class StaffView(APIView):
+    required_scopes = ["nodes:admin"]
+    tenant_required = False
+
+    def check_permissions(self, request):
+        super().check_permissions(request)
+        if not request.user.is_staff:
+            raise exceptions.PermissionDenied("Operators only: this endpoint needs a staff account.")
+
+
+class NodeActionOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    hostname = serializers.CharField()
+    status = serializers.CharField()
+    status_reason = serializers.CharField()
+
+
+class NodeActionView(StaffView):
+    action: str = ""
+
+    @extend_schema(summary="Cordon, drain or uncordon a node (operators)", request=None,
+                   responses={200: NodeActionOutput})
+    def post(self, request, node_id: int):
+        verb = {"cordon": services.node_cordon, "drain": services.node_drain, "uncordon": services.node_uncordon}[self.action]
+        node = verb(node_id=node_id)
+        return Response(NodeActionOutput(node).data)

@@ -41,6 +41,21 @@ def notify_node(node_id: int) -> None:
     transaction.on_commit(lambda: _send(node_id, {"type": "node.sync"}))
 
 
+def fleet_sweep_kick() -> None:
+    """Ask a worker for a fleet pass (replicas follow their nodes' states) after the commit;
+    the task is named, not imported: it belongs to the deployments app."""
+
+    def send() -> None:
+        from cloud.celery import app
+
+        try:
+            app.send_task("deployments.fleet_sweep", ignore_result=True)
+        except Exception:  # noqa: BLE001 - the periodic sweep runs anyway
+            log.warning("could not queue a fleet sweep", exc_info=True)
+
+    transaction.on_commit(send)
+
+
 def disconnect_node(node_id: int) -> None:
     transaction.on_commit(lambda: _send(node_id, {"type": "node.disconnect"}))
 

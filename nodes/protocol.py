@@ -278,6 +278,11 @@ def decode(frame: str | bytes, *, allowed: tuple[type[Message], ...] | None = No
     return _build(cls, data, kind)
 
 
+def build(cls: type, data: Any, where: str = "") -> Any:
+    """One validated piece (e.g. an Inventory from the join request) outside a frame."""
+    return _build(cls, data, where or cls.__name__)
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ProtocolError(f"{where} must be an object")

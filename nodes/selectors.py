@@ -82,3 +82,24 @@ def capacity_by_hardware() -> dict[int, list[dict]]:
     for (hardware_type_id, _, _), row in rows.items():
         by_hardware[hardware_type_id].append(row)
     return by_hardware
+
+
+def fleet_summary() -> dict:
+    """Operators' view of the fleet: nodes by status, GPUs and CPU slots total / free /
+    allocated, each split into real and simulated (a simulated GPU is never counted as real)."""
+    from nodes.models import CpuSlot
+
+    nodes: dict[str, dict[str, int]] = {"real": defaultdict(int), "simulated": defaultdict(int)}
+    for status, simulated, n in Node.objects.values_list("status", "simulated").annotate(n=Count("pk")).order_by():
+        nodes["simulated" if simulated else "real"][status] += n
+
+    def units(model) -> dict:
+        out = {}
+        for key, simulated in (("real", False), ("simulated", True)):
+            rows = model.objects.filter(node__simulated=simulated)
+            total = rows.count()
+            free = rows.filter(replica__isnull=True).count()
+            out[key] = {"total": total, "free": free, "allocated": total - free}
+        return out
+
+    return {"nodes": {k: dict(v) for k, v in nodes.items()}, "gpus": units(Gpu), "cpu_slots": units(CpuSlot)}

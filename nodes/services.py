@@ -244,6 +244,7 @@ def node_cordon(*, node_id: int) -> Node:
         raise Conflict(f"Node {node.hostname} is {node.status}; only an online or draining node can be cordoned.")
     node.status, node.status_reason, node.drain_deadline = Node.Status.CORDONED, "cordoned by an operator", None
     node.save(update_fields=["status", "status_reason", "drain_deadline"])
+    link.fleet_sweep_kick()
     return node
 
 
@@ -256,13 +257,19 @@ def node_uncordon(*, node_id: int) -> Node:
         raise Conflict(f"Node {node.hostname} is {node.status}; only a cordoned or draining node can be uncordoned.")
     node.status, node.status_reason, node.drain_deadline = Node.Status.ONLINE, "", None
     node.save(update_fields=["status", "status_reason", "drain_deadline"])
+    link.fleet_sweep_kick()  # room appeared: pending replicas may fit now
     return node
 
 
 @transaction.atomic
-def node_start_drain(*, node_id: int, timeout_s: float) -> Node:
-    """Marks the node draining (no new placements) with a deadline; moving its replicas is the
-    deployments app's part (`cloud.deployments.services.node_drain`)."""
+def node_drain(*, node_id: int, timeout_s: float | None = None) -> Node:
+    """Marks the node draining (no new placements) with a deadline. The fleet sweep
+    (`cloud.deployments.services.fleet`) then places a replacement for each of its replicas
+    and stops the old one once the replacement runs, or at the deadline."""
+    if timeout_s is None:
+        from django.conf import settings
+
+        timeout_s = settings.NODE_DRAIN_TIMEOUT_S
     node = _for_update(node_id)
     if node.status not in (Node.Status.ONLINE, Node.Status.CORDONED, Node.Status.DRAINING):
         raise Conflict(f"Node {node.hostname} is {node.status}; only an online or cordoned node can be drained.")
@@ -270,6 +277,7 @@ def node_start_drain(*, node_id: int, timeout_s: float) -> Node:
     node.drain_deadline = timezone.now() + timedelta(seconds=timeout_s)
     node.status_reason = f"draining: replicas move elsewhere, the rest stop by {node.drain_deadline:%H:%M:%SZ}"
     node.save(update_fields=["status", "status_reason", "drain_deadline"])
+    link.fleet_sweep_kick()
     return node
 
 

@@ -1,9 +1,14 @@
 from django.urls import path
 
-from nodes.api import HardwareListView, LocationListView
+from nodes.api import HardwareListView, LocationListView, NodeActionView, NodeJoinView
 
 # No trailing slash, like /api/v1/deployments and /api/v1/templates.
 urlpatterns = [
     path("hardware", HardwareListView.as_view(), name="hardware-list"),
     path("locations", LocationListView.as_view(), name="location-list"),
+    path("nodes/join", NodeJoinView.as_view(), name="node-join"),
+    *[
+        path(f"nodes/<int:node_id>/{verb}", NodeActionView.as_view(action=verb), name=f"node-{verb}")
+        for verb in ("cordon", "drain", "uncordon")
+    ],
 ]

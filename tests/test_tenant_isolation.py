@@ -43,6 +43,28 @@ class CatalogRoute:
     """Shared, non-tenant data (hardware, locations): only authentication is checked here."""
 
 
+@dataclass(frozen=True)
+class StaffRoute:
+    """Operators only (scope nodes:admin and a staff account): a customer gets a 403."""
+
+    make: Callable[..., dict]
+
+
+@dataclass(frozen=True)
+class JoinRoute:
+    """The agent's join: no bearer token by design; a join token it cannot show is a 401."""
+
+
+JOIN_BODY = {"token": "gjoin_not-a-token", "inventory": {
+    "hostname": "h", "agent_version": "t", "cpus": 1, "memory_mib": 1, "disk_gib": 1, "accelerator": "tcg"}}
+
+
+def _node(tenant) -> dict:
+    from tests.deployments.factories import NodeFactory
+
+    return {"node_id": NodeFactory().pk}
+
+
 def _deployment(tenant) -> dict:
     deployment = DeploymentFactory(tenant=tenant, name="mallory-secret-dep")
     replica = ReplicaFactory(deployment=deployment, ordinal=0)
@@ -67,6 +89,11 @@ ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute] = {
     "api/v1/^templates/(?P<ref>[^/]+)$": ObjectRoute(_private_template),
     "api/v1/hardware": CatalogRoute(),
     "api/v1/locations": CatalogRoute(),
+    "api/v1/nodes/join": JoinRoute(),
+    "api/v1/nodes/<int:node_id>/cordon": StaffRoute(_node),
+    "api/v1/nodes/<int:node_id>/drain": StaffRoute(_node),
+    "api/v1/nodes/<int:node_id>/uncordon": StaffRoute(_node),
+    "api/v1/system/status": StaffRoute(lambda t: {}),
 }
 
 
@@ -94,7 +121,7 @@ def _api_routes():
 def _url(route: str, kwargs: dict) -> str:
     path = route
     for key, value in kwargs.items():
-        path = path.replace(f"(?P<{key}>[^/]+)", str(value))
+        path = path.replace(f"(?P<{key}>[^/]+)", str(value)).replace(f"<int:{key}>", str(value))
     return "/" + path.replace("^", "").replace("$", "")
 
 
@@ -116,8 +143,9 @@ def test_every_api_route_has_an_isolation_case():
 def test_anonymous_gets_401(route, method, anonymous):
     case = ROUTES[route]
     kwargs = {key: "00000000-0000-0000-0000-000000000000" for key in ("pk", "ref")}
-    url = _url(route, kwargs) if isinstance(case, ObjectRoute) else _url(route, {})
-    response = getattr(anonymous, method)(url, {}, format="json")
+    url = _url(route, kwargs) if isinstance(case, ObjectRoute) else _url(route, {"node_id": 1})
+    body = JOIN_BODY if isinstance(case, JoinRoute) else {}
+    response = getattr(anonymous, method)(url, body, format="json")
     assert response.status_code == 401, response.content
     assert response["Content-Type"] == "application/problem+json"
 
@@ -151,6 +179,12 @@ def test_another_tenants_data_is_invisible(route, method, alice, mallory, evil):
         url = _url(route, {})
         assert marker not in as_alice.get(url).content.decode()
         assert marker in as_mallory.get(url).content.decode()
+    elif isinstance(case, StaffRoute):
+        response = getattr(as_alice, method)(_url(route, case.make(evil)), {}, format="json")
+        assert response.status_code == 403, response.content
+    elif isinstance(case, JoinRoute):
+        response = as_alice.post(_url(route, {}), JOIN_BODY, format="json")
+        assert response.status_code == 401  # a customer's bearer token is no join token
     else:
         response = getattr(as_alice, method)(_url(route, {}))
         assert response.status_code == 200

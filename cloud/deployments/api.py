@@ -26,6 +26,7 @@ from cloud.deployments.serializers import (
     LogLineOutput,
     LogListOutput,
     LogsQuery,
+    ReplicasQuery,
     ReplicaListOutput,
     ReplicaOutput,
 )
@@ -150,11 +151,13 @@ class DeploymentViewSet(TenantScopedViewSet):
     def restart(self, request, pk=None):
         return self._transition(services.deployment_restart, request, pk)
 
-    @extend_schema(summary="The deployment's replicas and why each is in its state", parameters=[ID_PARAMETER],
-                   responses={200: ReplicaListOutput})
+    @extend_schema(summary="Every incarnation of the deployment's replicas, live and ended, and why each is in its state",
+                   parameters=[ID_PARAMETER, ReplicasQuery], responses={200: ReplicaListOutput})
     @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
     def replicas(self, request, pk=None):
-        replicas = selectors.replicas_for(tenant=request.tenant, deployment_id=pk)
+        query = ReplicasQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        replicas = selectors.replicas_for(tenant=request.tenant, deployment_id=pk, live=query.validated_data["live"])
         return Response({"replicas": ReplicaOutput(replicas, many=True).data})
 
     @extend_schema(summary="The last log lines, oldest first", parameters=[ID_PARAMETER, LogsQuery],

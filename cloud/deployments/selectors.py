@@ -16,6 +16,7 @@ from django.db.models.functions import JSONObject
 from cloud.deployments.models import Deployment, Event, LogLine, Replica
 from cloud.exceptions import NotFound
 from nodes.models import Gpu, Node
+from nodes.protocol import TERMINAL_STATES
 
 # Columns the API representation shows; the rest (encrypted blobs, registry user, price
 # history) stays on disk for the list endpoint, which is benchmarked at 5,000 rows a tenant.
@@ -133,18 +134,24 @@ def deployment_count_for(*, tenant) -> int:
     return _visible(tenant=tenant).count()
 
 
-def replicas_for(*, tenant, deployment_id) -> QuerySet[Replica]:
+def replicas_for(*, tenant, deployment_id, live: bool = False) -> QuerySet[Replica]:
+    """Every incarnation of the deployment's replicas, ended ones included (history), by
+    ordinal then generation; `live`: only those not yet in a terminal state."""
     pk = _visible_pk(tenant=tenant, deployment_id=deployment_id)
+    queryset = Replica.objects.filter(deployment_id=pk)
+    if live:
+        queryset = queryset.exclude(state__in=TERMINAL_STATES)
     return (
-        Replica.objects.filter(deployment_id=pk)
+        queryset
         .select_related("node", "node__location", "deployment")
         .only(
-            "id", "deployment_id", "ordinal", "state", "reason", "host_port", "exit_code", "created_at", "started_at",
-            "stopped_at", "node__id", "node__hostname", "node__public_address", "node__simulated",
+            "id", "uid", "deployment_id", "ordinal", "generation", "desired", "state", "reason", "host_port",
+            "exit_code", "created_at", "placed_at", "started_at", "stopped_at", "ended_at",
+            "node__id", "node__hostname", "node__public_address", "node__simulated",
             "node__location__slug", "deployment__traffic_port",
         )
         .prefetch_related(Prefetch("gpus", queryset=Gpu.objects.only("id", "replica_id", "index", "uuid", "model")))
-        .order_by("ordinal")
+        .order_by("ordinal", "generation")
     )
 
 

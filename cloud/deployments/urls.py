@@ -1,8 +1,10 @@
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from cloud.deployments.api import DeploymentViewSet
+from cloud.deployments.system import SystemStatusView
 
 router = SimpleRouter(trailing_slash=False)
 router.register("deployments", DeploymentViewSet, basename="deployment")
 
-urlpatterns = router.urls
+urlpatterns = [*router.urls, path("system/status", SystemStatusView.as_view(), name="system-status")]

@@ -5,6 +5,7 @@ from cloud.deployments.serializers.inputs import (
     DeploymentUpdateInput,
     EventsQuery,
     LogsQuery,
+    ReplicasQuery,
 )
 from cloud.deployments.serializers.outputs import (
     DeleteResultOutput,
@@ -34,4 +35,5 @@ __all__ = [
     "LogsQuery",
     "ReplicaListOutput",
     "ReplicaOutput",
+    "ReplicasQuery",
 ]

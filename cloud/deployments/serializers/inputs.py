@@ -165,3 +165,7 @@ class EventsQuery(serializers.Serializer):
     after = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1,
                                      help_text="Cursor: only events with a greater id.")
     limit = serializers.IntegerField(min_value=1, max_value=500, default=100)
+
+
+class ReplicasQuery(serializers.Serializer):
+    live = serializers.BooleanField(default=False, help_text="true: only incarnations not yet stopped, failed or lost.")

@@ -126,9 +126,14 @@ class ReplicaGpusOutput(serializers.Serializer):
 
 
 class ReplicaOutput(serializers.Serializer):
-    id = serializers.IntegerField()
+    """One incarnation of one ordinal: start after stop, restart and re-placement each make a
+    new one (generation + 1); ended ones stay listed as history."""
+
+    id = serializers.UUIDField(source="uid", help_text="The incarnation's id (its VM is named after it).")
     ordinal = serializers.IntegerField()
-    state = serializers.ChoiceField(choices=Replica.State.choices)
+    generation = serializers.IntegerField(help_text="1 for the first incarnation of this ordinal, then +1 each time.")
+    desired = serializers.ChoiceField(choices=Replica.Desired.choices, help_text="What the control plane wants.")
+    state = serializers.ChoiceField(choices=Replica.State.choices, help_text="What its node last reported.")
     reason = serializers.CharField(help_text="Why the replica is in this state, for a human.")
     node = serializers.SerializerMethodField()
     gpus = serializers.SerializerMethodField()
@@ -136,8 +141,10 @@ class ReplicaOutput(serializers.Serializer):
     host_port = serializers.IntegerField(allow_null=True)
     exit_code = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField(allow_null=True)
-    stopped_at = serializers.DateTimeField(allow_null=True)
+    placed_at = serializers.DateTimeField(allow_null=True, help_text="When the scheduler put it on its node.")
+    started_at = serializers.DateTimeField(allow_null=True, help_text="When it entered `running`.")
+    stopped_at = serializers.DateTimeField(allow_null=True, help_text="When it left `running`.")
+    ended_at = serializers.DateTimeField(allow_null=True, help_text="When it reached a terminal state.")
 
     @extend_schema_field(ReplicaNodeOutput(allow_null=True))
     def get_node(self, obj: Replica):

@@ -14,7 +14,7 @@ admin and, later, the agent consumer all call the same code). Split by concept:
 from cloud.deployments.services.change import deployment_update
 from cloud.deployments.services.create import deployment_create
 from cloud.deployments.services.events import event_record
-from cloud.deployments.services.fleet import fleet_sweep, node_drain, node_lost
+from cloud.deployments.services.fleet import drains_progress, fleet_sweep, node_lost
 from cloud.deployments.services.placement import schedule_pending
 from cloud.deployments.services.idempotency import (
     IdempotentResult,
@@ -40,8 +40,8 @@ __all__ = [
     "deployment_stop",
     "deployment_update",
     "event_record",
+    "drains_progress",
     "fleet_sweep",
-    "node_drain",
     "node_lost",
     "schedule_pending",
     "idempotency_fingerprint",

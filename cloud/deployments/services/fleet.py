@@ -2,8 +2,9 @@
 placed elsewhere), a drain (replacements first, the old ones stopped once those run or at the
 deadline), and the periodic sweep that ties them together.
 
-The node's own state changes are `nodes.services`; this module adds the replica side, so the
-admin, the staff API and the Celery tasks all drain or fail over through the same code.
+The node's own state changes are `nodes.services` (cordon, drain, uncordon: the admin and the
+staff API call those, then kick the sweep); this module is the replica side, level-triggered
+from the nodes' states, so it needs no call from the nodes app (which never imports this one).
 """
 
 from __future__ import annotations
@@ -61,21 +62,23 @@ def node_lost(*, node_id: int) -> int:
     return lost
 
 
-def node_drain(*, node_id: int, timeout_s: float | None = None) -> Node:
-    """Draining: each wanted replica on the node gets a replacement placed elsewhere; the old
-    one keeps serving until its replacement runs (or the drain deadline passes)."""
-    timeout_s = timeout_s if timeout_s is not None else getattr(settings, "NODE_DRAIN_TIMEOUT_S", 600)
-    node = node_services.node_start_drain(node_id=node_id, timeout_s=timeout_s)
-    for deployment_id in _deployments_on(node_id):
+def _replace_on_draining(node: Node) -> int:
+    """Each wanted, unreplaced replica on a draining node gets a replacement placed elsewhere;
+    the old one keeps serving until its replacement runs (or the drain deadline passes)."""
+    made = 0
+    for deployment_id in _deployments_on(node.pk):
         with transaction.atomic():
             deployment = Deployment.objects.select_for_update(of=("self",)).get(pk=deployment_id)
             if deployment.status not in LIVE_STATUSES:
                 continue
             for replica in Replica.objects.select_for_update(of=("self",)).filter(
-                    live_q(), deployment=deployment, node_id=node_id):
-                _replace(deployment, replica, node)
-    scheduler_kick()
-    return node
+                    live_q(), deployment=deployment, node_id=node.pk):
+                if replica.ordinal < deployment.replica_count:
+                    _replace(deployment, replica, node)
+                    made += 1
+    if made:
+        scheduler_kick()
+    return made
 
 
 def _replace(deployment: Deployment, replica: Replica, node: Node) -> Replica:
@@ -100,6 +103,7 @@ def drains_progress() -> int:
     finished = 0
     now = timezone.now()
     for node in Node.objects.filter(status=Node.Status.DRAINING):
+        _replace_on_draining(node)
         if node.drain_deadline is not None and node.drain_deadline <= now:
             for deployment_id in _deployments_on(node.pk):
                 with transaction.atomic():
