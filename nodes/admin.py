@@ -1,11 +1,16 @@
 """The fleet in the admin: what an operator needs to find a node, see its GPUs and who holds
-them. Inventory (GPUs) and credentials come from the agent and the join flow, so they are
-read-only here; nothing in the admin can show a node credential, only whether one is set."""
+them, and act on it (cordon, drain, uncordon, revoke, join token) through nodes/services.py.
+Inventory and credentials come from the agent and the join flow, so they are read-only here;
+nothing in the admin can show a node credential, only whether one is set."""
 
-from django.contrib import admin
+import json
+
+from django.contrib import admin, messages
 from django.db.models import Count, Q
 
-from nodes.models import Gpu, HardwareType, Location, Node
+from cloud.exceptions import ApplicationError
+from nodes import services
+from nodes.models import CpuSlot, Gpu, HardwareType, Location, Node
 
 
 @admin.register(Location)
@@ -50,20 +55,66 @@ class FreeGpuFilter(admin.SimpleListFilter):
         return queryset
 
 
+class CpuSlotInline(admin.TabularInline):
+    model = CpuSlot
+    extra = 0
+    can_delete = False
+    fields = ["index", "replica"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
-    list_display = ["hostname", "simulated", "status", "location", "hardware_type", "gpus_free", "last_heartbeat", "agent_version"]
+    """Nodes are created here (or with `manage.py create_node`) and then only changed through
+    nodes/services.py: cordon, drain, uncordon, revoke, a new join token. No status field is
+    editable, and what the agent reports (inventory, versions, `simulated`) is read-only."""
+
+    list_display = ["hostname", "simulated", "status", "location", "hardware_type", "gpus_free", "last_heartbeat",
+                    "agent_version", "accelerator"]
     list_filter = ["status", "location", "hardware_type", "simulated"]
     search_fields = ["hostname", "public_address"]
     list_select_related = ["location", "hardware_type"]
-    readonly_fields = ["credential", "last_heartbeat", "agent_version", "simulated", "created_at"]
-    exclude = ["credential_hash"]
-    inlines = [GpuInline]
+    readonly_fields = ["status", "status_reason", "credential", "last_heartbeat", "agent_version", "protocol_version",
+                       "simulated", "cpus", "memory_mib", "disk_gib", "accelerator", "inventory", "drain_deadline",
+                       "created_at"]
+    exclude = ["credential_hash", "credential_issued_at"]
+    inlines = [GpuInline, CpuSlotInline]
+    actions = ["cordon", "drain", "uncordon", "revoke_credential", "issue_join_token"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
-            _gpus_free=Count("gpus", filter=Q(gpus__replica__isnull=True)), _gpus_total=Count("gpus"),
+            _gpus_free=Count("gpus", filter=Q(gpus__replica__isnull=True), distinct=True),
+            _gpus_total=Count("gpus", distinct=True),
         )
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:  # adding: only what create_node asks for
+            return ["status", "created_at"]
+        return [*self.readonly_fields, "hostname", "location", "hardware_type"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["hostname", "hardware_type", "location", "public_address"]
+        return super().get_fields(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            Node.objects.filter(pk=obj.pk).update(public_address=obj.public_address)
+            return
+        try:
+            made = services.node_create(hostname=obj.hostname, hardware_type=obj.hardware_type, location=obj.location,
+                                        public_address=obj.public_address)
+        except ApplicationError as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
+            return
+        obj.pk = made.node.pk
+        self._show_token(request, made)
+
+    def _show_token(self, request, made) -> None:
+        self.message_user(request, "Join token (shown once, valid 1 h): " + json.dumps(made.as_json()), messages.WARNING)
 
     @admin.display(description="GPUs free", ordering="_gpus_free")
     def gpus_free(self, obj: Node) -> str:
@@ -72,7 +123,37 @@ class NodeAdmin(admin.ModelAdmin):
     @admin.display(description="credential")
     def credential(self, obj: Node) -> str:
         # Only a hash is stored, and even that stays out of sight: it would help an offline guess.
-        return "issued" if obj.credential_hash else "none (the node has not joined)"
+        return "issued" if obj.credential_hash else "none (the node has not joined, or it was revoked)"
+
+    def _each(self, request, queryset, verb, done: str) -> None:
+        for node in queryset:
+            try:
+                verb(node_id=node.pk)
+            except ApplicationError as exc:
+                self.message_user(request, f"{node.hostname}: {exc.detail}", messages.ERROR)
+            else:
+                self.message_user(request, f"{node.hostname}: {done}", messages.SUCCESS)
+
+    @admin.action(description="Cordon: place nothing new here")
+    def cordon(self, request, queryset):
+        self._each(request, queryset, services.node_cordon, "cordoned")
+
+    @admin.action(description="Drain: move replicas elsewhere, then stop what is left")
+    def drain(self, request, queryset):
+        self._each(request, queryset, services.node_drain, "draining")
+
+    @admin.action(description="Uncordon: place replicas here again")
+    def uncordon(self, request, queryset):
+        self._each(request, queryset, services.node_uncordon, "online")
+
+    @admin.action(description="Revoke the node's credential (its agent is cut off)")
+    def revoke_credential(self, request, queryset):
+        self._each(request, queryset, services.node_revoke_credential, "credential revoked")
+
+    @admin.action(description="Issue a new join token")
+    def issue_join_token(self, request, queryset):
+        for node in queryset:
+            self._show_token(request, services.join_token_reissue(node=node))
 
 
 @admin.register(Gpu)
