@@ -1,0 +1,185 @@
+"""The agent consumer at /ws/v1/agent/ over Channels' in-process communicator, with the real
+Redis channel layer and PostgreSQL: authentication before the socket opens, hello → desired,
+reports moving replicas, refusals that keep the connection, logs acknowledged, and node.sync
+turning into replica.start / replica.stop. (tests/e2e drives the same over a real daphne.)"""
+
+import json
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from cloud.asgi import application
+from cloud.deployments.models import Deployment, LogLine, Replica
+from cloud.deployments.services import schedule_pending
+from nodes import services
+from nodes import protocol as p
+from nodes.models import CpuSlot
+from tests.deployments.factories import deployment_for
+from tests.factories import HardwareTypeFactory, LocationFactory, TenantFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+INVENTORY = p.Inventory(hostname="box", agent_version="test", cpus=2, memory_mib=4096, disk_gib=20, accelerator="tcg")
+
+
+def _joined_node():
+    hardware = HardwareTypeFactory(slug="cpu-small", cpu_only=True, gpus_per_node=2, allowed_gpu_counts=[0])
+    made = services.node_create(hostname="node-a", hardware_type=hardware, location=LocationFactory(),
+                                public_address="127.0.0.1")
+    node, credential = services.node_join(token=made.join_token, inventory=INVENTORY)
+    return node, credential, hardware
+
+
+async def connect(credential: str | None):
+    headers = [(b"authorization", f"Bearer {credential}".encode())] if credential else []
+    communicator = WebsocketCommunicator(application, "/ws/v1/agent/", headers=headers)
+    connected, _ = await communicator.connect()
+    return communicator, connected
+
+
+async def send(communicator, message: p.Message):
+    await communicator.send_to(text_data=p.encode(message))
+
+
+async def receive(communicator) -> p.Message:
+    return p.decode(await communicator.receive_from(timeout=5), allowed=p.PLANE_MESSAGES)
+
+
+async def hello(communicator, replicas=()):
+    await send(communicator, p.Hello(inventory=INVENTORY, replicas=list(replicas)))
+    desired = await receive(communicator)
+    assert isinstance(desired, p.Desired)
+    return desired
+
+
+@pytest.mark.parametrize("credential", [None, "gnode_1_wrong", "not-a-credential"])
+async def test_anything_but_a_node_credential_is_refused_before_the_socket_opens(credential):
+    await sync_to_async(_joined_node)()
+    communicator, connected = await connect(credential)
+    assert not connected
+
+
+async def test_hello_brings_the_node_online_and_answers_with_its_desired_set():
+    node, credential, hardware = await sync_to_async(_joined_node)()
+    tenant = await sync_to_async(TenantFactory)()
+    deployment = await sync_to_async(deployment_for)(tenant, hardware_id=hardware.pk, gpus_per_container=0,
+                                                      traffic_port=8080, secret_env={"TOKEN": "s3cret"})
+    communicator, connected = await connect(credential)
+    assert connected
+    desired = await hello(communicator)
+    assert desired.replicas == []  # nothing placed before the node was online
+    await sync_to_async(schedule_pending)()
+    start = await receive(communicator)  # placement notifies the node's consumer
+    assert isinstance(start, p.ReplicaStart)
+    replica = await sync_to_async(Replica.objects.get)(deployment=deployment)
+    assert start.replica.replica_id == str(replica.uid) == start.replica.spec.name
+    assert start.replica.spec.secret_env == {"TOKEN": "s3cret"} and start.replica.spec.traffic_port == 8080
+    assert await sync_to_async(CpuSlot.objects.filter(replica=replica).count)() == 1
+    await communicator.disconnect()
+
+
+async def _placed(credential, hardware):
+    tenant = await sync_to_async(TenantFactory)()
+    deployment = await sync_to_async(deployment_for)(tenant, hardware_id=hardware.pk, gpus_per_container=0, traffic_port=8080)
+    communicator, _ = await connect(credential)
+    await hello(communicator)
+    await sync_to_async(schedule_pending)()
+    start = await receive(communicator)
+    return communicator, deployment, start.replica.replica_id
+
+
+async def test_reports_move_the_replica_and_the_deployment_and_stop_frees_the_slot():
+    node, credential, hardware = await sync_to_async(_joined_node)()
+    communicator, deployment, replica_id = await _placed(credential, hardware)
+    for state in ("pulling", "booting", "running"):
+        await send(communicator, p.ReplicaStatus(report=p.ReplicaReport(
+            replica_id=replica_id, state=state, address="192.0.2.2", host_port=30001)))
+    await send(communicator, p.Heartbeat())
+    await communicator.receive_nothing(timeout=0.5)
+    deployment = await sync_to_async(Deployment.objects.get)(pk=deployment.pk)
+    replica = await sync_to_async(Replica.objects.get)(uid=replica_id)
+    assert (deployment.status, replica.state, replica.host_port) == ("running", "running", 30001)
+    assert replica.started_at is not None
+
+    from cloud.deployments.services import deployment_stop
+
+    await sync_to_async(lambda: deployment_stop(tenant=deployment.tenant, actor=None, deployment_id=deployment.pk))()
+    stop = await receive(communicator)
+    assert isinstance(stop, p.ReplicaStop) and stop.replica_id == replica_id and stop.grace_s == 10.0
+    assert await sync_to_async(CpuSlot.objects.filter(replica__isnull=False).count)() == 1  # not confirmed yet
+    await send(communicator, p.ReplicaStatus(report=p.ReplicaReport(replica_id=replica_id, state="stopped", exit_code=0)))
+    await communicator.receive_nothing(timeout=0.5)
+    deployment = await sync_to_async(Deployment.objects.get)(pk=deployment.pk)
+    replica = await sync_to_async(Replica.objects.get)(uid=replica_id)
+    assert (deployment.status, replica.state) == ("stopped", "stopped")
+    assert replica.stopped_at is not None and replica.vm_gone
+    assert await sync_to_async(CpuSlot.objects.filter(replica__isnull=False).count)() == 0
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize("frame,expect", [
+    ("{not json", "not JSON"),
+    (json.dumps({"type": "mystery", "version": 1}), "unknown message type"),
+    (json.dumps({"type": "heartbeat", "version": 99}), "version"),
+    (json.dumps({"type": "desired", "version": 1, "replicas": []}), "unknown message type"),  # plane-only
+    ("x" * (p.MAX_FRAME_BYTES + 1), "exceeds"),
+])
+async def test_bad_frames_get_an_error_frame_and_the_consumer_keeps_serving(frame, expect):
+    node, credential, hardware = await sync_to_async(_joined_node)()
+    communicator, _ = await connect(credential)
+    await hello(communicator)
+    await communicator.send_to(text_data=frame)
+    error = await receive(communicator)
+    assert isinstance(error, p.Error) and expect in error.message
+    await send(communicator, p.Heartbeat())  # still served
+    await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+async def test_a_frame_before_hello_is_refused():
+    node, credential, hardware = await sync_to_async(_joined_node)()
+    communicator, _ = await connect(credential)
+    await send(communicator, p.Heartbeat())
+    error = await receive(communicator)
+    assert isinstance(error, p.Error) and "hello" in error.message
+    await communicator.disconnect()
+
+
+async def test_a_report_about_a_replica_on_another_node_is_refused_and_changes_nothing():
+    node, credential, hardware = await sync_to_async(_joined_node)()
+    other = await sync_to_async(lambda: services.node_create(hostname="node-b", hardware_type=hardware,
+                                                             location=LocationFactory()))()
+    other_node, other_credential = await sync_to_async(services.node_join)(token=other.join_token, inventory=INVENTORY)
+    communicator, deployment, replica_id = await _placed(credential, hardware)
+    intruder, _ = await connect(other_credential)
+    await hello(intruder)
+    await send(intruder, p.ReplicaStatus(report=p.ReplicaReport(replica_id=replica_id, state="failed", reason="forged")))
+    error = await receive(intruder)
+    assert isinstance(error, p.Error) and "not placed on this node" in error.message
+    await send(intruder, p.Logs(replica_id=replica_id, lines=[p.LogEntry(seq=1, ts=1.0, stream="stdout", message="forged")]))
+    assert isinstance(await receive(intruder), p.Error)
+    replica = await sync_to_async(Replica.objects.get)(uid=replica_id)
+    assert replica.state == "pending" and await sync_to_async(LogLine.objects.count)() == 0
+    await send(intruder, p.ReplicaStatus(report=p.ReplicaReport(replica_id=str(uuid.uuid4()), state="running")))
+    assert isinstance(await receive(intruder), p.Error)
+    await intruder.disconnect()
+    await communicator.disconnect()
+
+
+async def test_logs_are_stored_once_and_acknowledged_and_the_ack_is_in_the_next_desired():
+    node, credential, hardware = await sync_to_async(_joined_node)()
+    communicator, deployment, replica_id = await _placed(credential, hardware)
+    lines = [p.LogEntry(seq=i, ts=1_700_000_000.0 + i, stream="stdout", message=f"line {i}") for i in range(1, 4)]
+    await send(communicator, p.Logs(replica_id=replica_id, lines=lines))
+    ack = await receive(communicator)
+    assert isinstance(ack, p.LogsAck) and ack.seq == 3
+    await send(communicator, p.Logs(replica_id=replica_id, lines=lines[1:]))  # a resend after a reconnect
+    assert (await receive(communicator)).seq == 3
+    assert await sync_to_async(LogLine.objects.count)() == 3
+    await communicator.disconnect()
+    again, _ = await connect(credential)
+    desired = await hello(again)
+    assert [(d.replica_id, d.acked_seq) for d in desired.replicas] == [(replica_id, 3)]
+    await again.disconnect()
