@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
+import os
 import re
+import signal
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -40,6 +42,20 @@ from nodes.agent.net.nft import HOST_OWNER, VM_OWNER_PREFIX, NftTable, Rule, vm_
 from nodes.agent.net.tap import create_tap
 
 __all__ = ["LinuxNetwork", "Network", "NetworkConfig", "VmNetwork", "tap_name", "vm_mac"]
+
+
+def _forget_signal_wakeup_fd() -> None:
+    # pyroute2 opens a namespace's socket from a forked child (create_socket) and ends that
+    # child with SIGTERM. The child inherits asyncio's signal wakeup fd, so the SIGTERM it gets
+    # is written to the parent's loop, which takes it for its own: a daemon with a SIGTERM
+    # handler stopped right after start. The child must never report signals to our loop.
+    try:
+        signal.set_wakeup_fd(-1)
+    except (ValueError, OSError):
+        pass
+
+
+os.register_at_fork(after_in_child=_forget_signal_wakeup_fd)
 
 IFF_UP = 0x1
 LOOPBACK_NET = "127.0.0.0/8"
