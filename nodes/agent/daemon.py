@@ -1,0 +1,137 @@
+"""`gantry-agent run`: the node daemon, wiring client, supervisor and log shipper to one runtime.
+
+Start-up order matters. The runtime first adopts the VMs that kept running while no agent
+did (recover: same VMs, no restart), then readies the guest kit and the accelerator probe, and
+only then connects: the first hello already reports the adopted VMs, and no placement on a node
+that says it is online waits for a kit build. On SIGTERM the daemon closes its connection and
+leaves every VM running for the next daemon to adopt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from nodes.agent.client import AgentClient
+from nodes.agent.inventory import agent_version, collect, free_disk_gib
+from nodes.agent.join import Credential
+from nodes.agent.shipper import LogShipper
+from nodes.agent.supervisor import Supervisor
+from nodes.protocol import Desired, Heartbeat, Hello, LogsAck, Message, NodeDrain, ReplicaStart, ReplicaStop
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """`runtime`: a MicroVmRuntime (recover, host, close, plus what Supervisor and LogShipper
+    need). `client_options` go to AgentClient (backoff, timeouts) and exist for tests."""
+
+    def __init__(self, runtime: Any, credential: Credential, data_dir: Path, *,
+                 client_options: dict[str, Any] | None = None, shipper_options: dict[str, Any] | None = None):
+        self.runtime = runtime
+        self.data_dir = Path(data_dir)
+        self.accel = "tcg"
+        self.client = AgentClient(credential, hello=self.hello, heartbeat=self.heartbeat,
+                                  on_message=self.on_message, on_disconnect=self.on_disconnect,
+                                  **(client_options or {}))
+        # Each needs the other: the shipper follows a log only once the supervisor has seen
+        # its VM, and a removal waits for the shipper to flush the VM's last lines.
+        self.shipper = LogShipper(runtime, self.client.send, state_of=lambda name: self.supervisor.state_of(name),
+                                  **(shipper_options or {}))
+        self.supervisor = Supervisor(runtime, self.client.send, logs=self.shipper, log_seq=self.shipper.last_seq)
+        self.ready = asyncio.Event()  # recovered, kit and probe ready: about to connect
+
+    async def hello(self) -> Hello:
+        inventory = await asyncio.to_thread(collect, self.data_dir, self.accel)
+        return Hello(inventory=inventory, replicas=await self.supervisor.reports())
+
+    async def heartbeat(self) -> Heartbeat:
+        load1 = os.getloadavg()[0]
+        return Heartbeat(load1=load1, free_disk_gib=round(await asyncio.to_thread(free_disk_gib, self.data_dir), 2))
+
+    async def on_message(self, message: Message) -> None:
+        if isinstance(message, Desired):
+            log.info("desired: %d replicas", len(message.replicas))
+            self.supervisor.apply_desired(message)
+            self.shipper.resume(message)
+        elif isinstance(message, ReplicaStart):
+            log.info("replica.start %s (command %s)", message.replica.replica_id, message.command_id)
+            self.supervisor.add(message.replica)
+            self.shipper.track(message.replica.replica_id, message.replica.acked_seq)
+        elif isinstance(message, ReplicaStop):
+            log.info("replica.stop %s (command %s, grace %.0fs)", message.replica_id, message.command_id, message.grace_s)
+            self.supervisor.discard(message.replica_id, grace_s=message.grace_s)
+        elif isinstance(message, NodeDrain):
+            # The plane drains by placing new incarnations elsewhere and then stopping these
+            # ones with replica.stop; the node itself has nothing to do but say it heard.
+            log.info("node.drain (command %s): the plane moves this node's replicas", message.command_id)
+        elif isinstance(message, LogsAck):
+            self.shipper.ack(message.replica_id, message.seq)
+
+    def on_disconnect(self) -> None:
+        self.shipper.disconnected()
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Until `stop` is set; returns how many starts were still in flight (the caller exits
+        without cancelling them, so the next daemon recovers them as it would after a crash)."""
+        supervisor = asyncio.create_task(self.supervisor.run(), name="supervisor")
+        client: asyncio.Task | None = None
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            adopted = await self.runtime.recover()
+            log.info("adopted %d VMs: %s", len(adopted), " ".join(f"{i.name}={i.state}" for i in adopted) or "-")
+            _kit, accel = await self.runtime.host()
+            self.accel = accel.name
+            log.info("guest kit ready; accelerator %s (%s)", accel.name, getattr(accel, "reason", ""))
+            self.ready.set()
+            client = asyncio.create_task(self.client.run(), name="client")
+            done, _ = await asyncio.wait({stopper, supervisor, client}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopper}:
+                task.result()  # a part that ended by itself is a bug: let it surface
+                raise RuntimeError(f"{task.get_name()} ended unexpectedly")
+        finally:
+            stopper.cancel()
+            if client is not None:
+                client.cancel()
+                await asyncio.gather(client, return_exceptions=True)
+            self.shipper.disconnected()
+            in_flight = self.supervisor.starting()
+            if not in_flight:
+                supervisor.cancel()
+                await asyncio.gather(supervisor, return_exceptions=True)
+                await self.runtime.close()
+        log.info("stopped; VMs left running for the next agent%s",
+                 f" ({in_flight} starts in flight, left as a crash would leave them)" if in_flight else "")
+        return in_flight
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One line per event on stderr; the modules never log a credential or a spec's secrets."""
+    logging.basicConfig(level=level, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+async def run_daemon(runtime: Any, credential: Credential, data_dir: Path) -> int:
+    """The `gantry-agent run` process: until SIGTERM or SIGINT; returns its exit code."""
+    configure_logging()
+    daemon = Daemon(runtime, credential, data_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("gantry-agent %s: node %d, control plane %s", agent_version(), credential.node_id, credential.url)
+    if await daemon.run(stop):
+        # asyncio.run would now cancel the starts still in flight, and a cancelled start fails
+        # its replica and kills its VM. Leaving them as SIGKILL would is what the runtime is
+        # built for: the next daemon drops a half-pulled VM and starts it again, and adopts one
+        # already booted.
+        logging.shutdown()
+        os._exit(0)
+    return 0

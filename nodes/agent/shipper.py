@@ -1,0 +1,228 @@
+"""Ships each replica's log lines to the plane, resuming after the seq the plane has stored.
+
+The VM's own log (`runtime.logs()`, numbered lines in logs.jsonl) is the buffer: QEMU keeps
+appending to the VM's files whatever the plane does, so nothing here holds more than a few
+batches in memory. Per replica, at most `window` batches are unacknowledged at a time; a slow
+plane therefore slows the reading of the log file, never the VM. The plane acknowledges with
+`logs.ack` (everything up to a seq is stored); after a reconnect the new `desired` carries the
+stored seq again and shipping restarts right after it, so a line is neither lost nor stored
+twice (lines sent but not acknowledged before a drop are simply sent again, and the plane's
+unique (replica, seq) makes a resend it did store harmless).
+
+Shipping runs only while a connection is up and has received `desired`: `resume()` starts it,
+`disconnected()` stops it all. A replica that leaves the desired set keeps shipping until the
+supervisor removes its VM, which first waits (`drain`) for the last lines to be acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from typing import AsyncIterator, Awaitable, Callable, Protocol
+
+from nodes import protocol
+from nodes.agent.errors import AgentError
+from nodes.agent.logs import LogLine
+from nodes.protocol import TERMINAL_STATES, Desired, LogEntry, Logs, Message
+
+log = logging.getLogger(__name__)
+
+WINDOW = 4
+# A batch's encoded size stays well under the frame limit even with the window full: four
+# batches in flight are at most about 1 MiB of this replica's log in memory.
+BATCH_BYTES = protocol.MAX_FRAME_BYTES // 4
+_ENVELOPE = 96  # per line: {"seq":...,"ts":...,"stream":"stdout","message":} and separators
+POLL_S = 0.5
+
+
+class LogSource(Protocol):
+    def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]: ...
+
+
+def entry(line: LogLine) -> LogEntry:
+    # logs.py already cuts a raw line at 16 KiB, far below the protocol's limit; should that
+    # ever change, a longer line is cut here, not split: a piece would need a seq of its own,
+    # and the seq is the line's identity on the plane.
+    return LogEntry(seq=line.seq, ts=line.ts, stream=line.stream, message=line.message[: protocol.MAX_LOG_LINE_CHARS])
+
+
+def encoded_size(item: LogEntry) -> int:
+    return len(json.dumps(item.message)) + _ENVELOPE
+
+
+class _Stream:
+    """One replica's shipping state on the current connection."""
+
+    def __init__(self, replica_id: str, acked: int):
+        self.replica_id = replica_id
+        self.acked = acked
+        self.read_seq = acked
+        self.in_flight: collections.deque[int] = collections.deque()  # last seq of each batch
+        self.flushed = False  # the VM has ended and every line of it is acknowledged
+        self.closed = False
+        self.task: asyncio.Task | None = None
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self._changed.wait()
+
+
+class LogShipper:
+    def __init__(
+        self,
+        runtime: LogSource,
+        send: Callable[[Message], Awaitable[bool]],
+        *,
+        state_of: Callable[[str], str | None],
+        window: int = WINDOW,
+        batch_bytes: int = BATCH_BYTES,
+        poll_s: float = POLL_S,
+    ):
+        self.runtime = runtime
+        self._send = send
+        self._state_of = state_of
+        self.window = window
+        self.batch_bytes = batch_bytes
+        self.poll_s = poll_s
+        self._streams: dict[str, _Stream] = {}
+        self._seen: dict[str, int] = {}
+        self._live = False
+
+    # -- what the plane says ------------------------------------------------------------------
+    def resume(self, desired: Desired) -> None:
+        """A `desired` on this connection: ship each replica after the seq the plane stored."""
+        self._live = True
+        for replica in desired.replicas:
+            self.track(replica.replica_id, replica.acked_seq)
+
+    def track(self, replica_id: str, acked_seq: int) -> None:
+        """Ship this replica (replica.start, or a desired entry); already shipping: no-op."""
+        if not self._live:
+            return  # the next connection's `desired` names it with its stored seq
+        stream = self._streams.get(replica_id)
+        if stream is not None:
+            self.ack(replica_id, acked_seq)
+            return
+        stream = _Stream(replica_id, acked_seq)
+        self._streams[replica_id] = stream
+        stream.task = asyncio.create_task(self._ship(stream), name=f"ship-{replica_id}")
+
+    def ack(self, replica_id: str, seq: int) -> None:
+        stream = self._streams.get(replica_id)
+        if stream is None or seq <= stream.acked:
+            return
+        stream.acked = seq
+        while stream.in_flight and stream.in_flight[0] <= seq:
+            stream.in_flight.popleft()
+        stream.notify()
+
+    def disconnected(self) -> None:
+        self._live = False
+        for replica_id in list(self._streams):
+            self._close(replica_id)
+
+    # -- what the supervisor asks -------------------------------------------------------------
+    def last_seq(self, replica_id: str) -> int:
+        """The highest seq this daemon has read from the replica's log (0: none yet)."""
+        return self._seen.get(replica_id, 0)
+
+    async def drain(self, replica_id: str, *, timeout: float) -> bool:
+        """Wait until an ended VM's log is fully acknowledged; False if it could not be."""
+        stream = self._streams.get(replica_id)
+        if stream is None:
+            return True
+        try:
+            await asyncio.wait_for(stream.wait_for(lambda: stream.flushed or stream.closed), timeout)
+        except TimeoutError:
+            log.warning("%s: log not fully acknowledged after %.0fs (acked up to %d, read %d)",
+                        replica_id, timeout, stream.acked, stream.read_seq)
+            return False
+        return stream.flushed
+
+    def forget(self, replica_id: str) -> None:
+        """Its VM is gone: stop shipping it and drop what is known of it."""
+        self._close(replica_id)
+        self._seen.pop(replica_id, None)
+
+    def _close(self, replica_id: str) -> None:
+        stream = self._streams.pop(replica_id, None)
+        if stream is not None:
+            stream.closed = True
+            if stream.task is not None:
+                stream.task.cancel()
+            stream.notify()
+
+    # -- shipping -----------------------------------------------------------------------------
+    async def _ship(self, stream: _Stream) -> None:
+        # The reader stays at most one batch ahead of the sender: with the window full it
+        # blocks on the queue and the log file waits on disk.
+        queue: asyncio.Queue[LogLine | None] = asyncio.Queue(protocol.MAX_LOG_BATCH_LINES)
+        reader = asyncio.create_task(self._read(stream, queue), name=f"read-{stream.replica_id}")
+        try:
+            await self._send_batches(stream, queue)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("shipping logs of %s failed", stream.replica_id)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read(self, stream: _Stream, queue: asyncio.Queue[LogLine | None]) -> None:
+        name = stream.replica_id
+        while True:
+            if self._state_of(name) not in (None, "pulling"):  # its workload may have written
+                try:
+                    async for line in self.runtime.logs(name, after_seq=stream.read_seq, follow=True):
+                        await queue.put(line)
+                        stream.read_seq = line.seq
+                        self._seen[name] = line.seq
+                except AgentError:
+                    pass  # removed under us, or not created yet: the state says which below
+                # follow=True ends only once the VM has ended (every line is in the file by then)
+                # or if its state was not readable yet; the supervisor's state tells them apart.
+                if self._state_of(name) in TERMINAL_STATES:
+                    await queue.put(None)
+                    return
+            await asyncio.sleep(self.poll_s)
+
+    async def _send_batches(self, stream: _Stream, queue: asyncio.Queue[LogLine | None]) -> None:
+        held: LogEntry | None = None  # the line that did not fit in the previous batch
+        ended = False
+        while not ended:
+            await stream.wait_for(lambda: len(stream.in_flight) < self.window)
+            if held is None:
+                line = await queue.get()
+                if line is None:
+                    break
+                held = entry(line)
+            batch, size = [held], encoded_size(held)
+            held = None
+            while len(batch) < protocol.MAX_LOG_BATCH_LINES:
+                try:
+                    line = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if line is None:
+                    ended = True
+                    break
+                item = entry(line)
+                if size + encoded_size(item) > self.batch_bytes:
+                    held = item
+                    break
+                batch.append(item)
+                size += encoded_size(item)
+            stream.in_flight.append(batch[-1].seq)  # before sending: its ack may come back at once
+            if not await self._send(Logs(replica_id=stream.replica_id, lines=batch)):
+                return  # disconnected: disconnected() cancels this task, the next desired resumes
+        await stream.wait_for(lambda: not stream.in_flight)
+        stream.flushed = True
+        stream.notify()
+        log.info("%s: log shipped and acknowledged up to seq %d", stream.replica_id, stream.acked)
