@@ -1,4 +1,4 @@
-"""The operator CLI: `gantry-agent vm run|ls|logs|stop|rm` and `gantry-agent doctor`.
+"""The operator CLI: `gantry-agent vm run|ls|logs|stop|rm`, `doctor`, and the node's `join` and `run`.
 
 Every command prints JSON on stdout (`vm logs` and progress events: one object per line) and
 reports failures as {"error": ...} with exit code 1 (the operation failed) or 2 (bad usage),
@@ -22,8 +22,11 @@ from pathlib import Path
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from nodes.agent.daemon import run_daemon
 from nodes.agent.errors import AgentError
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR as DEFAULT_KIT_CACHE
+from nodes.agent.inventory import collect
+from nodes.agent.join import join, normalize_base, read_credential
 from nodes.agent.net.tap import NETNS_RUN_DIR
 from nodes.protocol import ReplicaSpec
 
@@ -107,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in ("stop", "rm"):
         vm.add_parser(cmd, parents=[common]).add_argument("name")
     sub.add_parser("doctor", parents=[common])
+    join_cmd = sub.add_parser("join", parents=[common], help="trade a join token for this node's credential")
+    join_cmd.add_argument("--url", required=True, help="the control plane's base URL, e.g. http://127.0.0.1:8000")
+    join_cmd.add_argument("--token", required=True)
+    sub.add_parser("run", parents=[common], help="the node daemon: connect to the control plane, run its replicas")
     return parser
 
 
@@ -233,7 +240,27 @@ async def _vm(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _join(args: argparse.Namespace) -> int:
+    base = normalize_base(args.url)  # a mistyped URL fails before the guest kit is built
+    # The inventory's accelerator is what the probe finds, and the kit and probe are then
+    # ready (and cached for the host) before the daemon's first hello.
+    runtime = runtime_from_args(args)
+    try:
+        _kit, accel = await runtime.host()
+    finally:
+        await runtime.close()
+    inventory = await asyncio.to_thread(collect, args.data_dir, accel.name)
+    cred, path = await join(base, args.token, args.data_dir, inventory)
+    _emit({"node_id": cred.node_id, "hostname": inventory.hostname, "credential_file": str(path)})
+    return 0
+
+
 async def _main(args: argparse.Namespace) -> int:
+    if args.command == "join":
+        return await _join(args)
+    if args.command == "run":
+        credential = await asyncio.to_thread(read_credential, args.data_dir)  # not joined: one line, exit 1
+        return await run_daemon(runtime_from_args(args), credential, args.data_dir)
     if args.command == "doctor":
         from nodes.agent.doctor import run_doctor
 
