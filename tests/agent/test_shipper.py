@@ -1,0 +1,153 @@
+"""Log shipping (nodes/agent/shipper.py): resume after the plane's acknowledged seq across a
+reconnect, a bounded window of unacknowledged batches, batches well under the frame limit, and
+a removed replica's last lines acknowledged before its VM (and log) is deleted."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from nodes import protocol
+from nodes.agent.logs import LogLine
+from nodes.agent.shipper import BATCH_BYTES, LogShipper, entry
+from nodes.protocol import Desired, DesiredReplica, Logs, ReplicaSpec, ReplicaStop
+from tests.agent.plane import FakePlane, Node, eventually, plane, data_dir, replica  # noqa: F401
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def counting(n: int) -> str:
+    return f'i=0; while [ $i -lt {n} ]; do i=$((i+1)); echo "line $i"; done; sleep 60'
+
+
+def assert_stored_exactly(plane: FakePlane, replica_id: str, n: int) -> None:
+    stored = plane.stored.get(replica_id, {})
+    assert sorted(stored) == list(range(1, n + 1))
+    assert all(line.message == f"line {seq}" and line.stream == "stdout" for seq, line in stored.items())
+    assert plane.duplicates == 0
+
+
+async def test_logs_resume_after_the_acked_seq_across_a_reconnect_with_no_line_lost_or_repeated(plane, data_dir):
+    batches = []
+
+    def first_connection_breaks(conn, message):
+        if conn is not plane.connections[0]:
+            return True
+        batches.append(message)
+        if len(batches) == 2:
+            # Stored, then the connection dies before the ack leaves: the next desired says so.
+            plane.stored.setdefault(message.replica_id, {}).update({line.seq: line for line in message.lines})
+            conn.ws.transport.abort()
+            return False
+        return len(batches) < 2  # later batches were in flight when it died: never stored
+
+    plane.on_logs = first_connection_breaks
+    plane.desired["r"] = replica("r", counting(3000))
+    node = await Node(data_dir, plane).start()
+    await eventually(lambda: len(plane.connections) == 2, what="reconnect")
+    await eventually(lambda: len(plane.stored.get("r", {})) == 3000, timeout=30, what="3000 lines stored")
+    assert_stored_exactly(plane, "r", 3000)
+    resumed_after = plane.connections[1].desired_acks["r"]
+    assert resumed_after == batches[1].lines[-1].seq
+    again = [line.seq for m in plane.messages("logs", conn=1) for line in m.lines]
+    assert again[0] == resumed_after + 1 and again == sorted(set(again))  # nothing acked was resent
+    assert all(len(m.lines) <= protocol.MAX_LOG_BATCH_LINES for m in plane.messages("logs"))
+    await node.stop()
+
+
+async def test_unacknowledged_batches_in_flight_are_bounded_and_acks_open_the_window(data_dir):
+    plane = await FakePlane(auto_ack=False).start()
+    plane.desired["r"] = replica("r", counting(5000))
+    node = await Node(data_dir, plane).start()
+    await eventually(lambda: len(plane.messages("logs")) == 4, what="a full window")
+    await asyncio.sleep(0.5)
+    assert len(plane.messages("logs")) == 4  # the VM printed 5000 lines; the agent waits
+    first = plane.messages("logs")[0].lines[-1].seq
+    await plane.ack("r", seq=first)
+    await eventually(lambda: len(plane.messages("logs")) == 5, what="one more batch")
+    await asyncio.sleep(0.3)
+    assert len(plane.messages("logs")) == 5
+    plane.auto_ack = True
+    await plane.ack("r")
+    await eventually(lambda: len(plane.stored.get("r", {})) == 5000, timeout=30, what="all lines")
+    assert_stored_exactly(plane, "r", 5000)
+    await node.stop()
+    await plane.close()
+
+
+async def test_a_stopped_replica_is_removed_only_once_its_last_lines_are_acknowledged(data_dir):
+    plane = await FakePlane(auto_ack=False).start()
+    plane.desired["r"] = replica("r", 'echo "line 1"; echo "line 2"; sleep 60')
+    node = await Node(data_dir, plane).start()
+    await eventually(lambda: len(plane.stored.get("r", {})) == 2, what="two lines received")
+    await plane.send(ReplicaStop(command_id="c-1", replica_id="r", grace_s=1))
+    await eventually(lambda: "stopped" in plane.states("r"), what="stopped")
+    await asyncio.sleep(0.5)
+    assert (data_dir / "vms" / "r").exists()  # waiting for the ack of its last batch
+    await plane.ack("r")
+    await eventually(lambda: not (data_dir / "vms" / "r").exists(), what="removed after the ack")
+    assert_stored_exactly(plane, "r", 2)
+    await node.stop()
+    await plane.close()
+
+
+class Source:
+    """A finished VM's log, as runtime.logs() yields it."""
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    async def logs(self, name, after_seq=0, follow=False):
+        for line in self.lines:
+            if line.seq > after_seq:
+                yield line
+
+
+def shipper_over(lines, *, ack=True, **options):
+    sent: list[Logs] = []
+
+    async def send(message):
+        sent.append(message)
+        if ack:
+            shipper.ack(message.replica_id, message.lines[-1].seq)
+        return True
+
+    shipper = LogShipper(Source(lines), send, state_of=lambda _: "stopped", poll_s=0.01, **options)
+    shipper.resume(Desired(replicas=[DesiredReplica("r", ReplicaSpec(name="r", image="x"))]))
+    return shipper, sent
+
+
+async def test_batches_stay_well_under_the_frame_limit_whatever_the_lines():
+    long = "\x01" * 16 * 1024  # control characters escape to six bytes each
+    lines = [LogLine(i, 1.0, "stderr", long if i % 3 else "short") for i in range(1, 601)]
+    shipper, sent = shipper_over(lines)
+    assert await shipper.drain("r", timeout=10)
+    assert [line.seq for m in sent for line in m.lines] == list(range(1, 601))
+    for message in sent:
+        assert len(protocol.encode(message).encode()) <= BATCH_BYTES + 100 * 1024 < protocol.MAX_FRAME_BYTES
+    small = [LogLine(i, 1.0, "stdout", "x") for i in range(1, 1202)]
+    shipper, sent = shipper_over(small)
+    assert await shipper.drain("r", timeout=10)
+    assert [len(m.lines) for m in sent][:2] == [protocol.MAX_LOG_BATCH_LINES] * 2
+
+
+async def test_drain_waits_for_the_ack_and_gives_up_after_its_timeout():
+    shipper, sent = shipper_over([LogLine(1, 1.0, "stdout", "a"), LogLine(2, 1.0, "stdout", "b")], ack=False)
+    assert await shipper.drain("r", timeout=0.3) is False
+    assert [line.seq for m in sent for line in m.lines] == [1, 2] and shipper.last_seq("r") == 2
+    waiting = asyncio.create_task(shipper.drain("r", timeout=5))
+    await asyncio.sleep(0.05)
+    shipper.ack("r", 2)
+    assert await waiting is True
+    assert await shipper.drain("never-shipped", timeout=5) is True
+
+
+async def test_nothing_ships_while_disconnected_and_a_line_too_long_is_cut_not_split():
+    shipper, sent = shipper_over([LogLine(1, 1.0, "stdout", "a")])
+    shipper.disconnected()
+    shipper.track("r", 0)
+    await asyncio.sleep(0.1)
+    assert sent == []
+    cut = entry(LogLine(7, 1.0, "stdout", "y" * (protocol.MAX_LOG_LINE_CHARS + 10)))
+    assert cut.seq == 7 and len(cut.message) == protocol.MAX_LOG_LINE_CHARS
