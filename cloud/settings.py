@@ -118,6 +118,9 @@ NODE_DRAIN_TIMEOUT_S = float(os.environ.get("NODE_DRAIN_TIMEOUT_S", "600"))
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = None
+# One queue per deployment of the plane (tests give each run its own, so a worker of theirs
+# never takes another run's tasks).
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "celery")
 CELERY_TASK_ACKS_LATE = True  # a worker killed mid-task leaves it for another, tasks are idempotent
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)

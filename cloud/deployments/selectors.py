@@ -23,7 +23,7 @@ from nodes.protocol import TERMINAL_STATES
 _SHOWN_FIELDS = (
     "id", "tenant_id", "name", "status", "status_reason", "template__slug", "image", "env", "secret_env_keys",
     "entrypoint", "args", "traffic_port", "gpus_per_container", "hardware_type_id", "node_id", "replica_count",
-    "duration_hours", "price_per_gpu_hour", "total_cost", "registry_username",
+    "duration_hours", "stop_grace_seconds", "price_per_gpu_hour", "total_cost", "registry_username",
     "created_at", "updated_at", "started_at", "stopped_at", "expires_at",
 )
 

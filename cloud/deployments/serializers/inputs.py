@@ -24,6 +24,9 @@ MAX_DURATION_HOURS = 8760  # a year
 MAX_GPUS_PER_CONTAINER = 8  # one HGX board
 
 
+MAX_STOP_GRACE_S = 300
+
+
 class _StrictInput(serializers.Serializer):
     def to_internal_value(self, data):
         if isinstance(data, dict):
@@ -71,6 +74,8 @@ class DeploymentCreateInput(_StrictInput):
     entrypoint = string_list(required=False, allow_null=True, help_text="Exec-form entrypoint; default the template's or the image's.")
     args = string_list(required=False, allow_null=True, help_text="Arguments appended to the entrypoint.")
     traffic_port = _opt(StrictIntegerField, min_value=1, max_value=65535, help_text="The container's HTTP port, published as the endpoint.")
+    stop_grace_seconds = _opt(StrictIntegerField, min_value=0, max_value=MAX_STOP_GRACE_S,
+                              help_text="Seconds a stopping workload gets after ACPI power-off before it is killed (default 10, at most 300).")
     image_url = _opt(ImageReferenceField, help_text="The image to run instead of a template's, e.g. ghcr.io/org/image:tag.")
     registry_username = _opt(StrictCharField, max_length=200, allow_blank=True)
     registry_secret = _opt(StrictCharField, max_length=4096, allow_blank=True, write_only=True,
@@ -112,6 +117,7 @@ class DeploymentCreateInput(_StrictInput):
             "replica_count": attrs.get("replica_count") or 1, "duration_hours": attrs.get("duration_hours"),
             "entrypoint": attrs.get("entrypoint"), "args": attrs.get("args"), "traffic_port": attrs.get("traffic_port"),
             "registry_username": attrs.get("registry_username") or "", "registry_secret": attrs.get("registry_secret") or "",
+            "stop_grace_seconds": attrs.get("stop_grace_seconds"),
         }
 
 
@@ -136,13 +142,15 @@ class DeploymentUpdateInput(_StrictInput):
     replica_count = StrictIntegerField(required=False, min_value=1, max_value=MAX_REPLICAS)
     duration_hours = StrictIntegerField(required=False, min_value=1, max_value=MAX_DURATION_HOURS,
                                         help_text="Total run time from creation; may only grow.")
+    stop_grace_seconds = StrictIntegerField(required=False, min_value=0, max_value=MAX_STOP_GRACE_S,
+                                            help_text="Seconds between ACPI power-off and the kill (applies to later stops).")
     env = EnvField(required=False, help_text="Replaces the plain environment.")
     env_variables = EnvField(required=False, help_text="Alias of env.")
     secret_env_variables = EnvField(required=False, help_text="Replaces the secret environment.")
 
     def validate(self, attrs):
         env = _one_of(attrs, "env", "env_variables")
-        changes = {k: attrs[k] for k in ("replica_count", "duration_hours") if k in attrs}
+        changes = {k: attrs[k] for k in ("replica_count", "duration_hours", "stop_grace_seconds") if k in attrs}
         if env is not None:
             changes["env"] = env
         if "secret_env_variables" in attrs:

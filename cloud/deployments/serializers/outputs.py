@@ -47,6 +47,7 @@ class DeploymentOutput(serializers.Serializer):
     args = serializers.ListField(child=serializers.CharField(allow_blank=True), allow_null=True)
     traffic_port = serializers.IntegerField(allow_null=True)
     duration_hours = serializers.IntegerField(allow_null=True)
+    stop_grace_seconds = serializers.IntegerField(help_text="Seconds between ACPI power-off and the kill.")
     registry_username = serializers.SerializerMethodField()
     price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4, help_text="Locked in at creation, USD.")
     estimated_hourly_cost = serializers.SerializerMethodField()

@@ -69,7 +69,7 @@ def _extend(*, deployment: Deployment, duration_hours: int) -> None:
 
 @transaction.atomic
 def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deployment:
-    """`changes` may hold replica_count, duration_hours, env, secret_env (each optional)."""
+    """`changes` may hold replica_count, duration_hours, stop_grace_seconds, env, secret_env (each optional)."""
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
     changed: list[str] = []
     if "replica_count" in changes and changes["replica_count"] != deployment.replica_count:
@@ -78,6 +78,9 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
     if "duration_hours" in changes and changes["duration_hours"] != deployment.duration_hours:
         _extend(deployment=deployment, duration_hours=changes["duration_hours"])
         changed.append("duration_hours")
+    if "stop_grace_seconds" in changes and changes["stop_grace_seconds"] != deployment.stop_grace_seconds:
+        deployment.stop_grace_seconds = changes["stop_grace_seconds"]
+        changed.append("stop_grace_seconds")
     if "secret_env" in changes:
         deployment.set_secret_env(changes["secret_env"])
         changed.append("secret_env_variables")

@@ -192,6 +192,7 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
         expires_at=now + timedelta(hours=spec["duration_hours"]) if spec.get("duration_hours") else None,
         status=Deployment.Status.PENDING, status_reason=PENDING_REASON,
         price_per_gpu_hour=hardware.price_per_gpu_hour,
+        stop_grace_seconds=spec["stop_grace_seconds"] if spec.get("stop_grace_seconds") is not None else 10,
     )
     deployment.set_secret_env(secret_env)
     deployment.set_registry_secret(spec.get("registry_secret"))

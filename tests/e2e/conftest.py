@@ -1,0 +1,215 @@
+"""The whole cloud on one machine, really started: daphne (HTTP + WebSocket) and a Celery
+worker with beat against the test database and Redis, the local OCI registry, and node agents
+(`gantry-agent join` + `gantry-agent run`) booting real microVMs (TCG).
+
+Each node's VMs live in a network namespace the test made, joined to this namespace by a veth
+pair with TEST-NET-2 addresses (198.51.100.0/24): the node's public address is the namespace's
+end, so an endpoint is reached exactly as a customer would, and no VM packet goes anywhere but
+into namespaces the test made. The control-plane connection and image pulls stay here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+
+from tests.agent.conftest_images import local_registry  # noqa: F401  (fixture)
+from tests.agent.conftest_vmm import KIT_CACHE, vmm_kit  # noqa: F401  (fixture)
+from tests.agent.netns import Netns, create_netns, ip
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LIVENESS_S = 8  # short, so a silent node is declared offline within a test
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, *, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+
+
+class Plane:
+    """daphne + Celery worker (with beat) on the test database, each a process of its own."""
+
+    def __init__(self, tmp: Path):
+        db = connection.settings_dict
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        run_id = secrets.token_hex(4)
+        self.env = {
+            **os.environ, "PYTHONPATH": str(REPO), "DJANGO_SETTINGS_MODULE": "cloud.settings",
+            "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "CELERY_QUEUE": f"e2e-{run_id}", "CHANNELS_PREFIX": f"e2e-{run_id}",
+            "NODE_LIVENESS_WINDOW_S": str(LIVENESS_S), "NODE_DRAIN_TIMEOUT_S": "120", "DB_POOL": "0",
+        }
+        self.logs = tmp / "plane-logs"
+        self.logs.mkdir()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._spawn("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "cloud.asgi:application"])
+        self._spawn("worker", [str(BIN / "celery"), "-A", "cloud", "worker", "-B", "--concurrency", "2", "-Q",
+                               self.env["CELERY_QUEUE"], "--schedule", str(tmp / "beat-schedule"), "--loglevel", "INFO"])
+        wait_for(self._healthy, timeout=60, what="daphne to answer /healthz")
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        out = open(self.logs / f"{name}.log", "w")
+        self.procs[name] = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Node:
+    """One node: a namespace for its VMs behind a veth pair, a data dir, and its agent."""
+
+    def __init__(self, plane: Plane, tmp: Path, hostname: str, index: int):
+        from nodes import services
+        from nodes.models import HardwareType, Location
+
+        self.plane, self.hostname = plane, hostname
+        self.netns: Netns = create_netns("gte2e")
+        host_if, ns_if = f"gte{index}h{secrets.token_hex(2)}", f"gte{index}n"
+        self.host_if = host_if
+        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", self.netns.name)
+        base = 4 * index
+        ip("addr", "add", f"198.51.100.{base + 1}/30", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        ip("-n", self.netns.name, "addr", "add", f"198.51.100.{base + 2}/30", "dev", ns_if)
+        ip("-n", self.netns.name, "link", "set", ns_if, "up")
+        self.public_address = f"198.51.100.{base + 2}"
+        self.data_dir = tmp / hostname
+        self.data_dir.mkdir()
+        shared_images = tmp.parent / "e2e-images"
+        shared_images.mkdir(exist_ok=True)
+        (self.data_dir / "images").symlink_to(shared_images)
+        made = services.node_create(hostname=hostname, hardware_type=HardwareType.objects.get(slug="cpu-small"),
+                                    location=Location.objects.get(slug="us-east"), public_address=self.public_address)
+        self.node_id = made.node.pk
+        self.join_token = made.join_token
+        self.proc: subprocess.Popen | None = None
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "nodes.agent", *args, "--data-dir", str(self.data_dir),
+                               "--kit-cache", str(KIT_CACHE)],
+                              capture_output=True, text=True, timeout=timeout, cwd=REPO, env=self.plane.env)
+
+    def join(self) -> dict:
+        out = self.cli("join", "--url", self.plane.url, "--token", self.join_token)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def start(self) -> None:
+        log = open(self.data_dir / "agent.log", "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nodes.agent", "run", "--data-dir", str(self.data_dir), "--kit-cache", str(KIT_CACHE),
+             "--netns", self.netns.name, "--bridge", "gte2e0", "--subnet", "192.0.2.0/24",
+             "--insecure-registry", "127.0.0.1:5000"],
+            cwd=REPO, env=self.plane.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                self.proc.wait(timeout=30)
+
+    def agent_log(self) -> str:
+        path = self.data_dir / "agent.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.netns.close()  # kills what runs in it (QEMU's NIC is there, and QEMU with it)
+        # QEMU runs in our namespace with only its NIC in NS: kill every VM of this data dir.
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and str(self.data_dir).encode() in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
+        ip("link", "del", self.host_if, check=False)
+
+
+@pytest.fixture
+def catalog(transactional_db):
+    from django.core.management import call_command
+
+    call_command("load_catalog", verbosity=0)
+
+
+@pytest.fixture
+def plane(catalog, tmp_path, local_registry, vmm_kit):  # noqa: F811
+    plane = Plane(tmp_path)
+    yield plane
+    plane.stop()
+    # Shown by pytest only when the test failed: what the plane said meanwhile.
+    for name in plane.procs:
+        print(f"--- {name}.log (tail)\n{plane.log(name)}")
+
+
+@pytest.fixture
+def make_node(plane, tmp_path):
+    made: list[Node] = []
+
+    def make(hostname: str, *, start: bool = True) -> Node:
+        node = Node(plane, tmp_path, hostname, index=len(made) + 1)
+        made.append(node)
+        node.join()
+        if start:
+            node.start()
+        return node
+
+    yield make
+    for node in made:
+        print(f"--- agent of {node.hostname} (tail)\n{node.agent_log()}")
+        node.close()
+
+
+@pytest.fixture
+def customer(transactional_db):
+    """A tenant with an OAuth2 token, as the README's first calls make one."""
+    from tests.factories import MembershipFactory, TenantFactory, UserFactory, issue_token
+
+    tenant = TenantFactory(slug="acme")
+    user = UserFactory(username="alice@example.com")
+    MembershipFactory(user=user, tenant=tenant, role="owner")
+    token = issue_token(user=user, scopes="deployments:read deployments:write templates:read")
+    return {"Authorization": f"Bearer {token.token}", "X-Tenant": "acme"}
