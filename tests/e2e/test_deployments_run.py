@@ -4,6 +4,7 @@ silent and comes back, or its node is drained."""
 
 from __future__ import annotations
 
+import json
 import signal
 
 import httpx
@@ -65,6 +66,12 @@ def test_deploy_hello_runs_its_endpoint_answers_and_it_stops(plane, make_node, c
     assert (replica["state"], replica["generation"], replica["node"]["hostname"]) == ("running", 1, "local-cpu-1")
     assert replica["started_at"] and not replica["stopped_at"]
     assert CpuSlot.objects.filter(node_id=node.node_id, replica__isnull=False).count() == 1
+    # The operator's read-only view beside the running daemon: the VM, named after the replica.
+    listed = node.cli("vm", "ls", "--netns", node.netns.name)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    (vm,) = json.loads(listed.stdout)
+    assert (vm["name"], vm["state"], vm["host_port"]) == (replica["id"], "running", int(url.rsplit(":", 1)[1]))
+    assert "Hello" in answer(url)  # looking changed nothing
 
     assert api.http.post(f"/deployments/{deployment_id}/stop").status_code == 200
     api.wait_status(deployment_id, "stopped", timeout=60)

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.deployments.services import placement
-from cloud.deployments.services.status import TERMINAL, deployment_refresh, replica_event
+from cloud.deployments.services.status import TERMINAL, deployment_refresh, replica_event, replicas_stop
 from nodes import link
 from nodes.models import Gpu
 from nodes.protocol import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
@@ -88,8 +88,6 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
 
 def _replacement_running(replica: Replica) -> None:
     """A drain's replacement runs: the incarnation it replaces may stop now."""
-    from cloud.deployments.services.status import replicas_stop
-
     old = Replica.objects.filter(replaced_by=replica).exclude(state__in=TERMINAL)
     replicas_stop(old, reason=f"replaced by generation {replica.generation} (node drain)")
 
