@@ -7,6 +7,8 @@ import json
 
 from django.contrib import admin, messages
 from django.db.models import Count, Q
+from django.urls import reverse
+from django.utils.html import format_html
 
 from cloud.exceptions import ApplicationError
 from nodes import services
@@ -77,7 +79,7 @@ class NodeAdmin(admin.ModelAdmin):
     list_filter = ["status", "location", "hardware_type", "simulated"]
     search_fields = ["hostname", "public_address"]
     list_select_related = ["location", "hardware_type"]
-    readonly_fields = ["status", "status_reason", "credential", "last_heartbeat", "agent_version", "protocol_version",
+    readonly_fields = ["status", "status_reason", "credential", "replicas", "last_heartbeat", "agent_version", "protocol_version",
                        "simulated", "cpus", "memory_mib", "disk_gib", "accelerator", "inventory", "drain_deadline",
                        "created_at"]
     exclude = ["credential_hash", "credential_issued_at"]
@@ -119,6 +121,12 @@ class NodeAdmin(admin.ModelAdmin):
     @admin.display(description="GPUs free", ordering="_gpus_free")
     def gpus_free(self, obj: Node) -> str:
         return f"{obj._gpus_free}/{obj._gpus_total}"
+
+    @admin.display(description="replicas")
+    def replicas(self, obj: Node) -> str:
+        # A link, not an inline: the replicas belong to the deployments app, which nodes never imports.
+        url = reverse("admin:deployments_replica_changelist") + f"?node__id__exact={obj.pk}"
+        return format_html('<a href="{}">replicas on this node</a>', url)
 
     @admin.display(description="credential")
     def credential(self, obj: Node) -> str:

@@ -28,7 +28,8 @@ class ReadOnlyAdminMixin:
 class ReplicaInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Replica
     extra = 0
-    fields = ["ordinal", "state", "reason", "node", "vm_address", "host_port", "exit_code", "started_at", "stopped_at"]
+    fields = ["ordinal", "generation", "desired", "state", "reason", "node", "vm_address", "host_port", "exit_code",
+              "started_at", "stopped_at", "ended_at"]
     readonly_fields = fields
     show_change_link = True
 
@@ -61,8 +62,13 @@ class DeploymentAdmin(UuidSearchMixin, admin.ModelAdmin):
               "node", "replica_count", "duration_hours", "expires_at", "price_per_gpu_hour", "total_cost", "created_at",
               "updated_at", "started_at", "stopped_at", "deleted_at"]
     inlines = [ReplicaInline]
-    actions = ["stop_selected", "delete_selected_softly"]
+    actions = ["start_selected", "stop_selected", "restart_selected", "delete_selected_softly"]
     date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        # Every change goes through the services (the actions here, the API): no status,
+        # replica count or hardware typed into a form, bypassing quotas, funds and the nodes.
+        return self.fields
 
     def has_add_permission(self, request):
         return False  # deployments are created through the API, which checks quotas and funds
@@ -80,6 +86,14 @@ class DeploymentAdmin(UuidSearchMixin, admin.ModelAdmin):
                 self.message_user(request, f"{deployment.name}: {exc.detail}", level=messages.WARNING)
         self.message_user(request, f"{verb} {done} deployment(s).")
 
+    @admin.action(description="Start selected deployments")
+    def start_selected(self, request, queryset):
+        self._each(request, queryset, services.deployment_start, "Started")
+
+    @admin.action(description="Restart selected deployments (new incarnations)")
+    def restart_selected(self, request, queryset):
+        self._each(request, queryset, services.deployment_restart, "Restarted")
+
     @admin.action(description="Stop selected deployments")
     def stop_selected(self, request, queryset):
         self._each(request, queryset, services.deployment_stop, "Stopped")
@@ -90,13 +104,22 @@ class DeploymentAdmin(UuidSearchMixin, admin.ModelAdmin):
 
 
 @admin.register(Replica)
-class ReplicaAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "state", "reason", "node", "host_port", "exit_code", "started_at"]
-    list_filter = ["state"]
+class ReplicaAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Incarnations as history and as the nodes reported them: read-only (a replica moves
+    through its deployment's actions and its node's reports, never a form)."""
+
+    list_display = ["__str__", "uid", "desired", "state", "reason", "node", "host_port", "exit_code", "started_at",
+                    "ended_at"]
+    list_filter = ["state", "desired", "node"]
     search_fields = ["deployment__name", "deployment__tenant__slug", "node__hostname"]
     list_select_related = ["deployment", "node"]
-    raw_id_fields = ["deployment", "node"]
-    readonly_fields = ["created_at", "started_at", "stopped_at"]
+
+    def get_search_results(self, request, queryset, search_term):
+        queryset, dupes = super().get_search_results(request, queryset, search_term)
+        try:
+            return queryset | self.model.objects.filter(uid=uuid.UUID(search_term.strip())), dupes
+        except ValueError:
+            return queryset, dupes
 
 
 @admin.register(LogLine)
