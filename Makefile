@@ -13,7 +13,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 .PHONY: help venv services sysdeps migrate up test test-cloud test-agent bench clean
 
 help:
-	@echo "make up     - run the whole service on http://127.0.0.1:8000 (installs what is missing)"
+	@echo "make up     - the whole cloud on one machine: API on http://127.0.0.1:8000, registry, a local CPU node"
 	@echo "make test   - install everything and run the test suites"
 	@echo "make bench  - run the benchmarks under bench/ and print their figures"
 

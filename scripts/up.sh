@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# `make up`: the whole control plane on 127.0.0.1:8000 — daphne (HTTP + WebSocket), a Celery
-# worker and Celery beat — against the PostgreSQL and Redis that `make services` made answer.
-# Ctrl-C stops all three.
+# `make up`: a whole cloud on one machine. The control plane on 127.0.0.1:8000 — daphne (HTTP +
+# WebSocket), a Celery worker and Celery beat — against the PostgreSQL and Redis that `make
+# services` made answer; the local registry with gantry/hello (127.0.0.1:5000); and one local
+# CPU node (`cpu-small` in `us-east`, scripts/local-node.sh) whose VMs' network lives in a
+# namespace of its own. Run again on the same database it reuses the operator account, the
+# node, its credential and its namespace. Ctrl-C stops daphne, the worker, beat and the agent;
+# the VMs keep running and the next agent adopts them. LOCAL_NODE=none skips the node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -19,7 +23,7 @@ pwfile="$STATE_DIR/admin-password"
 [ -s "$pwfile" ] || $BIN/python -c 'import secrets; print(secrets.token_urlsafe(12))' > "$pwfile"
 chmod 600 "$pwfile"
 ADMIN_EMAIL=${ADMIN_EMAIL:-admin@gantry.local}
-$BIN/python manage.py shell -c "
+$BIN/python manage.py shell -v 0 -c "
 import sys
 from django.contrib.auth import get_user_model
 from accounts.services import user_signup
@@ -33,26 +37,102 @@ user.set_password(password)
 user.save()
 "
 
-pids=()
+# The local registry with gantry/hello: the `hello` template's image. Left alone when it
+# already answers; hello is pushed only when the registry lacks that exact manifest.
+REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5000}
+registry_ok=1
+if ! scripts/ensure-debs.sh; then
+  echo "registry and local node: Debian packages missing (above); continuing without them" >&2
+  registry_ok=0
+elif ! python3 scripts/registry/registry.py up --state-dir "$STATE_DIR" --addr "$REGISTRY_ADDR" ||
+     ! python3 scripts/registry/registry.py push-hello --state-dir "$STATE_DIR" --registry "$REGISTRY_ADDR"; then
+  echo "registry: could not start it or push gantry/hello (see $STATE_DIR/registry.log); continuing" >&2
+  registry_ok=0
+fi
+
+pids=() names=()
 cleanup() { trap - EXIT INT TERM; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
+for log in web worker beat agent; do : >"$STATE_DIR/log/$log.log"; done  # each run's logs start empty
+start() { local name=$1; shift; "$@" >>"$STATE_DIR/log/$name.log" 2>&1 & pids+=($!) names+=("$name"); }
 
-$BIN/celery -A cloud worker --loglevel=INFO --concurrency=2 >"$STATE_DIR/log/worker.log" 2>&1 & pids+=($!)
-$BIN/celery -A cloud beat --loglevel=INFO --schedule "$STATE_DIR/celerybeat-schedule" >"$STATE_DIR/log/beat.log" 2>&1 & pids+=($!)
-$BIN/daphne -b "$HOST" -p "$PORT" cloud.asgi:application >"$STATE_DIR/log/web.log" 2>&1 & pids+=($!)
+start worker $BIN/celery -A cloud worker --loglevel=INFO --concurrency=2
+start beat $BIN/celery -A cloud beat --loglevel=INFO --schedule "$STATE_DIR/celerybeat-schedule"
+start web $BIN/daphne -b "$HOST" -p "$PORT" cloud.asgi:application
 
-for _ in $(seq 60); do curl -fsS "http://$HOST:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
+# What the agent and the printed examples call: the address daphne listens on, or loopback.
+case "$HOST" in 0.0.0.0|::|"") API_HOST=127.0.0.1 ;; *) API_HOST=$HOST ;; esac
+API=http://$API_HOST:$PORT
+for _ in $(seq 60); do curl -fsS "$API/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
+curl -fsS "$API/healthz" >/dev/null 2>&1 || { echo "daphne does not answer on $API; see $STATE_DIR/log/web.log" >&2; exit 1; }
+
+# The local node: namespace and NAT, join (or reuse its credential), then the daemon.
+LOCAL_NODE=${LOCAL_NODE:-local-cpu-1}
+export LOCAL_NODE PLANE_URL=$API REGISTRY_ADDR STATE_DIR
+node_line="none (LOCAL_NODE=none)"
+if [ "$LOCAL_NODE" != none ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    node_line="none: the local node needs root (network namespace, TAP devices, nftables); run \`sudo make up\`"
+    echo "local node: skipped, it needs root (network namespace, TAP devices, nftables); run \`sudo make up\` for one" >&2
+  elif [ "$registry_ok" = 0 ]; then
+    node_line="none: the registry or the node's Debian packages are missing (see above)"
+  elif ! scripts/local-node.sh net 2>&1 | tee -a "$STATE_DIR/log/agent.log"; then
+    node_line="none: its network namespace could not be set up (see above and $STATE_DIR/log/agent.log)"
+  elif ! scripts/local-node.sh join 2>&1 | tee -a "$STATE_DIR/log/agent.log"; then
+    node_line="none: it could not join (see $STATE_DIR/log/agent.log)"
+  else
+    since=$(date +%s)
+    start agent scripts/local-node.sh run
+    echo "local node: agent started (log $STATE_DIR/log/agent.log); waiting for $LOCAL_NODE to come online"
+    status=unknown address=-
+    for _ in $(seq 120); do
+      # Online as this agent reported it: a status left by the previous run's agent (not yet
+      # declared offline) has a heartbeat older than this start.
+      read -r status address < <($BIN/python manage.py shell -v 0 -c "
+import datetime
+from nodes.models import Node
+n = Node.objects.filter(hostname='$LOCAL_NODE').first()
+since = datetime.datetime.fromtimestamp($since - 1, datetime.timezone.utc)
+fresh = n is not None and n.last_heartbeat is not None and n.last_heartbeat >= since
+print('online' if n and n.status == 'online' and fresh else (n.status if n else 'absent'), n.public_address if n else '-')
+" 2>/dev/null | tail -1) || true
+      [ "$status" = online ] && break
+      kill -0 "${pids[-1]}" 2>/dev/null || break
+      sleep 1
+    done
+    node_line="$LOCAL_NODE (online), endpoints on $address; its VMs' network is in namespace ${LOCAL_NODE_NETNS:-gantry-local}"
+    [ "$status" = online ] || node_line="$LOCAL_NODE is ${status:-unknown}, not online yet: see $STATE_DIR/log/agent.log"
+  fi
+fi
+CPU_SMALL_ID=$($BIN/python manage.py shell -v 0 -c "
+from nodes.models import HardwareType
+print(HardwareType.objects.get(slug='cpu-small').pk)" | tail -1)
+
 cat <<MSG
 
-Gantry is up on http://$HOST:$PORT
-  admin (operators):   http://$HOST:$PORT/admin/   user: $ADMIN_EMAIL   password: $(cat "$pwfile")
-  sign up (customers): http://$HOST:$PORT/accounts/signup/
-  API docs:            http://$HOST:$PORT/api/v1/docs/   (schema: /api/v1/schema/)
-  health:              http://$HOST:$PORT/healthz  http://$HOST:$PORT/readyz
-  an API client:       .venv/bin/python manage.py create_api_client <tenant-slug>
-  logs:                $STATE_DIR/log/{web,worker,beat}.log
-Ctrl-C stops everything.
+Gantry is up on $API
+  admin (operators):   $API/admin/   user: $ADMIN_EMAIL   password: $(cat "$pwfile")
+  sign up (customers): $API/accounts/signup/
+  API docs:            $API/api/v1/docs/   (schema: /api/v1/schema/)
+  health:              $API/healthz  $API/readyz   fleet (staff): $API/api/v1/system/status
+  registry:            $REGISTRY_ADDR (gantry/hello)
+  local node:          $node_line
+  logs:                $STATE_DIR/log/{web,worker,beat,agent}.log
+
+Deploy \`hello\` on the local node (README.md, "First API calls"):
+  $BIN/python manage.py create_tenant acme --owner you@example.com --password 'a long password'
+  $BIN/python manage.py create_api_client acme      # prints client_id and client_secret
+  TOKEN=\$(curl -s -u "\$CLIENT_ID:\$CLIENT_SECRET" -d grant_type=client_credentials $API/o/token/ \\
+          | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -s -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+       -d '{"name": "hi", "template_id": "hello", "hardware_id": $CPU_SMALL_ID, "replica_count": 1}' $API/api/v1/deployments
+  curl -s -H "Authorization: Bearer \$TOKEN" $API/api/v1/deployments/<id>   # until "status": "running"
+  curl -s <endpoints[0].url>                                                # → Hello from Gantry
+Ctrl-C stops the plane and the agent (VMs keep running; the next \`make up\` adopts them).
 MSG
-wait -n "${pids[@]}"
-echo "a Gantry process exited; see $STATE_DIR/log/" >&2
+wait -n "${pids[@]}" || true
+for i in "${!pids[@]}"; do
+  kill -0 "${pids[$i]}" 2>/dev/null || { echo "${names[$i]} exited; see $STATE_DIR/log/${names[$i]}.log" >&2; break; }
+done
 exit 1
