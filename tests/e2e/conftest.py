@@ -3,7 +3,7 @@ worker with beat against the test database and Redis, the local OCI registry, an
 (`gantry-agent join` + `gantry-agent run`) booting real microVMs (TCG).
 
 Each node's VMs live in a network namespace the test made, joined to this namespace by a veth
-pair with TEST-NET-2 addresses (198.51.100.0/24): the node's public address is the namespace's
+pair with TEST-NET-2 addresses (198.51.100.64/26): the node's public address is the namespace's
 end, so an endpoint is reached exactly as a customer would, and no VM packet goes anywhere but
 into namespaces the test made. The control-plane connection and image pulls stay here.
 """
@@ -109,7 +109,9 @@ class Node:
         host_if, ns_if = f"gte{index}h{secrets.token_hex(2)}", f"gte{index}n"
         self.host_if = host_if
         ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", self.netns.name)
-        base = 4 * index
+        # 198.51.100.64/26: clear of `make up`'s own pair (198.51.100.0/30) and VM subnet
+        # (198.51.100.128/25), which may be up on the same machine while the tests run.
+        base = 64 + 4 * index
         ip("addr", "add", f"198.51.100.{base + 1}/30", "dev", host_if)
         ip("link", "set", host_if, "up")
         ip("-n", self.netns.name, "addr", "add", f"198.51.100.{base + 2}/30", "dev", ns_if)
