@@ -1,5 +1,5 @@
 """Template request and response shapes. The field types (strict JSON types, OCI image
-references, env mappings) are the deployments API's own, so a template can never hold a value
+references, env mappings) are the deployments API's own (cloud/fields.py), so a template can never hold a value
 that a deployment made from it would refuse."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 
 from rest_framework import serializers
 
-from cloud.deployments.serializers.fields import (
+from cloud.fields import (
     EnvField,
     ImageReferenceField,
     StrictCharField,

@@ -5,7 +5,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 
-from cloud.deployments.validators import env_errors, validate_image_reference
+from cloud.validators import env_errors, validate_image_reference
 from nodes.models import HardwareType, Location
 from templates.models import Template
 from tests.templates.factories import TemplateFactory

@@ -8,7 +8,7 @@ import re
 
 from rest_framework import serializers
 
-from cloud.deployments.serializers.fields import (
+from cloud.fields import (
     EnvField,
     ImageReferenceField,
     StrictCharField,

@@ -11,7 +11,7 @@ from rest_framework import serializers
 
 from billing.services import hourly_cost
 from cloud.deployments.models import Deployment, LogLine, Replica
-from cloud.deployments.serializers.fields import EnvField
+from cloud.fields import EnvField
 
 
 def endpoint_url(*, address: str | None, port: int | None) -> str | None:

@@ -1,6 +1,6 @@
 """Strict JSON fields: DRF's own coerce ("5" → 5, 5 → "5", true → 1), which hides client bugs
 and lets a schema say one thing while the API accepts another. These accept only the JSON type
-the schema names."""
+the schema names. The deployments and templates APIs both use them, so they live in cloud/."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from cloud.deployments.validators import env_errors, validate_image_reference
+from cloud.validators import env_errors, validate_image_reference
 
 
 class StrictIntegerField(serializers.IntegerField):

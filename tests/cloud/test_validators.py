@@ -1,7 +1,7 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from cloud.deployments.validators import env_errors, validate_env_name, validate_image_reference
+from cloud.validators import env_errors, validate_env_name, validate_image_reference
 
 DIGEST = "sha256:" + "a" * 64
 

@@ -1,4 +1,5 @@
-"""What a deployment request may carry: image references, environment names and sizes.
+"""What a deployment or a template may carry: image references, environment names and sizes.
+Shared by two apps, so it lives in cloud/ (DESIGN 3: imports run one way).
 
 `validate_image_reference` implements the grammar of distribution/reference (the parser
 Docker, containerd and the registries share):
