@@ -118,10 +118,14 @@ class ReplicaReport:
 
 @dataclass(frozen=True)
 class LogEntry:
+    """One line of a replica's log. A line longer than MAX_LOG_LINE_CHARS arrives as several
+    entries, each but the last `continued` (the line goes on in the next one)."""
+
     seq: int
     ts: float
     stream: str
     message: str
+    continued: bool = False
 
     def check(self) -> None:
         if self.seq < 1:

@@ -7,7 +7,8 @@ records appended to `logs.jsonl`:
     {"seq": 7, "ts": 1700000000.1, "stream": "stderr", "message": "...", "off": [1234, 56]}
 
 `seq` is one counter across both streams; `off` is the byte offset in stdout.raw and stderr.raw
-*after* this record. The last complete record therefore is the whole resume state: after a
+*after* this record. A line longer than MAX_LINE_BYTES is split into records of that size, each
+but the last marked `"continued": true`, so a reader can put the line back together. The last complete record therefore is the whole resume state: after a
 SIGKILL at any point the next conversion starts exactly there, so no line is lost or repeated.
 A record torn by a kill mid-write has no trailing newline; it is cut off before appending.
 Conversion is serialised across processes by an flock, which makes it safe (and idempotent)
@@ -30,8 +31,10 @@ from nodes.agent.state import VmPaths
 
 STREAMS = ("stdout", "stderr")
 # A workload printing without newlines must not grow our memory without bound: a run of this
-# many bytes without a newline becomes a line of its own.
-MAX_LINE_BYTES = 16 * 1024
+# many bytes without a newline becomes a record of its own, marked as continued by the next.
+# 64 KiB is what the plane stores per line (protocol.MAX_LOG_LINE_CHARS counts characters, and
+# 64 KiB of bytes never decodes to more characters than that).
+MAX_LINE_BYTES = 64 * 1024
 # Bytes read per stream per pass, so one pass over a huge backlog stays bounded in memory.
 _CHUNK = 1024 * 1024
 # Largest record we may have to scan back over to find the last complete one
@@ -45,43 +48,76 @@ class LogLine:
     ts: float
     stream: str
     message: str
+    continued: bool = False  # the line goes on in the next record of this stream
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def record(self) -> dict:
+        """As stored in logs.jsonl: `continued` only where true (most lines are whole)."""
+        data = {"seq": self.seq, "ts": self.ts, "stream": self.stream, "message": self.message}
+        if self.continued:
+            data["continued"] = True
+        return data
+
+    @classmethod
+    def from_record(cls, rec: dict) -> LogLine:
+        return cls(rec["seq"], rec["ts"], rec["stream"], rec["message"], rec.get("continued", False))
+
 
 def _last_record(fd: int) -> dict | None:
-    """The last complete record; a torn tail (no newline) is truncated away first."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return None
-    start = max(0, size - _TAIL_WINDOW)
-    tail = os.pread(fd, size - start, start)
-    end = tail.rfind(b"\n")
-    if end + 1 != len(tail):
-        # Torn by a kill mid-write: everything after the last newline never became a record.
-        os.ftruncate(fd, start + end + 1)
-    if end < 0:
-        return None
-    begin = tail.rfind(b"\n", 0, end) + 1
-    return json.loads(tail[begin:end])
+    """The last complete record; a torn tail (no newline) is truncated away first.
+
+    Runs on every conversion pass, so it reads a small tail first and widens it only when the
+    last record is longer (a 64 KiB line of control characters is a 384 KiB record)."""
+    window = 4096
+    while True:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return None
+        start = max(0, size - window)
+        tail = os.pread(fd, size - start, start)
+        end = tail.rfind(b"\n")
+        begin = tail.rfind(b"\n", 0, max(end, 0)) + 1
+        if (end < 0 or begin == 0) and start > 0 and window < _TAIL_WINDOW:
+            window = min(window * 8, _TAIL_WINDOW)  # the record (or the tear) starts further back
+            continue
+        if end + 1 != len(tail):
+            # Torn by a kill mid-write: everything after the last newline never became a record.
+            os.ftruncate(fd, start + end + 1)
+        if end < 0:
+            return None
+        # Leading NULs are a trimmed (hole-punched) start of the file, never part of a record.
+        return json.loads(tail[begin:end].lstrip(b"\x00"))
 
 
-def _split(data: bytes, *, final: bool) -> list[tuple[bytes, int]]:
-    """Complete lines in `data` (without their newline), each with the bytes it used."""
-    lines: list[tuple[bytes, int]] = []
+def _cut(data: bytes, pos: int) -> int:
+    """Where a piece of an over-long line ends: MAX_LINE_BYTES on, moved back to the start of a
+    UTF-8 character, so a split never turns one valid character into two replacement marks."""
+    end = pos + MAX_LINE_BYTES
+    for back in range(4):
+        if data[end - back] & 0xC0 != 0x80:  # not a continuation byte: a character starts here
+            return end - back
+    return end  # not UTF-8 anyway: any cut is as good as another
+
+
+def _split(data: bytes, *, final: bool) -> list[tuple[bytes, int, bool]]:
+    """Complete lines in `data` (without their newline), each with the bytes it used and whether
+    it is a piece of a longer line that continues in the next."""
+    lines: list[tuple[bytes, int, bool]] = []
     pos = 0
     while pos < len(data):
         nl = data.find(b"\n", pos, pos + MAX_LINE_BYTES + 1)
         if nl >= 0:
-            lines.append((data[pos:nl], nl + 1 - pos))
+            lines.append((data[pos:nl], nl + 1 - pos, False))
             pos = nl + 1
         elif len(data) - pos > MAX_LINE_BYTES:
-            lines.append((data[pos : pos + MAX_LINE_BYTES], MAX_LINE_BYTES))
-            pos += MAX_LINE_BYTES
+            end = _cut(data, pos)
+            lines.append((data[pos:end], end - pos, True))
+            pos = end
         elif final:
             # The VM has ended: a last line without newline will never get one.
-            lines.append((data[pos:], len(data) - pos))
+            lines.append((data[pos:], len(data) - pos, False))
             pos = len(data)
         else:
             break  # partial line: wait for its newline
@@ -115,13 +151,13 @@ def convert(paths: VmPaths, *, final: bool = False, clock: Callable[[], float] =
                 for i, stream in enumerate(STREAMS):
                     data = _read_from(getattr(paths, stream), offsets[i])
                     ts = clock()
-                    for raw, used in _split(data, final=final and len(data) < _CHUNK):
+                    for raw, used, continued in _split(data, final=final and len(data) < _CHUNK):
                         offsets[i] += used
                         seq += 1
-                        message = raw.decode("utf-8", "replace").removesuffix("\r")
-                        line = LogLine(seq, ts, stream, message)
+                        message = raw.decode("utf-8", "replace")
+                        line = LogLine(seq, ts, stream, message if continued else message.removesuffix("\r"), continued)
                         out.append(line)
-                        record = {**line.to_dict(), "off": list(offsets)}
+                        record = {**line.record(), "off": list(offsets)}
                         chunk.append(json.dumps(record, ensure_ascii=False).encode() + b"\n")
                 if not chunk:
                     break
@@ -159,7 +195,7 @@ class LogReader:
         for raw in data[:end].split(b"\n"):
             rec = json.loads(raw)
             if rec["seq"] > self.after_seq:
-                out.append(LogLine(rec["seq"], rec["ts"], rec["stream"], rec["message"]))
+                out.append(LogLine.from_record(rec))
                 self.after_seq = rec["seq"]
         return out
 

@@ -42,10 +42,12 @@ class LogSource(Protocol):
 
 
 def entry(line: LogLine) -> LogEntry:
-    # logs.py already cuts a raw line at 16 KiB, far below the protocol's limit; should that
-    # ever change, a longer line is cut here, not split: a piece would need a seq of its own,
-    # and the seq is the line's identity on the plane.
-    return LogEntry(seq=line.seq, ts=line.ts, stream=line.stream, message=line.message[: protocol.MAX_LOG_LINE_CHARS])
+    # logs.py already splits a raw line into 64 KiB pieces (each its own seq, marked continued),
+    # which never decode to more characters than the protocol allows; should that ever change, a
+    # longer piece is cut here, not split: a piece needs a seq of its own, and the seq is the
+    # line's identity on the plane.
+    return LogEntry(seq=line.seq, ts=line.ts, stream=line.stream, message=line.message[: protocol.MAX_LOG_LINE_CHARS],
+                    continued=line.continued)
 
 
 def encoded_size(item: LogEntry) -> int:

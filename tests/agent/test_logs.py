@@ -69,12 +69,27 @@ def test_torn_last_record_is_cut_and_conversion_resumes(tmp_path):
     assert records[-1]["off"] == [6, 0]
 
 
-def test_line_without_newline_is_cut_at_the_limit(tmp_path):
+def test_line_without_newline_is_split_at_the_limit_and_marked_continued(tmp_path):
     p = _paths(tmp_path)
     _append(p.stdout, b"x" * (MAX_LINE_BYTES * 2 + 10))
     lines = convert(p)
-    assert [len(x.message) for x in lines] == [MAX_LINE_BYTES, MAX_LINE_BYTES]
-    assert [len(x.message) for x in convert(p, final=True)] == [10]
+    assert [(len(x.message), x.continued) for x in lines] == [(MAX_LINE_BYTES, True), (MAX_LINE_BYTES, True)]
+    assert [(len(x.message), x.continued) for x in convert(p, final=True)] == [(10, False)]
+    assert [x.continued for x in LogReader(p).read_all()] == [True, True, False]
+
+
+def test_a_long_line_is_split_whole_and_pieces_join_back_to_it(tmp_path):
+    p = _paths(tmp_path)
+    # A three-byte character straddles the limit: a byte-exact cut would make two U+FFFD.
+    line = "a" * (MAX_LINE_BYTES - 1) + "\u20ac" + "b" * (MAX_LINE_BYTES * 3) + "\x1b[31mred\x1b[0m"
+    _append(p.stdout, line.encode() + b"\nnext\n")
+    lines = convert(p)
+    pieces = lines[:-1]
+    assert all(x.continued for x in pieces[:-1]) and not pieces[-1].continued
+    assert all(len(x.message.encode()) <= MAX_LINE_BYTES for x in pieces)
+    assert "".join(x.message for x in pieces) == line
+    assert (lines[-1].message, lines[-1].continued) == ("next", False)
+    assert [x.seq for x in LogReader(p).read_all()] == list(range(1, len(lines) + 1))
 
 
 def test_invalid_utf8_and_crlf_are_tolerated(tmp_path):
