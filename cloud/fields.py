@@ -4,10 +4,12 @@ the schema names. The deployments and templates APIs both use them, so they live
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from cloud.registries import registry_refusal
 from cloud.validators import env_errors, validate_image_reference
 
 
@@ -26,17 +28,26 @@ class StrictCharField(serializers.CharField):
 
 
 class ImageReferenceField(StrictCharField):
+    """An image reference a customer writes: valid syntax, and a registry a node may pull from
+    on the customer's behalf (cloud/registries.py). Operators' references (the catalog, the
+    admin) are not customer input and take only the syntax check."""
+
     def __init__(self, **kwargs):
         kwargs.setdefault("max_length", 512)
-        kwargs.setdefault("help_text", "OCI image reference: [registry[:port]/]repository[:tag][@sha256:<digest>]")
+        kwargs.setdefault("help_text", "OCI image reference: [registry[:port]/]repository[:tag][@sha256:<digest>]; "
+                                       "registries on loopback, link-local or private addresses are refused")
         super().__init__(**kwargs)
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
         try:
-            return validate_image_reference(value)
+            validate_image_reference(value)
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.messages[0], code="invalid_image") from None
+        refusal = registry_refusal(value, trusted=settings.GANTRY_TRUSTED_REGISTRIES)
+        if refusal is not None:
+            raise serializers.ValidationError(refusal, code="untrusted_registry")
+        return value
 
 
 @extend_schema_field({

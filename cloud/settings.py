@@ -115,6 +115,9 @@ CHANNEL_LAYERS = {
 # A node silent this long is offline and its replicas are lost (heartbeats come every 5 s).
 NODE_LIVENESS_WINDOW_S = float(os.environ.get("NODE_LIVENESS_WINDOW_S", "30"))
 NODE_DRAIN_TIMEOUT_S = float(os.environ.get("NODE_DRAIN_TIMEOUT_S", "600"))
+# Registries (host[:port]) customers may name although they sit on a loopback, private or
+# other special address, e.g. a local registry; nodes get the same list (cloud/registries.py).
+GANTRY_TRUSTED_REGISTRIES = env_list("GANTRY_TRUSTED_REGISTRIES", "")
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = None

@@ -8,11 +8,33 @@ So "someone else's object" is one line in any test: create it for mallory, ask a
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import Membership
 from tests.factories import MembershipFactory, TenantFactory, UserFactory, issue_token
+
+
+# The local registry is the one special-address registry the tests (and `make up`) trust; set
+# here for the processes the tests start too (agents, daphne, Celery read the environment).
+LOCAL_REGISTRY = "127.0.0.1:5000"
+os.environ.setdefault("GANTRY_TRUSTED_REGISTRIES", LOCAL_REGISTRY)
+
+
+@pytest.fixture(autouse=True)
+def _trusted_registries(settings):
+    settings.GANTRY_TRUSTED_REGISTRIES = [LOCAL_REGISTRY]
+
+
+@pytest.fixture(autouse=True)
+def fake_dns(monkeypatch) -> dict[str, list[str]]:
+    """Registry names the API resolves come from this mapping, never from a real resolver: a
+    test sends no DNS query. Unknown names do not resolve (the API then lets the node decide)."""
+    answers: dict[str, list[str]] = {}
+    monkeypatch.setattr("cloud.registries.resolve_host", lambda host: list(answers.get(host, [])))
+    return answers
 
 
 @pytest.fixture(autouse=True)
