@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
+from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.db.models import Q
 
@@ -177,6 +178,13 @@ class Replica(models.Model):
 
 
 class LogLine(models.Model):
+    """One line of a replica incarnation's log.
+
+    The id is the line's cursor: lines of one deployment are inserted under a per-deployment
+    lock held to commit (services/logs.py), so ids grow in commit order within a deployment and
+    "every line after cursor C" never misses one that commits later with a smaller id.
+    """
+
     class Stream(models.TextChoices):
         STDOUT = "stdout"
         STDERR = "stderr"
@@ -186,19 +194,35 @@ class LogLine(models.Model):
     # PROTECT: an incarnation that wrote logs is history and is never deleted with its lines.
     replica = models.ForeignKey(Replica, on_delete=models.PROTECT, related_name="log_lines")
     # Numbered by the agent per replica: a resend after a reconnect hits the unique key and is
-    # dropped; a missing number is a visible gap, never a silent loss.
-    seq = models.PositiveBigIntegerField()
+    # dropped; a missing number is a visible gap, never a silent loss. Null for a line the
+    # plane wrote itself (a `system` line saying, for instance, how many lines were lost).
+    seq = models.PositiveBigIntegerField(null=True, blank=True)
     ts = models.DateTimeField()
     stream = models.CharField(max_length=6, choices=Stream.choices)
     message = models.TextField()
+    # The line goes on in the next one of its stream (a line over 64 KiB is stored in pieces).
+    continued = models.BooleanField(default=False)
 
     class Meta:
-        ordering = ["ts", "replica_id", "seq"]
+        ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["replica", "seq"], name="logline_unique_replica_seq")]
-        indexes = [models.Index(fields=["deployment", "-ts"], name="logline_deployment_ts_idx")]
+        indexes = [
+            # Every read of a deployment's log pages by cursor: tail, after, before, live catch-up.
+            models.Index(fields=["deployment", "id"], name="logline_deployment_cursor_idx"),
+            # Retention deletes by age across all deployments; lines arrive in time order, so a
+            # BRIN index is a few pages where a btree would cost every one of 20,000 inserts/s.
+            BrinIndex(fields=["ts"], name="logline_ts_brin"),
+        ]
 
 
 class Event(models.Model):
+    """Something that happened to a deployment (the SSE feed and the events list).
+
+    The id is the cursor, and it follows commit order: a deferred trigger (migration 0005)
+    renumbers a transaction's events at its commit, under one lock, so a follower reading
+    "after id N" never skips an event committed later with a smaller id.
+    """
+
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="events")
     deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
     type = models.CharField(max_length=50)
@@ -207,7 +231,10 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["deployment", "id"], name="event_deployment_idx")]
+        indexes = [
+            models.Index(fields=["deployment", "id"], name="event_deployment_idx"),
+            models.Index(fields=["tenant", "id"], name="event_tenant_cursor_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} @ {self.ts:%Y-%m-%d %H:%M:%S}"

@@ -10,7 +10,6 @@ and slots are freed only when the node says the VM is gone.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone as dt_timezone
 
 from django.db import transaction
 from django.db.models import Max
@@ -18,6 +17,7 @@ from django.utils import timezone
 
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.deployments.services import placement
+from cloud.deployments.services.logs import logs_store
 from cloud.deployments.services.status import TERMINAL, deployment_refresh, replica_event, replicas_stop
 from nodes import link
 from nodes.models import Gpu
@@ -122,15 +122,7 @@ class AgentSink:
                 _apply(replica, gone)
 
     def logs(self, *, node_id: int, replica_id: str, lines: list[LogEntry]) -> int:
-        replica = _replica_on(node_id, replica_id, lock=False)
-        LogLine.objects.bulk_create(
-            [LogLine(deployment_id=replica.deployment_id, replica=replica, seq=line.seq,
-                     ts=datetime.fromtimestamp(line.ts, tz=dt_timezone.utc), stream=line.stream,
-                     message=line.message.replace("\x00", "\ufffd"))
-             for line in lines],
-            ignore_conflicts=True,  # a resend after a reconnect hits the unique key and is dropped
-        )
-        return LogLine.objects.filter(replica=replica).aggregate(m=Max("seq"))["m"] or 0
+        return logs_store(replica=_replica_on(node_id, replica_id, lock=False), lines=lines)
 
     def desired(self, *, node_id: int) -> list[DesiredReplica]:
         replicas = list(

@@ -1,15 +1,23 @@
-"""The event feed: one row per thing that happened to a deployment, in id order (the SSE
-feed and `GET /deployments/{id}/events?after=` read it). Payloads never carry secrets."""
+"""The event feed: one row per thing that happened to a deployment, written in the same
+transaction as the change (the SSE feed and `GET /deployments/{id}/events?after=` read it).
+Ids follow commit order (a trigger renumbers them at commit, migration 0005), so "after id N"
+is a complete cursor. Payloads never carry secrets."""
 
 from __future__ import annotations
 
+from django.db import transaction
+
+from cloud.deployments import feeds
 from cloud.deployments.models import Event
 
 
 def event_record(*, tenant=None, tenant_id=None, deployment=None, type: str, payload: dict | None = None) -> Event:  # noqa: A002
+    """The returned row's id is provisional until the transaction commits (renumbered then)."""
     if tenant is not None:
         tenant_id = tenant.pk
-    return Event.objects.create(tenant_id=tenant_id, deployment=deployment, type=type, payload=payload or {})
+    event = Event.objects.create(tenant_id=tenant_id, deployment=deployment, type=type, payload=payload or {})
+    transaction.on_commit(lambda: feeds.events_publish(tenant_id=tenant_id))
+    return event
 
 
 def actor_label(actor) -> str | None:

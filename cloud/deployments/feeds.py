@@ -1,0 +1,105 @@
+"""The shapes of log lines and events as every reader gets them (history, the WebSocket tail,
+the SSE stream), and the channel-layer groups that tell live readers something new committed.
+
+One function renders a line and one an event, so the REST history, the live frames and the
+SSE `data:` can never drift apart. Live messages are hints on top of PostgreSQL, never the
+record: a reader that misses one (channels-redis drops messages for a full channel, and a
+Redis outage drops them all) notices the hole in the chain (`prev`) and reads the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import datetime
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
+
+
+def iso(value: datetime) -> str:
+    """ISO 8601 in UTC with a Z, as DRF's DateTimeField renders it (history and frames agree)."""
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+# -- log lines --------------------------------------------------------------------------------
+
+
+def line_frame(*, cursor: int, replica_uid: uuid.UUID | str, ordinal: int, generation: int, seq: int | None,
+               ts: datetime, stream: str, message: str, continued: bool) -> dict:
+    """A log line as a live frame carries it; history adds `timestamp` (the old name of `ts`)."""
+    return {
+        "cursor": str(cursor), "replica": str(replica_uid), "ordinal": ordinal, "generation": generation,
+        "seq": seq, "ts": iso(ts), "stream": stream, "message": message, "continued": continued,
+    }
+
+
+def line_item(line) -> dict:
+    """A LogLine row (annotated by selectors.logs_for) as history returns it."""
+    frame = line_frame(cursor=line.pk, replica_uid=line.replica_uid, ordinal=line.replica_ordinal,
+                       generation=line.replica_generation, seq=line.seq, ts=line.ts, stream=line.stream,
+                       message=line.message, continued=line.continued)
+    frame["timestamp"] = frame["ts"]
+    return frame
+
+
+def logs_group(deployment_id) -> str:
+    return f"logs.{uuid.UUID(str(deployment_id)).hex}"
+
+
+def logs_publish(*, deployment_id, prev: int, lines: list[tuple[int, str, int, str, str]]) -> None:
+    """Tell live tails of the deployment that lines committed: `prev` is the deployment's last
+    cursor before them, so a tail that is not at `prev` knows it missed something. Each line is
+    (cursor, replica uid, ordinal, stream, its frame as JSON text): rendered once here, not once
+    per subscriber. Call after the commit."""
+    if not lines:
+        return
+    _group_send(logs_group(deployment_id), {"type": "logs.batch", "prev": prev, "last": lines[-1][0], "lines": lines})
+
+
+def frame_text(frame: dict) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def event_item(event) -> dict:
+    """An Event as the list endpoint and the SSE `data:` show it. Modelled on Volant's
+    `/api/v1/events/vms` payload (type, name, status, timestamp), plus what a follower needs to
+    resume (`id`) and to act (`deployment_id`, and the full `payload`)."""
+    payload = event.payload or {}
+    deployment = event.deployment if event.deployment_id else None
+    return {
+        "id": event.pk,
+        "type": event.type,
+        "deployment_id": str(event.deployment_id) if event.deployment_id else None,
+        "name": deployment.name if deployment is not None else None,
+        "status": payload.get("state") or payload.get("status"),
+        "timestamp": iso(event.ts),
+        "ts": iso(event.ts),
+        "payload": payload,
+    }
+
+
+def events_group(tenant_id) -> str:
+    return f"events.{int(tenant_id)}"
+
+
+def events_publish(*, tenant_id) -> None:
+    """Wake the tenant's SSE followers (call after the commit); they read what is new."""
+    _group_send(events_group(tenant_id), {"type": "events.new"})
+
+
+def _group_send(group: str, message: dict) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, message)
+    except Exception:  # noqa: BLE001 - Redis away: readers fall back to reading the database
+        log.warning("could not notify %s through the channel layer", group, exc_info=True)

@@ -1,0 +1,103 @@
+"""Storing log lines: the agents' batches, and the `system` lines the plane writes itself.
+
+Every insert into a deployment's log holds a per-deployment advisory lock until its commit. Two
+things follow. Ids (the cursors) grow in commit order within a deployment, so a reader that has
+seen cursor C and asks for "after C" can never miss a line that committed later with a smaller
+id. And a batch knows the deployment's last cursor before it (`prev`), which live tails use to
+tell a complete chain of batches from one with a hole (feeds.py).
+
+A batch is deduplicated against what is stored (an agent resends what was not acknowledged
+before a reconnect), and a hole in a replica's seq is never papered over: a `system` line says
+how many lines never arrived.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone as dt_timezone
+
+from django.db import connection, transaction
+from django.db.models import Max
+
+from cloud.deployments import feeds
+from cloud.deployments.models import LogLine, Replica
+from nodes.protocol import LogEntry
+
+# The first key of the two-key advisory lock form; the second is a hash of the deployment id.
+# Collisions between deployments only serialise two inserts, they never mix their cursors.
+LOG_LOCK_NAMESPACE = 1_601_600_017
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean(text: str) -> str:
+    """What PostgreSQL can store and JSON can carry: NUL (which a text column refuses) and lone
+    surrogates (which UTF-8 cannot encode) become U+FFFD. ANSI escapes stay as they are; every
+    reader gets them JSON-escaped, never interpreted."""
+    if text.isascii():
+        return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    return _SURROGATES.sub("\ufffd", text.replace("\x00", "\ufffd"))
+
+
+def _lock(deployment_id) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [LOG_LOCK_NAMESPACE, str(deployment_id)])
+
+
+def _insert(replica: Replica, rows: list[LogLine]) -> None:
+    """Insert rows of one replica under the lock (held by the caller's transaction) and tell
+    live tails once committed."""
+    prev = LogLine.objects.filter(deployment_id=replica.deployment_id).aggregate(m=Max("id"))["m"] or 0
+    LogLine.objects.bulk_create(rows)
+    published = []
+    for row in rows:
+        frame = feeds.line_frame(cursor=row.pk, replica_uid=replica.uid, ordinal=replica.ordinal,
+                                 generation=replica.generation, seq=row.seq, ts=row.ts, stream=row.stream,
+                                 message=row.message, continued=row.continued)
+        published.append((row.pk, str(replica.uid), replica.ordinal, row.stream, feeds.frame_text(frame)))
+    deployment_id = replica.deployment_id
+    transaction.on_commit(lambda: feeds.logs_publish(deployment_id=deployment_id, prev=prev, lines=published))
+
+
+def _gap_line(replica: Replica, first: int, last: int, ts: datetime) -> LogLine:
+    count = last - first + 1
+    what = f"{count} line{'s' if count != 1 else ''} (seq {first}-{last})" if count > 1 else f"1 line (seq {first})"
+    return LogLine(deployment_id=replica.deployment_id, replica=replica, seq=None, ts=ts, stream=LogLine.Stream.SYSTEM,
+                   message=f"{what} of this replica never reached the control plane: its node no longer had them")
+
+
+def logs_store(*, replica: Replica, lines: list[LogEntry]) -> int:
+    """Store what is new in an agent's batch (in seq order); returns the highest seq stored for
+    the replica, which the agent resumes after."""
+    if not lines:
+        return LogLine.objects.filter(replica=replica).aggregate(m=Max("seq"))["m"] or 0
+    with transaction.atomic():
+        _lock(replica.deployment_id)
+        # Under the lock nothing else inserts for this replica, and a replica's lines are only
+        # ever stored in seq order (the agent ships in order and resumes after the highest
+        # stored), so everything at or below the highest stored seq is a resend.
+        stored = LogLine.objects.filter(replica=replica).aggregate(m=Max("seq"))["m"] or 0
+        rows: list[LogLine] = []
+        expected = stored + 1
+        for line in lines:
+            if line.seq < expected:
+                continue  # a resend of what is stored
+            ts = datetime.fromtimestamp(line.ts, tz=dt_timezone.utc)
+            if line.seq > expected:
+                rows.append(_gap_line(replica, expected, line.seq - 1, ts))
+            rows.append(LogLine(deployment_id=replica.deployment_id, replica=replica, seq=line.seq, ts=ts,
+                                stream=line.stream, message=clean(line.message), continued=line.continued))
+            expected = line.seq + 1
+        if rows:
+            _insert(replica, rows)
+        return max(stored, expected - 1)
+
+
+def log_system_line(*, replica: Replica, message: str, ts: datetime) -> None:
+    """A line the plane itself writes into a replica's log (seq null, stream `system`). Its own
+    transaction: the log lock must never be taken while holding a deployment's row lock, which
+    an agent's insert waits for (foreign-key check) while holding the log lock."""
+    with transaction.atomic():
+        _lock(replica.deployment_id)
+        _insert(replica, [LogLine(deployment_id=replica.deployment_id, replica=replica, seq=None, ts=ts,
+                                  stream=LogLine.Stream.SYSTEM, message=clean(message))])
