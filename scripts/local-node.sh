@@ -224,7 +224,9 @@ cmd_join() {
 
 cmd_run() {
   need_root
-  exec $BIN/gantry-agent run --data-dir "$DATA_DIR" "${KIT_ARGS[@]}" --netns "$NETNS" --bridge "$BRIDGE" \
+  # The local registry is on loopback: the agent pulls from it only if it is trusted.
+  GANTRY_TRUSTED_REGISTRIES=${GANTRY_TRUSTED_REGISTRIES:-$REGISTRY_ADDR} \
+    exec $BIN/gantry-agent run --data-dir "$DATA_DIR" "${KIT_ARGS[@]}" --netns "$NETNS" --bridge "$BRIDGE" \
     --subnet "$(vm_subnet)" --insecure-registry "$REGISTRY_ADDR"
 }
 

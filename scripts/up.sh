@@ -40,6 +40,9 @@ user.save()
 # The local registry with gantry/hello: the `hello` template's image. Left alone when it
 # already answers; hello is pushed only when the registry lacks that exact manifest.
 REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5000}
+# A registry on loopback is refused to customers and nodes unless trusted (docs/security.md);
+# the plane and the local node's agent below read this.
+export GANTRY_TRUSTED_REGISTRIES=${GANTRY_TRUSTED_REGISTRIES:-$REGISTRY_ADDR}
 registry_ok=1
 if ! scripts/ensure-debs.sh; then
   echo "registry and local node: Debian packages missing (above); continuing without them" >&2

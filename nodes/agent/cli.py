@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import os
 import sys
 from pathlib import Path
 from collections.abc import Iterable
@@ -80,6 +81,9 @@ def _common(*, defaults: bool) -> argparse.ArgumentParser:
     common.add_argument("--subnet", type=ipaddress.IPv4Network, default=d(DEFAULT_SUBNET))
     common.add_argument("--insecure-registry", action="append", default=d(None),
                         help="registry reached over plain HTTP (default: 127.0.0.1:5000, localhost:5000)")
+    common.add_argument("--trusted-registry", action="append", default=d(None), metavar="HOST[:PORT]",
+                        help="registry images may be pulled from although it is on a loopback, private or other "
+                             "special address (default: $GANTRY_TRUSTED_REGISTRIES, comma-separated; else none)")
     return common
 
 
@@ -130,6 +134,7 @@ def build_runtime(
     bridge: str = DEFAULT_BRIDGE,
     subnet: ipaddress.IPv4Network = DEFAULT_SUBNET,
     insecure_registries: Iterable[str] | None = None,
+    trusted_registries: Iterable[str] | None = None,
     kit_cache: Path = DEFAULT_KIT_CACHE,
 ) -> MicroVmRuntime:
     """The real runtime, as the `vm` commands and the daemon run it.
@@ -140,6 +145,7 @@ def build_runtime(
       namespace this process runs in. Must exist; a missing one fails the first network step.
     bridge, subnet: the VMs' bridge and its IPv4 subnet (gateway: the first address).
     insecure_registries: HOST:PORTs reached over plain HTTP (None: 127.0.0.1:5000, localhost:5000).
+    trusted_registries: HOST[:PORT]s that may be on special addresses (None: $GANTRY_TRUSTED_REGISTRIES).
     kit_cache: the host-wide guest kit and accelerator-probe cache.
     Image pulls and kit downloads always use this process's own namespace. Builds objects
     only (no I/O), so it may be called on the event loop.
@@ -147,11 +153,15 @@ def build_runtime(
     # Imported here so `--help` and usage errors work even where a piece fails to import.
     from nodes.agent.images import OciImageStore
     from nodes.agent.network import LinuxNetwork, NetworkConfig
+    from nodes.agent.oci.egress import trusted_from_env
     from nodes.agent.runtime import MicroVmRuntime
 
     kwargs = {}
     if insecure_registries:
         kwargs["insecure_registries"] = frozenset(insecure_registries)
+    if trusted_registries is None:
+        trusted_registries = trusted_from_env(os.environ)
+    kwargs["trusted_registries"] = frozenset(trusted_registries)
     data_dir = Path(data_dir)
     images = OciImageStore(data_dir / "images", **kwargs)
     network = LinuxNetwork(NetworkConfig(bridge=bridge, subnet=subnet), data_dir / "network", netns=netns)
@@ -162,7 +172,8 @@ def runtime_from_args(args: argparse.Namespace) -> MicroVmRuntime:
     """build_runtime from the common options (every subcommand has them)."""
     return build_runtime(
         data_dir=args.data_dir, netns=args.netns, bridge=args.bridge, subnet=args.subnet,
-        insecure_registries=args.insecure_registry, kit_cache=args.kit_cache,
+        insecure_registries=args.insecure_registry, trusted_registries=args.trusted_registry,
+        kit_cache=args.kit_cache,
     )
 
 

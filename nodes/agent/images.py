@@ -27,6 +27,7 @@ import httpx
 from nodes.agent.errors import ImageError
 from nodes.agent.oci import disk as disks
 from nodes.agent.oci.cache import CacheDir
+from nodes.agent.oci.egress import GuardedBackend, GuardedTransport, RegistryPolicy
 from nodes.agent.oci.layers import apply_layer, measure
 from nodes.agent.oci.reference import Reference, parse_reference
 from nodes.agent.oci.registry import INDEX_TYPES, MANIFEST_TYPES, RegistryClient
@@ -119,9 +120,15 @@ class OciImageStore:
 
     def __init__(self, root: Path, *,
                  insecure_registries: frozenset[str] = frozenset({"127.0.0.1:5000", "localhost:5000"}),
-                 cache_limit_bytes: int = 20 * GiB):
+                 trusted_registries: frozenset[str] = frozenset(),
+                 cache_limit_bytes: int = 20 * GiB, policy: RegistryPolicy | None = None):
+        """`insecure_registries`: reached over plain HTTP. `trusted_registries`: the only ones
+        that may sit on loopback, private or other special addresses (oci/egress.py); being
+        insecure does not make a registry trusted. `policy` replaces the trusted list (tests:
+        a resolver of their own)."""
         self.root = Path(root)
         self.insecure_registries = insecure_registries
+        self.policy = policy or RegistryPolicy(trusted_registries)
         self.cache_limit_bytes = cache_limit_bytes
         self._cache = CacheDir(self.root)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -145,11 +152,12 @@ class OciImageStore:
         digest = self._cache.read_ref(str(ref))
         return self._load(digest, str(ref)) if digest else None
 
-    async def _client(self) -> httpx.AsyncClient:
+    async def _client(self, ref: Reference) -> httpx.AsyncClient:
         if self._ssl is None:
             # Loading the system CA bundle reads files: keep it off the loop, and do it once.
             self._ssl = await asyncio.to_thread(ssl.create_default_context)
-        return httpx.AsyncClient(verify=self._ssl, follow_redirects=True,
+        transport = GuardedTransport(GuardedBackend(self.policy, ref.endpoint), verify=self._ssl)
+        return httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=True,
                                  timeout=httpx.Timeout(30.0, connect=10.0),
                                  # identity: a gzip transfer encoding would change the
                                  # raw bytes whose sha256 we check against the digest
@@ -160,6 +168,7 @@ class OciImageStore:
     async def ensure_disk(self, ref: str, *, credentials: tuple[str, str] | None = None,
                           progress: ProgressCallback | None = None) -> ImageDisk:
         reference = parse_reference(ref)
+        self.policy.check_reference(reference)
         report = _Reporter(progress)
         await asyncio.to_thread(self._cache.mkdirs)
         if reference.digest:
@@ -169,7 +178,7 @@ class OciImageStore:
                 report("cached", cached.size_bytes, cached.size_bytes)
                 return cached
         report("resolve", 0, 0)
-        async with await self._client() as http:
+        async with await self._client(reference) as http:
             client = RegistryClient(http, reference, insecure=reference.endpoint in self.insecure_registries,
                                     credentials=credentials)
             try:

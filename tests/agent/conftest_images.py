@@ -83,11 +83,15 @@ class FakeRegistry:
     client what a real registry never sends, such as a blob that does not match its digest.
     With `token` set it also plays Docker Hub's token auth: a request without that bearer
     token gets a `WWW-Authenticate: Bearer realm=.../token` challenge, and /token hands the
-    token out to anyone (or, with `token_basic` set, only to that `user:password`)."""
+    token out to anyone (or, with `token_basic` set, only to that `user:password`). `realm`
+    replaces the token service's URL in the challenge; `redirects` answers a path with a 307 to
+    another URL, as registries send blob downloads to their storage."""
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[str, bytes]] = {}
+        self.redirects: dict[str, str] = {}
         self.addr = ""
+        self.realm: str | None = None
         self.token: str | None = None
         self.token_basic: str | None = None
         self.token_requests: list[str] = []
@@ -118,8 +122,10 @@ class FakeRegistry:
                 return 401, {}, b'{"details":"incorrect username or password"}'
             return 200, {}, json.dumps({"token": self.token}).encode()
         if self.token and headers.get("authorization") != f"Bearer {self.token}":
-            challenge = f'Bearer realm="http://{self.addr}/token",service="fake-registry"'
+            challenge = f'Bearer realm="{self.realm or f"http://{self.addr}/token"}",service="fake-registry"'
             return 401, {"WWW-Authenticate": challenge}, b'{"errors":[{"code":"UNAUTHORIZED"}]}'
+        if path in self.redirects:
+            return 307, {"Location": self.redirects[path]}, b""
         if path in self.routes:
             ctype, body = self.routes[path]
             return 200, {"Content-Type": ctype}, body

@@ -140,7 +140,8 @@ def test_wrong_registry_credentials_give_a_reason(agent_cli, auth_registry, tmp_
     password = tmp_path / "pw"
     password.write_text("wrong\n")
     rc, result, _ = agent_cli("vm", "run", "auth", "--image", f"{auth_registry.addr}/gantry/hello:latest",
-                              "--insecure-registry", auth_registry.addr, "--registry-user", auth_registry.user,
+                              "--insecure-registry", auth_registry.addr, "--trusted-registry", auth_registry.addr,
+                              "--registry-user", auth_registry.user,
                               "--registry-password-file", str(password), check=False)
     assert rc == 1
     assert any(word in result["error"].lower() for word in ("credential", "unauthorized", "denied", "authentication"))

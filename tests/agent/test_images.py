@@ -11,10 +11,18 @@ from pathlib import Path
 import pytest
 
 from nodes.agent.images import ImageError, OciImageStore, PullProgress
+from nodes.agent.oci.egress import RegistryPolicy
 from nodes.agent.oci.reference import parse_reference
 from tests.agent.conftest_images import (
-    HELLO, AuthRegistry, FakeRegistry, digest_of, image_parts, layer, push_image, push_index,
+    HELLO, LOCAL_REGISTRY, AuthRegistry, FakeRegistry, digest_of, image_parts, layer, push_image, push_index,
 )
+
+TRUSTED = frozenset({LOCAL_REGISTRY})  # the loopback registries here are the operator's own
+
+
+def own_registry_store(root: Path, addr: str) -> OciImageStore:
+    """A store reaching `addr` (a test registry on loopback) over plain HTTP, and trusting it."""
+    return OciImageStore(root, insecure_registries=frozenset({addr}), trusted_registries=frozenset({addr}))
 
 
 async def run(*argv: str) -> str:
@@ -38,7 +46,7 @@ async def cat(disk: Path, path: str) -> str:
 
 @pytest.fixture
 def store(tmp_path) -> OciImageStore:
-    return OciImageStore(tmp_path / "images")
+    return OciImageStore(tmp_path / "images", trusted_registries=TRUSTED)
 
 
 async def test_pulls_hello_into_an_ext4_disk(local_registry, store):
@@ -213,6 +221,7 @@ async def test_bad_reference_is_refused(store, ref, reason):
 async def test_unreachable_registry_is_transient_and_named(store):
     with socket_closed() as port:
         store.insecure_registries = frozenset({f"127.0.0.1:{port}"})
+        store.policy = RegistryPolicy([f"127.0.0.1:{port}"])
         with pytest.raises(ImageError) as err:
             await store.ensure_disk(f"127.0.0.1:{port}/gantry/hello")
     assert str(err.value) == f"registry 127.0.0.1:{port} is unreachable: Connection refused"
@@ -227,7 +236,7 @@ async def test_missing_tag_is_permanent(local_registry, store):
 
 
 async def test_credentials_are_checked_by_the_registry(auth_registry: AuthRegistry, tmp_path):
-    store = OciImageStore(tmp_path, insecure_registries=frozenset({auth_registry.addr}))
+    store = own_registry_store(tmp_path, auth_registry.addr)
     ref = f"{auth_registry.addr}/gantry/hello"
 
     with pytest.raises(ImageError) as wrong:
@@ -243,13 +252,13 @@ async def test_credentials_are_checked_by_the_registry(auth_registry: AuthRegist
 
 
 async def test_plain_http_only_for_insecure_registries(local_registry, tmp_path):
-    store = OciImageStore(tmp_path, insecure_registries=frozenset())
+    store = OciImageStore(tmp_path, insecure_registries=frozenset(), trusted_registries=TRUSTED)
     with pytest.raises(ImageError, match="registry 127.0.0.1:5000 is unreachable"):
         await store.ensure_disk(HELLO)
 
 
 async def test_digest_mismatch_is_refused_and_nothing_is_cached(fake_registry: FakeRegistry, tmp_path):
-    store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
+    store = own_registry_store(tmp_path, fake_registry.addr)
     good = layer(("file", "file", b"the real content", 0o644))
     parts = image_parts([good])
     parts[digest_of(good)] = layer(("file", "file", b"tampered content", 0o644))
@@ -274,7 +283,7 @@ async def test_digest_mismatch_is_refused_and_nothing_is_cached(fake_registry: F
     (b'{"schemaVersion": 1, "fsLayers": []}', "schema 1 manifests, which are not supported"),
 ])
 async def test_malformed_manifests_are_refused(fake_registry: FakeRegistry, tmp_path, body, reason):
-    store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
+    store = own_registry_store(tmp_path, fake_registry.addr)
     fake_registry.routes["/v2/gantry/odd/manifests/latest"] = ("application/json", body)
     with pytest.raises(ImageError, match=reason) as err:
         await store.ensure_disk(f"{fake_registry.addr}/gantry/odd")
@@ -282,7 +291,7 @@ async def test_malformed_manifests_are_refused(fake_registry: FakeRegistry, tmp_
 
 
 async def test_cached_disk_serves_a_tag_while_its_registry_is_down(fake_registry: FakeRegistry, tmp_path):
-    store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
+    store = own_registry_store(tmp_path, fake_registry.addr)
     fake_registry.serve_image("gantry/app", "v1", image_parts([layer(("app", "file", b"v1", 0o755))]))
     ref = f"{fake_registry.addr}/gantry/app:v1"
     disk = await store.ensure_disk(ref)
@@ -298,7 +307,7 @@ async def test_cached_disk_serves_a_tag_while_its_registry_is_down(fake_registry
 
 
 async def test_anonymous_bearer_token_flow(fake_registry: FakeRegistry, tmp_path):
-    store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
+    store = own_registry_store(tmp_path, fake_registry.addr)
     fake_registry.token = "anon-token"
     fake_registry.serve_image("library/app", "latest", image_parts([layer(("app", "file", b"x", 0o755))]))
 
@@ -309,7 +318,7 @@ async def test_anonymous_bearer_token_flow(fake_registry: FakeRegistry, tmp_path
 
 
 async def test_token_service_refusing_credentials_is_permanent(fake_registry: FakeRegistry, tmp_path):
-    store = OciImageStore(tmp_path, insecure_registries=frozenset({fake_registry.addr}))
+    store = own_registry_store(tmp_path, fake_registry.addr)
     fake_registry.token, fake_registry.token_basic = "secret-token", "bob:right"
     fake_registry.serve_image("bob/app", "latest", image_parts([layer(("app", "file", b"x", 0o755))]))
     ref = f"{fake_registry.addr}/bob/app"
@@ -332,7 +341,7 @@ async def test_eviction_drops_least_recently_used_images_not_in_use(local_regist
         await push_image(local_registry, f"gantry-test/evict-{name}", "latest",
                          [layer((name, "file", name.encode() * 1000, 0o644))])
         refs[name] = f"{local_registry}/gantry-test/evict-{name}"
-    store = OciImageStore(tmp_path)
+    store = OciImageStore(tmp_path, trusted_registries=TRUSTED)
     a, b, c = [await store.ensure_disk(refs[n]) for n in "abc"]
     overlay = tmp_path / "a.qcow2"
     await store.create_overlay(a, overlay)  # a use: b is now the least recent, then c
@@ -353,7 +362,7 @@ async def test_eviction_drops_least_recently_used_images_not_in_use(local_regist
 
 
 async def test_eviction_clears_old_leftovers_but_not_fresh_ones(tmp_path):
-    store = OciImageStore(tmp_path)
+    store = OciImageStore(tmp_path, trusted_registries=TRUSTED)
     await store.evict(in_use=set())  # creates the layout
     old, fresh = tmp_path / "tmp" / "crashed.0000", tmp_path / "tmp" / "another-process.0000"
     old_part = tmp_path / "blobs" / "sha256" / f".{'1' * 64}.99.part"
