@@ -83,8 +83,16 @@ class ReplicaSpec:
 
 @dataclass(frozen=True)
 class Inventory:
-    """What a node is. GPUs (list of objects) are filled by the GPU issue's inventory; until
-    then an empty list. `simulated` is what the agent itself says, never an operator flag."""
+    """What a node is. `simulated` is what the agent itself says (`--simulate-gpus`), never an
+    operator flag. `cpus` and `memory_mib` are what VMs can really get here; `host` is the
+    machine's topology as its sysfs shows it (sockets, cores, NUMA nodes, hugepages), which on a
+    simulated node is the simulated board's.
+
+    The GPU part, as nodes/agent/gpu/discover.py builds it: `gpus` (one object per GPU, in
+    PCI order: index, uuid, name, memory_mib, pci_bdf, numa_node, iommu_group, driver, nvlink,
+    healthy, usable and reason, ...), `nvswitches`, `vfio` (the IOMMU groups holding NVIDIA
+    devices), `preflight` (can this node pass GPUs through, and why not), `nvidia` (the host
+    driver and NVML) and `gpu_kit` (the guest driver kit, None while none is built)."""
 
     hostname: str
     agent_version: str
@@ -94,6 +102,13 @@ class Inventory:
     accelerator: str  # "kvm" or "tcg": what the probe found, not whether /dev/kvm exists
     simulated: bool = False
     gpus: list[dict] = field(default_factory=list)
+    nvswitches: list[dict] = field(default_factory=list)
+    host: dict = field(default_factory=dict)
+    vfio: dict = field(default_factory=dict)
+    preflight: dict = field(default_factory=dict)
+    nvidia: dict = field(default_factory=dict)
+    gpu_kit: dict | None = None
+    simulated_board: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,9 @@ class Hello(Message):
 
 @dataclass(frozen=True)
 class Heartbeat(Message):
+    """`gpu_health`: per GPU {"pci_bdf", "healthy", "reason"}; the plane takes an unhealthy GPU
+    out of scheduling and shows the reason to operators."""
+
     type: ClassVar[str] = "heartbeat"
     load1: float = 0.0
     free_disk_gib: float = 0.0

@@ -1,7 +1,9 @@
-"""What this node is, as the plane needs it to place replicas: CPUs, memory, disk, accelerator.
+"""What this node is, as the plane needs it to place replicas: CPUs, memory, disk, accelerator,
+and, through the node's GpuHost, its GPUs, NVSwitches, IOMMU groups and preflight.
 
-Blocking reads of /proc and statvfs: call `collect` and `free_disk_gib` through
-`asyncio.to_thread`. GPUs are an empty list until the GPU issue's NVML + sysfs inventory.
+Blocking reads of /proc, sysfs, NVML and statvfs: call `collect` and `free_disk_gib` through
+`asyncio.to_thread`. `cpus` and `memory_mib` are this machine's own (what its VMs can really
+get), even on a node that simulates a GPU board.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import socket
 from importlib import metadata
 from pathlib import Path
 
+from nodes.agent.gpu.host import GpuHost
 from nodes.protocol import Inventory
 
 MEMINFO = Path("/proc/meminfo")
@@ -40,8 +43,9 @@ def free_disk_gib(data_dir: Path) -> float:
     return shutil.disk_usage(path).free / 2**30
 
 
-def collect(data_dir: Path, accel_name: str) -> Inventory:
+def collect(data_dir: Path, accel_name: str, *, gpus: GpuHost | None = None, accel_reason: str = "") -> Inventory:
     """`accel_name`: what the runtime's probe found (`runtime.host()`), "kvm" or "tcg"."""
+    gpu = gpus.inventory(accel=accel_name, accel_reason=accel_reason) if gpus is not None else {}
     return Inventory(
         hostname=socket.gethostname(),
         agent_version=agent_version(),
@@ -49,6 +53,13 @@ def collect(data_dir: Path, accel_name: str) -> Inventory:
         memory_mib=memory_mib(),
         disk_gib=int(free_disk_gib(data_dir)),
         accelerator=accel_name,
-        simulated=False,
-        gpus=[],
+        simulated=gpus is not None and gpus.simulated is not None,
+        gpus=gpu.get("gpus", []),
+        nvswitches=gpu.get("nvswitches", []),
+        host=gpu.get("host", {}),
+        vfio=gpu.get("vfio", {}),
+        preflight=gpu.get("preflight", {}),
+        nvidia=gpu.get("nvidia", {}),
+        gpu_kit=gpu.get("gpu_kit"),
+        simulated_board=gpu.get("simulated_board"),
     )

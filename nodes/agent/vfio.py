@@ -148,9 +148,10 @@ def passthrough_devices(sysfs: Sysfs, gpu_bdfs: list[str]) -> list[PciDevice]:
     return out
 
 
-def holders(sysfs: Sysfs, devices: list[PciDevice]) -> list[str]:
-    """Why these devices cannot be taken from the host right now ([] if they can): open
-    handles on their device nodes, or a daemon that holds NVIDIA devices."""
+def holders(sysfs: Sysfs, devices: list[PciDevice]) -> list[tuple[str | None, str]]:
+    """Why these devices cannot be taken from the host right now ([] if they can), as
+    (the device's BDF, or None when it concerns every NVIDIA device, reason): open handles on
+    their device nodes, or a daemon that holds NVIDIA devices."""
     nodes: dict[str, str] = {}
     nvidia_bound = [d for d in devices if d.driver in ("nvidia", "nvidia-nvswitch")]
     for dev in devices:
@@ -163,11 +164,11 @@ def holders(sysfs: Sysfs, devices: list[PciDevice]) -> list[str]:
     reasons = []
     for pid, comm in sorted(sysfs.processes().items()):
         if nvidia_bound and comm in NVIDIA_DAEMONS:
-            reasons.append(f"{NVIDIA_DAEMONS[comm]} (pid {pid})")
+            reasons.append((None, f"{NVIDIA_DAEMONS[comm]} (pid {pid})"))
             continue
         for target in sysfs.open_files(pid):
             if target in nodes:
-                reasons.append(f"{nodes[target]} is in use: {comm} (pid {pid}) holds {target} open")
+                reasons.append((nodes[target], f"{nodes[target]} is in use: {comm} (pid {pid}) holds {target} open"))
     return reasons
 
 
@@ -252,7 +253,7 @@ class Vfio:
             raise VfioError(f"already passed to another VM: {', '.join(clash)}", permanent=False)
         busy = holders(self.sysfs, devices)
         if busy:
-            raise VfioError("cannot take the GPUs from the host: " + "; ".join(busy))
+            raise VfioError("cannot take the GPUs from the host: " + "; ".join(reason for _, reason in busy))
         attachment = Attachment(owner, tuple(
             PassedDevice(bdf=d.bdf, kind=d.kind, group=d.iommu_group, numa_node=d.numa_node, bar_sizes=tuple(b.size for b in d.bars),
                          original_driver=d.driver, original_override=d.driver_override)
