@@ -165,13 +165,16 @@ async def fake_registry() -> FakeRegistry:
 # -- hand-made images ------------------------------------------------------------------------------
 
 def layer(*entries: tuple) -> bytes:
-    """A gzip layer from (name, kind, payload, mode) entries: kind is "file" (payload bytes),
-    "dir", "symlink" or "hardlink" (payload = link target)."""
+    """A gzip layer from (name, kind, payload, mode[, (uid, gid)]) entries: kind is "file"
+    (payload bytes), "dir", "symlink" or "hardlink" (payload = link target), "chardev"
+    (payload = (major, minor)) or "fifo"."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, kind, payload, mode in entries:
+        for name, kind, payload, mode, *owner in entries:
             info = tarfile.TarInfo(name)
             info.mode, info.mtime = mode, 1704067200
+            if owner:
+                info.uid, info.gid = owner[0]
             data = None
             if kind == "file":
                 info.size, data = len(payload), io.BytesIO(payload)
@@ -181,6 +184,10 @@ def layer(*entries: tuple) -> bytes:
                 info.type, info.linkname = tarfile.SYMTYPE, payload
             elif kind == "hardlink":
                 info.type, info.linkname = tarfile.LNKTYPE, payload
+            elif kind == "chardev":
+                info.type, (info.devmajor, info.devminor) = tarfile.CHRTYPE, payload
+            elif kind == "fifo":
+                info.type = tarfile.FIFOTYPE
             tar.addfile(info, data)
     return gzip.compress(buf.getvalue(), mtime=0)
 

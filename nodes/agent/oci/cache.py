@@ -51,8 +51,13 @@ class CacheDir:
         return self.root / "tmp" / f"{_hex(digest)[:16]}.{secrets.token_hex(4)}"
 
     def mkdirs(self) -> None:
-        for sub in ("blobs/sha256", "disks", "refs", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        # Root-only, and re-asserted on every pull (mkdir's mode only applies to a new dir, and
+        # under the umask): unpacked trees hold setuid binaries and whatever an image carries,
+        # and no user of the node may reach them.
+        for path in (self.root, *(self.root / sub for sub in ("blobs", "blobs/sha256", "disks", "refs", "tmp"))):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if path.stat().st_mode & 0o777 != 0o700:
+                os.chmod(path, 0o700)
 
     @staticmethod
     def write_atomic(path: Path, data: bytes) -> None:
