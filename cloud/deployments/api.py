@@ -10,7 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from cloud.api import TenantScopedViewSet, paginator
-from cloud.deployments import selectors, services
+from cloud.deployments import feeds, selectors, services
 from cloud.deployments.filters import DeploymentFilter
 from cloud.deployments.models import Deployment
 from cloud.deployments.serializers import (
@@ -21,9 +21,7 @@ from cloud.deployments.serializers import (
     DeploymentOutput,
     DeploymentUpdateInput,
     EventListOutput,
-    EventOutput,
     EventsQuery,
-    LogLineOutput,
     LogListOutput,
     LogsQuery,
     ReplicasQuery,
@@ -160,29 +158,46 @@ class DeploymentViewSet(TenantScopedViewSet):
         replicas = selectors.replicas_for(tenant=request.tenant, deployment_id=pk, live=query.validated_data["live"])
         return Response({"replicas": ReplicaOutput(replicas, many=True).data})
 
-    @extend_schema(summary="The last log lines, oldest first", parameters=[ID_PARAMETER, LogsQuery],
-                   responses={200: LogListOutput})
+    @extend_schema(summary="Log lines of every incarnation, oldest first, paged by cursor",
+                   description="Without a cursor: the newest `tail` lines. `after=<cursor>`: the lines that "
+                               "follow it; `before=<cursor>`: the ones right before it (`limit` per page). The "
+                               "live tail is the WebSocket /ws/v1/deployments/{id}/logs, with the same fields.",
+                   parameters=[ID_PARAMETER, LogsQuery], responses={200: LogListOutput})
     @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
     def logs(self, request, pk=None):
         query = LogsQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         params = query.validated_data
         try:
-            lines = selectors.logs_for(tenant=request.tenant, deployment_id=pk, tail=params["tail"],
-                                       since=params.get("since"), replica=params.get("replica"))
+            page = selectors.logs_for(
+                tenant=request.tenant, deployment_id=pk, replica=params.get("replica"), stream=params.get("stream"),
+                tail=params["tail"], since=params.get("since"), after=params.get("after"),
+                before=params.get("before"), limit=params["limit"])
         except LookupError as exc:
             raise InvalidInput("replica", str(exc)) from None
-        return Response({"logs": LogLineOutput(lines, many=True).data})
+        items = [feeds.line_item(line) for line in page.items]
+        after, before = params.get("after"), params.get("before")
+        return Response({
+            "logs": items, "has_more": page.has_more,
+            "next_cursor": items[-1]["cursor"] if items else (str(after) if after is not None else None),
+            "prev_cursor": items[0]["cursor"] if items else (str(before) if before is not None else None),
+        })
 
-    @extend_schema(summary="The deployment's events, oldest first", parameters=[ID_PARAMETER, EventsQuery],
-                   responses={200: EventListOutput})
+    @extend_schema(summary="The deployment's events, oldest first, paged by cursor (event id)",
+                   parameters=[ID_PARAMETER, EventsQuery], responses={200: EventListOutput})
     @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
     def events(self, request, pk=None):
         query = EventsQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        events = selectors.events_for(tenant=request.tenant, deployment_id=pk, after=query.validated_data.get("after"),
-                                      limit=query.validated_data["limit"])
-        return Response({"events": EventOutput(events, many=True).data})
+        params = query.validated_data
+        page = selectors.events_for(tenant=request.tenant, deployment_id=pk, after=params.get("after"),
+                                    before=params.get("before"), limit=params["limit"])
+        items = [feeds.event_item(event) for event in page.items]
+        return Response({
+            "events": items, "has_more": page.has_more,
+            "next_cursor": items[-1]["id"] if items else params.get("after"),
+            "prev_cursor": items[0]["id"] if items else params.get("before"),
+        })
 
 
 __all__ = ["DeploymentViewSet"]

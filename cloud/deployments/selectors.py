@@ -7,10 +7,11 @@ Every function takes `tenant=`: another tenant's deployment is simply not found 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.postgres.expressions import ArraySubquery
-from django.db.models import F, OuterRef, Prefetch, QuerySet
+from django.db.models import F, Max, OuterRef, Prefetch, Q, QuerySet
 from django.db.models.functions import JSONObject
 
 from cloud.deployments.models import Deployment, Event, LogLine, Replica
@@ -155,35 +156,138 @@ def replicas_for(*, tenant, deployment_id, live: bool = False) -> QuerySet[Repli
     )
 
 
-def logs_for(*, tenant, deployment_id, tail: int = 100, since: datetime | None = None,
-             replica: int | None = None) -> list[LogLine]:
-    """The last `tail` lines (newest `tail`, returned oldest first), optionally from `since` on
-    and from one replica (by ordinal). An unknown ordinal is the caller's error, raised as
-    LookupError so the API can name the parameter."""
+@dataclass(frozen=True)
+class LogFilter:
+    """Which of a visible deployment's lines a reader wants: every incarnation of one ordinal,
+    or one incarnation (by its id), and/or one stream. Made only by `log_filter_for`, which
+    checks the deployment is the tenant's."""
+
+    deployment_id: uuid.UUID
+    ordinal: int | None = None
+    replica_uid: uuid.UUID | None = None
+    stream: str | None = None
+
+    def queryset(self) -> QuerySet[LogLine]:
+        queryset = LogLine.objects.filter(deployment_id=self.deployment_id)
+        if self.ordinal is not None:
+            queryset = queryset.filter(
+                replica_id__in=Replica.objects.filter(deployment_id=self.deployment_id, ordinal=self.ordinal).values("id"))
+        if self.replica_uid is not None:
+            queryset = queryset.filter(replica__uid=self.replica_uid)
+        if self.stream is not None:
+            queryset = queryset.filter(stream=self.stream)
+        return queryset
+
+    def matches(self, *, replica_uid: str, ordinal: int, stream: str) -> bool:
+        return ((self.ordinal is None or ordinal == self.ordinal)
+                and (self.replica_uid is None or replica_uid == str(self.replica_uid))
+                and (self.stream is None or stream == self.stream))
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list
+    has_more: bool  # more lines (or events) lie beyond this page in the direction it was read
+
+
+def log_filter_for(*, tenant, deployment_id, replica: int | uuid.UUID | None = None,
+                   stream: str | None = None) -> LogFilter:
+    """`replica`: an ordinal (every incarnation of it, old ones included) or an incarnation's
+    id. A replica the deployment never had is the caller's error, raised as LookupError so the
+    API can name the parameter."""
     pk = _visible_pk(tenant=tenant, deployment_id=deployment_id)
-    queryset = LogLine.objects.filter(deployment_id=pk)
-    if replica is not None:
-        replica_id = Replica.objects.filter(deployment_id=pk, ordinal=replica).values_list("id", flat=True).first()
-        if replica_id is None:
+    if isinstance(replica, int):
+        if not Replica.objects.filter(deployment_id=pk, ordinal=replica).exists():
             raise LookupError(f"Deployment has no replica with ordinal {replica}.")
-        queryset = queryset.filter(replica_id=replica_id)
+        return LogFilter(pk, ordinal=replica, stream=stream)
+    if replica is not None:
+        if not Replica.objects.filter(deployment_id=pk, uid=replica).exists():
+            raise LookupError(f"Deployment has no replica {replica}.")
+        return LogFilter(pk, replica_uid=replica, stream=stream)
+    return LogFilter(pk, stream=stream)
+
+
+def _shaped(queryset: QuerySet[LogLine]) -> QuerySet[LogLine]:
+    return (queryset
+            .annotate(replica_uid=F("replica__uid"), replica_ordinal=F("replica__ordinal"),
+                      replica_generation=F("replica__generation"))
+            .only("id", "ts", "stream", "message", "seq", "continued", "replica_id"))
+
+
+def log_page(*, log_filter: LogFilter, tail: int = 100, since: datetime | None = None, after: int | None = None,
+             before: int | None = None, limit: int = 100) -> Page:
+    """Lines oldest first, by cursor (their commit order within the deployment). With `after`:
+    the `limit` lines following it (and before `before`, if given); with only `before`: the
+    `limit` lines right before it; with neither: the newest `tail`. `since` keeps lines whose
+    time is at or after it."""
+    queryset = log_filter.queryset()
     if since is not None:
         queryset = queryset.filter(ts__gte=since)
-    lines = list(
-        queryset.annotate(replica_ordinal=F("replica__ordinal"))
-        .only("id", "ts", "stream", "message", "seq", "replica_id")
-        .order_by("-ts", "-replica_id", "-seq")[:tail]
-    )
-    lines.reverse()
-    return lines
-
-
-def events_for(*, tenant, deployment_id, after: int | None = None, limit: int = 100) -> list[Event]:
-    pk = _visible_pk(tenant=tenant, deployment_id=deployment_id)
-    queryset = Event.objects.filter(tenant=tenant, deployment_id=pk)
+    if before is not None:
+        queryset = queryset.filter(id__lt=before)
     if after is not None:
-        queryset = queryset.filter(id__gt=after)
-    return list(queryset.order_by("id")[:limit])
+        lines = list(_shaped(queryset.filter(id__gt=after)).order_by("id")[:limit + 1])
+        return Page(lines[:limit], len(lines) > limit)
+    count = limit if before is not None else tail
+    lines = list(_shaped(queryset).order_by("-id")[:count + 1])
+    more = len(lines) > count
+    lines = lines[:count]
+    lines.reverse()
+    return Page(lines, more)
+
+
+def log_head(*, deployment_id) -> int:
+    """The deployment's last cursor, whatever any filter says (0: no line yet)."""
+    return LogLine.objects.filter(deployment_id=deployment_id).aggregate(m=Max("id"))["m"] or 0
+
+
+def log_count(*, log_filter: LogFilter, after: int, until: int) -> int:
+    """How many lines the filter keeps in (after, until]: what a tail that fell behind missed."""
+    return log_filter.queryset().filter(id__gt=after, id__lte=until).count()
+
+
+def logs_for(*, tenant, deployment_id, replica: int | uuid.UUID | None = None, stream: str | None = None,
+             **page) -> Page:
+    return log_page(log_filter=log_filter_for(tenant=tenant, deployment_id=deployment_id, replica=replica,
+                                              stream=stream), **page)
+
+
+def _events(queryset: QuerySet[Event], *, after: int | None, before: int | None, limit: int) -> Page:
+    queryset = queryset.select_related("deployment").only(
+        "id", "type", "payload", "ts", "deployment_id", "tenant_id", "deployment__name")
+    if before is not None:
+        queryset = queryset.filter(id__lt=before)
+    if after is not None or before is None:
+        events = list(queryset.filter(id__gt=after or 0).order_by("id")[:limit + 1])
+        return Page(events[:limit], len(events) > limit)
+    events = list(queryset.order_by("-id")[:limit + 1])
+    more = len(events) > limit
+    events = events[:limit]
+    events.reverse()
+    return Page(events, more)
+
+
+def events_for(*, tenant, deployment_id, after: int | None = None, before: int | None = None,
+               limit: int = 100) -> Page:
+    """The deployment's events oldest first, by id (commit order): after a cursor, or the
+    `limit` right before one."""
+    pk = _visible_pk(tenant=tenant, deployment_id=deployment_id)
+    return _events(Event.objects.filter(tenant=tenant, deployment_id=pk), after=after, before=before, limit=limit)
+
+
+def events_for_tenant(*, tenant, after: int = 0, deployment_id=None, types: tuple[str, ...] = (),
+                      limit: int = 500) -> Page:
+    """The tenant's events after a cursor, for its SSE feed: of one deployment (a visible one:
+    NotFound otherwise), of some types (`replica.*` for a prefix), or all."""
+    queryset = Event.objects.filter(tenant=tenant)
+    if deployment_id is not None:
+        queryset = queryset.filter(deployment_id=_visible_pk(tenant=tenant, deployment_id=deployment_id))
+    if types:
+        kinds = Q()
+        for kind in types:
+            kinds |= Q(type__startswith=kind[:-1]) if kind.endswith("*") else Q(type=kind)
+        queryset = queryset.filter(kinds)
+    return _events(queryset, after=after, before=None, limit=limit)
 
 
 def node_for_pinning(*, node_id) -> Node | None:

@@ -4,7 +4,9 @@ from cloud.deployments.serializers.inputs import (
     DeploymentCreateInput,
     DeploymentUpdateInput,
     EventsQuery,
+    EventStreamQuery,
     LogsQuery,
+    LogTailQuery,
     ReplicasQuery,
 )
 from cloud.deployments.serializers.outputs import (
@@ -16,6 +18,7 @@ from cloud.deployments.serializers.outputs import (
     EventOutput,
     LogLineOutput,
     LogListOutput,
+    LogTicketOutput,
     ReplicaListOutput,
     ReplicaOutput,
 )
@@ -30,9 +33,12 @@ __all__ = [
     "EventListOutput",
     "EventOutput",
     "EventsQuery",
+    "EventStreamQuery",
     "LogLineOutput",
     "LogListOutput",
     "LogsQuery",
+    "LogTailQuery",
+    "LogTicketOutput",
     "ReplicaListOutput",
     "ReplicaOutput",
     "ReplicasQuery",

@@ -5,6 +5,7 @@ Unknown fields are a 400 naming them: a typo must not silently deploy something 
 from __future__ import annotations
 
 import re
+import uuid
 
 from rest_framework import serializers
 
@@ -25,6 +26,7 @@ MAX_GPUS_PER_CONTAINER = 8  # one HGX board
 
 
 MAX_STOP_GRACE_S = 300
+MAX_LOG_LINES = 10_000  # one page or one replay: what a reader gets at once
 
 
 class _StrictInput(serializers.Serializer):
@@ -163,16 +165,75 @@ class DeploymentUpdateInput(_StrictInput):
         return changes
 
 
+class LogCursorField(serializers.CharField):
+    """A line's `cursor`, passed back as it was given: opaque to clients (digits today)."""
+
+    def to_internal_value(self, data):
+        text = super().to_internal_value(data)
+        if not text.isdigit() or len(text) > 18:
+            raise serializers.ValidationError("Not a log cursor: pass back the `cursor` of a line.", code="invalid")
+        return int(text)
+
+
+class ReplicaRefField(serializers.CharField):
+    """A replica's ordinal (every incarnation of it) or one incarnation's id (a UUID)."""
+
+    def to_internal_value(self, data):
+        text = super().to_internal_value(data)
+        if text.isdigit() and len(text) <= 5 and int(text) <= 32767:
+            return int(text)
+        try:
+            return uuid.UUID(text)
+        except ValueError:
+            raise serializers.ValidationError("A replica's ordinal or an incarnation's id.", code="invalid") from None
+
+
 class LogsQuery(serializers.Serializer):
-    tail = serializers.IntegerField(min_value=1, max_value=10000, default=100, help_text="The last N lines (1-10000).")
+    tail = serializers.IntegerField(min_value=1, max_value=MAX_LOG_LINES, default=100,
+                                    help_text="Without a cursor: the newest N lines (1-10000).")
     since = serializers.DateTimeField(required=False, help_text="ISO 8601; only lines at or after this time.")
-    replica = serializers.IntegerField(required=False, min_value=0, max_value=32767, help_text="A replica's ordinal.")
+    after = LogCursorField(required=False, help_text="A line's cursor: the lines after it, oldest first.")
+    before = LogCursorField(required=False, help_text="A line's cursor: the lines right before it.")
+    limit = serializers.IntegerField(min_value=1, max_value=MAX_LOG_LINES, default=100,
+                                     help_text="Page size with `after` or `before` (1-10000).")
+    replica = ReplicaRefField(required=False, help_text="A replica's ordinal (all its incarnations) or an incarnation's id.")
+    stream = serializers.ChoiceField(choices=["stdout", "stderr", "system"], required=False)
+
+
+class LogTailQuery(serializers.Serializer):
+    """The WebSocket tail's query string (`?ticket=` and `?tenant=` are read by its auth)."""
+
+    tail = serializers.IntegerField(min_value=0, max_value=MAX_LOG_LINES, default=100,
+                                    help_text="Replay the newest N lines first (0-10000).")
+    after = LogCursorField(required=False, help_text="Replay every line after this cursor, whatever tail says.")
+    replica = ReplicaRefField(required=False)
+    stream = serializers.ChoiceField(choices=["stdout", "stderr", "system"], required=False)
+    ticket = serializers.CharField(required=False, max_length=200)
+    tenant = serializers.CharField(required=False, max_length=60)
 
 
 class EventsQuery(serializers.Serializer):
     after = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1,
                                      help_text="Cursor: only events with a greater id.")
+    before = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1,
+                                      help_text="Cursor: the events right before this id.")
     limit = serializers.IntegerField(min_value=1, max_value=500, default=100)
+
+
+class EventStreamQuery(serializers.Serializer):
+    after = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1,
+                                     help_text="Resume after this event id (Last-Event-ID wins when both are sent).")
+    deployment = serializers.UUIDField(required=False, help_text="Only this deployment's events.")
+    type = serializers.CharField(required=False, max_length=500,
+                                 help_text="Comma-separated event types; `replica.*` matches a prefix.")
+    follow = serializers.BooleanField(default=True, help_text="false: send what is there and end the stream.")
+
+    def validate_type(self, value: str) -> tuple[str, ...]:
+        kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+        for kind in kinds:
+            if not re.fullmatch(r"[a-z_]+(\.[a-z_]+|\.\*)?", kind):
+                raise serializers.ValidationError(f"Not an event type: {kind[:50]!r}.")
+        return kinds
 
 
 class ReplicasQuery(serializers.Serializer):

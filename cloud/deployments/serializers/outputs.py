@@ -10,6 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing.services import hourly_cost
+from cloud.deployments import feeds
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.fields import EnvField
 
@@ -168,23 +169,58 @@ class ReplicaListOutput(serializers.Serializer):
 
 
 class LogLineOutput(serializers.Serializer):
-    timestamp = serializers.DateTimeField(source="ts")
-    replica = serializers.IntegerField(source="replica_ordinal", help_text="The replica's ordinal.")
-    seq = serializers.IntegerField(help_text="Per-replica sequence number: a gap means lost lines.")
+    """A log line, in history and (without `timestamp`) in every live frame. Rendered by
+    `feeds.line_item`, not field by field: a page holds up to 10,000 lines."""
+
+    cursor = serializers.CharField(help_text="Opaque position in the deployment's log: pass it back as after= or before=.")
+    replica = serializers.UUIDField(help_text="The incarnation that wrote the line (a replica's id).")
+    ordinal = serializers.IntegerField(help_text="The replica's ordinal, shared by all its incarnations.")
+    generation = serializers.IntegerField(help_text="The incarnation's generation.")
+    seq = serializers.IntegerField(allow_null=True, help_text="Per-incarnation number from its node; null for a "
+                                                              "system line the control plane wrote.")
+    ts = serializers.DateTimeField(help_text="When the node read the line.")
+    timestamp = serializers.DateTimeField(help_text="The same as ts (its name before cursors; kept for old clients).")
     stream = serializers.ChoiceField(choices=LogLine.Stream.choices)
-    message = serializers.CharField(allow_blank=True)
+    message = serializers.CharField(allow_blank=True, help_text="As written, JSON-escaped: ANSI escapes are kept, NUL "
+                                                                "and invalid UTF-8 arrive as U+FFFD.")
+    continued = serializers.BooleanField(help_text="The line goes on in the next line of its stream (lines over 64 KiB "
+                                                   "come in pieces).")
+
+    def to_representation(self, instance):
+        return feeds.line_item(instance)
 
 
 class LogListOutput(serializers.Serializer):
     logs = LogLineOutput(many=True)
+    has_more = serializers.BooleanField(help_text="More lines lie beyond this page, in the direction it was read.")
+    next_cursor = serializers.CharField(allow_null=True, help_text="Pass as after= for the lines that follow.")
+    prev_cursor = serializers.CharField(allow_null=True, help_text="Pass as before= for the lines that precede.")
 
 
 class EventOutput(serializers.Serializer):
-    id = serializers.IntegerField()
-    type = serializers.CharField()
+    """An event, in the list and as the SSE stream's `data:` (Volant's type/name/status/timestamp)."""
+
+    id = serializers.IntegerField(help_text="The cursor: ids grow in the order events were committed.")
+    type = serializers.CharField(help_text="e.g. deployment.created, replica.running, node.cordoned.")
+    deployment_id = serializers.UUIDField(allow_null=True)
+    name = serializers.CharField(allow_null=True, help_text="The deployment's name.")
+    status = serializers.CharField(allow_null=True, help_text="The deployment status or replica state it reached.")
+    timestamp = serializers.DateTimeField()
+    ts = serializers.DateTimeField(help_text="The same as timestamp.")
     payload = serializers.DictField()
-    ts = serializers.DateTimeField()
+
+    def to_representation(self, instance):
+        return feeds.event_item(instance)
 
 
 class EventListOutput(serializers.Serializer):
     events = EventOutput(many=True)
+    has_more = serializers.BooleanField()
+    next_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as after= for the events that follow.")
+    prev_cursor = serializers.IntegerField(allow_null=True, help_text="Pass as before= for the events that precede.")
+
+
+class LogTicketOutput(serializers.Serializer):
+    ticket = serializers.CharField(help_text="Single use; pass as ?ticket= to the WebSocket.")
+    expires_at = serializers.DateTimeField()
+    url = serializers.CharField(help_text="The WebSocket path with the ticket in it.")
