@@ -1,6 +1,9 @@
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
 
 from accounts.models import Membership, ServiceAccount, Tenant
+from billing.selectors import balance_expression
 
 
 class MembershipInline(admin.TabularInline):
@@ -11,10 +14,30 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
+    """The balance is the billing ledger's sum: shown here, changed only by adding a ledger
+    entry (credit, refund, correction) with who and why. A tenant with metered usage or a
+    ledger cannot be deleted (PROTECT)."""
+
     list_display = ["slug", "name", "personal", "max_gpus", "max_deployments", "balance", "spend_limit", "created_at"]
     list_filter = ["personal"]
     search_fields = ["slug", "name", "memberships__user__email"]
+    readonly_fields = ["balance", "ledger"]
     inlines = [MembershipInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_balance=balance_expression(tenant_ref="pk"))
+
+    @admin.display(description="balance (USD)", ordering="_balance")
+    def balance(self, obj: Tenant):
+        return getattr(obj, "_balance", None) if obj.pk else None
+
+    @admin.display(description="ledger")
+    def ledger(self, obj: Tenant) -> str:
+        if not obj.pk:
+            return "-"
+        entries = reverse("admin:billing_ledgerentry_changelist") + f"?tenant__id__exact={obj.pk}"
+        add = reverse("admin:billing_ledgerentry_add") + f"?tenant={obj.pk}"
+        return format_html('<a href="{}">ledger entries</a> · <a href="{}">add a credit or refund</a>', entries, add)
 
 
 @admin.register(Membership)

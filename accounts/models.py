@@ -20,6 +20,7 @@ def default_max_deployments() -> int:
 
 
 def default_balance() -> Decimal:
+    # Referenced by migration 0001 (the balance field it made is now the ledger's, billing app).
     return Decimal(settings.TENANT_DEFAULT_BALANCE)
 
 
@@ -30,10 +31,9 @@ class Tenant(models.Model):
     personal = models.BooleanField(default=False)
     max_gpus = models.PositiveIntegerField(default=default_max_gpus, help_text="GPUs in use at once, all deployments")
     max_deployments = models.PositiveIntegerField(default=default_max_deployments, help_text="deployments not deleted")
-    balance = models.DecimalField(max_digits=14, decimal_places=6, default=default_balance, help_text="prepaid, USD")
     spend_limit = models.DecimalField(
         max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(Decimal("0"))],
-        help_text="monthly spend cap in USD; empty for none",
+        help_text="monthly spend cap in USD; empty for none (the balance is the billing ledger's sum)",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils.text import slugify
 from oauth2_provider.models import Application
 
 from accounts.models import Membership, ServiceAccount, Tenant
+from billing.services import ledger_credit
 from cloud.exceptions import Conflict, InvalidInput
 
 User = get_user_model()
@@ -35,6 +38,11 @@ def tenant_create(*, slug: str, name: str | None = None, owner, personal: bool =
         raise InvalidInput("slug", f"'{slug}' is not a valid tenant slug (lowercase letters, digits, dashes).") from exc
     tenant.save()
     Membership.objects.create(user=owner, tenant=tenant, role=Membership.Role.OWNER)
+    trial = Decimal(settings.TENANT_DEFAULT_BALANCE)
+    if trial > 0:
+        # The trial credit is the tenant's first ledger entry (its balance is its ledger's sum).
+        ledger_credit(tenant=tenant, amount=trial, reason="trial credit for a new tenant", actor_name="system:trial",
+                      key="trial")
     return tenant
 
 

@@ -1,19 +1,26 @@
-from django.contrib import admin
+"""Billing in the admin. Nothing money-related is edited in place: prices and ledger entries are
+added through the same services the rest of the plane uses (`price_set`, `ledger_credit`),
+with who and why; usage records, meters, runs and notices are read-only history."""
 
-from billing.models import UsageRecord
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.template.response import TemplateResponse
+from django.utils import timezone
+
+from billing import services
+from billing.models import FundsNotice, LedgerEntry, MeterRun, Price, UsageDaily, UsageRecord
+from billing.reports import billing_report
+from cloud.exceptions import ApplicationError
 
 
-@admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
-    """The ledger is written only by the metering task: read-only here."""
-
-    list_display = ["period_start", "period_end", "tenant", "deployment", "replica", "gpus", "price_per_gpu_hour", "amount"]
-    list_filter = ["period_start"]
-    search_fields = ["tenant__slug", "deployment__name"]
-    list_select_related = ["tenant", "deployment", "replica", "replica__deployment"]
-    date_hierarchy = "period_start"
-
-    def has_add_permission(self, request):
+class ReadOnly:
+    def has_add_permission(self, request, obj=None):
         return False
 
     def has_change_permission(self, request, obj=None):
@@ -21,3 +28,168 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+def _dry_run(form: forms.ModelForm, write) -> None:
+    """Runs the service in a savepoint that is rolled back, so what it refuses is shown on the
+    form next to the field it names; `save_model` then runs it for real."""
+    try:
+        with transaction.atomic():
+            write()
+            transaction.set_rollback(True)
+    except ApplicationError as exc:
+        field = exc.errors[0]["field"] if exc.errors else None
+        raise ValidationError({field: exc.detail} if field in form.fields else exc.detail) from None
+
+
+class PriceForm(forms.ModelForm):
+    class Meta:
+        model = Price
+        fields = ["hardware_type", "location", "price_per_unit_hour", "effective_from", "reason"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["effective_from"].initial = timezone.now().replace(microsecond=0)
+
+    def clean(self):
+        data = super().clean()
+        if not self.errors:
+            _dry_run(self, lambda: services.price_set(
+                hardware_type=data["hardware_type"], location=data.get("location"), price=data["price_per_unit_hour"],
+                effective_from=data["effective_from"]))
+        return data
+
+
+@admin.register(Price)
+class PriceAdmin(admin.ModelAdmin):
+    """The price book. A change is a new row from now or later; rows in effect are history and
+    stay; one scheduled for later may be deleted before it takes effect."""
+
+    form = PriceForm
+    list_display = ["hardware_type", "location", "price_per_unit_hour", "effective_from", "in_effect", "created_by",
+                    "reason"]
+    list_filter = ["hardware_type", "location"]
+    search_fields = ["hardware_type__slug", "location__slug", "reason"]
+    list_select_related = ["hardware_type", "location", "created_by"]
+    date_hierarchy = "effective_from"
+
+    @admin.display(boolean=True, description="in effect")
+    def in_effect(self, obj: Price) -> bool:
+        return obj.effective_from <= timezone.now()
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is not None and obj.effective_from > timezone.now()
+
+    def save_model(self, request, obj, form, change):
+        entry = services.price_set(hardware_type=obj.hardware_type, location=obj.location, price=obj.price_per_unit_hour,
+                                   effective_from=obj.effective_from, actor=request.user, reason=obj.reason)
+        obj.pk = entry.pk
+
+
+class LedgerEntryForm(forms.ModelForm):
+    kind = forms.ChoiceField(choices=[("credit", "credit"), ("refund", "refund"), ("charge", "correction (a charge)")])
+
+    class Meta:
+        model = LedgerEntry
+        fields = ["tenant", "kind", "amount", "reason", "idempotency_key"]
+        help_texts = {"amount": "USD, positive (a correction is taken off the balance)",
+                      "idempotency_key": "optional: a second entry with the same key is refused"}
+
+    def clean(self):
+        data = super().clean()
+        if not self.errors:
+            _dry_run(self, lambda: services.ledger_credit(
+                tenant=data["tenant"], amount=data["amount"], kind=data["kind"], reason=data.get("reason") or "",
+                key=data.get("idempotency_key") or None))
+        return data
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(admin.ModelAdmin):
+    """Each tenant's ledger (filter by tenant, or follow the link on the tenant's page). Entries
+    are added, never changed: a credit, a refund or a correction, each with who and why."""
+
+    form = LedgerEntryForm
+    list_display = ["tenant", "seq", "kind", "amount", "balance_after", "actor_name", "reason", "created_at"]
+    list_filter = ["kind", ("tenant", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["tenant__slug", "reason", "actor_name", "idempotency_key"]
+    list_select_related = ["tenant"]
+    raw_id_fields = ["tenant"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False  # the ledger is long: a charge per usage record
+
+    def get_changeform_initial_data(self, request):
+        initial = super().get_changeform_initial_data(request)
+        initial.setdefault("kind", "credit")
+        return initial
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        entry, created = services.ledger_credit(
+            tenant=obj.tenant, amount=obj.amount, kind=form.cleaned_data["kind"], reason=obj.reason, actor=request.user,
+            key=obj.idempotency_key or None)
+        obj.pk = entry.pk
+        if not created:
+            self.message_user(request, f"Key '{obj.idempotency_key}' was already used: entry {entry.seq} stands.",
+                              messages.WARNING)
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnly, admin.ModelAdmin):
+    """Written only by the metering task."""
+
+    list_display = ["period_start", "period_end", "seconds", "tenant", "deployment", "replica", "hardware_type",
+                    "location", "gpus", "units", "price_per_unit_hour", "amount"]
+    list_filter = ["hardware_type", "location"]
+    search_fields = ["tenant__slug", "deployment__name"]
+    list_select_related = ["tenant", "deployment", "replica", "replica__deployment", "hardware_type", "location"]
+    date_hierarchy = "period_start"
+    show_full_result_count = False
+
+
+@admin.register(MeterRun)
+class MeterRunAdmin(ReadOnly, admin.ModelAdmin):
+    list_display = ["now", "finished_at", "meters", "records", "amount", "duration_ms"]
+
+
+@admin.register(FundsNotice)
+class FundsNoticeAdmin(ReadOnly, admin.ModelAdmin):
+    list_display = ["tenant", "kind", "cause", "opened_at", "stop_at", "closed_at", "outcome", "message"]
+    list_filter = ["kind", "outcome"]
+    search_fields = ["tenant__slug", "message"]
+    list_select_related = ["tenant"]
+
+
+class BillingReport(UsageDaily):
+    class Meta:
+        proxy = True
+        verbose_name = "billing report"
+        verbose_name_plural = "billing report"
+
+
+@admin.register(BillingReport)
+class BillingReportAdmin(ReadOnly, admin.ModelAdmin):
+    """Revenue by day, GPU-hours sold by hardware type, utilisation per location (?days=N)."""
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+    def changelist_view(self, request, extra_context=None):
+        try:
+            days = max(1, min(int(request.GET.get("days", 30)), 366))
+        except ValueError:
+            days = 30
+        last = timezone.now().date()
+        first = last - timedelta(days=days - 1)
+        context = {**self.admin_site.each_context(request), "title": f"Billing report: last {days} days",
+                   "opts": self.model._meta, "report": billing_report(first=first, last=last),
+                   "choices": [7, 30, 90, 365], "days": days, "today": date.today()}
+        return TemplateResponse(request, "admin/billing/report.html", context)

@@ -11,6 +11,7 @@ from django.utils import timezone
 from oauth2_provider.models import AccessToken, Application
 
 from accounts.models import Membership, Tenant
+from billing.services import ledger_credit
 from nodes.models import HardwareType, Location
 
 
@@ -28,10 +29,19 @@ class TenantFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Tenant
         django_get_or_create = ("slug",)
+        skip_postgeneration_save = True
 
     slug = factory.Sequence(lambda n: f"tenant-{n}")
     name = factory.LazyAttribute(lambda t: t.slug.title())
-    balance = Decimal("1000")
+
+    @factory.post_generation
+    def balance(tenant, create, extracted, **kwargs):
+        """`TenantFactory(balance=X)`: the tenant's ledger opens with a credit of X (1000 USD by
+        default; 0 for none). A balance is the ledger's sum, never a field (issue 18)."""
+        amount = Decimal("1000") if extracted is None else Decimal(extracted)
+        if create and amount > 0 and not tenant.ledger_entries.exists():
+            ledger_credit(tenant=tenant, amount=amount, reason="test tenant's opening credit", actor_name="tests",
+                          key="factory-opening")
 
 
 class MembershipFactory(factory.django.DjangoModelFactory):

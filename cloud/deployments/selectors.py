@@ -13,7 +13,9 @@ from datetime import datetime
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import F, Max, OuterRef, Prefetch, Q, QuerySet
 from django.db.models.functions import JSONObject
+from django.utils import timezone
 
+from billing.selectors import deployment_cost_annotations, funds_notices_expression
 from cloud.deployments.models import Deployment, Event, LogLine, Replica
 from cloud.exceptions import NotFound
 from nodes.models import Gpu, Node
@@ -24,7 +26,7 @@ from nodes.protocol import TERMINAL_STATES
 _SHOWN_FIELDS = (
     "id", "tenant_id", "name", "status", "status_reason", "template__slug", "image", "env", "secret_env_keys",
     "entrypoint", "args", "traffic_port", "gpus_per_container", "hardware_type_id", "node_id", "replica_count",
-    "duration_hours", "stop_grace_seconds", "price_per_gpu_hour", "total_cost", "registry_username",
+    "duration_hours", "stop_grace_seconds", "price_per_gpu_hour", "registry_username",
     "created_at", "updated_at", "started_at", "stopped_at", "expires_at",
 )
 
@@ -36,13 +38,15 @@ def _visible(*, tenant) -> QuerySet[Deployment]:
     return Deployment.objects.filter(tenant=tenant, deleted_at__isnull=True)
 
 
-def deployments_for(*, tenant) -> QuerySet[Deployment]:
+def deployments_for(*, tenant, now: datetime | None = None) -> QuerySet[Deployment]:
     """The tenant's deployments, newest first, shaped for the API representation.
 
-    One query whatever the page size: the template slug is joined, and location ids and the
-    running replicas' node address and host port (ready count, endpoints) come as arrays from
+    One query whatever the page size: the template slug is joined, and location ids, the
+    running replicas' node address and host port (ready count, endpoints), the cost so far
+    (metered + accruing up to `now`) and the tenant's funds notices (warnings) come from
     correlated subqueries. Page over `deployment_ids_for` rather than slicing this deep: the
     subqueries would run for every skipped row."""
+    now = now or timezone.now()
     queryset = (
         _visible(tenant=tenant)
         .select_related("template")
@@ -58,6 +62,8 @@ def deployments_for(*, tenant) -> QuerySet[Deployment]:
                 .order_by("ordinal")
                 .values(endpoint=JSONObject(address="node__public_address", port="host_port"))
             ),
+            funds_notices=funds_notices_expression(tenant_ref="tenant_id"),
+            **deployment_cost_annotations(now=now),
         )
         .order_by("-created_at", "-id")
     )

@@ -7,6 +7,7 @@ import jsonschema
 import pytest
 from drf_spectacular.generators import SchemaGenerator
 
+from tests.billing.factories import set_balance
 from tests.deployments.conftest import URL
 from tests.deployments.factories import LogLineFactory, deployment_for, place_running
 
@@ -50,6 +51,5 @@ def test_every_operation_answers_as_documented(openapi, as_alice, acme, body, ol
     check(openapi, as_alice.post(f"{URL}/{dep_id}/stop"), "/api/v1/deployments/{id}/stop", "post")  # 409
     check(openapi, as_alice.post(f"{URL}/{dep_id}/start"), "/api/v1/deployments/{id}/start", "post")
     check(openapi, as_alice.delete(f"{URL}/{dep_id}"), "/api/v1/deployments/{id}", "delete")
-    acme.balance = 0
-    acme.save()
+    set_balance(acme, 0)
     check(openapi, as_alice.post(URL, body(), format="json"), "/api/v1/deployments", "post")  # 402

@@ -1,13 +1,13 @@
 """Tenant quotas (429) and funds (402) at create, under the tenant row lock."""
 
-from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.utils import timezone
 
-from billing.models import UsageRecord
+from billing.models import UsageDaily
 from cloud.deployments.models import Deployment
+from tests.billing.factories import set_balance
 from tests.conftest import client_for
 from tests.deployments.conftest import URL, post_concurrently
 from tests.deployments.factories import deployment_for
@@ -43,8 +43,7 @@ def test_max_deployments(as_alice, acme, body):
 
 
 def test_a_balance_below_one_hour_is_402(as_alice, acme, body):
-    acme.balance = Decimal("4.99")
-    acme.save()
+    set_balance(acme, Decimal("4.99"))
     response = as_alice.post(URL, body(gpus_per_container=2), format="json")  # 2 x 2.50 = 5.00/hour
     assert response.status_code == 402
     assert response.json()["estimated_hourly_cost"] == "5.000000"
@@ -56,9 +55,8 @@ def test_a_reached_spend_limit_is_402(as_alice, acme, body):
     acme.spend_limit = Decimal("10")
     acme.save()
     now = timezone.now()
-    UsageRecord.objects.create(tenant=acme, deployment=other, replica=other.replicas.get(), period_start=now,
-                               period_end=now + timedelta(hours=1), gpus=1,
-                               price_per_gpu_hour=Decimal("10"), amount=Decimal("10"))
+    UsageDaily.objects.create(tenant=acme, deployment=other, hardware_type=other.hardware_type, day=now.date(),
+                              amount=Decimal("10"), seconds=3600, gpu_seconds=3600, records=1)
     response = as_alice.post(URL, body(), format="json")
     assert response.status_code == 402 and "spend limit" in response.json()["detail"]
 

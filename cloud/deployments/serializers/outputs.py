@@ -9,6 +9,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from billing.money import money_str
+from billing.selectors import deployment_cost_for
 from billing.services import hourly_cost
 from cloud.deployments import feeds
 from cloud.deployments.models import Deployment, LogLine, Replica
@@ -26,6 +28,12 @@ class EndpointOutput(serializers.Serializer):
     type = serializers.ChoiceField(choices=["http"])
     url = serializers.CharField()
     internal_port = serializers.IntegerField(allow_null=True)
+
+
+class WarningOutput(serializers.Serializer):
+    code = serializers.ChoiceField(choices=["low_balance", "insufficient_funds"])
+    message = serializers.CharField()
+    stop_at = serializers.DateTimeField(allow_null=True, help_text="When the deployment stops unless funds come back.")
 
 
 class DeploymentOutput(serializers.Serializer):
@@ -52,7 +60,8 @@ class DeploymentOutput(serializers.Serializer):
     registry_username = serializers.SerializerMethodField()
     price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4, help_text="Locked in at creation, USD.")
     estimated_hourly_cost = serializers.SerializerMethodField()
-    total_cost = serializers.DecimalField(max_digits=14, decimal_places=6, help_text="Metered so far, USD.")
+    total_cost = serializers.SerializerMethodField()
+    warnings = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
@@ -90,6 +99,22 @@ class DeploymentOutput(serializers.Serializer):
             if url:
                 endpoints.append({"type": "http", "url": url, "internal_port": obj.traffic_port})
         return endpoints
+
+    @extend_schema_field({"type": "string", "format": "decimal",
+                          "description": "USD so far: its usage records plus what its replicas ran since, up to now."})
+    def get_total_cost(self, obj: Deployment) -> str:
+        if hasattr(obj, "metered_cost"):  # annotated by selectors.deployments_for
+            return money_str(obj.metered_cost + obj.accruing_cost)
+        return money_str(deployment_cost_for(deployment_id=obj.pk))
+
+    @extend_schema_field(WarningOutput(many=True))
+    def get_warnings(self, obj: Deployment) -> list[dict]:
+        """The tenant's funds notices, on each deployment they can stop."""
+        if obj.status not in (Deployment.Status.PENDING, Deployment.Status.STARTING, Deployment.Status.RUNNING):
+            return []
+        notices = getattr(obj, "funds_notices", None) or []
+        return [{"code": "insufficient_funds" if n["kind"] == "exhausted" else n["kind"], "message": n["message"],
+                 "stop_at": n["stop_at"]} for n in notices]
 
     @extend_schema_field({"type": ["string", "null"]})
     def get_registry_username(self, obj: Deployment):

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from billing.services import meter_open
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.deployments.services import placement
 from cloud.deployments.services.logs import logs_store
@@ -79,6 +80,10 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
     replica.exit_code = report.exit_code
     replica.save(update_fields=["state", "reason", "vm_address", "host_port", "exit_code", "started_at",
                                 "stopped_at", "ended_at", "vm_gone", "last_report_at"])
+    if replica.state == R.RUNNING and old_state != R.RUNNING and replica.started_at == now:
+        # Metering starts in the same transaction as `running`: even an incarnation that ends
+        # before the next metering pass is charged for every second it ran.
+        meter_open(replica=replica)
     if replica.state != old_state:
         replica_event(replica, f"replica.{replica.state}", node=replica.node.hostname if replica.node_id else None)
     if replica.state == R.RUNNING and old_state != R.RUNNING:

@@ -8,7 +8,6 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from billing.services import hourly_cost
 from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
@@ -34,10 +33,8 @@ def _scale(*, tenant, deployment: Deployment, replica_count: int) -> None:
             tenant=locked, gpus_needed=deployment.gpus_per_container * replica_count, exclude_id=deployment.pk,
             cpu_only=deployment.hardware_type.cpu_only,
         )
-        quotas.check_funds(tenant=locked, hourly_cost=hourly_cost(
-            price_per_gpu_hour=deployment.price_per_gpu_hour, gpus_per_container=deployment.gpus_per_container,
-            replica_count=replica_count,
-        ))
+        quotas.check_funds(tenant=locked, hourly_cost=quotas.hourly_quote(deployment=deployment,
+                                                                          replica_count=replica_count))
     deployment.replica_count = replica_count
     if replica_count > old:
         if live:

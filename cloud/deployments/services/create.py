@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from billing.services import hourly_cost
+from billing.services import hourly_cost, price_quote
 from cloud.deployments import selectors
 from cloud.deployments.models import Deployment
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
 from cloud.deployments.services.status import PENDING_REASON, incarnations_create
 from cloud.exceptions import Conflict, InvalidInput, NotFound
-from nodes.models import HardwareType, Location
+from nodes.models import HardwareType, Location, Node
 from templates.models import Template
 from templates.selectors import template_get
 
@@ -125,11 +127,28 @@ def _unique_name(*, tenant, base: str) -> str:
     return f"{base}-{secrets.token_hex(8)}"
 
 
-@transaction.atomic
-def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
+@dataclass(frozen=True)
+class Resolved:
+    """What a create body means against the catalog, as create and estimate both see it."""
+
+    template: Template | None
+    image: str | None
+    node: Node | None
+    hardware: HardwareType
+    gpus: int
+    locations: list[Location]
+    replica_count: int
+    price_per_gpu_hour: Decimal  # the price book's quote now, per GPU-hour (per slot-hour on CPU-only kinds)
+    hourly_cost: Decimal
+
+
+def spec_resolve(*, tenant, spec: dict, need_image: bool = True) -> Resolved:
+    """Template, image, pinned node, hardware, GPU count and locations of a create body, and
+    its hourly cost at today's prices. Raises InvalidInput naming the request field; an
+    estimate does not need an image (nothing about the image is priced)."""
     template = _template_for(tenant=tenant, ref=spec["template"]) if spec.get("template") else None
     image = spec.get("image") or (template.image if template else None)
-    if not image:
+    if not image and need_image:
         raise InvalidInput("image_url", "Give a template_id or an image (image_url / custom_image).", code="required")
 
     node = None
@@ -157,20 +176,30 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
         if locations and node.location_id not in {loc.id for loc in locations}:
             raise InvalidInput("node_id", f"Node {node.id} is not in any of location_ids.", code="location_mismatch")
 
-    secret_env = spec.get("secret_env") or {}
-    env = {**(template.default_env if template else {}), **(spec.get("env") or {})}
-    for key in secret_env:  # a secret wins over a template default of the same name
-        env.pop(key, None)
-
     replica_count = spec.get("replica_count") or 1
-    estimate = hourly_cost(
-        price_per_gpu_hour=hardware.price_per_gpu_hour, gpus_per_container=gpus, replica_count=replica_count
+    price = price_quote(hardware_type=hardware, location_ids=[loc.id for loc in locations])
+    return Resolved(
+        template=template, image=image, node=node, hardware=hardware, gpus=gpus, locations=locations,
+        replica_count=replica_count, price_per_gpu_hour=price,
+        hourly_cost=hourly_cost(price_per_gpu_hour=price, gpus_per_container=gpus, replica_count=replica_count),
     )
+
+
+@transaction.atomic
+def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
+    resolved = spec_resolve(tenant=tenant, spec=spec)
+    template, image, node, hardware = resolved.template, resolved.image, resolved.node, resolved.hardware
+    gpus, locations, replica_count = resolved.gpus, resolved.locations, resolved.replica_count
 
     locked = quotas.tenant_lock(tenant=tenant)
     quotas.check_deployment_quota(tenant=locked)
     quotas.check_gpu_quota(tenant=locked, gpus_needed=gpus * replica_count, cpu_only=hardware.cpu_only)
-    quotas.check_funds(tenant=locked, hourly_cost=estimate)
+    quotas.check_funds(tenant=locked, hourly_cost=resolved.hourly_cost)
+
+    secret_env = spec.get("secret_env") or {}
+    env = {**(template.default_env if template else {}), **(spec.get("env") or {})}
+    for key in secret_env:  # a secret wins over a template default of the same name
+        env.pop(key, None)
 
     name = spec.get("name")
     if name and Deployment.objects.filter(tenant=tenant, name=name, deleted_at__isnull=True).exists():
@@ -191,7 +220,7 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
         duration_hours=spec.get("duration_hours"),
         expires_at=now + timedelta(hours=spec["duration_hours"]) if spec.get("duration_hours") else None,
         status=Deployment.Status.PENDING, status_reason=PENDING_REASON,
-        price_per_gpu_hour=hardware.price_per_gpu_hour,
+        price_per_gpu_hour=resolved.price_per_gpu_hour,
         stop_grace_seconds=spec["stop_grace_seconds"] if spec.get("stop_grace_seconds") is not None else 10,
     )
     deployment.set_secret_env(secret_env)

@@ -18,7 +18,6 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from billing.services import hourly_cost
 from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
@@ -86,10 +85,7 @@ def deployment_start(*, tenant, actor, deployment_id) -> Deployment:
     hardware = deployment.hardware_type
     quotas.check_gpu_quota(tenant=locked, gpus_needed=deployment.gpus_total, exclude_id=deployment.pk,
                            cpu_only=hardware.cpu_only)
-    quotas.check_funds(tenant=locked, hourly_cost=hourly_cost(
-        price_per_gpu_hour=deployment.price_per_gpu_hour, gpus_per_container=deployment.gpus_per_container,
-        replica_count=deployment.replica_count,
-    ))
+    quotas.check_funds(tenant=locked, hourly_cost=quotas.hourly_quote(deployment=deployment))
 
     # New incarnations (generation + 1): the old rows stay as history with their logs and usage;
     # one still stopping on its node holds its units until the node confirms, so the new one is

@@ -10,7 +10,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 from accounts.models import Tenant
-from billing.selectors import spend_this_month_for
+from billing.selectors import spend_this_month_for, tenant_balance
+from billing.services import hourly_cost, price_quote
 from cloud.deployments import selectors
 from cloud.exceptions import InsufficientFunds, QuotaExceeded
 
@@ -42,6 +43,15 @@ def check_gpu_quota(*, tenant: Tenant, gpus_needed: int, exclude_id=None, cpu_on
         )
 
 
+def hourly_quote(*, deployment, replica_count: int | None = None) -> Decimal:
+    """What the deployment costs per hour at today's price book (start and scale-up check
+    funds against this, not against the price it was created at)."""
+    price = price_quote(hardware_type=deployment.hardware_type,
+                        location_ids=list(deployment.locations.values_list("pk", flat=True)))
+    return hourly_cost(price_per_gpu_hour=price, gpus_per_container=deployment.gpus_per_container,
+                       replica_count=deployment.replica_count if replica_count is None else replica_count)
+
+
 def check_funds(*, tenant: Tenant, hourly_cost: Decimal) -> None:
     """Refuses new spending (402) when the prepaid balance does not cover one hour at the
     estimated rate, or when a monthly spend limit is set and already reached."""
@@ -52,9 +62,10 @@ def check_funds(*, tenant: Tenant, hourly_cost: Decimal) -> None:
                 f"Monthly spend limit reached: {spent:.2f} of {tenant.spend_limit:.2f} USD spent this month.",
                 extra={"spend_limit": str(tenant.spend_limit), "spent": str(spent)},
             )
-    if hourly_cost > 0 and tenant.balance < hourly_cost:
+    balance = tenant_balance(tenant=tenant)  # the ledger's sum; the caller holds the tenant lock
+    if hourly_cost > 0 and balance < hourly_cost:
         raise InsufficientFunds(
-            f"Balance {tenant.balance:.2f} USD does not cover one hour of this deployment "
+            f"Balance {balance:.2f} USD does not cover one hour of this deployment "
             f"({hourly_cost:.2f} USD/hour). Top up the balance or ask for fewer GPUs or replicas.",
-            extra={"balance": str(tenant.balance), "estimated_hourly_cost": str(hourly_cost)},
+            extra={"balance": str(balance), "estimated_hourly_cost": str(hourly_cost)},
         )

@@ -1,0 +1,118 @@
+"""Appending to tenants' ledgers. The only writer of `LedgerEntry`.
+
+Each tenant's entries are numbered (`seq`) and carry the running balance (`balance_after`).
+Both are computed under the tenant's row lock (the same lock quota and funds checks hold), so
+the balance a check reads is never one a concurrent charge is about to change, and the unique
+(tenant, seq) makes a second writer that skipped the lock fail instead of forking the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Tenant
+from billing.models import FundsNotice, LedgerEntry, UsageRecord
+from billing.money import quantize_money
+from billing.selectors import ledger_heads
+from cloud.exceptions import Conflict, InvalidInput
+
+log = logging.getLogger(__name__)
+K = LedgerEntry.Kind
+
+
+@dataclass
+class Posting:
+    tenant_id: int
+    kind: str
+    amount: Decimal
+    actor_name: str
+    reason: str
+    actor_id: int | None = None
+    usage_record: UsageRecord | None = None
+    idempotency_key: str | None = None
+
+
+def ledger_append(postings: list[Posting], *, at: datetime | None = None) -> list[LedgerEntry]:
+    """Appends `postings` (any tenants; each tenant's in the order given). Locks the tenants'
+    rows in id order (so two appenders never deadlock), then writes every entry in one INSERT.
+    Call inside a transaction."""
+    if not postings:
+        return []
+    at = at or timezone.now()
+    tenant_ids = sorted({p.tenant_id for p in postings})
+    list(Tenant.objects.select_for_update().filter(pk__in=tenant_ids).order_by("pk").values_list("pk", flat=True))
+    heads = ledger_heads(tenant_ids)
+    rows = []
+    for p in postings:
+        seq, balance = heads.get(p.tenant_id, (0, Decimal("0")))
+        amount = quantize_money(p.amount)
+        seq, balance = seq + 1, balance + amount
+        heads[p.tenant_id] = (seq, balance)
+        rows.append(LedgerEntry(
+            tenant_id=p.tenant_id, seq=seq, kind=p.kind, amount=amount, balance_after=balance,
+            usage_record=p.usage_record, idempotency_key=p.idempotency_key, actor_id=p.actor_id,
+            actor_name=p.actor_name[:150], reason=p.reason[:500], created_at=at,
+        ))
+    return LedgerEntry.objects.bulk_create(rows)
+
+
+def actor_name_of(actor) -> str:
+    if actor is not None and getattr(actor, "is_authenticated", False):
+        return actor.get_username()
+    return "system"
+
+
+@transaction.atomic
+def ledger_credit(*, tenant, amount: Decimal, reason: str, kind: str = K.CREDIT, actor=None,
+                  actor_name: str | None = None, key: str | None = None) -> tuple[LedgerEntry, bool]:
+    """A credit, refund or (kind `charge`) a staff correction, with who and why. With `key`, a
+    repeat with the same key is the first entry back (created False); the same key with another
+    amount or kind is a Conflict. Returns (entry, created)."""
+    amount = quantize_money(Decimal(amount))
+    if not reason or not reason.strip():
+        raise InvalidInput("reason", "Say why: every credit, refund or correction carries a reason.", code="required")
+    if kind in (K.CREDIT, K.REFUND) and amount <= 0:
+        raise InvalidInput("amount", f"A {kind} is a positive amount.", code="min_value")
+    if kind == K.CHARGE:
+        if amount == 0:
+            raise InvalidInput("amount", "A correction moves the balance: give a non-zero amount.", code="min_value")
+        amount = -abs(amount)  # a correction always takes money away; a refund gives it back
+    if kind not in K.values:
+        raise InvalidInput("kind", f"kind is one of {', '.join(K.values)}.", code="invalid_choice")
+    if key is not None:
+        # The tenant lock serialises two requests with the same key; the unique index is the net.
+        Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+        existing = LedgerEntry.objects.filter(tenant=tenant, idempotency_key=key).first()
+        if existing is not None:
+            if existing.amount != amount or existing.kind != kind:
+                raise Conflict(f"Key '{key}' was used for a {existing.kind} of {existing.amount} USD "
+                               f"(entry {existing.seq}); a key stands for one entry.")
+            return existing, False
+    posting = Posting(tenant_id=tenant.pk, kind=kind, amount=amount, reason=reason.strip(),
+                      actor_id=actor.pk if getattr(actor, "is_authenticated", False) else None,
+                      actor_name=actor_name or actor_name_of(actor), idempotency_key=key)
+    (entry,) = ledger_append([posting])
+    if FundsNotice.objects.filter(tenant=tenant, closed_at__isnull=True).exists():
+        funds_kick()  # a warning or a pending stop may be over now
+    return entry, True
+
+
+def funds_kick() -> None:
+    """Ask for a funds pass once this commits: a credit may cancel a pending stop. The task is
+    named, not imported: it belongs to the deployments app (imports run one way)."""
+
+    def send() -> None:
+        from cloud.celery import app
+
+        try:
+            app.send_task("deployments.funds_enforce", ignore_result=True)
+        except Exception:  # noqa: BLE001 - the next metering pass runs it anyway
+            log.warning("could not queue a funds pass", exc_info=True)
+
+    transaction.on_commit(send)

@@ -1,0 +1,33 @@
+"""The tenant's monthly spend limit (`Tenant.spend_limit`: DESIGN puts it on the tenant row,
+billing is its only writer)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import transaction
+
+from accounts.models import Tenant
+from billing.ledger import funds_kick
+from billing.money import quantize_money
+from cloud.exceptions import InvalidInput
+
+MAX_SPEND_LIMIT = Decimal("9999999999")
+
+
+@transaction.atomic
+def spend_limit_set(*, tenant, limit: Decimal | None) -> Tenant:
+    """Sets (or, with None, removes) the monthly spend limit. Lowering it under what was already
+    spent this month starts the out-of-funds grace period on the next funds pass; raising it
+    ends one."""
+    if limit is not None:
+        if limit < 0 or limit > MAX_SPEND_LIMIT:
+            raise InvalidInput("monthly_spend_limit", f"A spend limit is between 0 and {MAX_SPEND_LIMIT} USD.",
+                               code="out_of_range")
+        limit = quantize_money(limit)
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if locked.spend_limit != limit:
+        locked.spend_limit = limit
+        locked.save(update_fields=["spend_limit"])
+        funds_kick()
+    return locked
