@@ -39,6 +39,14 @@ class HardwareType(models.Model):
     # with no GPU at all, at its own price.
     cpu_only = models.BooleanField(default=False)
 
+    class Interconnect(models.TextChoices):
+        PCIE = "pcie", "PCIe cards"
+        NVSWITCH = "nvswitch", "NVSwitch baseboard (HGX)"
+
+    # On an NVSwitch board a VM gets one GPU or the whole board (docs/hardware.md): the API
+    # explains a count in between with this.
+    interconnect = models.CharField(max_length=10, choices=Interconnect.choices, default=Interconnect.PCIE)
+
     class Meta:
         ordering = ["id"]
 
@@ -78,6 +86,12 @@ class Node(models.Model):
     # Presents GPUs from a fake sysfs tree (--simulate-gpus), as its agent says: shown wherever
     # a node is shown, never an operator's choice.
     simulated = models.BooleanField(default=False)
+    # The agent's preflight (kept whole in `inventory`): can its GPUs be passed through to VMs?
+    # A node that cannot is never given a GPU replica; the reason says what to change. True
+    # until an agent says otherwise: a node has no Gpu rows before its first inventory anyway,
+    # and nodes of agents from before preflight keep being scheduled as they were.
+    gpu_passthrough = models.BooleanField(default=True)
+    gpu_passthrough_reason = models.CharField(max_length=500, blank=True)
     # While draining: when the old replicas are stopped even if their replacements never ran.
     drain_deadline = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -99,6 +113,16 @@ class Gpu(models.Model):
     numa_node = models.SmallIntegerField(default=0)
     nvlink_domain = models.CharField(max_length=64, blank=True)
     iommu_group = models.PositiveIntegerField(null=True, blank=True)
+
+    class Health(models.TextChoices):
+        OK = "ok"
+        OUT = "out", "out of service"
+
+    # As the agent last said (inventory and heartbeats): an XID or uncorrectable ECC error, a
+    # failed reset between tenants, a group that cannot be passed through, or a host process
+    # holding the GPU. Only `ok` GPUs are scheduled; the reason is shown to operators.
+    health = models.CharField(max_length=3, choices=Health.choices, default=Health.OK)
+    health_reason = models.CharField(max_length=500, blank=True)
     # Null means free. The scheduler claims rows with SELECT ... FOR UPDATE SKIP LOCKED.
     replica = models.ForeignKey(
         "deployments.Replica", null=True, blank=True, on_delete=models.SET_NULL, related_name="gpus"

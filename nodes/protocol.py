@@ -186,8 +186,9 @@ class Hello(Message):
 
 @dataclass(frozen=True)
 class Heartbeat(Message):
-    """`gpu_health`: per GPU {"pci_bdf", "healthy", "reason"}; the plane takes an unhealthy GPU
-    out of scheduling and shows the reason to operators."""
+    """`gpu_health`: per GPU {"pci_bdf", "usable", "reason"}, the agent's current verdict (a
+    fault since the last hello included); the plane schedules only usable GPUs and shows the
+    reason of the others to operators."""
 
     type: ClassVar[str] = "heartbeat"
     load1: float = 0.0

@@ -46,7 +46,8 @@ def capacity_by_hardware() -> dict[int, list[dict]]:
     """
     from cloud.deployments.models import Replica  # the deployments app imports nodes, not the reverse
 
-    free_gpus = _count_subquery(Gpu.objects.filter(node_id=OuterRef("pk"), replica__isnull=True))
+    free_gpus = _count_subquery(Gpu.objects.filter(node_id=OuterRef("pk"), replica__isnull=True,
+                                                   health=Gpu.Health.OK, node__gpu_passthrough=True))
     busy_slots = _count_subquery(
         Replica.objects.filter(node_id=OuterRef("pk")).exclude(state__in=_FINISHED_REPLICA_STATES)
     )

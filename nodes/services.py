@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,7 +22,7 @@ from django.utils import timezone
 
 from cloud.exceptions import Conflict, InvalidInput
 from nodes import link
-from nodes.models import CpuSlot, HardwareType, JoinToken, Location, Node
+from nodes.models import CpuSlot, Gpu, HardwareType, JoinToken, Location, Node
 from nodes.protocol import PROTOCOL_VERSION, Inventory
 
 JOIN_TOKEN_TTL = timedelta(hours=1)
@@ -125,6 +126,7 @@ def node_join(*, token: str, inventory: Inventory) -> tuple[Node, str]:
     node.status_reason = "joined: waiting for its agent to connect"
     node.save()
     slots_sync(node=node)
+    gpus_sync(node=node, gpus=inventory.gpus)
     link.disconnect_node(node.pk)  # an agent still holding the old credential is cut off
     return node, f"{CREDENTIAL_PREFIX}{node.pk}_{secret}"
 
@@ -139,8 +141,100 @@ def _apply_inventory(node: Node, inventory: Inventory) -> None:
     node.inventory = {
         "hostname": inventory.hostname[:253], "cpus": inventory.cpus, "memory_mib": inventory.memory_mib,
         "disk_gib": inventory.disk_gib, "accelerator": inventory.accelerator, "simulated": inventory.simulated,
-        "gpus": inventory.gpus,
+        "simulated_board": inventory.simulated_board, "gpus": inventory.gpus, "nvswitches": inventory.nvswitches,
+        "host": inventory.host, "vfio": inventory.vfio, "preflight": inventory.preflight, "nvidia": inventory.nvidia,
+        "gpu_kit": inventory.gpu_kit, "reported_at": timezone.now().isoformat(),
     }
+    preflight = inventory.preflight if isinstance(inventory.preflight, dict) else {}
+    if node.hardware_type.cpu_only:
+        node.gpu_passthrough, node.gpu_passthrough_reason = False, ""
+    elif "passthrough" in preflight:
+        node.gpu_passthrough = preflight.get("passthrough") is True
+        node.gpu_passthrough_reason = "" if node.gpu_passthrough else str(preflight.get("reason") or "")[:500]
+    else:
+        # An agent from before preflight: no word either way, so nothing changes.
+        pass
+
+
+_BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def _gpu_row(entry: object) -> dict | None:
+    """The Gpu columns an inventory entry gives, or None for an entry that is not one."""
+    if not isinstance(entry, dict):
+        return None
+    bdf, uuid, index = entry.get("pci_bdf"), entry.get("uuid"), entry.get("index")
+    if not (isinstance(bdf, str) and _BDF.match(bdf) and isinstance(uuid, str) and 0 < len(uuid) <= 64
+            and isinstance(index, int) and not isinstance(index, bool) and 0 <= index < 64):
+        return None
+
+    def number(key: str, default: int) -> int:
+        value = entry.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+    nvlink = entry.get("nvlink") if isinstance(entry.get("nvlink"), dict) else {}
+    usable = entry.get("usable", True) is not False
+    group = entry.get("iommu_group")
+    return {
+        "index": index, "uuid": uuid, "model": str(entry.get("name") or "")[:100],
+        "memory_mib": max(number("memory_mib", 0), 0), "numa_node": max(number("numa_node", 0), -1),
+        "nvlink_domain": str(nvlink.get("domain") or "")[:64],
+        "iommu_group": group if isinstance(group, int) and not isinstance(group, bool) and group >= 0 else None,
+        "health": Gpu.Health.OK if usable else Gpu.Health.OUT,
+        "health_reason": "" if usable else str(entry.get("reason") or "reported unusable by its node")[:500],
+    }
+
+
+def gpus_sync(*, node: Node, gpus: list) -> None:
+    """The node's Gpu rows follow its inventory, matched by PCI address (stable across bindings,
+    where a UUID the agent had to derive may later become the real one). A GPU the node no
+    longer reports is deleted while free, or taken out of service while a replica holds it
+    (its row goes once the replica lets go). Rows of cpu_only nodes are never made."""
+    if node.hardware_type.cpu_only:
+        return
+    wanted = {}
+    for entry in gpus if isinstance(gpus, list) else []:
+        row = _gpu_row(entry)
+        if row is not None:
+            wanted[entry["pci_bdf"]] = row
+    existing = {g.pci_bdf: g for g in Gpu.objects.select_for_update().filter(node=node)}
+    for bdf, gpu in existing.items():
+        if bdf not in wanted:
+            if gpu.replica_id is None:
+                gpu.delete()
+            elif gpu.health != Gpu.Health.OUT:
+                gpu.health, gpu.health_reason = Gpu.Health.OUT, "no longer in its node's inventory"
+                gpu.save(update_fields=["health", "health_reason"])
+    # (node, index) and uuid are unique: rows whose index or uuid moves step aside first.
+    moving = [existing[b] for b, row in wanted.items()
+              if b in existing and (existing[b].index, existing[b].uuid) != (row["index"], row["uuid"])]
+    for gpu in moving:
+        Gpu.objects.filter(pk=gpu.pk).update(index=1000 + gpu.index, uuid=f"moving-{gpu.pk}")
+    for bdf, row in wanted.items():
+        gpu = existing.get(bdf)
+        if gpu is None:
+            Gpu.objects.filter(uuid=row["uuid"], replica__isnull=True).exclude(node=node).delete()
+            Gpu.objects.create(node=node, pci_bdf=bdf, **row)
+        elif gpu in moving or any(getattr(gpu, k) != v for k, v in row.items()):
+            Gpu.objects.filter(pk=gpu.pk).update(**row)
+
+
+def gpus_health(*, node_id: int, health: list) -> int:
+    """A heartbeat's per-GPU verdict; returns how many rows changed (one query when none did)."""
+    verdict = {}
+    for entry in health if isinstance(health, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("pci_bdf"), str):
+            usable = entry.get("usable", True) is not False
+            verdict[entry["pci_bdf"]] = (Gpu.Health.OK if usable else Gpu.Health.OUT,
+                                         "" if usable else str(entry.get("reason") or "reported unusable")[:500])
+    changed = 0
+    for pk, bdf, health_now, reason in Gpu.objects.filter(node_id=node_id, pci_bdf__in=verdict).values_list(
+            "pk", "pci_bdf", "health", "health_reason"):
+        if (health_now, reason) != verdict[bdf]:
+            changed += Gpu.objects.filter(pk=pk).update(health=verdict[bdf][0], health_reason=verdict[bdf][1])
+    if changed:
+        link.fleet_sweep_kick()  # a GPU back in service can take a pending replica
+    return changed
 
 
 def slots_sync(*, node: Node) -> None:
@@ -194,6 +288,7 @@ def node_connected(*, node_id: int, inventory: Inventory) -> tuple[Node, bool]:
         node.status, node.status_reason = Node.Status.ONLINE, ""
     node.save()
     slots_sync(node=node)
+    gpus_sync(node=node, gpus=inventory.gpus)
     return node, came_online
 
 

@@ -155,7 +155,8 @@ def test_hardware_xids_and_ecc_errors_make_a_gpu_unhealthy(tmp_path):
     assert gpus[2]["healthy"] and gpus[2]["xids"] == [13]  # a program's own fault
     assert not gpus[5]["healthy"] and "3 uncorrectable ECC errors" in gpus[5]["reason"]
     health = {h["pci_bdf"]: h for h in host.health()}
-    assert not health[H100[1]]["healthy"] and health[H100[2]]["healthy"]
+    assert not health[H100[1]]["usable"] and health[H100[2]]["usable"]
+    assert not health[H100[5]]["usable"] and "ECC" in health[H100[5]]["reason"]  # from the last inventory
 
 
 def test_without_nvml_the_driver_proc_text_names_the_gpus(tmp_path):

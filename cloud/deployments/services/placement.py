@@ -57,24 +57,28 @@ def _units_needed(deployment: Deployment) -> tuple[bool, int]:
 LOCATIONS = Deployment.locations.through._meta.db_table
 
 
-def _rank_sql(unit_model) -> str:
+def _rank_sql(unit_model, *, gpu: bool) -> str:
     """Nodes that can take one replica, best first: fewest of the deployment's unfinished
     replicas already there (spread), then fewest free units (best fit), then id.
 
     Raw SQL because the ORM spent about 2 ms of CPU building and compiling this query (two
     correlated counts, the location rule) for every placement: more than PostgreSQL spent
     running it, and a fifth of a placement (bench/scheduler.py)."""
+    # A GPU is free when no replica holds it and its node says it is in service; a GPU node
+    # takes GPU work only while its preflight says its GPUs can be passed through.
+    in_service = " AND u.health = 'ok'" if gpu else ""
+    passthrough = " AND n.gpu_passthrough" if gpu else ""
     return f"""
         SELECT id, hostname FROM (
             SELECT n.id, n.hostname,
                 (SELECT count(*) FROM {unit_model._meta.db_table} u
-                  WHERE u.node_id = n.id AND u.replica_id IS NULL) AS free,
+                  WHERE u.node_id = n.id AND u.replica_id IS NULL{in_service}) AS free,
                 (SELECT count(*) FROM {Replica._meta.db_table} r
                   WHERE r.node_id = n.id AND r.deployment_id = %(deployment)s
                     AND NOT (r.state = ANY(%(terminal)s))) AS mine
             FROM {Node._meta.db_table} n
             WHERE n.status = %(online)s AND n.last_heartbeat >= %(fresh)s AND n.hardware_type_id = %(hardware)s
-              AND (%(node)s::bigint IS NULL OR n.id = %(node)s)
+              AND (%(node)s::bigint IS NULL OR n.id = %(node)s){passthrough}
               -- a deployment without locations may go anywhere
               AND (n.location_id IN (SELECT location_id FROM {LOCATIONS} WHERE deployment_id = %(deployment)s)
                    OR NOT EXISTS (SELECT FROM {LOCATIONS} WHERE deployment_id = %(deployment)s))
@@ -85,7 +89,7 @@ def _rank_sql(unit_model) -> str:
     """
 
 
-RANK_SQL = {False: _rank_sql(Gpu), True: _rank_sql(CpuSlot)}
+RANK_SQL = {False: _rank_sql(Gpu, gpu=True), True: _rank_sql(CpuSlot, gpu=False)}
 
 
 def _ranked(deployment: Deployment, *, cpu_only: bool, units: int, limit: int = 20) -> list[Node]:
@@ -119,7 +123,8 @@ def _claim(replica: Replica, node: Node, *, cpu_only: bool, units: int) -> bool:
     else:
         # The GPUs must be seen together to be grouped; the ones not taken stay locked until
         # this transaction ends, and other workers meanwhile skip to the next node.
-        free = list(Gpu.objects.select_for_update(skip_locked=True).filter(node=node, replica__isnull=True)
+        free = list(Gpu.objects.select_for_update(skip_locked=True)
+                    .filter(node=node, replica__isnull=True, health=Gpu.Health.OK)
                     .order_by("index").only("id", "index", "numa_node", "nvlink_domain"))
         chosen = _pick_gpus(free, units)
     if len(chosen) < units:
@@ -140,8 +145,12 @@ def _shortage(deployment: Deployment, *, cpu_only: bool, units: int) -> str:
         pinned = Node.objects.filter(pk=deployment.node_id).values_list("hostname", "status").first()
         return f"pinned to node {pinned[0] if pinned else deployment.node_id} ({pinned[1] if pinned else 'gone'}), which has no room for {what}"
     total = scope.count()
-    online = scope.filter(status=Node.Status.ONLINE).count()
-    return f"no capacity: no node in {where} has {what}; {online} of {total} {hardware.slug} node(s) online, none with enough free"
+    online = scope.filter(status=Node.Status.ONLINE)
+    # A shortage an operator must fix (GPUs that cannot be passed through) says so; the reason
+    # itself is for operators, in the admin.
+    blocked = 0 if cpu_only else online.filter(gpu_passthrough=False).count()
+    return (f"no capacity: no node in {where} has {what}; {online.count()} of {total} {hardware.slug} node(s) online, "
+            f"none with enough free" + (f" ({blocked} of them cannot pass GPUs through to VMs)" if blocked else ""))
 
 
 def place(replica_pk: int, *, placed_on: set[int] | None = None) -> bool | None:

@@ -76,6 +76,9 @@ class GpuHost:
         self.hostname = hostname or socket.gethostname()
         self.kit = kit
         self.vfio = Vfio(sysfs, Path(data_dir) / "vfio", simulated=simulated is not None)
+        # What the last inventory found wrong with each GPU beyond its faults (the group, the
+        # kit, a holder), carried by every heartbeat until the next inventory.
+        self._static: dict[str, list[str]] = {}
 
     @property
     def known_path(self) -> Path:
@@ -120,6 +123,9 @@ class GpuHost:
         supported = None if kit is None or self.simulated else {int(k, 16): v for k, v in kit.get("supported", {}).items()}
         gpus, nvswitches = describe(self.sysfs, snapshot=snapshot, known=known, hostname=self.hostname,
                                     faults=self.faults(), claimed=self.vfio.claimed(), supported=supported)
+        faults = self.faults()
+        self._static = {g["pci_bdf"]: [r for r in g["reason"].split("; ") if r and r != faults.get(g["pci_bdf"])]
+                        for g in gpus}
         learnt = {g["pci_bdf"]: {"uuid": g["uuid"], "name": g["name"], "memory_mib": g["memory_mib"]}
                   for g in gpus if g["uuid_source"] in ("nvml", "driver")}
         if learnt and any(known.get(b) != v for b, v in learnt.items()):
@@ -135,7 +141,8 @@ class GpuHost:
         }
 
     def health(self) -> list[dict[str, Any]]:
-        """Per GPU, what the heartbeat carries: cheap (faults and the kernel log, no NVML)."""
+        """Per GPU, the heartbeat's verdict: what the last inventory found (group, kit, holders)
+        with the faults and kernel-log XIDs of now. Cheap: no NVML, no /proc scan."""
         faults = self.faults()
         xids = kernel_xids(self.sysfs)
         out = []
@@ -143,11 +150,12 @@ class GpuHost:
             dev = self.sysfs.pci_device(bdf)
             if not dev.is_gpu:
                 continue
-            problems = [f"XID {x} ({HARDWARE_XIDS[x]}) in the kernel log" for x in sorted(set(xids.get(dev.slot, [])))
-                        if x in HARDWARE_XIDS]
-            if bdf in faults:
+            problems = list(self._static.get(bdf, []))
+            problems += [f"XID {x} ({HARDWARE_XIDS[x]}) in the kernel log" for x in sorted(set(xids.get(dev.slot, [])))
+                         if x in HARDWARE_XIDS and f"XID {x} (" not in " ".join(problems)]
+            if bdf in faults and faults[bdf] not in problems:
                 problems.append(faults[bdf])
-            out.append({"pci_bdf": bdf, "healthy": not problems, "reason": "; ".join(problems)})
+            out.append({"pci_bdf": bdf, "usable": not problems, "reason": "; ".join(problems)})
         return out
 
     # -- a VM's GPUs --------------------------------------------------------------------------
