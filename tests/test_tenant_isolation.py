@@ -11,6 +11,7 @@ another tenant's data is kept from it. For each route and each method its view a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,6 +52,14 @@ class StaffRoute:
 
 
 @dataclass(frozen=True)
+class StreamRoute:
+    """An event stream of the caller's tenant (SSE): read with ?follow=false so it ends;
+    `make(tenant)` returns (text that would leak, a deployment id of that tenant to filter by)."""
+
+    make: Callable[..., tuple[str, str]]
+
+
+@dataclass(frozen=True)
 class JoinRoute:
     """The agent's join: no bearer token by design; a join token it cannot show is a 401."""
 
@@ -72,11 +81,26 @@ def _deployment(tenant) -> dict:
     return {"pk": deployment.pk}
 
 
+def _event(tenant) -> tuple[str, str]:
+    from cloud.deployments.services import event_record
+
+    deployment = DeploymentFactory(tenant=tenant, name="mallory-secret-dep")
+    event_record(tenant=tenant, deployment=deployment, type="test.secret", payload={"note": "mallory-secret-event"})
+    return "mallory-secret-event", str(deployment.pk)
+
+
+def _streamed(response) -> str:
+    # The stream is async (daphne serves it so); the sync test client may read it all the same.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return b"".join(response).decode()
+
+
 def _private_template(tenant) -> dict:
     return {"ref": TemplateFactory(tenant=tenant, slug="mallory-secret-tpl").slug}
 
 
-ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute] = {
+ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute | StaffRoute | StreamRoute | JoinRoute] = {
     "api/v1/^deployments$": ListRoute(lambda t: str(DeploymentFactory(tenant=t, name="mallory-secret-dep").pk)),
     "api/v1/^deployments/(?P<pk>[^/]+)$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/events$": ObjectRoute(_deployment),
@@ -85,6 +109,7 @@ ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute] = {
     "api/v1/^deployments/(?P<pk>[^/]+)/restart$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/start$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/stop$": ObjectRoute(_deployment),
+    "api/v1/events": StreamRoute(_event),
     "api/v1/^templates$": ListRoute(lambda t: TemplateFactory(tenant=t, slug="mallory-secret-tpl").slug),
     "api/v1/^templates/(?P<ref>[^/]+)$": ObjectRoute(_private_template),
     "api/v1/hardware": CatalogRoute(),
@@ -179,6 +204,16 @@ def test_another_tenants_data_is_invisible(route, method, alice, mallory, evil):
         url = _url(route, {})
         assert marker not in as_alice.get(url).content.decode()
         assert marker in as_mallory.get(url).content.decode()
+    elif isinstance(case, StreamRoute):
+        marker, deployment_id = case.make(evil)
+        url = _url(route, {})
+        assert marker not in _streamed(as_alice.get(url, {"follow": "false"}))
+        assert marker in _streamed(as_mallory.get(url, {"follow": "false"}))
+        theirs = as_alice.get(url, {"deployment": deployment_id})
+        absent = as_alice.get(url, {"deployment": "11111111-2222-3333-4444-555555555555"})
+        assert theirs.status_code == absent.status_code == 404
+        assert theirs.content.decode().replace(deployment_id, "<id>") == absent.content.decode().replace(
+            "11111111-2222-3333-4444-555555555555", "<id>")
     elif isinstance(case, StaffRoute):
         response = getattr(as_alice, method)(_url(route, case.make(evil)), {}, format="json")
         assert response.status_code == 403, response.content

@@ -111,6 +111,12 @@ def _visible_pk(*, tenant, deployment_id) -> uuid.UUID:
     return pk
 
 
+def deployment_id_for(*, tenant, deployment_id) -> uuid.UUID:
+    """The id of one visible deployment of `tenant` (NotFound otherwise), for a reader that needs
+    nothing else of it (the event stream's filter)."""
+    return _visible_pk(tenant=tenant, deployment_id=deployment_id)
+
+
 def deployment_get_for_update(*, tenant, deployment_id) -> Deployment:
     """The full row, locked (SELECT ... FOR UPDATE) for a state change; call inside a transaction."""
     pk = _parse_id(deployment_id)

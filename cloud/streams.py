@@ -1,0 +1,94 @@
+"""Who is calling a stream, for the endpoints DRF does not serve: the SSE feed (an async Django
+view) and the WebSocket consumers. They authenticate as the API does, so a token that may not
+read a deployment through REST cannot read it through a socket either:
+
+- an OAuth2 bearer token (DOT's own validator: expiry, revocation) that carries the scope;
+- else the dashboard's session;
+and they act for one tenant, resolved by `accounts.selectors.tenant_for_request` exactly as for
+a REST call (`X-Tenant`, or `?tenant=` where a browser cannot set headers).
+
+Browser sockets also get an Origin check (`BrowserOriginValidator`): a session cookie is
+ambient authority, and without the check any page a customer visits could open their logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+from django.http.request import validate_host
+from oauthlib.common import Request as OAuthRequest
+from oauth2_provider.settings import oauth2_settings
+
+from accounts.selectors import TenantForbidden, tenant_for_request
+
+
+class StreamRefused(Exception):
+    """The caller may not open this stream; `status` as the REST API would answer."""
+
+    def __init__(self, status: int, detail: str, code: str):
+        super().__init__(detail)
+        self.status, self.detail, self.code = status, detail, code
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: object | None
+    token: object | None  # an oauth2_provider AccessToken, or None for a session
+    tenant: object
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer ...` header; None when there is no such header."""
+    if not authorization:
+        return None
+    kind, _, token = authorization.partition(" ")
+    return token.strip() if kind.lower() == "bearer" else ""
+
+
+def caller_for(*, authorization: str | None, session_user, tenant_slug: str | None, scope: str) -> Caller:
+    """The caller of a stream, or StreamRefused (401 without valid credentials, 403 for a token
+    without `scope` or a tenant the user is not in). Blocking: call through sync_to_async."""
+    token_text = bearer(authorization)
+    token = None
+    if token_text is not None:
+        request = OAuthRequest("/")
+        if not token_text or not oauth2_settings.OAUTH2_VALIDATOR_CLASS().validate_bearer_token(token_text, [], request):
+            raise StreamRefused(401, "The bearer token is invalid, expired or revoked.", "not_authenticated")
+        token = request.access_token
+        if not token.allow_scopes([scope]):
+            raise StreamRefused(403, f"This token lacks the scope(s): {scope}.", "permission_denied")
+        user = token.user
+    elif session_user is not None and session_user.is_authenticated:
+        user = session_user
+    else:
+        raise StreamRefused(401, "Send an OAuth2 bearer token (see /o/token/).", "not_authenticated")
+    try:
+        tenant, _role = tenant_for_request(user=user, token=token, tenant_slug=tenant_slug)
+    except TenantForbidden as exc:
+        raise StreamRefused(403, exc.detail, exc.code) from None
+    return Caller(user=user, token=token, tenant=tenant)
+
+
+def allowed_origins() -> list[str]:
+    """Where browser code may open our sockets from: the dashboard's own origins (those CSRF
+    trusts) plus `WS_ALLOWED_ORIGINS`, and any origin whose host is in ALLOWED_HOSTS."""
+    return [*settings.CSRF_TRUSTED_ORIGINS, *getattr(settings, "WS_ALLOWED_ORIGINS", [])]
+
+
+class BrowserOriginValidator(OriginValidator):
+    """Channels' OriginValidator refuses a socket without an Origin header; programs (the node
+    agent, a CLI following logs) send none, and only browsers can be tricked into carrying a
+    cookie to us, and browsers always send one. So: no Origin passes, a foreign one is refused
+    before the socket opens."""
+
+    def __init__(self, application):
+        super().__init__(application, allowed_origins())
+
+    def valid_origin(self, parsed_origin):
+        if parsed_origin is None:
+            return True
+        if parsed_origin.hostname and validate_host(parsed_origin.hostname, settings.ALLOWED_HOSTS):
+            return True
+        return self.validate_origin(parsed_origin)
