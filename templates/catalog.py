@@ -5,6 +5,11 @@ row. Locations and hardware types are created in this order on an empty database
 integer ids (which io.net-style clients pass as `location_ids` / `hardware_id`) come out as
 1, 2, 3, ... in the order listed.
 
+NVSwitch boards (HGX H100, H200, A100: `interconnect="nvswitch"`) offer 1 or 8 GPUs per replica:
+full passthrough gives a VM one GPU (its NVLinks unused) or the whole board with every NVSwitch;
+2- and 4-GPU NVLink partitions need Fabric Manager's shared-NVSwitch mode (later work, see
+docs/hardware.md). PCIe boxes keep every power of two up to the box.
+
 CPU-only hardware (`cpu_only=True`) is how the tiny `hello` image runs on a node without a GPU:
 a replica asks for `gpus_per_container: 0` (the only allowed count), takes one of the node's
 `gpus_per_node` *slots*, gets `vcpus_per_gpu` vCPUs and `memory_gib_per_gpu` GiB, and is billed
@@ -25,13 +30,15 @@ LOCATIONS = [
 HARDWARE_TYPES = [
     {
         "slug": "h100-80gb-sxm-8x", "name": "8x H100 80GB SXM", "gpu_model": "NVIDIA H100 80GB HBM3",
-        "gpu_memory_gib": 80, "gpus_per_node": 8, "allowed_gpu_counts": [1, 2, 4, 8],
+        "gpu_memory_gib": 80, "gpus_per_node": 8, "allowed_gpu_counts": [1, 8],
         "vcpus_per_gpu": 16, "memory_gib_per_gpu": 200, "price_per_gpu_hour": Decimal("2.4900"), "cpu_only": False,
+        "interconnect": "nvswitch",
     },
     {
         "slug": "a100-80gb-sxm-8x", "name": "8x A100 80GB SXM", "gpu_model": "NVIDIA A100-SXM4-80GB",
-        "gpu_memory_gib": 80, "gpus_per_node": 8, "allowed_gpu_counts": [1, 2, 4, 8],
+        "gpu_memory_gib": 80, "gpus_per_node": 8, "allowed_gpu_counts": [1, 8],
         "vcpus_per_gpu": 12, "memory_gib_per_gpu": 120, "price_per_gpu_hour": Decimal("1.5900"), "cpu_only": False,
+        "interconnect": "nvswitch",
     },
     {
         "slug": "l40s-48gb-4x", "name": "4x L40S 48GB", "gpu_model": "NVIDIA L40S",
@@ -47,6 +54,13 @@ HARDWARE_TYPES = [
         "slug": "cpu-small", "name": "CPU only (2 vCPU, 2 GiB)", "gpu_model": "none",
         "gpu_memory_gib": 0, "gpus_per_node": 16, "allowed_gpu_counts": [0],
         "vcpus_per_gpu": 2, "memory_gib_per_gpu": 2, "price_per_gpu_hour": Decimal("0.0200"), "cpu_only": True,
+    },
+    # Last, so the ids above stay what they were on an empty database.
+    {
+        "slug": "h200-141gb-sxm-8x", "name": "8x H200 141GB SXM", "gpu_model": "NVIDIA H200",
+        "gpu_memory_gib": 141, "gpus_per_node": 8, "allowed_gpu_counts": [1, 8],
+        "vcpus_per_gpu": 16, "memory_gib_per_gpu": 240, "price_per_gpu_hour": Decimal("3.4900"), "cpu_only": False,
+        "interconnect": "nvswitch",
     },
 ]
 

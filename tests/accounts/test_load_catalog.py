@@ -23,12 +23,14 @@ def counts() -> tuple[int, int, int]:
 
 def test_it_loads_locations_hardware_and_templates(db):
     output = load()
-    assert "catalog: 13 created, 0 updated, 0 unchanged" in output
+    assert "catalog: 14 created, 0 updated, 0 unchanged" in output
     assert list(Location.objects.values_list("slug", flat=True)) == ["us-east", "us-west", "eu-central", "ap-northeast"]
     assert {"ollama", "vllm", "jupyter-pytorch", "hello"} <= set(Template.objects.values_list("slug", flat=True))
     assert not Template.objects.filter(tenant__isnull=False).exists()
     h100 = HardwareType.objects.get(slug="h100-80gb-sxm-8x")
-    assert h100.gpus_per_node == 8 and h100.allowed_gpu_counts == [1, 2, 4, 8]
+    assert h100.gpus_per_node == 8 and h100.allowed_gpu_counts == [1, 8] and h100.interconnect == "nvswitch"
+    h200 = HardwareType.objects.get(slug="h200-141gb-sxm-8x")
+    assert (h200.name, h200.gpu_model, h200.allowed_gpu_counts) == ("8x H200 141GB SXM", "NVIDIA H200", [1, 8])
 
 
 def test_a_second_run_changes_nothing(db):
@@ -38,7 +40,7 @@ def test_a_second_run_changes_nothing(db):
     output = load()
     assert counts() == before
     assert dict(Template.objects.values_list("slug", "updated_at")) == stamps
-    assert "catalog: 0 created, 0 updated, 13 unchanged" in output
+    assert "catalog: 0 created, 0 updated, 14 unchanged" in output
 
 
 def test_it_restores_a_changed_row_and_says_so(db):

@@ -82,9 +82,14 @@ def _pick_hardware(*, template, gpus: int | None, hardware: HardwareType | None)
     if hardware is not None:
         allowed = ", ".join(str(c) for c in sorted(hardware.allowed_gpu_counts))
         what = gpus if gpus is not None else "a fitting count"
+        why = ""
+        if hardware.interconnect == HardwareType.Interconnect.NVSWITCH and gpus is not None and 1 < gpus < hardware.gpus_per_node:
+            why = (f" Its {hardware.gpus_per_node} GPUs are joined by NVSwitches, and a VM gets either one GPU (its "
+                   "NVLinks unused) or the whole board with every NVSwitch: 2- and 4-GPU NVLink partitions need "
+                   "Fabric Manager's shared-NVSwitch mode, which Gantry does not offer yet.")
         raise InvalidInput(
             "gpus_per_container",
-            f"Hardware type {hardware.id} ({hardware.name}) offers {allowed} GPUs per container, not {what}.",
+            f"Hardware type {hardware.id} ({hardware.name}) offers {allowed} GPUs per container, not {what}.{why}",
             code="not_offered",
         )
     raise InvalidInput(
