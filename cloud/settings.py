@@ -131,6 +131,8 @@ CELERY_BEAT_SCHEDULE = {
     "deployments-expire-due": {"task": "deployments.expire_due", "schedule": 10.0},
     "deployments-fleet-sweep": {"task": "deployments.fleet_sweep", "schedule": 5.0},
     "deployments-purge-idempotency-keys": {"task": "deployments.purge_idempotency_keys", "schedule": 3600.0},
+    # Closes running intervals into usage records and charges; then kicks deployments.funds_enforce.
+    "billing-meter": {"task": "billing.meter", "schedule": 60.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -232,6 +234,22 @@ TENANT_DEFAULT_MAX_DEPLOYMENTS = int(os.environ.get("TENANT_DEFAULT_MAX_DEPLOYME
 # hour; set 0 where every tenant must pay first.
 TENANT_DEFAULT_BALANCE = os.environ.get("TENANT_DEFAULT_BALANCE", "10")
 IDEMPOTENCY_KEY_TTL_HOURS = 24
+
+# Billing (issue 18). A tenant whose balance runs out within BALANCE_WARNING_HOURS at its
+# current rate gets a warning on its deployments; at zero balance or at its monthly spend limit
+# its owners are emailed and its running deployments stop FUNDS_GRACE_MINUTES later, unless
+# credit is added (or the limit raised) first.
+BALANCE_WARNING_HOURS = float(os.environ.get("BALANCE_WARNING_HOURS", "24"))
+FUNDS_GRACE_MINUTES = float(os.environ.get("FUNDS_GRACE_MINUTES", "15"))
+# Mail to tenants' owners goes through this backend: SMTP in production (EMAIL_HOST, ...),
+# the console locally.
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Gantry billing <billing@gantry.invalid>")
 
 # Named explicitly so our models can point at DOT's (unswapped) models through settings.
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
