@@ -52,9 +52,10 @@ class ReplicaSpec:
     name: str
     image: str
     registry_username: str | None = None
-    registry_password: str | None = None
+    # repr=False: a spec that lands in a log line or a traceback's message shows no secret.
+    registry_password: str | None = field(default=None, repr=False)
     env: dict[str, str] = field(default_factory=dict)
-    secret_env: dict[str, str] = field(default_factory=dict)
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     entrypoint: list[str] | None = None  # None: the image's own ENTRYPOINT
     args: list[str] | None = None  # None: the image's own CMD
     traffic_port: int | None = None

@@ -75,7 +75,8 @@ class VmInfo:
 
 @dataclass(frozen=True)
 class VmPaths:
-    """The files of one VM; the vmm writes qemu.pid, qmp.sock, qemu.log, *.raw and guest.json."""
+    """The files of one VM; the vmm writes qemu.pid, qmp.sock, qemu.log and *.raw (and guest.sh,
+    the spec with its secrets, which exists only until QEMU has it open)."""
 
     dir: Path
 
@@ -131,12 +132,13 @@ class StateStore:
 
     def create(self, name: str) -> VmPaths:
         paths = self.paths(name)
-        # 0700: guest.json (secret env) and the QMP socket live here.
+        # 0700: the QMP socket lives here, and guest.sh (secret env) for the instant of a launch.
         paths.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return paths
 
     def write_spec(self, spec: ReplicaSpec) -> None:
-        # Redacted on purpose: secret values live only in the vmm's guest.json (mode 0600).
+        # Redacted on purpose: secret values reach the VM only through the vmm's guest.sh, which
+        # the launch unlinks before QEMU runs (vmm/qemu.py: SPEC_FD).
         write_json_atomic(self.paths(spec.name).spec, spec.redacted())
 
     def read_spec(self, name: str) -> dict[str, Any] | None:

@@ -157,10 +157,11 @@ def _write_private(path: Path, text: str) -> None:
 
 
 class FakeVmm(_Recorder):
-    """Copies QemuVm: launch writes guest.json (0600) and qemu.pid and runs the guest detached
-    in its own session, appending stdout.raw/stderr.raw/status.raw exactly as QEMU and /init do
-    (start/exit per attempt, restarts with backoff up to max_restarts, then final); alive()
-    checks the pid is a live guest of that vm_dir; stop() terminates, then kills."""
+    """Copies QemuVm: launch writes qemu.pid (and guest.json, 0600, for its fake guest) and
+    runs the guest detached in its own session, appending stdout.raw/stderr.raw/status.raw
+    exactly as QEMU and /init do (start/exit per attempt, restarts with backoff up to
+    max_restarts, then final); alive() checks the pid is a live guest of that vm_dir; stop()
+    terminates, then kills."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -17,7 +17,6 @@ one `vfio-pci` device per BDF instead of microvm's virtio-mmio transport; VmLaun
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -58,6 +57,12 @@ KERNEL_CMDLINE = (
 # the real CPU and keeps them.
 TCG_CMDLINE = "mitigations=off"
 READY_TIMEOUT_S = 15.0
+# The guest spec holds the secret env. The launch shell opens guest.sh on this descriptor and
+# unlinks it before QEMU runs; QEMU reads the spec through the descriptor once, at start-up
+# (fw_cfg file= loads the whole file then). So no file on the node holds a secret while the
+# VM runs, a crash cannot leave one behind, and the command line names only the descriptor.
+SPEC_FD = 3
+SPEC_FD_PATH = f"/proc/self/fd/{SPEC_FD}"
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,6 @@ class VmFiles:
     @property
     def status(self) -> Path:
         return self.vm_dir / "status.raw"
-
-    @property
-    def guest_json(self) -> Path:
-        return self.vm_dir / "guest.json"
 
     @property
     def guest_sh(self) -> Path:
@@ -149,9 +150,11 @@ def machine_args(l: VmLaunch) -> list[str]:
     return ["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on", *accel]
 
 
-def command_line(l: VmLaunch, disk_format: str | None = None, tsc_khz: int | None = None) -> list[str]:
+def command_line(l: VmLaunch, disk_format: str | None = None, tsc_khz: int | None = None,
+                 spec_path: str | None = None) -> list[str]:
     """QEMU's argv for a VM. tsc_khz None means read it here (a small blocking /proc read:
-    async callers pass `await asyncio.to_thread(host_tsc_khz)` instead)."""
+    async callers pass `await asyncio.to_thread(host_tsc_khz)` instead). spec_path: where
+    QEMU reads the guest spec (default the VM dir's guest.sh; launch() passes SPEC_FD_PATH)."""
     if tsc_khz is None and l.accel.name == "tcg":
         tsc_khz = host_tsc_khz()
     f = VmFiles(l.vm_dir)
@@ -168,7 +171,7 @@ def command_line(l: VmLaunch, disk_format: str | None = None, tsc_khz: int | Non
         # The kernel console shares qemu.log with QEMU's own stderr: diagnostics, never logs.
         "-chardev", f"file,id=console,path={f.log},append=on",
         "-serial", "chardev:console",
-        "-fw_cfg", f"name={FW_CFG_NAME},file={f.guest_sh}",
+        "-fw_cfg", f"name={FW_CFG_NAME},file={spec_path or f.guest_sh}",
         # Port 0 is reserved for a console, so three named ports need four.
         "-device", "virtio-serial-device,max_ports=4",
     ]  # fmt: skip
@@ -219,7 +222,8 @@ def _guest_fragment(l: VmLaunch) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Root-only from creation on: these files carry the secret env."""
+    """Root-only from creation on: the spec carries the secret env (and lives only until the
+    launch shell has opened and unlinked it)."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
@@ -304,7 +308,6 @@ class QemuVm:
             os.chmod(l.vm_dir, 0o700)
             for stale in (f.pid, f.qmp):
                 stale.unlink(missing_ok=True)
-            _write_private(f.guest_json, json.dumps(l.guest.to_dict(), indent=1) + "\n")
             _write_private(f.guest_sh, _guest_fragment(l))
             return os.open(f.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
@@ -314,10 +317,14 @@ class QemuVm:
             raise AgentError(str(e), permanent=True) from e
         try:
             # The shell backgrounds QEMU in a session of its own and exits at once, printing
-            # its pid: QEMU is orphaned into init's care with no tie to this process.
+            # its pid: QEMU is orphaned into init's care with no tie to this process. It hands
+            # QEMU the spec on SPEC_FD and unlinks the file first (see SPEC_FD).
             proc = await asyncio.create_subprocess_exec(
-                "sh", "-c", 'log=$1; shift; setsid "$@" </dev/null >>"$log" 2>&1 & echo $!',
-                "sh", str(f.log), *self._prefix(), *command_line(l, disk_format, tsc_khz),
+                "sh", "-c",
+                f'log=$1 spec=$2; shift 2; exec {SPEC_FD}<"$spec" || exit 1; rm -f "$spec"; '
+                'setsid "$@" </dev/null >>"$log" 2>&1 & echo $!',
+                "sh", str(f.log), str(f.guest_sh), *self._prefix(),
+                *command_line(l, disk_format, tsc_khz, spec_path=SPEC_FD_PATH),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, start_new_session=True,
                 cwd=f.vm_dir,
             )  # fmt: skip
@@ -325,6 +332,8 @@ class QemuVm:
             pid = int(out.strip())
         finally:
             await asyncio.to_thread(os.close, log_fd)
+            # Normally gone already; not so if the shell failed before its rm.
+            await asyncio.to_thread(f.guest_sh.unlink, missing_ok=True)
         await self._wait_ready(l, pid)
         return pid
 

@@ -23,7 +23,7 @@ class GuestSpec:
     """The workload as /init runs it: the image config already merged with the replica spec.
 
     env includes the secret env (it is the workload's environment); it only ever lands in the
-    root-only guest.json / guest.sh in the VM dir and in the guest's memory.
+    root-only guest.sh in the VM dir, unlinked before QEMU runs, and in the guest's memory.
     user: "", "name", "uid", "name:group" or "uid:gid", resolved in the image's /etc/passwd.
     Attempt k (from 1) that exits non-zero restarts after backoff_s * 2**(k-1) seconds (capped
     at 60) while k <= max_restarts; stop_grace_s is how long SIGTERM gets before SIGKILL when
