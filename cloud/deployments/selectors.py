@@ -163,7 +163,8 @@ def replicas_for(*, tenant, deployment_id, live: bool = False) -> QuerySet[Repli
             "node__id", "node__hostname", "node__public_address", "node__simulated",
             "node__location__slug", "deployment__traffic_port",
         )
-        .prefetch_related(Prefetch("gpus", queryset=Gpu.objects.only("id", "replica_id", "index", "uuid", "model")))
+        .prefetch_related(Prefetch("gpus", queryset=Gpu.objects.only(
+            "id", "replica_id", "index", "uuid", "model", "pci_bdf", "numa_node", "nvlink_domain")))
         .order_by("ordinal", "generation")
     )
 

@@ -147,9 +147,15 @@ class ReplicaNodeOutput(serializers.Serializer):
     simulated = serializers.BooleanField(help_text="GPUs presented from a fake sysfs tree, not real hardware.")
 
 
-class ReplicaGpusOutput(serializers.Serializer):
-    count = serializers.IntegerField()
-    ids = serializers.ListField(child=serializers.CharField(), help_text="GPU UUIDs.")
+class ReplicaGpuOutput(serializers.Serializer):
+    index = serializers.IntegerField(help_text="The GPU's index on its node, in PCI order (as nvidia-smi numbers them).")
+    uuid = serializers.CharField()
+    model = serializers.CharField()
+    bdf = serializers.CharField(source="pci_bdf", help_text="Its PCI address on the node.")
+    numa_node = serializers.IntegerField(help_text="The host NUMA node it hangs off (-1: the firmware does not say).")
+    nvlink = serializers.BooleanField(
+        help_text="Whether this replica's GPUs talk over NVLink: true for a whole NVSwitch board, false for one GPU "
+                  "(its NVLinks unused) and for PCIe cards.")
 
 
 class ReplicaOutput(serializers.Serializer):
@@ -164,6 +170,7 @@ class ReplicaOutput(serializers.Serializer):
     reason = serializers.CharField(help_text="Why the replica is in this state, for a human.")
     node = serializers.SerializerMethodField()
     gpus = serializers.SerializerMethodField()
+    simulated = serializers.SerializerMethodField()
     endpoint = serializers.SerializerMethodField()
     host_port = serializers.IntegerField(allow_null=True)
     exit_code = serializers.IntegerField(allow_null=True)
@@ -177,10 +184,18 @@ class ReplicaOutput(serializers.Serializer):
     def get_node(self, obj: Replica):
         return ReplicaNodeOutput(obj.node).data if obj.node_id else None
 
-    @extend_schema_field(ReplicaGpusOutput())
+    @extend_schema_field(ReplicaGpuOutput(many=True))
     def get_gpus(self, obj: Replica):
-        gpus = list(obj.gpus.all())
-        return {"count": len(gpus), "ids": [g.uuid for g in gpus]}
+        gpus = sorted(obj.gpus.all(), key=lambda g: g.index)
+        domains = {g.nvlink_domain for g in gpus}
+        nvlink = len(gpus) > 1 and len(domains) == 1 and "" not in domains
+        return [ReplicaGpuOutput({"index": g.index, "uuid": g.uuid, "model": g.model, "pci_bdf": g.pci_bdf,
+                                  "numa_node": g.numa_node, "nvlink": nvlink}).data for g in gpus]
+
+    @extend_schema_field(serializers.BooleanField(help_text="Its node presents simulated GPUs (--simulate-gpus): "
+                                                            "the VM ran without them."))
+    def get_simulated(self, obj: Replica):
+        return bool(obj.node_id and obj.node.simulated)
 
     @extend_schema_field({"type": ["string", "null"]})
     def get_endpoint(self, obj: Replica):
