@@ -116,12 +116,12 @@ def worker() -> None:
     connection.ensure_connection()
     print("ready", flush=True)
     sys.stdin.readline()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     placed = schedule_pending()
-    print(f"{placed} {time.perf_counter() - t0:.3f}", flush=True)
+    print(f"{placed} {time.perf_counter() - t0:.3f} {time.process_time() - cpu0:.3f}", flush=True)
 
 
-def run_workers() -> tuple[float, list[tuple[int, float]]]:
+def run_workers() -> tuple[float, list[tuple[int, float, float]]]:
     procs = [subprocess.Popen([sys.executable, __file__, "--worker"], cwd=ROOT, env=os.environ.copy(), text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
              for _ in range(WORKERS)]
@@ -143,12 +143,12 @@ def run_workers() -> tuple[float, list[tuple[int, float]]]:
         raise SystemExit("a scheduler worker failed")
     results = []
     for out in outs:
-        placed, seconds = out.split()[-2:]
-        results.append((int(placed), float(seconds)))
+        placed, seconds, cpu = out.split()[-3:]
+        results.append((int(placed), float(seconds), float(cpu)))
     return wall, results
 
 
-def report(wall: float, results: list[tuple[int, float]]) -> int:
+def report(wall: float, results: list[tuple[int, float, float]]) -> int:
     """Prints the figures; returns the number of double allocations."""
     from cloud.deployments.models import Replica
     from nodes.models import Gpu
@@ -177,8 +177,10 @@ def report(wall: float, results: list[tuple[int, float]]) -> int:
     rate = len(placed) / wall if wall else 0.0
     demand = sum(g * n for g, n in MIX.items())
     print(f"{len(placed)} of {len(replicas)} replicas placed by {WORKERS} worker processes in {wall:.2f} s "
-          f"({', '.join(f'{p} in {s:.2f} s' for p, s in results)})")
-    print(f"  placements/s: {rate:.0f}  (target >= {TARGET}: {'met' if rate >= TARGET else 'MISSED'})")
+          f"({', '.join(f'{p} in {s:.2f} s' for p, s, _ in results)})")
+    cpu_ms = sum(c for _, _, c in results) / max(len(placed), 1) * 1000
+    print(f"  placements/s: {rate:.0f}  (target >= {TARGET}: {'met' if rate >= TARGET else 'MISSED'}); "
+          f"{cpu_ms:.1f} ms of worker CPU per placement; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"  double allocations: {double}  (replicas short of or over their count: {wrong_count}, "
           f"units on another node: {off_node}, held by unplaced replicas: {unplaced_holding})"
           + ("" if double == 0 else "  MUST BE 0"))
