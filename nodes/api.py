@@ -1,5 +1,6 @@
 """`/api/v1/hardware` and `/api/v1/locations`: the fleet as customers see it; `/api/v1/nodes/join`
-for agents; `/api/v1/nodes/{id}/cordon|drain|uncordon` for operators.
+for agents; `/api/v1/nodes/{id}/cordon|drain|uncordon` and `/api/v1/nodes/{id}/vfio[/validate]`
+for operators.
 
 Not tenant-specific (every tenant sees the same catalog and capacity), but still behind a token
 with `templates:read`: free capacity is commercially sensitive and scraping it anonymously would
@@ -119,3 +120,62 @@ class NodeActionView(StaffView):
         verb = {"cordon": services.node_cordon, "drain": services.node_drain, "uncordon": services.node_uncordon}[self.action]
         node = verb(node_id=node_id)
         return Response(NodeActionOutput(node).data)
+
+
+# -- VFIO (operators), in the spirit of the Volant seed's VFIO endpoints -------------------------
+
+
+class VfioDeviceOutput(serializers.Serializer):
+    bdf = serializers.CharField()
+    kind = serializers.CharField(help_text="gpu, audio, nvswitch, bridge or other")
+    vendor = serializers.CharField()
+    device = serializers.CharField()
+    driver = serializers.CharField(allow_null=True)
+    numa_node = serializers.IntegerField()
+    passed = serializers.BooleanField(help_text="Goes into the VM with the group (bridges stay behind).")
+    held_by = serializers.CharField(allow_null=True, help_text="The VM (replica id) that holds it now.")
+
+
+class VfioGroupOutput(serializers.Serializer):
+    group = serializers.IntegerField()
+    viable = serializers.BooleanField()
+    reason = serializers.CharField(allow_blank=True)
+    devices = VfioDeviceOutput(many=True)
+
+
+class NodeVfioOutput(serializers.Serializer):
+    node = serializers.DictField()
+    reported_at = serializers.CharField(allow_null=True, help_text="When its agent last reported (hello or join).")
+    iommu = serializers.BooleanField()
+    passthrough = serializers.BooleanField(help_text="Its preflight allows GPU passthrough.")
+    reason = serializers.CharField(allow_blank=True)
+    groups = VfioGroupOutput(many=True)
+    preflight = serializers.DictField()
+
+
+class VfioValidateInput(serializers.Serializer):
+    bdfs = serializers.ListField(child=serializers.CharField(max_length=16), min_length=1, max_length=16,
+                                 help_text="The GPUs' PCI addresses, e.g. 0000:18:00.0")
+
+
+class VfioValidateOutput(serializers.Serializer):
+    valid = serializers.BooleanField()
+    devices = serializers.ListField(child=serializers.DictField(), help_text="What a VM with these GPUs would get.")
+    problems = serializers.ListField(child=serializers.CharField())
+    reported_at = serializers.CharField(allow_null=True)
+
+
+class NodeVfioView(StaffView):
+    @extend_schema(summary="IOMMU groups, devices, drivers and viability of a node (operators)",
+                   responses={200: NodeVfioOutput})
+    def get(self, request, node_id: int):
+        return Response(selectors.node_vfio(node_id=node_id))
+
+
+class NodeVfioValidateView(StaffView):
+    @extend_schema(summary="Check that GPUs of a node can go into one VM together (operators)",
+                   request=VfioValidateInput, responses={200: VfioValidateOutput})
+    def post(self, request, node_id: int):
+        body = VfioValidateInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        return Response(selectors.vfio_validate(node_id=node_id, bdfs=body.validated_data["bdfs"]))

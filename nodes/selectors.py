@@ -12,6 +12,7 @@ from collections import defaultdict
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
+from cloud.exceptions import NotFound
 from nodes.models import Gpu, HardwareType, Location, Node
 
 # Replica states that hold a slot on their node (cpu-only kinds count replicas, not GPUs).
@@ -104,3 +105,68 @@ def fleet_summary() -> dict:
         return out
 
     return {"nodes": {k: dict(v) for k, v in nodes.items()}, "gpus": units(Gpu), "cpu_slots": units(CpuSlot)}
+
+
+# -- VFIO, as the node last reported it (operators) ----------------------------------------------
+
+
+def _reported(node_id: int) -> Node:
+    node = Node.objects.filter(pk=node_id).only("id", "hostname", "simulated", "gpu_passthrough",
+                                                  "gpu_passthrough_reason", "inventory").first()
+    if node is None:
+        raise NotFound(f"No node {node_id}.")
+    return node
+
+
+def node_vfio(*, node_id: int) -> dict:
+    """The node's IOMMU groups with their devices, drivers and viability, and its preflight, as
+    its agent last reported them (the plane never reads a node's sysfs itself)."""
+    node = _reported(node_id)
+    inv = node.inventory or {}
+    vfio = inv.get("vfio") or {}
+    return {
+        "node": {"id": node.pk, "hostname": node.hostname, "simulated": node.simulated},
+        "reported_at": inv.get("reported_at"), "iommu": bool(vfio.get("iommu")), "groups": vfio.get("groups", []),
+        "passthrough": node.gpu_passthrough, "reason": node.gpu_passthrough_reason,
+        "preflight": inv.get("preflight") or {},
+    }
+
+
+def vfio_validate(*, node_id: int, bdfs: list[str]) -> dict:
+    """Would these GPUs go into one VM together, by the node's last report? The devices that
+    would be passed (each GPU's group, and every NVSwitch for a whole board) and every problem.
+    The agent checks again, live, when it binds them."""
+    node = _reported(node_id)
+    inv = node.inventory or {}
+    gpus = {g.get("pci_bdf"): g for g in inv.get("gpus", []) if isinstance(g, dict)}
+    switches = [s for s in inv.get("nvswitches", []) if isinstance(s, dict)]
+    groups = {g.get("group"): g for g in (inv.get("vfio") or {}).get("groups", []) if isinstance(g, dict)}
+    held = dict(Gpu.objects.filter(node_id=node_id, pci_bdf__in=bdfs, replica__isnull=False)
+                .values_list("pci_bdf", "replica__uid"))
+    problems, devices = [], []
+    if not node.gpu_passthrough:
+        problems.append(f"the node cannot pass GPUs through: {node.gpu_passthrough_reason}")
+    if len(set(bdfs)) != len(bdfs):
+        problems.append("a GPU is listed twice")
+    for bdf in bdfs:
+        gpu = gpus.get(bdf)
+        if gpu is None:
+            problems.append(f"{bdf}: no GPU at this address on the node")
+            continue
+        if gpu.get("usable") is False:
+            problems.append(f"{bdf}: {gpu.get('reason') or 'unusable'}")
+        if bdf in held:
+            problems.append(f"{bdf}: held by replica {held[bdf]}")
+        members = groups.get(gpu.get("iommu_group"), {}).get("devices", [])
+        devices += [{"bdf": m["bdf"], "kind": m["kind"], "group": gpu.get("iommu_group")}
+                    for m in members if m.get("passed")] or [{"bdf": bdf, "kind": "gpu", "group": gpu.get("iommu_group")}]
+    if switches and 1 < len(bdfs) < len(gpus):
+        problems.append(f"{len(bdfs)} of the board's {len(gpus)} GPUs: on an NVSwitch board a VM gets one GPU or all "
+                        "of them with every NVSwitch (2- and 4-GPU partitions need Fabric Manager's shared-NVSwitch "
+                        "mode, later work)")
+    elif switches and len(bdfs) == len(gpus) > 1:
+        for switch in switches:
+            devices.append({"bdf": switch.get("pci_bdf"), "kind": "nvswitch", "group": switch.get("iommu_group")})
+            if not (switch.get("passthrough") or {}).get("viable", False):
+                problems.append(f"NVSwitch {switch.get('pci_bdf')}: {(switch.get('passthrough') or {}).get('reason')}")
+    return {"valid": not problems, "devices": devices, "problems": problems, "reported_at": inv.get("reported_at")}

@@ -12,7 +12,10 @@ another tenant's data is kept from it. For each route and each method its view a
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone as dt_timezone
+from decimal import Decimal
 from typing import Callable
 
 import pytest
@@ -37,6 +40,15 @@ class ListRoute:
     """The route lists the caller's objects; `make(tenant)` returns text that would leak."""
 
     make: Callable[..., str]
+
+
+@dataclass(frozen=True)
+class TenantRoute:
+    """The route reads or changes the caller's own tenant (balance, usage, statements, limits,
+    estimates): `make(tenant)` returns text only that tenant's answer may contain."""
+
+    make: Callable[..., str]
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,41 @@ def _streamed(response) -> str:
         return b"".join(response).decode()
 
 
+def _balance(tenant) -> str:
+    from tests.billing.factories import set_balance
+
+    set_balance(tenant, Decimal("4321.123457"))
+    return "4321.123457"
+
+
+def _usage(tenant) -> str:
+    from billing.models import UsageDaily
+
+    deployment = DeploymentFactory(tenant=tenant, name="mallory-secret-dep")
+    UsageDaily.objects.create(tenant=tenant, deployment=deployment, hardware_type=deployment.hardware_type,
+                              day=datetime.now(dt_timezone.utc).date(), amount=Decimal("1.5"), seconds=60, records=1)
+    return str(deployment.pk)
+
+
+def _statement_record(tenant) -> str:
+    from billing.models import UsageRecord
+
+    deployment = DeploymentFactory(tenant=tenant, name="mallory-secret-dep")
+    replica = ReplicaFactory(deployment=deployment, ordinal=0)
+    start = datetime(2026, 2, 3, 4, 5, 6, tzinfo=dt_timezone.utc)
+    UsageRecord.objects.create(tenant=tenant, deployment=deployment, replica=replica,
+                               hardware_type=deployment.hardware_type, period_start=start,
+                               period_end=start + timedelta(minutes=1), seconds=60, gpus=1, units=1,
+                               price_per_unit_hour=Decimal("2.49"), amount=Decimal("0.0415"))
+    return str(deployment.pk)
+
+
+def _spend_limit(tenant) -> str:
+    tenant.spend_limit = Decimal("777.000001")
+    tenant.save()
+    return "777.000001"
+
+
 def _private_template(tenant) -> dict:
     return {"ref": TemplateFactory(tenant=tenant, slug="mallory-secret-tpl").slug}
 
@@ -105,6 +152,7 @@ ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute | StaffRoute | StreamRo
     "api/v1/^deployments/(?P<pk>[^/]+)$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/events$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/logs$": ObjectRoute(_deployment),
+    "api/v1/^deployments/(?P<pk>[^/]+)/logs/ticket$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/replicas$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/restart$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/start$": ObjectRoute(_deployment),
@@ -112,12 +160,19 @@ ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute | StaffRoute | StreamRo
     "api/v1/events": StreamRoute(_event),
     "api/v1/^templates$": ListRoute(lambda t: TemplateFactory(tenant=t, slug="mallory-secret-tpl").slug),
     "api/v1/^templates/(?P<ref>[^/]+)$": ObjectRoute(_private_template),
+    "api/v1/^deployments/estimate$": TenantRoute(_balance),
+    "api/v1/billing/balance": TenantRoute(_balance),
+    "api/v1/billing/usage": TenantRoute(_usage),
+    "api/v1/billing/limits": TenantRoute(_spend_limit),
+    r"api/v1/^billing/statements/(?P<month>[0-9]{4}-[0-9]{2})\.csv$": TenantRoute(_statement_record, {"month": "2026-02"}),
     "api/v1/hardware": CatalogRoute(),
     "api/v1/locations": CatalogRoute(),
     "api/v1/nodes/join": JoinRoute(),
     "api/v1/nodes/<int:node_id>/cordon": StaffRoute(_node),
     "api/v1/nodes/<int:node_id>/drain": StaffRoute(_node),
     "api/v1/nodes/<int:node_id>/uncordon": StaffRoute(_node),
+    "api/v1/nodes/<int:node_id>/vfio": StaffRoute(_node),
+    "api/v1/nodes/<int:node_id>/vfio/validate": StaffRoute(_node),
     "api/v1/system/status": StaffRoute(lambda t: {}),
 }
 
@@ -146,8 +201,8 @@ def _api_routes():
 def _url(route: str, kwargs: dict) -> str:
     path = route
     for key, value in kwargs.items():
-        path = path.replace(f"(?P<{key}>[^/]+)", str(value)).replace(f"<int:{key}>", str(value))
-    return "/" + path.replace("^", "").replace("$", "")
+        path = re.sub(rf"\(\?P<{key}>[^)]*\)", str(value), path).replace(f"<int:{key}>", str(value))
+    return "/" + path.replace("^", "").replace("$", "").replace("\\.", ".")
 
 
 def _cases():
@@ -168,7 +223,12 @@ def test_every_api_route_has_an_isolation_case():
 def test_anonymous_gets_401(route, method, anonymous):
     case = ROUTES[route]
     kwargs = {key: "00000000-0000-0000-0000-000000000000" for key in ("pk", "ref")}
-    url = _url(route, kwargs) if isinstance(case, ObjectRoute) else _url(route, {"node_id": 1})
+    if isinstance(case, ObjectRoute):
+        url = _url(route, kwargs)
+    elif isinstance(case, TenantRoute):
+        url = _url(route, case.kwargs)
+    else:
+        url = _url(route, {"node_id": 1})
     body = JOIN_BODY if isinstance(case, JoinRoute) else {}
     response = getattr(anonymous, method)(url, body, format="json")
     assert response.status_code == 401, response.content
@@ -214,6 +274,13 @@ def test_another_tenants_data_is_invisible(route, method, alice, mallory, evil):
         assert theirs.status_code == absent.status_code == 404
         assert theirs.content.decode().replace(deployment_id, "<id>") == absent.content.decode().replace(
             "11111111-2222-3333-4444-555555555555", "<id>")
+    elif isinstance(case, TenantRoute):
+        marker = case.make(evil)
+        url = _url(route, case.kwargs)
+        theirs = getattr(as_alice, method)(url, {}, format="json")
+        assert marker not in theirs.content.decode(), f"{method.upper()} {url} as alice shows mallory's tenant"
+        own = getattr(as_mallory, method)(url, {}, format="json")
+        assert marker in own.content.decode(), f"{method.upper()} {url} as mallory should show her own tenant"
     elif isinstance(case, StaffRoute):
         response = getattr(as_alice, method)(_url(route, case.make(evil)), {}, format="json")
         assert response.status_code == 403, response.content
