@@ -24,8 +24,9 @@ class LocationAdmin(admin.ModelAdmin):
 
 @admin.register(HardwareType)
 class HardwareTypeAdmin(admin.ModelAdmin):
-    list_display = ["id", "slug", "name", "gpu_model", "gpus_per_node", "allowed_gpu_counts", "price_per_gpu_hour", "cpu_only"]
-    list_filter = ["cpu_only", "gpu_model"]
+    list_display = ["id", "slug", "name", "gpu_model", "gpus_per_node", "allowed_gpu_counts", "interconnect",
+                    "price_per_gpu_hour", "cpu_only"]
+    list_filter = ["cpu_only", "interconnect", "gpu_model"]
     search_fields = ["slug", "name", "gpu_model"]
     ordering = ["id"]
 
@@ -34,7 +35,8 @@ class GpuInline(admin.TabularInline):
     model = Gpu
     extra = 0
     can_delete = False
-    fields = ["index", "model", "memory_mib", "pci_bdf", "numa_node", "nvlink_domain", "iommu_group", "uuid", "replica"]
+    fields = ["index", "model", "memory_mib", "pci_bdf", "numa_node", "nvlink_domain", "iommu_group", "uuid", "health",
+              "health_reason", "replica"]
     readonly_fields = fields
     show_change_link = True
 
@@ -74,21 +76,21 @@ class NodeAdmin(admin.ModelAdmin):
     nodes/services.py: cordon, drain, uncordon, revoke, a new join token. No status field is
     editable, and what the agent reports (inventory, versions, `simulated`) is read-only."""
 
-    list_display = ["hostname", "simulated", "status", "location", "hardware_type", "gpus_free", "last_heartbeat",
-                    "agent_version", "accelerator"]
-    list_filter = ["status", "location", "hardware_type", "simulated"]
+    list_display = ["hostname", "simulated", "status", "location", "hardware_type", "gpus_free", "gpu_passthrough",
+                    "last_heartbeat", "agent_version", "accelerator"]
+    list_filter = ["status", "location", "hardware_type", "simulated", "gpu_passthrough"]
     search_fields = ["hostname", "public_address"]
     list_select_related = ["location", "hardware_type"]
     readonly_fields = ["status", "status_reason", "credential", "replicas", "last_heartbeat", "agent_version", "protocol_version",
-                       "simulated", "cpus", "memory_mib", "disk_gib", "accelerator", "inventory", "drain_deadline",
-                       "created_at"]
+                       "simulated", "cpus", "memory_mib", "disk_gib", "accelerator", "gpu_passthrough",
+                       "gpu_passthrough_reason", "preflight", "inventory", "drain_deadline", "created_at"]
     exclude = ["credential_hash", "credential_issued_at"]
     inlines = [GpuInline, CpuSlotInline]
     actions = ["cordon", "drain", "uncordon", "revoke_credential", "issue_join_token"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
-            _gpus_free=Count("gpus", filter=Q(gpus__replica__isnull=True), distinct=True),
+            _gpus_free=Count("gpus", filter=Q(gpus__replica__isnull=True, gpus__health=Gpu.Health.OK), distinct=True),
             _gpus_total=Count("gpus", distinct=True),
         )
 
@@ -121,6 +123,19 @@ class NodeAdmin(admin.ModelAdmin):
     @admin.display(description="GPUs free", ordering="_gpus_free")
     def gpus_free(self, obj: Node) -> str:
         return f"{obj._gpus_free}/{obj._gpus_total}"
+
+    @admin.display(description="preflight")
+    def preflight(self, obj: Node) -> str:
+        """The agent's preflight, one line per check: what failed and what to change."""
+        checks = (obj.inventory or {}).get("preflight", {}).get("checks", [])
+        if not checks:
+            return "not reported (an agent from before preflight, or the node has not joined)"
+        rows = []
+        for check in checks:
+            mark = "ok" if check.get("ok") else ("FAIL" if check.get("required") else "warn")
+            fix = f" — fix: {check['fix']}" if check.get("fix") else ""
+            rows.append(format_html("<li><b>{}</b> {}: {}{}</li>", mark, check.get("name"), check.get("detail"), fix))
+        return format_html("<ul>{}</ul>", format_html("".join(str(r) for r in rows)))
 
     @admin.display(description="replicas")
     def replicas(self, obj: Node) -> str:
@@ -166,11 +181,14 @@ class NodeAdmin(admin.ModelAdmin):
 
 @admin.register(Gpu)
 class GpuAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "model", "pci_bdf", "numa_node", "nvlink_domain", "iommu_group", "replica", "simulated"]
-    list_filter = [FreeGpuFilter, "model", "node__simulated", "node__location"]
+    list_display = ["__str__", "model", "pci_bdf", "numa_node", "nvlink_domain", "iommu_group", "health", "replica",
+                    "simulated"]
+    list_filter = [FreeGpuFilter, "health", "model", "node__simulated", "node__location"]
     search_fields = ["uuid", "pci_bdf", "node__hostname"]
     list_select_related = ["node", "replica__deployment"]
-    readonly_fields = ["node", "index", "uuid", "pci_bdf", "model", "memory_mib", "numa_node", "nvlink_domain", "iommu_group", "replica"]
+    # Health is the agent's word (a GPU comes back when its node says it is usable again).
+    readonly_fields = ["node", "index", "uuid", "pci_bdf", "model", "memory_mib", "numa_node", "nvlink_domain",
+                       "iommu_group", "health", "health_reason", "replica"]
 
     def has_add_permission(self, request):
         return False  # GPUs come from the agent's inventory, never typed in
