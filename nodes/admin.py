@@ -8,7 +8,7 @@ import json
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from cloud.exceptions import ApplicationError
 from nodes import services
@@ -130,12 +130,9 @@ class NodeAdmin(admin.ModelAdmin):
         checks = (obj.inventory or {}).get("preflight", {}).get("checks", [])
         if not checks:
             return "not reported (an agent from before preflight, or the node has not joined)"
-        rows = []
-        for check in checks:
-            mark = "ok" if check.get("ok") else ("FAIL" if check.get("required") else "warn")
-            fix = f" — fix: {check['fix']}" if check.get("fix") else ""
-            rows.append(format_html("<li><b>{}</b> {}: {}{}</li>", mark, check.get("name"), check.get("detail"), fix))
-        return format_html("<ul>{}</ul>", format_html("".join(str(r) for r in rows)))
+        rows = (("ok" if c.get("ok") else ("FAIL" if c.get("required") else "warn"), c.get("name"), c.get("detail"),
+                 f" — fix: {c['fix']}" if c.get("fix") else "") for c in checks)
+        return format_html("<ul>{}</ul>", format_html_join("", "<li><b>{}</b> {}: {}{}</li>", rows))
 
     @admin.display(description="replicas")
     def replicas(self, obj: Node) -> str:
