@@ -13,7 +13,9 @@ ambient authority, and without the check any page a customer visits could open t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Callable
 
 from channels.security.websocket import OriginValidator
 from django.conf import settings
@@ -92,3 +94,37 @@ class BrowserOriginValidator(OriginValidator):
         if parsed_origin.hostname and validate_host(parsed_origin.hostname, settings.ALLOWED_HOSTS):
             return True
         return self.validate_origin(parsed_origin)
+
+
+def _transport_of(send):
+    """daphne's Twisted transport behind an ASGI `send`, through the wrappers Channels puts in
+    front of it (the session middleware's), or None under any other server."""
+    for _ in range(8):
+        if isinstance(send, functools.partial):
+            protocol = send.args[0] if send.args else None
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                return transport
+            send = send.func
+        owner = getattr(send, "__self__", None)
+        inner = getattr(owner, "real_send", None) if owner is not None else None
+        if inner is None:
+            return None
+        send = inner
+    return None
+
+
+def send_buffer(send) -> Callable[[], int | None]:
+    """A probe of how many bytes the connection behind `send` holds that the client has not
+    taken yet (None: unknown). daphne buffers every frame it is given, whatever the client
+    reads (django/daphne#170, open since 2018); until it passes backpressure to the
+    application, this reads the transport's own counters: what Twisted's FileDescriptor holds
+    beyond what the kernel took."""
+    transport = _transport_of(send)
+    if transport is None or not all(hasattr(transport, a) for a in ("dataBuffer", "offset", "_tempDataLen")):
+        return lambda: None
+
+    def probe() -> int:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+    return probe

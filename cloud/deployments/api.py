@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -23,6 +25,7 @@ from cloud.deployments.serializers import (
     EventListOutput,
     EventsQuery,
     LogListOutput,
+    LogTicketOutput,
     LogsQuery,
     ReplicasQuery,
     ReplicaListOutput,
@@ -182,6 +185,19 @@ class DeploymentViewSet(TenantScopedViewSet):
             "next_cursor": items[-1]["cursor"] if items else (str(after) if after is not None else None),
             "prev_cursor": items[0]["cursor"] if items else (str(before) if before is not None else None),
         })
+
+    @extend_schema(summary="A single-use ticket to open the log WebSocket with",
+                   description="For browser code, which cannot set an Authorization header on a WebSocket: "
+                               "open the answer's `url` within 30 seconds; the ticket works once.",
+                   request=None, parameters=[ID_PARAMETER], responses={201: LogTicketOutput})
+    @action(detail=True, methods=["post"], url_path="logs/ticket", write_scopes=["deployments:read"],
+            filterset_class=None, pagination_class=None)
+    def logs_ticket(self, request, pk=None):
+        made = services.log_ticket_issue(tenant=request.tenant, user=request.user, deployment_id=pk)
+        query = urlencode({"ticket": made.ticket})
+        return Response({"ticket": made.ticket, "expires_at": feeds.iso(made.expires_at),
+                         "url": f"/ws/v1/deployments/{made.deployment_id}/logs?{query}"},
+                        status=status.HTTP_201_CREATED)
 
     @extend_schema(summary="The deployment's events, oldest first, paged by cursor (event id)",
                    parameters=[ID_PARAMETER, EventsQuery], responses={200: EventListOutput})

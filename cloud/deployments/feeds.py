@@ -38,11 +38,16 @@ def line_frame(*, cursor: int, replica_uid: uuid.UUID | str, ordinal: int, gener
     }
 
 
+def row_frame(line) -> dict:
+    """A LogLine row (annotated by selectors.log_page) as a live frame."""
+    return line_frame(cursor=line.pk, replica_uid=line.replica_uid, ordinal=line.replica_ordinal,
+                      generation=line.replica_generation, seq=line.seq, ts=line.ts, stream=line.stream,
+                      message=line.message, continued=line.continued)
+
+
 def line_item(line) -> dict:
-    """A LogLine row (annotated by selectors.logs_for) as history returns it."""
-    frame = line_frame(cursor=line.pk, replica_uid=line.replica_uid, ordinal=line.replica_ordinal,
-                       generation=line.replica_generation, seq=line.seq, ts=line.ts, stream=line.stream,
-                       message=line.message, continued=line.continued)
+    """A LogLine row as history returns it: the frame, and `timestamp` for older clients."""
+    frame = row_frame(line)
     frame["timestamp"] = frame["ts"]
     return frame
 

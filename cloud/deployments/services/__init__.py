@@ -7,13 +7,14 @@ admin and, later, the agent consumer all call the same code). Split by concept:
 - `status`: incarnations and the deployment status derived from them;
 - `placement`: the scheduler; `fleet`: lost nodes, drains and the periodic sweep;
 - `agents`: what node agents report and what they should run (the consumer's sink);
-- `events`: the per-deployment event feed;
+- `events`: the per-deployment event feed; `logs`: storing log lines; `tickets`: log socket tickets;
 - `idempotency`: replaying a POST retried with the same Idempotency-Key.
 """
 
 from cloud.deployments.services.change import deployment_update
 from cloud.deployments.services.create import deployment_create
 from cloud.deployments.services.events import event_record
+from cloud.deployments.services.tickets import log_ticket_issue, log_ticket_redeem
 from cloud.deployments.services.fleet import drains_progress, fleet_sweep, node_lost
 from cloud.deployments.services.placement import schedule_pending
 from cloud.deployments.services.idempotency import (
@@ -40,6 +41,8 @@ __all__ = [
     "deployment_stop",
     "deployment_update",
     "event_record",
+    "log_ticket_issue",
+    "log_ticket_redeem",
     "drains_progress",
     "fleet_sweep",
     "node_lost",

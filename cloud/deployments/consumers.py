@@ -1,0 +1,250 @@
+"""`WS /ws/v1/deployments/{id}/logs`: a deployment's log, replayed then live.
+
+Who may connect: a bearer token with `deployments:read` (Authorization header), the dashboard
+session (with `?tenant=`), or a single-use `?ticket=` from POST .../logs/ticket. A caller who
+cannot authenticate is refused before the socket opens; a deployment that is not the caller's
+tenant's answers exactly as one that does not exist (an error frame, then close code 4404).
+
+Frames are JSON Lines: each text frame holds one or more lines, each a JSON object. A log line
+has the fields of history (`cursor`, `replica`, `ordinal`, `generation`, `seq`, `ts`, `stream`,
+`message`, `continued`); a notice has a `type` (`missed`, `error`).
+
+Nothing is lost between the replay and live lines, and nothing is sent twice: the consumer
+joins the deployment's group before it reads the log's head, and keeps one position (`cursor`,
+in the deployment's unfiltered order) that every line it sends must be past. Live messages
+chain onto the cursor before them (`prev`); one that does not (a message the channel layer
+dropped, or one that overtook another) sends the tail back to reading PostgreSQL from its
+cursor, which is complete because cursors follow commit order.
+
+A client that reads slower than its deployment logs is never buffered for without bound.
+daphne offers no backpressure to the application (django/daphne#170: its Twisted transport
+buffers whatever it is given), so the consumer looks at how much that transport holds
+(`streams.send_buffer`) and sends nothing while it is over HIGH_WATER_BYTES. Once the client
+has drained it, the tail catches up from PostgreSQL; if more than MAX_LAG_LINES arrived
+meanwhile (after the replay the client asked for), it skips them and says so: a `missed`
+notice with how many and the cursors to fetch them by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from urllib.parse import parse_qsl
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from rest_framework.exceptions import ValidationError
+
+from accounts.models import Tenant
+from cloud import streams
+from cloud.deployments import feeds, selectors
+from cloud.deployments.serializers import LogTailQuery
+from cloud.deployments.serializers.inputs import MAX_LOG_LINES
+from cloud.deployments.services.tickets import log_ticket_redeem
+from cloud.errors import _flatten
+from cloud.exceptions import NotFound
+
+log = logging.getLogger(__name__)
+
+PAGE_LINES = 1000  # lines read from PostgreSQL per catch-up step
+FRAME_BYTES = 256 * 1024  # a frame holds lines up to about this much text
+HIGH_WATER_BYTES = 1024 * 1024  # the transport holds this much unsent: stop sending
+MAX_LAG_LINES = MAX_LOG_LINES  # a client behind by more than this, past its replay, skips ahead
+WAIT_S = 0.05  # how often a stalled tail looks whether its client drained the transport
+# A live tail reads the head this often anyway: a batch whose message was lost (Redis away
+# for a moment) and nothing after it would otherwise stay unsent until the next batch.
+WATCH_S = 5.0
+REJOIN_S = 3600.0  # channels-redis forgets group members after a day: rejoin well before
+
+CLOSE_BAD_REQUEST = 4400
+CLOSE_NOT_FOUND = 4404
+
+
+def _query(scope) -> dict:
+    return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class LogTailConsumer(AsyncWebsocketConsumer):
+    # Tests swap this for a fake transport; in production it reads daphne's.
+    send_buffer = staticmethod(streams.send_buffer)
+
+    async def connect(self):
+        self.deployment_ref = self.scope["url_route"]["kwargs"]["deployment_id"]
+        self.group = None
+        self._pump: asyncio.Task | None = None
+        self._watch: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+        raw = _query(self.scope)
+        try:
+            tenant = await database_sync_to_async(self._authenticate)(raw)
+        except streams.StreamRefused as exc:
+            log.info("log tail of %s refused: %s", self.deployment_ref[:40], exc.detail)
+            await self.close()  # before accept: the handshake is refused
+            return
+        await self.accept()
+        query = LogTailQuery(data=raw)
+        if not query.is_valid():
+            errors = _flatten(ValidationError(query.errors).get_full_details())
+            await self._fail(400, "Invalid " + ", ".join(sorted({e["field"] for e in errors if e["field"]})), errors)
+            return
+        params = query.validated_data
+        try:
+            self.filter = await database_sync_to_async(selectors.log_filter_for)(
+                tenant=tenant, deployment_id=self.deployment_ref, replica=params.get("replica"),
+                stream=params.get("stream"))
+        except NotFound as exc:
+            await self._fail(404, exc.detail)
+            return
+        except LookupError as exc:
+            await self._fail(400, "Invalid replica", [{"field": "replica", "message": str(exc), "code": "invalid"}])
+            return
+        self.probe = self.send_buffer(self.base_send)
+        self.group = feeds.logs_group(self.filter.deployment_id)
+        # Join first, read the head second: a batch committed after the read is announced to us.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        head = await database_sync_to_async(selectors.log_head)(deployment_id=self.filter.deployment_id)
+        self.seen_head = head  # the highest cursor any live message announced
+        self.replay_until = head  # the client asked for everything up to here, at its own pace
+        self.behind = False
+        self.live = False
+        after = params.get("after")
+        if after is not None:
+            self.cursor = after
+        else:
+            self.cursor = head
+            if params["tail"]:
+                page = await database_sync_to_async(selectors.log_page)(
+                    log_filter=self.filter, tail=params["tail"], before=head + 1)
+                await self._send_lines([feeds.frame_text(feeds.row_frame(line)) for line in page.items])
+        self._kick()
+        self._watch = asyncio.create_task(self._watch_head(), name=f"log-watch-{self.channel_name}")
+
+    def _authenticate(self, raw: dict):
+        ticket = raw.get("ticket")
+        if ticket:
+            grant = log_ticket_redeem(ticket=ticket, deployment_id=self.deployment_ref)
+            if grant is None:
+                raise streams.StreamRefused(401, "The ticket is unknown, expired or used.", "not_authenticated")
+            return Tenant.objects.get(pk=grant.tenant_id)
+        caller = streams.caller_for(
+            authorization=_header(self.scope, b"authorization"), session_user=self.scope.get("user"),
+            tenant_slug=_header(self.scope, b"x-tenant") or raw.get("tenant") or None, scope="deployments:read")
+        return caller.tenant
+
+    async def disconnect(self, code):
+        for task in (self._pump, self._watch):
+            if task is not None:
+                task.cancel()
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        """The tail only talks; what a client sends is ignored."""
+
+    # -- sending ------------------------------------------------------------------------------
+    async def _fail(self, status: int, detail: str, errors: list | None = None) -> None:
+        await self.send(text_data=json.dumps({"type": "error", "status": status, "detail": detail, "errors": errors or []}))
+        await self.close(code=CLOSE_NOT_FOUND if status == 404 else CLOSE_BAD_REQUEST)
+
+    def _blocked(self) -> bool:
+        buffered = self.probe()
+        return buffered is not None and buffered > HIGH_WATER_BYTES
+
+    async def _send_lines(self, texts: list[str]) -> None:
+        chunk: list[str] = []
+        size = 0
+        for text in texts:
+            if chunk and size + len(text) > FRAME_BYTES:
+                await self.send(text_data="\n".join(chunk))
+                chunk, size = [], 0
+            chunk.append(text)
+            size += len(text) + 1
+        if chunk:
+            await self.send(text_data="\n".join(chunk))
+
+    # -- live ---------------------------------------------------------------------------------
+    async def logs_batch(self, message):
+        async with self._lock:
+            self.seen_head = max(self.seen_head, message["last"])
+            if not self.live or message["last"] <= self.cursor:
+                return  # the pump is reading PostgreSQL, which covers this batch
+            if message["prev"] > self.cursor or self._blocked():
+                self.live = False  # a hole in the chain, or a client that fell behind
+                self._kick()
+                return
+            await self._send_lines([
+                text for cursor, uid, ordinal, stream, text in message["lines"]
+                if cursor > self.cursor and self.filter.matches(replica_uid=uid, ordinal=ordinal, stream=stream)
+            ])
+            self.cursor = message["last"]
+
+    async def _watch_head(self) -> None:
+        since_join = 0.0
+        while True:
+            await asyncio.sleep(WATCH_S)
+            since_join += WATCH_S
+            if since_join >= REJOIN_S:
+                await self.channel_layer.group_add(self.group, self.channel_name)
+                since_join = 0.0
+            if not self.live:
+                continue
+            head = await database_sync_to_async(selectors.log_head)(deployment_id=self.filter.deployment_id)
+            async with self._lock:
+                if self.live and head > self.cursor and self.seen_head < head:
+                    self.live = False  # committed, never announced: read it
+                    self._kick()
+
+    # -- catching up from PostgreSQL ------------------------------------------------------------
+    def _kick(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._run_pump(), name=f"log-tail-{self.channel_name}")
+
+    async def _run_pump(self) -> None:
+        try:
+            while True:
+                async with self._lock:
+                    delay = await self._step()
+                if delay is None:
+                    return
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a failed read must not leave the client waiting in silence
+            log.exception("log tail of %s failed", self.filter.deployment_id)
+            await self.close(code=1011)
+
+    async def _step(self) -> float | None:
+        """One step towards live: None once live, else seconds until the next step."""
+        if self._blocked():
+            self.behind = True
+            return WAIT_S
+        head = await database_sync_to_async(selectors.log_head)(deployment_id=self.filter.deployment_id)
+        if self.behind and self.cursor >= self.replay_until:
+            missed = await database_sync_to_async(selectors.log_count)(
+                log_filter=self.filter, after=self.cursor, until=head)
+            if missed > MAX_LAG_LINES:
+                await self.send(text_data=json.dumps({
+                    "type": "missed", "missed": missed, "after": str(self.cursor), "until": str(head),
+                    "detail": f"{missed} lines came faster than this connection read them: they were skipped. "
+                              "Fetch them from the history with after=<after>, up to the cursor <until>."}))
+                self.cursor = head
+        self.behind = False
+        page = await database_sync_to_async(selectors.log_page)(
+            log_filter=self.filter, after=self.cursor, before=head + 1, limit=PAGE_LINES)
+        await self._send_lines([feeds.frame_text(feeds.row_frame(line)) for line in page.items])
+        if page.has_more:
+            self.cursor = page.items[-1].pk
+            return 0
+        self.cursor = max(self.cursor, head)
+        if self.seen_head > self.cursor:
+            return 0  # committed while we read: read once more
+        self.live = True
+        return None
