@@ -12,7 +12,7 @@ from billing.ledger import funds_kick
 from billing.money import quantize_money
 from cloud.exceptions import InvalidInput
 
-MAX_SPEND_LIMIT = Decimal("9999999999")
+MAX_SPEND_LIMIT = Decimal("99999999.999999")  # what Tenant.spend_limit (14 digits, 6 places) holds
 
 
 @transaction.atomic

@@ -179,11 +179,9 @@ def open_notices_for(*, tenant_ids) -> dict[int, dict[str, FundsNotice]]:
 
 # --- usage and statements -----------------------------------------------------------------------
 
-GROUPINGS = {
-    "deployment": ("deployment_id", "deployment__name", "hardware_type_id"),
-    "day": ("day", "deployment_id"),
-    "hardware": ("hardware_type_id", "hardware_type__slug", "deployment_id"),
-}
+_ROW = ("deployment_id", "deployment__name", "hardware_type_id", "hardware_type__slug")
+# Every row is one deployment's (its hardware is fixed at creation); `day` adds the day to the key.
+GROUPINGS = {"deployment": _ROW, "day": ("day", *_ROW), "hardware": _ROW}
 _ORDER = {
     "deployment": ("-amount", "deployment_id"),
     "day": ("day", "deployment_id"),

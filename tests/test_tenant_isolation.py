@@ -115,6 +115,13 @@ def _balance(tenant) -> str:
     return "4321.123457"
 
 
+def _estimate(tenant) -> str:
+    from tests.factories import HardwareTypeFactory
+
+    HardwareTypeFactory()  # something to quote
+    return _balance(tenant)
+
+
 def _usage(tenant) -> str:
     from billing.models import UsageDaily
 
@@ -160,7 +167,7 @@ ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute | StaffRoute | StreamRo
     "api/v1/events": StreamRoute(_event),
     "api/v1/^templates$": ListRoute(lambda t: TemplateFactory(tenant=t, slug="mallory-secret-tpl").slug),
     "api/v1/^templates/(?P<ref>[^/]+)$": ObjectRoute(_private_template),
-    "api/v1/^deployments/estimate$": TenantRoute(_balance),
+    "api/v1/^deployments/estimate$": TenantRoute(_estimate),
     "api/v1/billing/balance": TenantRoute(_balance),
     "api/v1/billing/usage": TenantRoute(_usage),
     "api/v1/billing/limits": TenantRoute(_spend_limit),
@@ -277,10 +284,13 @@ def test_another_tenants_data_is_invisible(route, method, alice, mallory, evil):
     elif isinstance(case, TenantRoute):
         marker = case.make(evil)
         url = _url(route, case.kwargs)
+        def text(response) -> str:
+            return _streamed(response) if response.streaming else response.content.decode()
+
         theirs = getattr(as_alice, method)(url, {}, format="json")
-        assert marker not in theirs.content.decode(), f"{method.upper()} {url} as alice shows mallory's tenant"
+        assert marker not in text(theirs), f"{method.upper()} {url} as alice shows mallory's tenant"
         own = getattr(as_mallory, method)(url, {}, format="json")
-        assert marker in own.content.decode(), f"{method.upper()} {url} as mallory should show her own tenant"
+        assert marker in text(own), f"{method.upper()} {url} as mallory should show her own tenant"
     elif isinstance(case, StaffRoute):
         response = getattr(as_alice, method)(_url(route, case.make(evil)), {}, format="json")
         assert response.status_code == 403, response.content

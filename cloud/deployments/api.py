@@ -15,6 +15,9 @@ from cloud.api import TenantScopedViewSet, paginator
 from cloud.deployments import feeds, selectors, services
 from cloud.deployments.filters import DeploymentFilter
 from cloud.deployments.models import Deployment
+from cloud.deployments.serializers.estimate import EstimateOutput
+from cloud.deployments.serializers.inputs import DeploymentEstimateInput
+from cloud.deployments.services.estimate import deployment_estimate
 from cloud.deployments.serializers import (
     DeleteResultOutput,
     DeploymentCreatedOutput,
@@ -117,6 +120,17 @@ class DeploymentViewSet(TenantScopedViewSet):
         )
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
         return Response(result.body, status=result.status_code, headers=headers)
+
+    @extend_schema(summary="What a deployment would cost, and whether there is room for it now",
+                   description="Takes the create body (the image may be left out); creates nothing. `hourly_cost` is "
+                               "what create would return as estimated_hourly_cost.",
+                   request=DeploymentEstimateInput, responses={200: EstimateOutput})
+    @action(detail=False, methods=["post"], write_scopes=["deployments:read"], filterset_class=None,
+            pagination_class=None)
+    def estimate(self, request):
+        body = DeploymentEstimateInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        return Response(deployment_estimate(tenant=request.tenant, spec=body.validated_data))
 
     def partial_update(self, request, pk=None):
         body = DeploymentUpdateInput(data=request.data)

@@ -47,6 +47,8 @@ def _opt(field_cls, **kwargs):
 
 
 class DeploymentCreateInput(_StrictInput):
+    image_required = True
+
     # Neuranet
     name = _opt(StrictCharField, max_length=100, help_text=NAME_HELP + " Generated when omitted.")
     template_id = _opt(StrictCharField, max_length=50, help_text="A template slug or id (GET /api/v1/templates); the tenant's private template wins over a global one.")
@@ -101,7 +103,7 @@ class DeploymentCreateInput(_StrictInput):
             raise serializers.ValidationError(
                 {"template_id": "Give a template_id or an image (image_url / custom_image), not both."}
             )
-        if not template and not image:
+        if not template and not image and self.image_required:
             raise serializers.ValidationError(
                 {"template_id": "Required: a template_id, or an image in image_url / custom_image."}
             )
@@ -121,6 +123,13 @@ class DeploymentCreateInput(_StrictInput):
             "registry_username": attrs.get("registry_username") or "", "registry_secret": attrs.get("registry_secret") or "",
             "stop_grace_seconds": attrs.get("stop_grace_seconds"),
         }
+
+
+class DeploymentEstimateInput(DeploymentCreateInput):
+    """The create body, for `POST /deployments/estimate`: nothing about the image is priced, so
+    it may be left out (the cheapest fitting hardware is quoted, as create would pick it)."""
+
+    image_required = False
 
 
 def _valid_name(value):
