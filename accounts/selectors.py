@@ -69,3 +69,9 @@ def tenant_for_request(*, user, token, tenant_slug: str | None) -> tuple[Tenant,
     if membership is None:
         raise TenantForbidden("Your account belongs to no tenant; ask an operator to add you to one.")
     return membership.tenant, membership.role
+
+
+def owner_emails_for(*, tenant) -> list[str]:
+    """Where a tenant's owners are written to (billing notices)."""
+    return sorted({email for email in Membership.objects.filter(tenant=tenant, role=Membership.Role.OWNER)
+                   .values_list("user__email", flat=True) if email})

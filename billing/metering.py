@@ -149,8 +149,7 @@ def usage_close_intervals(*, now: datetime | None = None) -> MeterRun:
             now=now, meters=len(rows), records=len(records), amount=sum((r.amount for r in records), Decimal("0")),
             duration_ms=int((time.perf_counter() - started) * 1000),
         )
-        if records:
-            funds_kick()  # balances moved: warnings, grace periods and stops follow
+        funds_kick()  # balances moved, grace periods ran on: warnings, stops and cancellations follow
     log.info("metering pass to %s: %d meter(s), %d record(s), %s USD in %d ms",
              now.isoformat(), run.meters, run.records, run.amount, run.duration_ms)
     return run

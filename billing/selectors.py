@@ -170,9 +170,13 @@ def funds_notices_expression(*, tenant_ref: str = "tenant_id") -> ArraySubquery:
     )
 
 
-def open_notices_for(*, tenant_ids) -> dict[int, dict[str, FundsNotice]]:
+def open_notices_for(*, tenant_ids=None) -> dict[int, dict[str, FundsNotice]]:
+    """{tenant id: {kind: notice}} of open funds notices (of every tenant when `tenant_ids` is None)."""
+    notices = FundsNotice.objects.filter(closed_at__isnull=True)
+    if tenant_ids is not None:
+        notices = notices.filter(tenant_id__in=list(tenant_ids))
     out: dict[int, dict[str, FundsNotice]] = {}
-    for notice in FundsNotice.objects.filter(tenant_id__in=list(tenant_ids), closed_at__isnull=True):
+    for notice in notices:
         out.setdefault(notice.tenant_id, {})[notice.kind] = notice
     return out
 

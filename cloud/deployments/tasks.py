@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from cloud.deployments import services
+from cloud.deployments.services import funds
 
 
 @shared_task(name="deployments.expire_due")
@@ -35,3 +36,10 @@ def fleet_sweep() -> dict:
     """Silent nodes → offline → their replicas lost and re-placed; drains progress; a
     scheduling pass for whatever waits."""
     return services.fleet_sweep()
+
+
+@shared_task(name="deployments.funds_enforce")
+def funds_enforce() -> dict:
+    """Low-balance warnings, out-of-funds grace periods and their stops or cancellations
+    (kicked after every metering pass and every credit)."""
+    return funds.funds_enforce()

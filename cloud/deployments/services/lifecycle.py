@@ -24,6 +24,7 @@ from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
 from cloud.deployments.services.status import (
     PENDING_REASON,
+    STOP_WAITING,
     incarnations_create,
     live_q,
     missing_ordinals,
@@ -50,7 +51,7 @@ def _stop(*, deployment: Deployment, reason: str, final_status: str) -> None:
     waiting = replicas_stop(Replica.objects.filter(unfinished_q(), deployment=deployment), reason=reason)
     deployment.status = S.STOPPING if waiting and final_status == S.STOPPED else final_status
     deployment.status_reason = (
-        f"{reason}: waiting for the node(s) to stop the replicas" if waiting else reason
+        f"{reason}: {STOP_WAITING}" if waiting else reason
     )
     if not waiting or final_status != S.STOPPED:
         deployment.stopped_at = now
@@ -65,6 +66,21 @@ def deployment_stop(*, tenant, actor, deployment_id) -> Deployment:
     _stop(deployment=deployment, reason="stopped by user", final_status=S.STOPPED)
     event_record(tenant=tenant, deployment=deployment, type="deployment.stopping" if deployment.status == S.STOPPING else "deployment.stopped",
                  payload={"status": deployment.status, "actor": actor_label(actor)})
+    return deployment
+
+
+@transaction.atomic
+def deployment_stop_unpaid(*, deployment_id, reason: str) -> Deployment | None:
+    """Stops a live deployment whose tenant ran out of funds (the funds pass, once the grace
+    period is over); None when it is no longer live. `reason` starts with insufficient_funds."""
+    deployment = (Deployment.objects.select_for_update(of=("self",))
+                  .filter(pk=deployment_id, deleted_at__isnull=True, status__in=LIVE).first())
+    if deployment is None:
+        return None
+    _stop(deployment=deployment, reason=reason, final_status=S.STOPPED)
+    event_record(tenant_id=deployment.tenant_id, deployment=deployment,
+                 type="deployment.stopping" if deployment.status == S.STOPPING else "deployment.stopped",
+                 payload={"status": deployment.status, "reason": reason, "actor": None})
     return deployment
 
 

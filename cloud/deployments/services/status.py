@@ -19,6 +19,8 @@ R = Replica.State
 TERMINAL = (R.STOPPED, R.FAILED, R.LOST)
 LIVE_STATUSES = (S.PENDING, S.STARTING, S.RUNNING)
 PENDING_REASON = "waiting for the scheduler: no node placement yet"
+# Appended to a stop's reason while its replicas' nodes stop them; dropped once they have.
+STOP_WAITING = "waiting for the node(s) to stop the replicas"
 
 
 def live_q() -> Q:
@@ -119,7 +121,10 @@ def deployment_refresh(*, deployment_id) -> Deployment:
     before = (deployment.status, deployment.status_reason)
     if deployment.status == S.STOPPING:
         if not Replica.objects.filter(unfinished_q(), deployment=deployment).exists():
-            deployment.status, deployment.status_reason, deployment.stopped_at = S.STOPPED, "stopped", now
+            # The stop's own reason stays ("stopped by user", "insufficient_funds: ...").
+            why = deployment.status_reason.removesuffix(f": {STOP_WAITING}")
+            deployment.status, deployment.stopped_at = S.STOPPED, now
+            deployment.status_reason = why if why != deployment.status_reason else "stopped"
     elif deployment.status in LIVE_STATUSES:
         status, reason = _summary(deployment)
         deployment.status, deployment.status_reason = status, reason[:500]
