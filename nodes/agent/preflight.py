@@ -5,14 +5,13 @@ check measures the real thing through the node's Sysfs and says what to change w
 a kernel parameter, a module, a BIOS setting. `required` checks decide `passthrough`; a node
 without it offers no GPU to the scheduler and says why. Advice (hugepages) never blocks.
 
-On a simulated node the checks run against its fake tree; KVM and the GPU kit are not needed
-there (its VMs boot without passthrough under whatever accelerator the host has), so those two
-are advice. Blocking: call through asyncio.to_thread.
+On a simulated node the checks run against its fake tree; KVM, locked memory and the GPU kit
+are not needed there (its VMs boot without passthrough under whatever accelerator the host
+has), so those three are advice. Blocking: call through asyncio.to_thread.
 """
 
 from __future__ import annotations
 
-import os
 import resource
 from typing import Any
 
@@ -43,7 +42,22 @@ def _vfio_module(sysfs: Sysfs) -> tuple[bool, str]:
     return False, f"no vfio-pci module for kernel {release}"
 
 
-def _memlock(limits: tuple[int, int] | None) -> tuple[bool, str]:
+CAP_SYS_RESOURCE = 24
+
+
+def _can_raise_limits() -> bool:
+    """Whether this process may raise a hard rlimit: CAP_SYS_RESOURCE in its effective set
+    (root in a container often lacks it)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _memlock(limits: tuple[int, int] | None, can_raise: bool | None) -> tuple[bool, str]:
     soft, hard = limits if limits is not None else resource.getrlimit(resource.RLIMIT_MEMLOCK)
 
     def show(v: int) -> str:
@@ -52,15 +66,17 @@ def _memlock(limits: tuple[int, int] | None) -> tuple[bool, str]:
     detail = f"RLIMIT_MEMLOCK soft {show(soft)}, hard {show(hard)}"
     if hard == resource.RLIM_INFINITY:
         return True, detail + "; QEMU gets an unlimited one for each passthrough VM"
-    if limits is None and os.geteuid() == 0:
-        return True, detail + "; the agent runs as root and raises it for each passthrough VM"
-    return False, detail
+    if _can_raise_limits() if can_raise is None else can_raise:
+        return True, detail + "; the agent has CAP_SYS_RESOURCE and raises it for each passthrough VM"
+    return False, detail + ", and the agent lacks CAP_SYS_RESOURCE to raise it"
 
 
 def preflight(sysfs: Sysfs, *, accel: str, accel_reason: str = "", gpus: list[dict], nvswitches: list[dict],
-              simulated: bool, kit: dict | None, memlock: tuple[int, int] | None = None) -> dict[str, Any]:
+              simulated: bool, kit: dict | None, memlock: tuple[int, int] | None = None,
+              can_raise: bool | None = None) -> dict[str, Any]:
     """`gpus`/`nvswitches`: the inventory's (discover.describe); `kit`: the GPU kit's summary,
-    None when none is built; `memlock`: (soft, hard) to check instead of this process's own."""
+    None when none is built; `memlock`: (soft, hard) and `can_raise` (CAP_SYS_RESOURCE) to
+    check instead of this process's own."""
     checks = []
     groups = sysfs.iommu_groups()
     cmdline = sysfs.kernel_cmdline()
@@ -76,9 +92,11 @@ def preflight(sysfs: Sysfs, *, accel: str, accel_reason: str = "", gpus: list[di
     node = sysfs.dev("vfio", "vfio")
     checks.append(_check("/dev/vfio/vfio", node.exists(), "present" if node.exists() else "missing",
                          "modprobe vfio-pci (it creates /dev/vfio/vfio); in a container, pass --device /dev/vfio"))
-    ok, detail = _memlock(memlock)
-    checks.append(_check("memlock", ok, detail, "QEMU locks all guest memory for device DMA: run the agent as root, or "
-                                                "set LimitMEMLOCK=infinity in its systemd unit"))
+    ok, detail = _memlock(memlock, can_raise if memlock is not None else None)
+    checks.append(_check("memlock", ok, detail, "QEMU locks all guest memory for device DMA: run the agent as root with "
+                                                "CAP_SYS_RESOURCE (a container: --cap-add SYS_RESOURCE or --ulimit "
+                                                "memlock=-1), or set LimitMEMLOCK=infinity in its systemd unit",
+                         required=not simulated))
     pages = sysfs.hugepages()
     free_1g = pages.get(1048576, (0, 0))[1]
     free_2m = pages.get(2048, (0, 0))[1]

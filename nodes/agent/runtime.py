@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Callable, Protocol
 
 from nodes.agent.errors import AgentError
 from nodes.agent.events import EventHub, RuntimeEvent
+from nodes.agent.gpu.host import GpuHost, Prepared
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
 from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, read_status
 from nodes.agent.logs import LogLine, LogReader, convert
@@ -75,6 +76,7 @@ class MicroVmRuntime:
         boot_timeout: float = 180.0,
         health_timeout: float = 60.0,
         stop_timeout: float = 10.0,
+        gpus: GpuHost | None = None,
     ):
         # The real pieces are the defaults; tests inject fakes of the far side only.
         if kit_provider is None:
@@ -102,6 +104,7 @@ class MicroVmRuntime:
         self.boot_timeout = boot_timeout
         self.health_timeout = health_timeout
         self.stop_timeout = stop_timeout
+        self.gpus = gpus  # None: a node without GPUs, which refuses any spec that asks for some
         self._locks = VmLocks(self.data_dir / "locks")
         self._host_lock = asyncio.Lock()
         self._host: tuple[Any, Any] | None = None
@@ -207,9 +210,10 @@ class MicroVmRuntime:
             host_port = await self.network.publish_port(spec.name, spec.traffic_port)
         info = await self._set(replace(info, address=str(net.address), host_port=host_port))
         guest = GuestSpec(argv=argv, env=env, workdir=disk.config.workdir or "/", user=disk.config.user or "")
+        gpus = await self._gpus_prepare(spec) if spec.gpu_bdfs else Prepared(None, spec.vcpus, spec.memory_mib)
         launch = VmLaunch(
             name=spec.name, vm_dir=paths.dir, kit=kit, accel=accel, disk=paths.overlay,
-            vcpus=spec.vcpus, memory_mib=spec.memory_mib, guest=guest, net=net,
+            vcpus=gpus.vcpus, memory_mib=gpus.memory_mib, guest=guest, net=net, machine=gpus.machine,
         )
         pid = await self.vmm.launch(launch)
         info = await self._set(replace(info, pid=pid))
@@ -224,8 +228,24 @@ class MicroVmRuntime:
             await self._health(spec.name, str(net.address), spec.traffic_port)
         current = self._infos[spec.name]
         if current.state in ("starting", "restarting"):
-            current = await self._set(replace(current, state="running", reason=""))
+            current = await self._set(replace(current, state="running", reason=gpus.notice))
         return current
+
+    async def _gpus_prepare(self, spec: ReplicaSpec) -> Prepared:
+        if self.gpus is None:
+            raise AgentError(f"this node has no GPUs to give, and the replica asks for {len(spec.gpu_bdfs)} "
+                             f"({', '.join(spec.gpu_bdfs)}): a VM never boots without the GPUs it was given",
+                             permanent=True)
+        # GPUs still bound for a VM that is gone (one that ended by itself) go back first.
+        live = {n for n, i in self._infos.items() if i.state not in TERMINAL_STATES}
+        await asyncio.to_thread(self.gpus.recover, live)
+        return await asyncio.to_thread(self.gpus.prepare, spec.name, list(spec.gpu_bdfs), vcpus=spec.vcpus,
+                                       memory_mib=spec.memory_mib)
+
+    async def _gpus_release(self, name: str) -> None:
+        """Reset and give back what the VM had: only once its QEMU is gone."""
+        if self.gpus is not None:
+            await asyncio.to_thread(self.gpus.detach, name)
 
     async def _health(self, name: str, host: str, port: int) -> None:
         """The health check races the VM's own end: a workload that dies fails fast with its
@@ -273,6 +293,7 @@ class MicroVmRuntime:
         paths = self.store.paths(name)
         await self.network.remove(name)
         await asyncio.to_thread(paths.overlay.unlink, missing_ok=True)
+        await self._gpus_release(name)
 
     # -- watching a live VM ------------------------------------------------------------------
     def _watch(self, name: str) -> None:
@@ -290,6 +311,7 @@ class MicroVmRuntime:
         while True:
             info = await self._refresh(name, paths, self._infos[name])
             if info.state in TERMINAL_STATES:
+                await self._gpus_release(name)  # the next tenant must not wait for a vm rm
                 return
             # Until the workload runs, a start() waits on this loop to see the start event: a
             # tighter pass there is start latency saved, and a booting VM has few logs to convert.
@@ -336,6 +358,10 @@ class MicroVmRuntime:
                 info = await self._refresh(name, paths, info)
                 if info.state not in TERMINAL_STATES:
                     self._watch(name)
+        if self.gpus is not None:
+            # A VM another process holds the lock of (a `vm run` under way) counts as live.
+            live = {n for n in known if n not in self._infos or self._infos[n].state not in TERMINAL_STATES}
+            await asyncio.to_thread(self.gpus.recover, live)
         for orphan in await self.network.owned() - known:
             await self.network.remove(orphan)
         return [self._infos[n] for n in sorted(known) if n in self._infos]

@@ -52,7 +52,7 @@ class PassedDevice:
     kind: str  # gpu, audio, nvswitch
     group: int
     numa_node: int
-    bar_sizes: tuple[int, ...]  # bytes of each memory BAR
+    bar64: tuple[int, ...]  # bytes of each 64-bit BAR: what the VM's 64-bit PCI hole must hold
     original_driver: str | None = None
     original_override: str | None = None
 
@@ -78,7 +78,7 @@ class Attachment:
 
     @classmethod
     def from_dict(cls, data: dict) -> Attachment:
-        devices = tuple(PassedDevice(**{**d, "bar_sizes": tuple(d.get("bar_sizes", ()))}) for d in data["devices"])
+        devices = tuple(PassedDevice(**{**d, "bar64": tuple(d.get("bar64", ()))}) for d in data["devices"])
         return cls(owner=data["owner"], devices=devices, simulated=bool(data.get("simulated")))
 
 
@@ -255,7 +255,7 @@ class Vfio:
         if busy:
             raise VfioError("cannot take the GPUs from the host: " + "; ".join(reason for _, reason in busy))
         attachment = Attachment(owner, tuple(
-            PassedDevice(bdf=d.bdf, kind=d.kind, group=d.iommu_group, numa_node=d.numa_node, bar_sizes=tuple(b.size for b in d.bars),
+            PassedDevice(bdf=d.bdf, kind=d.kind, group=d.iommu_group, numa_node=d.numa_node, bar64=tuple(b.size for b in d.bars if b.is_64bit),
                          original_driver=d.driver, original_override=d.driver_override)
             for d in devices), simulated=self.simulated)
         # Recorded before the first write: whatever happens next, recover() knows what to undo.

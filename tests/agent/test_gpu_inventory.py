@@ -189,9 +189,12 @@ def test_a_simulated_node_passes_without_kvm_or_kit(tmp_path):
 
 
 def test_memlock_must_be_raisable(tmp_path):
-    host = GpuHost(tree(tmp_path), tmp_path / "data", simulated="8xH100")
-    report = host.inventory(accel="kvm", memlock=(64 << 10, 64 << 10))["preflight"]
-    assert report["passthrough"] is False and "LimitMEMLOCK=infinity" in report["reason"]
+    host = GpuHost(tree(tmp_path), tmp_path / "data", kit=KIT)
+    report = host.inventory(accel="kvm", memlock=(64 << 10, 64 << 10), can_raise=False)["preflight"]
+    assert report["passthrough"] is False and "lacks CAP_SYS_RESOURCE" in report["reason"]
+    assert "LimitMEMLOCK=infinity" in report["reason"]
+    report = host.inventory(accel="kvm", memlock=(64 << 10, 64 << 10), can_raise=True)["preflight"]
+    assert report["passthrough"] is True
 
 
 def test_collect_marks_a_simulated_node_and_keeps_the_real_cpus(tmp_path):

@@ -23,13 +23,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from dataclasses import dataclass
+
 from nodes.agent.gpu.discover import HARDWARE_XIDS, describe, driver_version, kernel_xids
 from nodes.agent.gpu.nvml import Nvml, NvmlUnavailable
 from nodes.agent.preflight import preflight
 from nodes.agent.sysfs import Sysfs
 from nodes.agent.vfio import Attachment, Vfio, VfioError
+from nodes.agent.vmm.q35 import Q35Machine, plan
 
-__all__ = ["GpuHost", "host_topology"]
+__all__ = ["GpuHost", "Prepared", "host_topology"]
 
 
 def host_topology(sysfs: Sysfs) -> dict[str, Any]:
@@ -46,6 +49,18 @@ def host_topology(sysfs: Sysfs) -> dict[str, Any]:
         "hugepages": {f"{size}kB": {"total": total, "free": free} for size, (total, free) in pages.items()},
         "kernel": sysfs.kernel_release(),
     }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A VM's GPUs, bound: the q35 machine to boot (None on a simulated node, whose VMs boot
+    as microVMs without passthrough), the vCPUs and memory it gets, and what the replica says
+    about it while it runs ("" when nothing needs saying)."""
+
+    machine: Q35Machine | None
+    vcpus: int
+    memory_mib: int
+    notice: str = ""
 
 
 def _load(path: Path) -> dict:
@@ -68,8 +83,11 @@ class GpuHost:
     kit's summary (driver version, supported device ids), or None while none is built."""
 
     def __init__(self, sysfs: Sysfs, data_dir: Path, *, simulated: str | None = None, nvml: Nvml | None = None,
-                 hostname: str | None = None, kit: Callable[[], dict | None] = lambda: None):
+                 hostname: str | None = None, kit: Callable[[], dict | None] = lambda: None,
+                 machine: Sysfs | None = None):
         self.sysfs = sysfs
+        # This machine itself, for what a simulated node's VMs really get (its CPUs and memory).
+        self.machine = machine or Sysfs("/")
         self.dir = Path(data_dir) / "gpu"
         self.simulated = simulated
         self.nvml = nvml
@@ -114,7 +132,8 @@ class GpuHost:
         except NvmlUnavailable as e:
             return None, str(e)
 
-    def inventory(self, *, accel: str, accel_reason: str = "", memlock: tuple[int, int] | None = None) -> dict[str, Any]:
+    def inventory(self, *, accel: str, accel_reason: str = "", memlock: tuple[int, int] | None = None,
+                  can_raise: bool | None = None) -> dict[str, Any]:
         """gpus, nvswitches, host, vfio, preflight, gpu_kit: the GPU part of the node's Inventory."""
         on_driver = any(self.sysfs.link_name(self.sysfs.pci(b, "driver")) == "nvidia" for b in self.sysfs.pci_bdfs())
         snapshot, nvml_problem = self._snapshot(on_driver)
@@ -131,7 +150,7 @@ class GpuHost:
         if learnt and any(known.get(b) != v for b, v in learnt.items()):
             _save(self.known_path, {**known, **learnt})
         report = preflight(self.sysfs, accel=accel, accel_reason=accel_reason, gpus=gpus, nvswitches=nvswitches,
-                           simulated=self.simulated is not None, kit=kit, memlock=memlock)
+                           simulated=self.simulated is not None, kit=kit, memlock=memlock, can_raise=can_raise)
         return {
             "gpus": gpus, "nvswitches": nvswitches, "host": host_topology(self.sysfs),
             "vfio": self.vfio.view(), "preflight": report,
@@ -164,6 +183,33 @@ class GpuHost:
         if faulty:
             raise VfioError("GPU out of service: " + "; ".join(f"{b}: {r}" for b, r in faulty.items()))
         return self.vfio.bind(owner, gpu_bdfs)
+
+    def prepare(self, owner: str, gpu_bdfs: list[str], *, vcpus: int, memory_mib: int) -> Prepared:
+        """Binds the GPUs and plans the machine that gets them; on any failure gives them back."""
+        attachment = self.attach(owner, gpu_bdfs)
+        try:
+            if self.simulated:
+                return self._simulated(attachment, vcpus, memory_mib)
+            kit = self.kit()
+            if not kit or not kit.get("image"):
+                raise VfioError("no GPU kit is built on this node (the agent builds it at start): the VM would have "
+                                "no NVIDIA driver")
+            machine = plan(attachment, self.sysfs, vcpus=vcpus, memory_mib=memory_mib, gpu_kit=Path(kit["image"]))
+            return Prepared(machine, sum(len(n.vcpus) for n in machine.nodes), sum(n.memory_mib for n in machine.nodes))
+        except BaseException:
+            self.detach(owner)
+            raise
+
+    def _simulated(self, attachment: Attachment, vcpus: int, memory_mib: int) -> Prepared:
+        # What this machine really has: a simulated 8-GPU replica asks for 128 vCPUs and 1.6 TB.
+        cpus = len(os.sched_getaffinity(0))
+        available = (self.machine.meminfo_kib("MemAvailable") or 1 << 20) // 1024
+        got_vcpus = max(1, min(vcpus, cpus))
+        got_memory = max(256, min(memory_mib, available // 4))
+        notice = (f"simulated {self.simulated}: {len(attachment.gpus)} GPU(s) bound on the simulated board; the VM runs "
+                  f"without them (no passthrough) on {got_vcpus} of {vcpus} vCPUs and {got_memory} of {memory_mib} MiB, "
+                  "what this host has")
+        return Prepared(None, got_vcpus, got_memory, notice)
 
     def detach(self, owner: str) -> list[str]:
         """Reset, give back, clear: returns what went wrong (each also recorded as a fault)."""

@@ -38,6 +38,7 @@ INIT_PATH = Path(__file__).with_name("init")
 # ext4, crc32c and af_packet are built into Debian's cloud kernel, so they need no entry.
 GUEST_MODULES = (
     "virtio_mmio",  # the microvm transport for every device below
+    "virtio_pci",  # ... and q35's, for VMs given GPUs (/init loads it only where there is PCI)
     "virtio_blk",  # the image's root disk
     "virtio_net",  # the TAP-backed NIC
     "virtio_console",  # stdout/stderr/status ports

@@ -9,9 +9,8 @@ QEMU is started by a shell that backgrounds it under `setsid` and exits: it is n
 so neither the agent's exit nor a SIGKILL to it, nor asyncio's subprocess transport (which
 kills live children when it is closed or collected), can take the VM down.
 
-GPU passthrough (a later issue) plugs in at `machine_args`: `-M q35` with a 64-bit MMIO hole and
-one `vfio-pci` device per BDF instead of microvm's virtio-mmio transport; VmLaunch then grows a
-`gpu_bdfs` field. Nothing here builds it yet.
+A VM given GPUs is a q35 machine instead of microvm (`VmLaunch.machine`, planned by q35.py):
+the same kernel, streams and spec, virtio on PCI rather than MMIO, and the passed devices.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from nodes.agent.guest.kit import GuestKit
 from nodes.agent.net.tap import NETNS_RUN_DIR
 from nodes.agent.vmm import qmp
 from nodes.agent.vmm.accel import Accel
+from nodes.agent.vmm.q35 import Q35Machine, pin_vcpus
 from nodes.agent.vmm.spec import FW_CFG_NAME, GuestSpec, render
 
 __all__ = ["GuestSpec", "VmLaunch", "VmFiles", "QemuVm", "alive", "read_pid"]
@@ -76,6 +76,7 @@ class VmLaunch:
     memory_mib: int
     guest: GuestSpec
     net: object | None = None  # nodes.agent.network.VmNetwork (duck-typed: tap, mac, address, gateway, prefixlen, nameservers)
+    machine: Q35Machine | None = None  # set: a q35 VM with passed-through devices; None: microvm
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ def kernel_cmdline(accel: Accel, tsc_khz: int | None) -> str:
 
 
 def machine_args(l: VmLaunch) -> list[str]:
+    if l.machine is not None:
+        return l.machine.machine_args(l.accel.name)
     if l.accel.name == "kvm":
         accel = ["-accel", "kvm", "-cpu", "host"]
     else:
@@ -158,22 +161,26 @@ def command_line(l: VmLaunch, disk_format: str | None = None, tsc_khz: int | Non
     if tsc_khz is None and l.accel.name == "tcg":
         tsc_khz = host_tsc_khz()
     f = VmFiles(l.vm_dir)
+    cmdline = kernel_cmdline(l.accel, tsc_khz)
+    # virtio over MMIO on microvm, over PCI on q35.
+    bus = "device" if l.machine is None else "pci"
     argv = [
         QEMU,
         "-name", l.name,
         *machine_args(l),
         "-smp", str(l.vcpus),
         "-m", str(l.memory_mib),
+        *(l.machine.memory_args() if l.machine else []),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(l.kit.kernel),
         "-initrd", str(l.kit.initrd),
-        "-append", kernel_cmdline(l.accel, tsc_khz),
+        "-append", l.machine.kernel_cmdline(cmdline) if l.machine else cmdline,
         # The kernel console shares qemu.log with QEMU's own stderr: diagnostics, never logs.
         "-chardev", f"file,id=console,path={f.log},append=on",
         "-serial", "chardev:console",
         "-fw_cfg", f"name={FW_CFG_NAME},file={spec_path or f.guest_sh}",
         # Port 0 is reserved for a console, so three named ports need four.
-        "-device", "virtio-serial-device,max_ports=4",
+        "-device", f"virtio-serial-{bus},max_ports=4",
     ]  # fmt: skip
     for port, path in (("stdout", f.stdout), ("stderr", f.stderr), ("status", f.status)):
         argv += [
@@ -183,13 +190,15 @@ def command_line(l: VmLaunch, disk_format: str | None = None, tsc_khz: int | Non
     if l.disk is not None:
         argv += [
             "-drive", f"id=root,file={l.disk},format={disk_format or 'raw'},if=none,discard=unmap",
-            "-device", "virtio-blk-device,drive=root",
+            "-device", f"virtio-blk-{bus},drive=root",
         ]  # fmt: skip
     if l.net is not None:
         argv += [
             "-netdev", f"tap,id=net0,ifname={l.net.tap},script=no,downscript=no",
-            "-device", f"virtio-net-device,netdev=net0,mac={l.net.mac}",
+            "-device", f"virtio-net-{bus},netdev=net0,mac={l.net.mac}",
         ]  # fmt: skip
+    if l.machine is not None:
+        argv += l.machine.device_args()
     argv += [
         # Relative to QEMU's cwd (the vm_dir): a unix socket path is limited to 107 bytes.
         "-qmp", f"unix:{f.qmp.name},server=on,wait=off",
@@ -218,7 +227,8 @@ def _guest_fragment(l: VmLaunch) -> str:
     if l.net is not None:
         net = {"addr": f"{l.net.address}/{l.net.prefixlen}", "gw": str(l.net.gateway), "mac": l.net.mac,
                "dns": " ".join(l.net.nameservers)}
-    return render(l.guest, hostname=l.name, root_dev="/dev/vda" if l.disk else None, net=net)
+    return render(l.guest, hostname=l.name, root_dev="/dev/vda" if l.disk else None, net=net,
+                  gpus=len(l.machine.gpus) if l.machine else 0)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -323,7 +333,7 @@ class QemuVm:
                 "sh", "-c",
                 f'log=$1 spec=$2; shift 2; exec {SPEC_FD}<"$spec" || exit 1; rm -f "$spec"; '
                 'setsid "$@" </dev/null >>"$log" 2>&1 & echo $!',
-                "sh", str(f.log), str(f.guest_sh), *self._prefix(),
+                "sh", str(f.log), str(f.guest_sh), *self._prefix(), *(l.machine.launch_prefix() if l.machine else []),
                 *command_line(l, disk_format, tsc_khz, spec_path=SPEC_FD_PATH),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, start_new_session=True,
                 cwd=f.vm_dir,
@@ -335,6 +345,8 @@ class QemuVm:
             # Normally gone already; not so if the shell failed before its rm.
             await asyncio.to_thread(f.guest_sh.unlink, missing_ok=True)
         await self._wait_ready(l, pid)
+        if l.machine is not None:
+            await pin_vcpus(f.qmp, l.machine)
         return pid
 
     async def _wait_ready(self, l: VmLaunch, pid: int) -> None:

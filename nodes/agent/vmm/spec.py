@@ -64,9 +64,10 @@ def validate(spec: GuestSpec) -> None:
         raise ValueError(f"workdir must be absolute, got {spec.workdir!r}")
 
 
-def render(spec: GuestSpec, *, hostname: str, root_dev: str | None, net: dict[str, str] | None) -> str:
+def render(spec: GuestSpec, *, hostname: str, root_dev: str | None, net: dict[str, str] | None, gpus: int = 0) -> str:
     """The fragment /init sources. net: {"addr": "a.b.c.d/len", "gw": ..., "mac": ..., "dns":
-    space-separated nameserver addresses}."""
+    space-separated nameserver addresses}. gpus: how many GPUs the VM was given; /init loads
+    the GPU kit's driver and refuses to run the workload unless it finds exactly that many."""
     validate(spec)
     env = dict(spec.env)
     env.setdefault("PATH", DEFAULT_PATH)
@@ -85,5 +86,6 @@ def render(spec: GuestSpec, *, hostname: str, root_dev: str | None, net: dict[st
         "GANTRY_NET_GW": (net or {}).get("gw", ""),
         "GANTRY_NET_MAC": (net or {}).get("mac", "").lower(),
         "GANTRY_NET_DNS": (net or {}).get("dns", ""),
+        "GANTRY_GPUS": str(max(0, int(gpus))),
     }
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
