@@ -75,6 +75,10 @@ class ReplicaSink(Protocol):
 
     def node_online(self, *, node_id: int) -> None: ...
 
+    def node_changed(self, *, node_id: int, status: str, reason: str) -> None:
+        """An operator cordoned, drained or uncordoned the node (or its drain finished): the
+        deployments with replicas on it are told, in the caller's transaction."""
+
 
 _sink: ReplicaSink | None = None
 

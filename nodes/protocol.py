@@ -37,6 +37,7 @@ REPLICA_STATES = ("pending", *REPORTED_STATES, "lost")
 TERMINAL_STATES = ("stopped", "failed", "lost")
 VM_STATES = REPORTED_STATES  # the runtime's name for them
 LOG_STREAMS = ("stdout", "stderr", "system")
+HEALTH_STATES = ("", "failing")
 DESIRED_STATES = ("run", "stop")
 
 
@@ -116,7 +117,8 @@ class Inventory:
 class ReplicaReport:
     """One replica's state as its node sees it. `started_at`: epoch seconds the VM was started
     on the node (unchanged when a restarted agent adopts it). `log_seq`: the last log seq the
-    agent has for it."""
+    agent has for it. `health`: "failing" while a `starting` replica's health check fails (the
+    reason says how), else empty."""
 
     replica_id: str
     state: str
@@ -126,10 +128,13 @@ class ReplicaReport:
     exit_code: int | None = None
     started_at: float | None = None
     log_seq: int = 0
+    health: str = ""
 
     def check(self) -> None:
         if self.state not in REPORTED_STATES:
             raise ProtocolError(f"state must be one of {', '.join(REPORTED_STATES)}, not {self.state[:40]!r}")
+        if self.health not in HEALTH_STATES:
+            raise ProtocolError("health must be empty or \"failing\"")
 
 
 @dataclass(frozen=True)

@@ -339,6 +339,7 @@ def node_cordon(*, node_id: int) -> Node:
         raise Conflict(f"Node {node.hostname} is {node.status}; only an online or draining node can be cordoned.")
     node.status, node.status_reason, node.drain_deadline = Node.Status.CORDONED, "cordoned by an operator", None
     node.save(update_fields=["status", "status_reason", "drain_deadline"])
+    link.sink().node_changed(node_id=node.pk, status=node.status, reason=node.status_reason)
     link.fleet_sweep_kick()
     return node
 
@@ -352,6 +353,7 @@ def node_uncordon(*, node_id: int) -> Node:
         raise Conflict(f"Node {node.hostname} is {node.status}; only a cordoned or draining node can be uncordoned.")
     node.status, node.status_reason, node.drain_deadline = Node.Status.ONLINE, "", None
     node.save(update_fields=["status", "status_reason", "drain_deadline"])
+    link.sink().node_changed(node_id=node.pk, status="uncordoned", reason="")
     link.fleet_sweep_kick()  # room appeared: pending replicas may fit now
     return node
 
@@ -372,12 +374,15 @@ def node_drain(*, node_id: int, timeout_s: float | None = None) -> Node:
     node.drain_deadline = timezone.now() + timedelta(seconds=timeout_s)
     node.status_reason = f"draining: replicas move elsewhere, the rest stop by {node.drain_deadline:%H:%M:%SZ}"
     node.save(update_fields=["status", "status_reason", "drain_deadline"])
+    link.sink().node_changed(node_id=node.pk, status=node.status, reason=node.status_reason)
     link.fleet_sweep_kick()
     return node
 
 
+@transaction.atomic
 def node_finish_drain(*, node_id: int) -> None:
     """A drained node stays out of placement as `cordoned` until an operator uncordons it."""
-    Node.objects.filter(pk=node_id, status=Node.Status.DRAINING).update(
-        status=Node.Status.CORDONED, status_reason="drained: uncordon to place replicas here again", drain_deadline=None,
-    )
+    reason = "drained: uncordon to place replicas here again"
+    if Node.objects.filter(pk=node_id, status=Node.Status.DRAINING).update(
+            status=Node.Status.CORDONED, status_reason=reason, drain_deadline=None):
+        link.sink().node_changed(node_id=node_id, status=Node.Status.CORDONED, reason=reason)

@@ -11,7 +11,8 @@ from typing import Any, AsyncIterator
 @dataclass(frozen=True)
 class RuntimeEvent:
     """A state change: pulling (with bytes), booting, starting, running, restarting(exit code),
-    stopping, stopped, failed(reason)."""
+    stopping, stopped, failed(reason); or, with phase "health", a `starting` VM whose health
+    check keeps failing (the reason says how)."""
 
     name: str
     state: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Awaitable, Callable
 
 from pyroute2.netns import create_socket
 
@@ -33,11 +34,13 @@ async def wait_healthy(
     http_path: str | None = None,
     interval: float = 0.05,
     netns: str | None = None,
+    on_failure: Callable[[str], Awaitable[None]] | None = None,
 ) -> None:
     """Return once host:port is healthy; raise AgentError with the last reason at `timeout`.
 
     `netns` runs the check from inside a named network namespace: the one the VMs' network
     lives in under `--netns`, where their addresses are reachable and the agent's own are not.
+    `on_failure` hears the reason of each failed attempt (the runtime tells the plane).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -67,6 +70,8 @@ async def wait_healthy(
             last = str(exc)
         except OSError as exc:
             last = exc.strerror or str(exc)
+        if on_failure is not None:
+            await on_failure(last)
         await asyncio.sleep(max(0.0, min(interval, deadline - loop.time())))
 
 

@@ -27,6 +27,9 @@ from nodes.protocol import ReplicaSpec
 
 # Watch pass interval while a VM boots (see _watch_loop); running VMs use poll_interval.
 BOOT_POLL_S = 0.03
+# A workload's port usually refuses for a moment while it starts: failures within this long
+# are the normal start, not news for the plane.
+HEALTH_QUIET_S = 2.0
 
 
 def _read_pid(paths: VmPaths) -> int | None:
@@ -249,8 +252,20 @@ class MicroVmRuntime:
 
     async def _health(self, name: str, host: str, port: int) -> None:
         """The health check races the VM's own end: a workload that dies fails fast with its
-        crash reason instead of a connection timeout."""
-        check = asyncio.ensure_future(self._health_check(host, port, timeout=self.health_timeout, netns=self.netns))
+        crash reason instead of a connection timeout. A check still failing after
+        HEALTH_QUIET_S is announced (a `health` event) each time its reason changes: the
+        customer sees why the replica is not running yet, not a silent `starting`."""
+        began = time.monotonic()
+        told: list[str] = []
+
+        async def failing(reason: str) -> None:
+            if time.monotonic() - began >= HEALTH_QUIET_S and (not told or told[-1] != reason):
+                told.append(reason)
+                self._emit(RuntimeEvent(name, "starting", self._clock(), f"health check failing: {reason}",
+                                        phase="health"))
+
+        check = asyncio.ensure_future(self._health_check(host, port, timeout=self.health_timeout, netns=self.netns,
+                                                         on_failure=failing))
         ended = asyncio.ensure_future(self._wait_for(name, lambda i: i.state in TERMINAL_STATES, None, ""))
         try:
             done, _ = await asyncio.wait({check, ended}, return_when=asyncio.FIRST_COMPLETED)

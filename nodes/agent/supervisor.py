@@ -294,6 +294,7 @@ class Supervisor:
                 self._states.pop(event.name, None)  # removed meanwhile: nothing left to track
         if info is None:
             info = VmInfo(name=event.name, state=event.state)
-        report = self._report(info, state=event.state, reason=reason, exit_code=event.exit_code)
+        report = self._report(info, state=event.state, reason=reason, exit_code=event.exit_code,
+                              health="failing" if event.phase == "health" else "")
         await self._send(ReplicaStatus(report))
 

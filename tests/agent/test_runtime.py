@@ -148,6 +148,29 @@ async def test_health_check_gates_running_and_stop_leaves_nothing(tmp_path, part
     assert await rt.list() == []
 
 
+async def test_a_health_check_that_keeps_failing_is_announced_once_per_reason(tmp_path, parts, monkeypatch):
+    from nodes.agent import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "HEALTH_QUIET_S", 0.3)
+    rt = make_runtime(tmp_path, parts)
+    events = rt.subscribe()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # The port opens only after a second and a half: refused until then.
+    spec = ReplicaSpec(name="slow", image="sh", args=[f"sleep 1.5; exec {sys.executable} -m http.server -b 127.0.0.1 {port}"],
+                       traffic_port=port)
+    assert (await rt.start(spec)).state == "running"
+    seen = []
+    while not events.empty():
+        seen.append(events.get_nowait())
+    health = [e for e in seen if e.phase == "health"]
+    assert [(e.state, e.reason) for e in health] == [("starting", "health check failing: connection refused")]
+    assert seen[-1].state == "running" and seen.index(health[0]) < len(seen) - 1
+    await rt.stop("slow")
+    await rt.close()
+
+
 async def test_workload_dying_before_health_fails_start_with_its_reason(tmp_path, parts):
     rt = make_runtime(tmp_path, parts, health_timeout=30)
     spec = ReplicaSpec(name="die", image="sh", args=["echo cannot bind >&2; exit 7"], traffic_port=9)

@@ -16,10 +16,10 @@ def test_it_lists_the_deployments_events_in_order(as_alice, acme):
     response = events(as_alice, deployment)
     assert response.status_code == 200
     shown = response.json()["events"]
-    assert [e["type"] for e in shown] == ["deployment.created", "deployment.stopped"]
+    assert [e["type"] for e in shown] == ["deployment.created", "replica.stopped", "deployment.stopped"]
     assert set(shown[0]) == {"id", "type", "deployment_id", "name", "status", "timestamp", "ts", "payload"}
     assert (shown[0]["deployment_id"], shown[0]["name"]) == (str(deployment.pk), deployment.name)
-    assert shown[1]["status"] == "stopped" and shown[1]["timestamp"] == shown[1]["ts"]
+    assert shown[2]["status"] == "stopped" and shown[2]["timestamp"] == shown[2]["ts"]
 
 
 def test_after_is_a_cursor_and_limit_bounds_the_page(as_alice, acme):

@@ -18,10 +18,11 @@ from django.utils import timezone
 from billing.services import meter_open
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.deployments.services import placement
+from cloud.deployments.services.events import event_record
 from cloud.deployments.services.logs import logs_store
 from cloud.deployments.services.status import TERMINAL, deployment_refresh, replica_event, replicas_stop
 from nodes import link
-from nodes.models import Gpu
+from nodes.models import Gpu, Node
 from nodes.protocol import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
 
 R = Replica.State
@@ -53,7 +54,7 @@ def _vm_gone(replica: Replica) -> None:
 
 def _apply(replica: Replica, report: ReplicaReport) -> None:
     now = timezone.now()
-    old_state = replica.state
+    old_state, old_reason = replica.state, replica.reason
     replica.last_report_at = now
     if report.state in ("stopped", "failed"):
         if not replica.vm_gone:
@@ -84,8 +85,11 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
         # Metering starts in the same transaction as `running`: even an incarnation that ends
         # before the next metering pass is charged for every second it ran.
         meter_open(replica=replica)
+    node = replica.node.hostname if replica.node_id else None
     if replica.state != old_state:
-        replica_event(replica, f"replica.{replica.state}", node=replica.node.hostname if replica.node_id else None)
+        replica_event(replica, f"replica.{replica.state}", node=node)
+    elif report.health == "failing" and replica.state == R.STARTING and replica.reason != old_reason:
+        replica_event(replica, "replica.health_failing", node=node)  # once per new reason, not per attempt
     if replica.state == R.RUNNING and old_state != R.RUNNING:
         _replacement_running(replica)
     deployment_refresh(deployment_id=replica.deployment_id)
@@ -151,6 +155,14 @@ class AgentSink:
     def node_online(self, *, node_id: int) -> None:
         with transaction.atomic():
             placement.scheduler_kick()
+
+    def node_changed(self, *, node_id: int, status: str, reason: str) -> None:
+        hostname = Node.objects.filter(pk=node_id).values_list("hostname", flat=True).first()
+        deployments = (Replica.objects.filter(node_id=node_id).exclude(state__in=TERMINAL)
+                       .values_list("deployment_id", "deployment__tenant_id").distinct())
+        for deployment_id, tenant_id in deployments:
+            event_record(tenant_id=tenant_id, deployment_id=deployment_id, type=f"node.{status}",
+                         payload={"node": hostname, "status": status, "reason": reason})
 
 
 def replica_spec(replica: Replica, *, gpu_bdfs: list[str]) -> ReplicaSpec:

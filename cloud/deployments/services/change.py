@@ -70,8 +70,11 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
     changed: list[str] = []
     if "replica_count" in changes and changes["replica_count"] != deployment.replica_count:
+        before = deployment.replica_count
         _scale(tenant=tenant, deployment=deployment, replica_count=changes["replica_count"])
         changed.append("replica_count")
+        event_record(tenant=tenant, deployment=deployment, type="deployment.scaled", payload={
+            "from": before, "to": deployment.replica_count, "actor": actor_label(actor)})
     if "duration_hours" in changes and changes["duration_hours"] != deployment.duration_hours:
         _extend(deployment=deployment, duration_hours=changes["duration_hours"])
         changed.append("duration_hours")

@@ -11,11 +11,14 @@ from cloud.deployments import feeds
 from cloud.deployments.models import Event
 
 
-def event_record(*, tenant=None, tenant_id=None, deployment=None, type: str, payload: dict | None = None) -> Event:  # noqa: A002
+def event_record(*, tenant=None, tenant_id=None, deployment=None, deployment_id=None, type: str,  # noqa: A002
+                 payload: dict | None = None) -> Event:
     """The returned row's id is provisional until the transaction commits (renumbered then)."""
     if tenant is not None:
         tenant_id = tenant.pk
-    event = Event.objects.create(tenant_id=tenant_id, deployment=deployment, type=type, payload=payload or {})
+    if deployment is not None:
+        deployment_id = deployment.pk
+    event = Event.objects.create(tenant_id=tenant_id, deployment_id=deployment_id, type=type, payload=payload or {})
     transaction.on_commit(lambda: feeds.events_publish(tenant_id=tenant_id))
     return event
 

@@ -69,6 +69,7 @@ def replicas_stop(replicas, *, reason: str) -> int:
     now = timezone.now()
     waiting = 0
     for replica in replicas.select_for_update(of=("self",)).select_related("deployment"):
+        before = replica.state
         replica.desired = Replica.Desired.STOP
         replica.reason = reason
         if replica.node_id is None:
@@ -78,6 +79,8 @@ def replicas_stop(replicas, *, reason: str) -> int:
             waiting += 1
             link.notify_node(replica.node_id)
         replica.save(update_fields=["desired", "reason", "state", "ended_at", "vm_gone"])
+        if replica.state != before:
+            replica_event(replica, f"replica.{replica.state}")
     return waiting
 
 
