@@ -131,6 +131,8 @@ CELERY_BEAT_SCHEDULE = {
     "deployments-expire-due": {"task": "deployments.expire_due", "schedule": 10.0},
     "deployments-fleet-sweep": {"task": "deployments.fleet_sweep", "schedule": 5.0},
     "deployments-purge-idempotency-keys": {"task": "deployments.purge_idempotency_keys", "schedule": 3600.0},
+    "deployments-purge-logs": {"task": "deployments.purge_logs", "schedule": 300.0},
+    "deployments-purge-events": {"task": "deployments.purge_events", "schedule": 3600.0},
     # Closes running intervals into usage records and charges; then kicks deployments.funds_enforce.
     "billing-meter": {"task": "billing.meter", "schedule": 60.0},
 }
@@ -234,6 +236,12 @@ TENANT_DEFAULT_MAX_DEPLOYMENTS = int(os.environ.get("TENANT_DEFAULT_MAX_DEPLOYME
 # hour; set 0 where every tenant must pay first.
 TENANT_DEFAULT_BALANCE = os.environ.get("TENANT_DEFAULT_BALANCE", "10")
 IDEMPOTENCY_KEY_TTL_HOURS = 24
+# How long log lines and events are kept (a periodic task deletes older ones in batches).
+LOG_RETENTION_DAYS = float(os.environ.get("LOG_RETENTION_DAYS", "7"))
+EVENT_RETENTION_DAYS = float(os.environ.get("EVENT_RETENTION_DAYS", "30"))
+# Origins, besides the dashboard's own (CSRF_TRUSTED_ORIGINS) and ALLOWED_HOSTS, whose pages may
+# open the log WebSocket (with a ticket): a customer's own web app, say.
+WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", "")
 
 # Billing (issue 18). A tenant whose balance runs out within BALANCE_WARNING_HOURS at its
 # current rate gets a warning on its deployments; at zero balance or at its monthly spend limit

@@ -3,6 +3,8 @@
 Beat entries (in cloud/settings.py CELERY_BEAT_SCHEDULE):
     "deployments-expire-due": {"task": "deployments.expire_due", "schedule": 60.0},
     "deployments-purge-idempotency-keys": {"task": "deployments.purge_idempotency_keys", "schedule": 3600.0},
+    "deployments-purge-logs": {"task": "deployments.purge_logs", "schedule": 300.0},
+    "deployments-purge-events": {"task": "deployments.purge_events", "schedule": 3600.0},
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from cloud.deployments import services
-from cloud.deployments.services import funds
+from cloud.deployments.services import funds, retention
 
 
 @shared_task(name="deployments.expire_due")
@@ -23,6 +25,18 @@ def deployments_expire_due() -> int:
 def idempotency_keys_purge() -> int:
     """Idempotency keys older than IDEMPOTENCY_KEY_TTL_HOURS are forgotten."""
     return services.idempotency_keys_purge()
+
+
+@shared_task(name="deployments.purge_logs")
+def logs_purge() -> int:
+    """Log lines older than LOG_RETENTION_DAYS are deleted, in bounded batches."""
+    return retention.logs_purge()
+
+
+@shared_task(name="deployments.purge_events")
+def events_purge() -> int:
+    """Events older than EVENT_RETENTION_DAYS are deleted, in bounded batches."""
+    return retention.events_purge()
 
 
 @shared_task(name="deployments.schedule_pending")
