@@ -30,6 +30,12 @@ class HardwareTypeAdmin(admin.ModelAdmin):
     search_fields = ["slug", "name", "gpu_model"]
     ordering = ["id"]
 
+    def get_readonly_fields(self, request, obj=None):
+        # Set once, as the list price a new type starts at; from then on prices change in the
+        # billing price book (Billing > Prices), from a time of the operator's choosing, and
+        # this column follows it. Editing it here would re-price seconds not yet metered.
+        return ["price_per_gpu_hour"] if obj is not None else []
+
 
 class GpuInline(admin.TabularInline):
     model = Gpu

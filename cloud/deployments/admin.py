@@ -8,7 +8,10 @@ import uuid
 
 from django.contrib import admin, messages
 from django.db.models import Q
+from django.utils import timezone
 
+from billing.money import money_str
+from billing.selectors import deployment_cost_annotations
 from cloud.deployments import services
 from cloud.deployments.models import Deployment, Event, IdempotencyKey, LogLine, Replica
 from cloud.exceptions import ApplicationError
@@ -48,22 +51,30 @@ class UuidSearchMixin:
 
 @admin.register(Deployment)
 class DeploymentAdmin(UuidSearchMixin, admin.ModelAdmin):
-    list_display = ["name", "tenant", "status", "hardware_type", "gpus_per_container", "replica_count", "total_cost",
+    list_display = ["name", "tenant", "status", "hardware_type", "gpus_per_container", "replica_count", "cost",
                     "created_at", "expires_at", "deleted_at"]
     list_filter = ["status", "hardware_type", "locations", ("deleted_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "tenant__slug", "image"]
     list_select_related = ["tenant", "hardware_type"]
     raw_id_fields = ["tenant", "template", "node"]
     filter_horizontal = ["locations"]
-    readonly_fields = ["id", "secret_env_keys", "registry_username", "price_per_gpu_hour", "total_cost", "created_at",
+    readonly_fields = ["id", "secret_env_keys", "registry_username", "price_per_gpu_hour", "cost", "created_at",
                        "updated_at", "started_at", "stopped_at", "deleted_at"]
     fields = ["id", "tenant", "name", "status", "status_reason", "template", "image", "registry_username", "env",
               "secret_env_keys", "entrypoint", "args", "traffic_port", "gpus_per_container", "hardware_type", "locations",
-              "node", "replica_count", "duration_hours", "expires_at", "price_per_gpu_hour", "total_cost", "created_at",
+              "node", "replica_count", "duration_hours", "expires_at", "price_per_gpu_hour", "cost", "created_at",
               "updated_at", "started_at", "stopped_at", "deleted_at"]
     inlines = [ReplicaInline]
     actions = ["start_selected", "stop_selected", "restart_selected", "delete_selected_softly"]
     date_hierarchy = "created_at"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(**deployment_cost_annotations(now=timezone.now()))
+
+    @admin.display(description="total cost (USD)")
+    def cost(self, obj: Deployment) -> str:
+        # Its usage records plus what runs since the last metering pass, as the API shows it.
+        return money_str(obj.metered_cost + obj.accruing_cost)
 
     def get_readonly_fields(self, request, obj=None):
         # Every change goes through the services (the actions here, the API): no status,

@@ -1,4 +1,5 @@
 import json
+from decimal import Decimal
 from io import StringIO
 
 import pytest
@@ -46,11 +47,23 @@ def test_a_second_run_changes_nothing(db):
 def test_it_restores_a_changed_row_and_says_so(db):
     load()
     Template.objects.filter(slug="ollama").update(image="ollama/ollama:0.1")
-    HardwareType.objects.filter(slug="l40s-48gb-4x").update(price_per_gpu_hour="9.99")
+    HardwareType.objects.filter(slug="l40s-48gb-4x").update(vcpus_per_gpu=1)
     summary = json.loads(load("--json"))
     assert summary["templates"]["updated"] == ["ollama"]
     assert summary["hardware_types"]["updated"] == ["l40s-48gb-4x"]
     assert Template.objects.get(slug="ollama").image == "ollama/ollama:latest"
+
+
+def test_a_rerun_leaves_prices_to_the_price_book(db):
+    """Regression (issue 18): a re-run put the catalog's list price back over a price change."""
+    from billing.prices import price_set
+
+    load()
+    l40s = HardwareType.objects.get(slug="l40s-48gb-4x")
+    price_set(hardware_type=l40s, location=None, price=Decimal("1.2500"))
+    summary = json.loads(load("--json"))
+    assert "l40s-48gb-4x" in summary["hardware_types"]["unchanged"]
+    assert HardwareType.objects.get(slug="l40s-48gb-4x").price_per_gpu_hour == Decimal("1.2500")
 
 
 def test_it_leaves_rows_it_does_not_know_alone(acme):

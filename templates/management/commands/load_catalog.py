@@ -17,14 +17,15 @@ from templates import catalog
 from templates.services import template_upsert_global
 
 
-def _upsert(model, *, slug: str, defaults: dict) -> str:
+def _upsert(model, *, slug: str, defaults: dict, on_create_only: tuple[str, ...] = ()) -> str:
     row = model.objects.filter(slug=slug).first()
     if row is None:
         row = model(slug=slug, **defaults)
         row.full_clean()
         row.save()
         return "created"
-    changed = [field for field, value in defaults.items() if getattr(row, field) != value]
+    changed = [field for field, value in defaults.items()
+               if field not in on_create_only and getattr(row, field) != value]
     if not changed:
         return "unchanged"
     for field in changed:
@@ -54,7 +55,10 @@ class Command(BaseCommand):
             record("locations", spec["slug"], _upsert(Location, slug=spec.pop("slug"), defaults=spec))
         for spec in catalog.HARDWARE_TYPES:
             spec = dict(spec)
-            record("hardware_types", spec["slug"], _upsert(HardwareType, slug=spec.pop("slug"), defaults=spec))
+            # A new type starts at the catalog's list price; after that its price is the billing
+            # price book's (admin: Billing > Prices), which a re-run must not overwrite.
+            record("hardware_types", spec["slug"], _upsert(HardwareType, slug=spec.pop("slug"), defaults=spec,
+                                                           on_create_only=("price_per_gpu_hour",)))
         for spec in catalog.TEMPLATES:
             spec = dict(spec)
             slug = spec.pop("slug")
