@@ -46,6 +46,9 @@ class Deployment(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
     status_reason = models.CharField(max_length=500, blank=True)
     price_per_gpu_hour = models.DecimalField(max_digits=10, decimal_places=4, help_text="locked in at creation")
+    # Not read since issue 18: the API's total_cost is billing's meters plus what accrues
+    # (billing.selectors.deployment_cost_annotations). Dropping the column is a deployments
+    # migration, left to be made when no other change to this app is in flight.
     total_cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -55,7 +58,7 @@ class Deployment(models.Model):
     # How long a stopping replica's workload gets between ACPI power-off and the kill.
     stop_grace_seconds = models.PositiveSmallIntegerField(default=10)
     # DELETE hides a deployment (404 from then on, its name free again) but keeps the row:
-    # UsageRecord cascades from Deployment, and a statement must not lose what was metered.
+    # usage and ledger rows PROTECT it (billing), and a statement must not lose what was metered.
     deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:

@@ -58,7 +58,8 @@ class DeploymentOutput(serializers.Serializer):
     duration_hours = serializers.IntegerField(allow_null=True)
     stop_grace_seconds = serializers.IntegerField(help_text="Seconds between ACPI power-off and the kill.")
     registry_username = serializers.SerializerMethodField()
-    price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4, help_text="Locked in at creation, USD.")
+    price_per_gpu_hour = serializers.DecimalField(max_digits=10, decimal_places=4, help_text="USD per GPU-hour (per replica-hour on CPU-only hardware) quoted at creation from the price "
+                                                        "book; what is charged follows the price book.")
     estimated_hourly_cost = serializers.SerializerMethodField()
     total_cost = serializers.SerializerMethodField()
     warnings = serializers.SerializerMethodField()
