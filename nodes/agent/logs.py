@@ -14,11 +14,19 @@ A record torn by a kill mid-write has no trailing newline; it is cut off before 
 Conversion is serialised across processes by an flock, which makes it safe (and idempotent)
 for the runtime, `vm logs` and `vm ls` to run it whenever they like.
 
+Once the plane has acknowledged lines, `trim()` gives their disk back: it punches holes over
+the acknowledged records and the raw bytes they came from (fallocate PUNCH_HOLE), which keeps
+every file's size and therefore every offset, so conversion, resume and readers work exactly as
+before; readers skip the zeros a hole reads as. A chatty workload thus holds on disk only what
+the plane has not stored yet (plus a small tail), not everything it ever printed.
+
 Everything here is blocking file I/O: call it through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -27,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from nodes.agent.state import VmPaths
+from nodes.agent.state import VmPaths, read_json, write_json_atomic
 
 STREAMS = ("stdout", "stderr")
 # A workload printing without newlines must not grow our memory without bound: a run of this
@@ -87,8 +95,15 @@ def _last_record(fd: int) -> dict | None:
             os.ftruncate(fd, start + end + 1)
         if end < 0:
             return None
-        # Leading NULs are a trimmed (hole-punched) start of the file, never part of a record.
-        return json.loads(tail[begin:end].lstrip(b"\x00"))
+        return json.loads(_past_hole(tail[begin:end]))
+
+
+def _past_hole(raw: bytes) -> bytes:
+    """A record read across the end of a trimmed (hole-punched) region: what follows the last
+    NUL. A record never holds a NUL (JSON escapes it), and a hole ends where a record starts,
+    so that is the whole record; what was before it had been acknowledged and trimmed."""
+    cut = raw.rfind(b"\x00")
+    return raw if cut < 0 else raw[cut + 1 :]
 
 
 def _cut(data: bytes, pos: int) -> int:
@@ -172,6 +187,87 @@ def convert(paths: VmPaths, *, final: bool = False, clock: Callable[[], float] =
     return out
 
 
+# What trim() leaves of each raw stream's end whatever was acknowledged: lifecycle.crash_reason
+# reads the last 16 KiB of stderr.raw.
+TRIM_KEEP_BYTES = 64 * 1024
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+
+
+def _punch(path: Path, end: int) -> int:
+    """Deallocates [0, end) of the file, keeping its size; returns the bytes given back."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        before = os.fstat(fd).st_blocks * 512
+        if end <= 0 or _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, 0, end) != 0:
+            err = ctypes.get_errno()
+            if end > 0 and err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise OSError(err, f"punching {path.name}: {os.strerror(err)}")
+            return 0  # a filesystem without holes keeps everything, as before trimming existed
+        return max(0, before - os.fstat(fd).st_blocks * 512)
+    finally:
+        os.close(fd)
+
+
+def trim(paths: VmPaths, upto_seq: int) -> int:
+    """Frees the disk under every record up to `upto_seq` (which the plane has stored) and under
+    the raw bytes they were converted from; returns about how many bytes that gave back.
+
+    The record with `upto_seq` itself is kept, so the last complete record (the resume state)
+    is never touched. Progress lives in logs.trim ({"pos", "seq"}): each call scans only what was
+    acknowledged since the last one."""
+    lock_fd = os.open(paths.logs_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        done = read_json(paths.logs_trim) or {"pos": 0, "seq": 0}
+        if upto_seq <= done["seq"]:
+            return 0
+        keep_from, off, seq = done["pos"], None, done["seq"]
+        try:
+            f = open(paths.logs, "rb")
+        except FileNotFoundError:
+            return 0
+        with f:
+            pos = done["pos"]
+            while True:
+                f.seek(pos)
+                data = f.read(_CHUNK)
+                end = data.rfind(b"\n")
+                if end < 0:
+                    break
+                start = 0
+                for raw in data[:end].split(b"\n"):
+                    record_start = pos + start
+                    start += len(raw) + 1
+                    stripped = _past_hole(raw)
+                    if not stripped:
+                        continue
+                    record = json.loads(stripped)
+                    if record["seq"] > upto_seq:
+                        break
+                    keep_from, off, seq = record_start + len(raw) - len(stripped), record["off"], record["seq"]
+                else:
+                    pos += end + 1
+                    continue
+                break
+        if off is None:
+            return 0
+        freed = _punch(paths.logs, keep_from)
+        for i, stream in enumerate(STREAMS):
+            path = getattr(paths, stream)
+            size = path.stat().st_size if path.exists() else 0
+            freed += _punch(path, min(off[i], size - TRIM_KEEP_BYTES))
+        write_json_atomic(paths.logs_trim, {"pos": keep_from, "seq": seq}, mode=0o600)
+        return freed
+    finally:
+        os.close(lock_fd)
+
+
 class LogReader:
     """Reads records from logs.jsonl incrementally, only complete lines, skipping seq <= after_seq."""
 
@@ -183,6 +279,11 @@ class LogReader:
     def read_new(self) -> list[LogLine]:
         try:
             with open(self.paths.logs, "rb") as f:
+                try:
+                    # Past a trimmed (hole-punched) start without reading its zeros.
+                    self._pos = os.lseek(f.fileno(), self._pos, os.SEEK_DATA)
+                except OSError:
+                    return []  # ENXIO: nothing written after our position yet
                 f.seek(self._pos)
                 data = f.read(_CHUNK * 4)
         except FileNotFoundError:
@@ -193,6 +294,9 @@ class LogReader:
         self._pos += end + 1
         out = []
         for raw in data[:end].split(b"\n"):
+            raw = _past_hole(raw)
+            if not raw:
+                continue
             rec = json.loads(raw)
             if rec["seq"] > self.after_seq:
                 out.append(LogLine.from_record(rec))

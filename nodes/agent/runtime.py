@@ -20,7 +20,7 @@ from nodes.agent.events import EventHub, RuntimeEvent
 from nodes.agent.gpu.host import GpuHost, Prepared
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
 from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, read_status
-from nodes.agent.logs import LogLine, LogReader, convert
+from nodes.agent.logs import LogLine, LogReader, convert, trim
 from nodes.agent.locks import VmLocks
 from nodes.agent.state import StateStore, VmInfo, VmPaths, is_locked, validate_name
 from nodes.protocol import ReplicaSpec
@@ -53,6 +53,7 @@ class Runtime(Protocol):
     async def remove(self, name: str) -> None: ...
     async def list(self) -> list[VmInfo]: ...
     def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]: ...
+    async def trim_logs(self, name: str, upto_seq: int) -> int: ...
     def events(self) -> AsyncIterator[RuntimeEvent]: ...
 
 
@@ -459,6 +460,14 @@ class MicroVmRuntime:
                     yield line
                 return
             await asyncio.sleep(self.poll_interval)
+
+    async def trim_logs(self, name: str, upto_seq: int) -> int:
+        """The plane has stored every line up to `upto_seq`: give their disk back (logs.trim);
+        returns about how many bytes. A VM removed meanwhile has nothing left to trim."""
+        paths = self.store.paths(name)
+        if not await asyncio.to_thread(paths.dir.is_dir):
+            return 0
+        return await asyncio.to_thread(trim, paths, upto_seq)
 
     async def close(self) -> None:
         """Stop watching (VMs keep running: they are adopted by the next runtime)."""

@@ -9,6 +9,10 @@ stored seq again and shipping restarts right after it, so a line is neither lost
 twice (lines sent but not acknowledged before a drop are simply sent again, and the plane's
 unique (replica, seq) makes a resend it did store harmless).
 
+Once acknowledged, lines are no longer needed on the node: every TRIM_EVERY lines the shipper
+asks the runtime to trim them (logs.trim: the disk under them and their raw bytes is freed), so
+a chatty workload holds on disk what the plane has not stored yet, not all it ever printed.
+
 Shipping runs only while a connection is up and has received `desired`: `resume()` starts it,
 `disconnected()` stops it all. A replica that leaves the desired set keeps shipping until the
 supervisor removes its VM, which first waits (`drain`) for the last lines to be acknowledged.
@@ -35,10 +39,13 @@ WINDOW = 4
 BATCH_BYTES = protocol.MAX_FRAME_BYTES // 4
 _ENVELOPE = 96  # per line: {"seq":...,"ts":...,"stream":"stdout","message":} and separators
 POLL_S = 0.5
+TRIM_EVERY = 5000  # acknowledged lines between two trims of a replica's log files
 
 
 class LogSource(Protocol):
     def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]: ...
+
+    async def trim_logs(self, name: str, upto_seq: int) -> int: ...
 
 
 def entry(line: LogLine) -> LogEntry:
@@ -65,6 +72,8 @@ class _Stream:
         self.flushed = False  # the VM has ended and every line of it is acknowledged
         self.closed = False
         self.task: asyncio.Task | None = None
+        self.trimmed = acked  # the seq up to which its log files were last trimmed
+        self.trimming: asyncio.Task | None = None
         self._changed = asyncio.Event()
 
     def notify(self) -> None:
@@ -86,6 +95,7 @@ class LogShipper:
         window: int = WINDOW,
         batch_bytes: int = BATCH_BYTES,
         poll_s: float = POLL_S,
+        trim_every: int = TRIM_EVERY,
     ):
         self.runtime = runtime
         self._send = send
@@ -93,6 +103,7 @@ class LogShipper:
         self.window = window
         self.batch_bytes = batch_bytes
         self.poll_s = poll_s
+        self.trim_every = trim_every
         self._streams: dict[str, _Stream] = {}
         self._seen: dict[str, int] = {}
         self._live = False
@@ -124,6 +135,17 @@ class LogShipper:
         while stream.in_flight and stream.in_flight[0] <= seq:
             stream.in_flight.popleft()
         stream.notify()
+        if seq - stream.trimmed >= self.trim_every and (stream.trimming is None or stream.trimming.done()):
+            stream.trimming = asyncio.create_task(self._trim(stream, seq), name=f"trim-{replica_id}")
+
+    async def _trim(self, stream: _Stream, seq: int) -> None:
+        try:
+            freed = await self.runtime.trim_logs(stream.replica_id, seq)
+        except (AgentError, OSError) as exc:
+            log.warning("%s: could not trim its log files: %s", stream.replica_id, exc)
+            return
+        stream.trimmed = seq
+        log.debug("%s: trimmed up to seq %d (%d bytes freed)", stream.replica_id, seq, freed)
 
     def disconnected(self) -> None:
         self._live = False

@@ -89,6 +89,7 @@ class VmPaths:
     lock = property(lambda self: self.dir / "vm.lock")
     logs = property(lambda self: self.dir / "logs.jsonl")
     logs_lock = property(lambda self: self.dir / "logs.lock")
+    logs_trim = property(lambda self: self.dir / "logs.trim")
     overlay = property(lambda self: self.dir / "overlay.qcow2")
     pidfile = property(lambda self: self.dir / "qemu.pid")
     qemu_log = property(lambda self: self.dir / "qemu.log")

@@ -6,7 +6,8 @@ import subprocess
 import sys
 import time
 
-from nodes.agent.logs import MAX_LINE_BYTES, LogReader, convert
+from nodes.agent.lifecycle import last_lines
+from nodes.agent.logs import MAX_LINE_BYTES, LogReader, _last_record, convert, trim
 from nodes.agent.state import VmPaths
 
 
@@ -108,6 +109,70 @@ def test_reader_skips_up_to_after_seq_and_follows_new_records(tmp_path):
     _append(p.stderr, b"4\n")
     convert(p)
     assert [(x.seq, x.message) for x in reader.read_new()] == [(4, "4")]
+
+
+def _disk(path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def test_trim_gives_back_the_disk_of_acknowledged_lines_and_everything_else_still_works(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"".join(f"out {i} {'o' * 200}\n".encode() for i in range(20000)))
+    _append(p.stderr, b"".join(f"err {i}\n".encode() for i in range(2000)))
+    lines = convert(p)
+    sizes = {path: os.stat(path).st_size for path in (p.stdout, p.stderr, p.logs)}
+    used = {path: _disk(path) for path in sizes}
+    acked = lines[-100].seq
+    freed = trim(p, acked)
+    assert freed > 0.8 * (used[p.stdout] + used[p.logs])
+    assert {path: os.stat(path).st_size for path in sizes} == sizes  # offsets stay valid
+    assert _disk(p.stdout) < used[p.stdout] / 10 and _disk(p.logs) < used[p.logs] / 10
+    assert "err 1999" in last_lines(p.stderr)[-1]  # a crash reason still has its stderr tail
+    # What was not acknowledged is all still there, for a resume or a fresh reader.
+    assert [x.seq for x in LogReader(p, after_seq=acked).read_all()] == [x.seq for x in lines[-99:]]
+    assert LogReader(p).read_all()[0].seq == acked  # the acknowledged record itself is kept
+    _append(p.stderr, b"later\n")
+    (later,) = convert(p)
+    assert later.seq == lines[-1].seq + 1 and later.message == "later"
+    assert _last_record(os.open(p.logs, os.O_RDWR))["seq"] == later.seq
+    assert trim(p, acked) == 0  # done already
+    assert trim(p, later.seq) >= 0 and LogReader(p).read_all()[-1].message == "later"
+
+
+def test_a_reader_ahead_of_the_trims_gets_every_line_while_trims_punch_behind_it(tmp_path):
+    """As the shipper runs: its reader is ahead of what the plane acknowledged, trims follow the
+    acknowledgements, conversion goes on. The reader never trips over a hole or loses a line."""
+    import threading
+
+    p = _paths(tmp_path)
+    reader = LogReader(p)
+    got: list[int] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def trimmer():
+        try:
+            while not stop.is_set():
+                if got:
+                    trim(p, max(0, got[-1] - 50))
+                time.sleep(0.001)
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=trimmer)
+    thread.start()
+    try:
+        for chunk in range(200):
+            _append(p.stdout, b"".join(f"{chunk}.{i} {'x' * 500}\n".encode() for i in range(100)))
+            convert(p)
+            got.extend(x.seq for x in reader.read_new())
+        got.extend(x.seq for x in reader.read_all())
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert got == list(range(1, 20001))
+    assert _disk(p.stdout) < 2 * 1024 * 1024  # 10 MB printed, a small tail kept
 
 
 _CONVERTER = """

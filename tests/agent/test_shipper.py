@@ -93,15 +93,20 @@ async def test_a_stopped_replica_is_removed_only_once_its_last_lines_are_acknowl
 
 
 class Source:
-    """A finished VM's log, as runtime.logs() yields it."""
+    """A finished VM's log, as runtime.logs() yields it; records what trim_logs was asked."""
 
     def __init__(self, lines):
         self.lines = lines
+        self.trims: list[int] = []
 
     async def logs(self, name, after_seq=0, follow=False):
         for line in self.lines:
             if line.seq > after_seq:
                 yield line
+
+    async def trim_logs(self, name, upto_seq):
+        self.trims.append(upto_seq)
+        return 0
 
 
 def shipper_over(lines, *, ack=True, **options):
@@ -151,3 +156,15 @@ async def test_nothing_ships_while_disconnected_and_a_line_too_long_is_cut_not_s
     assert sent == []
     cut = entry(LogLine(7, 1.0, "stdout", "y" * (protocol.MAX_LOG_LINE_CHARS + 10)))
     assert cut.seq == 7 and len(cut.message) == protocol.MAX_LOG_LINE_CHARS
+
+
+async def test_acknowledged_lines_are_trimmed_from_the_node_every_so_many():
+    lines = [LogLine(i, 1.0, "stdout", "x") for i in range(1, 2501)]
+    shipper, sent = shipper_over(lines, trim_every=1000)
+    assert await shipper.drain("r", timeout=10)
+    await asyncio.sleep(0.05)
+    trims = shipper.runtime.trims
+    assert trims and all(b - a >= 1000 for a, b in zip([0, *trims], trims)) and trims[-1] <= 2500
+    unacked, _ = shipper_over(lines, ack=False, trim_every=1000)
+    await asyncio.sleep(0.1)
+    assert unacked.runtime.trims == []  # nothing is trimmed before the plane has it
