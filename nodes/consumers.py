@@ -98,8 +98,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 # Declared offline meanwhile (its replicas are lost and placed elsewhere): the
                 # agent must reconnect, say hello, and be fenced by the new desired set.
                 await self.close(code=CLOSE_OFFLINE)
-            elif message.gpu_health:
-                await database_sync_to_async(services.gpus_health)(node_id=self.node_id, health=message.gpu_health)
+            else:
+                if message.gpu_health:
+                    await database_sync_to_async(services.gpus_health)(node_id=self.node_id, health=message.gpu_health)
+                if message.log_seqs:
+                    await database_sync_to_async(sink.log_heads)(node_id=self.node_id, heads=message.log_seqs)
         elif isinstance(message, p.ReplicaStatus):
             await database_sync_to_async(sink.report)(node_id=self.node_id, report=message.report)
         elif isinstance(message, p.Logs):

@@ -79,6 +79,9 @@ class ReplicaSink(Protocol):
         """An operator cordoned, drained or uncordoned the node (or its drain finished): the
         deployments with replicas on it are told, in the caller's transaction."""
 
+    def log_heads(self, *, node_id: int, heads: dict[str, int]) -> None:
+        """The node's heartbeat: the last seq in each of its replicas' logs."""
+
 
 _sink: ReplicaSink | None = None
 

@@ -200,6 +200,13 @@ class Heartbeat(Message):
     load1: float = 0.0
     free_disk_gib: float = 0.0
     gpu_health: list[dict] = field(default_factory=list)
+    # Per replica, the last seq in its VM's log: should the node go silent, the plane can say
+    # how many lines it will never get.
+    log_seqs: dict[str, int] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if len(self.log_seqs) > MAX_DESIRED_REPLICAS:
+            raise ProtocolError(f"at most {MAX_DESIRED_REPLICAS} replicas per node")
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,8 @@ class Daemon:
 
     async def heartbeat(self) -> Heartbeat:
         load1 = os.getloadavg()[0]
-        return Heartbeat(load1=load1, free_disk_gib=round(await asyncio.to_thread(free_disk_gib, self.data_dir), 2))
+        return Heartbeat(load1=load1, free_disk_gib=round(await asyncio.to_thread(free_disk_gib, self.data_dir), 2),
+                         log_seqs=self.runtime.log_heads())
 
     async def on_message(self, message: Message) -> None:
         if isinstance(message, Desired):

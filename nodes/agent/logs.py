@@ -187,6 +187,24 @@ def convert(paths: VmPaths, *, final: bool = False, clock: Callable[[], float] =
     return out
 
 
+def last_seq(paths: VmPaths) -> int:
+    """The seq of the last complete record (0: none yet)."""
+    lock_fd = os.open(paths.logs_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            fd = os.open(paths.logs, os.O_RDWR)
+        except FileNotFoundError:
+            return 0
+        try:
+            last = _last_record(fd)
+        finally:
+            os.close(fd)
+        return last["seq"] if last else 0
+    finally:
+        os.close(lock_fd)
+
+
 # What trim() leaves of each raw stream's end whatever was acknowledged: lifecycle.crash_reason
 # reads the last 16 KiB of stderr.raw.
 TRIM_KEEP_BYTES = 64 * 1024

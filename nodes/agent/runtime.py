@@ -20,7 +20,7 @@ from nodes.agent.events import EventHub, RuntimeEvent
 from nodes.agent.gpu.host import GpuHost, Prepared
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
 from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, read_status
-from nodes.agent.logs import LogLine, LogReader, convert, trim
+from nodes.agent.logs import LogLine, LogReader, convert, last_seq, trim
 from nodes.agent.locks import VmLocks
 from nodes.agent.state import StateStore, VmInfo, VmPaths, is_locked, validate_name
 from nodes.protocol import ReplicaSpec
@@ -53,6 +53,10 @@ class Runtime(Protocol):
     async def remove(self, name: str) -> None: ...
     async def list(self) -> list[VmInfo]: ...
     def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]: ...
+    def log_heads(self) -> dict[str, int]:
+        """The last seq in each known VM's log (what a heartbeat tells the plane)."""
+        return dict(self._log_heads)
+
     async def trim_logs(self, name: str, upto_seq: int) -> int: ...
     def events(self) -> AsyncIterator[RuntimeEvent]: ...
 
@@ -114,6 +118,7 @@ class MicroVmRuntime:
         self._host: tuple[Any, Any] | None = None
         self._network_ready = False
         self._infos: dict[str, VmInfo] = {}
+        self._log_heads: dict[str, int] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task] = {}
         self._hub = EventHub()
@@ -342,7 +347,11 @@ class MicroVmRuntime:
             info = replace(info, pid=await asyncio.to_thread(_read_pid, paths))
         status = await asyncio.to_thread(read_status, paths.status)
         # Liveness is read before the final conversion so no byte written before death is missed.
-        await asyncio.to_thread(convert, paths, final=not alive and info.pid is not None, clock=self._clock)
+        lines = await asyncio.to_thread(convert, paths, final=not alive and info.pid is not None, clock=self._clock)
+        if lines:
+            self._log_heads[name] = lines[-1].seq
+        elif name not in self._log_heads:  # adopted: its log may hold lines the plane lacks
+            self._log_heads[name] = await asyncio.to_thread(last_seq, paths)
         new = await asyncio.to_thread(derive, info, status, alive, paths)
         if not alive and new.pid is not None and new.state in TERMINAL_STATES:
             new = replace(new, pid=None)
@@ -409,6 +418,7 @@ class MicroVmRuntime:
             await self._stop(name)
             await asyncio.to_thread(self.store.delete, name)
             self._infos.pop(name, None)
+            self._log_heads.pop(name, None)
             self._changed.pop(name, None)
         await self._evict()
 
@@ -460,6 +470,10 @@ class MicroVmRuntime:
                     yield line
                 return
             await asyncio.sleep(self.poll_interval)
+
+    def log_heads(self) -> dict[str, int]:
+        """The last seq in each known VM's log (what a heartbeat tells the plane)."""
+        return dict(self._log_heads)
 
     async def trim_logs(self, name: str, upto_seq: int) -> int:
         """The plane has stored every line up to `upto_seq`: give their disk back (logs.trim);

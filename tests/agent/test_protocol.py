@@ -23,7 +23,7 @@ DESIRED_REPLICA = DesiredReplica(replica_id="r-42", spec=SPEC, stop_grace_s=30.0
 EVERY_MESSAGE = [
     Hello(inventory=INVENTORY, replicas=[ReplicaReport("r-42", "running", address="172.31.240.2", host_port=20001,
                                                        started_at=1700000000.5, log_seq=12)]),
-    Heartbeat(load1=0.25, free_disk_gib=123.5, gpu_health=[{"index": 0, "ok": True}]),
+    Heartbeat(load1=0.25, free_disk_gib=123.5, gpu_health=[{"index": 0, "ok": True}], log_seqs={"r-1": 7}),
     ReplicaStatus(ReplicaReport("r-42", "pulling", reason="pulling 312/870 MB")),
     ReplicaStatus(ReplicaReport("r-42", "failed", reason="exited with code 3", exit_code=3)),
     Logs(replica_id="r-42", lines=[LogEntry(1, 1.5, "stdout", "hi"), LogEntry(2, 1.6, "stderr", "ünïcode ✓")]),

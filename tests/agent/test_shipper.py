@@ -56,6 +56,17 @@ async def test_logs_resume_after_the_acked_seq_across_a_reconnect_with_no_line_l
     await node.stop()
 
 
+async def test_heartbeats_say_how_far_each_replicas_log_goes(data_dir):
+    plane = await FakePlane(auto_ack=False, heartbeat_interval_s=0.3).start()
+    plane.desired["r"] = replica("r", counting(700))
+    node = await Node(data_dir, plane).start()
+    # The plane acknowledged nothing: should the node now go silent, it knows 700 are missing.
+    await eventually(lambda: any(m.log_seqs.get("r") == 700 for m in plane.messages("heartbeat")),
+                     timeout=20, what="a heartbeat naming seq 700")
+    await node.stop()
+    await plane.close()
+
+
 async def test_unacknowledged_batches_in_flight_are_bounded_and_acks_open_the_window(data_dir):
     plane = await FakePlane(auto_ack=False).start()
     plane.desired["r"] = replica("r", counting(5000))

@@ -124,3 +124,36 @@ async def test_each_batch_is_published_after_commit_chained_to_the_last_cursor()
         "cursor": str(cursor), "replica": str(replica.uid), "ordinal": replica.ordinal,
         "generation": replica.generation, "seq": 3, "ts": "2023-11-14T22:13:23Z", "stream": "stdout",
         "message": "line 3", "continued": False}
+
+
+@pytest.mark.django_db
+def test_a_lost_node_leaves_a_system_line_saying_how_many_lines_went_with_it(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from cloud.deployments.services import fleet_sweep
+    from cloud.deployments.services.agents import AgentSink
+    from nodes.models import Node
+    from tests.deployments.factories import NodeFactory
+
+    settings.NODE_LIVENESS_WINDOW_S = 30
+    node, other = NodeFactory(last_heartbeat=timezone.now()), NodeFactory(last_heartbeat=timezone.now())
+    quiet = ReplicaFactory(node=node, state="running")
+    chatty = ReplicaFactory(node=node, state="running")
+    elsewhere = ReplicaFactory(node=other, state="running")
+    logs_store(replica=chatty, lines=entries(range(1, 41)))
+    sink = AgentSink()
+    sink.log_heads(node_id=node.pk, heads={str(chatty.uid): 47, str(quiet.uid): 0})
+    sink.log_heads(node_id=node.pk, heads={str(elsewhere.uid): 10**6})  # not its replica: ignored
+    Node.objects.filter(pk=node.pk).update(last_heartbeat=timezone.now() - timedelta(seconds=31))
+    fleet_sweep()
+    (note,) = LogLine.objects.filter(replica=chatty, stream="system")
+    assert note.seq is None and "7 lines (seq 41-47)" in note.message and node.hostname in note.message
+    assert "lost" in note.message
+    (quiet_note,) = LogLine.objects.filter(replica=quiet, stream="system")
+    assert "every line it had reported is here" in quiet_note.message
+    assert not LogLine.objects.filter(replica=elsewhere).exists()
+    Node.objects.filter(pk=other.pk).update(last_heartbeat=timezone.now() - timedelta(seconds=31))
+    fleet_sweep()
+    assert "lines (seq" not in LogLine.objects.get(replica=elsewhere, stream="system").message

@@ -183,3 +183,16 @@ async def test_logs_are_stored_once_and_acknowledged_and_the_ack_is_in_the_next_
     desired = await hello(again)
     assert [(d.replica_id, d.acked_seq) for d in desired.replicas] == [(replica_id, 3)]
     await again.disconnect()
+
+
+async def test_heartbeats_record_how_far_each_replicas_log_goes_for_its_own_replicas_only():
+    from django.core.cache import cache
+
+    node, credential, hardware = await sync_to_async(_joined_node)()
+    communicator, deployment, replica_id = await _placed(credential, hardware)
+    stranger = str(uuid.uuid4())
+    await send(communicator, p.Heartbeat(log_seqs={replica_id: 120, stranger: 5}))
+    await communicator.receive_nothing(timeout=0.5)
+    assert await sync_to_async(cache.get)(f"loghead:{replica_id}") == 120
+    assert await sync_to_async(cache.get)(f"loghead:{stranger}") is None
+    await communicator.disconnect()

@@ -19,7 +19,7 @@ from billing.services import meter_open
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.deployments.services import placement
 from cloud.deployments.services.events import event_record
-from cloud.deployments.services.logs import logs_store
+from cloud.deployments.services.logs import logs_heads_remember, logs_store
 from cloud.deployments.services.status import TERMINAL, deployment_refresh, replica_event, replicas_stop
 from nodes import link
 from nodes.models import Gpu, Node
@@ -155,6 +155,11 @@ class AgentSink:
     def node_online(self, *, node_id: int) -> None:
         with transaction.atomic():
             placement.scheduler_kick()
+
+    def log_heads(self, *, node_id: int, heads: dict[str, int]) -> None:
+        uids = {uid: seq for key, seq in heads.items() if (uid := _uid(key)) is not None and seq > 0}
+        mine = Replica.objects.filter(node_id=node_id, uid__in=list(uids)).values_list("uid", flat=True)
+        logs_heads_remember({str(uid): uids[uid] for uid in mine})  # only replicas placed on this node
 
     def node_changed(self, *, node_id: int, status: str, reason: str) -> None:
         hostname = Node.objects.filter(pk=node_id).values_list("hostname", flat=True).first()

@@ -15,6 +15,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.services.logs import logs_note_lost
 from cloud.deployments.services.placement import schedule_pending, scheduler_kick
 from cloud.deployments.services.status import (
     LIVE_STATUSES,
@@ -43,11 +44,14 @@ def node_lost(*, node_id: int) -> int:
     node = Node.objects.get(pk=node_id)
     last_seen = node.last_heartbeat or timezone.now()
     lost = 0
+    wrote: list[Replica] = []  # incarnations whose workload had started: it may have logged
     for deployment_id in _deployments_on(node_id):
         with transaction.atomic():
             deployment = Deployment.objects.select_for_update(of=("self",)).get(pk=deployment_id)
             for replica in (Replica.objects.select_for_update(of=("self",)).select_related("deployment")
                             .filter(unfinished_q(), deployment=deployment, node_id=node_id)):
+                if replica.state not in (R.PENDING, R.PULLING):
+                    wrote.append(replica)
                 was_live = replica.desired == Replica.Desired.RUN and replica.replaced_by_id is None
                 replica.state, replica.ended_at = R.LOST, timezone.now()
                 replica.reason = f"node {node.hostname} stopped answering (last heartbeat {last_seen:%H:%M:%SZ})"
@@ -59,6 +63,9 @@ def node_lost(*, node_id: int) -> int:
                 if was_live and deployment.status in LIVE_STATUSES and replica.ordinal < deployment.replica_count:
                     incarnations_create(deployment=deployment, ordinals=[replica.ordinal])
             deployment_refresh(deployment_id=deployment.pk)
+    # After the row locks are gone: a log line takes the deployment's log lock (services/logs.py).
+    for replica in wrote:
+        logs_note_lost(replica=replica, node_hostname=node.hostname, last_heartbeat=last_seen)
     return lost
 
 

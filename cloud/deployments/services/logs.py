@@ -16,8 +16,10 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone as dt_timezone
 
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from cloud.deployments import feeds
 from cloud.deployments.models import LogLine, Replica
@@ -101,3 +103,38 @@ def log_system_line(*, replica: Replica, message: str, ts: datetime) -> None:
         _lock(replica.deployment_id)
         _insert(replica, [LogLine(deployment_id=replica.deployment_id, replica=replica, seq=None, ts=ts,
                                   stream=LogLine.Stream.SYSTEM, message=clean(message))])
+
+
+# -- lines that will never arrive ----------------------------------------------------------------
+
+HEAD_TTL_S = 24 * 3600
+
+
+def _head_key(replica_uid: str) -> str:
+    return f"loghead:{replica_uid}"
+
+
+def logs_heads_remember(heads: dict[str, int]) -> None:
+    """What a node's heartbeat says each replica's log holds (by replica uid): kept in the
+    cache, not a row (every 5 s per replica), since it only serves to count what a lost node
+    takes with it."""
+    if heads:
+        cache.set_many({_head_key(uid): seq for uid, seq in heads.items()}, HEAD_TTL_S)
+
+
+def logs_note_lost(*, replica: Replica, node_hostname: str, last_heartbeat: datetime) -> None:
+    """The replica's node stopped answering: a `system` line says how many lines it had that
+    never reached the plane (as of its last heartbeat), and that whatever it wrote after is
+    lost too. A gap is never left for the customer to guess at."""
+    stored = LogLine.objects.filter(replica=replica).aggregate(m=Max("seq"))["m"] or 0
+    head = cache.get(_head_key(str(replica.uid))) or 0
+    when = f"{last_heartbeat:%Y-%m-%dT%H:%M:%SZ}"
+    if head > stored:
+        count = head - stored
+        what = f"{count} line{'s' if count != 1 else ''} (seq {stored + 1}-{head})" if count > 1 else f"1 line (seq {head})"
+        message = (f"node {node_hostname} stopped answering: {what} of this replica never reached the control plane "
+                   f"and are lost with it, as is anything it wrote after its last heartbeat at {when}")
+    else:
+        message = (f"node {node_hostname} stopped answering: every line it had reported is here; anything this "
+                   f"replica wrote after its last heartbeat at {when} is lost with it")
+    log_system_line(replica=replica, message=message, ts=timezone.now())
