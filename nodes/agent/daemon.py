@@ -3,8 +3,9 @@
 Start-up order matters. The runtime first adopts the VMs that kept running while no agent
 did (recover: same VMs, no restart), then readies the guest kit and the accelerator probe, and
 only then connects: the first hello already reports the adopted VMs, and no placement on a node
-that says it is online waits for a kit build. On SIGTERM the daemon closes its connection and
-leaves every VM running for the next daemon to adopt.
+that says it is online waits for a kit build. A node with real GPUs also builds (or finds) its
+GPU kit then, so no GPU replica's start ever waits for one; a simulated node never does. On
+SIGTERM the daemon closes its connection and leaves every VM running for the next daemon to adopt.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from nodes.agent.client import AgentClient
+from nodes.agent.errors import AgentError
+from nodes.agent.gpu.host import GpuHost
+from nodes.agent.guest.gpukit import ensure_gpu_kit
+from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
 from nodes.agent.inventory import agent_version, collect, free_disk_gib
 from nodes.agent.join import Credential
 from nodes.agent.shipper import LogShipper
@@ -32,10 +37,14 @@ class Daemon:
     need). `client_options` go to AgentClient (backoff, timeouts) and exist for tests."""
 
     def __init__(self, runtime: Any, credential: Credential, data_dir: Path, *,
-                 client_options: dict[str, Any] | None = None, shipper_options: dict[str, Any] | None = None):
+                 client_options: dict[str, Any] | None = None, shipper_options: dict[str, Any] | None = None,
+                 gpus: GpuHost | None = None, kit_cache: Path = DEFAULT_CACHE_DIR):
         self.runtime = runtime
         self.data_dir = Path(data_dir)
+        self.gpus = gpus
+        self.kit_cache = Path(kit_cache)
         self.accel = "tcg"
+        self.accel_reason = ""
         self.client = AgentClient(credential, hello=self.hello, heartbeat=self.heartbeat,
                                   on_message=self.on_message, on_disconnect=self.on_disconnect,
                                   **(client_options or {}))
@@ -47,13 +56,15 @@ class Daemon:
         self.ready = asyncio.Event()  # recovered, kit and probe ready: about to connect
 
     async def hello(self) -> Hello:
-        inventory = await asyncio.to_thread(collect, self.data_dir, self.accel)
+        inventory = await asyncio.to_thread(collect, self.data_dir, self.accel, gpus=self.gpus,
+                                            accel_reason=self.accel_reason)
         return Hello(inventory=inventory, replicas=await self.supervisor.reports())
 
     async def heartbeat(self) -> Heartbeat:
         load1 = os.getloadavg()[0]
+        health = await asyncio.to_thread(self.gpus.health) if self.gpus is not None else []
         return Heartbeat(load1=load1, free_disk_gib=round(await asyncio.to_thread(free_disk_gib, self.data_dir), 2),
-                         log_seqs=self.runtime.log_heads())
+                         gpu_health=health, log_seqs=self.runtime.log_heads())
 
     async def on_message(self, message: Message) -> None:
         if isinstance(message, Desired):
@@ -74,6 +85,17 @@ class Daemon:
         elif isinstance(message, LogsAck):
             self.shipper.ack(message.replica_id, message.seq)
 
+    async def _gpu_kit(self, kit: Any) -> None:
+        if self.gpus is None or self.gpus.simulated or not await asyncio.to_thread(self.gpus.has_gpus):
+            return
+        try:
+            gpu_kit = await ensure_gpu_kit(self.kit_cache, kit)
+            log.info("GPU kit ready: NVIDIA %s for guest kernel %s", gpu_kit["driver_version"], gpu_kit["kernel_version"])
+        except AgentError as e:
+            # The node still comes online: its preflight says "gpu kit: not built", so the
+            # plane gives it no GPU work until a restart finds or builds the kit.
+            log.error("no GPU kit: %s", e.message)
+
     def on_disconnect(self) -> None:
         self.shipper.disconnected()
 
@@ -86,9 +108,10 @@ class Daemon:
         try:
             adopted = await self.runtime.recover()
             log.info("adopted %d VMs: %s", len(adopted), " ".join(f"{i.name}={i.state}" for i in adopted) or "-")
-            _kit, accel = await self.runtime.host()
-            self.accel = accel.name
-            log.info("guest kit ready; accelerator %s (%s)", accel.name, getattr(accel, "reason", ""))
+            kit, accel = await self.runtime.host()
+            self.accel, self.accel_reason = accel.name, getattr(accel, "reason", "")
+            log.info("guest kit ready; accelerator %s (%s)", accel.name, self.accel_reason)
+            await self._gpu_kit(kit)
             self.ready.set()
             client = asyncio.create_task(self.client.run(), name="client")
             done, _ = await asyncio.wait({stopper, supervisor, client}, return_when=asyncio.FIRST_COMPLETED)
@@ -119,10 +142,11 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-async def run_daemon(runtime: Any, credential: Credential, data_dir: Path) -> int:
+async def run_daemon(runtime: Any, credential: Credential, data_dir: Path, *, gpus: GpuHost | None = None,
+                     kit_cache: Path = DEFAULT_CACHE_DIR) -> int:
     """The `gantry-agent run` process: until SIGTERM or SIGINT; returns its exit code."""
     configure_logging()
-    daemon = Daemon(runtime, credential, data_dir)
+    daemon = Daemon(runtime, credential, data_dir, gpus=gpus, kit_cache=kit_cache)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

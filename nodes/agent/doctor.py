@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nodes.agent.errors import AgentError
+from nodes.agent.gpu.host import GpuHost
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
 from nodes.agent.net.host import NetnsHost
 
@@ -67,10 +68,13 @@ def _host() -> list[dict[str, Any]]:
 
 
 async def run_doctor(
-    *, bridge: str = "gantry0", kit_cache: Path = DEFAULT_CACHE_DIR, netns: str | None = None
+    *, bridge: str = "gantry0", kit_cache: Path = DEFAULT_CACHE_DIR, netns: str | None = None,
+    gpus: GpuHost | None = None,
 ) -> dict[str, Any]:
     """`netns`: the namespace the VMs' network lives in (the bridge and ip_forward are checked
-    there); the kit and the accelerator are the host's, checked from this process."""
+    there); the kit and the accelerator are the host's, checked from this process. `gpus`: the
+    node's GPUs; their preflight is one check here ("gpu passthrough"), in full under
+    `preflight`. No GPU at all is not a failure: the node runs CPU work."""
     checks: list[dict[str, Any]] = []
     checks += await asyncio.to_thread(_tools)
     checks += await asyncio.to_thread(_host)
@@ -107,4 +111,17 @@ async def run_doctor(
         except Exception as exc:
             checks.append(_check("accelerator", False, f"{type(exc).__name__}: {exc}",
                                  "check that qemu-system-x86_64 runs (try the probe's command line by hand)"))
-    return {"ok": all(c["ok"] for c in checks), "accel": accel, "checks": checks}
+    preflight: dict[str, Any] = {}
+    if gpus is not None:
+        gpu = await asyncio.to_thread(gpus.inventory, accel=accel.get("name", "tcg"), accel_reason=accel.get("reason", ""))
+        preflight = gpu["preflight"]
+        if gpu["gpus"]:
+            failed = [f"{c['name']}: {c['fix']}" for c in preflight["checks"] if not c["ok"] and c["fix"]]
+            checks.append(_check("gpu passthrough", preflight["passthrough"],
+                                 f"{len(gpu['gpus'])} GPU(s), {len(gpu['nvswitches'])} NVSwitch(es)"
+                                 + (f"{' (simulated ' + gpus.simulated + ')' if gpus.simulated else ''}")
+                                 + ("" if preflight["passthrough"] else f": {preflight['reason']}"),
+                                 "; ".join(failed) or preflight["reason"]))
+        else:
+            checks.append(_check("gpu passthrough", True, "no NVIDIA GPU on this node: it runs CPU work"))
+    return {"ok": all(c["ok"] for c in checks), "accel": accel, "checks": checks, "preflight": preflight}

@@ -62,7 +62,7 @@ def join_server():
 @pytest.fixture(autouse=True)
 def fake_runtime(monkeypatch):
     """The accelerator comes from the runtime's probe; here from the fakes, not a kit build."""
-    monkeypatch.setattr(cli, "runtime_from_args", lambda args: make_runtime(args.data_dir))
+    monkeypatch.setattr(cli, "runtime_from_args", lambda args, gpus=None: make_runtime(args.data_dir))
 
 
 def run_cli(capsys, *argv):

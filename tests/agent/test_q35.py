@@ -106,7 +106,7 @@ def test_virtio_moves_to_pci_and_the_kernel_keeps_pci(tmp_path):
     (cmdline,) = values(argv, "-append")
     assert "pci=off" not in cmdline.split() and "firmware_class.path=/gpukit/firmware" in cmdline
     assert "file=/kits/gpukit.img,format=raw,if=none,readonly=on" in " ".join(values(argv, "-drive"))
-    assert "virtio-blk-pci,drive=gpukit,serial=gantry-gpukit" in devices
+    assert "virtio-blk-pci,drive=gpukit,serial=gantry-gpukit,bus=pcie.0" in devices
 
 
 def test_without_free_hugepages_memory_is_ordinary_but_locked(tmp_path):

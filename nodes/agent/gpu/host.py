@@ -98,6 +98,9 @@ class GpuHost:
         # kit, a holder), carried by every heartbeat until the next inventory.
         self._static: dict[str, list[str]] = {}
 
+    def has_gpus(self) -> bool:
+        return any(self.sysfs.pci_device(b).is_gpu for b in self.sysfs.pci_bdfs())
+
     @property
     def known_path(self) -> Path:
         return self.dir / "known.json"

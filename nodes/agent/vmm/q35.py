@@ -101,8 +101,10 @@ class Q35Machine:
                 multi = ",multifunction=on" if function == 0 and len(functions) > 1 else ""
                 argv += ["-device", f"vfio-pci,host={dev.bdf},bus=rp{port},addr=00.{function}{multi}"]
         if self.gpu_kit is not None:
+            # On pcie.0 by name: a device without a bus goes on the last one made, a pxb-pcie,
+            # which takes bridges only.
             argv += ["-drive", f"id=gpukit,file={self.gpu_kit},format=raw,if=none,readonly=on",
-                     "-device", f"virtio-blk-pci,drive=gpukit,serial={GPU_KIT_SERIAL}"]
+                     "-device", f"virtio-blk-pci,drive=gpukit,serial={GPU_KIT_SERIAL},bus=pcie.0"]
         return argv
 
     def kernel_cmdline(self, base: str) -> str:
