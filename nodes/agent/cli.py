@@ -1,4 +1,5 @@
-"""The operator CLI: `gantry-agent vm run|ls|logs|stop|rm`, `doctor`, and the node's `join` and `run`.
+"""The operator CLI: `gantry-agent vm run|ls|logs|stop|rm`, `doctor`, `inventory`, `preflight`,
+`gpu-kit build`, and the node's `join` and `run`.
 
 Every command prints JSON on stdout (`vm logs` and progress events: one object per line) and
 reports failures as {"error": ...} with exit code 1 (the operation failed) or 2 (bad usage),
@@ -9,6 +10,10 @@ running, because QEMU is detached and writes its streams to files (see docs/runt
 `--netns NS` moves only the VMs' network (bridge, TAPs, rules, published ports, QEMU's TAP,
 the health check) into NS; the process itself stays where it runs, so image pulls and kit
 downloads use the agent's own network.
+
+`--simulate-gpus 8xH100` (or 8xH200, 4xL40S) presents that board from a fake sysfs tree in the
+data dir: inventory, preflight and VFIO binding run for real against it, and its VMs boot
+without passthrough (see nodes/agent/simulate.py).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import ipaddress
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -26,10 +32,15 @@ from typing import TYPE_CHECKING, Any
 from nodes.agent.daemon import run_daemon
 from nodes.agent.errors import AgentError
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR as DEFAULT_KIT_CACHE
+from nodes.agent.gpu.host import GpuHost
+from nodes.agent.gpu.nvml import PyNvml
+from nodes.agent.guest.gpukit import ensure_gpu_kit, load_gpu_kit
 from nodes.agent.inventory import collect
 from nodes.agent.join import join, normalize_base, read_credential
 from nodes.agent.net.tap import NETNS_RUN_DIR
-from nodes.protocol import ReplicaSpec
+from nodes.agent.simulate import BOARDS, SimulatedSysfs, build_tree
+from nodes.agent.sysfs import Sysfs
+from nodes.protocol import Inventory, ReplicaSpec
 
 if TYPE_CHECKING:
     from nodes.agent.runtime import MicroVmRuntime
@@ -79,6 +90,9 @@ def _common(*, defaults: bool) -> argparse.ArgumentParser:
                         help="put the VMs' network (bridge, TAPs, rules, published ports) in this namespace (ip netns)")
     common.add_argument("--bridge", default=d(DEFAULT_BRIDGE))
     common.add_argument("--subnet", type=ipaddress.IPv4Network, default=d(DEFAULT_SUBNET))
+    common.add_argument("--simulate-gpus", choices=sorted(BOARDS), default=d(None), metavar="BOARD",
+                        help=f"present this GPU board from a fake sysfs tree ({', '.join(sorted(BOARDS))}); "
+                             "its VMs boot without passthrough")
     common.add_argument("--insecure-registry", action="append", default=d(None),
                         help="registry reached over plain HTTP (default: 127.0.0.1:5000, localhost:5000)")
     common.add_argument("--trusted-registry", action="append", default=d(None), metavar="HOST[:PORT]",
@@ -105,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory-mib", type=int, default=256)
     run.add_argument("--registry-user")
     run.add_argument("--registry-password-file", type=Path)
+    run.add_argument("--gpu", action="append", dest="gpus", default=[], metavar="BDF",
+                     help="pass this GPU (PCI address) through; repeatable")
 
     vm.add_parser("ls", parents=[common])
     logs = vm.add_parser("logs", parents=[common])
@@ -118,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     join_cmd.add_argument("--url", required=True, help="the control plane's base URL, e.g. http://127.0.0.1:8000")
     join_cmd.add_argument("--token", required=True)
     sub.add_parser("run", parents=[common], help="the node daemon: connect to the control plane, run its replicas")
+    sub.add_parser("inventory", parents=[common], help="what this node is: CPUs, memory, GPUs, NVSwitches (JSON)")
+    sub.add_parser("preflight", parents=[common], help="can this node pass its GPUs through, and if not, what to change")
+    kit = sub.add_parser("gpu-kit", parents=[common], help="the NVIDIA driver kit for GPU VMs")
+    kit.add_argument("gpu_kit_command", choices=["build", "show"])
     return parser
 
 
@@ -136,6 +156,7 @@ def build_runtime(
     insecure_registries: Iterable[str] | None = None,
     trusted_registries: Iterable[str] | None = None,
     kit_cache: Path = DEFAULT_KIT_CACHE,
+    gpus: GpuHost | None = None,
 ) -> MicroVmRuntime:
     """The real runtime, as the `vm` commands and the daemon run it.
 
@@ -147,6 +168,7 @@ def build_runtime(
     insecure_registries: HOST:PORTs reached over plain HTTP (None: 127.0.0.1:5000, localhost:5000).
     trusted_registries: HOST[:PORT]s that may be on special addresses (None: $GANTRY_TRUSTED_REGISTRIES).
     kit_cache: the host-wide guest kit and accelerator-probe cache.
+    gpus: the node's GPUs (gpu_host_from_args); None: a node that refuses every GPU spec.
     Image pulls and kit downloads always use this process's own namespace. Builds objects
     only (no I/O), so it may be called on the event loop.
     """
@@ -165,15 +187,24 @@ def build_runtime(
     data_dir = Path(data_dir)
     images = OciImageStore(data_dir / "images", **kwargs)
     network = LinuxNetwork(NetworkConfig(bridge=bridge, subnet=subnet), data_dir / "network", netns=netns)
-    return MicroVmRuntime(data_dir, images=images, network=network, kit_cache=kit_cache, netns=netns)
+    return MicroVmRuntime(data_dir, images=images, network=network, kit_cache=kit_cache, netns=netns, gpus=gpus)
 
 
-def runtime_from_args(args: argparse.Namespace) -> MicroVmRuntime:
+def gpu_host_from_args(args: argparse.Namespace) -> GpuHost:
+    """The node's GPUs: the host's own sysfs and NVML, or a simulated board's tree (kept in the
+    data dir, so its UUIDs and bindings survive restarts). Blocking: builds the tree the first time."""
+    if args.simulate_gpus:
+        tree = build_tree(Path(args.data_dir) / "simulated-sysfs", args.simulate_gpus)
+        return GpuHost(SimulatedSysfs(tree), args.data_dir, simulated=args.simulate_gpus)
+    return GpuHost(Sysfs("/"), args.data_dir, nvml=PyNvml(), kit=lambda: load_gpu_kit(args.kit_cache))
+
+
+def runtime_from_args(args: argparse.Namespace, gpus: GpuHost | None = None) -> MicroVmRuntime:
     """build_runtime from the common options (every subcommand has them)."""
     return build_runtime(
         data_dir=args.data_dir, netns=args.netns, bridge=args.bridge, subnet=args.subnet,
         insecure_registries=args.insecure_registry, trusted_registries=args.trusted_registry,
-        kit_cache=args.kit_cache,
+        kit_cache=args.kit_cache, gpus=gpus,
     )
 
 
@@ -198,12 +229,13 @@ def _spec(args: argparse.Namespace) -> ReplicaSpec:
         traffic_port=args.port,
         vcpus=args.vcpus,
         memory_mib=args.memory_mib,
+        gpu_bdfs=list(args.gpus),
     )
 
 
 async def _run(args: argparse.Namespace) -> int:
     spec = _spec(args)
-    runtime = runtime_from_args(args)
+    runtime = runtime_from_args(args, await asyncio.to_thread(gpu_host_from_args, args))
     queue = runtime.subscribe()
 
     async def progress() -> None:
@@ -231,7 +263,7 @@ async def _run(args: argparse.Namespace) -> int:
 async def _vm(args: argparse.Namespace) -> int:
     if args.vm_command == "run":
         return await _run(args)
-    runtime = runtime_from_args(args)
+    runtime = runtime_from_args(args, await asyncio.to_thread(gpu_host_from_args, args))
     try:
         if args.vm_command == "ls":
             await runtime.recover()
@@ -255,14 +287,39 @@ async def _join(args: argparse.Namespace) -> int:
     base = normalize_base(args.url)  # a mistyped URL fails before the guest kit is built
     # The inventory's accelerator is what the probe finds, and the kit and probe are then
     # ready (and cached for the host) before the daemon's first hello.
-    runtime = runtime_from_args(args)
+    inventory = await _inventory(args)
+    cred, path = await join(base, args.token, args.data_dir, inventory)
+    _emit({"node_id": cred.node_id, "hostname": inventory.hostname, "credential_file": str(path)})
+    return 0
+
+
+async def _inventory(args: argparse.Namespace) -> Inventory:
+    """The inventory as the daemon's hello sends it; readies the guest kit and the accelerator
+    probe on the way (the inventory's accelerator is the probe's answer)."""
+    gpus = await asyncio.to_thread(gpu_host_from_args, args)
+    runtime = runtime_from_args(args, gpus)
     try:
         _kit, accel = await runtime.host()
     finally:
         await runtime.close()
-    inventory = await asyncio.to_thread(collect, args.data_dir, accel.name)
-    cred, path = await join(base, args.token, args.data_dir, inventory)
-    _emit({"node_id": cred.node_id, "hostname": inventory.hostname, "credential_file": str(path)})
+    return await asyncio.to_thread(collect, args.data_dir, accel.name, gpus=gpus, accel_reason=accel.reason)
+
+
+async def _gpu_kit(args: argparse.Namespace) -> int:
+    if args.simulate_gpus:
+        raise UsageError("a simulated node needs no GPU kit: its VMs boot without passthrough")
+    runtime = runtime_from_args(args)
+    try:
+        guest, _accel = await runtime.host()
+    finally:
+        await runtime.close()
+    if args.gpu_kit_command == "build":
+        kit = await ensure_gpu_kit(args.kit_cache, guest)
+    else:
+        kit = await asyncio.to_thread(load_gpu_kit, args.kit_cache, guest.kernel_version)
+        if kit is None:
+            raise AgentError(f"no GPU kit built for guest kernel {guest.kernel_version} (gantry-agent gpu-kit build)")
+    _emit({k: v for k, v in kit.items() if k != "supported_names"})
     return 0
 
 
@@ -271,11 +328,23 @@ async def _main(args: argparse.Namespace) -> int:
         return await _join(args)
     if args.command == "run":
         credential = await asyncio.to_thread(read_credential, args.data_dir)  # not joined: one line, exit 1
-        return await run_daemon(runtime_from_args(args), credential, args.data_dir)
+        gpus = await asyncio.to_thread(gpu_host_from_args, args)
+        return await run_daemon(runtime_from_args(args, gpus), credential, args.data_dir, gpus=gpus,
+                                kit_cache=args.kit_cache)
+    if args.command == "inventory":
+        _emit(asdict(await _inventory(args)))
+        return 0
+    if args.command == "preflight":
+        report = (await _inventory(args)).preflight
+        _emit(report)
+        return 0 if report.get("passthrough") else 1
+    if args.command == "gpu-kit":
+        return await _gpu_kit(args)
     if args.command == "doctor":
         from nodes.agent.doctor import run_doctor
 
-        report = await run_doctor(bridge=args.bridge, kit_cache=args.kit_cache, netns=args.netns)
+        report = await run_doctor(bridge=args.bridge, kit_cache=args.kit_cache, netns=args.netns,
+                                  gpus=await asyncio.to_thread(gpu_host_from_args, args))
         _emit(report)
         return 0 if report["ok"] else 1
     return await _vm(args)
