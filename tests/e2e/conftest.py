@@ -100,11 +100,13 @@ class Plane:
 class Node:
     """One node: a namespace for its VMs behind a veth pair, a data dir, and its agent."""
 
-    def __init__(self, plane: Plane, tmp: Path, hostname: str, index: int):
+    def __init__(self, plane: Plane, tmp: Path, hostname: str, index: int, *, hardware: str = "cpu-small",
+                 agent_args: tuple[str, ...] = ()):
         from nodes import services
         from nodes.models import HardwareType, Location
 
         self.plane, self.hostname = plane, hostname
+        self.agent_args = agent_args  # e.g. ("--simulate-gpus", "8xH100"), for join and run alike
         self.netns: Netns = create_netns("gte2e")
         host_if, ns_if = f"gte{index}h{secrets.token_hex(2)}", f"gte{index}n"
         self.host_if = host_if
@@ -122,7 +124,7 @@ class Node:
         shared_images = tmp.parent / "e2e-images"
         shared_images.mkdir(exist_ok=True)
         (self.data_dir / "images").symlink_to(shared_images)
-        made = services.node_create(hostname=hostname, hardware_type=HardwareType.objects.get(slug="cpu-small"),
+        made = services.node_create(hostname=hostname, hardware_type=HardwareType.objects.get(slug=hardware),
                                     location=Location.objects.get(slug="us-east"), public_address=self.public_address)
         self.node_id = made.node.pk
         self.join_token = made.join_token
@@ -134,7 +136,7 @@ class Node:
                               capture_output=True, text=True, timeout=timeout, cwd=REPO, env=self.plane.env)
 
     def join(self) -> dict:
-        out = self.cli("join", "--url", self.plane.url, "--token", self.join_token)
+        out = self.cli("join", "--url", self.plane.url, "--token", self.join_token, *self.agent_args)
         assert out.returncode == 0, out.stdout + out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -143,7 +145,7 @@ class Node:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nodes.agent", "run", "--data-dir", str(self.data_dir), "--kit-cache", str(KIT_CACHE),
              "--netns", self.netns.name, "--bridge", "gte2e0", "--subnet", "192.0.2.0/24",
-             "--insecure-registry", "127.0.0.1:5000"],
+             "--insecure-registry", "127.0.0.1:5000", *self.agent_args],
             cwd=REPO, env=self.plane.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -191,8 +193,8 @@ def plane(catalog, tmp_path, local_registry, vmm_kit):  # noqa: F811
 def make_node(plane, tmp_path):
     made: list[Node] = []
 
-    def make(hostname: str, *, start: bool = True) -> Node:
-        node = Node(plane, tmp_path, hostname, index=len(made) + 1)
+    def make(hostname: str, *, start: bool = True, **options) -> Node:
+        node = Node(plane, tmp_path, hostname, index=len(made) + 1, **options)
         made.append(node)
         node.join()
         if start:
