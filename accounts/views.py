@@ -12,7 +12,7 @@ from accounts.services import user_signup
 from cloud.exceptions import ApplicationError
 
 # Where a new user lands unless `next` says otherwise (e.g. back to /o/authorize/).
-DEFAULT_AFTER_SIGNUP = "/api/v1/docs/"
+DEFAULT_AFTER_SIGNUP = "/deployments/"
 
 
 class SignupView(FormView):

@@ -22,4 +22,6 @@ urlpatterns = [
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("accounts/", include("accounts.urls")),
     path("admin/", admin.site.urls),
+    # The customer dashboard owns `/` and the rest of the root (cloud/dashboard/urls.py).
+    path("", include("cloud.dashboard.urls")),
 ]

@@ -18,7 +18,7 @@ def test_the_form_renders_with_a_csrf_token(client, db):
 def test_signup_creates_a_user_with_a_personal_tenant_and_logs_in(client, db):
     response = client.post("/accounts/signup/", GOOD)
     assert response.status_code == 302
-    assert response["Location"] == "/api/v1/docs/"
+    assert response["Location"] == "/deployments/"
     user = get_user_model().objects.get(username="carol@example.com")
     assert user.email == "carol@example.com" and user.check_password(GOOD["password1"])
     tenant = personal_tenant_for(user=user)
@@ -69,14 +69,14 @@ def test_next_returns_to_a_page_on_this_site(client, db):
 
 def test_next_never_leaves_the_site(client, db):
     response = client.post("/accounts/signup/?next=https://evil.example/phish", GOOD)
-    assert response["Location"] == "/api/v1/docs/"
+    assert response["Location"] == "/deployments/"
 
 
 def test_login_and_logout(client, db):
     UserFactory(username="dave@example.com")
     assert client.get("/accounts/login/").status_code == 200
     response = client.post("/accounts/login/", {"username": "dave@example.com", "password": "correct horse battery staple"})
-    assert response.status_code == 302 and response["Location"] == "/api/v1/docs/"
+    assert response.status_code == 302 and response["Location"] == "/deployments/"
     assert "_auth_user_id" in client.session
     response = client.post("/accounts/logout/")
     assert response.status_code == 200

@@ -1,0 +1,23 @@
+from django import template
+from django.template.loader import render_to_string
+from django.utils.html import format_html
+
+register = template.Library()
+
+
+@register.simple_tag
+def field_errors(errors, name):
+    return render_to_string("dashboard/partials/field_errors.html", {"errs": errors.get(name), "fid": name})
+
+
+@register.simple_tag
+def field_aria(errors, name):
+    # A field with errors says so to screen readers, and points at its messages.
+    if errors.get(name):
+        return format_html('aria-invalid="true" aria-describedby="{}-errors"', name)
+    return ""
+
+
+@register.filter
+def getlist(querydict, key):
+    return querydict.getlist(key) if hasattr(querydict, "getlist") else []

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from cloud.deployments.models import Deployment
+from tests.deployments.factories import EventFactory, deployment_for, place_running
+
+
+def test_list_shows_the_tenants_deployments_only(alice_browser, acme, evil, h100):
+    deployment_for(acme, name="mine")
+    deployment_for(evil, name="theirs")
+    page = alice_browser.get("/deployments/")
+    assert b"mine" in page.content and b"theirs" not in page.content
+
+
+def test_list_filters_by_status(alice_browser, acme, h100):
+    running = deployment_for(acme, name="up")
+    place_running(running)
+    deployment_for(acme, name="waiting")
+    page = alice_browser.get("/deployments/?status=running")
+    assert b"up" in page.content and b"waiting" not in page.content
+
+
+def test_list_poll_returns_just_the_rows(alice_browser, acme, h100):
+    deployment_for(acme, name="polled")
+    page = alice_browser.get("/deployments/", HTTP_HX_REQUEST="true")
+    assert b"polled" in page.content and b"<html" not in page.content
+
+
+def test_list_is_paginated(alice_browser, acme, h100):
+    acme.max_gpus = acme.max_deployments = 100
+    acme.save()
+    for n in range(23):
+        deployment_for(acme, name=f"d{n:02d}")
+    page = alice_browser.get("/deployments/")
+    assert page.content.count(b"/deployments/") >= 20 and b"Page 1 of 2" in page.content
+
+
+def test_deployment_page_shows_status_replicas_and_events(alice_browser, acme, h100):
+    deployment = deployment_for(acme, name="web")
+    place_running(deployment)
+    EventFactory(tenant=acme, deployment=deployment, type="deployment.running", payload={"status": "running"})
+    page = alice_browser.get(f"/deployments/{deployment.pk}/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert "running" in body and "deployment.running" in body and 'data-log-url="/ws/v1/deployments/' in body
+
+
+def test_another_tenants_deployment_page_is_a_404(mallory_browser, acme, h100):
+    deployment = deployment_for(acme, name="secret-project")
+    assert mallory_browser.get(f"/deployments/{deployment.pk}/").status_code == 404
+    assert mallory_browser.post(f"/deployments/{deployment.pk}/stop/").status_code == 404
+    assert mallory_browser.post(f"/deployments/{deployment.pk}/delete/").status_code == 404
+    assert Deployment.objects.filter(pk=deployment.pk, deleted_at__isnull=True).exists()
+
+
+def test_stop_goes_through_the_service(alice_browser, acme, h100):
+    deployment = deployment_for(acme, name="web")
+    place_running(deployment)
+    response = alice_browser.post(f"/deployments/{deployment.pk}/stop/")
+    assert response.status_code == 302
+    deployment.refresh_from_db()
+    assert deployment.status in {"stopping", "stopped"}
+
+
+def test_an_invalid_transition_is_a_message_not_an_error_page(alice_browser, acme, h100):
+    deployment = deployment_for(acme, name="web")
+    alice_browser.post(f"/deployments/{deployment.pk}/stop/")
+    response = alice_browser.post(f"/deployments/{deployment.pk}/restart/", follow=True)
+    assert response.status_code == 200
+
+
+def test_delete_removes_it_from_the_list(alice_browser, acme, h100):
+    deployment = deployment_for(acme, name="gone")
+    response = alice_browser.post(f"/deployments/{deployment.pk}/delete/")
+    assert response.status_code == 302 and response["Location"] == "/deployments/"
+    page = alice_browser.get("/deployments/")
+    assert page.context["rows"] == [] and b"Deleted gone." in page.content
+
+
+def test_log_lines_reach_the_page_as_text_only():
+    # Lines only ever reach the page over the WebSocket, through textContent (logs.js); a
+    # browser test checks it with hostile lines, this one keeps innerHTML out of the file.
+    source = (Path(__file__).resolve().parents[2] / "cloud/dashboard/static/dashboard/logs.js").read_text()
+    code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("//"))
+    assert "textContent" in code and "innerHTML" not in code and "insertAdjacentHTML" not in code
