@@ -53,7 +53,7 @@ def wait_for(check, *, timeout: float, what: str, interval: float = 0.25):
 class Plane:
     """daphne + Celery worker (with beat) on the test database, each a process of its own."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, **env: str):
         db = connection.settings_dict
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -63,17 +63,28 @@ class Plane:
             "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
             "CELERY_QUEUE": f"e2e-{run_id}", "CHANNELS_PREFIX": f"e2e-{run_id}",
             "NODE_LIVENESS_WINDOW_S": str(LIVENESS_S), "NODE_DRAIN_TIMEOUT_S": "120", "DB_POOL": "0",
+            "CACHE_PREFIX": f"e2e-{run_id}", **env,
         }
         self.logs = tmp / "plane-logs"
         self.logs.mkdir()
         self.procs: dict[str, subprocess.Popen] = {}
-        self._spawn("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "cloud.asgi:application"])
+        self._web_argv = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "cloud.asgi:application"]
+        self._spawn("web", self._web_argv)
         self._spawn("worker", [str(BIN / "celery"), "-A", "cloud", "worker", "-B", "--concurrency", "2", "-Q",
                                self.env["CELERY_QUEUE"], "--schedule", str(tmp / "beat-schedule"), "--loglevel", "INFO"])
         wait_for(self._healthy, timeout=60, what="daphne to answer /healthz")
 
+    def restart_web(self) -> None:
+        """daphne stops (SIGTERM, as a deploy would) and starts again on the same port; every
+        socket through it drops, and agents and followers must come back on their own."""
+        web = self.procs["web"]
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(timeout=30)
+        self._spawn("web", self._web_argv)
+        wait_for(self._healthy, timeout=60, what="daphne to answer /healthz again")
+
     def _spawn(self, name: str, argv: list[str]) -> None:
-        out = open(self.logs / f"{name}.log", "w")
+        out = open(self.logs / f"{name}.log", "a")
         self.procs[name] = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
