@@ -14,6 +14,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 
 help:
 	@echo "make up     - the whole cloud on one machine: API on http://127.0.0.1:8000, registry, a local CPU node"
+	@echo "              (SIMULATE_GPUS=8xH100, 8xH200 or 4xL40S: and a simulated GPU node)"
 	@echo "make test   - install everything and run the test suites"
 	@echo "make bench  - run the benchmarks under bench/ and print their figures"
 

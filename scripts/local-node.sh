@@ -28,7 +28,11 @@
 # LOCAL_NODE_LINK (the pair's /30, 198.51.100.0/30), LOCAL_NODE_SUBNET (the VMs' subnet;
 # default: the first of 198.51.100.128/25, 192.0.2.0/24, 203.0.113.0/24 that no host route,
 # address or nameserver overlaps, chosen once and remembered), PLANE_URL (http://127.0.0.1:8000),
-# KIT_CACHE (the agent's host-wide default), REGISTRY_ADDR (127.0.0.1:5000), STATE_DIR.
+# KIT_CACHE (the agent's host-wide default), REGISTRY_ADDR (127.0.0.1:5000), STATE_DIR,
+# LOCAL_NODE_SIMULATE_GPUS (a GPU board the node presents from a fake sysfs tree: 8xH100,
+# 8xH200 or 4xL40S; its VMs boot without passthrough). A second node needs its own LOCAL_NODE,
+# LOCAL_NODE_NETNS, LOCAL_NODE_HOST_IF and LOCAL_NODE_LINK; its NAT table is named after its
+# namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -43,11 +47,13 @@ BRIDGE=gantry0                               # the agent's bridge, inside the na
 LINK=${LOCAL_NODE_LINK:-198.51.100.0/30}
 PLANE_URL=${PLANE_URL:-http://127.0.0.1:8000}
 REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5000}
-NFT_TABLE=gantry-local
+NFT_TABLE=$NETNS  # gantry-local for the default node, as before
 DATA_DIR=$STATE_DIR/node/$NODE
 SUBNET_FILE=$STATE_DIR/node/$NODE.subnet
 KIT_ARGS=()
 [ -n "${KIT_CACHE:-}" ] && KIT_ARGS=(--kit-cache "$KIT_CACHE")
+SIM_ARGS=()
+[ -n "${LOCAL_NODE_SIMULATE_GPUS:-}" ] && SIM_ARGS=(--simulate-gpus "$LOCAL_NODE_SIMULATE_GPUS")
 
 read -r HOST_ADDR NS_ADDR PREFIX < <(python3 - "$LINK" <<'PY'
 import ipaddress, sys
@@ -218,7 +224,7 @@ cmd_join() {
   # join readies the host-wide guest kit first (the first time: a kernel download and an
   # initramfs build, a minute or two), so the daemon's first hello is never kept waiting.
   say "joining $NODE to $PLANE_URL (the first time also builds the guest kit: a minute or two)"
-  $BIN/gantry-agent join --url "$PLANE_URL" --token "$token" --data-dir "$DATA_DIR" "${KIT_ARGS[@]}" \
+  $BIN/gantry-agent join --url "$PLANE_URL" --token "$token" --data-dir "$DATA_DIR" "${KIT_ARGS[@]}" "${SIM_ARGS[@]}" \
     --netns "$NETNS" --bridge "$BRIDGE" --subnet "$(vm_subnet)" --insecure-registry "$REGISTRY_ADDR"
 }
 
@@ -226,7 +232,7 @@ cmd_run() {
   need_root
   # The local registry is on loopback: the agent pulls from it only if it is trusted.
   GANTRY_TRUSTED_REGISTRIES=${GANTRY_TRUSTED_REGISTRIES:-$REGISTRY_ADDR} \
-    exec $BIN/gantry-agent run --data-dir "$DATA_DIR" "${KIT_ARGS[@]}" --netns "$NETNS" --bridge "$BRIDGE" \
+    exec $BIN/gantry-agent run --data-dir "$DATA_DIR" "${KIT_ARGS[@]}" "${SIM_ARGS[@]}" --netns "$NETNS" --bridge "$BRIDGE" \
     --subnet "$(vm_subnet)" --insecure-registry "$REGISTRY_ADDR"
 }
 

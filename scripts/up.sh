@@ -3,9 +3,10 @@
 # WebSocket), a Celery worker and Celery beat — against the PostgreSQL and Redis that `make
 # services` made answer; the local registry with gantry/hello (127.0.0.1:5000); and one local
 # CPU node (`cpu-small` in `us-east`, scripts/local-node.sh) whose VMs' network lives in a
-# namespace of its own. Run again on the same database it reuses the operator account, the
-# node, its credential and its namespace. Ctrl-C stops daphne, the worker, beat and the agent;
-# the VMs keep running and the next agent adopts them. LOCAL_NODE=none skips the node.
+# namespace of its own (SIMULATE_GPUS=8xH100 adds a simulated GPU node beside it). Run again on
+# the same database it reuses the operator account, the node, its credential and its namespace.
+# Ctrl-C stops daphne, the worker, beat and the agents; the VMs keep running and the next agent
+# adopts them. LOCAL_NODE=none skips the CPU node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -108,6 +109,31 @@ print('online' if n and n.status == 'online' and fresh else (n.status if n else 
     [ "$status" = online ] || node_line="$LOCAL_NODE is ${status:-unknown}, not online yet: see $STATE_DIR/log/agent.log"
   fi
 fi
+# SIMULATE_GPUS=8xH100 (or 8xH200, 4xL40S): one more local node presenting that GPU board from a
+# fake sysfs tree. Its inventory, preflight and VFIO binding are the real code; its VMs boot
+# without passthrough and say so. The GPU templates can then be tried on a machine without GPUs.
+sim_msg=""
+if [ -n "${SIMULATE_GPUS:-}" ]; then
+  case "$SIMULATE_GPUS" in
+    8xH100) sim_hw=h100-80gb-sxm-8x ;; 8xH200) sim_hw=h200-141gb-sxm-8x ;; 4xL40S) sim_hw=l40s-48gb-4x ;;
+    *) echo "SIMULATE_GPUS=$SIMULATE_GPUS: choose 8xH100, 8xH200 or 4xL40S" >&2; exit 2 ;;
+  esac
+  sim_node=local-sim-$(echo "$SIMULATE_GPUS" | tr 'A-Z' 'a-z')
+  sim_env=(LOCAL_NODE="$sim_node" LOCAL_NODE_HARDWARE="$sim_hw" LOCAL_NODE_SIMULATE_GPUS="$SIMULATE_GPUS"
+           LOCAL_NODE_NETNS=gantry-sim LOCAL_NODE_HOST_IF=gantry-sim LOCAL_NODE_LINK=198.51.100.4/30)
+  sim_log=$STATE_DIR/log/agent-sim.log
+  : >"$sim_log"
+  if [ "$(id -u)" -ne 0 ] || [ "$registry_ok" = 0 ]; then
+    sim_line="none: like the local node, it needs root and the registry (see above)"
+  elif env "${sim_env[@]}" scripts/local-node.sh net 2>&1 | tee -a "$sim_log" &&
+       env "${sim_env[@]}" scripts/local-node.sh join 2>&1 | tee -a "$sim_log"; then
+    start agent-sim env "${sim_env[@]}" scripts/local-node.sh run
+    sim_line="$sim_node ($SIMULATE_GPUS simulated, hardware $sim_hw), endpoints on 198.51.100.6; log $sim_log"
+  else
+    sim_line="none: it could not be set up (see $sim_log)"
+  fi
+  sim_msg=$'\n'"  GPU node:            $sim_line"
+fi
 CPU_SMALL_ID=$($BIN/python manage.py shell -v 0 -c "
 from nodes.models import HardwareType
 print(HardwareType.objects.get(slug='cpu-small').pk)" | tail -1)
@@ -120,7 +146,7 @@ Gantry is up on $API
   API docs:            $API/api/v1/docs/   (schema: /api/v1/schema/)
   health:              $API/healthz  $API/readyz   fleet (staff): $API/api/v1/system/status
   registry:            $REGISTRY_ADDR (gantry/hello)
-  local node:          $node_line
+  local node:          $node_line$sim_msg
   logs:                $STATE_DIR/log/{web,worker,beat,agent}.log
 
 Deploy \`hello\` on the local node (README.md, "First API calls"):
