@@ -195,7 +195,8 @@ def gpu_host_from_args(args: argparse.Namespace) -> GpuHost:
     data dir, so its UUIDs and bindings survive restarts). Blocking: builds the tree the first time."""
     if args.simulate_gpus:
         tree = build_tree(Path(args.data_dir) / "simulated-sysfs", args.simulate_gpus)
-        return GpuHost(SimulatedSysfs(tree), args.data_dir, simulated=args.simulate_gpus)
+        return GpuHost(SimulatedSysfs(tree), args.data_dir, simulated=args.simulate_gpus,
+                       kit=lambda: load_gpu_kit(args.kit_cache))
     return GpuHost(Sysfs("/"), args.data_dir, nvml=PyNvml(), kit=lambda: load_gpu_kit(args.kit_cache))
 
 

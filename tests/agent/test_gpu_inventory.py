@@ -181,6 +181,12 @@ def test_a_real_node_without_kvm_or_kit_offers_no_passthrough(tmp_path):
     assert failed == {"kvm", "gpu kit"}
 
 
+def test_a_simulated_node_says_what_a_kit_supports_without_being_bound_by_it(tmp_path):
+    kit = {"driver_version": "535.261.03", "kernel_version": "6.1", "supported": {"0x2330": True}}
+    inv = inventory(GpuHost(tree(tmp_path, "8xH200"), tmp_path / "data", simulated="8xH200", kit=lambda: kit))
+    assert {g["kit_supported"] for g in inv["gpus"]} == {False} and all(g["usable"] for g in inv["gpus"])
+
+
 def test_a_simulated_node_passes_without_kvm_or_kit(tmp_path):
     host = GpuHost(tree(tmp_path), tmp_path / "data", simulated="8xH100")
     report = inventory(host, accel="tcg")["preflight"]

@@ -63,6 +63,18 @@ class Prepared:
     notice: str = ""
 
 
+def _kit_summary(kit: dict | None, gpus: list[dict]) -> dict | None:
+    """What the inventory says of the kit: its versions, and whether its driver supports each GPU
+    model of this node (the whole supported-GPU list stays in the kit)."""
+    if kit is None:
+        return None
+    keys = ("driver_version", "package_version", "kernel_version", "vermagic", "build_seconds", "image_bytes")
+    names = kit.get("supported_names", {})
+    models = {g["device_id"]: g["name"] for g in gpus}
+    return {**{k: kit.get(k) for k in keys},
+            "supports": {f"{device} {name}": device in names for device, name in sorted(models.items())}}
+
+
 def _load(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -142,9 +154,14 @@ class GpuHost:
         snapshot, nvml_problem = self._snapshot(on_driver)
         known = _load(self.known_path)
         kit = self.kit()
-        supported = None if kit is None or self.simulated else {int(k, 16): v for k, v in kit.get("supported", {}).items()}
+        supported = None if kit is None else {int(k, 16): v for k, v in kit.get("supported", {}).items()}
+        # A simulated node's VMs never load the kit: what it supports is said, and decides nothing.
         gpus, nvswitches = describe(self.sysfs, snapshot=snapshot, known=known, hostname=self.hostname,
-                                    faults=self.faults(), claimed=self.vfio.claimed(), supported=supported)
+                                    faults=self.faults(), claimed=self.vfio.claimed(),
+                                    supported=None if self.simulated else supported)
+        if self.simulated and supported is not None:
+            for gpu in gpus:
+                gpu["kit_supported"] = supported.get(int(gpu["device_id"], 16), False)
         faults = self.faults()
         self._static = {g["pci_bdf"]: [r for r in g["reason"].split("; ") if r and r != faults.get(g["pci_bdf"])]
                         for g in gpus}
@@ -159,7 +176,7 @@ class GpuHost:
             "vfio": self.vfio.view(), "preflight": report,
             "nvidia": {"host_driver": (snapshot.driver_version if snapshot else driver_version(self.sysfs)),
                        "cuda": snapshot.cuda_version if snapshot else "", "nvml": "ok" if snapshot else nvml_problem},
-            "gpu_kit": kit, "simulated_board": self.simulated,
+            "gpu_kit": _kit_summary(kit, gpus), "simulated_board": self.simulated,
         }
 
     def health(self) -> list[dict[str, Any]]:
