@@ -81,3 +81,22 @@ class ServiceAccount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.application.name} → {self.tenant}"
+
+
+class Invitation(models.Model):
+    """An owner or admin asked `email` to join `tenant` as `role`. The link's token is mailed
+    once and only its SHA-256 is stored, so a database read cannot accept an invitation."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField(max_length=254)
+    role = models.CharField(max_length=10, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+    token_hash = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.email} → {self.tenant} ({self.role})"

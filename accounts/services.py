@@ -18,8 +18,13 @@ from cloud.exceptions import Conflict, InvalidInput
 User = get_user_model()
 
 
-def _free_slug(base: str) -> str:
-    base = (slugify(base) or "tenant")[:40].strip("-") or "tenant"
+# Personal tenants' slugs are of their own kind, "u-<name>": an organisation slug never starts
+# so, so a signup as acme@example.com can never take "acme" from the operator who will create it.
+PERSONAL_PREFIX = "u-"
+
+
+def _free_slug(base: str, *, prefix: str = "") -> str:
+    base = prefix + ((slugify(base) or "tenant")[:40].strip("-") or "tenant")
     slug, n = base, 1
     while Tenant.objects.filter(slug=slug).exists():
         n += 1
@@ -27,9 +32,28 @@ def _free_slug(base: str) -> str:
     return slug
 
 
+def _grant_trial(tenant: Tenant) -> None:
+    trial = Decimal(settings.TENANT_DEFAULT_BALANCE)
+    if trial > 0:
+        # The trial credit is the tenant's first ledger entry (its balance is its ledger's sum);
+        # the key makes a second grant (a confirmation link clicked twice) the same entry.
+        ledger_credit(tenant=tenant, amount=trial, reason="trial credit for a new tenant", actor_name="system:trial",
+                      key="trial")
+
+
 @transaction.atomic
-def tenant_create(*, slug: str, name: str | None = None, owner, personal: bool = False) -> Tenant:
-    if Tenant.objects.filter(slug=slug).exists():
+def tenant_create(*, slug: str, name: str | None = None, owner, personal: bool = False,
+                  trial: bool = True) -> Tenant:
+    """`trial`: grant the trial credit now (self-service signups get it on email confirmation)."""
+    if not personal and slug.startswith(PERSONAL_PREFIX):
+        raise InvalidInput("slug", f"Slugs starting with '{PERSONAL_PREFIX}' are for personal tenants.")
+    existing = Tenant.objects.select_for_update().filter(slug=slug).first()
+    if existing is not None and existing.personal and not personal:
+        # A personal tenant from before personal slugs had their own kind holds the name an
+        # operator now wants: the operator's choice wins, the personal tenant moves aside.
+        existing.slug = _free_slug(existing.slug, prefix=PERSONAL_PREFIX)
+        existing.save(update_fields=["slug"])
+    elif existing is not None:
         raise Conflict(f"A tenant with slug '{slug}' already exists.")
     tenant = Tenant(slug=slug, name=name or slug, personal=personal)
     try:
@@ -38,22 +62,24 @@ def tenant_create(*, slug: str, name: str | None = None, owner, personal: bool =
         raise InvalidInput("slug", f"'{slug}' is not a valid tenant slug (lowercase letters, digits, dashes).") from exc
     tenant.save()
     Membership.objects.create(user=owner, tenant=tenant, role=Membership.Role.OWNER)
-    trial = Decimal(settings.TENANT_DEFAULT_BALANCE)
-    if trial > 0:
-        # The trial credit is the tenant's first ledger entry (its balance is its ledger's sum).
-        ledger_credit(tenant=tenant, amount=trial, reason="trial credit for a new tenant", actor_name="system:trial",
-                      key="trial")
+    if trial:
+        _grant_trial(tenant)
     return tenant
 
 
 @transaction.atomic
-def user_signup(*, email: str, password: str | None) -> tuple[User, Tenant]:
-    """A new user always gets a personal tenant, so their first API call has one to act for."""
+def user_signup(*, email: str, password: str | None, self_service: bool = False) -> tuple[User, Tenant]:
+    """A new user always gets a personal tenant, so their first API call has one to act for.
+
+    `self_service` (the web signup): the trial credit waits until the email is confirmed
+    (accounts/confirmation.py), so a throwaway address does not mint free GPU time. Accounts an
+    operator makes (create_tenant) get it at once."""
     email = User.objects.normalize_email(email).lower()
     if User.objects.filter(username=email).exists():
         raise Conflict(f"A user with email '{email}' already exists.")
     user = User.objects.create_user(username=email, email=email, password=password)
-    tenant = tenant_create(slug=_free_slug(email.split("@")[0]), name=f"{email} (personal)", owner=user, personal=True)
+    tenant = tenant_create(slug=_free_slug(email.split("@")[0], prefix=PERSONAL_PREFIX), name=f"{email} (personal)",
+                           owner=user, personal=True, trial=not self_service)
     return user, tenant
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from django.contrib.auth import login
-from django.shortcuts import redirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.generic import FormView
 
+from accounts.confirmation import confirmation_send, email_confirm
 from accounts.forms import SignupForm
 from accounts.services import user_signup
 from cloud.exceptions import ApplicationError
@@ -24,10 +26,14 @@ class SignupView(FormView):
 
     def form_valid(self, form):
         try:
-            user, _tenant = user_signup(email=form.cleaned_data["email"], password=form.cleaned_data["password1"])
+            user, _tenant = user_signup(email=form.cleaned_data["email"], password=form.cleaned_data["password1"],
+                                        self_service=True)
         except ApplicationError as exc:  # a concurrent signup with the same email
             form.add_error("email", exc.detail)
             return self.form_invalid(form)
+        # The link names this server's own host, through the configured EMAIL_BACKEND.
+        confirmation_send(user=user, url_for=lambda token: self.request.build_absolute_uri(
+            reverse("accounts:confirm", args=[token])))
         # Named explicitly: login() refuses to guess when several backends are configured.
         login(self.request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect(self._next_url())
@@ -40,3 +46,11 @@ class SignupView(FormView):
                                                          require_https=self.request.is_secure()):
             return candidate
         return DEFAULT_AFTER_SIGNUP
+
+
+def confirm_email(request, token):
+    try:
+        email_confirm(token=token)
+    except ApplicationError as exc:
+        return render(request, "accounts/confirmed.html", {"error": exc.detail}, status=400)
+    return render(request, "accounts/confirmed.html")

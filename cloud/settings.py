@@ -148,6 +148,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 # /o/authorize/ sends a browser without a session here; signup links back with ?next=.
 LOGIN_URL = "/accounts/login/"
+# Login, signup and password-reset POSTs per client address: (attempts, window in seconds).
+ACCOUNT_THROTTLE = (int(os.environ.get("ACCOUNT_THROTTLE_ATTEMPTS", "20")), int(os.environ.get("ACCOUNT_THROTTLE_WINDOW_S", "300")))
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -44,6 +44,12 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _no_account_throttle(settings):
+    # The login/signup limit counts in the shared cache per address; tests all come from one.
+    settings.ACCOUNT_THROTTLE = (10**6, 60)
+
+
 @pytest.fixture
 def acme(db):
     return TenantFactory(slug="acme", name="Acme Corp")

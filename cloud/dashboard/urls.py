@@ -1,6 +1,6 @@
 from django.urls import path
 
-from cloud.dashboard.views import create, deployments, home
+from cloud.dashboard.views import create, deployments, home, team
 
 app_name = "dashboard"
 
@@ -12,4 +12,10 @@ urlpatterns = [
     path("deployments/estimate/", create.deployment_estimate_partial, name="deployment-estimate"),
     path("deployments/<uuid:deployment_id>/", deployments.deployment_detail, name="deployment"),
     path("deployments/<uuid:deployment_id>/<str:action>/", deployments.deployment_action, name="deployment-action"),
+    path("members/", team.members, name="members"),
+    path("members/<int:membership_id>/remove/", team.member_remove, name="member-remove"),
+    path("members/invitations/<int:invitation_id>/revoke/", team.invitation_revoke, name="invitation-revoke"),
+    path("invitations/<str:token>/", team.invitation, name="invitation"),
+    path("api-access/", team.api_access, name="api-access"),
+    path("api-access/<int:service_account_id>/revoke/", team.api_client_revoke, name="api-client-revoke"),
 ]

@@ -22,7 +22,7 @@ def test_signup_creates_a_user_with_a_personal_tenant_and_logs_in(client, db):
     user = get_user_model().objects.get(username="carol@example.com")
     assert user.email == "carol@example.com" and user.check_password(GOOD["password1"])
     tenant = personal_tenant_for(user=user)
-    assert tenant is not None and tenant.personal and tenant.slug == "carol"
+    assert tenant is not None and tenant.personal and tenant.slug == "u-carol"
     assert Membership.objects.get(user=user, tenant=tenant).role == "owner"
     assert int(client.session["_auth_user_id"]) == user.pk
 
@@ -31,7 +31,7 @@ def test_a_taken_slug_gets_a_suffix(client, db):
     client.post("/accounts/signup/", GOOD)
     Client().post("/accounts/signup/", {**GOOD, "email": "carol@other.example"})
     user = get_user_model().objects.get(username="carol@other.example")
-    assert personal_tenant_for(user=user).slug == "carol-2"
+    assert personal_tenant_for(user=user).slug == "u-carol-2"
 
 
 def test_an_existing_email_is_refused(client, db):

@@ -26,7 +26,7 @@ def private_slugs(response) -> list[str]:
 
 
 def test_without_x_tenant_a_user_acts_for_their_personal_tenant(carol):
-    assert private_slugs(client_for(carol).get("/api/v1/templates")) == ["carol-private"]
+    assert private_slugs(client_for(carol).get("/api/v1/templates")) == ["u-carol-private"]
 
 
 def test_x_tenant_names_another_tenant_the_user_belongs_to(carol):
@@ -44,7 +44,7 @@ def test_a_tenant_the_user_is_not_in_is_403(carol, slug):
 def test_a_session_user_picks_a_tenant_the_same_way(carol):
     client = APIClient()
     client.force_login(carol)
-    assert private_slugs(client.get("/api/v1/templates")) == ["carol-private"]
+    assert private_slugs(client.get("/api/v1/templates")) == ["u-carol-private"]
     assert private_slugs(client.get("/api/v1/templates", HTTP_X_TENANT="acme")) == ["acme-private"]
     assert client.get("/api/v1/templates", HTTP_X_TENANT="evil").status_code == 403
 
