@@ -1,6 +1,6 @@
 from django.urls import path
 
-from cloud.dashboard.views import create, deployments, home, team
+from cloud.dashboard.views import billing, create, deployments, home, team
 
 app_name = "dashboard"
 
@@ -12,6 +12,8 @@ urlpatterns = [
     path("deployments/estimate/", create.deployment_estimate_partial, name="deployment-estimate"),
     path("deployments/<uuid:deployment_id>/", deployments.deployment_detail, name="deployment"),
     path("deployments/<uuid:deployment_id>/<str:action>/", deployments.deployment_action, name="deployment-action"),
+    path("billing/", billing.billing, name="billing"),
+    path("billing/statements/<int:year>-<int:month>.csv", billing.statement_csv, name="statement"),
     path("members/", team.members, name="members"),
     path("members/<int:membership_id>/remove/", team.member_remove, name="member-remove"),
     path("members/invitations/<int:invitation_id>/revoke/", team.invitation_revoke, name="invitation-revoke"),
