@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc files, served by us (no CDN)
     "oauth2_provider",
     "channels",
     "accounts",
@@ -213,6 +214,11 @@ SPECTACULAR_SETTINGS = {
         "errors are RFC 9457 problem details (application/problem+json)."
     ),
     "VERSION": "1.0.0",
+    # The docs pages load their scripts from our static files, pinned by the sidecar package's
+    # version in pyproject.toml: they work on a machine with no internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",

@@ -90,6 +90,11 @@ def _common(*, defaults: bool) -> argparse.ArgumentParser:
                         help="put the VMs' network (bridge, TAPs, rules, published ports) in this namespace (ip netns)")
     common.add_argument("--bridge", default=d(DEFAULT_BRIDGE))
     common.add_argument("--subnet", type=ipaddress.IPv4Network, default=d(DEFAULT_SUBNET))
+    common.add_argument("--nameserver", action="append", type=ipaddress.IPv4Address, default=d(None),
+                        help="nameserver the VMs get (repeatable; default: the host's upstream resolvers)")
+    common.add_argument("--block-net", action="append", type=ipaddress.IPv4Network, default=d(None), metavar="CIDR",
+                        help="network VMs may not reach, beyond the special-purpose ranges always blocked "
+                             "(repeatable): the control plane's, other nodes'")
     common.add_argument("--simulate-gpus", choices=sorted(BOARDS), default=d(None), metavar="BOARD",
                         help=f"present this GPU board from a fake sysfs tree ({', '.join(sorted(BOARDS))}); "
                              "its VMs boot without passthrough")
@@ -155,6 +160,8 @@ def build_runtime(
     subnet: ipaddress.IPv4Network = DEFAULT_SUBNET,
     insecure_registries: Iterable[str] | None = None,
     trusted_registries: Iterable[str] | None = None,
+    nameservers: Iterable[ipaddress.IPv4Address] | None = None,
+    blocked_networks: Iterable[ipaddress.IPv4Network] = (),
     kit_cache: Path = DEFAULT_KIT_CACHE,
     gpus: GpuHost | None = None,
 ) -> MicroVmRuntime:
@@ -167,6 +174,8 @@ def build_runtime(
     bridge, subnet: the VMs' bridge and its IPv4 subnet (gateway: the first address).
     insecure_registries: HOST:PORTs reached over plain HTTP (None: 127.0.0.1:5000, localhost:5000).
     trusted_registries: HOST[:PORT]s that may be on special addresses (None: $GANTRY_TRUSTED_REGISTRIES).
+    nameservers: what the VMs resolve with (None: the host's upstream resolvers).
+    blocked_networks: networks VMs may not reach, beyond the special-purpose ranges (net/rules.py).
     kit_cache: the host-wide guest kit and accelerator-probe cache.
     gpus: the node's GPUs (gpu_host_from_args); None: a node that refuses every GPU spec.
     Image pulls and kit downloads always use this process's own namespace. Builds objects
@@ -186,7 +195,9 @@ def build_runtime(
     kwargs["trusted_registries"] = frozenset(trusted_registries)
     data_dir = Path(data_dir)
     images = OciImageStore(data_dir / "images", **kwargs)
-    network = LinuxNetwork(NetworkConfig(bridge=bridge, subnet=subnet), data_dir / "network", netns=netns)
+    config = NetworkConfig(bridge=bridge, subnet=subnet, blocked_networks=tuple(blocked_networks),
+                           nameservers=None if nameservers is None else tuple(str(ns) for ns in nameservers))
+    network = LinuxNetwork(config, data_dir / "network", netns=netns)
     return MicroVmRuntime(data_dir, images=images, network=network, kit_cache=kit_cache, netns=netns, gpus=gpus)
 
 
@@ -205,7 +216,7 @@ def runtime_from_args(args: argparse.Namespace, gpus: GpuHost | None = None) -> 
     return build_runtime(
         data_dir=args.data_dir, netns=args.netns, bridge=args.bridge, subnet=args.subnet,
         insecure_registries=args.insecure_registry, trusted_registries=args.trusted_registry,
-        kit_cache=args.kit_cache, gpus=gpus,
+        nameservers=args.nameserver, blocked_networks=args.block_net or (), kit_cache=args.kit_cache, gpus=gpus,
     )
 
 
