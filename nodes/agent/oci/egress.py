@@ -120,7 +120,10 @@ class RegistryPolicy:
         """The addresses to connect to for host:port, every one of them checked."""
         literal = ip_literal(host)
         try:
-            found = [str(literal)] if literal is not None else await asyncio.wait_for(self._resolve(host, port), timeout)
+            if literal is not None:
+                found = [str(literal)]
+            else:
+                found = await asyncio.wait_for(self._resolve(host, port), timeout)
         except (OSError, UnicodeError) as exc:
             raise httpcore.ConnectError(str(exc)) from exc
         except asyncio.TimeoutError:
