@@ -230,10 +230,11 @@ cmd_join() {
 
 cmd_run() {
   need_root
-  # The local registry is on loopback: the agent pulls from it only if it is trusted.
+  # The local registry is on loopback: the agent pulls from it only if it is trusted. The pair's
+  # /30 is TEST-NET, not blocked by default, and its host end is this machine: VMs keep off it.
   GANTRY_TRUSTED_REGISTRIES=${GANTRY_TRUSTED_REGISTRIES:-$REGISTRY_ADDR} \
     exec $BIN/gantry-agent run --data-dir "$DATA_DIR" "${KIT_ARGS[@]}" "${SIM_ARGS[@]}" --netns "$NETNS" --bridge "$BRIDGE" \
-    --subnet "$(vm_subnet)" --insecure-registry "$REGISTRY_ADDR"
+    --subnet "$(vm_subnet)" --insecure-registry "$REGISTRY_ADDR" --block-net "$LINK"
 }
 
 cmd_down() {

@@ -4,10 +4,15 @@ Layout on a node (defaults):
 
     VM eth0 172.31.240.x ── TAP gt<hash> ── bridge gantry0 172.31.240.1 ── host routing ── uplink
 
-Links and addresses go through netlink (pyroute2), packet rewriting through one nftables
-table of ours (`ip gantry`, see `net/nft.py`). Addresses and host ports are leased in
-`<state_dir>/network.json`, so an agent restart re-derives exactly what it had. Every method
-measures before it acts: calling it again on a converged host changes nothing.
+Each VM is an island (DESIGN 7, `net/rules.py`): nothing its TAP sends is forwarded to
+another bridge port, so VMs never see each other's frames; anti-spoofing rules per TAP hold it
+to its own MAC and address; and the node's filter lets it reach the internet (NAT) and be
+reached on its published ports, nothing else. Links and addresses go through netlink (pyroute2), packet filtering and
+rewriting through two nftables tables of ours (`ip gantry`, `bridge gantry`, see `net/nft.py`).
+Addresses and host ports are leased in `<state_dir>/network.json`, so an agent restart
+re-derives exactly what it had. Every method measures before it acts: calling it again on a
+converged host changes nothing, and calling it on a host whose rules or port flags someone
+removed puts them back.
 
 The agent manages the namespace it runs in (the host's root namespace). `netns=` points the
 same code at a named namespace instead (`--netns`): only the VMs' network moves there, while
@@ -38,7 +43,8 @@ from nodes.agent.errors import AgentError
 from nodes.agent.net.dns import host_nameservers
 from nodes.agent.net.host import NetnsHost
 from nodes.agent.net.leases import LeaseFile, Leases, VmLease
-from nodes.agent.net.nft import HOST_OWNER, VM_OWNER_PREFIX, NftTable, Rule, vm_owner
+from nodes.agent.net.nft import BRIDGE_CHAINS, HOST_OWNER, VM_OWNER_PREFIX, NftTable, vm_owner
+from nodes.agent.net.rules import blocked_set, dnat_rules, host_rules, port_rules
 from nodes.agent.net.tap import create_tap
 
 __all__ = ["LinuxNetwork", "Network", "NetworkConfig", "VmNetwork", "tap_name", "vm_mac"]
@@ -58,7 +64,6 @@ def _forget_signal_wakeup_fd() -> None:
 os.register_at_fork(after_in_child=_forget_signal_wakeup_fd)
 
 IFF_UP = 0x1
-LOOPBACK_NET = "127.0.0.0/8"
 # Our VM names end up in interface aliases and nft comments (quoted strings, 128 bytes at
 # most), so they are held to a conservative alphabet with no ':' (the comment separator).
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -73,6 +78,9 @@ class NetworkConfig:
     publish_address: str = "0.0.0.0"  # 0.0.0.0: every local address of the node
     uplink: str | None = None  # None: masquerade whatever leaves by any link but the bridge
     nameservers: tuple[str, ...] | None = None  # None: the host's own (net/dns.py)
+    # Networks VMs may not open connections to, beyond the special-purpose ranges that are
+    # always blocked (net/rules.py: DEFAULT_BLOCKED): the control plane's, other nodes'.
+    blocked_networks: tuple[ipaddress.IPv4Network, ...] = ()
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -129,6 +137,7 @@ class LinuxNetwork:
         self.netns = netns
         self._host = NetnsHost(netns)
         self._nft = NftTable(self._host)
+        self._bridge_nft = NftTable(self._host, family="bridge", chains=BRIDGE_CHAINS)
         self._leases = LeaseFile(Path(state_dir) / "network.json")
 
     # -- the Network protocol ---------------------------------------------------------------
@@ -138,11 +147,15 @@ class LinuxNetwork:
             await self._ensure_host()
 
     async def ensure_tap(self, name: str) -> VmNetwork:
+        """The VM's TAP on the bridge, with its isolation and anti-spoofing rules in place
+        before it returns, so the VM's first frame already meets them."""
         _check_name(name)
         async with self._leases.locked():
             await self._ensure_host()
             lease = await self._lease_address(name)
             tap = tap_name(name)
+            mac = vm_mac(name)
+            await self._bridge_nft.sync(vm_owner(name), port_rules(tap=tap, mac=mac, address=lease.address))
             async with self._ipr() as ipr:
                 bridge = await self._link_index(ipr, self.config.bridge)
                 index = await self._link_index(ipr, tap)
@@ -164,13 +177,10 @@ class LinuxNetwork:
                     # Hairpin: where br_netfilter is loaded (any host with Docker), a VM's
                     # packet to its own published port is DNATed at bridge level and sent
                     # back out the port it came in by, which a bridge refuses unless hairpin
-                    # mode is on for that port.
+                    # mode is on for that port. (Not `isolated`: see net/rules.py.)
                     await ipr.brport("set", index=index, mode=1)
-        nameservers = self.config.nameservers
-        if nameservers is None:
-            nameservers = await asyncio.to_thread(host_nameservers)
-        return VmNetwork(tap, vm_mac(name), lease.address, self.config.gateway, self.config.subnet.prefixlen,
-                         tuple(nameservers))
+        return VmNetwork(tap, mac, lease.address, self.config.gateway, self.config.subnet.prefixlen,
+                         await self._nameservers())
 
     async def publish_port(self, name: str, guest_port: int, host_port: int | None = None) -> int:
         _check_name(name)
@@ -189,7 +199,8 @@ class LinuxNetwork:
             published = leases.lease_port(name, guest_port, host_port, self.config.host_port_range, listening)
             if leases.to_json() != before:
                 await self._leases.write(leases)
-            await self._nft.sync(vm_owner(name), self._vm_rules(lease))
+            await self._nft.sync(vm_owner(name), dnat_rules(address=lease.address, ports=lease.ports,
+                                                            publish_address=self.config.publish_address))
         return published
 
     async def remove(self, name: str) -> None:
@@ -197,6 +208,7 @@ class LinuxNetwork:
         # owned() still names the VM and the next cleanup finishes the job.
         async with self._leases.locked():
             await self._nft.sync(vm_owner(name), [])
+            await self._bridge_nft.sync(vm_owner(name), [])
             async with self._ipr() as ipr:
                 index = await self._link_index(ipr, tap_name(name))
                 if index is not None:
@@ -207,7 +219,8 @@ class LinuxNetwork:
 
     async def owned(self) -> set[str]:
         names = set((await self._leases.read()).vms)
-        names |= {owner.removeprefix(VM_OWNER_PREFIX) for owner in await self._nft.owners() if owner != HOST_OWNER}
+        for table in (self._nft, self._bridge_nft):
+            names |= {owner.removeprefix(VM_OWNER_PREFIX) for owner in await table.owners() if owner != HOST_OWNER}
         async with self._ipr() as ipr:
             async for link in await ipr.get_links():
                 alias = link.get("ifalias") or ""
@@ -256,41 +269,26 @@ class LinuxNetwork:
         # destination, which route_localnet would otherwise let a VM send to the host's
         # loopback services (the hole of kubernetes CVE-2020-8558).
         await self._host.ensure_sysctl(f"net/ipv4/conf/{cfg.bridge}/route_localnet", "1")
-        await self._nft.sync(HOST_OWNER, self._host_rules())
+        # Every VM's traffic to another VM goes through the gateway (its port is isolated) and
+        # is dropped there; an ICMP redirect would tell the sender to go direct, which cannot
+        # work either, and would only show it its neighbours' addresses. The kernel sends
+        # redirects when `all` OR the interface says so, hence both (the host's other links
+        # lose them too: a router that is not one for its LAN needs none).
+        for conf in ("all", cfg.bridge):
+            await self._host.ensure_sysctl(f"net/ipv4/conf/{conf}/send_redirects", "0")
+        # VMs get IPv4 only and their TAPs may not send IPv6: with no address of the node on
+        # the bridge (not even fe80::), no service listening on :: is reachable from it either.
+        if await self._host.sysctl_exists(f"net/ipv6/conf/{cfg.bridge}/disable_ipv6"):
+            await self._host.ensure_sysctl(f"net/ipv6/conf/{cfg.bridge}/disable_ipv6", "1")
+        await self._nft.sync(HOST_OWNER, host_rules(
+            bridge=cfg.bridge, subnet=cfg.subnet, gateway=cfg.gateway, uplink=cfg.uplink,
+            nameservers=await self._nameservers(), blocked=blocked_set(cfg.blocked_networks),
+        ))
 
-    def _host_rules(self) -> list[Rule]:
-        br, subnet, gw = f'"{self.config.bridge}"', self.config.subnet, self.config.gateway
-        out = f'oifname "{self.config.uplink}"' if self.config.uplink else f"oifname != {br}"
-        return [
-            Rule("guard", f"iifname {br} ip saddr {LOOPBACK_NET} drop"),
-            Rule("guard", f"iifname {br} ip daddr {LOOPBACK_NET} drop"),
-            # Egress: VMs reach the world as the node's own address.
-            Rule("postrouting", f"ip saddr {subnet} {out} masquerade"),
-            # Host-local clients of published ports (see route_localnet above).
-            Rule("postrouting", f"ip saddr {LOOPBACK_NET} ip daddr {subnet} snat to {gw}"),
-            # Hairpin: a VM calling a published port (its own or another VM's) must see the
-            # answer come back through the gateway, not straight from the VM it reached.
-            # Matched on addresses and SNATed to the gateway explicitly rather than by
-            # `oifname ... masquerade`: with br_netfilter loaded this traffic is DNATed and
-            # delivered at bridge level, where the output device is a bridge port with no
-            # address for masquerade to take.
-            Rule("postrouting", f"ip saddr {subnet} ip daddr {subnet} ct status dnat snat to {gw}"),
-            Rule("forward", f"iifname {br} accept"),
-            Rule("forward", f"oifname {br} accept"),
-        ]
-
-    def _vm_rules(self, lease: VmLease) -> list[Rule]:
-        if self.config.publish_address == "0.0.0.0":
-            outside = local = "fib daddr type local"
-        else:
-            outside = f"ip daddr {self.config.publish_address}"
-            local = f"ip daddr {{ {LOOPBACK_NET}, {self.config.publish_address} }}"
-        rules = []
-        for guest, host in sorted(lease.ports.items()):
-            target = f"tcp dport {host} dnat to {lease.address}:{guest}"
-            rules.append(Rule("prerouting", f"{outside} {target}"))  # from other machines
-            rules.append(Rule("output", f"{local} {target}"))  # from the node itself
-        return rules
+    async def _nameservers(self) -> tuple[str, ...]:
+        if self.config.nameservers is not None:
+            return tuple(self.config.nameservers)
+        return tuple(await asyncio.to_thread(host_nameservers))
 
     async def _lease_address(self, name: str) -> VmLease:
         leases: Leases = await self._leases.read()

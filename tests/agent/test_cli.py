@@ -126,12 +126,13 @@ def test_crash_loop_ends_failed_with_code_and_last_stderr(agent_cli, local_regis
     [
         ("NOT a reference!", "reference"),
         ("127.0.0.1:5000/gantry/nope:latest", "not found"),
-        ("127.0.0.1:5999/gantry/hello:latest", "127.0.0.1:5999"),
+        ("127.0.0.1:5999/gantry/hello:latest", "registry 127.0.0.1:5999 is unreachable"),
     ],
 )
 def test_bad_image_gives_a_reason_not_a_traceback(agent_cli, local_registry, image, expected):
     rc, result, _ = agent_cli("vm", "run", "bad", "--image", image, "--insecure-registry", "127.0.0.1:5999",
-                              "--insecure-registry", "127.0.0.1:5000", check=False)
+                              "--insecure-registry", "127.0.0.1:5000", "--trusted-registry", "127.0.0.1",
+                              check=False)
     assert rc == 1
     assert expected.lower() in result["error"].lower()
 

@@ -54,6 +54,13 @@ class NetnsHost:
             return (await asyncio.to_thread(path.read_text)).strip()
         return (await self.run("cat", str(path))).stdout.strip()
 
+    async def sysctl_exists(self, key: str) -> bool:
+        """Whether the key exists (IPv6 keys do not where IPv6 is disabled at boot)."""
+        path = _sysctl_path(key)
+        if self.netns is None:
+            return await asyncio.to_thread(path.exists)
+        return (await self.run("test", "-e", str(path), check=False)).returncode == 0
+
     async def ensure_sysctl(self, key: str, value: str) -> None:
         """Measure before act: an unchanged sysctl is not rewritten."""
         if await self.read_sysctl(key) == value:
