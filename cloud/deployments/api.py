@@ -101,9 +101,11 @@ class DeploymentViewSet(TenantScopedViewSet):
         key = _idempotency_key(request)
         body = DeploymentCreateInput(data=request.data)
 
-        def produce():
+        def make():
             body.is_valid(raise_exception=True)
-            deployment = services.deployment_create(tenant=request.tenant, actor=request.user, spec=body.validated_data)
+            return services.deployment_create(tenant=request.tenant, actor=request.user, spec=body.validated_data)
+
+        def answer(deployment):
             deployment = self._get(deployment.pk)
             shown = DeploymentOutput(deployment).data
             # The create answer repeats the representation's own estimate at the top level
@@ -111,9 +113,15 @@ class DeploymentViewSet(TenantScopedViewSet):
             return status.HTTP_201_CREATED, {"deployment": shown,
                                              "estimated_hourly_cost": shown["estimated_hourly_cost"]}, deployment
 
+        def produce():
+            return answer(make())
+
         if key is None:
+            # The answer is built after the commit: the scheduler is kicked on commit, and
+            # need not wait for the representation's queries.
             with transaction.atomic():
-                code, payload, _ = produce()
+                deployment = make()
+            code, payload, _ = answer(deployment)
             return Response(payload, status=code)
         result = services.idempotent_create(
             tenant=request.tenant, key=key, fingerprint=services.idempotency_fingerprint(request.data), produce=produce,
