@@ -108,6 +108,7 @@ class Daemon:
         try:
             adopted = await self.runtime.recover()
             log.info("adopted %d VMs: %s", len(adopted), " ".join(f"{i.name}={i.state}" for i in adopted) or "-")
+            await self.runtime.reassert_networks()  # an upgrade's rules reach VMs it did not start
             kit, accel = await self.runtime.host()
             self.accel, self.accel_reason = accel.name, getattr(accel, "reason", "")
             log.info("guest kit ready; accelerator %s (%s)", accel.name, self.accel_reason)

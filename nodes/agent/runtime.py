@@ -391,6 +391,23 @@ class MicroVmRuntime:
             await self.network.remove(orphan)
         return [self._infos[n] for n in sorted(known) if n in self._infos]
 
+    async def reassert_networks(self) -> None:
+        """Every live VM's network checked as a new VM's is: rules someone flushed, or the new
+        rules of an upgraded agent, are in place again without restarting a VM (the leases keep
+        its address and host port). The daemon calls it after recover(); the one-shot CLI does
+        not, since its options need not be the daemon's: a `vm ls` without the daemon's
+        --subnet would move a running VM to the default one."""
+        for name in sorted(self._infos):
+            async with self._locks.hold(name):
+                info = self._infos.get(name)
+                if info is None or info.state in TERMINAL_STATES:
+                    continue
+                spec = await asyncio.to_thread(self.store.read_spec, name) or {}
+                await self._ensure_network()
+                await self.network.ensure_tap(name)
+                if spec.get("traffic_port"):
+                    await self.network.publish_port(name, spec["traffic_port"])
+
     # -- stop / remove -----------------------------------------------------------------------
     async def stop(self, name: str, *, timeout: float | None = None) -> VmInfo:
         """ACPI power-off, then a kill after `timeout` seconds (default: the runtime's

@@ -221,6 +221,30 @@ async def test_new_runtime_adopts_live_vm_and_cleans_crash_leftovers(tmp_path, p
     await rt2.close()
 
 
+async def test_an_adopted_vm_gets_its_network_checked_again(tmp_path, parts):
+    """After a daemon restart (or upgrade) the adopted VM's TAP, rules and published port are
+    re-asserted, as for a new VM: flushed or outdated rules do not outlive the restart. Adopting
+    alone (what every CLI command does) leaves the network as it is."""
+    images, network, vmm = parts
+    rt = make_runtime(tmp_path, parts)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    await rt.start(ReplicaSpec(name="web", image="sh", traffic_port=port,
+                               entrypoint=[sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)]))
+    await rt.close()
+    network.calls.clear()
+
+    rt2 = make_runtime(tmp_path, parts)
+    await rt2.recover()
+    assert [c for c in network.calls if c[0] != "owned"] == []
+    await rt2.reassert_networks()
+
+    assert [c for c in network.calls if c[0] != "owned"] == [
+        ("ensure_host",), ("ensure_tap", "web"), ("publish_port", "web", port)]
+    await rt2.remove("web")
+
+
 async def test_start_and_stop_of_one_vm_never_interleave(tmp_path, parts):
     images, network, vmm = parts
     rt = make_runtime(tmp_path, parts)
