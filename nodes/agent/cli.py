@@ -98,6 +98,9 @@ def _common(*, defaults: bool) -> argparse.ArgumentParser:
     common.add_argument("--simulate-gpus", choices=sorted(BOARDS), default=d(None), metavar="BOARD",
                         help=f"present this GPU board from a fake sysfs tree ({', '.join(sorted(BOARDS))}); "
                              "its VMs boot without passthrough")
+    common.add_argument("--gpu-kit-suite", default=d(os.environ.get("GANTRY_GPU_KIT_SUITE") or None), metavar="RELEASE",
+                        help="Debian release the GPU kit's NVIDIA driver comes from (default: this host's; trixie's "
+                             "550 is the first to support the H200; $GANTRY_GPU_KIT_SUITE)")
     common.add_argument("--insecure-registry", action="append", default=d(None),
                         help="registry reached over plain HTTP (default: 127.0.0.1:5000, localhost:5000)")
     common.add_argument("--trusted-registry", action="append", default=d(None), metavar="HOST[:PORT]",
@@ -207,8 +210,9 @@ def gpu_host_from_args(args: argparse.Namespace) -> GpuHost:
     if args.simulate_gpus:
         tree = build_tree(Path(args.data_dir) / "simulated-sysfs", args.simulate_gpus)
         return GpuHost(SimulatedSysfs(tree), args.data_dir, simulated=args.simulate_gpus,
-                       kit=lambda: load_gpu_kit(args.kit_cache))
-    return GpuHost(Sysfs("/"), args.data_dir, nvml=PyNvml(), kit=lambda: load_gpu_kit(args.kit_cache))
+                       kit=lambda: load_gpu_kit(args.kit_cache, suite=args.gpu_kit_suite))
+    return GpuHost(Sysfs("/"), args.data_dir, nvml=PyNvml(),
+                   kit=lambda: load_gpu_kit(args.kit_cache, suite=args.gpu_kit_suite))
 
 
 def runtime_from_args(args: argparse.Namespace, gpus: GpuHost | None = None) -> MicroVmRuntime:
@@ -326,9 +330,9 @@ async def _gpu_kit(args: argparse.Namespace) -> int:
     finally:
         await runtime.close()
     if args.gpu_kit_command == "build":
-        kit = await ensure_gpu_kit(args.kit_cache, guest)
+        kit = await ensure_gpu_kit(args.kit_cache, guest, suite=args.gpu_kit_suite)
     else:
-        kit = await asyncio.to_thread(load_gpu_kit, args.kit_cache, guest.kernel_version)
+        kit = await asyncio.to_thread(load_gpu_kit, args.kit_cache, guest.kernel_version, args.gpu_kit_suite)
         if kit is None:
             raise AgentError(f"no GPU kit built for guest kernel {guest.kernel_version} (gantry-agent gpu-kit build)")
     _emit({k: v for k, v in kit.items() if k != "supported_names"})
@@ -342,7 +346,7 @@ async def _main(args: argparse.Namespace) -> int:
         credential = await asyncio.to_thread(read_credential, args.data_dir)  # not joined: one line, exit 1
         gpus = await asyncio.to_thread(gpu_host_from_args, args)
         return await run_daemon(runtime_from_args(args, gpus), credential, args.data_dir, gpus=gpus,
-                                kit_cache=args.kit_cache)
+                                kit_cache=args.kit_cache, kit_suite=args.gpu_kit_suite)
     if args.command == "inventory":
         _emit(asdict(await _inventory(args)))
         return 0

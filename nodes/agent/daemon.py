@@ -38,11 +38,12 @@ class Daemon:
 
     def __init__(self, runtime: Any, credential: Credential, data_dir: Path, *,
                  client_options: dict[str, Any] | None = None, shipper_options: dict[str, Any] | None = None,
-                 gpus: GpuHost | None = None, kit_cache: Path = DEFAULT_CACHE_DIR):
+                 gpus: GpuHost | None = None, kit_cache: Path = DEFAULT_CACHE_DIR, kit_suite: str | None = None):
         self.runtime = runtime
         self.data_dir = Path(data_dir)
         self.gpus = gpus
         self.kit_cache = Path(kit_cache)
+        self.kit_suite = kit_suite  # the Debian release of the GPU kit's driver (None: the host's)
         self.accel = "tcg"
         self.accel_reason = ""
         self.client = AgentClient(credential, hello=self.hello, heartbeat=self.heartbeat,
@@ -89,7 +90,7 @@ class Daemon:
         if self.gpus is None or self.gpus.simulated or not await asyncio.to_thread(self.gpus.has_gpus):
             return
         try:
-            gpu_kit = await ensure_gpu_kit(self.kit_cache, kit)
+            gpu_kit = await ensure_gpu_kit(self.kit_cache, kit, suite=self.kit_suite)
             log.info("GPU kit ready: NVIDIA %s for guest kernel %s", gpu_kit["driver_version"], gpu_kit["kernel_version"])
         except AgentError as e:
             # The node still comes online: its preflight says "gpu kit: not built", so the
@@ -144,10 +145,10 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 async def run_daemon(runtime: Any, credential: Credential, data_dir: Path, *, gpus: GpuHost | None = None,
-                     kit_cache: Path = DEFAULT_CACHE_DIR) -> int:
+                     kit_cache: Path = DEFAULT_CACHE_DIR, kit_suite: str | None = None) -> int:
     """The `gantry-agent run` process: until SIGTERM or SIGINT; returns its exit code."""
     configure_logging()
-    daemon = Daemon(runtime, credential, data_dir, gpus=gpus, kit_cache=kit_cache)
+    daemon = Daemon(runtime, credential, data_dir, gpus=gpus, kit_cache=kit_cache, kit_suite=kit_suite)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

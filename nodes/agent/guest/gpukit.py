@@ -13,7 +13,7 @@ Built once per host, guest kernel and driver version, under the host-wide kit ca
 like the guest kit), by the agent at start on a node with real GPUs, or `gantry-agent gpu-kit
 build`: never on a replica's start path, never for a simulated node. Layout:
 
-  <cache>/gpukit/apt/               the private apt configuration and state
+  <cache>/gpukit/apt/<suite>/       the private apt configuration and state, per Debian release
   <cache>/gpukit/debs/              the downloaded packages
   <cache>/gpukit/<driver>-<kernel>-<key>/
       kit.json                      versions, vermagic, build time, size, the supported-GPU list
@@ -76,11 +76,11 @@ def _codename() -> str:
     raise AgentError("cannot tell the Debian release from /etc/os-release")
 
 
-def _apt_dirs(root: Path) -> list[str]:
-    """The -o options that point apt at the kit's own configuration and state only."""
-    apt = root.absolute() / "apt"  # apt reads a relative path from /etc/apt
+def _apt_dirs(root: Path, suite: str) -> list[str]:
+    """The -o options that point apt at the kit's own configuration and state for `suite` only."""
+    apt = root.absolute() / "apt" / suite  # apt reads a relative path from /etc/apt
     if not (apt / "sources.list").exists():
-        codename = _codename()
+        codename = suite
         for d in ("state/lists/partial", "cache/archives/partial", "parts", "prefs"):
             (apt / d).mkdir(parents=True, exist_ok=True)
         signed = f" [signed-by={KEYRING}]" if KEYRING.exists() else ""
@@ -94,13 +94,13 @@ def _apt_dirs(root: Path) -> list[str]:
             "-o", "APT::Sandbox::User=root", "-q"]
 
 
-async def _apt(root: Path, *args: str, cwd: Path | None = None) -> str:
-    options = await asyncio.to_thread(_apt_dirs, root)
+async def _apt(root: Path, suite: str, *args: str, cwd: Path | None = None) -> str:
+    options = await asyncio.to_thread(_apt_dirs, root, suite)
     return await _run(args[0], *options, *args[1:], cwd=cwd)
 
 
-async def _candidate(root: Path, package: str) -> str:
-    policy = await _apt(root, "apt-cache", "policy", package)
+async def _candidate(root: Path, suite: str, package: str) -> str:
+    policy = await _apt(root, suite, "apt-cache", "policy", package)
     match = re.search(r"Candidate:\s*(\S+)", policy)
     if not match or match.group(1) == "(none)":
         raise AgentError(f"{package} is not in Debian's {COMPONENTS} for this release")
@@ -113,7 +113,7 @@ def _find(debs: Path, spec: str) -> Path | None:
     return found[0] if found else None
 
 
-async def _download(root: Path, specs: list[str]) -> dict[str, Path]:
+async def _download(root: Path, suite: str, specs: list[str]) -> dict[str, Path]:
     """package=version -> its .deb under debs/ (each fetched once, ever)."""
     debs = root / "debs"
     await asyncio.to_thread(debs.mkdir, parents=True, exist_ok=True)
@@ -121,7 +121,7 @@ async def _download(root: Path, specs: list[str]) -> dict[str, Path]:
     if missing:
         tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=debs, prefix=".dl-"))
         try:
-            await _apt(root, "apt-get", "download", *missing, cwd=tmp)
+            await _apt(root, suite, "apt-get", "download", *missing, cwd=tmp)
             for deb in await asyncio.to_thread(lambda: list(tmp.glob("*.deb"))):
                 await asyncio.to_thread(os.replace, deb, debs / deb.name)
         finally:
@@ -153,8 +153,9 @@ def parse_supported(readme: str) -> dict[str, list[str]]:
 # -- building ------------------------------------------------------------------------------------
 
 
-def _key(driver: str, kernel_package: str, kernel_version: str) -> str:
-    h = hashlib.sha256(f"{KIT_FORMAT}|{driver}|{kernel_package}={kernel_version}|{','.join(USERSPACE_PACKAGES)}".encode())
+def _key(suite: str, driver: str, kernel_package: str, kernel_version: str) -> str:
+    h = hashlib.sha256(f"{KIT_FORMAT}|{suite}|{driver}|{kernel_package}={kernel_version}|"
+                       f"{','.join(USERSPACE_PACKAGES)}".encode())
     return h.hexdigest()[:12]
 
 
@@ -190,8 +191,10 @@ def _assemble(tmp: Path, unpacked: Path, built: Path, version: str) -> None:
         (image / "modules" / ko.name).write_bytes(data)
     fw = image / "firmware" / "nvidia" / version
     fw.mkdir(parents=True)
+    # /lib/firmware up to bookworm, /usr/lib/firmware from trixie on (merged /usr).
+    source = next(d for d in (unpacked / "lib" / "firmware", unpacked / "usr" / "lib" / "firmware") if d.is_dir())
     for name in FIRMWARE:
-        shutil.copyfile(unpacked / "lib" / "firmware" / "nvidia" / version / name, fw / name)
+        shutil.copyfile(source / "nvidia" / version / name, fw / name)
     bin_dir, lib_dir = image / "userspace" / "bin", image / "userspace" / "lib"
     bin_dir.mkdir(parents=True)
     lib_dir.mkdir(parents=True)
@@ -203,28 +206,34 @@ def _assemble(tmp: Path, unpacked: Path, built: Path, version: str) -> None:
             shutil.copy2(lib, lib_dir / lib.name)
 
 
-async def build_gpu_kit(cache_dir: Path, guest: GuestKit, *, jobs: int | None = None) -> dict:
+async def build_gpu_kit(cache_dir: Path, guest: GuestKit, *, suite: str | None = None, jobs: int | None = None) -> dict:
     """Builds (or finds) the kit for `guest`'s kernel; returns its kit.json. Takes minutes the
-    first time (downloads, then the two modules' interface layer: nv-kernel.o ships prebuilt)."""
+    first time (downloads, then the two modules' interface layer: nv-kernel.o ships prebuilt).
+
+    `suite`: the Debian release the driver comes from (default: this host's). The guest
+    kernel's headers always come from the host's release, which is the guest kernel's; a newer
+    release's driver (trixie's 550, the first to support the H200) builds for it all the same."""
     root = Path(cache_dir).absolute() / "gpukit"
     await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
     fd = await asyncio.to_thread(os.open, root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-        return await _build_locked(root, guest, jobs)
+        return await _build_locked(root, guest, suite or await asyncio.to_thread(_codename), jobs)
     finally:
         await asyncio.to_thread(os.close, fd)
 
 
-async def _build_locked(root: Path, guest: GuestKit, jobs: int | None) -> dict:
+async def _build_locked(root: Path, guest: GuestKit, suite: str, jobs: int | None) -> dict:
     meta = json.loads(await asyncio.to_thread((guest.initrd.parent / "kit.json").read_text))
     kernel_version, kernel_package_version = meta["kernel_version"], meta["package_version"]
     kernel_package = f"linux-image-{kernel_version}"
     started = time.monotonic()
-    await _apt(root, "apt-get", "update")
-    driver = await _candidate(root, SOURCE_PACKAGE)
+    host = await asyncio.to_thread(_codename)
+    for release in {suite, host}:
+        await _apt(root, release, "apt-get", "update")
+    driver = await _candidate(root, suite, SOURCE_PACKAGE)
     upstream = driver.split("-")[0].split(":")[-1]
-    dest = root / f"{upstream}-{kernel_version}-{_key(driver, kernel_package, kernel_package_version)}"
+    dest = root / f"{upstream}-{kernel_version}-{_key(suite, driver, kernel_package, kernel_package_version)}"
     existing = await asyncio.to_thread(_read_meta, dest)
     if existing is not None:
         return existing
@@ -232,14 +241,13 @@ async def _build_locked(root: Path, guest: GuestKit, jobs: int | None) -> dict:
         if shutil.which(tool) is None:
             raise AgentError(f"building the GPU kit needs {tool} on the host (apt-get install build-essential "
                              "gcc-12 e2fsprogs)", permanent=True)
-    headers_show = await _apt(root, "apt-cache", "show", f"linux-headers-{kernel_version}={kernel_package_version}")
+    headers_show = await _apt(root, host, "apt-cache", "show", f"linux-headers-{kernel_version}={kernel_package_version}")
     deps = re.search(r"^Depends:(.*)$", headers_show, re.M).group(1)
     common = re.search(r"(linux-headers-\S+-common) \(= ([^)]+)\)", deps)
     kbuild = re.search(r"(linux-kbuild-\S+) \(>= ([^)]+)\)", deps)
-    specs = [f"{SOURCE_PACKAGE}={driver}", *(f"{p}={driver}" for p in USERSPACE_PACKAGES),
-             f"linux-headers-{kernel_version}={kernel_package_version}", f"{common.group(1)}={common.group(2)}",
-             f"{kbuild.group(1)}={kbuild.group(2)}"]
-    debs = await _download(root, specs)
+    debs = await _download(root, suite, [f"{SOURCE_PACKAGE}={driver}", *(f"{p}={driver}" for p in USERSPACE_PACKAGES)])
+    debs |= await _download(root, host, [f"linux-headers-{kernel_version}={kernel_package_version}",
+                                         f"{common.group(1)}={common.group(2)}", f"{kbuild.group(1)}={kbuild.group(2)}"])
     tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, dir=root, prefix=".build-"))
     try:
         unpacked, headers = tmp / "unpacked", tmp / "headers"
@@ -274,7 +282,7 @@ async def _build_locked(root: Path, guest: GuestKit, jobs: int | None) -> dict:
         image_dir = tmp / "image"
         size = await asyncio.to_thread(_tree_size, image_dir)
         kit = {
-            "driver_version": upstream, "package_version": driver, "kernel_version": kernel_version,
+            "driver_version": upstream, "package_version": driver, "suite": suite, "kernel_version": kernel_version,
             "kernel_package_version": kernel_package_version, "vermagic": vermagic.strip(),
             "modules": [f"{m}.ko" for m in KERNEL_MODULES], "firmware": list(FIRMWARE),
             "userspace": sorted(p.name for p in (image_dir / "userspace" / "lib").iterdir()) + ["nvidia-smi"],
@@ -320,9 +328,10 @@ def _prune(root: Path, keep: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def load_gpu_kit(cache_dir: Path = DEFAULT_CACHE_DIR, kernel_version: str | None = None) -> dict | None:
-    """The newest built kit (for this guest kernel, if given), or None. Blocking, cheap: this is
-    all a replica's start ever does with the kit."""
+def load_gpu_kit(cache_dir: Path = DEFAULT_CACHE_DIR, kernel_version: str | None = None,
+                 suite: str | None = None) -> dict | None:
+    """The newest built kit (for this guest kernel and driver release, if given), or None.
+    Blocking, cheap: this is all a replica's start ever does with the kit."""
     root = Path(cache_dir) / "gpukit"
     try:
         candidates = [d for d in root.iterdir() if d.is_dir() and d.name not in ("apt", "debs")
@@ -330,13 +339,19 @@ def load_gpu_kit(cache_dir: Path = DEFAULT_CACHE_DIR, kernel_version: str | None
     except OSError:
         return None
     kits = [k for k in (_read_meta(d) for d in sorted(candidates, key=lambda d: d.stat().st_mtime, reverse=True)) if k]
+    # The host's release unless told otherwise; a kit.json from before the suite was recorded
+    # came from the host's release too.
+    host = _codename()
     for kit in kits:
-        if kernel_version is None or kit.get("kernel_version") == kernel_version:
+        if kernel_version not in (None, kit.get("kernel_version")):
+            continue
+        if (kit.get("suite") or host) == (suite or host):
             return kit
     return None
 
 
-async def ensure_gpu_kit(cache_dir: Path, guest: GuestKit) -> dict:
-    """The kit for this guest kernel: loaded when built, else built now (minutes)."""
-    kit = await asyncio.to_thread(load_gpu_kit, cache_dir, guest.kernel_version)
-    return kit if kit is not None else await build_gpu_kit(cache_dir, guest)
+async def ensure_gpu_kit(cache_dir: Path, guest: GuestKit, *, suite: str | None = None) -> dict:
+    """The kit for this guest kernel (and driver release): loaded when built, else built now
+    (minutes)."""
+    kit = await asyncio.to_thread(load_gpu_kit, cache_dir, guest.kernel_version, suite)
+    return kit if kit is not None else await build_gpu_kit(cache_dir, guest, suite=suite)
