@@ -20,10 +20,9 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-
-from dataclasses import dataclass
 
 from nodes.agent.gpu.discover import HARDWARE_XIDS, describe, driver_version, kernel_xids
 from nodes.agent.gpu.nvml import Nvml, NvmlUnavailable
