@@ -152,6 +152,8 @@ def holders(sysfs: Sysfs, devices: list[PciDevice]) -> list[tuple[str | None, st
     """Why these devices cannot be taken from the host right now ([] if they can), as
     (the device's BDF, or None when it concerns every NVIDIA device, reason): open handles on
     their device nodes, or a daemon that holds NVIDIA devices."""
+    if not devices:
+        return []  # a CPU node: no /proc walk on every hello
     nodes: dict[str, str] = {}
     nvidia_bound = [d for d in devices if d.driver in ("nvidia", "nvidia-nvswitch")]
     for dev in devices:

@@ -181,14 +181,14 @@ class GpuHost:
     def health(self) -> list[dict[str, Any]]:
         """Per GPU, the heartbeat's verdict: what the last inventory found (group, kit, holders)
         with the faults and kernel-log XIDs of now. Cheap: no NVML, no /proc scan."""
+        if not self._static:
+            return []  # no GPU in the last inventory (a CPU node), or none taken yet
         faults = self.faults()
         xids = kernel_xids(self.sysfs)
         out = []
-        for bdf in self.sysfs.pci_bdfs():
+        for bdf in self._static:
             dev = self.sysfs.pci_device(bdf)
-            if not dev.is_gpu:
-                continue
-            problems = list(self._static.get(bdf, []))
+            problems = list(self._static[bdf])
             problems += [f"XID {x} ({HARDWARE_XIDS[x]}) in the kernel log" for x in sorted(set(xids.get(dev.slot, [])))
                          if x in HARDWARE_XIDS and f"XID {x} (" not in " ".join(problems)]
             if bdf in faults and faults[bdf] not in problems:
