@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/apt-install.sh qemu-system-x86 qemu-utils busybox-static e2fsprogs nftables iproute2 \
-  docker-registry skopeo umoci ca-certificates zstd lz4
+  docker-registry skopeo umoci ca-certificates zstd lz4 \
+  chromium chromium-driver  # the dashboard's browser tests (tests/browser/), driven by Playwright

@@ -35,7 +35,7 @@ def test_it_creates_from_a_custom_image(alice_browser, acme, h100):
 def test_bad_input_shows_the_apis_errors_at_the_field(alice_browser, acme, h100):
     response = alice_browser.post("/deployments/new/", {"source": "image", "image_url": "", "replica_count": "0",
                                                         "traffic_port": "70000", "name": "-bad name"})
-    assert response.status_code == 400
+    assert response.status_code == 200
     errors = response.context["errors"]
     assert {"replica_count", "traffic_port", "name"} <= set(errors)
     assert b'aria-invalid="true"' in response.content
@@ -45,7 +45,7 @@ def test_bad_input_shows_the_apis_errors_at_the_field(alice_browser, acme, h100)
 def test_a_gpu_count_the_hardware_refuses_is_shown_at_that_field(alice_browser, acme, h100):
     response = alice_browser.post("/deployments/new/", {"source": "image", "image_url": "ghcr.io/acme/app:1.0",
                                                         "hardware_id": str(h100.pk), "gpus_per_container": "3"})
-    assert response.status_code == 400
+    assert response.status_code == 200
     assert "gpus_per_container" in response.context["errors"]
 
 

@@ -148,7 +148,9 @@ def deployment_new(request):
                     errors.setdefault(_form_field(field), []).extend(messages)
     context = {**_choices(request.tenant), "errors": errors, "post": request.POST,
                "picked_template": request.POST.get("template_id") or request.GET.get("template", "")}
-    return render(request, "dashboard/deployment_new.html", context, status=400 if errors else 200)
+    # 200 with the errors, as Django's own form views do: a 400 would be a console error in
+    # the browser on a page that is working exactly as meant.
+    return render(request, "dashboard/deployment_new.html", context)
 
 
 @require_POST
