@@ -7,6 +7,8 @@ tenant's trial credit; the ledger key "trial" makes a second click the same entr
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import signing
@@ -32,6 +34,14 @@ def confirmation_send(*, user, url_for) -> None:
               f"Welcome to Gantry.\n\nConfirm {user.email} to receive your trial credit:\n{url}\n\n"
               "The link works for three days. If you did not sign up, ignore this mail.",
               settings.DEFAULT_FROM_EMAIL, [user.email])
+
+
+def trial_pending_for(*, tenant) -> bool:
+    """A personal tenant still waiting for its owner's confirmation to get the trial credit."""
+    from billing.models import LedgerEntry  # billing imports accounts; read lazily
+
+    return (tenant.personal and Decimal(settings.TENANT_DEFAULT_BALANCE) > 0
+            and not LedgerEntry.objects.filter(tenant=tenant, idempotency_key="trial").exists())
 
 
 @transaction.atomic

@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
 from accounts.throttle import throttled
-from accounts.views import DEFAULT_AFTER_SIGNUP, SignupView, confirm_email
+from accounts.views import DEFAULT_AFTER_SIGNUP, SignupView, confirm_email, confirm_resend
 
 app_name = "accounts"
 
@@ -13,6 +13,7 @@ urlpatterns = [
     )), name="login"),
     # Django 5 logs out on POST only (a GET link could log anyone out from a forged image tag).
     path("logout/", auth_views.LogoutView.as_view(template_name="accounts/logged_out.html"), name="logout"),
+    path("confirm/resend/", throttled("confirm-resend")(confirm_resend), name="confirm-resend"),
     path("confirm/<str:token>/", confirm_email, name="confirm"),
     # Password reset mails through EMAIL_BACKEND (the console unless the environment names another).
     path("password-reset/", throttled("password-reset")(auth_views.PasswordResetView.as_view(

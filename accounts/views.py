@@ -8,6 +8,9 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.generic import FormView
 
+from django.contrib import messages
+from django.views.decorators.http import require_POST
+
 from accounts.confirmation import confirmation_send, email_confirm
 from accounts.forms import SignupForm
 from accounts.services import user_signup
@@ -54,3 +57,12 @@ def confirm_email(request, token):
     except ApplicationError as exc:
         return render(request, "accounts/confirmed.html", {"error": exc.detail}, status=400)
     return render(request, "accounts/confirmed.html")
+
+
+@require_POST
+def confirm_resend(request):
+    if request.user.is_authenticated and request.user.email:
+        confirmation_send(user=request.user, url_for=lambda token: request.build_absolute_uri(
+            reverse("accounts:confirm", args=[token])))
+        messages.success(request, f"A new confirmation link is on its way to {request.user.email}.")
+    return redirect(DEFAULT_AFTER_SIGNUP)

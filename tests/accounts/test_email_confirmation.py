@@ -72,3 +72,14 @@ def test_organisation_slugs_cannot_use_the_personal_prefix(db):
         assert "personal tenants" in str(exc)
     else:
         raise AssertionError("u-acme was accepted")
+
+
+def test_the_dashboard_says_the_trial_waits_and_resends_the_link(db, settings):
+    settings.TENANT_DEFAULT_BALANCE = "10"
+    client = Client()
+    link = _signup(client)
+    assert b"Confirm your email" in client.get("/deployments/").content
+    client.post("/accounts/confirm/resend/")
+    assert len(mail.outbox) == 2 and "/accounts/confirm/" in mail.outbox[1].body
+    client.get(link)
+    assert b"Confirm your email" not in client.get("/deployments/").content

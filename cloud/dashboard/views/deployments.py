@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from accounts.confirmation import trial_pending_for
 from cloud.dashboard.tenancy import tenant_view
 from cloud.deployments import feeds, selectors, services
 from cloud.deployments.models import Deployment
@@ -46,6 +47,7 @@ def deployment_list(request):
     context = {"rows": rows, "page": page, "status": status, "statuses": Deployment.Status.values}
     if request.htmx:  # the 3-second poll swaps just the table body
         return render(request, "dashboard/partials/deployment_rows.html", context)
+    context["trial_pending"] = trial_pending_for(tenant=request.tenant)
     return render(request, "dashboard/deployments.html", context)
 
 
