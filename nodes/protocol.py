@@ -15,6 +15,7 @@ carry command ids and are idempotent, so a resend is harmless.
 
 from __future__ import annotations
 
+import functools
 import json
 import types
 import typing
@@ -285,8 +286,25 @@ _BY_TYPE: dict[str, type[Message]] = {m.type: m for m in (*AGENT_MESSAGES, *PLAN
 # -- encoding and validation --------------------------------------------------------------------
 
 
+@functools.cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _plain(value: Any) -> Any:
+    """dataclasses.asdict without its deep copies (which cost more than the JSON encoding of a
+    500-line log batch): frames are encoded at once and never mutated."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: _plain(getattr(value, name)) for name in _names(type(value))}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def encode(message: Message) -> str:
-    body = {"type": message.type, "version": PROTOCOL_VERSION, **asdict(message)}
+    body = {"type": message.type, "version": PROTOCOL_VERSION, **_plain(message)}
     text = json.dumps(body, separators=(",", ":"), allow_nan=False)
     if len(text.encode()) > MAX_FRAME_BYTES:
         raise ProtocolError(f"{message.type} frame exceeds {MAX_FRAME_BYTES} bytes")
@@ -319,17 +337,24 @@ def build(cls: type, data: Any, where: str = "") -> Any:
     return _build(cls, data, where or cls.__name__)
 
 
+@functools.cache
+def _shape(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, type hint, required) per field: resolving hints costs more than validating a
+    field, and a log batch builds 500 LogEntry objects."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name], f.default is MISSING and f.default_factory is MISSING) for f in fields(cls))
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ProtocolError(f"{where} must be an object")
-    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for f in fields(cls):
-        if f.name not in data:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise ProtocolError(f"{where}.{f.name} is required")
+    for name, hint, required in _shape(cls):
+        if name not in data:
+            if required:
+                raise ProtocolError(f"{where}.{name} is required")
             continue
-        kwargs[f.name] = _value(hints[f.name], data[f.name], f"{where}.{f.name}")
+        kwargs[name] = _value(hint, data[name], f"{where}.{name}")
     # Fields this side does not know are ignored: a newer peer may add some within a version.
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)

@@ -38,6 +38,23 @@ def line_frame(*, cursor: int, replica_uid: uuid.UUID | str, ordinal: int, gener
     }
 
 
+class LineRenderer:
+    """A replica's lines as frame text, as fast as the sink needs at 20,000 lines/s: the
+    replica's part is formatted once, and a node converts many lines per pass with one `ts`,
+    so each time is formatted once too. Equal to frame_text(line_frame(...)) (tested)."""
+
+    def __init__(self, *, replica_uid: str, ordinal: int, generation: int):
+        self._head = f',"replica":"{replica_uid}","ordinal":{ordinal},"generation":{generation},"seq":'
+        self._ts: tuple[datetime | None, str] = (None, "")
+
+    def __call__(self, *, cursor: int, seq: int | None, ts: datetime, stream: str, message: str, continued: bool) -> str:
+        if self._ts[0] != ts:
+            self._ts = (ts, iso(ts))
+        return (f'{{"cursor":"{cursor}"{self._head}{"null" if seq is None else seq},"ts":"{self._ts[1]}",'
+                f'"stream":"{stream}","message":{json.dumps(message, ensure_ascii=False)},'
+                f'"continued":{"true" if continued else "false"}}}')
+
+
 def row_frame(line) -> dict:
     """A LogLine row (annotated by selectors.log_page) as a live frame."""
     return line_frame(cursor=line.pk, replica_uid=line.replica_uid, ordinal=line.replica_ordinal,

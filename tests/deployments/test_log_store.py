@@ -157,3 +157,15 @@ def test_a_lost_node_leaves_a_system_line_saying_how_many_lines_went_with_it(set
     Node.objects.filter(pk=other.pk).update(last_heartbeat=timezone.now() - timedelta(seconds=31))
     fleet_sweep()
     assert "lines (seq" not in LogLine.objects.get(replica=elsewhere, stream="system").message
+
+
+def test_the_fast_frame_renderer_writes_exactly_the_frame():
+    from datetime import datetime, timezone as dt_timezone
+
+    render = feeds.LineRenderer(replica_uid="5b0e2c4a-0000-4000-8000-000000000001", ordinal=3, generation=2)
+    ts = datetime(2026, 12, 1, 10, 4, 5, 123456, tzinfo=dt_timezone.utc)
+    for seq, message, continued in ((7, 'he said "hi"\\ \x1b[31m\u00e9\ufffd\t', True), (None, "system", False)):
+        frame = feeds.line_frame(cursor=42, replica_uid="5b0e2c4a-0000-4000-8000-000000000001", ordinal=3,
+                                 generation=2, seq=seq, ts=ts, stream="stderr", message=message, continued=continued)
+        assert render(cursor=42, seq=seq, ts=ts, stream="stderr", message=message, continued=continued) == \
+            feeds.frame_text(frame)

@@ -14,6 +14,7 @@ how many lines never arrived.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone
 
 from django.core.cache import cache
@@ -41,31 +42,65 @@ def clean(text: str) -> str:
     return _SURROGATES.sub("\ufffd", text.replace("\x00", "\ufffd"))
 
 
-def _lock(deployment_id) -> None:
+def _lock(deployment_id, *, replica_id: int | None = None) -> int:
+    """Takes the deployment's log lock; returns the highest seq stored for `replica_id` (read
+    under the lock, in the same round trip: a batch costs few of them)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [LOG_LOCK_NAMESPACE, str(deployment_id)])
+        cursor.execute(
+            f"SELECT pg_advisory_xact_lock(%s, hashtext(%s)),"
+            f" (SELECT max(seq) FROM {LogLine._meta.db_table} WHERE replica_id = %s)",
+            [LOG_LOCK_NAMESPACE, str(deployment_id), replica_id])
+        return cursor.fetchone()[1] or 0
 
 
-def _insert(replica: Replica, rows: list[LogLine]) -> None:
+_HEAD = f"SELECT coalesce(max(id), 0) FROM {LogLine._meta.db_table} WHERE deployment_id = %s"
+_COPY = (f"COPY {LogLine._meta.db_table} (deployment_id, replica_id, seq, ts, stream, message, continued) "
+         "FROM STDIN")
+
+
+@dataclass(slots=True)
+class _Row:
+    """A line about to be stored (a model instance per line costs more than storing it)."""
+
+    seq: int | None
+    ts: datetime
+    stream: str
+    message: str
+    continued: bool = False
+    pk: int = 0
+
+
+def _insert(replica: Replica, rows: list[_Row]) -> None:
     """Insert rows of one replica under the lock (held by the caller's transaction) and tell
-    live tails once committed."""
-    prev = LogLine.objects.filter(deployment_id=replica.deployment_id).aggregate(m=Max("id"))["m"] or 0
-    LogLine.objects.bulk_create(rows)
-    published = []
-    for row in rows:
-        frame = feeds.line_frame(cursor=row.pk, replica_uid=replica.uid, ordinal=replica.ordinal,
-                                 generation=replica.generation, seq=row.seq, ts=row.ts, stream=row.stream,
-                                 message=row.message, continued=row.continued)
-        published.append((row.pk, str(replica.uid), replica.ordinal, row.stream, feeds.frame_text(frame)))
+    live tails once committed. COPY, not bulk_create: building and compiling a model per row
+    cost more than PostgreSQL's whole insert at 20,000 lines/s."""
     deployment_id = replica.deployment_id
+    with connection.cursor() as cursor:
+        cursor.execute(_HEAD, [deployment_id])
+        (prev,) = cursor.fetchone()
+        with cursor.copy(_COPY) as copy:
+            for row in rows:
+                copy.write_row((deployment_id, replica.pk, row.seq, row.ts, row.stream, row.message, row.continued))
+        # COPY draws ids from the sequence row by row, and under the lock nothing else inserts
+        # into this deployment's log: its new ids, in order, are these rows'.
+        cursor.execute(f"SELECT id FROM {LogLine._meta.db_table} WHERE deployment_id = %s AND id > %s ORDER BY id",
+                       [deployment_id, prev])
+        for row, (pk,) in zip(rows, cursor.fetchall(), strict=True):
+            row.pk = pk
+    uid = str(replica.uid)
+    render = feeds.LineRenderer(replica_uid=uid, ordinal=replica.ordinal, generation=replica.generation)
+    published = [(row.pk, uid, replica.ordinal, row.stream,
+                  render(cursor=row.pk, seq=row.seq, ts=row.ts, stream=row.stream, message=row.message,
+                         continued=row.continued))
+                 for row in rows]
     transaction.on_commit(lambda: feeds.logs_publish(deployment_id=deployment_id, prev=prev, lines=published))
 
 
-def _gap_line(replica: Replica, first: int, last: int, ts: datetime) -> LogLine:
+def _gap_line(first: int, last: int, ts: datetime) -> _Row:
     count = last - first + 1
-    what = f"{count} line{'s' if count != 1 else ''} (seq {first}-{last})" if count > 1 else f"1 line (seq {first})"
-    return LogLine(deployment_id=replica.deployment_id, replica=replica, seq=None, ts=ts, stream=LogLine.Stream.SYSTEM,
-                   message=f"{what} of this replica never reached the control plane: its node no longer had them")
+    what = f"{count} lines (seq {first}-{last})" if count > 1 else f"1 line (seq {first})"
+    return _Row(seq=None, ts=ts, stream=LogLine.Stream.SYSTEM,
+                message=f"{what} of this replica never reached the control plane: its node no longer had them")
 
 
 def logs_store(*, replica: Replica, lines: list[LogEntry]) -> int:
@@ -74,21 +109,19 @@ def logs_store(*, replica: Replica, lines: list[LogEntry]) -> int:
     if not lines:
         return LogLine.objects.filter(replica=replica).aggregate(m=Max("seq"))["m"] or 0
     with transaction.atomic():
-        _lock(replica.deployment_id)
         # Under the lock nothing else inserts for this replica, and a replica's lines are only
         # ever stored in seq order (the agent ships in order and resumes after the highest
         # stored), so everything at or below the highest stored seq is a resend.
-        stored = LogLine.objects.filter(replica=replica).aggregate(m=Max("seq"))["m"] or 0
-        rows: list[LogLine] = []
+        stored = _lock(replica.deployment_id, replica_id=replica.pk)
+        rows: list[_Row] = []
         expected = stored + 1
         for line in lines:
             if line.seq < expected:
                 continue  # a resend of what is stored
             ts = datetime.fromtimestamp(line.ts, tz=dt_timezone.utc)
             if line.seq > expected:
-                rows.append(_gap_line(replica, expected, line.seq - 1, ts))
-            rows.append(LogLine(deployment_id=replica.deployment_id, replica=replica, seq=line.seq, ts=ts,
-                                stream=line.stream, message=clean(line.message), continued=line.continued))
+                rows.append(_gap_line(expected, line.seq - 1, ts))
+            rows.append(_Row(line.seq, ts, line.stream, clean(line.message), line.continued))
             expected = line.seq + 1
         if rows:
             _insert(replica, rows)
@@ -101,8 +134,7 @@ def log_system_line(*, replica: Replica, message: str, ts: datetime) -> None:
     an agent's insert waits for (foreign-key check) while holding the log lock."""
     with transaction.atomic():
         _lock(replica.deployment_id)
-        _insert(replica, [LogLine(deployment_id=replica.deployment_id, replica=replica, seq=None, ts=ts,
-                                  stream=LogLine.Stream.SYSTEM, message=clean(message))])
+        _insert(replica, [_Row(seq=None, ts=ts, stream=LogLine.Stream.SYSTEM, message=clean(message))])
 
 
 # -- lines that will never arrive ----------------------------------------------------------------
