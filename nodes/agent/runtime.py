@@ -119,6 +119,7 @@ class MicroVmRuntime:
         self._network_ready = False
         self._infos: dict[str, VmInfo] = {}
         self._log_heads: dict[str, int] = {}
+        self._converted: dict[str, asyncio.Event] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task] = {}
         self._hub = EventHub()
@@ -350,6 +351,7 @@ class MicroVmRuntime:
         lines = await asyncio.to_thread(convert, paths, final=not alive and info.pid is not None, clock=self._clock)
         if lines:
             self._log_heads[name] = lines[-1].seq
+            self._converted.pop(name, asyncio.Event()).set()  # wakes this VM's log followers
         elif name not in self._log_heads:  # adopted: its log may hold lines the plane lacks
             self._log_heads[name] = await asyncio.to_thread(last_seq, paths)
         new = await asyncio.to_thread(derive, info, status, alive, paths)
@@ -479,6 +481,7 @@ class MicroVmRuntime:
             raise AgentError(f"no VM named {name}", permanent=True)
         reader = LogReader(paths, after_seq)
         while True:
+            converted = self._converted.setdefault(name, asyncio.Event())
             info = await self._current(name)
             for line in await asyncio.to_thread(reader.read_new):
                 yield line
@@ -486,7 +489,10 @@ class MicroVmRuntime:
                 for line in await asyncio.to_thread(reader.read_all):
                     yield line
                 return
-            await asyncio.sleep(self.poll_interval)
+            # Woken by the watcher's next conversion that found lines (a follower then reads
+            # them at once, not up to a poll later); the timeout covers other writers.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(converted.wait(), self.poll_interval)
 
     def log_heads(self) -> dict[str, int]:
         """The last seq in each known VM's log (what a heartbeat tells the plane)."""
