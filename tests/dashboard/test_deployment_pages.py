@@ -84,3 +84,24 @@ def test_log_lines_reach_the_page_as_text_only():
     source = (Path(__file__).resolve().parents[2] / "cloud/dashboard/static/dashboard/logs.js").read_text()
     code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("//"))
     assert "textContent" in code and "innerHTML" not in code and "insertAdjacentHTML" not in code
+
+
+def test_every_action_on_another_tenants_deployment_is_a_404(mallory_browser, acme, h100):
+    deployment = deployment_for(acme, name="theirs")
+    for action in ("start", "stop", "restart", "scale", "delete", "nonsense"):
+        response = mallory_browser.post(f"/deployments/{deployment.pk}/{action}/", {"replica_count": "3"})
+        assert response.status_code == 404, action
+    deployment.refresh_from_db()
+    assert deployment.replica_count == 1 and deployment.deleted_at is None
+
+
+def test_scale_goes_through_the_service(alice_browser, acme, h100):
+    deployment = deployment_for(acme, name="web")
+    alice_browser.post(f"/deployments/{deployment.pk}/scale/", {"replica_count": "2"})
+    deployment.refresh_from_db()
+    assert deployment.replica_count == 2
+
+
+def test_an_unknown_action_is_a_404(alice_browser, acme, h100):
+    deployment = deployment_for(acme, name="web")
+    assert alice_browser.post(f"/deployments/{deployment.pk}/explode/").status_code == 404
