@@ -142,7 +142,8 @@ cat <<MSG
 
 Gantry is up on $API
   admin (operators):   $API/admin/   user: $ADMIN_EMAIL   password: $(cat "$pwfile")
-  sign up (customers): $API/accounts/signup/
+  dashboard:           $API/   sign up: $API/accounts/signup/
+                       (the confirmation link that brings the trial credit prints in web.log)
   API docs:            $API/api/v1/docs/   (schema: /api/v1/schema/)
   health:              $API/healthz  $API/readyz   fleet (staff): $API/api/v1/system/status
   registry:            $REGISTRY_ADDR (gantry/hello)
