@@ -38,7 +38,14 @@ def test_signup_lands_on_an_empty_state_and_every_page_renders(watched):
     page.get_by_label("Name").fill("ci")
     page.get_by_role("button", name="Create client").click()
     assert page.get_by_test_id("client-secret").input_value()
-    page.goto("/accounts/login/")
+    page.get_by_role("button", name="Log out").click()
+    page.get_by_role("heading", name="You are logged out").wait_for()
+    page.goto("/deployments/")
+    page.wait_for_url("**/accounts/login/**")
+    page.get_by_label("Email").fill("carol@example.com")
+    page.get_by_label("Password").fill("a-long-pass-phrase-9")
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/deployments/")
 
 
 def test_a_form_with_bad_input_shows_the_field_errors(watched):
