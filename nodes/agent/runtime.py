@@ -53,6 +53,7 @@ class Runtime(Protocol):
     async def remove(self, name: str) -> None: ...
     async def list(self) -> list[VmInfo]: ...
     def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]: ...
+    def log_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[list[LogLine]]: ...
     def log_heads(self) -> dict[str, int]:
         """The last seq in each known VM's log (what a heartbeat tells the plane)."""
         return dict(self._log_heads)
@@ -476,6 +477,13 @@ class MicroVmRuntime:
         return out
 
     async def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]:
+        async for chunk in self.log_chunks(name, after_seq, follow):
+            for line in chunk:
+                yield line
+
+    async def log_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[list[LogLine]]:
+        """The VM's log lines after `after_seq`, as the reads of logs.jsonl return them (never
+        empty); with `follow`, until the VM has ended."""
         paths = self.store.paths(name)
         if not await asyncio.to_thread(paths.dir.is_dir):
             raise AgentError(f"no VM named {name}", permanent=True)
@@ -483,11 +491,11 @@ class MicroVmRuntime:
         while True:
             converted = self._converted.setdefault(name, asyncio.Event())
             info = await self._current(name)
-            for line in await asyncio.to_thread(reader.read_new):
-                yield line
+            if chunk := await asyncio.to_thread(reader.read_new):
+                yield chunk
             if not follow or info is None or info.state in TERMINAL_STATES:
-                for line in await asyncio.to_thread(reader.read_all):
-                    yield line
+                if rest := await asyncio.to_thread(reader.read_all):
+                    yield rest
                 return
             # Woken by the watcher's next conversion that found lines (a follower then reads
             # them at once, not up to a poll later); the timeout covers other writers.
