@@ -148,10 +148,13 @@ def _read_from(path: Path, offset: int) -> bytes:
         return b""
 
 
-def convert(paths: VmPaths, *, final: bool = False, clock: Callable[[], float] = time.time) -> list[LogLine]:
+def convert(paths: VmPaths, *, final: bool = False, clock: Callable[[], float] = time.time,
+            keep: bool = True) -> list[LogLine]:
     """Append the new complete lines of both raw streams to logs.jsonl; returns them.
 
-    `final=True` (the VM has ended) also takes a last partial line of each stream."""
+    `final=True` (the VM has ended) also takes a last partial line of each stream. `keep=False`
+    returns only the last line (all the runtime needs: its seq): a backlog of gigabytes left by
+    an agent outage is then converted a megabyte at a time, never held."""
     out: list[LogLine] = []
     lock_fd = os.open(paths.logs_lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -171,7 +174,10 @@ def convert(paths: VmPaths, *, final: bool = False, clock: Callable[[], float] =
                         seq += 1
                         message = raw.decode("utf-8", "replace")
                         line = LogLine(seq, ts, stream, message if continued else message.removesuffix("\r"), continued)
-                        out.append(line)
+                        if keep:
+                            out.append(line)
+                        else:
+                            out[:] = [line]
                         record = {**line.record(), "off": list(offsets)}
                         chunk.append(json.dumps(record, ensure_ascii=False).encode() + b"\n")
                 if not chunk:
@@ -294,7 +300,9 @@ class LogReader:
         self.after_seq = after_seq
         self._pos = 0
 
-    def read_new(self) -> list[LogLine]:
+    def read_new(self, max_bytes: int = _CHUNK * 4) -> list[LogLine]:
+        """The complete records after the last read, from at most `max_bytes` of the file (more
+        if one record is longer)."""
         try:
             with open(self.paths.logs, "rb") as f:
                 try:
@@ -303,7 +311,12 @@ class LogReader:
                 except OSError:
                     return []  # ENXIO: nothing written after our position yet
                 f.seek(self._pos)
-                data = f.read(_CHUNK * 4)
+                data = f.read(max_bytes)
+                while data and b"\n" not in data and len(data) < _TAIL_WINDOW:
+                    more = f.read(max_bytes)  # one record longer than max_bytes: read it whole
+                    if not more:
+                        break
+                    data += more
         except FileNotFoundError:
             return []
         end = data.rfind(b"\n")

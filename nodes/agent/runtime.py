@@ -30,6 +30,9 @@ BOOT_POLL_S = 0.03
 # A workload's port usually refuses for a moment while it starts: failures within this long
 # are the normal start, not news for the plane.
 HEALTH_QUIET_S = 2.0
+# How much of logs.jsonl one read of a follower takes: about one log frame's worth, so a
+# shipper catching up on a backlog holds a few thousand lines at a time, not a file.
+LOG_CHUNK_BYTES = 256 * 1024
 
 
 def _read_pid(paths: VmPaths) -> int | None:
@@ -349,7 +352,8 @@ class MicroVmRuntime:
             info = replace(info, pid=await asyncio.to_thread(_read_pid, paths))
         status = await asyncio.to_thread(read_status, paths.status)
         # Liveness is read before the final conversion so no byte written before death is missed.
-        lines = await asyncio.to_thread(convert, paths, final=not alive and info.pid is not None, clock=self._clock)
+        lines = await asyncio.to_thread(convert, paths, final=not alive and info.pid is not None, clock=self._clock,
+                                        keep=False)
         if lines:
             self._log_heads[name] = lines[-1].seq
             self._converted.pop(name, asyncio.Event()).set()  # wakes this VM's log followers
@@ -491,10 +495,10 @@ class MicroVmRuntime:
         while True:
             converted = self._converted.setdefault(name, asyncio.Event())
             info = await self._current(name)
-            if chunk := await asyncio.to_thread(reader.read_new):
+            if chunk := await asyncio.to_thread(reader.read_new, LOG_CHUNK_BYTES):
                 yield chunk
             if not follow or info is None or info.state in TERMINAL_STATES:
-                if rest := await asyncio.to_thread(reader.read_all):
+                while rest := await asyncio.to_thread(reader.read_new, LOG_CHUNK_BYTES):
                     yield rest
                 return
             # Woken by the watcher's next conversion that found lines (a follower then reads
