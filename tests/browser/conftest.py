@@ -27,13 +27,27 @@ if not Path(CHROMIUM).exists():  # scripts/ensure-debs.sh installs it; say so in
     pytest.skip(f"no chromium at {CHROMIUM} (make sysdeps installs Debian's)", allow_module_level=True)
 
 
+def share_plane(settings, plane) -> None:
+    """This process publishes and caches where the plane's daphne reads (its own prefixes), so
+    a log line a test stores reaches a live tail exactly as an agent's would."""
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {"default": {**settings.CHANNEL_LAYERS["default"], "CONFIG": {
+        **settings.CHANNEL_LAYERS["default"]["CONFIG"], "prefix": plane.env["CHANNELS_PREFIX"]}}}
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": plane.env["CACHE_PREFIX"]}}
+    channel_layers.backends.clear()
+
+
 @pytest.fixture
-def web(transactional_db, tmp_path):
+def web(transactional_db, tmp_path, settings):
+    from channels.layers import channel_layers
     from django.core.management import call_command
 
     call_command("load_catalog", verbosity=0)
     plane = Plane(tmp_path, ACCOUNT_THROTTLE_ATTEMPTS="1000")
+    share_plane(settings, plane)
     yield plane
+    channel_layers.backends.clear()
     plane.stop()
     for name in plane.procs:
         print(f"--- {name}.log (tail)\n{plane.log(name)}")

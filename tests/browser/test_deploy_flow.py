@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.browser.conftest import sign_up
+from tests.browser.conftest import share_plane, sign_up
 from tests.e2e.conftest import catalog, make_node, plane, wait_for  # noqa: F401  (fixtures)
 from tests.agent.conftest_images import local_registry  # noqa: F401  (fixture)
 from tests.agent.conftest_vmm import vmm_kit  # noqa: F401  (fixture)
@@ -16,8 +16,12 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 
 
 @pytest.fixture
-def web(plane):  # noqa: F811  (the browser fixtures' plane is the e2e one, with agents)
-    return plane
+def web(plane, settings):  # noqa: F811  (the browser fixtures' plane is the e2e one, with agents)
+    from channels.layers import channel_layers
+
+    share_plane(settings, plane)
+    yield plane
+    channel_layers.backends.clear()
 
 
 def test_sign_up_deploy_hello_watch_it_run_open_it_stop_it(watched, make_node):  # noqa: F811
@@ -38,7 +42,7 @@ def test_sign_up_deploy_hello_watch_it_run_open_it_stop_it(watched, make_node): 
     link = page.get_by_test_id("endpoint").first
     url = link.get_attribute("href")
     assert url.startswith(f"http://{node.public_address}:")
-    assert "Hello from Gantry" in wait_for(lambda: "Hello" in (t := _get(url)) and t, timeout=30, what="endpoint")
+    assert "Hello from Gantry" in wait_for(lambda: "Hello" in (t := _get(url)) and t, timeout=60, what="endpoint")
     w.shoot("deployment-running")
 
     page.once("dialog", lambda dialog: dialog.accept())
