@@ -4,7 +4,7 @@ Self-contained: re-executes itself inside a throwaway network namespace (so TAPs
 rules and published ports never touch the host's network), starts the local registry inside
 it with scripts/registry/registry.py (the same script as `make registry`) and pushes
 gantry/hello there, and uses a temporary data dir (the guest kit is cached in
-$STATE_DIR/agent-test/kit, shared with the agent tests, so only the first run builds it).
+/var/cache/gantry-agent-test/kit, shared with the agent tests, so only the first run builds it).
 
 Prints:
   - the floor: the same kernel booting an initramfs whose /init only powers off (kit.floor_initrd),
@@ -37,7 +37,7 @@ REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
 STATE_DIR = Path(os.environ.get("STATE_DIR", ROOT / ".state"))
 HELLO = "127.0.0.1:5000/gantry/hello:latest"
 _IN_NS = "GANTRY_COLDSTART_NETNS"
-KIT_BASE = STATE_DIR / "agent-test"
+KIT_BASE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))  # the tests' kit cache
 FLOOR_TIMEOUT_S = 60.0
 WARM_RUNS = 9  # warm starts, each right after a floor run of its own
 SETTLE_S = 2.0  # memory is read this long after `running`, once boot-time allocations settle

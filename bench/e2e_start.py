@@ -13,7 +13,7 @@ What it starts, all of it its own and all of it removed at the end (even on fail
     the namespace's end, so the endpoint is reached exactly as a customer reaches it);
   - for the runtime alone: a MicroVmRuntime built as the agent builds it (build_runtime), its
     VMs' network in a second namespace, sharing the node's image cache and the guest kit
-    ($STATE_DIR/agent-test/kit, the tests' and bench/coldstart.py's).
+    (/var/cache/gantry-agent-test/kit, the tests' and bench/coldstart.py's).
 No packet goes anywhere but loopback and these namespaces; the VMs' subnet is TEST-NET-2 too.
 
 A priming pair (not counted) pulls the image into the cache and warms both paths; then
@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
 STATE_DIR = Path(os.environ.get("STATE_DIR", ROOT / ".state"))
-KIT_CACHE = STATE_DIR / "agent-test"  # the tests' and bench/coldstart.py's kit cache
+KIT_CACHE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))  # the tests' kit cache
 
 RUN = secrets.token_hex(3)
 TAG = f"e2e-bench-{RUN}"

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
 STATE_DIR = Path(os.environ.get("STATE_DIR", ROOT / ".state"))
-KIT_CACHE = STATE_DIR / "agent-test"  # the tests' kit cache: built once per host
+KIT_CACHE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))  # the tests' kit cache
 
 RUN = secrets.token_hex(3)
 TAG = f"logs-bench-{RUN}"

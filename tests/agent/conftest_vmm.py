@@ -1,7 +1,7 @@
 """Fixtures for the guest kit and QEMU tests: a real kit, a tiny busybox root disk, and a
 helper that boots a VM on a copy-on-write overlay of it and waits for its final event.
 
-The kit (and the accelerator probe's answer) live in $STATE_DIR/agent-test, the one kit cache
+The kit (and the accelerator probe's answer) live in /var/cache/gantry-agent-test, the one kit cache
 of the tests (the end-to-end ones pass it as `--kit-cache`), so a rerun neither refetches the
 kernel nor rebuilds the initramfs unless an input changed.
 """
@@ -24,7 +24,9 @@ __all__ = ["vmm_kit", "vmm_accel", "base_disk", "vm_launch"]
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("STATE_DIR", REPO / ".state"))
-KIT_CACHE = STATE_DIR / "agent-test"  # the tests' --kit-cache: one per host, kept across sessions
+# The tests' --kit-cache (guest kit, GPU kit, accelerator probe): host-wide like the agent's own
+# /var/cache/gantry-agent, so every checkout on the host (CI's clean ones too) reuses one build.
+KIT_CACHE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "echo", "printf", "cat", "env", "id", "pwd", "sleep", "ls", "true", "false", "seq", "ip", "ping", "hostname")
 TEST_UID = 1000
