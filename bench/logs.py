@@ -48,7 +48,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
-STATE_DIR = Path(os.environ.get("STATE_DIR", ROOT / ".state"))
 KIT_CACHE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))  # the tests' kit cache
 
 RUN = secrets.token_hex(3)
