@@ -124,6 +124,11 @@ def watched(chromium, web):
     for w in made:
         if getattr(w, "tolerated_seen", False):  # the refused tolerated request's own console line
             w.errors = [e for e in w.errors if e != "Failed to load resource: net::ERR_FAILED"]
+        # A log socket whose handshake is cut while its page is left (seen once in CI under
+        # load) is not a page error: logs.js reconnects after its cursor, and the log-view
+        # tests check that no line is lost. Any other socket failure still fails the test.
+        w.errors = [e for e in w.errors if not (e.startswith("WebSocket connection to ") and "/logs?" in e
+                                                and e.endswith("Error during WebSocket handshake: net::ERR_CONNECTION_RESET"))]
     problems = [(w.errors, w.offsite) for w in made if w.errors or w.offsite]
     for w in made:
         w.close()
