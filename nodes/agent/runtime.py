@@ -20,8 +20,9 @@ from nodes.agent.events import EventHub, RuntimeEvent
 from nodes.agent.gpu.host import GpuHost, Prepared
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
 from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, read_status
-from nodes.agent.logs import LogLine, LogReader, convert, last_seq, trim
+from nodes.agent.logs import LogLine, convert, last_seq
 from nodes.agent.locks import VmLocks
+from nodes.agent.runtime_logs import VmLogReads
 from nodes.agent.state import StateStore, VmInfo, VmPaths, is_locked, validate_name
 from nodes.protocol import ReplicaSpec
 
@@ -30,9 +31,6 @@ BOOT_POLL_S = 0.03
 # A workload's port usually refuses for a moment while it starts: failures within this long
 # are the normal start, not news for the plane.
 HEALTH_QUIET_S = 2.0
-# How much of logs.jsonl one read of a follower takes: about one log frame's worth, so a
-# shipper catching up on a backlog holds a few thousand lines at a time, not a file.
-LOG_CHUNK_BYTES = 256 * 1024
 
 
 def _read_pid(paths: VmPaths) -> int | None:
@@ -65,7 +63,7 @@ class Runtime(Protocol):
     def events(self) -> AsyncIterator[RuntimeEvent]: ...
 
 
-class MicroVmRuntime:
+class MicroVmRuntime(VmLogReads):
     """`kit_cache` is the host-wide dir the guest kit and the accelerator probe are kept in
     (shared by every runtime on the host). `netns` is the namespace the VMs' network lives in
     (the `network` must manage the same one): QEMU runs in it and the health check connects
@@ -479,44 +477,6 @@ class MicroVmRuntime:
             if info is not None:
                 out.append(info)
         return out
-
-    async def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]:
-        async for chunk in self.log_chunks(name, after_seq, follow):
-            for line in chunk:
-                yield line
-
-    async def log_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[list[LogLine]]:
-        """The VM's log lines after `after_seq`, as the reads of logs.jsonl return them (never
-        empty); with `follow`, until the VM has ended."""
-        paths = self.store.paths(name)
-        if not await asyncio.to_thread(paths.dir.is_dir):
-            raise AgentError(f"no VM named {name}", permanent=True)
-        reader = LogReader(paths, after_seq)
-        while True:
-            converted = self._converted.setdefault(name, asyncio.Event())
-            info = await self._current(name)
-            if chunk := await asyncio.to_thread(reader.read_new, LOG_CHUNK_BYTES):
-                yield chunk
-            if not follow or info is None or info.state in TERMINAL_STATES:
-                while rest := await asyncio.to_thread(reader.read_new, LOG_CHUNK_BYTES):
-                    yield rest
-                return
-            # Woken by the watcher's next conversion that found lines (a follower then reads
-            # them at once, not up to a poll later); the timeout covers other writers.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(converted.wait(), self.poll_interval)
-
-    def log_heads(self) -> dict[str, int]:
-        """The last seq in each known VM's log (what a heartbeat tells the plane)."""
-        return dict(self._log_heads)
-
-    async def trim_logs(self, name: str, upto_seq: int) -> int:
-        """The plane has stored every line up to `upto_seq`: give their disk back (logs.trim);
-        returns about how many bytes. A VM removed meanwhile has nothing left to trim."""
-        paths = self.store.paths(name)
-        if not await asyncio.to_thread(paths.dir.is_dir):
-            return 0
-        return await asyncio.to_thread(trim, paths, upto_seq)
 
     async def close(self) -> None:
         """Stop watching (VMs keep running: they are adopted by the next runtime)."""
