@@ -8,6 +8,10 @@ test can wait for what the agent sent and check what it never sent.
 
 The node is the real daemon (nodes/agent/daemon.py) over a real MicroVmRuntime whose far sides
 are the fakes of tests/agent/fakes.py: guests are host processes that behave like /init.
+
+No VM boots and no network device is made: the runtime's far sides are tests/agent/fakes.py
+(guests are host processes) and the plane listens on 127.0.0.1, so nothing leaves loopback
+(DESIGN section 11); the tests that build real networks do it in tests/e2e's namespaces.
 """
 
 from __future__ import annotations

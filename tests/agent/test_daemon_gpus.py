@@ -1,6 +1,9 @@
 """The daemon on a (simulated) GPU node, against a stand-in plane over a real socket: its hello
 carries the GPU inventory and preflight, its heartbeats each GPU's verdict, and a replica given
-the whole board runs, bound on the board, saying it is simulated."""
+the whole board runs, bound on the board, saying it is simulated.
+
+No VM boots and no network device is made (FakeVmm, FakeNetwork); the socket is on 127.0.0.1.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """The GPU inventory and preflight, run for real against fake sysfs trees (and a fake NVML):
 HGX 8xH100 and 8xH200, a PCIe L40S box, a group shared with a host NIC, the IOMMU off, a GPU
-held open, GPUs bound to vfio-pci, XIDs in the kernel log, a failed reset."""
+held open, GPUs bound to vfio-pci, XIDs in the kernel log, a failed reset.
+
+No VM boots and no network device is made: "binding" writes only the fake sysfs tree.
+"""
 
 from __future__ import annotations
 

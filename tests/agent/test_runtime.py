@@ -1,6 +1,9 @@
 """MicroVmRuntime against fakes of its far sides (tests/agent/fakes.py): the guest is a host
 process that behaves like /init, so these tests run in seconds. The same behaviours are checked
-with real QEMU, registry and network in test_cli.py and test_crash_safety.py."""
+with real QEMU, registry and network in test_cli.py and test_crash_safety.py.
+
+No VM boots and no network device is made (FakeVmm, FakeNetwork): guests listen on 127.0.0.1.
+"""
 
 import asyncio
 import time

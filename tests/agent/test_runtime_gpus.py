@@ -1,6 +1,10 @@
 """MicroVmRuntime with GPUs: a spec that asks for GPUs never boots without them, a simulated
 node's VM boots capped and says so, a real node's VM gets the q35 machine, GPUs go back when
-the VM ends, and an agent killed between binding and QEMU recovers the binding."""
+the VM ends, and an agent killed between binding and QEMU recovers the binding.
+
+No VM boots and no network device is made (FakeNetwork, a recording vmm): "binding" writes only
+the fake sysfs tree.
+"""
 
 from __future__ import annotations
 
