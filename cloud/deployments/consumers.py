@@ -10,7 +10,7 @@ has the fields of history (`cursor`, `replica`, `ordinal`, `generation`, `seq`, 
 `message`, `continued`); a notice has a `type` (`missed`, `error`).
 
 Nothing is lost between the replay and live lines, and nothing is sent twice: the consumer
-joins the deployment's group before it reads the log's head, and keeps one position (`cursor`,
+joins the deployment's group (through the process's relay, fanout.py) before it reads the log's head, and keeps one position (`cursor`,
 in the deployment's unfiltered order) that every line it sends must be past. Live messages
 chain onto the cursor before them (`prev`); one that does not (a message the channel layer
 dropped, or one that overtook another) sends the tail back to reading PostgreSQL from its
@@ -38,7 +38,7 @@ from rest_framework.exceptions import ValidationError
 
 from accounts.models import Tenant
 from cloud import streams
-from cloud.deployments import feeds, selectors
+from cloud.deployments import fanout, feeds, selectors
 from cloud.deployments.serializers import LogTailQuery
 from cloud.deployments.serializers.inputs import MAX_LOG_LINES
 from cloud.deployments.services.tickets import log_ticket_redeem
@@ -49,13 +49,14 @@ log = logging.getLogger(__name__)
 
 PAGE_LINES = 1000  # lines read from PostgreSQL per catch-up step
 FRAME_BYTES = 256 * 1024  # a frame holds lines up to about this much text
-HIGH_WATER_BYTES = 1024 * 1024  # the transport holds this much unsent: stop sending
+# The transport holds this much unsent: stop sending. A live batch of a chatty deployment is up
+# to about half a MiB of frames, so this leaves room for a few while the client reads.
+HIGH_WATER_BYTES = 4 * 1024 * 1024
 MAX_LAG_LINES = MAX_LOG_LINES  # a client behind by more than this, past its replay, skips ahead
 WAIT_S = 0.05  # how often a stalled tail looks whether its client drained the transport
 # A live tail reads the head this often anyway: a batch whose message was lost (Redis away
 # for a moment) and nothing after it would otherwise stay unsent until the next batch.
 WATCH_S = 5.0
-REJOIN_S = 3600.0  # channels-redis forgets group members after a day: rejoin well before
 
 CLOSE_BAD_REQUEST = 4400
 CLOSE_NOT_FOUND = 4404
@@ -109,7 +110,7 @@ class LogTailConsumer(AsyncWebsocketConsumer):
         self.probe = self.send_buffer(self.base_send)
         self.group = feeds.logs_group(self.filter.deployment_id)
         # Join first, read the head second: a batch committed after the read is announced to us.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await fanout.subscribe(self.group, self)
         head = await database_sync_to_async(selectors.log_head)(deployment_id=self.filter.deployment_id)
         self.seen_head = head  # the highest cursor any live message announced
         self.replay_until = head  # the client asked for everything up to here, at its own pace
@@ -144,7 +145,7 @@ class LogTailConsumer(AsyncWebsocketConsumer):
             if task is not None:
                 task.cancel()
         if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await fanout.unsubscribe(self.group, self)
 
     async def receive(self, text_data=None, bytes_data=None):
         """The tail only talks; what a client sends is ignored."""
@@ -172,35 +173,34 @@ class LogTailConsumer(AsyncWebsocketConsumer):
 
     # -- live ---------------------------------------------------------------------------------
     async def logs_batch(self, message):
+        """A committed batch, handed over by the process's relay (fanout.py), which serves every
+        tail of the deployment in turn: this never waits for the pump, which covers the batch."""
+        self.seen_head = max(self.seen_head, message["last"])
+        if not self.live or self._lock.locked() or message["last"] <= self.cursor:
+            return  # the pump is reading PostgreSQL, and looks at seen_head before going live
+        if message["prev"] > self.cursor or self._blocked():
+            self.live = False  # a hole in the chain, or a client that fell behind
+            self._kick()
+            return
         async with self._lock:
-            self.seen_head = max(self.seen_head, message["last"])
-            if not self.live or message["last"] <= self.cursor:
-                return  # the pump is reading PostgreSQL, which covers this batch
-            if message["prev"] > self.cursor or self._blocked():
-                self.live = False  # a hole in the chain, or a client that fell behind
-                self._kick()
-                return
-            await self._send_lines([
-                text for cursor, uid, ordinal, stream, text in message["lines"]
-                if cursor > self.cursor and self.filter.matches(replica_uid=uid, ordinal=ordinal, stream=stream)
-            ])
+            lines = message["lines"]
+            if self.filter.everything:
+                texts = [line[4] for line in lines if line[0] > self.cursor]
+            else:
+                texts = [text for cursor, uid, ordinal, stream, text in lines
+                         if cursor > self.cursor and self.filter.matches(replica_uid=uid, ordinal=ordinal, stream=stream)]
             self.cursor = message["last"]
+            await self._send_lines(texts)
 
     async def _watch_head(self) -> None:
-        since_join = 0.0
         while True:
             await asyncio.sleep(WATCH_S)
-            since_join += WATCH_S
-            if since_join >= REJOIN_S:
-                await self.channel_layer.group_add(self.group, self.channel_name)
-                since_join = 0.0
             if not self.live:
                 continue
             head = await database_sync_to_async(selectors.log_head)(deployment_id=self.filter.deployment_id)
-            async with self._lock:
-                if self.live and head > self.cursor and self.seen_head < head:
-                    self.live = False  # committed, never announced: read it
-                    self._kick()
+            if self.live and head > self.cursor and self.seen_head < head:
+                self.live = False  # committed, never announced: read it
+                self._kick()
 
     # -- catching up from PostgreSQL ------------------------------------------------------------
     def _kick(self) -> None:

@@ -9,12 +9,16 @@ Redis outage drops them all) notices the hole in the chain (`prev`) and reads th
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import logging
+import os
 import uuid
+import weakref
 from datetime import datetime
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 
 log = logging.getLogger(__name__)
@@ -117,10 +121,69 @@ def events_publish(*, tenant_id) -> None:
     _group_send(events_group(tenant_id), {"type": "events.new"})
 
 
+# Hints waiting to go out per event loop; past this many, new ones are dropped (a reader notices
+# the hole in the chain, or its periodic look at the head, and reads the database).
+OUTBOX_LIMIT = 256
+
+
+class _Outbox:
+    """One event loop's hints, sent one at a time in the order they were committed, so a tail
+    gets a deployment's batches in chain order and reads the database only after a real loss."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.pending: collections.deque[tuple[str, dict]] = collections.deque()
+        self.task: asyncio.Task | None = None
+
+    def put(self, group: str, message: dict) -> None:
+        if len(self.pending) >= OUTBOX_LIMIT:
+            log.warning("channel layer behind by %d messages: dropped one for %s", len(self.pending), group)
+            return
+        self.pending.append((group, message))
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self.pending:
+            group, message = self.pending.popleft()
+            try:
+                await self.layer.group_send(group, message)
+            except Exception:  # noqa: BLE001 - Redis away: readers fall back to reading the database
+                log.warning("could not notify %s through the channel layer", group, exc_info=True)
+
+
+_outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = weakref.WeakKeyDictionary()
+
+
+def _serving_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop this thread works for, when it is a sync_to_async thread of a server
+    (daphne) whose loop still runs; None in a worker, a command or a plain thread."""
+    if getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) != os.getpid():
+        return None
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    return loop if loop is not None and loop.is_running() and not loop.is_closed() else None
+
+
+def _post(loop: asyncio.AbstractEventLoop, layer, group: str, message: dict) -> None:
+    outbox = _outboxes.get(loop)
+    if outbox is None or outbox.layer is not layer:
+        outbox = _outboxes[loop] = _Outbox(layer)
+    outbox.put(group, message)
+
+
 def _group_send(group: str, message: dict) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    loop = _serving_loop()
+    if loop is not None:
+        # In daphne the committing thread does not wait for Redis: its next transaction (the
+        # next log batch of an agent) starts at once, and the loop sends the hints in order.
+        try:
+            loop.call_soon_threadsafe(_post, loop, layer, group, message)
+            return
+        except RuntimeError:
+            pass  # the loop closed meanwhile: send it from here
     try:
         async_to_sync(layer.group_send)(group, message)
     except Exception:  # noqa: BLE001 - Redis away: readers fall back to reading the database

@@ -191,6 +191,11 @@ class LogFilter:
             queryset = queryset.filter(stream=self.stream)
         return queryset
 
+    @property
+    def everything(self) -> bool:
+        """No filter: every line of the deployment (a live tail then skips matching per line)."""
+        return self.ordinal is None and self.replica_uid is None and self.stream is None
+
     def matches(self, *, replica_uid: str, ordinal: int, stream: str) -> bool:
         return ((self.ordinal is None or ordinal == self.ordinal)
                 and (self.replica_uid is None or replica_uid == str(self.replica_uid))
