@@ -8,10 +8,16 @@ serving. Replica reports go to the deployments app through `nodes.link.sink()`.
 
 The consumer remembers what it last told its agent (`_sent`), so a `node.sync` from any
 process turns into exactly the `replica.start` / `replica.stop` commands that changed.
+
+Log batches are stored by a task of their own (`_store_logs`), in the order they came: while
+one batch is in PostgreSQL the next is already being read and validated, and other frames
+(heartbeats, reports) are never stuck behind a chatty replica's log. The agent's window bounds
+how many wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -26,6 +32,10 @@ log = logging.getLogger(__name__)
 # Close codes the agent can tell apart (4000-4999 are the application's).
 CLOSE_OFFLINE = 4000  # declared offline while connected: reconnect and say hello again
 CLOSE_REPLACED = 4001  # another connection for this node took over, or the credential changed
+CLOSE_RETRY = 4002  # the plane failed to store what was sent: reconnect and resend from the stored seq
+# Decoded log batches waiting for the database; a full queue holds up reading the socket. An agent
+# keeps 4 batches in flight per replica, so this is a few busy replicas' worth.
+LOG_QUEUE_BATCHES = 16
 
 
 def _bearer(scope) -> str:
@@ -48,6 +58,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.hostname = node.hostname
         self._sent: dict[str, p.DesiredReplica] = {}
         self._greeted = False
+        self._logs: asyncio.Queue[p.Logs] = asyncio.Queue(LOG_QUEUE_BATCHES)
+        self._log_store = asyncio.create_task(self._store_logs(), name=f"node-{node.pk}-logs")
         # One live connection per node: an older one (a half-dead socket) is told to go.
         await self.channel_layer.group_send(link.node_group(node.pk), {"type": "node.disconnect"})
         await self.channel_layer.group_add(link.node_group(node.pk), self.channel_name)
@@ -56,6 +68,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         if self.node_id is not None:
+            # Batches not stored yet were not acknowledged either: the agent sends them again.
+            self._log_store.cancel()
             await self.channel_layer.group_discard(link.node_group(self.node_id), self.channel_name)
             log.info("agent of node %s disconnected (%s)", self.node_id, code)
 
@@ -106,8 +120,25 @@ class AgentConsumer(AsyncWebsocketConsumer):
         elif isinstance(message, p.ReplicaStatus):
             await database_sync_to_async(sink.report)(node_id=self.node_id, report=message.report)
         elif isinstance(message, p.Logs):
-            seq = await database_sync_to_async(sink.logs)(
-                node_id=self.node_id, replica_id=message.replica_id, lines=message.lines)
+            await self._logs.put(message)
+
+    async def _store_logs(self) -> None:
+        store = database_sync_to_async(link.sink().logs)
+        while True:
+            message = await self._logs.get()
+            try:
+                seq = await store(node_id=self.node_id, replica_id=message.replica_id, lines=message.lines)
+            except link.NotPlacedHere as exc:
+                await self._refuse("logs", str(exc))
+                continue
+            except Exception:  # noqa: BLE001 - see below
+                # Storing the next batch would leave a hole that a resend could never fill (a
+                # resend at or below the stored seq is dropped). Closing makes the agent
+                # reconnect and ship again from what is stored: late, never lost.
+                log.exception("node %s: storing a log batch of %s failed; reconnecting it", self.node_id,
+                              message.replica_id[:40])
+                await self.close(code=CLOSE_RETRY)
+                return
             await self.send(text_data=p.encode(p.LogsAck(replica_id=message.replica_id, seq=seq)))
 
     # -- messages from the rest of the plane (channel layer) --------------------------------------

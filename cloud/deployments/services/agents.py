@@ -9,6 +9,8 @@ and slots are freed only when the node says the VM is gone.
 
 from __future__ import annotations
 
+import collections
+import threading
 import uuid
 
 from django.db import transaction
@@ -35,15 +37,41 @@ def _uid(replica_id: str) -> uuid.UUID | None:
         return None
 
 
-def _replica_on(node_id: int, replica_id: str, *, lock: bool) -> Replica:
+def _replica_locked(node_id: int, replica_id: str) -> Replica:
+    """The incarnation a report is about, locked (its deployment first, as every writer does)."""
     uid = _uid(replica_id)
     row = Replica.objects.filter(uid=uid).values("pk", "node_id", "deployment_id").first() if uid else None
     if row is None or row["node_id"] != node_id:
         raise link.NotPlacedHere(f"replica {replica_id[:40]} is not placed on this node")
-    if lock:
-        Deployment.objects.select_for_update(of=("self",)).filter(pk=row["deployment_id"]).first()
-        return Replica.objects.select_for_update(of=("self",)).select_related("deployment", "node").get(pk=row["pk"])
-    return Replica.objects.select_related("deployment").get(pk=row["pk"])
+    Deployment.objects.select_for_update(of=("self",)).filter(pk=row["deployment_id"]).first()
+    return Replica.objects.select_for_update(of=("self",)).select_related("deployment", "node").get(pk=row["pk"])
+
+
+# A log batch names its replica (by uid) up to some forty times a second: which incarnation that
+# is, and that it is on the sending node, is looked up once. Both are fixed for an incarnation's
+# life (a replica is placed once; a move is a new incarnation), so the entry never goes stale.
+_LOG_TARGETS_MAX = 4096
+_log_targets: collections.OrderedDict[tuple[int, str], Replica] = collections.OrderedDict()
+_log_targets_lock = threading.Lock()
+
+
+def _log_target(node_id: int, replica_id: str) -> Replica:
+    key = (node_id, replica_id)
+    with _log_targets_lock:
+        replica = _log_targets.get(key)
+        if replica is not None:
+            _log_targets.move_to_end(key)
+            return replica
+    uid = _uid(replica_id)
+    replica = (Replica.objects.filter(uid=uid).only("id", "uid", "node_id", "deployment_id", "ordinal", "generation")
+               .first() if uid else None)
+    if replica is None or replica.node_id != node_id:
+        raise link.NotPlacedHere(f"replica {replica_id[:40]} is not placed on this node")
+    with _log_targets_lock:
+        _log_targets[key] = replica
+        while len(_log_targets) > _LOG_TARGETS_MAX:
+            _log_targets.popitem(last=False)
+    return replica
 
 
 def _vm_gone(replica: Replica) -> None:
@@ -104,7 +132,7 @@ def _replacement_running(replica: Replica) -> None:
 class AgentSink:
     def report(self, *, node_id: int, report: ReplicaReport) -> None:
         with transaction.atomic():
-            _apply(_replica_on(node_id, report.replica_id, lock=True), report)
+            _apply(_replica_locked(node_id, report.replica_id), report)
 
     def hello(self, *, node_id: int, reports: list[ReplicaReport]) -> None:
         """The node's view after a (re)connect. Reports about replicas it does not hold are
@@ -131,7 +159,7 @@ class AgentSink:
                 _apply(replica, gone)
 
     def logs(self, *, node_id: int, replica_id: str, lines: list[LogEntry]) -> int:
-        return logs_store(replica=_replica_on(node_id, replica_id, lock=False), lines=lines)
+        return logs_store(replica=_log_target(node_id, replica_id), lines=lines)
 
     def desired(self, *, node_id: int) -> list[DesiredReplica]:
         replicas = list(

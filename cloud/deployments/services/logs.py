@@ -42,18 +42,24 @@ def clean(text: str) -> str:
     return _SURROGATES.sub("\ufffd", text.replace("\x00", "\ufffd"))
 
 
-def _lock(deployment_id, *, replica_id: int | None = None) -> int:
-    """Takes the deployment's log lock; returns the highest seq stored for `replica_id` (read
-    under the lock, in the same round trip: a batch costs few of them)."""
+# Two statements in one round trip (each round trip of a batch is one more wait for the GIL
+# while daphne's loop is busy). Two, not one: a statement reads the snapshot it started with, so
+# reads in the statement that waited for the lock would miss what committed meanwhile.
+_LOCK = (f"SELECT pg_advisory_xact_lock(%s, hashtext(%s));"
+         f" SELECT (SELECT max(seq) FROM {LogLine._meta.db_table} WHERE replica_id = %s),"
+         f" (SELECT max(id) FROM {LogLine._meta.db_table} WHERE deployment_id = %s)")
+
+
+def _lock(deployment_id, *, replica_id: int | None = None) -> tuple[int, int]:
+    """Takes the deployment's log lock; returns, read under it, the highest seq stored for
+    `replica_id` and the deployment's last cursor."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT pg_advisory_xact_lock(%s, hashtext(%s)),"
-            f" (SELECT max(seq) FROM {LogLine._meta.db_table} WHERE replica_id = %s)",
-            [LOG_LOCK_NAMESPACE, str(deployment_id), replica_id])
-        return cursor.fetchone()[1] or 0
+        cursor.execute(_LOCK, [LOG_LOCK_NAMESPACE, str(deployment_id), replica_id, deployment_id])
+        cursor.nextset()
+        stored, head = cursor.fetchone()
+        return stored or 0, head or 0
 
 
-_HEAD = f"SELECT coalesce(max(id), 0) FROM {LogLine._meta.db_table} WHERE deployment_id = %s"
 _COPY = (f"COPY {LogLine._meta.db_table} (deployment_id, replica_id, seq, ts, stream, message, continued) "
          "FROM STDIN")
 
@@ -70,14 +76,13 @@ class _Row:
     pk: int = 0
 
 
-def _insert(replica: Replica, rows: list[_Row]) -> None:
-    """Insert rows of one replica under the lock (held by the caller's transaction) and tell
-    live tails once committed. COPY, not bulk_create: building and compiling a model per row
-    cost more than PostgreSQL's whole insert at 20,000 lines/s."""
+def _insert(replica: Replica, rows: list[_Row], *, prev: int) -> None:
+    """Insert rows of one replica under the lock (held by the caller's transaction; `prev` is
+    the deployment's last cursor, read under it) and tell live tails once committed. COPY, not
+    bulk_create: building and compiling a model per row cost more than PostgreSQL's whole
+    insert at 20,000 lines/s."""
     deployment_id = replica.deployment_id
     with connection.cursor() as cursor:
-        cursor.execute(_HEAD, [deployment_id])
-        (prev,) = cursor.fetchone()
         with cursor.copy(_COPY) as copy:
             for row in rows:
                 copy.write_row((deployment_id, replica.pk, row.seq, row.ts, row.stream, row.message, row.continued))
@@ -112,7 +117,7 @@ def logs_store(*, replica: Replica, lines: list[LogEntry]) -> int:
         # Under the lock nothing else inserts for this replica, and a replica's lines are only
         # ever stored in seq order (the agent ships in order and resumes after the highest
         # stored), so everything at or below the highest stored seq is a resend.
-        stored = _lock(replica.deployment_id, replica_id=replica.pk)
+        stored, head = _lock(replica.deployment_id, replica_id=replica.pk)
         rows: list[_Row] = []
         expected = stored + 1
         for line in lines:
@@ -124,7 +129,7 @@ def logs_store(*, replica: Replica, lines: list[LogEntry]) -> int:
             rows.append(_Row(line.seq, ts, line.stream, clean(line.message), line.continued))
             expected = line.seq + 1
         if rows:
-            _insert(replica, rows)
+            _insert(replica, rows, prev=head)
         return max(stored, expected - 1)
 
 
@@ -133,8 +138,8 @@ def log_system_line(*, replica: Replica, message: str, ts: datetime) -> None:
     transaction: the log lock must never be taken while holding a deployment's row lock, which
     an agent's insert waits for (foreign-key check) while holding the log lock."""
     with transaction.atomic():
-        _lock(replica.deployment_id)
-        _insert(replica, [_Row(seq=None, ts=ts, stream=LogLine.Stream.SYSTEM, message=clean(message))])
+        _, head = _lock(replica.deployment_id)
+        _insert(replica, [_Row(seq=None, ts=ts, stream=LogLine.Stream.SYSTEM, message=clean(message))], prev=head)
 
 
 # -- lines that will never arrive ----------------------------------------------------------------
