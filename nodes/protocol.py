@@ -316,6 +316,18 @@ def encode(message: Message) -> str:
     return text
 
 
+def encode_logs_records(replica_id: str, records: list[bytes]) -> str:
+    """A `logs` frame that decodes as encode(Logs(replica_id, lines)) would, made of lines that
+    are JSON already (the agent's log records: a LogEntry's fields, and others decode ignores).
+    They are joined, not decoded and encoded again, which at 20,000 lines/s was most of the
+    agent's CPU."""
+    head = f'{{"type":"logs","version":{PROTOCOL_VERSION},"replica_id":{json.dumps(replica_id)},"lines":['
+    frame = b"".join((head.encode(), b",".join(records), b"]}"))
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"logs frame exceeds {MAX_FRAME_BYTES} bytes")
+    return frame.decode()
+
+
 def decode(frame: str | bytes, *, allowed: tuple[type[Message], ...] | None = None) -> Message:
     """One frame → one validated message. `allowed`: the messages this side may receive."""
     size = len(frame.encode() if isinstance(frame, str) else frame)
