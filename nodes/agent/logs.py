@@ -32,6 +32,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Callable
 
@@ -60,13 +61,6 @@ class LogLine:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def record(self) -> dict:
-        """As stored in logs.jsonl: `continued` only where true (most lines are whole)."""
-        data = {"seq": self.seq, "ts": self.ts, "stream": self.stream, "message": self.message}
-        if self.continued:
-            data["continued"] = True
-        return data
 
     @classmethod
     def from_record(cls, rec: dict) -> LogLine:
@@ -148,6 +142,20 @@ def _read_from(path: Path, offset: int) -> bytes:
         return b""
 
 
+def _pass_fields(ts: float, stream: str) -> str:
+    """What every record of one stream in one conversion pass has in common, formatted once."""
+    return f', "ts": {ts!r}, "stream": "{stream}", "message": '
+
+
+def _record(seq: int, shared: str, message: str, continued: bool, off: list[int]) -> str:
+    """One line of logs.jsonl, byte for byte what json.dumps(ensure_ascii=False) makes of the
+    record dict, formatted directly: the dict and the general encoder were most of the cost of
+    a conversion. Only the message needs escaping (the json module's own escaper, which
+    json.dumps uses); repr of a float is how json writes it, so `ts` reads back the same."""
+    more = ', "continued": true' if continued else ""
+    return f'{{"seq": {seq}{shared}{encode_basestring(message)}{more}, "off": [{off[0]}, {off[1]}]}}\n'
+
+
 def convert(paths: VmPaths, *, final: bool = False, clock: Callable[[], float] = time.time,
             keep: bool = True) -> list[LogLine]:
     """Append the new complete lines of both raw streams to logs.jsonl; returns them.
@@ -165,25 +173,29 @@ def convert(paths: VmPaths, *, final: bool = False, clock: Callable[[], float] =
             seq = last["seq"] if last else 0
             offsets = list(last["off"]) if last else [0, 0]
             while True:
-                chunk: list[bytes] = []
+                chunk: list[str] = []
                 for i, stream in enumerate(STREAMS):
                     data = _read_from(getattr(paths, stream), offsets[i])
                     ts = clock()
+                    shared = _pass_fields(ts, stream)
+                    line = None
                     for raw, used, continued in _split(data, final=final and len(data) < _CHUNK):
                         offsets[i] += used
                         seq += 1
                         message = raw.decode("utf-8", "replace")
-                        line = LogLine(seq, ts, stream, message if continued else message.removesuffix("\r"), continued)
+                        if not continued:
+                            message = message.removesuffix("\r")
+                        chunk.append(_record(seq, shared, message, continued, offsets))
+                        line = (seq, ts, stream, message, continued)
                         if keep:
-                            out.append(line)
-                        else:
-                            out[:] = [line]
-                        record = {**line.record(), "off": list(offsets)}
-                        chunk.append(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+                            out.append(LogLine(*line))
+                    if line is not None and not keep:
+                        # A LogLine costs about what its record does: only the last one is made.
+                        out[:] = [LogLine(*line)]
                 if not chunk:
                     break
                 # One write per pass: a kill can tear only the tail, which _last_record cuts off.
-                buf = memoryview(b"".join(chunk))
+                buf = memoryview("".join(chunk).encode())
                 while buf:
                     buf = buf[os.write(fd, buf) :]
         finally:

@@ -111,6 +111,42 @@ def test_reader_skips_up_to_after_seq_and_follows_new_records(tmp_path):
     assert [(x.seq, x.message) for x in reader.read_new()] == [(4, "4")]
 
 
+# Lines a workload may print that JSON has to escape or that are not ASCII: quotes, backslashes,
+# control characters, a NUL, separators JavaScript dislikes, characters of 2, 3 and 4 bytes.
+AWKWARD = ['say "hi" \\ to C:\\dir', "tab\there\x01\x1b[31mred\x1b[0m\x7f", "nul \x00 inside", "\u2028\u2029",
+           "caf\u00e9 \u20ac \U0001f600 \u4e2d\u6587", "'single' {\"json\": [1]}", "", " ", "\ufeffbom"]
+
+
+def test_records_are_what_json_dumps_writes_of_them_with_ts_exact(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, "\n".join(AWKWARD).encode() + b"\nbad \xff\xfe utf-8\r\n" + b"y" * (MAX_LINE_BYTES + 5))
+    _append(p.stderr, b"err\n")
+    times = iter([1700000000.1, 0.1 + 0.2, 1e22, 5e-324])
+    lines = convert(p, clock=lambda: next(times), final=True)
+    records = p.logs.read_bytes().splitlines()
+    assert len(records) == len(lines) == len(AWKWARD) + 4
+    for line, raw in zip(lines, records):
+        rec = json.loads(raw)
+        assert raw == json.dumps(rec, ensure_ascii=False).encode()  # separators, escapes, float text
+        assert list(rec) == ["seq", "ts", "stream", "message", *(["continued"] if line.continued else []), "off"]
+        assert (rec["seq"], rec["ts"], rec["stream"], rec["message"], rec.get("continued", False)) == (
+            line.seq, line.ts, line.stream, line.message, line.continued)
+    assert [x.message for x in lines[: len(AWKWARD) + 1]] == [*AWKWARD, "bad \ufffd\ufffd utf-8"]
+    assert {x.ts for x in lines} == {1700000000.1, 0.1 + 0.2}  # one clock reading per stream and pass
+    assert json.loads(records[-1])["off"] == [p.stdout.stat().st_size, 4]
+
+
+def test_keep_false_returns_only_the_last_line_and_writes_the_same_records(tmp_path):
+    (tmp_path / "kept").mkdir(), (tmp_path / "last").mkdir()
+    kept, last = _paths(tmp_path / "kept"), _paths(tmp_path / "last")
+    for p in (kept, last):
+        _append(p.stdout, b"1\n2\n")
+        _append(p.stderr, b"3\n")
+    assert convert(last, keep=False, clock=lambda: 1.5) == convert(kept, clock=lambda: 1.5)[-1:]
+    assert last.logs.read_bytes() == kept.logs.read_bytes()
+    assert convert(last, keep=False) == []
+
+
 def _disk(path) -> int:
     return os.stat(path).st_blocks * 512
 
