@@ -28,11 +28,12 @@ notice with how many and the cursors to fetch them by.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from urllib.parse import parse_qsl
 
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework.exceptions import ValidationError
 
@@ -47,7 +48,16 @@ from cloud.exceptions import NotFound
 
 log = logging.getLogger(__name__)
 
-PAGE_LINES = 1000  # lines read from PostgreSQL per catch-up step
+
+def _read(fn):
+    """A tail's reads run beside each other, not in the one thread that stores the agents' log
+    batches (Channels' database_sync_to_async): ten tails catching up must not hold up storing."""
+    return DatabaseSyncToAsync(fn, thread_sensitive=False)
+
+PAGE_LINES = 2000  # lines read from PostgreSQL per catch-up step
+# Live lines a tail that is reading PostgreSQL keeps to join onto once it is done. The batches
+# are the relay's, shared by every tail of the deployment in the process.
+MAX_HELD_LINES = 20_000
 FRAME_BYTES = 256 * 1024  # a frame holds lines up to about this much text
 # The transport holds this much unsent: stop sending. A live batch of a chatty deployment is up
 # to about half a MiB of frames, so this leaves room for a few while the client reads.
@@ -108,23 +118,27 @@ class LogTailConsumer(AsyncWebsocketConsumer):
             await self._fail(400, "Invalid replica", [{"field": "replica", "message": str(exc), "code": "invalid"}])
             return
         self.probe = self.send_buffer(self.base_send)
+        self.seen_head = 0  # the highest cursor any live message announced
+        self.cursor = 0
+        self.live = False
+        self.behind = False
+        self.held: collections.deque[dict] = collections.deque()  # live batches that came while reading
+        self.held_lines = 0
         self.group = feeds.logs_group(self.filter.deployment_id)
         # Join first, read the head second: a batch committed after the read is announced to us.
         await fanout.subscribe(self.group, self)
-        head = await database_sync_to_async(selectors.log_head)(deployment_id=self.filter.deployment_id)
-        self.seen_head = head  # the highest cursor any live message announced
+        head = await _read(selectors.log_head)(deployment_id=self.filter.deployment_id)
+        self.seen_head = max(self.seen_head, head)
         self.replay_until = head  # the client asked for everything up to here, at its own pace
-        self.behind = False
-        self.live = False
         after = params.get("after")
         if after is not None:
             self.cursor = after
         else:
             self.cursor = head
             if params["tail"]:
-                page = await database_sync_to_async(selectors.log_page)(
-                    log_filter=self.filter, tail=params["tail"], before=head + 1)
-                await self._send_lines([feeds.frame_text(feeds.row_frame(line)) for line in page.items])
+                page = await _read(selectors.log_page)(
+                    log_filter=self.filter, tail=params["tail"], before=head + 1, rows=True)
+                await self._send_lines(feeds.rows_text(page.items))
         self._kick()
         self._watch = asyncio.create_task(self._watch_head(), name=f"log-watch-{self.channel_name}")
 
@@ -174,30 +188,64 @@ class LogTailConsumer(AsyncWebsocketConsumer):
     # -- live ---------------------------------------------------------------------------------
     async def logs_batch(self, message):
         """A committed batch, handed over by the process's relay (fanout.py), which serves every
-        tail of the deployment in turn: this never waits for the pump, which covers the batch."""
+        tail of the deployment in turn, so this never waits for the pump. While the pump reads
+        PostgreSQL the batch is held for it: once it has read up to the head it started from,
+        it sends the held batches that chain onto where it got to, and is live. Without them a
+        tail that catches up while its deployment logs would never arrive: every batch
+        committed during a read would be one more read."""
         self.seen_head = max(self.seen_head, message["last"])
-        if not self.live or self._lock.locked() or message["last"] <= self.cursor:
-            return  # the pump is reading PostgreSQL, and looks at seen_head before going live
+        if message["last"] <= self.cursor:
+            return
+        if not self.live or self._lock.locked():
+            self._hold(message)
+            return
         if message["prev"] > self.cursor or self._blocked():
-            self.live = False  # a hole in the chain, or a client that fell behind
+            # A hole in the chain, or a client that fell behind.
+            self.live = False
             self._kick()
             return
         async with self._lock:
-            lines = message["lines"]
-            if self.filter.everything:
-                texts = [line[4] for line in lines if line[0] > self.cursor]
-            else:
-                texts = [text for cursor, uid, ordinal, stream, text in lines
-                         if cursor > self.cursor and self.filter.matches(replica_uid=uid, ordinal=ordinal, stream=stream)]
-            self.cursor = message["last"]
-            await self._send_lines(texts)
+            await self._send_batch(message)
+
+    def _hold(self, message: dict) -> None:
+        if self.held_lines + len(message["lines"]) > MAX_HELD_LINES:
+            # More came than a reader should keep: the pump reads those from PostgreSQL too.
+            self.held.clear()
+            self.held_lines = 0
+            return
+        self.held.append(message)
+        self.held_lines += len(message["lines"])
+
+    async def _send_batch(self, message: dict) -> None:
+        lines = message["lines"]
+        if self.filter.everything:
+            texts = [line[4] for line in lines if line[0] > self.cursor]
+        else:
+            texts = [text for cursor, uid, ordinal, stream, text in lines
+                     if cursor > self.cursor and self.filter.matches(replica_uid=uid, ordinal=ordinal, stream=stream)]
+        self.cursor = message["last"]
+        await self._send_lines(texts)
+
+    async def _send_held(self) -> None:
+        """The held batches that chain onto the cursor, in order; the rest are dropped (a hole:
+        the pump reads on from PostgreSQL)."""
+        while self.held:
+            message = self.held.popleft()
+            self.held_lines -= len(message["lines"])
+            if message["last"] <= self.cursor:
+                continue
+            if message["prev"] > self.cursor or self._blocked():
+                self.held.clear()
+                self.held_lines = 0
+                return
+            await self._send_batch(message)
 
     async def _watch_head(self) -> None:
         while True:
             await asyncio.sleep(WATCH_S)
             if not self.live:
                 continue
-            head = await database_sync_to_async(selectors.log_head)(deployment_id=self.filter.deployment_id)
+            head = await _read(selectors.log_head)(deployment_id=self.filter.deployment_id)
             if self.live and head > self.cursor and self.seen_head < head:
                 self.live = False  # committed, never announced: read it
                 self._kick()
@@ -226,9 +274,9 @@ class LogTailConsumer(AsyncWebsocketConsumer):
         if self._blocked():
             self.behind = True
             return WAIT_S
-        head = await database_sync_to_async(selectors.log_head)(deployment_id=self.filter.deployment_id)
+        head = await _read(selectors.log_head)(deployment_id=self.filter.deployment_id)
         if self.behind and self.cursor >= self.replay_until:
-            missed = await database_sync_to_async(selectors.log_count)(
+            missed = await _read(selectors.log_count)(
                 log_filter=self.filter, after=self.cursor, until=head)
             if missed > MAX_LAG_LINES:
                 await self.send(text_data=json.dumps({
@@ -237,13 +285,14 @@ class LogTailConsumer(AsyncWebsocketConsumer):
                               "Fetch them from the history with after=<after>, up to the cursor <until>."}))
                 self.cursor = head
         self.behind = False
-        page = await database_sync_to_async(selectors.log_page)(
-            log_filter=self.filter, after=self.cursor, before=head + 1, limit=PAGE_LINES)
-        await self._send_lines([feeds.frame_text(feeds.row_frame(line)) for line in page.items])
+        page = await _read(selectors.log_page)(
+            log_filter=self.filter, after=self.cursor, before=head + 1, limit=PAGE_LINES, rows=True)
+        await self._send_lines(feeds.rows_text(page.items))
         if page.has_more:
-            self.cursor = page.items[-1].pk
+            self.cursor = page.items[-1][0]
             return 0
         self.cursor = max(self.cursor, head)
+        await self._send_held()
         if self.seen_head > self.cursor:
             return 0  # committed while we read: read once more
         self.live = True

@@ -59,6 +59,18 @@ class LineRenderer:
                 f'"continued":{"true" if continued else "false"}}}')
 
 
+def rows_text(rows) -> list[str]:
+    """Lines read as tuples (selectors.LOG_ROW_FIELDS) as frame text, one renderer per replica."""
+    renderers: dict = {}
+    texts = []
+    for pk, uid, ordinal, generation, seq, ts, stream, message, continued in rows:
+        render = renderers.get(uid)
+        if render is None:
+            render = renderers[uid] = LineRenderer(replica_uid=str(uid), ordinal=ordinal, generation=generation)
+        texts.append(render(cursor=pk, seq=seq, ts=ts, stream=stream, message=message, continued=continued))
+    return texts
+
+
 def row_frame(line) -> dict:
     """A LogLine row (annotated by selectors.log_page) as a live frame."""
     return line_frame(cursor=line.pk, replica_uid=line.replica_uid, ordinal=line.replica_ordinal,

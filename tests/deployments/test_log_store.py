@@ -12,8 +12,9 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
 
-from cloud.deployments import feeds
+from cloud.deployments import feeds, selectors
 from cloud.deployments.models import LogLine
+from cloud.deployments.selectors import LogFilter
 from cloud.deployments.services.logs import log_system_line, logs_store
 from nodes.protocol import LogEntry
 from tests.deployments.factories import ReplicaFactory
@@ -169,3 +170,20 @@ def test_the_fast_frame_renderer_writes_exactly_the_frame():
                                  generation=2, seq=seq, ts=ts, stream="stderr", message=message, continued=continued)
         assert render(cursor=42, seq=seq, ts=ts, stream="stderr", message=message, continued=continued) == \
             feeds.frame_text(frame)
+
+
+@pytest.mark.django_db
+def test_lines_read_as_rows_render_as_the_model_path_does():
+    """A tail catching up renders tuples (selectors.log_page(rows=True)); history renders model
+    rows. Both say the same of every line, old incarnations and system lines included."""
+    replica = ReplicaFactory()
+    later = ReplicaFactory(deployment=replica.deployment, ordinal=replica.ordinal, generation=replica.generation + 1,
+                           state="stopped")
+    logs_store(replica=replica, lines=entries([1, 2, 5]))  # 3-4 missing: a system line
+    logs_store(replica=later, lines=[LogEntry(seq=1, ts=1_700_000_009.5, stream="stderr", message="\x1b[1m\u00e9\"",
+                                              continued=True)])
+    log_filter = LogFilter(replica.deployment_id)
+    models = selectors.log_page(log_filter=log_filter, tail=10)
+    rows = selectors.log_page(log_filter=log_filter, tail=10, rows=True)
+    assert len(rows.items) == 5
+    assert feeds.rows_text(rows.items) == [feeds.frame_text(feeds.row_frame(line)) for line in models.items]

@@ -6,7 +6,9 @@ what it missed. The same over a real daphne, with restarts: tests/e2e/test_logs_
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -15,7 +17,7 @@ from django.conf import settings
 from django.test import Client
 
 from cloud.asgi import application
-from cloud.deployments import consumers, feeds
+from cloud.deployments import consumers, feeds, selectors
 from cloud.deployments.models import LogLine, Replica
 from cloud.deployments.services.logs import logs_store
 from nodes.protocol import LogEntry
@@ -178,6 +180,35 @@ async def test_a_client_that_cannot_keep_up_is_told_how_many_lines_it_missed_and
     assert sorted(skipped) == list(range(11, 211))  # exactly what it missed, fetchable from history
     await sync_to_async(store)(cast["r0"], [211])
     assert [line["seq"] for line in await receive(tail)] == [211]  # and live again
+    await tail.disconnect()
+
+
+async def test_a_tail_catching_up_while_batches_keep_committing_joins_them_and_goes_live(cast, monkeypatch):
+    """Each read of PostgreSQL is slow here, and batches commit during every one: the tail must
+    still arrive (joining the batches it was handed meanwhile), every line once, in order."""
+    await sync_to_async(store)(cast["r0"], range(1, 3001))
+    real = selectors.log_page
+    reads = []
+
+    def slow_page(**kwargs):
+        reads.append(kwargs.get("after"))
+        time.sleep(0.2)
+        return real(**kwargs)
+
+    monkeypatch.setattr(consumers.selectors, "log_page", slow_page)
+    tail, _ = await open_tail(cast["deployment"].pk, token=cast["token"], query="?after=0")
+    for start in range(3001, 6001, 100):  # a batch every ~60 ms for about two seconds
+        await sync_to_async(store)(cast["r0"], range(start, start + 100))
+        await asyncio.sleep(0.05)
+    got = await lines_until(tail, lambda got: len(got) >= 6000, timeout=10)
+    assert [line["seq"] for line in got] == list(range(1, 6001))
+    # 3,000 lines at 2,000 a page, then what came meanwhile; a tail that waited for a quiet
+    # moment would have read again after every batch.
+    assert len(reads) <= 4
+    monkeypatch.setattr(consumers.selectors, "log_page", real)
+    await sync_to_async(store)(cast["r0"], [6001])
+    assert [line["seq"] for line in await receive(tail)] == [6001]  # live: no more reads needed
+    assert await tail.receive_nothing(timeout=0.3)
     await tail.disconnect()
 
 
