@@ -304,6 +304,16 @@ def trim(paths: VmPaths, upto_seq: int) -> int:
         os.close(lock_fd)
 
 
+_SEQ_PREFIX = b'{"seq": '
+
+
+def record_seq(raw: bytes) -> int:
+    """A record's seq without decoding the record: _record writes every one as `{"seq": N, `."""
+    if raw.startswith(_SEQ_PREFIX):
+        return int(raw[len(_SEQ_PREFIX) : raw.index(b",", len(_SEQ_PREFIX))])
+    return json.loads(raw)["seq"]  # not written by _record: the slow way, never a wrong seq
+
+
 class LogReader:
     """Reads records from logs.jsonl incrementally, only complete lines, skipping seq <= after_seq."""
 
@@ -315,6 +325,34 @@ class LogReader:
     def read_new(self, max_bytes: int = _CHUNK * 4) -> list[LogLine]:
         """The complete records after the last read, from at most `max_bytes` of the file (more
         if one record is longer)."""
+        return [LogLine.from_record(json.loads(raw)) for raw in self._fresh(max_bytes)]
+
+    def _fresh(self, max_bytes: int) -> list[bytes]:
+        """The records of the next read with a seq past after_seq. A read that holds none (a
+        reader started far behind its after_seq) is no reason to stop: an empty answer must
+        mean the end of what is written, or a follower of an ended VM stops short of it."""
+        while records := self._complete(max_bytes):
+            fresh = []
+            after = self.after_seq
+            for raw in records:
+                seq = record_seq(raw)
+                if seq > after:
+                    fresh.append(raw)
+                    after = seq
+            self.after_seq = after
+            if fresh:
+                return fresh
+        return []
+
+    def read_all(self) -> list[LogLine]:
+        out: list[LogLine] = []
+        while batch := self.read_new():
+            out.extend(batch)
+        return out
+
+    def _complete(self, max_bytes: int) -> list[bytes]:
+        """The complete records from where the last read ended, which this one then moves past;
+        what a trimmed region's zeros hid of them is cut off."""
         try:
             with open(self.paths.logs, "rb") as f:
                 try:
@@ -335,19 +373,8 @@ class LogReader:
         if end < 0:
             return []
         self._pos += end + 1
-        out = []
-        for raw in data[:end].split(b"\n"):
-            raw = _past_hole(raw)
-            if not raw:
-                continue
-            rec = json.loads(raw)
-            if rec["seq"] > self.after_seq:
-                out.append(LogLine.from_record(rec))
-                self.after_seq = rec["seq"]
-        return out
-
-    def read_all(self) -> list[LogLine]:
-        out: list[LogLine] = []
-        while batch := self.read_new():
-            out.extend(batch)
-        return out
+        body = data[:end]
+        records = body.split(b"\n")
+        if b"\x00" in body:  # the read began in a trimmed region: zeros before the first record
+            records = [_past_hole(raw) for raw in records]
+        return list(filter(None, records))

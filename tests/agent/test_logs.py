@@ -147,6 +147,17 @@ def test_keep_false_returns_only_the_last_line_and_writes_the_same_records(tmp_p
     assert convert(last, keep=False) == []
 
 
+def test_a_reader_far_behind_its_after_seq_reads_on_to_the_end(tmp_path):
+    """Reads that hold only lines up to after_seq (a shipper resuming in a long log) are skipped,
+    not taken for the end of the log: a follower of an ended VM stops at the first empty read."""
+    p = _paths(tmp_path)
+    _append(p.stdout, b"".join(f"out {i} {'o' * 300}\n".encode() for i in range(500)))
+    lines = convert(p)
+    reader = LogReader(p, after_seq=lines[-10].seq)
+    assert [x.seq for x in reader.read_new(4096)] == [x.seq for x in lines[-9:]]
+    assert reader.read_new(4096) == []
+
+
 def _disk(path) -> int:
     return os.stat(path).st_blocks * 512
 
