@@ -304,6 +304,17 @@ def trim(paths: VmPaths, upto_seq: int) -> int:
         os.close(lock_fd)
 
 
+@dataclass(slots=True)
+class LogRecords:
+    """Complete records of logs.jsonl as they are on disk (without their newline), in seq order.
+    Each is a JSON object of a protocol.LogEntry's fields plus `off`, which the plane ignores, so
+    the shipper sends them on as they are."""
+
+    first_seq: int
+    last_seq: int
+    records: list[bytes]
+
+
 _SEQ_PREFIX = b'{"seq": '
 
 
@@ -326,6 +337,11 @@ class LogReader:
         """The complete records after the last read, from at most `max_bytes` of the file (more
         if one record is longer)."""
         return [LogLine.from_record(json.loads(raw)) for raw in self._fresh(max_bytes)]
+
+    def read_records(self, max_bytes: int = _CHUNK * 4) -> LogRecords | None:
+        """What read_new reads, as the records' bytes, none decoded (None: nothing new)."""
+        fresh = self._fresh(max_bytes)
+        return LogRecords(record_seq(fresh[0]), self.after_seq, fresh) if fresh else None
 
     def _fresh(self, max_bytes: int) -> list[bytes]:
         """The records of the next read with a seq past after_seq. A read that holds none (a

@@ -20,7 +20,7 @@ from nodes.agent.events import EventHub, RuntimeEvent
 from nodes.agent.gpu.host import GpuHost, Prepared
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
 from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, read_status
-from nodes.agent.logs import LogLine, convert, last_seq
+from nodes.agent.logs import LogLine, LogRecords, convert, last_seq
 from nodes.agent.locks import VmLocks
 from nodes.agent.runtime_logs import VmLogReads
 from nodes.agent.state import StateStore, VmInfo, VmPaths, is_locked, validate_name
@@ -55,6 +55,7 @@ class Runtime(Protocol):
     async def list(self) -> list[VmInfo]: ...
     def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]: ...
     def log_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[list[LogLine]]: ...
+    def log_record_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogRecords]: ...
     def log_heads(self) -> dict[str, int]:
         """The last seq in each known VM's log (what a heartbeat tells the plane)."""
         return dict(self._log_heads)

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, TypeVar
 
 from nodes.agent.errors import AgentError
 from nodes.agent.lifecycle import TERMINAL_STATES
-from nodes.agent.logs import LogLine, LogReader, trim
+from nodes.agent.logs import LogLine, LogReader, LogRecords, trim
 
 # How much of logs.jsonl one read of a follower takes: about one log frame's worth, so a
 # shipper catching up on a backlog holds a few thousand lines at a time, not a file.
 LOG_CHUNK_BYTES = 256 * 1024
+
+T = TypeVar("T")
 
 
 class VmLogReads:
@@ -26,9 +28,18 @@ class VmLogReads:
             for line in chunk:
                 yield line
 
-    async def log_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[list[LogLine]]:
+    def log_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[list[LogLine]]:
         """The VM's log lines after `after_seq`, as the reads of logs.jsonl return them (never
         empty); with `follow`, until the VM has ended."""
+        return self._follow(name, after_seq, follow, LogReader.read_new)
+
+    def log_record_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogRecords]:
+        """As log_chunks, but the records' bytes as logs.jsonl holds them, none decoded: what the
+        shipper sends on as they are."""
+        return self._follow(name, after_seq, follow, LogReader.read_records)
+
+    async def _follow(self, name: str, after_seq: int, follow: bool,
+                      read: Callable[[LogReader, int], T | None]) -> AsyncIterator[T]:
         paths = self.store.paths(name)
         if not await asyncio.to_thread(paths.dir.is_dir):
             raise AgentError(f"no VM named {name}", permanent=True)
@@ -36,10 +47,10 @@ class VmLogReads:
         while True:
             converted = self._converted.setdefault(name, asyncio.Event())
             info = await self._current(name)
-            if chunk := await asyncio.to_thread(reader.read_new, LOG_CHUNK_BYTES):
+            if chunk := await asyncio.to_thread(read, reader, LOG_CHUNK_BYTES):
                 yield chunk
             if not follow or info is None or info.state in TERMINAL_STATES:
-                while rest := await asyncio.to_thread(reader.read_new, LOG_CHUNK_BYTES):
+                while rest := await asyncio.to_thread(read, reader, LOG_CHUNK_BYTES):
                     yield rest
                 return
             # Woken by the watcher's next conversion that found lines (a follower then reads

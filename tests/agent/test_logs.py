@@ -6,8 +6,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from nodes import protocol
 from nodes.agent.lifecycle import last_lines
-from nodes.agent.logs import MAX_LINE_BYTES, LogReader, _last_record, convert, trim
+from nodes.agent.logs import MAX_LINE_BYTES, LogReader, _last_record, convert, record_seq, trim
+from nodes.agent.shipper import entry
 from nodes.agent.state import VmPaths
 
 
@@ -131,6 +135,7 @@ def test_records_are_what_json_dumps_writes_of_them_with_ts_exact(tmp_path):
         assert list(rec) == ["seq", "ts", "stream", "message", *(["continued"] if line.continued else []), "off"]
         assert (rec["seq"], rec["ts"], rec["stream"], rec["message"], rec.get("continued", False)) == (
             line.seq, line.ts, line.stream, line.message, line.continued)
+        assert record_seq(raw) == line.seq
     assert [x.message for x in lines[: len(AWKWARD) + 1]] == [*AWKWARD, "bad \ufffd\ufffd utf-8"]
     assert {x.ts for x in lines} == {1700000000.1, 0.1 + 0.2}  # one clock reading per stream and pass
     assert json.loads(records[-1])["off"] == [p.stdout.stat().st_size, 4]
@@ -156,6 +161,91 @@ def test_a_reader_far_behind_its_after_seq_reads_on_to_the_end(tmp_path):
     reader = LogReader(p, after_seq=lines[-10].seq)
     assert [x.seq for x in reader.read_new(4096)] == [x.seq for x in lines[-9:]]
     assert reader.read_new(4096) == []
+
+
+def _read_both(p, after_seq=0, max_bytes=4096):
+    """Everything new, read by read_new and by read_records with readers that started alike."""
+    old, raw = LogReader(p, after_seq), LogReader(p, after_seq)
+    lines, chunks = [], []
+    while batch := old.read_new(max_bytes):
+        lines.extend(batch)
+    while chunk := raw.read_records(max_bytes):
+        chunks.append(chunk)
+    return lines, chunks
+
+
+def _assert_same(lines, chunks):
+    """read_records returned the very records read_new decoded, and says their first and last seq."""
+    records = [r for c in chunks for r in c.records]
+    assert [json.loads(r)["seq"] for r in records] == [x.seq for x in lines]
+    for c in chunks:
+        assert (c.first_seq, c.last_seq) == (record_seq(c.records[0]), record_seq(c.records[-1]))
+        assert all(not r.endswith(b"\n") and b"\x00" not in r for r in c.records)
+
+
+@pytest.mark.parametrize("after_seq", [0, 1, 37, 120, 500])
+def test_raw_records_skip_up_to_after_seq_like_read_new(tmp_path, after_seq):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"".join(f"line {i} {'z' * (i % 50)}\n".encode() for i in range(120)))
+    convert(p)
+    lines, chunks = _read_both(p, after_seq)
+    _assert_same(lines, chunks)
+    assert [x.seq for x in lines] == list(range(after_seq + 1, 121))
+    assert len(chunks) > 1 or after_seq >= 100  # small reads: the skipping spans several of them
+
+
+def test_raw_records_longer_than_a_read_come_whole(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"short\n" + b"\x01" * (MAX_LINE_BYTES * 2) + b"\n" + "\u20ac".encode() * 20000 + b"\nend\n")
+    convert(p)
+    lines, chunks = _read_both(p, max_bytes=1024)
+    _assert_same(lines, chunks)
+    assert max(len(r) for c in chunks for r in c.records) > 6 * MAX_LINE_BYTES  # escaped to 6 bytes each
+    assert [len(x.message) for x in lines] == [5, MAX_LINE_BYTES, MAX_LINE_BYTES, 20000, 3]
+
+
+def test_raw_records_wait_for_a_torn_tail_and_follow_new_records(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"a\nb\n")
+    convert(p)
+    reader = LogReader(p)
+    _append(p.logs, b'{"seq": 3, "ts": 1.0, "stream": "stdout", "mess')  # a converter killed mid-write
+    chunk = reader.read_records()
+    assert (chunk.first_seq, chunk.last_seq, len(chunk.records)) == (1, 2, 2)
+    assert reader.read_records() is None  # the torn record is not a record
+    _append(p.stdout, b"c\n")
+    convert(p)  # cuts the tear off, then appends seq 3 for real
+    (again,) = [reader.read_records()]
+    assert [json.loads(r)["message"] for r in again.records] == ["c"] and again.first_seq == again.last_seq == 3
+
+
+def test_raw_records_skip_trimmed_regions_like_read_new(tmp_path):
+    p = _paths(tmp_path)
+    _append(p.stdout, b"".join(f"out {i} {'o' * 300}\n".encode() for i in range(5000)))
+    lines = convert(p)
+    trim(p, lines[-40].seq)
+    fresh_lines, fresh_chunks = _read_both(p, max_bytes=2048)  # a reader starting in the hole
+    _assert_same(fresh_lines, fresh_chunks)
+    assert fresh_chunks[0].first_seq == lines[-40].seq and fresh_chunks[-1].last_seq == lines[-1].seq
+    lines, chunks = _read_both(p, after_seq=lines[-10].seq)
+    _assert_same(lines, chunks)
+    assert len(lines) == 9
+
+
+def test_raw_records_make_the_frame_the_old_encode_made(tmp_path):
+    """What the plane gets from a frame joined from the records is exactly what it got from the
+    records decoded into LogEntry and encoded again."""
+    p = _paths(tmp_path)
+    _append(p.stdout, "\n".join(AWKWARD).encode() + b"\n\xc3\x28 invalid\n" + b"\x02" * (MAX_LINE_BYTES + 3) + b"\n")
+    _append(p.stderr, b'"quoted"\r\n\\\n')
+    convert(p, clock=lambda: 1700000000.123456)
+    lines, chunks = _read_both(p, max_bytes=1 << 20)
+    (chunk,) = chunks
+    old = protocol.Logs(replica_id="r-\u00e9\"1", lines=[entry(x) for x in lines])
+    text = protocol.encode_logs_records("r-\u00e9\"1", chunk.records)
+    assert protocol.decode(text, allowed=protocol.AGENT_MESSAGES) == protocol.decode(protocol.encode(old)) == old
+    assert text.startswith('{"type":"logs","version":%d,"replica_id":' % protocol.PROTOCOL_VERSION)
+    assert protocol.decode(protocol.encode_logs_records("r", [])) == protocol.Logs(replica_id="r", lines=[])
 
 
 def _disk(path) -> int:

@@ -204,6 +204,25 @@ async def test_second_start_of_same_spec_is_idempotent_and_other_spec_conflicts(
     await rt.remove("long")
 
 
+async def test_a_follower_of_raw_records_gets_what_log_lines_show_and_ends_with_the_vm(tmp_path, parts):
+    rt = make_runtime(tmp_path, parts)
+    await rt.start(ReplicaSpec(name="tick", image="sh",
+                               args=['for i in 1 2 3 4 5 6; do echo "$i"; echo "e\\"$i" >&2; sleep 0.1; done']))
+    chunks = [chunk async for chunk in rt.log_record_chunks("tick", follow=True)]  # ends as the VM does
+    assert (await rt.get("tick")).state == "stopped"
+    lines = await all_logs(rt, "tick")
+    records = [r for chunk in chunks for r in chunk.records]
+    assert [json.loads(r)["message"] for r in records] == [x.message for x in lines] and len(lines) == 12
+    assert [(c.first_seq, c.last_seq) for c in chunks] == [
+        (json.loads(c.records[0])["seq"], json.loads(c.records[-1])["seq"]) for c in chunks]
+    assert len(chunks) > 1  # followed as the VM printed, not read once at the end
+    rest = [chunk async for chunk in rt.log_record_chunks("tick", after_seq=10)]
+    assert [r for chunk in rest for r in chunk.records] == records[10:]
+    with pytest.raises(AgentError):
+        [chunk async for chunk in rt.log_record_chunks("no-such-vm")]
+    await rt.close()
+
+
 async def test_new_runtime_adopts_live_vm_and_cleans_crash_leftovers(tmp_path, parts):
     images, network, vmm = parts
     rt = make_runtime(tmp_path, parts)
