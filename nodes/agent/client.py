@@ -61,7 +61,7 @@ class AgentClient:
         self.backoff_cap_s = backoff_cap_s
         self.open_timeout_s = open_timeout_s
         self._rng = rng
-        self._outbox: asyncio.Queue[Message] = asyncio.Queue(outbox_size)
+        self._outbox: asyncio.Queue[Message | str] = asyncio.Queue(outbox_size)
         self._connected = False
         self.heartbeat_interval_s = protocol.HEARTBEAT_INTERVAL_S
         self._interval_changed = asyncio.Event()
@@ -71,9 +71,10 @@ class AgentClient:
     def connected(self) -> bool:
         return self._connected
 
-    async def send(self, message: Message) -> bool:
+    async def send(self, message: Message | str) -> bool:
         """Queue a frame for the current connection; waits while the outbox is full (a slow
-        plane slows the sender). False, and nothing queued, while disconnected."""
+        plane slows the sender). False, and nothing queued, while disconnected. A str is a frame
+        its sender encoded itself (the shipper's log batches, joined from their records)."""
         if not self._connected:
             return False
         await self._outbox.put(message)
@@ -160,7 +161,7 @@ class AgentClient:
         while True:
             message = await self._outbox.get()
             try:
-                frame = protocol.encode(message)
+                frame = message if isinstance(message, str) else protocol.encode(message)
             except ProtocolError as exc:  # a bug on our side; one lost frame, not a lost connection
                 log.error("dropped an outgoing %s: %s", message.type, exc)
                 continue

@@ -1,13 +1,16 @@
 """Ships each replica's log lines to the plane, resuming after the seq the plane has stored.
 
-The VM's own log (`runtime.log_chunks()`, numbered lines in logs.jsonl) is the buffer: QEMU keeps
-appending to the VM's files whatever the plane does, so nothing here holds more than a few
-batches in memory. Per replica, at most `window` batches are unacknowledged at a time; a slow
-plane therefore slows the reading of the log file, never the VM. The plane acknowledges with
-`logs.ack` (everything up to a seq is stored); after a reconnect the new `desired` carries the
-stored seq again and shipping restarts right after it, so a line is neither lost nor stored
-twice (lines sent but not acknowledged before a drop are simply sent again, and the plane's
-unique (replica, seq) makes a resend it did store harmless).
+The VM's own log (`runtime.log_record_chunks()`, numbered lines in logs.jsonl) is the buffer:
+QEMU keeps appending to the VM's files whatever the plane does, so nothing here holds more than
+a few batches in memory. Its records go out as they are on disk, joined into frames: each is a
+valid LogEntry for the plane, so nothing is decoded and encoded again on the way.
+
+Per replica, at most `window` batches are unacknowledged at a time; a slow plane therefore
+slows the reading of the log file, never the VM. The plane acknowledges with `logs.ack`
+(everything up to a seq is stored); after a reconnect the new `desired` carries the stored seq
+again and shipping restarts right after it, so a line is neither lost nor stored twice (lines
+sent but not acknowledged before a drop are simply sent again, and the plane's unique
+(replica, seq) makes a resend it did store harmless).
 
 Once acknowledged, lines are no longer needed on the node: every TRIM_EVERY lines the shipper
 asks the runtime to trim them (logs.trim: the disk under them and their raw bytes is freed), so
@@ -22,28 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from nodes import protocol
 from nodes.agent.errors import AgentError
-from nodes.agent.logs import LogLine
-from nodes.protocol import TERMINAL_STATES, Desired, LogEntry, Logs, Message
+from nodes.agent.logs import LogLine, LogRecords, record_seq
+from nodes.protocol import TERMINAL_STATES, Desired, LogEntry
 
 log = logging.getLogger(__name__)
 
 WINDOW = 4
-# A batch's encoded size stays well under the frame limit even with the window full: four
-# batches in flight are at most about 1 MiB of this replica's log in memory.
+# A batch's frame stays well under the frame limit even with the window full: four batches in
+# flight are at most about 1 MiB of this replica's log in memory.
 BATCH_BYTES = protocol.MAX_FRAME_BYTES // 4
-_ENVELOPE = 96  # per line: {"seq":...,"ts":...,"stream":"stdout","message":} and separators
 POLL_S = 0.5
 TRIM_EVERY = 5000  # acknowledged lines between two trims of a replica's log files
 
 
 class LogSource(Protocol):
-    def log_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[list[LogLine]]: ...
+    def log_record_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogRecords]: ...
 
     async def trim_logs(self, name: str, upto_seq: int) -> int: ...
 
@@ -57,12 +60,31 @@ def entry(line: LogLine) -> LogEntry:
                     continued=line.continued)
 
 
-def encoded_size(item: LogEntry) -> int:
-    message = item.message
-    if message.isascii() and message.isprintable():
-        # What json.dumps would make of it, without making it: quotes, and one escape each.
-        return len(message) + 2 + message.count('"') + message.count("\\") + _ENVELOPE
-    return len(json.dumps(message)) + _ENVELOPE
+def _fit(record: bytes) -> bytes:
+    """The record with its message cut to what the plane stores, as entry() cuts a line."""
+    line = entry(LogLine.from_record(json.loads(record)))
+    return json.dumps(dataclasses.asdict(line), ensure_ascii=False).encode()
+
+
+def _fitted(records: list[bytes]) -> list[bytes]:
+    """Records go out as they are on disk; a message holds fewer characters than its record has
+    bytes, so only a record longer than the limit can need cutting, and it is looked into."""
+    if max(map(len, records)) <= protocol.MAX_LOG_LINE_CHARS:
+        return records
+    return [_fit(r) if len(r) > protocol.MAX_LOG_LINE_CHARS else r for r in records]
+
+
+def _take(pending: collections.deque[bytes], budget: int) -> list[bytes]:
+    """The next batch off `pending`: as many records as the plane takes in one whose frame, less
+    its envelope, fits in `budget` bytes (the first alone if it does not)."""
+    batch = [pending.popleft()]
+    size = len(batch[0])
+    while pending and len(batch) < protocol.MAX_LOG_BATCH_LINES:
+        size += len(pending[0]) + 1  # and the comma before it
+        if size > budget:
+            break
+        batch.append(pending.popleft())
+    return batch
 
 
 class _Stream:
@@ -93,7 +115,7 @@ class LogShipper:
     def __init__(
         self,
         runtime: LogSource,
-        send: Callable[[Message], Awaitable[bool]],
+        send: Callable[[str], Awaitable[bool]],
         *,
         state_of: Callable[[str], str | None],
         window: int = WINDOW,
@@ -191,7 +213,7 @@ class LogShipper:
     async def _ship(self, stream: _Stream) -> None:
         # The reader stays at most one chunk of the log file (one read of it) ahead of the
         # sender: with the window full it blocks on the queue and the file waits on disk.
-        queue: asyncio.Queue[list[LogLine] | None] = asyncio.Queue(1)
+        queue: asyncio.Queue[LogRecords | None] = asyncio.Queue(1)
         reader = asyncio.create_task(self._read(stream, queue), name=f"read-{stream.replica_id}")
         try:
             await self._send_batches(stream, queue)
@@ -203,17 +225,17 @@ class LogShipper:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-    async def _read(self, stream: _Stream, queue: asyncio.Queue[list[LogLine] | None]) -> None:
+    async def _read(self, stream: _Stream, queue: asyncio.Queue[LogRecords | None]) -> None:
         name = stream.replica_id
         while True:
             if self._state_of(name) not in (None, "pulling"):  # its workload may have written
                 try:
                     # Chunks, not lines: at 20,000 lines/s a queue hop per line was the shipper's
                     # biggest cost.
-                    async for chunk in self.runtime.log_chunks(name, after_seq=stream.read_seq, follow=True):
+                    async for chunk in self.runtime.log_record_chunks(name, after_seq=stream.read_seq, follow=True):
                         await queue.put(chunk)
-                        stream.read_seq = chunk[-1].seq
-                        self._seen[name] = chunk[-1].seq
+                        stream.read_seq = chunk.last_seq
+                        self._seen[name] = chunk.last_seq
                 except AgentError:
                     pass  # removed under us, or not created yet: the state says which below
                 except Exception:  # a bug, or an unreadable file: retried, never a silent stop
@@ -225,8 +247,9 @@ class LogShipper:
                     return
             await asyncio.sleep(self.poll_s)
 
-    async def _send_batches(self, stream: _Stream, queue: asyncio.Queue[list[LogLine] | None]) -> None:
-        pending: collections.deque[LogLine] = collections.deque()
+    async def _send_batches(self, stream: _Stream, queue: asyncio.Queue[LogRecords | None]) -> None:
+        pending: collections.deque[bytes] = collections.deque()
+        budget = self.batch_bytes - len(protocol.encode_logs_records(stream.replica_id, []))
         ended = False
         while True:
             await stream.wait_for(lambda: len(stream.in_flight) < self.window)
@@ -235,7 +258,7 @@ class LogShipper:
                 if chunk is None:
                     ended = True
                 else:
-                    pending.extend(chunk)
+                    pending.extend(_fitted(chunk.records))
             if not pending:
                 break  # the VM ended and every line of it went out
             turns = 1  # the reader may hold the next chunk ready: give it one turn to hand it over
@@ -251,19 +274,10 @@ class LogShipper:
                 if chunk is None:
                     ended = True
                 else:
-                    pending.extend(chunk)
-            batch: list[LogEntry] = []
-            size = 0
-            while pending and len(batch) < protocol.MAX_LOG_BATCH_LINES:
-                item = entry(pending[0])
-                item_size = encoded_size(item)
-                if batch and size + item_size > self.batch_bytes:
-                    break
-                pending.popleft()
-                batch.append(item)
-                size += item_size
-            stream.in_flight.append(batch[-1].seq)  # before sending: its ack may come back at once
-            if not await self._send(Logs(replica_id=stream.replica_id, lines=batch)):
+                    pending.extend(_fitted(chunk.records))
+            batch = _take(pending, budget)
+            stream.in_flight.append(record_seq(batch[-1]))  # before sending: its ack may come back at once
+            if not await self._send(protocol.encode_logs_records(stream.replica_id, batch)):
                 return  # disconnected: disconnected() cancels this task, the next desired resumes
         await stream.wait_for(lambda: not stream.in_flight)
         stream.flushed = True

@@ -5,11 +5,12 @@ a removed replica's last lines acknowledged before its VM (and log) is deleted."
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from nodes import protocol
-from nodes.agent.logs import LogLine
+from nodes.agent.logs import LogLine, LogRecords
 from nodes.agent.shipper import BATCH_BYTES, LogShipper, entry
 from nodes.protocol import Desired, DesiredReplica, Logs, ReplicaSpec, ReplicaStop
 from tests.agent.plane import FakePlane, Node, eventually, plane, data_dir, replica  # noqa: F401
@@ -68,12 +69,13 @@ async def test_heartbeats_say_how_far_each_replicas_log_goes(data_dir):
 
 
 async def test_unacknowledged_batches_in_flight_are_bounded_and_acks_open_the_window(data_dir):
+    n = 10 * protocol.MAX_LOG_BATCH_LINES  # more than a full window of the largest batches holds
     plane = await FakePlane(auto_ack=False).start()
-    plane.desired["r"] = replica("r", counting(5000))
+    plane.desired["r"] = replica("r", counting(n))
     node = await Node(data_dir, plane).start()
     await eventually(lambda: len(plane.messages("logs")) == 4, what="a full window")
     await asyncio.sleep(0.5)
-    assert len(plane.messages("logs")) == 4  # the VM printed 5000 lines; the agent waits
+    assert len(plane.messages("logs")) == 4  # the VM printed n lines; the agent waits
     first = plane.messages("logs")[0].lines[-1].seq
     await plane.ack("r", seq=first)
     await eventually(lambda: len(plane.messages("logs")) == 5, what="one more batch")
@@ -81,8 +83,8 @@ async def test_unacknowledged_batches_in_flight_are_bounded_and_acks_open_the_wi
     assert len(plane.messages("logs")) == 5
     plane.auto_ack = True
     await plane.ack("r")
-    await eventually(lambda: len(plane.stored.get("r", {})) == 5000, timeout=30, what="all lines")
-    assert_stored_exactly(plane, "r", 5000)
+    await eventually(lambda: len(plane.stored.get("r", {})) == n, timeout=30, what="all lines")
+    assert_stored_exactly(plane, "r", n)
     await node.stop()
     await plane.close()
 
@@ -103,34 +105,50 @@ async def test_a_stopped_replica_is_removed_only_once_its_last_lines_are_acknowl
     await plane.close()
 
 
-class Source:
-    """A finished VM's log, as runtime.log_chunks() yields it; records what trim_logs was asked."""
+def record(line: LogLine) -> bytes:
+    """The line as logs.jsonl holds it."""
+    fields = {"seq": line.seq, "ts": line.ts, "stream": line.stream, "message": line.message}
+    return json.dumps({**fields, **({"continued": True} if line.continued else {}), "off": [9, 9]},
+                      ensure_ascii=False).encode()
 
-    def __init__(self, lines):
+
+class Source:
+    """A finished VM's log, as runtime.log_record_chunks() yields it; records what trim_logs was
+    asked."""
+
+    def __init__(self, lines, read_lines=700):
         self.lines = lines
+        self.read_lines = read_lines
         self.trims: list[int] = []
 
-    async def log_chunks(self, name, after_seq=0, follow=False):
+    async def log_record_chunks(self, name, after_seq=0, follow=False):
         lines = [line for line in self.lines if line.seq > after_seq]
-        for i in range(0, len(lines), 700):  # reads of the file, as the runtime yields them
-            yield lines[i:i + 700]
+        for i in range(0, len(lines), self.read_lines):  # reads of the file, as the runtime yields them
+            read = lines[i:i + self.read_lines]
+            yield LogRecords(read[0].seq, read[-1].seq, [record(line) for line in read])
 
     async def trim_logs(self, name, upto_seq):
         self.trims.append(upto_seq)
         return 0
 
 
-def shipper_over(lines, *, ack=True, **options):
+def shipper_over(lines, *, ack=True, read_lines=700, **options):
+    """A shipper of `lines` whose frames are decoded as the plane decodes them: `sent` holds the
+    Logs messages and `frames` the frames' text."""
     sent: list[Logs] = []
+    frames: list[str] = []
 
-    async def send(message):
+    async def send(frame):
+        message = protocol.decode(frame, allowed=protocol.AGENT_MESSAGES)
         sent.append(message)
+        frames.append(frame)
         if ack:
             shipper.ack(message.replica_id, message.lines[-1].seq)
         return True
 
-    shipper = LogShipper(Source(lines), send, state_of=lambda _: "stopped", poll_s=0.01, **options)
+    shipper = LogShipper(Source(lines, read_lines), send, state_of=lambda _: "stopped", poll_s=0.01, **options)
     shipper.resume(Desired(replicas=[DesiredReplica("r", ReplicaSpec(name="r", image="x"))]))
+    shipper.frames = frames
     return shipper, sent
 
 
@@ -140,12 +158,27 @@ async def test_batches_stay_well_under_the_frame_limit_whatever_the_lines():
     shipper, sent = shipper_over(lines)
     assert await shipper.drain("r", timeout=10)
     assert [line.seq for m in sent for line in m.lines] == list(range(1, 601))
-    for message in sent:
-        assert len(protocol.encode(message).encode()) <= BATCH_BYTES + 100 * 1024 < protocol.MAX_FRAME_BYTES
-    small = [LogLine(i, 1.0, "stdout", "x") for i in range(1, 1202)]
-    shipper, sent = shipper_over(small)
+    assert [line for m in sent for line in m.lines] == [entry(line) for line in lines]
+    sizes = [len(frame.encode()) for frame in shipper.frames]
+    assert all(size <= BATCH_BYTES < protocol.MAX_FRAME_BYTES for size in sizes)
+    for size, following in zip(sizes, sent[1:]):  # and each as full as the limit allows
+        assert size + 1 + len(record(lines[following.lines[0].seq - 1])) > BATCH_BYTES
+    n = protocol.MAX_LOG_BATCH_LINES
+    small = [LogLine(i, 1.0, "stdout", "x") for i in range(1, 2 * n + 2)]
+    shipper, sent = shipper_over(small, read_lines=len(small))  # one read holds more than a batch may
     assert await shipper.drain("r", timeout=10)
-    assert [len(m.lines) for m in sent][:2] == [protocol.MAX_LOG_BATCH_LINES] * 2
+    assert [len(m.lines) for m in sent] == [n, n, 1]
+
+
+async def test_a_record_bigger_than_a_batch_goes_alone_and_frames_never_pass_the_limit():
+    big = "\x01" * protocol.MAX_LOG_LINE_CHARS  # escapes to six bytes each: 384 KiB of JSON
+    lines = [LogLine(1, 1.0, "stdout", "a"), LogLine(2, 1.0, "stdout", big), LogLine(3, 1.0, "stdout", "b")]
+    shipper, sent = shipper_over(lines)
+    assert await shipper.drain("r", timeout=10)
+    assert [[line.seq for line in m.lines] for m in sent] == [[1], [2], [3]]
+    assert sent[1].lines[0].message == big
+    with pytest.raises(protocol.ProtocolError, match="exceeds"):
+        protocol.encode_logs_records("r", [record(lines[1])] * 3)
 
 
 async def test_drain_waits_for_the_ack_and_gives_up_after_its_timeout():
@@ -167,6 +200,12 @@ async def test_nothing_ships_while_disconnected_and_a_line_too_long_is_cut_not_s
     assert sent == []
     cut = entry(LogLine(7, 1.0, "stdout", "y" * (protocol.MAX_LOG_LINE_CHARS + 10)))
     assert cut.seq == 7 and len(cut.message) == protocol.MAX_LOG_LINE_CHARS
+    # A record on disk with a longer message goes out cut the same way, in order with the rest.
+    lines = [LogLine(6, 1.0, "stdout", "x"), LogLine(7, 1.5, "stderr", "\u20ac" * (protocol.MAX_LOG_LINE_CHARS + 10), True)]
+    shipper, sent = shipper_over(lines)
+    assert await shipper.drain("r", timeout=10)
+    assert [line for m in sent for line in m.lines] == [entry(line) for line in lines]
+    assert len(sent[-1].lines[-1].message) == protocol.MAX_LOG_LINE_CHARS and sent[-1].lines[-1].continued
 
 
 async def test_acknowledged_lines_are_trimmed_from_the_node_every_so_many():
