@@ -17,6 +17,7 @@ import functools
 from dataclasses import dataclass
 from typing import Callable
 
+from channels.consumer import get_handler_name
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.http.request import validate_host
@@ -128,3 +129,17 @@ def send_buffer(send) -> Callable[[], int | None]:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
     return probe
+
+
+class NoConnectionSweep:
+    """For consumers whose every database call goes through database_sync_to_async (which
+    closes stale connections itself, in its own thread): skip the sweep Channels runs before
+    each handler. That sweep runs in the single thread that also stores agents' log batches,
+    so every frame on every socket waited for the batch in progress; an agent's next batch
+    could not even be read while its last one was being stored."""
+
+    async def dispatch(self, message):
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)

@@ -24,6 +24,7 @@ import uuid
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from cloud.streams import NoConnectionSweep
 from nodes import link, services
 from nodes import protocol as p
 
@@ -36,6 +37,7 @@ CLOSE_RETRY = 4002  # the plane failed to store what was sent: reconnect and res
 # Decoded log batches waiting for the database; a full queue holds up reading the socket. An agent
 # keeps 4 batches in flight per replica, so this is a few busy replicas' worth.
 LOG_QUEUE_BATCHES = 16
+MAX_STORED_LINES = 4 * p.MAX_LOG_BATCH_LINES  # lines of one replica stored in one transaction
 
 
 def _bearer(scope) -> str:
@@ -46,7 +48,7 @@ def _bearer(scope) -> str:
     return ""
 
 
-class AgentConsumer(AsyncWebsocketConsumer):
+class AgentConsumer(NoConnectionSweep, AsyncWebsocketConsumer):
     node_id: int | None = None
 
     async def connect(self):
@@ -124,8 +126,21 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def _store_logs(self) -> None:
         store = database_sync_to_async(link.sink().logs)
+        carry: p.Logs | None = None
         while True:
-            message = await self._logs.get()
+            first = carry or await self._logs.get()
+            carry = None
+            # The batches of this replica queued right behind it go with it: when the database
+            # falls behind, one transaction (one lock, one commit, one acknowledgement) stores
+            # what would have been several.
+            lines = first.lines
+            while len(lines) < MAX_STORED_LINES and not self._logs.empty():
+                queued = self._logs.get_nowait()
+                if queued.replica_id != first.replica_id or len(lines) + len(queued.lines) > MAX_STORED_LINES:
+                    carry = queued
+                    break
+                lines = [*lines, *queued.lines]
+            message = first if lines is first.lines else p.Logs(replica_id=first.replica_id, lines=lines)
             try:
                 seq = await store(node_id=self.node_id, replica_id=message.replica_id, lines=message.lines)
             except link.NotPlacedHere as exc:

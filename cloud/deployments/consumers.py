@@ -83,7 +83,7 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-class LogTailConsumer(AsyncWebsocketConsumer):
+class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
     # Tests swap this for a fake transport; in production it reads daphne's.
     send_buffer = staticmethod(streams.send_buffer)
 

@@ -185,6 +185,48 @@ async def test_logs_are_stored_once_and_acknowledged_and_the_ack_is_in_the_next_
     await again.disconnect()
 
 
+async def test_batches_queued_behind_a_slow_store_are_stored_together_in_order_and_acknowledged(monkeypatch):
+    from cloud.deployments.services import agents
+
+    stores = []
+    real = agents.AgentSink.logs
+
+    def slow_logs(self, **kwargs):
+        stores.append(len(kwargs["lines"]))
+        import time
+        time.sleep(0.3)  # the database is slow: the next batches queue up meanwhile
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(agents.AgentSink, "logs", slow_logs)  # before connecting: the consumer binds it then
+    node, credential, hardware = await sync_to_async(_joined_node)()
+    communicator, deployment, replica_id = await _placed(credential, hardware)
+    for first in range(1, 51, 10):
+        await send(communicator, p.Logs(replica_id=replica_id, lines=[
+            p.LogEntry(seq=i, ts=1_700_000_000.0 + i, stream="stdout", message=f"line {i}") for i in range(first, first + 10)]))
+    acks = []
+    while not acks or acks[-1] < 50:
+        acks.append((await receive(communicator)).seq)
+    assert acks == sorted(acks) and stores[0] == 10 and len(stores) < 5 and sum(stores) == 50
+    seqs = await sync_to_async(lambda: list(LogLine.objects.order_by("id").values_list("seq", flat=True)))()
+    assert seqs == list(range(1, 51))
+    await communicator.disconnect()
+
+
+async def test_a_batch_the_plane_fails_to_store_is_never_acknowledged_and_the_agent_is_sent_to_reconnect(monkeypatch):
+    from cloud.deployments.services import agents
+
+    def broken(self, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(agents.AgentSink, "logs", broken)
+    node, credential, hardware = await sync_to_async(_joined_node)()
+    communicator, deployment, replica_id = await _placed(credential, hardware)
+    await send(communicator, p.Logs(replica_id=replica_id, lines=[p.LogEntry(seq=1, ts=1.0, stream="stdout", message="a")]))
+    output = await communicator.receive_output(timeout=5)
+    assert output == {"type": "websocket.close", "code": 4002}
+    assert await sync_to_async(LogLine.objects.count)() == 0
+
+
 async def test_heartbeats_record_how_far_each_replicas_log_goes_for_its_own_replicas_only():
     from django.core.cache import cache
 
