@@ -94,6 +94,9 @@ async def test_a_stopped_replica_is_removed_only_once_its_last_lines_are_acknowl
     plane.desired["r"] = replica("r", 'echo "line 1"; echo "line 2"; sleep 60')
     node = await Node(data_dir, plane).start()
     await eventually(lambda: len(plane.stored.get("r", {})) == 2, what="two lines received")
+    # Lines can be stored before the start is done; a stop then cancels the start, which reports
+    # `stopped` only once the VM is removed. This is about a replica that ran.
+    await eventually(lambda: "running" in plane.states("r"), what="running")
     await plane.send(ReplicaStop(command_id="c-1", replica_id="r", grace_s=1))
     await eventually(lambda: "stopped" in plane.states("r"), what="stopped")
     await asyncio.sleep(0.5)
