@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar, Union
 PROTOCOL_VERSION = 1
 # A frame larger than this is refused unread: a log batch is capped well below it.
 MAX_FRAME_BYTES = 1 << 20
-MAX_LOG_BATCH_LINES = 500
+MAX_LOG_BATCH_LINES = 2000
 MAX_LOG_LINE_CHARS = 64 * 1024
 MAX_DESIRED_REPLICAS = 256
 HEARTBEAT_INTERVAL_S = 5.0

@@ -89,14 +89,21 @@ def logs_group(deployment_id) -> str:
     return f"logs.{uuid.UUID(str(deployment_id)).hex}"
 
 
+PUBLISH_LINES = 1000  # lines per live message at most
+
+
 def logs_publish(*, deployment_id, prev: int, lines: list[tuple[int, str, int, str, str]]) -> None:
     """Tell live tails of the deployment that lines committed: `prev` is the deployment's last
     cursor before them, so a tail that is not at `prev` knows it missed something. Each line is
     (cursor, replica uid, ordinal, stream, its frame as JSON text): rendered once here, not once
     per subscriber. Call after the commit."""
-    if not lines:
-        return
-    _group_send(logs_group(deployment_id), {"type": "logs.batch", "prev": prev, "last": lines[-1][0], "lines": lines})
+    group = logs_group(deployment_id)
+    # A transaction may store several of an agent's batches at once: a message stays the size of
+    # one, so a tail is handed frames of a size its client reads in one go (HIGH_WATER_BYTES).
+    for start in range(0, len(lines), PUBLISH_LINES):
+        chunk = lines[start:start + PUBLISH_LINES]
+        _group_send(group, {"type": "logs.batch", "prev": prev, "last": chunk[-1][0], "lines": chunk})
+        prev = chunk[-1][0]
 
 
 def frame_text(frame: dict) -> str:
