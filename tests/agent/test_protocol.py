@@ -128,7 +128,7 @@ def test_bad_states_streams_and_seqs_are_refused():
     with pytest.raises(ProtocolError, match="at most"):
         protocol.decode(frame("logs", replica_id="r", lines=[{**line, "message": "x" * (protocol.MAX_LOG_LINE_CHARS + 1)}]))
     lines = [{**line, "seq": i} for i in range(1, protocol.MAX_LOG_BATCH_LINES + 2)]
-    with pytest.raises(ProtocolError, match="at most 500 lines"):
+    with pytest.raises(ProtocolError, match=f"at most {protocol.MAX_LOG_BATCH_LINES} lines"):
         protocol.decode(frame("logs", replica_id="r", lines=lines))
 
 
