@@ -150,3 +150,18 @@ def test_unknown_fields_are_ignored_and_defaults_fill_in():
 def test_redacted_spec_hides_secret_values_and_the_password():
     shown = json.dumps(SPEC.redacted())
     assert "s3cret" not in shown and '"p"' not in shown and "TOKEN" in shown
+
+
+def test_log_entries_read_by_the_one_pass_checker_equal_the_general_checkers():
+    entries = [{"seq": 1, "ts": 1.5, "stream": "stdout", "message": "plain"},
+               {"seq": 2, "ts": 2.0, "stream": "stderr", "message": "\x1b[31m\u00e9\"", "continued": True, "off": [3, 4]},
+               {"seq": 3, "ts": 3, "stream": "stdout", "message": "an integer ts"},  # only the general checker takes it
+               {"seq": 4, "ts": 4.0, "stream": "stdout", "message": "x" * protocol.MAX_LOG_LINE_CHARS}]
+    fast, general = protocol._log_entry_checker(), protocol._dataclass_checker(LogEntry)
+    assert [fast(e) for e in entries] == [general(e) for e in entries]
+    assert fast(entries[2]).ts == 3.0 and type(fast(entries[2]).ts) is float
+    for bad in ({"seq": 0, "ts": 1.0, "stream": "stdout", "message": ""}, {"seq": 1, "ts": 1.0, "stream": ["x"], "message": ""},
+                {"seq": 1, "ts": 1.0, "stream": "stdout", "message": "x" * (protocol.MAX_LOG_LINE_CHARS + 1)},
+                {"seq": 1, "ts": 1.0, "stream": "stdout", "message": "", "continued": 1}, ["not", "an", "object"]):
+        with pytest.raises(protocol._Bad):
+            fast(bad)
