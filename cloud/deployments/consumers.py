@@ -285,13 +285,16 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
                               "Fetch them from the history with after=<after>, up to the cursor <until>."}))
                 self.cursor = head
         self.behind = False
+        # Read only up to where the held batches take over: a tail behind a busy deployment
+        # reads the gap once, not everything committed while it read.
+        until = min(head, self.held[0]["prev"]) if self.held else head
         page = await _read(selectors.log_page)(
-            log_filter=self.filter, after=self.cursor, before=head + 1, limit=PAGE_LINES, rows=True)
+            log_filter=self.filter, after=self.cursor, before=until + 1, limit=PAGE_LINES, rows=True)
         await self._send_lines(feeds.rows_text(page.items))
         if page.has_more:
             self.cursor = page.items[-1][0]
             return 0
-        self.cursor = max(self.cursor, head)
+        self.cursor = max(self.cursor, until)
         await self._send_held()
         if self.seen_head > self.cursor:
             return 0  # committed while we read: read once more
