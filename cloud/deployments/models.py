@@ -193,9 +193,16 @@ class LogLine(models.Model):
         STDERR = "stderr"
         SYSTEM = "system"
 
-    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="log_lines")
+    # No database-level constraint or index on either key: checking two foreign keys per line was
+    # two thirds of PostgreSQL's cost of storing a log line (Django's are deferred, so each batch's
+    # commit ran thousands of checks), and the indexes below already lead with each key. Lines are
+    # written only by services/logs.py, for a replica it has just read; the ORM still applies
+    # on_delete (docs/architecture.md, "Log lines carry no foreign-key constraints").
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="log_lines",
+                                   db_constraint=False, db_index=False)
     # PROTECT: an incarnation that wrote logs is history and is never deleted with its lines.
-    replica = models.ForeignKey(Replica, on_delete=models.PROTECT, related_name="log_lines")
+    replica = models.ForeignKey(Replica, on_delete=models.PROTECT, related_name="log_lines",
+                                db_constraint=False, db_index=False)
     # Numbered by the agent per replica: a resend after a reconnect hits the unique key and is
     # dropped; a missing number is a visible gap, never a silent loss. Null for a line the
     # plane wrote itself (a `system` line saying, for instance, how many lines were lost).
