@@ -263,7 +263,7 @@ def trim(paths: VmPaths, upto_seq: int) -> int:
         done = read_json(paths.logs_trim) or {"pos": 0, "seq": 0}
         if upto_seq <= done["seq"]:
             return 0
-        keep_from, off, seq = done["pos"], None, done["seq"]
+        keep_from, last, seq = done["pos"], None, done["seq"]
         try:
             f = open(paths.logs, "rb")
         except FileNotFoundError:
@@ -283,16 +283,17 @@ def trim(paths: VmPaths, upto_seq: int) -> int:
                     stripped = _past_hole(raw)
                     if not stripped:
                         continue
-                    record = json.loads(stripped)
-                    if record["seq"] > upto_seq:
+                    record = record_seq(stripped)  # only the last one kept is decoded, below
+                    if record > upto_seq:
                         break
-                    keep_from, off, seq = record_start + len(raw) - len(stripped), record["off"], record["seq"]
+                    keep_from, last, seq = record_start + len(raw) - len(stripped), stripped, record
                 else:
                     pos += end + 1
                     continue
                 break
-        if off is None:
+        if last is None:
             return 0
+        off = json.loads(last)["off"]
         freed = _punch(paths.logs, keep_from)
         for i, stream in enumerate(STREAMS):
             path = getattr(paths, stream)
