@@ -37,7 +37,7 @@ CLOSE_RETRY = 4002  # the plane failed to store what was sent: reconnect and res
 # Decoded log batches waiting for the database; a full queue holds up reading the socket. An agent
 # keeps 4 batches in flight per replica, so this is a few busy replicas' worth.
 LOG_QUEUE_BATCHES = 16
-MAX_STORED_LINES = 4 * p.MAX_LOG_BATCH_LINES  # lines of one replica stored in one transaction
+MAX_STORED_LINES = p.MAX_LOG_BATCH_LINES  # lines of one replica stored in one transaction: a bounded wait for its first line
 
 
 def _bearer(scope) -> str:

@@ -83,6 +83,22 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
+def _frames(texts: list[str]) -> list[str]:
+    """Lines as frames of about FRAME_BYTES each (JSON Lines: one or more lines per frame)."""
+    frames: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for text in texts:
+        if chunk and size + len(text) > FRAME_BYTES:
+            frames.append("\n".join(chunk))
+            chunk, size = [], 0
+        chunk.append(text)
+        size += len(text) + 1
+    if chunk:
+        frames.append("\n".join(chunk))
+    return frames
+
+
 class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
     # Tests swap this for a fake transport; in production it reads daphne's.
     send_buffer = staticmethod(streams.send_buffer)
@@ -174,16 +190,8 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
         return buffered is not None and buffered > HIGH_WATER_BYTES
 
     async def _send_lines(self, texts: list[str]) -> None:
-        chunk: list[str] = []
-        size = 0
-        for text in texts:
-            if chunk and size + len(text) > FRAME_BYTES:
-                await self.send(text_data="\n".join(chunk))
-                chunk, size = [], 0
-            chunk.append(text)
-            size += len(text) + 1
-        if chunk:
-            await self.send(text_data="\n".join(chunk))
+        for frame in _frames(texts):
+            await self.send(text_data=frame)
 
     # -- live ---------------------------------------------------------------------------------
     async def logs_batch(self, message):
@@ -218,6 +226,16 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
 
     async def _send_batch(self, message: dict) -> None:
         lines = message["lines"]
+        if self.filter.everything and message["prev"] >= self.cursor:
+            # The whole batch, as every unfiltered tail in the process sends it: made into frames
+            # once, on the message the relay hands to each of them.
+            frames = message.get("frames")
+            if frames is None:
+                frames = message["frames"] = _frames([line[4] for line in lines])
+            self.cursor = message["last"]
+            for frame in frames:
+                await self.send(text_data=frame)
+            return
         if self.filter.everything:
             texts = [line[4] for line in lines if line[0] > self.cursor]
         else:
