@@ -62,8 +62,8 @@ MAX_HELD_LINES = 20_000
 # sent and read: with ten followers of 20,000 lines/s, 256 KiB frames gave a p99 of 250-350 ms
 # and 64 KiB frames 210 ms (bench/logs.py), for no more CPU.
 FRAME_BYTES = 64 * 1024
-# The transport holds this much unsent: stop sending. A live batch of a chatty deployment is up
-# to about half a MiB of frames, so this leaves room for a few while the client reads.
+# The transport holds this much unsent: stop sending. A live message of a chatty deployment is
+# up to about a quarter MiB of frames, so this leaves room for several while the client reads.
 HIGH_WATER_BYTES = 4 * 1024 * 1024
 MAX_LAG_LINES = MAX_LOG_LINES  # a client behind by more than this, past its replay, skips ahead
 WAIT_S = 0.05  # how often a stalled tail looks whether its client drained the transport
