@@ -200,10 +200,10 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
     async def logs_batch(self, message):
         """A committed batch, handed over by the process's relay (fanout.py), which serves every
         tail of the deployment in turn, so this never waits for the pump. While the pump reads
-        PostgreSQL the batch is held for it: once it has read up to the head it started from,
-        it sends the held batches that chain onto where it got to, and is live. Without them a
-        tail that catches up while its deployment logs would never arrive: every batch
-        committed during a read would be one more read."""
+        PostgreSQL the batch is held for it: the pump reads only up to the first held batch,
+        then sends the held batches that chain on, and is live. Without them a tail that
+        catches up while its deployment logs would never arrive: every batch committed during
+        a read would be one more read."""
         self.seen_head = max(self.seen_head, message["last"])
         if message["last"] <= self.cursor:
             return
