@@ -69,6 +69,7 @@ class _Relay:
             except Exception:  # noqa: BLE001 - the tails fall back to PostgreSQL meanwhile
                 log.warning("relay of %s could not receive; retrying", self.group, exc_info=True)
                 await asyncio.sleep(RETRY_S)
+                await self._join()  # Redis may have restarted empty: without this, silence for an hour
                 continue
             if message.get("type") != "logs.batch":
                 continue
@@ -83,10 +84,13 @@ class _Relay:
     async def _rejoin(self) -> None:
         while True:
             await asyncio.sleep(REJOIN_S)
-            try:
-                await self.layer.group_add(self.group, self.channel)
-            except Exception:  # noqa: BLE001 - next hour, then
-                log.warning("relay of %s could not rejoin its group", self.group, exc_info=True)
+            await self._join()
+
+    async def _join(self) -> None:
+        try:
+            await self.layer.group_add(self.group, self.channel)
+        except Exception:  # noqa: BLE001 - the next failure or the next hour tries again
+            log.warning("relay of %s could not rejoin its group", self.group, exc_info=True)
 
 
 _relays: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Relay]] = weakref.WeakKeyDictionary()

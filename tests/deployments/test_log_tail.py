@@ -288,3 +288,35 @@ async def test_bad_query_parameters_close_with_an_error_naming_them(cast):
         assert error["type"] == "error" and error["status"] == 400
         assert {e["field"] for e in error["errors"]} == {field}
         assert (await tail.receive_output(timeout=5))["code"] == consumers.CLOSE_BAD_REQUEST
+
+
+async def test_after_redis_comes_back_empty_the_relay_rejoins_and_live_lines_flow_again(cast, monkeypatch):
+    """Redis restarted without its data: the process's relay lost its group membership, and its
+    receive failed once. It joins again at once, not at the hourly rejoin; otherwise only the
+    tail's look at the head every 5 s would deliver, late."""
+    from channels.layers import get_channel_layer
+
+    from cloud.deployments import fanout
+
+    monkeypatch.setattr(fanout, "RETRY_S", 0.05)
+    tail = await subscribed(cast)
+    layer = get_channel_layer()
+    group = feeds.logs_group(cast["deployment"].pk)
+    relay = fanout._relays[asyncio.get_running_loop()][group]
+    async with layer.connection(layer.consistent_hash(group)) as connection:
+        await connection.delete(layer._group_key(group))  # what a restart without persistence forgets
+    real, failed = layer.receive, []
+
+    async def receive_failing_once(channel):
+        if not failed:
+            failed.append(channel)
+            raise ConnectionError("Redis went away")
+        return await real(channel)
+
+    monkeypatch.setattr(layer, "receive", receive_failing_once)
+    await layer.send(relay.channel, {"type": "wake"})  # ends the receive that began before the patch
+    await asyncio.sleep(0.3)
+    assert failed
+    await sync_to_async(store)(cast["r0"], [2, 3])
+    assert [line["seq"] for line in await receive(tail, timeout=2.5)] == [2, 3]
+    await tail.disconnect()
