@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import functools
 import json
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Callable, ClassVar, Union
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, ClassVar
+
+from nodes.protocol_checks import Bad as _Bad
+from nodes.protocol_checks import checker as _checker
+from nodes.protocol_checks import dataclass_checker as _dataclass_checker
+from nodes.protocol_checks import register_fast
 
 PROTOCOL_VERSION = 1
 # A frame larger than this is refused unread: a log batch is capped well below it.
@@ -354,101 +357,11 @@ def build(cls: type, data: Any, where: str = "") -> Any:
     return _build(cls, data, where or cls.__name__)
 
 
-class _Bad(Exception):
-    """A value that does not fit, on its way up to the frame: `path` grows as it unwinds
-    (".lines", "[3]", ".seq"), `text` is what is wrong (" must be an integer")."""
-
-    def __init__(self, path: str, text: str):
-        self.path, self.text = path, text
-
-
 def _build(cls: type, data: Any, where: str) -> Any:
     try:
         return _checker(cls)(data)
     except _Bad as bad:
         raise ProtocolError(f"{where}{bad.path}{bad.text}") from None
-
-
-@functools.cache
-def _checker(hint: Any) -> Callable[[Any], Any]:
-    """A function that validates (and returns) a value of this type, made once per type: a log
-    batch validates 500 entries, and working out what a type hint means each time cost more
-    than checking the value."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        nullable = type(None) in options
-        inner = _checker([o for o in options if o is not type(None)][0])
-
-        def optional(value):
-            if value is None:
-                if nullable:
-                    return None
-                raise _Bad("", " may not be null")
-            return inner(value)
-
-        return optional
-    if origin is list:
-        item = _checker(typing.get_args(hint)[0])
-
-        def a_list(value):
-            if not isinstance(value, list):
-                raise _Bad("", " must be a list")
-            out = []
-            for i, v in enumerate(value):
-                try:
-                    out.append(item(v))
-                except _Bad as bad:
-                    raise _Bad(f"[{i}]{bad.path}", bad.text) from None
-            return out
-
-        return a_list
-    if origin is dict:
-        key_type, value_type = (_checker(t) for t in typing.get_args(hint))
-
-        def a_dict(value):
-            if not isinstance(value, dict):
-                raise _Bad("", " must be an object")
-            out = {}
-            for k, v in value.items():
-                try:
-                    out[key_type(k)] = value_type(v)
-                except _Bad as bad:
-                    raise _Bad(f".{k}{bad.path}", bad.text) from None
-            return out
-
-        return a_dict
-    if hint is dict:
-        return _simple(lambda v: isinstance(v, dict), " must be an object")
-    if hint is bool:
-        return _simple(lambda v: v is True or v is False, " must be true or false")
-    if hint is int:
-        return _simple(lambda v: type(v) is int or (isinstance(v, int) and not isinstance(v, bool)), " must be an integer")
-    if hint is float:
-        def a_number(value):
-            if type(value) is float:
-                return value
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise _Bad("", " must be a number")
-            return float(value)
-
-        return a_number
-    if hint is str:
-        return _simple(lambda v: type(v) is str or isinstance(v, str), " must be a string")
-    if hint is LogEntry:
-        return _log_entry_checker()
-    if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
-        return _dataclass_checker(hint)
-    raise TypeError(f"unsupported field type {hint!r}")  # pragma: no cover - a bug here, not on the wire
-
-
-def _simple(ok: Callable[[Any], bool], text: str) -> Callable[[Any], Any]:
-    def check(value):
-        if not ok(value):
-            raise _Bad("", text)
-        return value
-
-    return check
 
 
 def _log_entry_checker() -> Callable[[Any], Any]:
@@ -472,32 +385,6 @@ def _log_entry_checker() -> Callable[[Any], Any]:
     return build_one
 
 
-def _dataclass_checker(cls: type) -> Callable[[Any], Any]:
-    hints = typing.get_type_hints(cls)
-    shape = [(f.name, _checker(hints[f.name]), f.default is MISSING and f.default_factory is MISSING)
-             for f in fields(cls)]
+register_fast(LogEntry, _log_entry_checker)
 
-    def build_one(data):
-        if not isinstance(data, dict):
-            raise _Bad("", " must be an object")
-        kwargs = {}
-        for name, check, required in shape:
-            if name not in data:
-                if required:
-                    raise _Bad(f".{name}", " is required")
-                continue
-            try:
-                kwargs[name] = check(data[name])
-            except _Bad as bad:
-                raise _Bad(f".{name}{bad.path}", bad.text) from None
-        # Fields this side does not know are ignored: a newer peer may add some within a version.
-        obj = cls(**kwargs)
-        if has_check:
-            try:
-                obj.check()
-            except ProtocolError as exc:
-                raise _Bad("", f": {exc}") from None
-        return obj
 
-    has_check = hasattr(cls, "check")
-    return build_one
