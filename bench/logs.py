@@ -31,14 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import re
 import secrets
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +46,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.kit import cpu_s, free_port, kill_under, quantiles, rss_mib, say, wait  # noqa: E402
 BIN = Path(sys.executable).parent
 REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
 KIT_CACHE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))  # the tests' kit cache
@@ -116,47 +115,6 @@ CHATTY = 'i=0; while :; do i=$((i+1)); echo "chatty $i padding-padding-padding-p
 _TS = re.compile(r'"ts":"([^"]+)"')
 
 
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait(check, *, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its children (daphne forks nothing; the agent's
-    fake guests run in sessions of their own and are not counted)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds a process has used so far (user + system)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
 def postgres_pids() -> list[int]:
     """This run's PostgreSQL backends (their process titles name the database)."""
     pids = []
@@ -167,13 +125,6 @@ def postgres_pids() -> list[int]:
         except OSError:
             pass
     return pids
-
-
-def quantiles(samples: list[float]) -> tuple[float, float]:
-    if len(samples) < 2:
-        return (samples[0], samples[0]) if samples else (float("nan"), float("nan"))
-    q = statistics.quantiles(samples, n=100)
-    return statistics.median(samples), q[98]
 
 
 class Subscriber:
@@ -422,7 +373,7 @@ def synthetic(bench: Bench) -> list[tuple[str, dict]]:
     data = bench.tmp / "fake-node"
     data.mkdir()
     agent = bench.spawn("agent", [sys.executable, "-c", AGENT, str(ROOT), str(data), bench.url, str(node.pk), credential])
-    bench.on_exit("kill the fake guests", lambda: _kill_under(data))
+    bench.on_exit("kill the fake guests", lambda: kill_under(data))
     duration = WARMUP_S + 2 * (SECONDS + 8) + 30
     deployment, replica = bench.replica_on(
         node, hardware, image="sh", args=[f"exec {sys.executable} -c '{WORKLOAD}' {RATE} {duration}"])
@@ -466,7 +417,6 @@ def _stop(replica) -> None:
 
 def chatty_vm(bench: Bench) -> dict:
     """The second figure: a real microVM under the real agent (gantry-agent join + run)."""
-    from nodes import services
     from tests.agent.netns import create_netns
 
     addr = f"127.0.0.1:{free_port()}"
@@ -494,23 +444,13 @@ def chatty_vm(bench: Bench) -> dict:
     agent = bench.spawn("vm-agent", [*cli, "run", "--data-dir", str(data), "--kit-cache", str(KIT_CACHE),
                                      "--netns", netns.name, "--bridge", "gtblog0", "--subnet", "192.0.2.0/24",
                                      "--insecure-registry", addr], env=env)
-    bench.on_exit("kill the VM", lambda: _kill_under(data))
+    bench.on_exit("kill the VM", lambda: kill_under(data))
     deployment, replica = bench.replica_on(made.node, hardware, image=f"{addr}/gantry/hello:latest",
                                            entrypoint=["/bin/sh", "-c"], args=[CHATTY])
     wait(lambda: stored(deployment.pk) > 2000, timeout=600, what="the VM's first lines")
     time.sleep(3)
     say(f"measuring {VM_SECONDS:.0f}s of a chatty microVM with 1 subscriber ...")
     return asyncio.run(measure(bench, deployment.pk, 1, VM_SECONDS, pids=(bench.web.pid, agent.pid)))
-
-
-def _kill_under(path: Path) -> None:
-    needle = str(path).encode()
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and int(proc.name) != os.getpid() and needle in (proc / "cmdline").read_bytes():
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
 
 
 def main() -> int:
