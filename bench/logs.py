@@ -47,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.kit import cpu_s, free_port, kill_under, quantiles, rss_mib, say, wait  # noqa: E402
+from bench.kit import Procs, admin_sql, cpu_s, free_port, kill_under, quantiles, rss_mib, say, wait  # noqa: E402
 BIN = Path(sys.executable).parent
 REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
 KIT_CACHE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))  # the tests' kit cache
@@ -159,7 +159,7 @@ class Bench:
         self.tmp = tmp
         self.cleanups: list[tuple[str, object]] = []
         self.env = {**{k: v for k, v in os.environ.items() if k != "DB_POOL"}, "PYTHONPATH": str(ROOT)}
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.runner = Procs(tmp / "logs", self.env, ROOT)
         (tmp / "logs").mkdir()
 
     def on_exit(self, what: str, fn) -> None:
@@ -173,41 +173,24 @@ class Bench:
                 print(f"cleanup: {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
-        out = open(self.tmp / "logs" / f"{name}.log", "a")
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env or self.env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        out.close()
-        self.procs[name] = proc
-
-        def stop():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
-
-        self.on_exit(f"stop {name}", stop)
+        proc = self.runner.spawn(name, argv, env)
+        self.on_exit(f"stop {name}", lambda: self.runner.stop(name))
         return proc
 
-    def log_tail(self, name: str) -> str:
-        return (self.tmp / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+    @property
+    def procs(self) -> dict[str, subprocess.Popen]:
+        return self.runner.procs
 
     # -- set-up ---------------------------------------------------------------------------------
     def database(self) -> None:
-        import psycopg
-
         admin = urlunsplit(_parts._replace(path="/postgres"))
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+        admin_sql(admin, f'CREATE DATABASE "{DB_NAME}"')
 
         def drop():
             from django.db import connections
 
             connections.close_all()
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+            admin_sql(admin, f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
 
         self.on_exit("drop the database", drop)
         import django
@@ -485,7 +468,7 @@ def main() -> int:
             f"memory flat -> {'met' if ok else 'MISSED (see above)'}")
     except Exception:
         for name in bench.procs:
-            print(f"--- {name} (tail)\n{bench.log_tail(name)}", file=sys.stderr)
+            print(f"--- {name} (tail)\n{bench.runner.tail(name)}", file=sys.stderr)
         raise
     finally:
         bench.close()

@@ -83,9 +83,9 @@ class Procs:
         self.logs, self.env, self.cwd = logs, env, cwd
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         out = open(self.logs / f"{name}.log", "a")
-        proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=self.cwd, env=env or self.env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         out.close()
         self.procs[name] = proc
