@@ -19,7 +19,8 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("api/v1/", include(api_v1)),
-    path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
+    # Only the protocol endpoints, guarded; no client-management pages (accounts/oauth_urls.py).
+    path("o/", include("accounts.oauth_urls", namespace="oauth2_provider")),
     path("accounts/", include("accounts.urls")),
     path("admin/", admin.site.urls),
     # The customer dashboard owns `/` and the rest of the root (cloud/dashboard/urls.py).
