@@ -15,7 +15,9 @@ Two kinds:
     succeeded for that target before: a few free failures, then each further failure makes the
     next attempt wait twice as long as the last (1 s, 2 s, 4 s, ... up to a cap). Guessing from
     many addresses is slowed without a lockout: the cap bounds the wait, and addresses the
-    account or client already used keep working whatever a stranger does.
+    account or client already used keep working whatever a stranger does;
+  * an address the target succeeded from counts that target's failures in a window of its own
+    (same limit), so strangers' failures at the same address never throttle it.
   An attempt is counted as a failure when it starts and forgiven when it succeeds, so a burst of
   parallel guesses cannot all slip under the limit before the first is answered. A delay is
   always an immediate 429, never a request held open.
@@ -151,7 +153,14 @@ class Attempt:
         limit, window = settings.ACCOUNT_THROTTLE
         free, max_delay, target_window = settings.ACCOUNT_GUESS_DELAY
         client = _redis(settings.REDIS_URL)
-        self.use_target = bool(self.target) and not client.exists(self.known_key)
+        if self.target and client.exists(self.known_key):
+            # The account or client has succeeded from this address: its attempts here skip the
+            # target's delay and count in a window of their own, so guesses at other targets
+            # from the same address (a shared NAT, a CI runner) never throttle it. Guesses at it
+            # from here are still capped by that window.
+            self.ip_key = _key("ip", self.ip, "k", _digest(self.target))
+        else:
+            self.use_target = bool(self.target)
         code, seconds = client.eval(
             _CLAIM, 2, self.ip_key, self.target_key or self.ip_key + ":none",
             repr(now()), window, limit, self.member, "1" if self.use_target else "0", free, max_delay, target_window)
