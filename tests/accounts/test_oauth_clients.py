@@ -25,13 +25,25 @@ def browser(alice):
 
 # -- no self-service client management --------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/o/applications/", "/o/applications/register/", "/o/applications/1/",
-                                  "/o/applications/1/update/", "/o/authorized_tokens/"])
+@pytest.mark.parametrize("path", ["/o/applications/", "/o/applications/register/", "/o/authorized_tokens/"])
 def test_dots_management_pages_are_not_mounted(browser, path):
     assert browser.get(path).status_code == 404
     assert browser.post(path, {"name": "mine", "client_type": "public", "authorization_grant_type": "password",
                                "redirect_uris": "http://attacker.example/cb"}).status_code == 404
     assert not Application.objects.filter(name="mine").exists()
+
+
+@pytest.mark.parametrize("action", ["", "update/", "delete/"])
+def test_a_customer_cannot_open_or_change_even_their_own_client(browser, alice, action):
+    app = public_app()
+    Application.objects.filter(pk=app.pk).update(user=alice)
+    path = f"/o/applications/{app.pk}/{action}"
+    assert browser.get(path).status_code == 404
+    browser.post(path, {"name": app.name, "client_id": app.client_id, "client_type": "public",
+                        "authorization_grant_type": "authorization-code", "redirect_uris": "http://attacker.example/cb",
+                        "algorithm": ""})
+    app.refresh_from_db()
+    assert app.redirect_uris == REDIRECT_URI
 
 
 # -- the password grant is off ----------------------------------------------------------------
