@@ -206,3 +206,14 @@ def test_many_addresses_against_one_account_wait_longer_and_longer(doors, db):
     carol = Client(REMOTE_ADDR=next(addresses)).post(
         "/accounts/login/", {"username": "carol@example.com", "password": "correct horse battery staple"})
     assert carol.status_code == 302
+
+
+def test_the_staff_login_is_guarded_too(doors, db):
+    UserFactory(username="ops@example.com", is_staff=True)
+    guesser = Client(REMOTE_ADDR="198.51.100.100")
+    codes = [guesser.post("/admin/login/", {"username": f"ops{n}@example.com", "password": "123456"}).status_code
+             for n in range(21)]
+    assert codes[:20] == [200] * 20 and codes[20] == 429
+    staff = Client(REMOTE_ADDR="198.51.100.101").post(
+        "/admin/login/", {"username": "ops@example.com", "password": "correct horse battery staple"})
+    assert staff.status_code == 302
