@@ -204,7 +204,9 @@ def _failed(door: str, response) -> bool:
             return True
         location = response.get("Location", "") if 300 <= response.status_code < 400 else ""
         parts = urlsplit(location)
-        return "error=" in parts.query or "error=" in parts.fragment
+        said = parts.query + "&" + parts.fragment
+        # A user who clicks "deny" (access_denied) made a choice, not a guess.
+        return "error=" in said and "error=access_denied" not in said
     return not 200 <= response.status_code < 300
 
 
