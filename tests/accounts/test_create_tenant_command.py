@@ -107,7 +107,12 @@ def test_the_refusal_exits_non_zero_from_the_command_line(transactional_db):
 
     user_signup(email="alice@example.com", password=None, self_service=True)
     db = connection.settings_dict
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
+    url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    # A production-like environment (manage.py may refuse to start on development secrets).
+    from cryptography.fernet import Fernet
+
+    env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": Fernet.generate_key().decode() * 2,
+           "FERNET_KEYS": Fernet.generate_key().decode()}
     done = subprocess.run([sys.executable, "manage.py", "create_tenant", "acme", "--owner", "alice@example.com"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "never confirmed" in done.stderr

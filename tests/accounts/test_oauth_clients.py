@@ -78,7 +78,8 @@ def test_a_legacy_password_clients_tokens_stop_working(client, alice):
                                 access_token=token)
     api = Client(HTTP_AUTHORIZATION=f"Bearer {token.token}")
     assert api.get("/api/v1/templates").status_code == 401
-    refreshed = client.post("/o/token/", {"grant_type": "refresh_token", "refresh_token": "legacy-refresh-token-0123456789"},
+    refreshed = client.post("/o/token/",
+                            {"grant_type": "refresh_token", "refresh_token": "legacy-refresh-token-0123456789"},
                             HTTP_AUTHORIZATION=basic_auth(app.client_id, secret))
     assert refreshed.status_code in (400, 401) and "access_token" not in refreshed.json()
 
