@@ -1,8 +1,10 @@
 """Email confirmation for self-service signups: a signed link, no table.
 
 The link carries the user's id and address signed with SECRET_KEY (django.core.signing), so
-it cannot be forged and stops working if the address changes. Confirming grants the personal
-tenant's trial credit; the ledger key "trial" makes a second click the same entry.
+it cannot be forged and stops working if the address changes. Confirming records the address as
+the user's (accounts.models.EmailConfirmation: only then can an operator hand them a tenant) and
+grants the personal tenant's trial credit; the ledger key "trial" makes a second click the same
+entry.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from django.core.mail import send_mail
 from django.db import transaction
 
 from accounts.selectors import personal_tenant_for
-from accounts.services import _grant_trial
+from accounts.models import EmailConfirmation
+from accounts.services import _grant_trial, email_mark_confirmed
 from cloud.exceptions import InvalidInput
 
 SALT = "accounts.email-confirmation"
@@ -53,6 +56,7 @@ def email_confirm(*, token: str):
     user = get_user_model().objects.filter(pk=data.get("u"), email=data.get("e")).first()
     if user is None:
         raise InvalidInput("token", "This confirmation link is invalid or has expired; log in to get a new one.")
+    email_mark_confirmed(user=user, how=EmailConfirmation.How.LINK)
     tenant = personal_tenant_for(user=user)
     if tenant is not None:
         _grant_trial(tenant)

@@ -100,3 +100,23 @@ class Invitation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email} → {self.tenant} ({self.role})"
+
+
+class EmailConfirmation(models.Model):
+    """`user` showed that `email` is theirs: they followed a link mailed to it, or an operator
+    vouched for it (an account `create_tenant` made). Anyone can sign up with someone else's
+    address, so until this row exists, for the address the account has now, the account gets no
+    trial credit and no tenant from an operator."""
+
+    class How(models.TextChoices):
+        LINK = "link"
+        OPERATOR = "operator"
+        BEFORE = "before", "confirmed before this table (trial credit, staff)"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="email_confirmation")
+    email = models.EmailField(max_length=254)
+    how = models.CharField(max_length=10, choices=How.choices)
+    confirmed_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.email} ({self.how})"

@@ -7,7 +7,7 @@ import re
 from django.db.models import QuerySet
 from oauth2_provider.models import AbstractApplication
 
-from accounts.models import Membership, ServiceAccount, Tenant
+from accounts.models import EmailConfirmation, Membership, ServiceAccount, Tenant
 from cloud.exceptions import ApplicationError
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$")
@@ -21,6 +21,13 @@ class TenantForbidden(ApplicationError):
 
 def memberships_for(*, user) -> QuerySet[Membership]:
     return Membership.objects.filter(user=user).select_related("tenant")
+
+
+def email_confirmed(*, user) -> bool:
+    """The account's current address was shown to be its owner's (accounts.models.EmailConfirmation);
+    changing the address undoes it."""
+    email = (user.email or user.username or "").lower()
+    return bool(email) and EmailConfirmation.objects.filter(user=user, email__iexact=email).exists()
 
 
 def personal_tenant_for(*, user) -> Tenant | None:

@@ -7,11 +7,13 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import slugify
 from oauth2_provider.models import Application
 
-from accounts.models import Membership, ServiceAccount, Tenant
+from accounts.models import EmailConfirmation, Membership, ServiceAccount, Tenant
+from accounts.selectors import email_confirmed
 from billing.services import ledger_credit
 from cloud.exceptions import Conflict, InvalidInput
 
@@ -41,10 +43,18 @@ def _grant_trial(tenant: Tenant) -> None:
                       key="trial")
 
 
+def email_mark_confirmed(*, user, how: str) -> None:
+    """`how`: EmailConfirmation.How (the mailed link, or an operator vouching for the address)."""
+    email = (user.email or user.username).lower()
+    EmailConfirmation.objects.update_or_create(user=user, defaults={"email": email, "how": how})
+
+
 @transaction.atomic
 def tenant_create(*, slug: str, name: str | None = None, owner, personal: bool = False,
                   trial: bool = True) -> Tenant:
-    """`trial`: grant the trial credit now (self-service signups get it on email confirmation)."""
+    """`trial`: grant the trial credit, if the owner's email is confirmed; an owner who confirms
+    later gets it on their personal tenant then (accounts/confirmation.py). Whatever path made
+    the tenant, an unconfirmed address mints no free GPU time."""
     if not personal and slug.startswith(PERSONAL_PREFIX):
         raise InvalidInput("slug", f"Slugs starting with '{PERSONAL_PREFIX}' are for personal tenants.")
     existing = Tenant.objects.select_for_update().filter(slug=slug).first()
@@ -62,7 +72,7 @@ def tenant_create(*, slug: str, name: str | None = None, owner, personal: bool =
         raise InvalidInput("slug", f"'{slug}' is not a valid tenant slug (lowercase letters, digits, dashes).") from exc
     tenant.save()
     Membership.objects.create(user=owner, tenant=tenant, role=Membership.Role.OWNER)
-    if trial:
+    if trial and email_confirmed(user=owner):
         _grant_trial(tenant)
     return tenant
 
@@ -71,13 +81,15 @@ def tenant_create(*, slug: str, name: str | None = None, owner, personal: bool =
 def user_signup(*, email: str, password: str | None, self_service: bool = False) -> tuple[User, Tenant]:
     """A new user always gets a personal tenant, so their first API call has one to act for.
 
-    `self_service` (the web signup): the trial credit waits until the email is confirmed
-    (accounts/confirmation.py), so a throwaway address does not mint free GPU time. Accounts an
-    operator makes (create_tenant) get it at once."""
+    `self_service` (the web signup): the address is unconfirmed and the trial credit waits until
+    it is (accounts/confirmation.py), so a throwaway or someone else's address mints nothing.
+    An account an operator makes (create_tenant) is vouched for: confirmed, with its trial."""
     email = User.objects.normalize_email(email).lower()
     if User.objects.filter(username=email).exists():
         raise Conflict(f"A user with email '{email}' already exists.")
     user = User.objects.create_user(username=email, email=email, password=password)
+    if not self_service:
+        email_mark_confirmed(user=user, how=EmailConfirmation.How.OPERATOR)
     tenant = tenant_create(slug=_free_slug(email.split("@")[0], prefix=PERSONAL_PREFIX), name=f"{email} (personal)",
                            owner=user, personal=True, trial=not self_service)
     return user, tenant
@@ -94,7 +106,7 @@ def service_account_create(*, tenant: Tenant, name: str, scopes: list[str] | Non
     """A confidential client-credentials client acting for `tenant`. Returns the plaintext
     secret once: DOT stores only its hash (CLIENT_SECRET_HASHED is on by default in DOT 2+)."""
     secret = secrets.token_urlsafe(32)
-    application = Application.objects.create(
+    application = Application(
         name=name,
         client_type=Application.CLIENT_CONFIDENTIAL,
         authorization_grant_type=Application.GRANT_CLIENT_CREDENTIALS,
@@ -102,5 +114,12 @@ def service_account_create(*, tenant: Tenant, name: str, scopes: list[str] | Non
         user=None,
         # DOT has no per-client scope list; the allowed scopes ride on the service account.
     )
+    try:
+        # Application.clean holds Gantry's client rules too (accounts/oauth.py: redirect URIs,
+        # no password grant), so every client made here passes them.
+        application.full_clean()
+    except ValidationError as exc:
+        raise InvalidInput("name", "; ".join(exc.messages)) from None
+    application.save()
     ServiceAccount.objects.create(application=application, tenant=tenant, scopes=" ".join(scopes or []))
     return application, secret

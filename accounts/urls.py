@@ -1,14 +1,15 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from accounts.throttle import throttled
+from accounts.throttle import guarded, throttled
 from accounts.views import DEFAULT_AFTER_SIGNUP, SignupView, confirm_email, confirm_resend
 
 app_name = "accounts"
 
 urlpatterns = [
     path("signup/", throttled("signup")(SignupView.as_view()), name="signup"),
-    path("login/", throttled("login")(auth_views.LoginView.as_view(
+    # Login counts failures only (accounts/throttle.py): a user who signs in often is never slowed.
+    path("login/", guarded("login")(auth_views.LoginView.as_view(
         template_name="accounts/login.html", next_page=DEFAULT_AFTER_SIGNUP, redirect_authenticated_user=False,
     )), name="login"),
     # Django 5 logs out on POST only (a GET link could log anyone out from a forged image tag).

@@ -163,9 +163,10 @@ class Bench:
         from django.utils import timezone
         from oauth2_provider.models import AccessToken, Application
 
-        from accounts.services import tenant_create
+        from accounts.services import email_mark_confirmed, tenant_create
 
         user = get_user_model().objects.create(username="bench@example.com", email="bench@example.com")
+        email_mark_confirmed(user=user, how="operator")  # the trial credit needs a confirmed address
         tenant_create(slug="bench", name="Bench", owner=user)  # with its trial credit (TENANT_DEFAULT_BALANCE)
         app = Application.objects.create(name="bench", client_type=Application.CLIENT_PUBLIC,
                                          authorization_grant_type=Application.GRANT_AUTHORIZATION_CODE,

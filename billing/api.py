@@ -1,5 +1,5 @@
-"""`/api/v1/billing/...`: thin views over billing's selectors and services. Scope
-`billing:read` throughout; changing the spend limit also needs the owner or admin role."""
+"""`/api/v1/billing/...`: thin views over billing's selectors and services. Reading needs
+`billing:read`; changing the spend limit needs `billing:write` and the owner or admin role."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _gpu_hours(gpu_seconds) -> str:
 
 class BillingView(APIView):
     read_scopes = ["billing:read"]
-    write_scopes = ["billing:read"]
+    write_scopes = ["billing:write"]  # a read scope never authorises a write
 
 
 class BalanceView(BillingView):

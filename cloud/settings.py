@@ -278,3 +278,16 @@ OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
 OAUTH2_PROVIDER_REFRESH_TOKEN_MODEL = "oauth2_provider.RefreshToken"
 OAUTH2_PROVIDER_ID_TOKEN_MODEL = "oauth2_provider.IDToken"
 OAUTH2_PROVIDER_GRANT_MODEL = "oauth2_provider.Grant"
+
+# Issue 23, the plane's front doors (accounts/throttle.py, accounts/clientip.py, accounts/oauth.py).
+# Proxies (addresses, CIDRs) whose X-Forwarded-For names the client; see docs/operations.md.
+GANTRY_TRUSTED_PROXIES = env_list("GANTRY_TRUSTED_PROXIES", "")
+# Failed sign-ins and token requests per client address also use ACCOUNT_THROTTLE (20 in 300 s).
+# Per account or client, from addresses it never succeeded from: free failures, the cap of the
+# doubling delay (s), and how long failures are remembered (s).
+ACCOUNT_GUESS_DELAY = (int(os.environ.get("ACCOUNT_GUESS_FREE", "5")),
+                       int(os.environ.get("ACCOUNT_GUESS_MAX_DELAY_S", "300")), 3600)
+SCOPES["billing:write"] = "Change billing settings: the monthly spend limit"
+CUSTOMER_SCOPES.append("billing:write")
+# No password grant; plain-HTTP redirect URIs only to loopback (accounts/oauth.py checks both).
+OAUTH2_PROVIDER.update(OAUTH2_SERVER_CLASS="accounts.oauth.GantryServer", ALLOWED_REDIRECT_URI_SCHEMES=["https", "http"])

@@ -46,8 +46,11 @@ def _fast_password_hashing(settings):
 
 @pytest.fixture(autouse=True)
 def _no_account_throttle(settings):
-    # The login/signup limit counts in the shared cache per address; tests all come from one.
+    # The front doors' limits (accounts/throttle.py) count in the shared Redis per address and
+    # per account or client; tests all come from one address and reuse names, so they are off
+    # here. tests/accounts/test_front_doors.py turns them back on with fresh addresses.
     settings.ACCOUNT_THROTTLE = (10**6, 60)
+    settings.ACCOUNT_GUESS_DELAY = (10**6, 1, 60)
 
 
 @pytest.fixture
@@ -81,7 +84,8 @@ def mallory(evil):
     return user
 
 
-def client_for(user=None, *, scopes: str = "deployments:read deployments:write templates:read billing:read",
+def client_for(user=None, *,
+               scopes: str = "deployments:read deployments:write templates:read billing:read billing:write",
                tenant: str | None = None) -> APIClient:
     client = APIClient()
     if user is not None:

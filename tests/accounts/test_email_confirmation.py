@@ -50,7 +50,8 @@ def test_create_tenant_accounts_get_the_trial_at_once(db, settings):
 
 
 def test_a_signup_never_takes_an_organisation_slug(db):
-    Client().post("/accounts/signup/", GOOD)
+    client = Client()
+    client.get(_signup(client))  # confirmed: an operator may make them an organisation's owner
     call_command("create_tenant", "acme", "--owner", "acme@example.com", stdout=StringIO(), stderr=StringIO())
     assert Tenant.objects.get(slug="acme").personal is False
     assert Tenant.objects.get(personal=True).slug == "u-acme"
@@ -83,3 +84,29 @@ def test_the_dashboard_says_the_trial_waits_and_resends_the_link(db, settings):
     assert len(mail.outbox) == 2 and "/accounts/confirm/" in mail.outbox[1].body
     client.get(link)
     assert b"Confirm your email" not in client.get("/deployments/").content
+
+
+def test_the_trial_credit_needs_a_confirmed_email_whatever_made_the_tenant(db, settings):
+    from accounts.confirmation import confirmation_token, email_confirm
+    from accounts.selectors import email_confirmed
+    from accounts.services import tenant_create
+
+    settings.TENANT_DEFAULT_BALANCE = "10"
+    user, personal = user_signup(email="carol@example.com", password=None, self_service=True)
+    assert not email_confirmed(user=user)
+    org = tenant_create(slug="carolco", owner=user)  # any path that makes a tenant for her
+    assert tenant_balance(tenant=org) == 0 and tenant_balance(tenant=personal) == 0
+    email_confirm(token=confirmation_token(user))
+    assert email_confirmed(user=user)
+    assert tenant_balance(tenant=personal) == 10
+    assert tenant_balance(tenant=tenant_create(slug="carolco-2", owner=user)) == 10
+
+
+def test_changing_the_address_undoes_the_confirmation(db):
+    from accounts.selectors import email_confirmed
+
+    user, _ = user_signup(email="ops@example.com", password=None)  # an operator's: confirmed
+    assert email_confirmed(user=user)
+    user.email = user.username = "someone-else@example.com"
+    user.save()
+    assert not email_confirmed(user=user)

@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from accounts.services import tenant_create
+from accounts.services import email_mark_confirmed, tenant_create
 from billing.models import LedgerEntry
 from billing.selectors import tenant_balance
 from billing.services import ledger_credit
@@ -18,6 +18,12 @@ from cloud.exceptions import Conflict, InvalidInput
 from tests.factories import TenantFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
+
+
+def confirmed(user):
+    # The trial credit comes only with a confirmed email (tests/accounts/test_email_confirmation.py).
+    email_mark_confirmed(user=user, how="link")
+    return user
 
 
 def credit(*args) -> dict:
@@ -28,7 +34,7 @@ def credit(*args) -> dict:
 
 def test_a_new_tenants_trial_credit_is_its_first_ledger_entry(settings):
     settings.TENANT_DEFAULT_BALANCE = "10"
-    tenant = tenant_create(slug="newco", owner=UserFactory())
+    tenant = tenant_create(slug="newco", owner=confirmed(UserFactory()))
     entry = LedgerEntry.objects.get(tenant=tenant)
     assert (entry.seq, entry.kind, entry.amount, entry.actor_name) == (1, "credit", Decimal("10"), "system:trial")
     assert tenant_balance(tenant=tenant) == Decimal("10.000000")
@@ -36,7 +42,7 @@ def test_a_new_tenants_trial_credit_is_its_first_ledger_entry(settings):
 
 def test_no_trial_credit_when_the_default_is_zero(settings):
     settings.TENANT_DEFAULT_BALANCE = "0"
-    tenant = tenant_create(slug="payfirst", owner=UserFactory())
+    tenant = tenant_create(slug="payfirst", owner=confirmed(UserFactory()))
     assert not LedgerEntry.objects.filter(tenant=tenant).exists()
     assert tenant_balance(tenant=tenant) == 0
 

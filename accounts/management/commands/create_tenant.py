@@ -4,6 +4,10 @@ Creates an organisation tenant owned by EMAIL, creating that user first (with th
 tenant, exactly as signup would) if they do not exist. Prints one JSON object on stdout:
 {"tenant": SLUG, "owner": EMAIL, "owner_created": bool}. An existing slug is an error (exit 1)
 rather than a silent success, so a script never believes it owns a tenant someone else made.
+
+An existing account whose address was never confirmed is refused (exit 1): anyone can sign up
+with another person's address, and the tenant would go to whoever did. An account this command
+makes is vouched for by the operator and counts as confirmed.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from accounts.selectors import email_confirmed
 from accounts.services import tenant_create, user_signup
 from cloud.exceptions import ApplicationError
 
@@ -38,6 +43,11 @@ class Command(BaseCommand):
                 created = user is None
                 if created:
                     user, _ = user_signup(email=email, password=password)
+                elif not email_confirmed(user=user):
+                    raise CommandError(
+                        f"{email} has an account whose address was never confirmed (anyone can sign up with someone "
+                        "else's address), so no tenant is handed to it. Ask them to confirm it (the link mailed at "
+                        "signup; log in to resend it) and run this again.")
                 elif password:
                     self.stderr.write(f"note: {email} already exists; --password applies only to a new user, left unchanged.")
                 tenant = tenant_create(slug=slug, name=name, owner=user)
