@@ -8,11 +8,13 @@ simulated sysfs trees."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 
 import pytest
 from asgiref.sync import sync_to_async
 
+from cloud.deployments.models import Replica
 from cloud.deployments.services import schedule_pending
 from nodes import protocol as p
 from nodes import services
@@ -127,3 +129,35 @@ def test_a_join_naming_another_nodes_gpu_is_refused_and_keeps_its_token(client, 
     assert _rows(first.pk) == before and not Gpu.objects.filter(node=made.node).exists()
     assert JoinToken.objects.get(node=made.node).used_at is None  # refused, not spent
     assert NodeEvent.objects.get(node=made.node).kind == "inventory_refused"
+
+
+async def test_a_nodes_other_reports_about_shared_names_stay_on_it(tmp_path):
+    """Identical boards share PCI addresses, and a node may name any replica id it likes: a
+    heartbeat's GPU verdict and a hello's replica reports act on the sender's own rows only.
+    (A guard that passed before issue 23 too: it fails if either lookup loses its node filter.)"""
+    first, second, credential, second_inventory = await sync_to_async(_two_nodes)(tmp_path)
+
+    def node_1_state():
+        held = Gpu.objects.select_related("replica").get(node=first, replica__isnull=False)
+        return held.pci_bdf, str(held.replica.uid), held.replica.state, _rows(first.pk)
+
+    shared_bdf, replica_id, replica_state, first_before = await sync_to_async(node_1_state)()
+    communicator, _ = await connect(credential)
+    await send(communicator, p.Hello(inventory=second_inventory, replicas=[
+        p.ReplicaReport(replica_id=replica_id, state="failed", reason="forged by node 2")]))
+    assert isinstance(await receive(communicator), p.Desired)
+    await send(communicator, p.Heartbeat(gpu_health=[{"pci_bdf": shared_bdf, "usable": False, "reason": "forged"}]))
+    await send(communicator, p.Heartbeat())  # answered in order: once this one is in, so is the first
+
+    def second_gpu_health():
+        return Gpu.objects.get(node=second, pci_bdf=shared_bdf).health
+
+    for _ in range(50):
+        if await sync_to_async(second_gpu_health)() == "out":
+            break
+        await asyncio.sleep(0.1)
+    assert await sync_to_async(second_gpu_health)() == "out"  # its own GPU at that address
+    assert await sync_to_async(_rows)(first.pk) == first_before
+    replica = await sync_to_async(Replica.objects.get)(uid=replica_id)
+    assert (replica.state, replica.node_id) == (replica_state, first.pk)
+    await communicator.disconnect()
