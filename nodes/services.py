@@ -41,12 +41,13 @@ class JoinRefused(Exception):
 
 class InventoryRefused(Exception):
     """An inventory that names a GPU another node holds, or one GPU UUID twice: none of it is
-    applied. The message is safe to show the agent (it names only the other node's id and
-    hostname, which an operator needs anyway); `detail` goes into the operators' node event."""
+    applied. The message is what the agent is told: the UUIDs it sent, never which node holds
+    them (a lying node learns nothing about the fleet); `for_operators` and `detail`, which do
+    name that node, go into the operators' node event."""
 
-    def __init__(self, message: str, *, node_id: int, detail: dict):
+    def __init__(self, message: str, *, node_id: int, for_operators: str, detail: dict):
         super().__init__(message)
-        self.node_id, self.detail = node_id, detail
+        self.node_id, self.for_operators, self.detail = node_id, for_operators, detail
 
 
 def node_event_record(*, node_id: int, kind: str, message: str, detail: dict | None = None) -> NodeEvent:
@@ -62,9 +63,9 @@ def _records_refusals(service):
         try:
             return service(*args, **kwargs)
         except InventoryRefused as refused:
-            log.warning("node %s: inventory refused: %s", refused.node_id, refused)
-            node_event_record(node_id=refused.node_id, kind=NodeEvent.Kind.INVENTORY_REFUSED, message=str(refused),
-                              detail=refused.detail)
+            log.warning("%s", refused.for_operators)
+            node_event_record(node_id=refused.node_id, kind=NodeEvent.Kind.INVENTORY_REFUSED,
+                              message=refused.for_operators, detail=refused.detail)
             raise
 
     return wrapper
@@ -269,17 +270,25 @@ def _refuse_foreign_gpus(node: Node, wanted: dict[str, dict]) -> None:
                    .values("uuid", "node_id", "node__hostname"))
     if not duplicated and not claimed:
         return
-    reasons = []
+
+    def listed(items: list[str]) -> str:
+        return ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+
+    told, logged = [], []
     if claimed:
-        named = ", ".join(f"{c['uuid'][:64]} (node {c['node_id']}, {c['node__hostname']})" for c in claimed[:4])
-        more = f" and {len(claimed) - 4} more" if len(claimed) > 4 else ""
-        reasons.append(f"GPU(s) registered to another node: {named}{more}. A node reports only its own GPUs; "
-                       "if a card moved, the old node must drop it first (its next hello without it) or be deleted")
+        told.append(f"GPU(s) registered to another node: {listed([c['uuid'] for c in claimed])}. A node reports "
+                    "only its own GPUs; if a card moved, its old node must drop it first")
+        holders = [f"{c['uuid']} (node {c['node_id']}, {c['node__hostname']})" for c in claimed]
+        logged.append(f"GPU(s) registered to another node: {listed(holders)}; "
+                      "if a card really moved, let its old node's next hello drop it or delete that node")
     if duplicated:
-        reasons.append(f"GPU UUID(s) reported twice: {', '.join(u[:64] for u in duplicated[:4])}")
+        twice = f"GPU UUID(s) reported twice: {listed(duplicated)}"
+        told.append(twice)
+        logged.append(twice)
     raise InventoryRefused(
-        f"inventory refused, nothing applied: {'; '.join(reasons)}",
+        f"inventory refused, nothing applied: {'; '.join(told)}",
         node_id=node.pk,
+        for_operators=f"node {node.hostname} sent an inventory that was refused, nothing applied: {'; '.join(logged)}",
         detail={"claimed_elsewhere": [{"uuid": c["uuid"], "node_id": c["node_id"], "hostname": c["node__hostname"]}
                                       for c in claimed],
                 "duplicated": duplicated},
