@@ -12,7 +12,7 @@ from django.utils.html import format_html, format_html_join
 
 from cloud.exceptions import ApplicationError
 from nodes import services
-from nodes.models import CpuSlot, Gpu, HardwareType, Location, Node
+from nodes.models import CpuSlot, Gpu, HardwareType, Location, Node, NodeEvent
 
 
 @admin.register(Location)
@@ -76,6 +76,38 @@ class CpuSlotInline(admin.TabularInline):
         return False
 
 
+class NodeEventInline(admin.TabularInline):
+    """The node's refused reports (a hello naming another node's GPU, ...), newest first."""
+
+    model = NodeEvent
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "kind", "message"]
+    readonly_fields = fields
+    ordering = ["-created_at", "-id"]
+    max_num = 0
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(NodeEvent)
+class NodeEventAdmin(admin.ModelAdmin):
+    """Written only by nodes/services.py; an operator reads them here (or on the node's page)."""
+
+    list_display = ["created_at", "node", "kind", "message"]
+    list_filter = ["kind"]
+    search_fields = ["node__hostname", "message"]
+    list_select_related = ["node"]
+    readonly_fields = ["node", "kind", "message", "detail", "created_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
     """Nodes are created here (or with `manage.py create_node`) and then only changed through
@@ -91,7 +123,7 @@ class NodeAdmin(admin.ModelAdmin):
                        "simulated", "cpus", "memory_mib", "disk_gib", "accelerator", "gpu_passthrough",
                        "gpu_passthrough_reason", "preflight", "inventory", "drain_deadline", "created_at"]
     exclude = ["credential_hash", "credential_issued_at"]
-    inlines = [GpuInline, CpuSlotInline]
+    inlines = [GpuInline, CpuSlotInline, NodeEventInline]
     actions = ["cordon", "drain", "uncordon", "revoke_credential", "issue_join_token"]
 
     def get_queryset(self, request):

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
-from cloud.exceptions import InvalidInput
+from cloud.exceptions import Conflict, InvalidInput
 from nodes import protocol, selectors, services
 from nodes.serializers import HardwareTypeOutput, LocationOutput
 
@@ -88,6 +88,8 @@ class NodeJoinView(APIView):
             node, credential = services.node_join(token=body.validated_data["token"], inventory=inventory)
         except services.JoinRefused as exc:
             raise exceptions.AuthenticationFailed(str(exc)) from None
+        except services.InventoryRefused as exc:
+            raise Conflict(str(exc)) from None  # the token is not spent: the refused join rolled back
         return Response({"node_id": node.pk, "hostname": node.hostname, "credential": credential}, status=201)
 
 

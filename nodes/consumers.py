@@ -4,7 +4,8 @@ The node's credential comes as `Authorization: Bearer gnode_...`; anything else 
 before the socket opens (the handshake gets a 403). Every frame is validated by
 `nodes.protocol.decode`; a frame that is malformed, oversized, unknown, out of order or about a
 replica placed on another node gets an `error` frame and a log line, and the consumer keeps
-serving. Replica reports go to the deployments app through `nodes.link.sink()`.
+serving. A hello whose inventory names another node's GPU is refused the same way (and recorded
+as a node event by the service): the node stays un-greeted until it says an honest hello. Replica reports go to the deployments app through `nodes.link.sink()`.
 
 The consumer remembers what it last told its agent (`_sent`), so a `node.sync` from any
 process turns into exactly the `replica.start` / `replica.stop` commands that changed.
@@ -87,7 +88,7 @@ class AgentConsumer(NoConnectionSweep, AsyncWebsocketConsumer):
             await self._handle(message)
         except p.ProtocolError as exc:
             await self._refuse(kind, str(exc))
-        except link.NotPlacedHere as exc:
+        except (link.NotPlacedHere, services.InventoryRefused) as exc:
             await self._refuse(kind, str(exc))
         except Exception as exc:  # noqa: BLE001 - one bad frame must never end the node's session
             log.exception("node %s: %s frame failed", self.node_id, kind)

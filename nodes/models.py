@@ -167,3 +167,25 @@ class JoinToken(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+
+class NodeEvent(models.Model):
+    """Something a node did that an operator should see and the node's own status does not say:
+    a report refused because it named what belongs to another node (issue 23). Written by
+    `nodes.services` only, outside the refused transaction, so the refusal keeps its record."""
+
+    class Kind(models.TextChoices):
+        INVENTORY_REFUSED = "inventory_refused", "inventory refused"
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=40, choices=Kind.choices)
+    message = models.CharField(max_length=500)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["node", "-created_at"], name="nodeevent_node_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} {self.kind} at {self.created_at:%Y-%m-%d %H:%M:%S}"

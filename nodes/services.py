@@ -9,11 +9,14 @@ the caller — `cloud/deployments/services/placement.py` — moves the replicas.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
+import logging
 import re
 import secrets
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,8 +25,10 @@ from django.utils import timezone
 
 from cloud.exceptions import Conflict, InvalidInput
 from nodes import link
-from nodes.models import CpuSlot, Gpu, HardwareType, JoinToken, Location, Node
+from nodes.models import CpuSlot, Gpu, HardwareType, JoinToken, Location, Node, NodeEvent
 from nodes.protocol import PROTOCOL_VERSION, Inventory
+
+log = logging.getLogger(__name__)
 
 JOIN_TOKEN_TTL = timedelta(hours=1)
 CREDENTIAL_PREFIX = "gnode_"
@@ -32,6 +37,38 @@ JOIN_TOKEN_PREFIX = "gjoin_"
 
 class JoinRefused(Exception):
     """A join token that is wrong, used or expired; the message is safe to show the agent."""
+
+
+class InventoryRefused(Exception):
+    """An inventory that names a GPU another node holds, or one GPU UUID twice: none of it is
+    applied. The message is what the agent is told: the UUIDs it sent, never which node holds
+    them (a lying node learns nothing about the fleet); `for_operators` and `detail`, which do
+    name that node, go into the operators' node event."""
+
+    def __init__(self, message: str, *, node_id: int, for_operators: str, detail: dict):
+        super().__init__(message)
+        self.node_id, self.for_operators, self.detail = node_id, for_operators, detail
+
+
+def node_event_record(*, node_id: int, kind: str, message: str, detail: dict | None = None) -> NodeEvent:
+    return NodeEvent.objects.create(node_id=node_id, kind=kind, message=message[:500], detail=detail or {})
+
+
+def _records_refusals(service):
+    """Put outside `transaction.atomic`: the refused transaction rolls back first, then the
+    refusal is recorded for operators, then it propagates to the caller (which answers the agent)."""
+
+    @functools.wraps(service)
+    def wrapper(*args, **kwargs):
+        try:
+            return service(*args, **kwargs)
+        except InventoryRefused as refused:
+            log.warning("%s", refused.for_operators)
+            node_event_record(node_id=refused.node_id, kind=NodeEvent.Kind.INVENTORY_REFUSED,
+                              message=refused.for_operators, detail=refused.detail)
+            raise
+
+    return wrapper
 
 
 def _digest(secret: str) -> str:
@@ -101,6 +138,7 @@ def join_token_reissue(*, node: Node) -> NewNode:
     return NewNode(node=node, join_token=token, expires_at=expires_at)
 
 
+@_records_refusals
 @transaction.atomic
 def node_join(*, token: str, inventory: Inventory) -> tuple[Node, str]:
     """Trades a join token for the node's long-lived credential and records its inventory.
@@ -189,7 +227,8 @@ def gpus_sync(*, node: Node, gpus: list) -> None:
     """The node's Gpu rows follow its inventory, matched by PCI address (stable across bindings,
     where a UUID the agent had to derive may later become the real one). A GPU the node no
     longer reports is deleted while free, or taken out of service while a replica holds it
-    (its row goes once the replica lets go). Rows of cpu_only nodes are never made."""
+    (its row goes once the replica lets go). Rows of cpu_only nodes are never made. Only this
+    node's rows are ever read for change: a GPU another node holds refuses the whole inventory."""
     if node.hardware_type.cpu_only:
         return
     wanted = {}
@@ -197,6 +236,7 @@ def gpus_sync(*, node: Node, gpus: list) -> None:
         row = _gpu_row(entry)
         if row is not None:
             wanted[entry["pci_bdf"]] = row
+    _refuse_foreign_gpus(node, wanted)
     existing = {g.pci_bdf: g for g in Gpu.objects.select_for_update().filter(node=node)}
     for bdf, gpu in existing.items():
         if bdf not in wanted:
@@ -213,10 +253,46 @@ def gpus_sync(*, node: Node, gpus: list) -> None:
     for bdf, row in wanted.items():
         gpu = existing.get(bdf)
         if gpu is None:
-            Gpu.objects.filter(uuid=row["uuid"], replica__isnull=True).exclude(node=node).delete()
             Gpu.objects.create(node=node, pci_bdf=bdf, **row)
         elif gpu in moving or any(getattr(gpu, k) != v for k, v in row.items()):
             Gpu.objects.filter(pk=gpu.pk).update(**row)
+
+
+def _refuse_foreign_gpus(node: Node, wanted: dict[str, dict]) -> None:
+    """A GPU UUID names one physical GPU, and a node reports only its own: an inventory naming a
+    UUID another node's row holds (a cloned host, a card moved without its old node dropping it,
+    or a node lying) is refused whole, before anything is written, so it can never delete or
+    take over the other node's rows, free or held by a replica (issue 23). The same UUID at two
+    PCI addresses of one inventory is refused too (the unique index would make it a crash)."""
+    counts = Counter(row["uuid"] for row in wanted.values())
+    duplicated = sorted(uuid for uuid, n in counts.items() if n > 1)
+    claimed = list(Gpu.objects.filter(uuid__in=list(counts)).exclude(node=node).order_by("uuid")
+                   .values("uuid", "node_id", "node__hostname"))
+    if not duplicated and not claimed:
+        return
+
+    def listed(items: list[str]) -> str:
+        return ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+
+    told, logged = [], []
+    if claimed:
+        told.append(f"GPU(s) registered to another node: {listed([c['uuid'] for c in claimed])}. A node reports "
+                    "only its own GPUs; if a card moved, its old node must drop it first")
+        holders = [f"{c['uuid']} (node {c['node_id']}, {c['node__hostname']})" for c in claimed]
+        logged.append(f"GPU(s) registered to another node: {listed(holders)}; "
+                      "if a card really moved, let its old node's next hello drop it or delete that node")
+    if duplicated:
+        twice = f"GPU UUID(s) reported twice: {listed(duplicated)}"
+        told.append(twice)
+        logged.append(twice)
+    raise InventoryRefused(
+        f"inventory refused, nothing applied: {'; '.join(told)}",
+        node_id=node.pk,
+        for_operators=f"node {node.hostname} sent an inventory that was refused, nothing applied: {'; '.join(logged)}",
+        detail={"claimed_elsewhere": [{"uuid": c["uuid"], "node_id": c["node_id"], "hostname": c["node__hostname"]}
+                                      for c in claimed],
+                "duplicated": duplicated},
+    )
 
 
 def gpus_health(*, node_id: int, health: list) -> int:
@@ -275,10 +351,12 @@ def node_revoke_credential(*, node_id: int) -> Node:
 # -- what a connected agent says ----------------------------------------------------------------
 
 
+@_records_refusals
 @transaction.atomic
 def node_connected(*, node_id: int, inventory: Inventory) -> tuple[Node, bool]:
     """An agent's hello: its inventory is refreshed, and a joining or offline node comes online
-    (a cordoned or draining one keeps its state). Returns (node, came_online)."""
+    (a cordoned or draining one keeps its state). Returns (node, came_online). An inventory that
+    names another node's GPU raises InventoryRefused and changes nothing (an event records it)."""
     node = Node.objects.select_for_update().select_related("hardware_type").get(pk=node_id)
     _apply_inventory(node, inventory)
     node.protocol_version = PROTOCOL_VERSION

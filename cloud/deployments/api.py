@@ -42,7 +42,9 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
     description="Retrying with the same key and body returns the first answer (201) instead of creating a second "
                 "deployment, for 24 hours; the same key with another body is a 409.",
 )
-_402 = OpenApiResponse(description="Balance or monthly spend limit does not cover the deployment")
+_402 = OpenApiResponse(description="The balance does not cover one hour of everything the tenant would then run "
+                                   "(balance, committed_hourly_cost, estimated_hourly_cost), or the monthly spend "
+                                   "limit is reached (spend_limit, spent)")
 _409 = OpenApiResponse(description="Name taken, Idempotency-Key reused with another body, or an invalid status transition")
 
 

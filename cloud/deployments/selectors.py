@@ -143,6 +143,33 @@ def gpus_in_use_for(*, tenant, exclude_id=None) -> int:
     return total
 
 
+@dataclass(frozen=True)
+class Commitment:
+    """What one deployment the tenant has not stopped asks for per hour, before pricing."""
+
+    hardware_type_id: int
+    gpus_per_container: int
+    replica_count: int
+    location_ids: list[int]
+
+
+def commitments_for(*, tenant, exclude_id=None) -> list[Commitment]:
+    """The tenant's deployments that hold (or wait for) hardware: the same set `gpus_in_use_for`
+    counts (pending, starting, running, and stopping, whose VMs run until their node confirms),
+    for the funds check to price. One query."""
+    queryset = _visible(tenant=tenant).exclude(status__in=INACTIVE_DEPLOYMENT_STATUSES)
+    if exclude_id is not None:
+        queryset = queryset.exclude(pk=exclude_id)
+    rows = queryset.order_by().annotate(
+        location_id_list=ArraySubquery(
+            Deployment.locations.through.objects.filter(deployment_id=OuterRef("pk"))
+            .order_by("location_id").values("location_id")
+        ),
+    ).values_list("hardware_type_id", "gpus_per_container", "replica_count", "location_id_list")
+    return [Commitment(hardware_type_id=hw, gpus_per_container=gpus, replica_count=replicas,
+                       location_ids=list(locations or ())) for hw, gpus, replicas, locations in rows]
+
+
 def deployment_count_for(*, tenant) -> int:
     return _visible(tenant=tenant).count()
 

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from cloud.deployments.models import Deployment
+from tests.billing.factories import set_balance
+from tests.deployments.factories import deployment_for
 
 
 def test_form_shows_template_cards_and_hardware(alice_browser, ollama, h100, us_east):
@@ -55,3 +59,13 @@ def test_estimate_updates_from_the_form(alice_browser, h100):
                                                              "duration_hours": "3"})
     assert response.status_code == 200
     assert b"$10.00" in response.content and b"$30.00" in response.content
+
+
+def test_the_estimate_counts_what_already_runs(alice_browser, acme, h100):
+    """Issue 23: the form's estimate says what create would say once other deployments hold the balance."""
+    deployment_for(acme, hardware_id=h100.pk, gpus_per_container=4)  # 10.00 USD/hour
+    set_balance(acme, Decimal("12"))
+    response = alice_browser.post("/deployments/estimate/", {"source": "image", "hardware_id": str(h100.pk),
+                                                             "gpus_per_container": "1", "replica_count": "1"})
+    page = response.content.decode()
+    assert "$10.00/h already pending or running" in page and "creating it would be refused" in page

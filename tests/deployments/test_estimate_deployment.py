@@ -92,6 +92,19 @@ def test_it_says_when_create_would_be_refused_for_funds(as_alice, acme, body):
     assert as_alice.post(URL, body(gpus_per_container=2), format="json").status_code == 402
 
 
+def test_it_counts_what_the_tenant_already_runs_as_create_does(as_alice, acme, body):
+    """Issue 23: the estimate and the create answer agree once other deployments hold the balance."""
+    set_balance(acme, Decimal("10"))
+    for _ in range(3):
+        assert as_alice.post(URL, body(), format="json").status_code == 201  # 3 x 2.50/hour
+    funds = as_alice.post(ESTIMATE, body(gpus_per_container=2), format="json").json()["funds"]
+    assert (funds["committed_hourly_cost"], funds["covers_one_hour"], funds["hours_covered"]) == (
+        "7.500000", False, "0.80")
+    assert as_alice.post(URL, body(gpus_per_container=2), format="json").status_code == 402
+    assert as_alice.post(ESTIMATE, body(), format="json").json()["funds"]["covers_one_hour"] is True
+    assert as_alice.post(URL, body(), format="json").status_code == 201
+
+
 def test_the_body_is_validated_as_create_validates_it(as_alice, body):
     response = as_alice.post(ESTIMATE, body(gpus_per_container=3), format="json")
     assert response.status_code == 400 and response.json()["errors"][0]["field"] == "gpus_per_container"

@@ -2,6 +2,7 @@
 
 import pytest
 
+from nodes import services
 from nodes.models import Node
 from tests.factories import UserFactory
 from tests.nodes.factories import NodeFactory
@@ -24,6 +25,7 @@ def node(db):
 
 @pytest.mark.parametrize("url", [
     "/admin/nodes/location/", "/admin/nodes/hardwaretype/", "/admin/nodes/node/", "/admin/nodes/gpu/",
+    "/admin/nodes/nodeevent/", "/admin/nodes/nodeevent/?kind__exact=inventory_refused&q=gpu-1",
     "/admin/catalog/template/",
     "/admin/nodes/node/?status__exact=online&simulated__exact=1", "/admin/nodes/node/?q=gpu-1",
     "/admin/nodes/gpu/?allocation=free", "/admin/catalog/template/?visibility=global&q=olla",
@@ -53,3 +55,13 @@ def test_a_gpu_cannot_be_added_by_hand(operator_client, db):
 def test_customers_cannot_reach_the_admin(client, alice):
     client.force_login(alice)
     assert client.get("/admin/nodes/node/").status_code == 302
+
+
+def test_the_node_page_shows_its_refused_reports(operator_client, node):
+    """Issue 23: a hello naming another node's GPU is refused; the operator reads why here."""
+    services.node_event_record(node_id=node.pk, kind="inventory_refused",
+                               message="inventory refused, nothing applied: GPU(s) registered to another node: GPU-1")
+    page = operator_client.get(f"/admin/nodes/node/{node.pk}/change/").content.decode()
+    assert "GPU(s) registered to another node: GPU-1" in page
+    listed = operator_client.get("/admin/nodes/nodeevent/").content.decode()
+    assert "gpu-1.example.net" in listed and "inventory refused" in listed

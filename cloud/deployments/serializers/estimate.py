@@ -22,8 +22,12 @@ class EstimateCapacityOutput(serializers.Serializer):
 
 class EstimateFundsOutput(serializers.Serializer):
     balance = serializers.CharField()
-    covers_one_hour = serializers.BooleanField(help_text="false: create would be refused with 402 now.")
-    hours_covered = serializers.CharField(allow_null=True, help_text="Hours of this deployment the balance pays for.")
+    committed_hourly_cost = serializers.CharField(
+        help_text="USD per hour of what the tenant already has pending or running (at today's quotes).")
+    covers_one_hour = serializers.BooleanField(
+        help_text="false: create would be refused with 402 now (the balance is below committed_hourly_cost + hourly_cost).")
+    hours_covered = serializers.CharField(
+        allow_null=True, help_text="Hours the balance pays for this deployment together with what is already committed.")
     spend_limit = serializers.CharField(allow_null=True)
     spend_this_month = serializers.CharField()
     spend_limit_reached = serializers.BooleanField(help_text="true: create would be refused with 402 now.")

@@ -34,7 +34,8 @@ def _scale(*, tenant, deployment: Deployment, replica_count: int) -> None:
             cpu_only=deployment.hardware_type.cpu_only,
         )
         quotas.check_funds(tenant=locked, hourly_cost=quotas.hourly_quote(deployment=deployment,
-                                                                          replica_count=replica_count))
+                                                                          replica_count=replica_count),
+                           exclude_id=deployment.pk)
     deployment.replica_count = replica_count
     if replica_count > old:
         if live:

@@ -15,6 +15,7 @@ from django.utils import timezone
 from billing.money import hourly_cost, money_str
 from billing.prices import PriceBook
 from billing.selectors import spend_this_month_for, tenant_balance
+from cloud.deployments.services import quotas
 from cloud.deployments.services.create import Resolved, spec_resolve
 from cloud.deployments.services.placement import liveness_window
 from nodes.models import CpuSlot, Gpu, Node
@@ -64,6 +65,9 @@ def deployment_estimate(*, tenant, spec: dict, now: datetime | None = None) -> d
     balance = tenant_balance(tenant=tenant)
     spent = spend_this_month_for(tenant=tenant, now=now)
     hourly = resolved.hourly_cost
+    # Create compares the balance with this hour plus everything already pending or running.
+    committed = quotas.committed_hourly_cost(tenant=tenant, now=now)
+    whole = committed + hourly
     return {
         "hardware_id": hardware.pk, "hardware": hardware.slug, "gpus_per_container": resolved.gpus,
         "replica_count": replicas, "location_ids": [loc.pk for loc in resolved.locations],
@@ -72,8 +76,9 @@ def deployment_estimate(*, tenant, spec: dict, now: datetime | None = None) -> d
         "capacity": {"available_now": placeable >= replicas, "replicas_placeable_now": placeable,
                      "locations": locations},
         "funds": {
-            "balance": money_str(balance), "covers_one_hour": hourly <= 0 or balance >= hourly,
-            "hours_covered": str((max(balance, Decimal("0")) / hourly).quantize(Decimal("0.01"))) if hourly > 0 else None,
+            "balance": money_str(balance), "committed_hourly_cost": money_str(committed),
+            "covers_one_hour": hourly <= 0 or balance >= whole,
+            "hours_covered": str((max(balance, Decimal("0")) / whole).quantize(Decimal("0.01"))) if hourly > 0 else None,
             "spend_limit": money_str(tenant.spend_limit) if tenant.spend_limit is not None else None,
             "spend_this_month": money_str(spent),
             "spend_limit_reached": tenant.spend_limit is not None and spent >= tenant.spend_limit,

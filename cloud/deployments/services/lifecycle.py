@@ -101,7 +101,7 @@ def deployment_start(*, tenant, actor, deployment_id) -> Deployment:
     hardware = deployment.hardware_type
     quotas.check_gpu_quota(tenant=locked, gpus_needed=deployment.gpus_total, exclude_id=deployment.pk,
                            cpu_only=hardware.cpu_only)
-    quotas.check_funds(tenant=locked, hourly_cost=quotas.hourly_quote(deployment=deployment))
+    quotas.check_funds(tenant=locked, hourly_cost=quotas.hourly_quote(deployment=deployment), exclude_id=deployment.pk)
 
     # New incarnations (generation + 1): the old rows stay as history with their logs and usage;
     # one still stopping on its node holds its units until the node confirms, so the new one is
