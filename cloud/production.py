@@ -13,6 +13,7 @@ not start with "django-insecure-". Every key this repository ever published is l
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -99,6 +100,25 @@ def check_production_settings(app_configs=None, **kwargs):
 def state_dir(base: Path) -> Path:
     """Where `make up` keeps what it generated: STATE_DIR (the Makefile exports it), else .state/."""
     return Path(os.environ.get("STATE_DIR") or base / ".state")
+
+
+def ensure_state_secrets(directory: Path) -> Path:
+    """`make up`'s keys: made once in `directory`/secrets.env (0600), kept across runs so sessions
+    and encrypted secrets stay valid. Only for this checkout, never for production."""
+    from cryptography.fernet import Fernet
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "secrets.env"
+    if not path.exists() or path.stat().st_size == 0:
+        text = ("# made by `make up` (scripts/up.sh) for this checkout only; never copy it to production\n"
+                f"SECRET_KEY={secrets.token_urlsafe(50)}\nFERNET_KEYS={Fernet.generate_key().decode()}\n")
+        fresh = path.with_name(f".secrets.env.{os.getpid()}")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(fresh, path)
+    os.chmod(path, 0o600)
+    return path
 
 
 def load_state_secrets(base: Path) -> None:
