@@ -47,8 +47,8 @@ def env_header_pair(name: str) -> tuple[str, str] | None:
     return (header if header.startswith("HTTP_") else "HTTP_" + header), expected
 
 
-# Unset, the development key: enough with DEBUG on; with DEBUG off the web process, Celery and
-# manage.py refuse it, and so they do an empty FERNET_KEYS or ALLOWED_HOSTS=* (cloud/production.py).
+# Unset, the development key: enough with DEBUG on. With DEBUG off the web process, Celery and
+# manage.py refuse it, as they refuse an empty FERNET_KEYS or ALLOWED_HOSTS=* (cloud/production.py).
 SECRET_KEY = os.environ.get("SECRET_KEY") or DEVELOPMENT_SECRET_KEY
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")

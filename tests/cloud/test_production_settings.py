@@ -267,6 +267,28 @@ def test_https_settings_come_only_from_the_environment(safe_env, base_env):
     assert production["healthz"]["status"] == 200
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    ("HTTP_X_FORWARDED_PROTO,https", ("HTTP_X_FORWARDED_PROTO", "https")),
+    ("X-Forwarded-Proto, https", ("HTTP_X_FORWARDED_PROTO", "https")),
+    ("", None),
+])
+def test_the_proxy_header_is_read_in_either_spelling(monkeypatch, value, expected):
+    from cloud.settings import env_header_pair
+
+    monkeypatch.setenv("SECURE_PROXY_SSL_HEADER", value)
+    assert env_header_pair("SECURE_PROXY_SSL_HEADER") == expected
+
+
+def test_a_malformed_proxy_header_setting_is_an_error_not_a_guess(monkeypatch):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from cloud.settings import env_header_pair
+
+    monkeypatch.setenv("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto")
+    with pytest.raises(ImproperlyConfigured, match="HEADER,value"):
+        env_header_pair("SECURE_PROXY_SSL_HEADER")
+
+
 def _manage(argv: list[str], env: dict[str, str], manage: Path = REPO / "manage.py") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(manage), *argv], env=env, cwd=manage.parent, capture_output=True,
                           text=True, timeout=TIMEOUT_S)
