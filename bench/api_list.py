@@ -23,12 +23,15 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.kit import plane_secrets  # noqa: E402
+
 base_url = os.environ.get("DATABASE_URL", "postgres://gantry:gantry@127.0.0.1:5432/gantry")
 parts = urlsplit(base_url)
 BENCH_DB_URL = urlunsplit(parts._replace(path=parts.path.rstrip("/") + "_bench"))
 os.environ["DATABASE_URL"] = BENCH_DB_URL
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cloud.settings")
 os.environ.setdefault("API_RATE_LIMIT", "1000000/min")
+plane_secrets()  # the plane refuses the development key (cloud/production.py)
 
 TENANTS = 200
 TOTAL = 100_000

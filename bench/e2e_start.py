@@ -55,7 +55,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.kit import Procs, admin_sql, free_link, free_port, kill_under, say, wait  # noqa: E402
+from bench.kit import Procs, admin_sql, free_link, free_port, kill_under, plane_secrets, say, wait  # noqa: E402
 from bench.kit.start_report import report  # noqa: E402
 from bench.kit.start_marks import _log_ts, _celery_ts, _stat, _cpu_of, _group_cpu, _vm_cpu, _host_busy  # noqa: E402
 BIN = Path(sys.executable).parent
@@ -88,6 +88,7 @@ os.environ["CHANNELS_PREFIX"] = TAG
 os.environ["CELERY_QUEUE"] = TAG
 os.environ["CACHE_PREFIX"] = TAG
 os.environ.setdefault("TENANT_DEFAULT_BALANCE", "1000")  # the bench tenant's trial credit
+plane_secrets()  # the plane refuses the development key (cloud/production.py)
 
 
 # -- the bench ---------------------------------------------------------------------------------

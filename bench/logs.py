@@ -47,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.kit import Procs, admin_sql, cpu_s, free_port, kill_under, quantiles, rss_mib, say, wait  # noqa: E402
+from bench.kit import Procs, admin_sql, cpu_s, free_port, kill_under, plane_secrets, quantiles, rss_mib, say, wait  # noqa: E402
 BIN = Path(sys.executable).parent
 REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
 KIT_CACHE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))  # the tests' kit cache
@@ -75,6 +75,7 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "cloud.settings"
 os.environ["DB_POOL"] = "0"  # the bench's own process; daphne runs with its pool, as in production
 os.environ["CHANNELS_PREFIX"] = TAG
 os.environ["CACHE_PREFIX"] = TAG
+plane_secrets()  # the plane refuses the development key (cloud/production.py)
 
 # The first figure's agent: the real daemon over a fake-VMM runtime (see the docstring).
 AGENT = r"""

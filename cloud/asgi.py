@@ -6,6 +6,12 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cloud.settings")
+
+from cloud.production import refuse_unsafe  # noqa: E402
+
+# Before anything is served: with DEBUG off, an unsafe SECRET_KEY, FERNET_KEYS or ALLOWED_HOSTS
+# ends daphne here, one line each (SystemExit, so no traceback).
+refuse_unsafe("web (cloud.asgi)")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs apps loaded)

@@ -1,8 +1,9 @@
 """Gantry control-plane settings.
 
 Everything that differs between a laptop and production comes from the environment; the
-defaults are the safe local ones `make up` and `make test` use (loopback PostgreSQL and Redis,
-DEBUG off so no stack trace ever reaches a client).
+defaults are the local ones (loopback PostgreSQL and Redis, DEBUG off so no stack trace ever
+reaches a client). Secrets have no usable default outside development: `make up` generates
+its own once (.state/secrets.env), the tests theirs per run (tests/suite_env.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from cloud.production import DEVELOPMENT_SECRET_KEY
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -23,11 +27,46 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-# A fixed development key keeps local sessions valid across restarts; production sets its own.
-SECRET_KEY = os.environ.get("SECRET_KEY", "gantry-local-development-key-not-for-production-use-0123456789")
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()  # empty counts as unset (compose passes "${VAR:-}")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from None
+
+
+def env_header_pair(name: str) -> tuple[str, str] | None:
+    """`X-Forwarded-Proto,https` or `HTTP_X_FORWARDED_PROTO,https` -> ("HTTP_X_FORWARDED_PROTO", "https")."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    header, sep, expected = (part.strip() for part in value.partition(","))
+    if not sep or not header or not expected:
+        raise ImproperlyConfigured(f"{name} must be HEADER,value (e.g. HTTP_X_FORWARDED_PROTO,https), not {value!r}")
+    header = header.upper().replace("-", "_")
+    return (header if header.startswith("HTTP_") else "HTTP_" + header), expected
+
+
+# Unset, the development key: enough with DEBUG on. With DEBUG off the web process, Celery and
+# manage.py refuse it, as they refuse an empty FERNET_KEYS or ALLOWED_HOSTS=* (cloud/production.py).
+SECRET_KEY = os.environ.get("SECRET_KEY") or DEVELOPMENT_SECRET_KEY
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "http://127.0.0.1:8000,http://localhost:8000")
+
+# HTTPS, only from the environment (docs/operations.md, "Production"): unset, the plane serves
+# plain HTTP, as behind a proxy that terminates TLS, with DEBUG on or off alike.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Load balancers probe these over plain HTTP; a redirect would read as down.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+# "HTTP_X_FORWARDED_PROTO,https": the header a trusted proxy sets, and the value meaning HTTPS.
+# Only behind a proxy that always sets (or strips) that header, or clients could claim HTTPS.
+SECURE_PROXY_SSL_HEADER = env_header_pair("SECURE_PROXY_SSL_HEADER")
 
 INSTALLED_APPS = [
     "daphne",
@@ -164,8 +203,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
 
 # Secrets at rest (secret env, registry passwords) use Fernet. FERNET_KEYS is a comma-separated
-# list, newest first, so keys can be rotated without re-encrypting everything at once. The
-# local default derives a key from SECRET_KEY; production must set its own.
+# list, newest first, so keys can be rotated without re-encrypting everything at once. Unset,
+# a key derived from SECRET_KEY is used, with DEBUG on only (cloud/production.py).
 FERNET_KEYS = env_list("FERNET_KEYS", "")
 
 REST_FRAMEWORK = {

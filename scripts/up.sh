@@ -15,6 +15,18 @@ mkdir -p "$STATE_DIR/log"
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 
+# The plane refuses the development SECRET_KEY and an empty FERNET_KEYS (DEBUG off): keys made
+# once and kept in the state dir (0600), exported here for what this script starts, unless the
+# environment sets them. manage.py by hand in this checkout reads the same file.
+secrets_file=$($BIN/python -c 'import sys; from pathlib import Path; from cloud.production import ensure_state_secrets
+print(ensure_state_secrets(Path(sys.argv[1])))' "$STATE_DIR")
+while IFS= read -r line; do
+  name=${line%%=*}
+  case "$line" in '#'*|"$name") continue ;; esac  # comments, lines without '='
+  case "$name" in ''|[0-9]*|*[!A-Za-z0-9_]*) continue ;; esac
+  [ -n "${!name:-}" ] || export "$line"  # NAME=value, the value whole (Fernet keys end in '=')
+done < "$secrets_file"
+
 $BIN/python manage.py migrate --noinput
 $BIN/python manage.py load_catalog
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import secrets
 import signal
 import socket
 import statistics
@@ -16,6 +17,18 @@ from pathlib import Path
 
 def say(message: str) -> None:
     print(message, flush=True)
+
+
+def plane_secrets() -> None:
+    """The plane (daphne, Celery) refuses to start with DEBUG off without a SECRET_KEY and
+    FERNET_KEYS of its own (cloud/production.py): a bench run makes them, in this process's
+    environment before Django reads it, so the bench and every process it starts share them."""
+    from cryptography.fernet import Fernet
+
+    if not os.environ.get("SECRET_KEY"):
+        os.environ["SECRET_KEY"] = "bench-" + secrets.token_urlsafe(48)
+    if not os.environ.get("FERNET_KEYS"):
+        os.environ["FERNET_KEYS"] = Fernet.generate_key().decode()
 
 
 def free_port() -> int:
