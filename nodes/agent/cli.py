@@ -85,10 +85,10 @@ def _size(text: str) -> int:
     number, unit = (cleaned[:-1], cleaned[-1]) if cleaned and cleaned[-1] in "KMGT" else (cleaned, "")
     try:
         value = int(number) * _SIZE_UNITS[unit]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"expected a size such as 64G, 512M or a number of bytes, got {text!r}") from None
+    except ValueError:
+        value = 0
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a size such as 64G, 512M or a number of bytes, got {text!r}")
     return value
 
 
