@@ -11,7 +11,7 @@ the unpack succeeds or is refused, everything outside the tree must be as it was
 each inode's ctime, mode, owner, xattrs, mtime and link count, and a refusal must be an
 ImageError with a reason, never another exception.
 
-300 examples a run (about 20 s on a 2-core machine; `GANTRY_LAYER_EXAMPLES` sets another
+300 examples a run (about 15 s on the 2-core build machine, 40 s while it is busy; `GANTRY_LAYER_EXAMPLES` sets another
 number), derandomized so CI is repeatable: a new case is found by raising the number locally,
 and stays found once it is added below as an @example.
 """

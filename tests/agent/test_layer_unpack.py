@@ -96,3 +96,16 @@ def test_writing_through_a_symlink_that_climbs_out_is_still_refused(tmp_path):
     assert "entry 'a/canary' goes through symlink '/a' -> '../../host', which leads outside" in str(err.value)
     assert err.value.permanent
     assert snapshot(tmp_path, skip=host.rootfs) == before
+
+
+def test_a_zstd_layer_on_a_node_without_zstd_is_a_transient_error(tmp_path, monkeypatch):
+    host = make_host(tmp_path)
+    blob = write_layer(tmp_path / "layer.tar.zst", [Entry("f", data=b"x")], how="zstd")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+
+    with pytest.raises(ImageError) as err:
+        apply_layer(blob, host.rootfs, "sha256:z")
+
+    assert str(err.value) == ("layer sha256:z is zstd-compressed and zstd is not installed on this node "
+                              "(run `make sysdeps`)")
+    assert not err.value.permanent

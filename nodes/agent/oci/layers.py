@@ -88,7 +88,7 @@ def apply_layer(blob: Path, rootfs: Path, layer: str, budget: UnpackBudget | Non
     except LayerMalformed as exc:
         raise _bad_layer(layer, str(exc)) from None
     except NodeLacks as exc:
-        raise ImageError(f"layer {layer}: {exc}") from None
+        raise ImageError(f"layer {layer} {exc}") from None  # transient: the operator can install it
     except RecursionError:  # tarfile reads a run of extended headers recursively
         raise _bad_layer(layer, "too many extended headers in a row") from None
     except (tarfile.TarError, EOFError, OSError, OverflowError, ValueError) as exc:

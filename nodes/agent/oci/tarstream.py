@@ -91,7 +91,7 @@ def _zstd(blob: Path, budget: UnpackBudget) -> Iterator[tarfile.TarFile]:
     try:
         proc = subprocess.Popen(["zstd", "-dcq", str(blob)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError:
-        raise NodeLacks("it is zstd-compressed and zstd is not installed on this node (run `make sysdeps`)") from None
+        raise NodeLacks("is zstd-compressed and zstd is not installed on this node (run `make sysdeps`)") from None
     metered = _Metered(proc.stdout, budget)
     done = False
     try:
