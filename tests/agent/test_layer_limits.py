@@ -119,6 +119,25 @@ def test_names_and_link_targets_are_limited(tmp_path, entry, what):
     assert what in reason and "bytes long, more than this node's limit of 300" in reason, reason
 
 
+def test_the_paths_a_layer_is_remembered_by_are_limited(tmp_path):
+    """A million entries with 4,096-byte names would hold 4 GiB of paths for the directory pass."""
+    entries = [Entry("d" * 200, "dir")] + [Entry(f"{'d' * 200}/{i:0200}") for i in range(10)]
+
+    reason = refused(tmp_path, entries, UnpackLimits(max_tracked=4096))
+
+    assert "its entries' paths add up to more than 4.0 KiB, this node's limit for one layer" in reason
+
+
+def test_a_lookup_through_symlinks_walks_a_bounded_number_of_components(tmp_path):
+    """Forty symlinks of 4,095 bytes could make each entry's lookup walk 80,000 components."""
+    entries = [Entry("d", "dir"), Entry("s3", "symlink", "./" * 2040 + "d"), Entry("s2", "symlink", "./" * 2040 + "s3"),
+               Entry("s1", "symlink", "./" * 2040 + "s2"), Entry("s1/f")]
+
+    reason = refused(tmp_path, entries, UnpackLimits())
+
+    assert "resolving entry 's1/f' walks more than 4096 path components" in reason
+
+
 def test_an_extended_header_is_not_read_past_its_limit(tmp_path):
     """tarfile reads a pax header whole into memory: its size is checked first."""
     big = Entry("file", xattrs={"user.big": "x" * (2 * MiB)})

@@ -75,7 +75,7 @@ def apply_layer(blob: Path, rootfs: Path, layer: str, budget: UnpackBudget | Non
     budget = budget or UnpackBudget()
     devices: list[str] = []
     try:
-        with Tree(rootfs) as tree, open_layer(blob, budget) as tar:
+        with Tree(rootfs, budget.limits.max_tracked) as tree, open_layer(blob, budget) as tar:
             for count, member in enumerate(entries(tar), 1):
                 budget.check_entries(count)
                 _apply_member(tar, member, tree, budget, devices)
@@ -132,7 +132,7 @@ def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, tree: Tree, bud
     existing = lstat_at(dir_fd, base)
     if existing and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
         tree.remove(dir_fd, base)
-    tree.created.add(path)
+    tree.track(path)
     if member.isdir():
         tree.make_dir(dir_fd, base, path, member)
     elif member.isreg():

@@ -37,12 +37,16 @@ class UnpackLimits:
     max_path: bytes in an entry's name, and in a symlink's or hard link's target (PATH_MAX:
       the guest could not open a longer one anyway).
     max_header: bytes in one pax or GNU long-name header, which tarfile reads whole into
-      memory before we see the entry it describes."""
+      memory before we see the entry it describes.
+    max_tracked: bytes of the paths one layer's entries are remembered by, for its opaque
+      whiteouts and its directory pass (a legitimate million-entry layer needs about 100 MiB;
+      a million 4,096-byte names would hold 4 GiB)."""
 
     max_bytes: int = 64 * GiB
     max_entries: int = 1_000_000
     max_path: int = 4096
     max_header: int = 1 * MiB
+    max_tracked: int = 256 * MiB
 
 
 def show_size(n: int) -> str:

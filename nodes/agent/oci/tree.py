@@ -27,10 +27,13 @@ import tarfile
 from collections import deque
 from pathlib import Path
 
-from nodes.agent.oci.limits import LayerMalformed, LayerRefused
+from nodes.agent.oci.limits import LayerMalformed, LayerRefused, show_size
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_SYMLINK_HOPS = 40  # Linux's own limit
+# Forty symlinks of 4,095 bytes each could make one lookup walk 80,000 components; no real
+# image needs more than a few dozen, and every entry of a layer may ask for one.
+_MAX_STEPS = 4096
 _IS_ROOT = os.geteuid() == 0
 
 
@@ -45,16 +48,20 @@ def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _set_metadata(fd: int, member: tarfile.TarInfo) -> None:
-    """Owner, xattrs, mode and times of the inode `fd` is open on: the entry itself."""
-    if _IS_ROOT:
-        os.chown(fd, member.uid, member.gid)
+def _set_xattrs(fd: int, member: tarfile.TarInfo) -> None:
     for key, value in member.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
             try:
                 os.setxattr(fd, key[13:], value.encode("utf-8", "surrogateescape"))
             except OSError:
                 pass  # e.g. security.* xattrs the host's LSM refuses; the workload rarely needs them
+
+
+def _set_metadata(fd: int, member: tarfile.TarInfo) -> None:
+    """Owner, xattrs, mode and times of the inode `fd` is open on: the entry itself."""
+    if _IS_ROOT:
+        os.chown(fd, member.uid, member.gid)
+    _set_xattrs(fd, member)
     os.chmod(fd, member.mode & 0o7777)  # after chown, which clears setuid bits
     os.utime(fd, (member.mtime, member.mtime))
 
@@ -63,10 +70,13 @@ class Tree:
     """The rootfs of one image while one layer is applied to it. Keys are paths relative to
     the root with no symlink in them, as the tree stood when the entry was made."""
 
-    def __init__(self, rootfs: Path):
+    def __init__(self, rootfs: Path, max_tracked: int):
         self.fd = os.open(rootfs, _O_DIR)
         self.created: set[str] = set()  # what this layer made: an opaque whiteout keeps these
-        self._dirs: dict[str, tuple[tarfile.TarInfo, tuple[int, int]]] = {}
+        # Directory entries: (uid, gid, mode, mtime), and the inode the entry made. Not the
+        # TarInfo, which holds the entry's whole pax header.
+        self._dirs: dict[str, tuple[tuple[int, int, int, float], tuple[int, int]]] = {}
+        self._tracked, self._max_tracked = 0, max_tracked
         # The last parent directory, as entries come grouped by directory. Only a removal can
         # change where a name resolves to (a new name cannot shadow an existing component), so
         # removals mark it stale; it stays open until replaced, as a caller may hold it.
@@ -105,11 +115,14 @@ class Tree:
         names: list[str] = []
         fd = os.dup(self.fd)
         todo = deque(parts)
-        hops = 0
+        hops = steps = 0
         link: tuple[str, str] | None = None  # the last symlink followed, for the refusal
         try:
             while todo:
                 part = todo.popleft()
+                steps += 1
+                if steps > _MAX_STEPS:
+                    raise LayerRefused(f"resolving entry {name!r} walks more than {_MAX_STEPS} path components")
                 if part in ("", "."):
                     continue
                 if part == "..":
@@ -134,7 +147,7 @@ class Tree:
                         return None
                     os.mkdir(part, 0o755, dir_fd=fd)
                     key = _join("/".join(names), part)
-                    self.created.add(key)
+                    self.track(key)
                     self._dirs.pop(key, None)  # a directory entry removed before: not this one
                     child = os.open(part, _O_DIR, dir_fd=fd)
                 except OSError as exc:
@@ -212,13 +225,29 @@ class Tree:
         finally:
             os.close(fd)
 
+    def track(self, key: str) -> None:
+        """Remember an entry this layer made. The paths are counted: a million entries with
+        names of 4,096 bytes would hold gigabytes of them."""
+        self._tracked += len(key)
+        if self._tracked > self._max_tracked:
+            raise LayerRefused(f"its entries' paths add up to more than {show_size(self._max_tracked)}, this "
+                               "node's limit for one layer")
+        self.created.add(key)
+
     def make_dir(self, dir_fd: int, name: str, key: str, member: tarfile.TarInfo) -> None:
+        """Made now with its xattrs (as Docker does: a default ACL must be there before the
+        children); owner, mode and times come in finish()."""
         try:
             os.mkdir(name, 0o755, dir_fd=dir_fd)
         except FileExistsError:
             pass  # a directory already there (the caller removed anything else): keep its contents
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        self._dirs[key] = (member, (st.st_dev, st.st_ino))
+        fd = os.open(name, _O_DIR, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            _set_xattrs(fd, member)
+        finally:
+            os.close(fd)
+        self._dirs[key] = ((member.uid, member.gid, member.mode, member.mtime), (st.st_dev, st.st_ino))
 
     def write_file(self, dir_fd: int, name: str, source, member: tarfile.TarInfo) -> None:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
@@ -261,14 +290,17 @@ class Tree:
 
     def finish(self) -> None:
         """Directory metadata, last, deepest first (see the module docstring)."""
-        for key, (member, inode) in reversed(self._dirs.items()):
+        for key, ((uid, gid, mode, mtime), inode) in reversed(self._dirs.items()):
             fd = self._open_exact(key.split("/"))
             if fd is None:
                 continue  # a later entry replaced it, or one of its parents, with something else
             try:
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) == inode:
-                    _set_metadata(fd, member)
+                    if _IS_ROOT:
+                        os.chown(fd, uid, gid)
+                    os.chmod(fd, mode & 0o7777)
+                    os.utime(fd, (mtime, mtime))
             finally:
                 os.close(fd)
         self._dirs.clear()
