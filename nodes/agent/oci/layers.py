@@ -145,7 +145,6 @@ def _apply_member(tar: tarfile.TarFile, member: tarfile.TarInfo, tree: Tree, bud
         tree.fifo(dir_fd, base, member)
 
 
-
 def measure(rootfs: Path) -> tuple[int, int]:
     """(bytes the tree needs in 4 KiB blocks, number of inodes) for sizing its ext4 disk."""
     total, inodes = 0, 1
