@@ -76,6 +76,22 @@ def _entrypoint(text: str) -> list[str]:
     return value
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """Bytes from `1073741824`, `512M`, `64G` or `64GiB` (binary units, as du and df print)."""
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned and cleaned[-1] in "KMGT" else (cleaned, "")
+    try:
+        value = int(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size such as 64G, 512M or a number of bytes, got {text!r}")
+    return value
+
+
 def _common(*, defaults: bool) -> argparse.ArgumentParser:
     # Subcommands take the same options, but without defaults of their own: argparse would
     # otherwise let a subparser's default overwrite a value given before the subcommand.
@@ -106,6 +122,9 @@ def _common(*, defaults: bool) -> argparse.ArgumentParser:
     common.add_argument("--trusted-registry", action="append", default=d(None), metavar="HOST[:PORT]",
                         help="registry images may be pulled from although it is on a loopback, private or other "
                              "special address (default: $GANTRY_TRUSTED_REGISTRIES, comma-separated; else none)")
+    common.add_argument("--max-unpacked-bytes", type=_size, default=d(None), metavar="SIZE",
+                        help="what one image's layers may expand to on this node (64G, 512M, bytes); a pull past "
+                             "it fails with that reason (default: 64G)")
     return common
 
 
@@ -167,6 +186,7 @@ def build_runtime(
     blocked_networks: Iterable[ipaddress.IPv4Network] = (),
     kit_cache: Path = DEFAULT_KIT_CACHE,
     gpus: GpuHost | None = None,
+    max_unpacked_bytes: int | None = None,
 ) -> MicroVmRuntime:
     """The real runtime, as the `vm` commands and the daemon run it.
 
@@ -181,6 +201,7 @@ def build_runtime(
     blocked_networks: networks VMs may not reach, beyond the special-purpose ranges (net/rules.py).
     kit_cache: the host-wide guest kit and accelerator-probe cache.
     gpus: the node's GPUs (gpu_host_from_args); None: a node that refuses every GPU spec.
+    max_unpacked_bytes: what one image's layers may expand to (None: 64 GiB, oci/limits.py).
     Image pulls and kit downloads always use this process's own namespace. Builds objects
     only (no I/O), so it may be called on the event loop.
     """
@@ -188,6 +209,7 @@ def build_runtime(
     from nodes.agent.images import OciImageStore
     from nodes.agent.network import LinuxNetwork, NetworkConfig
     from nodes.agent.oci.egress import trusted_from_env
+    from nodes.agent.oci.limits import UnpackLimits
     from nodes.agent.runtime import MicroVmRuntime
 
     kwargs = {}
@@ -196,6 +218,8 @@ def build_runtime(
     if trusted_registries is None:
         trusted_registries = trusted_from_env(os.environ)
     kwargs["trusted_registries"] = frozenset(trusted_registries)
+    if max_unpacked_bytes is not None:
+        kwargs["unpack_limits"] = UnpackLimits(max_bytes=max_unpacked_bytes)
     data_dir = Path(data_dir)
     images = OciImageStore(data_dir / "images", **kwargs)
     config = NetworkConfig(bridge=bridge, subnet=subnet, blocked_networks=tuple(blocked_networks),
@@ -221,6 +245,7 @@ def runtime_from_args(args: argparse.Namespace, gpus: GpuHost | None = None) -> 
         data_dir=args.data_dir, netns=args.netns, bridge=args.bridge, subnet=args.subnet,
         insecure_registries=args.insecure_registry, trusted_registries=args.trusted_registry,
         nameservers=args.nameserver, blocked_networks=args.block_net or (), kit_cache=args.kit_cache, gpus=gpus,
+        max_unpacked_bytes=args.max_unpacked_bytes,
     )
 
 

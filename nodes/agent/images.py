@@ -28,7 +28,7 @@ from nodes.agent.errors import ImageError
 from nodes.agent.oci import disk as disks
 from nodes.agent.oci.cache import CacheDir
 from nodes.agent.oci.egress import GuardedBackend, GuardedTransport, RegistryPolicy
-from nodes.agent.oci.layers import apply_layer, measure
+from nodes.agent.oci.layers import UnpackBudget, UnpackLimits, apply_layer, measure
 from nodes.agent.oci.reference import Reference, parse_reference
 from nodes.agent.oci.registry import INDEX_TYPES, MANIFEST_TYPES, RegistryClient
 
@@ -121,15 +121,18 @@ class OciImageStore:
     def __init__(self, root: Path, *,
                  insecure_registries: frozenset[str] = frozenset({"127.0.0.1:5000", "localhost:5000"}),
                  trusted_registries: frozenset[str] = frozenset(),
-                 cache_limit_bytes: int = 20 * GiB, policy: RegistryPolicy | None = None):
+                 cache_limit_bytes: int = 20 * GiB, policy: RegistryPolicy | None = None,
+                 unpack_limits: UnpackLimits | None = None):
         """`insecure_registries`: reached over plain HTTP. `trusted_registries`: the only ones
         that may sit on loopback, private or other special addresses (oci/egress.py); being
         insecure does not make a registry trusted. `policy` replaces the trusted list (tests:
-        a resolver of their own)."""
+        a resolver of their own). `unpack_limits`: what one image may expand to on this node
+        (oci/limits.py; default 64 GiB)."""
         self.root = Path(root)
         self.insecure_registries = insecure_registries
         self.policy = policy or RegistryPolicy(trusted_registries)
         self.cache_limit_bytes = cache_limit_bytes
+        self.unpack_limits = unpack_limits or UnpackLimits()
         self._cache = CacheDir(self.root)
         self._locks: dict[str, asyncio.Lock] = {}
         self._active_tmp: set[Path] = set()
@@ -291,9 +294,11 @@ class OciImageStore:
             await asyncio.to_thread(rootfs.mkdir, mode=0o755, parents=True)
             unpacked = sum(layer["size"] for layer in layers)
             applied = 0
+            budget = UnpackBudget(self.unpack_limits)  # one per image, shared by its layers
             report("unpack", 0, unpacked)
             for layer in layers:
-                await asyncio.to_thread(apply_layer, self._cache.blob(layer["digest"]), rootfs, layer["digest"])
+                await asyncio.to_thread(apply_layer, self._cache.blob(layer["digest"]), rootfs, layer["digest"],
+                                        budget)
                 applied += layer["size"]
                 report("unpack", applied, unpacked)
             content, inodes = await asyncio.to_thread(measure, rootfs)

@@ -4,6 +4,7 @@ real store; each fails with its reason and leaves the node untouched: a canary f
 image tree keeps its content, nothing appears beside it, and an image cached before is intact.
 What is legal inside an image (absolute symlinks, setuid, any owner) stays as it is."""
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -14,6 +15,7 @@ import pytest
 
 from nodes.agent.images import ImageError, OciImageStore
 from tests.agent.conftest_images import HELLO, LOCAL_REGISTRY, layer, push_image
+from tests.agent.layer_kit import snapshot
 from tests.agent.test_images import cat, run
 
 CANARY = b"the node's own file\n"
@@ -114,6 +116,23 @@ async def test_a_symlink_is_followed_inside_the_image_never_on_the_host(local_re
     assert tree(node) == before and (node / "canary").read_bytes() == CANARY
     assert await cat(disk.path, f"{node}/canary") == "inside"
     assert await cat(disk.path, "/link") == "replaced"
+
+
+async def test_a_directory_swapped_for_a_symlink_keeps_its_metadata_off_the_host(local_registry, node, store):
+    """Issue 23: `a/`, `a/shadow/` (0777, uid 4242), then `a` -> the node's etc. Directory
+    metadata comes after the layer, and it once went through the new symlink: the node's
+    etc became 0700 and its shadow 0777, owned by 4242. The pull now succeeds, the image keeps
+    its symlink, and nothing of the node changes, down to each inode's ctime."""
+    entries = [("a", "dir", None, 0o700), ("a/shadow", "dir", None, 0o777, (4242, 4242)),
+               ("a", "symlink", str(node / "etc"), 0o777)]
+    await push_image(local_registry, "gantry-test/hostile", "swap", [layer(*entries)])
+    before = await asyncio.to_thread(snapshot, node, node / "images")
+
+    disk = await store.ensure_disk(f"{local_registry}/gantry-test/hostile:swap")
+
+    assert await asyncio.to_thread(snapshot, node, node / "images") == before
+    assert "Type: symlink" in await run("debugfs", "-R", "stat /a", str(disk.path))
+    assert await cat(disk.path, "/a") == str(node / "etc")  # a target past 60 bytes lives in a block
 
 
 async def test_what_is_legal_in_an_image_stays_and_devices_are_dropped(local_registry, store, caplog):
