@@ -71,11 +71,23 @@ def _hook(event: str, args: tuple) -> None:
                     except OSError:
                         pass
                 path = os.path.normpath(path) if path.startswith("/") else path
+                if event == "open" and _writes(args):
+                    event = "open for writing"
                 with _lock:
                     if _recording is not None:
                         _recording.append((event, path))
     finally:
         _inside.busy = False
+
+
+def _writes(args: tuple) -> bool:
+    """Whether an `open` event (path, mode, flags) may write: builtins.open gives a mode,
+    os.open gives None and its flags."""
+    mode = args[1] if len(args) > 1 else None
+    if isinstance(mode, str):
+        return any(c in mode for c in "wax+")
+    flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+    return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC))
 
 
 sys.addaudithook(_hook)  # once per process; idle unless a recording is on
@@ -97,12 +109,12 @@ class FsCalls:
 
 
 def outside(calls: list[tuple[str, str]], root: Path) -> list[tuple[str, str]]:
-    """The calls on paths outside `root`, less Python reading its own modules (a lazy import)
-    and subprocess's /dev/null. A relative name was opened against a directory fd (rmtree and
+    """The calls on paths outside `root`, less Python reading its own files (a lazy import, a
+    traceback's source lines) and subprocess's /dev/null. A relative name was opened against a directory fd (rmtree and
     the layer code do that, below a directory they reached by an absolute path recorded here):
     the agent's image code uses no path relative to its working directory."""
     root_text = str(root)
     return [(event, path) for event, path in calls
             if path.startswith("/") and path != "/dev/null"
             and not (path == root_text or path.startswith(root_text + os.sep))
-            and not (event == "open" and path.startswith(_IMPORTS) and path.endswith((".py", ".pyc", ".so")))]
+            and not (event == "open" and path.startswith(_IMPORTS))]
