@@ -177,7 +177,7 @@ class OciImageStore:
                           tenant: str | None = None, progress: ProgressCallback | None = None) -> ImageDisk:
         """The disk of image `ref`, pulled with `credentials` for `tenant` (None: unknown, as
         for the CLI's own runs). The cache serves a pull only as far as the registry would:
-        see docs/security.md, "Images on the node"."""
+        see docs/security.md, "Image digests and the image cache"."""
         reference = parse_reference(ref)
         self.policy.check_reference(reference)
         report = _Reporter(progress)
