@@ -3,7 +3,9 @@
 Auth follows the registry's challenge: a `WWW-Authenticate: Bearer realm=...` answer sends us
 to the token service (anonymously, or with the basic credentials we hold), `Basic` means the
 credentials go on every request. Blobs are hashed while they stream to disk and only renamed
-into the cache once their sha256 matches the digest the manifest promised.
+into the cache once their sha256 matches the digest the manifest promised. HEAD requests
+(`check_manifest`, `has_blob`) ask whether this pull, with its credentials, may have what the
+node already holds. Digests reach a URL or a path only as checked `Digest`s (digest.py).
 """
 
 import asyncio
