@@ -141,9 +141,9 @@ class OciImageStore:
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    def _load(self, digest: Digest, ref: str) -> tuple[ImageDisk, list[str]] | None:
-        """The cached disk for digest and the tenants the registry let pull it, marked as just
-        used; None when not (fully) cached."""
+    def _load(self, digest: Digest, ref: str) -> tuple[ImageDisk, dict] | None:
+        """The cached disk for digest and its metadata (cache.py), marked as just used; None
+        when not (fully) cached."""
         meta = self._cache.read_meta(digest)
         if meta is None:
             return None
@@ -154,9 +154,9 @@ class OciImageStore:
         self._cache.touch(digest)
         disk = ImageDisk(ref=ref, digest=digest, path=self._cache.disk(digest), size_bytes=meta["size_bytes"],
                          config=config)
-        return disk, meta["tenants"]
+        return disk, meta
 
-    def _cached_for_ref(self, ref: Reference) -> tuple[ImageDisk, list[str]] | None:
+    def _cached_for_ref(self, ref: Reference) -> tuple[ImageDisk, dict] | None:
         digest = self._cache.read_ref(str(ref))
         return self._load(digest, str(ref)) if digest else None
 
@@ -195,7 +195,7 @@ class OciImageStore:
                         await client.check_manifest(reference.digest, f"image {reference}")
                     except ImageError as exc:
                         return await self._fallback(exc, reference, tenant, report)
-                    return await self._serve_cached(cached[0], tenant, report)
+                    return await self._serve_cached(cached[0], reference, tenant, report)
             report("resolve", 0, 0)
             try:
                 image = await resolve(client, reference)
@@ -206,22 +206,28 @@ class OciImageStore:
                 if loaded is None:
                     disk = await self._build(client, reference, image, tenant, report)
                 else:
-                    disk = loaded[0]
-                    await self._add_tenant(disk, tenant)
+                    disk, meta = loaded
+                    if reference.name not in meta["repositories"]:
+                        # Another repository serving the same manifest bytes (they may be known
+                        # without the layers: a registry of one's own serves anything) gets
+                        # the disk only once it shows it holds every blob.
+                        for blob in image.blobs:
+                            await client.check_blob(blob)
+                    await self._record_pull(disk, reference, tenant)
                     report("cached", disk.size_bytes, disk.size_bytes)
                 await asyncio.to_thread(self._cache.write_atomic, self._cache.ref(str(reference)),
                                         image.digest.encode())
                 return disk
 
-    async def _serve_cached(self, disk: ImageDisk, tenant: str | None, report: _Reporter) -> ImageDisk:
+    async def _serve_cached(self, disk: ImageDisk, ref: Reference, tenant: str | None,
+                            report: _Reporter) -> ImageDisk:
         async with self._lock(disk.digest):
-            await self._add_tenant(disk, tenant)
+            await self._record_pull(disk, ref, tenant)
         report("cached", disk.size_bytes, disk.size_bytes)
         return disk
 
-    async def _add_tenant(self, disk: ImageDisk, tenant: str | None) -> None:
-        if tenant is not None:
-            await asyncio.to_thread(self._cache.add_tenant, Digest(disk.digest), tenant)
+    async def _record_pull(self, disk: ImageDisk, ref: Reference, tenant: str | None) -> None:
+        await asyncio.to_thread(self._cache.record_pull, Digest(disk.digest), tenant=tenant, repository=ref.name)
 
     async def _fallback(self, exc: ImageError, ref: Reference, tenant: str | None, report: _Reporter) -> ImageDisk:
         """A cached disk of `ref` while its registry fails (429, 5xx, unreachable), for a tenant
@@ -230,7 +236,7 @@ class OciImageStore:
         if exc.permanent or tenant is None:
             raise exc
         cached = await asyncio.to_thread(self._cached_for_ref, ref)
-        if cached is None or tenant not in cached[1]:
+        if cached is None or tenant not in cached[1]["tenants"]:
             # Another tenant gets the registry's error, not a hint that the node holds the image.
             raise exc
         disk = cached[0]
@@ -316,7 +322,7 @@ class OciImageStore:
             await asyncio.to_thread(os.replace, disk_image, path)
             meta = {"ref": str(ref), "digest": digest, "size_bytes": size,
                     "config": dataclasses.asdict(config), "blobs": image.blobs,
-                    "tenants": [tenant] if tenant is not None else []}
+                    "tenants": [tenant] if tenant is not None else [], "repositories": [ref.name]}
             # The metadata file is the commit marker: a disk without one is not in the cache.
             await asyncio.to_thread(self._cache.write_atomic, self._cache.meta(digest),
                                     json.dumps(meta, indent=1).encode())

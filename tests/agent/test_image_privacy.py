@@ -134,6 +134,35 @@ async def test_a_cached_private_layer_is_not_served_to_another_repository(privat
         await own.stop()
 
 
+async def test_a_cached_private_disk_is_not_served_to_another_repository_with_the_same_manifest(
+        private_registry, tmp_path):
+    """B got hold of A's manifest bytes (not the layers) and serves them from a registry of B's
+    own, which needs no blob to answer a manifest: the digest matches A's cached disk, but B's
+    repository does not hold the blobs, so B does not get the disk."""
+    digest, private = serve_private_app(private_registry)
+    manifest = private_registry.routes["/v2/team/app/manifests/v1"]
+    own = HostileRegistry()
+    await own.start()
+    try:
+        store = store_for(tmp_path, private_registry.addr, own.addr)
+        disk = await store.ensure_disk(f"{private_registry.addr}/team/app:v1", credentials=("alice", "a-password"),
+                                       tenant=A)
+        own.routes["/v2/b/copy/manifests/latest"] = manifest
+
+        with pytest.raises(ImageError) as err:
+            await store.ensure_disk(f"{own.addr}/b/copy", tenant=B)
+
+        assert str(err.value).startswith("blob sha256:") and f" of {own.addr}/b/copy not found" in str(err.value)
+        assert err.value.permanent
+        # A repository that does hold every blob is served from the cache (nothing downloaded).
+        for blob, data in image_parts([private]).items():
+            if blob != "manifest":
+                own.routes[f"/v2/b/copy/blobs/{blob}"] = ("application/octet-stream", data)
+        assert (await store.ensure_disk(f"{own.addr}/b/copy", tenant=B)).path == disk.path
+    finally:
+        await own.stop()
+
+
 def test_the_plane_names_the_tenant_in_the_spec_and_older_frames_still_decode():
     spec = p.ReplicaSpec(name="r-1", image="registry.example.com/a/app:1", tenant_id="7")
     frame = p.encode(p.ReplicaStart(command_id="c", replica=p.DesiredReplica("r-1", spec)))

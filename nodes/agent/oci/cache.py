@@ -2,9 +2,9 @@
 
 blobs/sha256/<hex>   verified blobs (config and layers)
 disks/<hex>.ext4     base disks, <hex> of the linux/amd64 manifest digest
-disks/<hex>.json     the image's config, its blobs and the tenants whose pulls the registry
-                     authorised; written last, so it marks a finished disk, and its mtime is
-                     the image's last use
+disks/<hex>.json     the image's config, its blobs, and the tenants and repositories whose
+                     pulls of it a registry authorised; written last, so it marks a finished
+                     disk, and its mtime is the image's last use
 refs/<sha256(ref)>   the digest a reference last resolved to
 tmp/                 work dirs of pulls in progress
 
@@ -100,23 +100,30 @@ class CacheDir:
         except (OSError, ValueError):
             return None
         blobs = _digests(meta.get("blobs")) if isinstance(meta, dict) else None
-        tenants = meta.get("tenants", []) if isinstance(meta, dict) else None
+        # Metadata from before issue 23 has neither list: no tenant and no repository vouched for.
+        lists = [meta.get(key, []) for key in ("tenants", "repositories")] if isinstance(meta, dict) else [None]
         if (blobs is None or meta.get("digest") != digest or not isinstance(meta.get("size_bytes"), int)
-                or not isinstance(meta.get("config"), dict) or not isinstance(tenants, list)
-                or not all(isinstance(t, str) for t in tenants)):
+                or not isinstance(meta.get("config"), dict)
+                or not all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in lists)):
             log.warning("image cache: ignoring the malformed metadata of %s", digest)
             return None
-        meta["blobs"], meta["tenants"] = blobs, tenants
+        meta["blobs"], meta["tenants"], meta["repositories"] = blobs, *lists
         return meta if self.disk(digest).is_file() else None
 
-    def add_tenant(self, digest: Digest, tenant: str) -> None:
-        """Record that the registry let `tenant` pull this image (the caller holds the image's
-        lock); a cached copy stands in for the registry, when it fails, for these tenants only."""
+    def record_pull(self, digest: Digest, *, tenant: str | None, repository: str | None) -> None:
+        """Record that a registry let `tenant` pull this image, from `repository` (the caller
+        holds the image's lock). A cached copy stands in for a failing registry for these
+        tenants only, and serves other repositories only once they showed they hold its blobs."""
         meta = self.read_meta(digest)
-        if meta is None or tenant in meta["tenants"]:
+        if meta is None:
             return
-        meta["tenants"] = sorted({*meta["tenants"], tenant})
-        self.write_atomic(self.meta(digest), json.dumps(meta, indent=1).encode())
+        changed = False
+        for key, value in (("tenants", tenant), ("repositories", repository)):
+            if value is not None and value not in meta[key]:
+                meta[key] = sorted({*meta[key], value})
+                changed = True
+        if changed:
+            self.write_atomic(self.meta(digest), json.dumps(meta, indent=1).encode())
 
     def read_ref(self, ref: str) -> Digest | None:
         try:

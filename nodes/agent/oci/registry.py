@@ -201,6 +201,12 @@ class RegistryClient:
         response = await self._send(f"{self._base}/blobs/{Digest(digest)}", method="HEAD")
         return response.status_code == 200
 
+    async def check_blob(self, digest: Digest) -> None:
+        """has_blob, raising the registry's answer (404: not found, 5xx: transient) instead."""
+        response = await self._send(f"{self._base}/blobs/{Digest(digest)}", method="HEAD")
+        if response.status_code != 200:
+            raise self._error(response, f"blob {digest} of {self._ref.name}")
+
     async def fetch_blob(self, digest: Digest, size: int, dest: Path,
                          on_bytes: Callable[[int], None]) -> None:
         """Stream blob `digest` into `dest` (atomically), verifying size and sha256."""
