@@ -56,6 +56,10 @@ class ReplicaSpec:
 
     name: str
     image: str
+    # The tenant whose deployment this is. The node's image cache stands in for a failing
+    # registry only for a tenant whose pull of that image the registry once allowed. Added
+    # within version 1: an older plane sends none, and then the cache never stands in.
+    tenant_id: str | None = None
     registry_username: str | None = None
     # repr=False: a spec that lands in a log line or a traceback's message shows no secret.
     registry_password: str | None = field(default=None, repr=False)

@@ -11,6 +11,7 @@ The files under the store's root are described in nodes/agent/oci/cache.py.
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -27,16 +28,17 @@ import httpx
 from nodes.agent.errors import ImageError
 from nodes.agent.oci import disk as disks
 from nodes.agent.oci.cache import CacheDir
+from nodes.agent.oci.digest import Digest
 from nodes.agent.oci.egress import GuardedBackend, GuardedTransport, RegistryPolicy
 from nodes.agent.oci.layers import UnpackBudget, UnpackLimits, apply_layer, measure
+from nodes.agent.oci.manifest import PLATFORM, Descriptor, ImageManifest, resolve
 from nodes.agent.oci.reference import Reference, parse_reference
-from nodes.agent.oci.registry import INDEX_TYPES, MANIFEST_TYPES, RegistryClient
+from nodes.agent.oci.registry import RegistryClient
 
 __all__ = ["ImageConfig", "ImageDisk", "ImageError", "ImageStore", "OciImageStore", "PullProgress"]
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
-PLATFORM = ("linux", "amd64")
 MAX_PARALLEL_BLOBS = 3
 
 
@@ -87,7 +89,7 @@ ProgressCallback = Callable[[PullProgress], None]
 
 class ImageStore(Protocol):
     async def ensure_disk(self, ref: str, *, credentials: tuple[str, str] | None = None,
-                          progress: ProgressCallback | None = None) -> ImageDisk: ...
+                          tenant: str | None = None, progress: ProgressCallback | None = None) -> ImageDisk: ...
 
     async def create_overlay(self, disk: ImageDisk, dest: Path) -> None: ...
 
@@ -142,16 +144,22 @@ class OciImageStore:
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    def _load(self, digest: str, ref: str) -> ImageDisk | None:
-        """The cached disk for digest, marked as just used; None when not (fully) cached."""
+    def _load(self, digest: Digest, ref: str) -> tuple[ImageDisk, dict] | None:
+        """The cached disk for digest and its metadata (cache.py), marked as just used; None
+        when not (fully) cached."""
         meta = self._cache.read_meta(digest)
         if meta is None:
             return None
+        try:
+            config = ImageConfig(**meta["config"])
+        except TypeError:
+            return None  # metadata of another agent version: build the disk again
         self._cache.touch(digest)
-        return ImageDisk(ref=ref, digest=digest, path=self._cache.disk(digest), size_bytes=meta["size_bytes"],
-                         config=ImageConfig(**meta["config"]))
+        disk = ImageDisk(ref=ref, digest=digest, path=self._cache.disk(digest), size_bytes=meta["size_bytes"],
+                         config=config)
+        return disk, meta
 
-    def _cached_for_ref(self, ref: Reference) -> ImageDisk | None:
+    def _cached_for_ref(self, ref: Reference) -> tuple[ImageDisk, dict] | None:
         digest = self._cache.read_ref(str(ref))
         return self._load(digest, str(ref)) if digest else None
 
@@ -169,85 +177,89 @@ class OciImageStore:
     # -- ensure_disk ------------------------------------------------------------------------------
 
     async def ensure_disk(self, ref: str, *, credentials: tuple[str, str] | None = None,
-                          progress: ProgressCallback | None = None) -> ImageDisk:
+                          tenant: str | None = None, progress: ProgressCallback | None = None) -> ImageDisk:
+        """The disk of image `ref`, pulled with `credentials` for `tenant` (None: unknown, as
+        for the CLI's own runs). The cache serves a pull only as far as the registry would:
+        see docs/security.md, "Image digests and the image cache"."""
         reference = parse_reference(ref)
         self.policy.check_reference(reference)
         report = _Reporter(progress)
         await asyncio.to_thread(self._cache.mkdirs)
-        if reference.digest:
-            # A digest never changes what it names: no need to ask the registry again.
-            cached = await asyncio.to_thread(self._cached_for_ref, reference)
-            if cached:
-                report("cached", cached.size_bytes, cached.size_bytes)
-                return cached
-        report("resolve", 0, 0)
         async with await self._client(reference) as http:
             client = RegistryClient(http, reference, insecure=reference.endpoint in self.insecure_registries,
                                     credentials=credentials)
+            if reference.digest:
+                cached = await asyncio.to_thread(self._cached_for_ref, reference)
+                if cached:
+                    # A digest never changes what it names, so nothing is pulled again; but the
+                    # node's copy is served only where the registry would serve this pull: a
+                    # HEAD with the pull's own credentials (or none) decides.
+                    try:
+                        await client.check_manifest(reference.digest, f"image {reference}")
+                    except ImageError as exc:
+                        return await self._fallback(exc, reference, tenant, report)
+                    return await self._serve_cached(cached[0], reference, tenant, report)
+            report("resolve", 0, 0)
             try:
-                manifest, digest = await self._resolve(client, reference)
+                image = await resolve(client, reference)
             except ImageError as exc:
-                cached = None if exc.permanent else await asyncio.to_thread(self._cached_for_ref, reference)
-                if cached is None:
-                    raise
-                # The registry is down but this reference resolved before: run what we have.
-                log.warning("%s; using the cached %s for %s", exc.message, cached.digest, reference)
-                report("cached", cached.size_bytes, cached.size_bytes)
-                return cached
-            async with self._lock(digest):
-                disk = await asyncio.to_thread(self._load, digest, str(reference))
-                if disk is None:
-                    disk = await self._build(client, reference, digest, manifest, report)
+                return await self._fallback(exc, reference, tenant, report)
+            async with self._lock(image.digest):
+                loaded = await asyncio.to_thread(self._load, image.digest, str(reference))
+                if loaded is None:
+                    disk = await self._build(client, reference, image, tenant, report)
                 else:
+                    disk, meta = loaded
+                    if reference.name not in meta["repositories"]:
+                        # Another repository serving the same manifest bytes (they may be known
+                        # without the layers: a registry of one's own serves anything) gets
+                        # the disk only once it shows it holds every blob.
+                        for blob in image.blobs:
+                            await client.check_blob(blob)
+                    await self._record_pull(disk, reference, tenant)
                     report("cached", disk.size_bytes, disk.size_bytes)
-                await asyncio.to_thread(self._cache.write_atomic, self._cache.ref(str(reference)), digest.encode())
+                await asyncio.to_thread(self._cache.write_atomic, self._cache.ref(str(reference)),
+                                        image.digest.encode())
                 return disk
 
-    async def _resolve(self, client: RegistryClient, ref: Reference) -> tuple[dict, str]:
-        """The linux/amd64 image manifest `ref` names, and its digest."""
-        document, digest = await client.manifest(ref.reference, f"image {ref}")
-        media_type = document.get("mediaType", "")
-        if media_type in INDEX_TYPES or ("manifests" in document and "layers" not in document):
-            offered = []
-            for entry in document.get("manifests") or []:
-                platform = (entry.get("platform") if isinstance(entry, dict) else None) or {}
-                pair = (platform.get("os"), platform.get("architecture"))
-                offered.append("/".join(str(p) for p in pair))
-                if pair == PLATFORM:
-                    if not str(entry.get("digest")).startswith("sha256:"):
-                        raise ImageError(f"image {ref} has a malformed index", permanent=True)
-                    document, digest = await client.manifest(entry["digest"], f"linux/amd64 image of {ref}")
-                    break
-            else:
-                shown = ", ".join(sorted(set(offered))) or "nothing"
-                raise ImageError(f"image {ref} has no linux/amd64 variant (it offers {shown})",
-                                 permanent=True)
-            media_type = document.get("mediaType", "")
-        if media_type not in MANIFEST_TYPES and "layers" not in document:
-            raise ImageError(f"image {ref} has an unsupported manifest type {media_type!r}",
-                             permanent=True)
-        try:
-            for desc in [document["config"], *document["layers"]]:
-                if not isinstance(desc["size"], int) or not str(desc["digest"]).startswith("sha256:"):
-                    raise ValueError
-        except (KeyError, TypeError, ValueError):
-            raise ImageError(f"image {ref} has a malformed manifest", permanent=True) from None
-        return document, digest
+    async def _serve_cached(self, disk: ImageDisk, ref: Reference, tenant: str | None,
+                            report: _Reporter) -> ImageDisk:
+        async with self._lock(disk.digest):
+            await self._record_pull(disk, ref, tenant)
+        report("cached", disk.size_bytes, disk.size_bytes)
+        return disk
 
-    async def _build(self, client: RegistryClient, ref: Reference, digest: str, manifest: dict,
+    async def _record_pull(self, disk: ImageDisk, ref: Reference, tenant: str | None) -> None:
+        await asyncio.to_thread(self._cache.record_pull, Digest(disk.digest), tenant=tenant, repository=ref.name)
+
+    async def _fallback(self, exc: ImageError, ref: Reference, tenant: str | None, report: _Reporter) -> ImageDisk:
+        """A cached disk of `ref` while its registry fails (429, 5xx, unreachable), for a tenant
+        whose pull of it the registry once allowed; otherwise the registry's error. A refusal
+        (401, 403, 404) is never overridden by the cache."""
+        if exc.permanent or tenant is None:
+            raise exc
+        cached = await asyncio.to_thread(self._cached_for_ref, ref)
+        if cached is None or tenant not in cached[1]["tenants"]:
+            # Another tenant gets the registry's error, not a hint that the node holds the image.
+            raise exc
+        disk = cached[0]
+        log.warning("%s; using the cached %s for %s", exc.message, disk.digest, ref)
+        report("cached", disk.size_bytes, disk.size_bytes)
+        return disk
+
+    async def _build(self, client: RegistryClient, ref: Reference, image: ImageManifest, tenant: str | None,
                      report: _Reporter) -> ImageDisk:
-        blobs = [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
         # Counted, not locked: evict() must not take these blobs while this pull needs them.
-        self._active_blobs.update(blobs)
+        self._active_blobs.update(image.blobs)
         try:
-            await self._pull(client, manifest, report)
-            return await self._unpack(ref, digest, manifest, report)
+            await self._pull(client, image, report)
+            return await self._unpack(ref, image, tenant, report)
         finally:
-            self._active_blobs.subtract(blobs)
+            self._active_blobs.subtract(image.blobs)
 
-    async def _pull(self, client: RegistryClient, manifest: dict, report: _Reporter) -> None:
-        descriptors = [manifest["config"], *manifest["layers"]]
-        total = sum(desc["size"] for desc in descriptors)
+    async def _pull(self, client: RegistryClient, image: ImageManifest, report: _Reporter) -> None:
+        descriptors = [image.config, *image.layers]
+        total = sum(desc.size for desc in descriptors)
         done: dict[str, int] = {}
 
         def on_bytes(blob: str, n: int) -> None:
@@ -257,13 +269,16 @@ class OciImageStore:
         report("pull", 0, total)
         semaphore = asyncio.Semaphore(MAX_PARALLEL_BLOBS)
 
-        async def fetch(desc: dict) -> None:
-            blob = desc["digest"]
+        async def fetch(desc: Descriptor) -> None:
+            blob = desc.digest
             async with semaphore, self._lock(blob):
-                path = self._cache.blob(blob)
-                if not await asyncio.to_thread(path.is_file):
-                    await client.fetch_blob(blob, desc["size"], path, lambda n: on_bytes(blob, n))
-            on_bytes(blob, desc["size"])
+                # A blob already here is hashed again (a disk's bytes can change under us) and
+                # used only if this repository serves it too: another tenant's private layer is
+                # not theirs because its digest is known.
+                cached = await asyncio.to_thread(self._cache.verified_blob, blob, desc.size)
+                if not cached or not await client.has_blob(blob):
+                    await client.fetch_blob(blob, desc.size, self._cache.blob(blob), lambda n: on_bytes(blob, n))
+            on_bytes(blob, desc.size)
 
         tasks = [asyncio.create_task(fetch(desc)) for desc in descriptors]
         try:
@@ -276,9 +291,10 @@ class OciImageStore:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _unpack(self, ref: Reference, digest: str, manifest: dict, report: _Reporter) -> ImageDisk:
-        config_desc, layers = manifest["config"], manifest["layers"]
-        config_doc = await asyncio.to_thread(self._read_config, self._cache.blob(config_desc["digest"]), ref)
+    async def _unpack(self, ref: Reference, image: ImageManifest, tenant: str | None,
+                      report: _Reporter) -> ImageDisk:
+        digest = image.digest
+        config_doc = await asyncio.to_thread(self._read_config, image.config.digest, ref)
         platform = (config_doc.get("os"), config_doc.get("architecture"))
         if platform != PLATFORM and all(platform):
             raise ImageError(f"image {ref} is built for {platform[0]}/{platform[1]}, not linux/amd64",
@@ -292,26 +308,25 @@ class OciImageStore:
         try:
             rootfs = work / "rootfs"
             await asyncio.to_thread(rootfs.mkdir, mode=0o755, parents=True)
-            unpacked = sum(layer["size"] for layer in layers)
+            unpacked = sum(layer.size for layer in image.layers)
             applied = 0
             budget = UnpackBudget(self.unpack_limits)  # one per image, shared by its layers
             report("unpack", 0, unpacked)
-            for layer in layers:
-                await asyncio.to_thread(apply_layer, self._cache.blob(layer["digest"]), rootfs, layer["digest"],
-                                        budget)
-                applied += layer["size"]
+            for layer in image.layers:
+                await asyncio.to_thread(apply_layer, self._cache.blob(layer.digest), rootfs, layer.digest, budget)
+                applied += layer.size
                 report("unpack", applied, unpacked)
             content, inodes = await asyncio.to_thread(measure, rootfs)
             size, inode_count = disks.disk_geometry(content, inodes)
             report("disk", 0, size)
-            image = work / "disk.ext4"
-            await disks.make_ext4(rootfs, image, size_bytes=size, inodes=inode_count,
+            disk_image = work / "disk.ext4"
+            await disks.make_ext4(rootfs, disk_image, size_bytes=size, inodes=inode_count,
                                   label=ref.repository.rsplit("/", 1)[-1])
             path = self._cache.disk(digest)
-            await asyncio.to_thread(os.replace, image, path)
+            await asyncio.to_thread(os.replace, disk_image, path)
             meta = {"ref": str(ref), "digest": digest, "size_bytes": size,
-                    "config": dataclasses.asdict(config),
-                    "blobs": [config_desc["digest"], *(layer["digest"] for layer in layers)]}
+                    "config": dataclasses.asdict(config), "blobs": image.blobs,
+                    "tenants": [tenant] if tenant is not None else [], "repositories": [ref.name]}
             # The metadata file is the commit marker: a disk without one is not in the cache.
             await asyncio.to_thread(self._cache.write_atomic, self._cache.meta(digest),
                                     json.dumps(meta, indent=1).encode())
@@ -322,10 +337,15 @@ class OciImageStore:
         await asyncio.to_thread(self._cache.touch, digest)
         return ImageDisk(ref=str(ref), digest=digest, path=path, size_bytes=size, config=config)
 
-    @staticmethod
-    def _read_config(path: Path, ref: Reference) -> dict:
+    def _read_config(self, digest: Digest, ref: Reference) -> dict:
+        # The very bytes parsed are hashed: a config is small, and what it says (env, user,
+        # entrypoint) is what the VM runs.
+        data = self._cache.blob(digest).read_bytes()
+        if Digest.of_hex(hashlib.sha256(data).hexdigest()) != digest:
+            self._cache.blob(digest).unlink(missing_ok=True)
+            raise ImageError(f"the cached config {digest} of image {ref} changed on disk; pull it again")
         try:
-            document = json.loads(path.read_bytes())
+            document = json.loads(data)
             if not isinstance(document, dict):
                 raise ValueError
             return document
@@ -338,7 +358,7 @@ class OciImageStore:
         if not await asyncio.to_thread(disk.path.is_file):
             raise ImageError(f"the cached disk of {disk.ref} is gone (evicted); pull it again")
         await disks.make_overlay(disk.path, Path(dest))
-        await asyncio.to_thread(self._cache.touch, disk.digest)
+        await asyncio.to_thread(self._cache.touch, Digest(disk.digest))
 
     async def evict(self, *, in_use: set[str]) -> list[str]:
         """Delete least recently used disks (and their blobs no other disk needs) until the

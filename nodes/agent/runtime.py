@@ -212,7 +212,8 @@ class MicroVmRuntime(VmLogReads):
         credentials = None
         if spec.registry_username is not None:
             credentials = (spec.registry_username, spec.registry_password or "")
-        disk = await self.images.ensure_disk(spec.image, credentials=credentials, progress=progress)
+        disk = await self.images.ensure_disk(spec.image, credentials=credentials, tenant=spec.tenant_id,
+                                             progress=progress)
         argv, env = guest_command(disk.config, spec)
         info = await self._set(replace(info, state="booting", digest=disk.digest))
         await self.images.create_overlay(disk, paths.overlay)

@@ -59,7 +59,7 @@ class FakeImageStore(_Recorder):
         self.root = root
         self.images = images
 
-    async def ensure_disk(self, ref, *, credentials=None, progress=None):
+    async def ensure_disk(self, ref, *, credentials=None, tenant=None, progress=None):
         self._record("ensure_disk", ref, credentials)
         if ref not in self.images:
             raise AgentError(f"image {ref} not found in registry", permanent=True)

@@ -91,11 +91,12 @@ async def test_concurrent_pulls_of_one_image_build_one_disk(local_registry, stor
     assert sorted(p.name for p in (store.root / "disks").iterdir()) == [f"{stem}.ext4", f"{stem}.json"]
 
 
-async def test_digest_reference_needs_no_registry_once_cached(local_registry, store):
+async def test_digest_reference_is_not_pulled_again_once_cached(local_registry, store):
     disk = await store.ensure_disk(HELLO)
     pinned = f"127.0.0.1:5000/gantry/hello@{disk.digest}"
     assert (await store.ensure_disk(pinned)).digest == disk.digest
     seen: list[PullProgress] = []
+    # Only a HEAD of the manifest asks the registry whether this pull may have it.
     assert (await store.ensure_disk(pinned, progress=seen.append)).path == disk.path
     assert [p.phase for p in seen] == ["cached"]
 
@@ -275,13 +276,17 @@ async def test_cached_disk_serves_a_tag_while_its_registry_is_down(fake_registry
     store = own_registry_store(tmp_path, fake_registry.addr)
     fake_registry.serve_image("gantry/app", "v1", image_parts([layer(("app", "file", b"v1", 0o755))]))
     ref = f"{fake_registry.addr}/gantry/app:v1"
-    disk = await store.ensure_disk(ref)
+    disk = await store.ensure_disk(ref, tenant="tenant-a")
     await fake_registry.stop()
     seen: list[PullProgress] = []
 
-    again = await store.ensure_disk(ref, progress=seen.append)
+    again = await store.ensure_disk(ref, tenant="tenant-a", progress=seen.append)
 
     assert again.path == disk.path and seen[-1].phase == "cached"
+    # Only for the tenant the registry let pull it (tests/agent/test_image_privacy.py).
+    for other in ("tenant-b", None):
+        with pytest.raises(ImageError, match="unreachable"):
+            await store.ensure_disk(ref, tenant=other)
     with pytest.raises(ImageError, match="unreachable") as err:
         await store.ensure_disk(f"{fake_registry.addr}/gantry/app:v2")
     assert not err.value.permanent

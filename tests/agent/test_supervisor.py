@@ -130,7 +130,7 @@ class SlowImages(FakeImageStore):
         super().__init__(root, {"sh": SH, "slow": SH})
         self.release = asyncio.Event()
 
-    async def ensure_disk(self, ref, *, credentials=None, progress=None):
+    async def ensure_disk(self, ref, *, credentials=None, tenant=None, progress=None):
         if ref == "slow":
             progress(SimpleNamespace(phase="pull", done_bytes=312_000_000, total_bytes=870_000_000))
             await self.release.wait()

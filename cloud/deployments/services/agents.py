@@ -205,7 +205,7 @@ def replica_spec(replica: Replica, *, gpu_bdfs: list[str]) -> ReplicaSpec:
     hardware = d.hardware_type
     units = 1 if hardware.cpu_only else max(d.gpus_per_container, 1)
     return ReplicaSpec(
-        name=str(replica.uid), image=d.image,
+        name=str(replica.uid), image=d.image, tenant_id=str(d.tenant_id),
         registry_username=d.registry_username or None, registry_password=d.get_registry_secret() if d.registry_username else None,
         env={**d.env, "GANTRY_DEPLOYMENT_ID": str(d.pk), "GANTRY_REPLICA_ORDINAL": str(replica.ordinal)},
         secret_env=d.get_secret_env(), entrypoint=d.entrypoint, args=d.args, traffic_port=d.traffic_port,

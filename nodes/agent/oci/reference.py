@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 from nodes.agent.errors import ImageError
+from nodes.agent.oci.digest import Digest
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
@@ -24,7 +25,7 @@ class Reference:
     registry: str
     repository: str
     tag: str | None
-    digest: str | None
+    digest: Digest | None
 
     @property
     def endpoint(self) -> str:
@@ -65,6 +66,7 @@ def parse_reference(ref: str) -> Reference:
         name, digest = text.split("@", 1)
         if not _DIGEST.fullmatch(digest):
             raise _bad(ref, "the digest must be sha256: followed by 64 lowercase hex digits")
+        digest = Digest(digest)
     tag = None
     slash = name.rfind("/")
     colon = name.rfind(":")

@@ -3,7 +3,9 @@
 Auth follows the registry's challenge: a `WWW-Authenticate: Bearer realm=...` answer sends us
 to the token service (anonymously, or with the basic credentials we hold), `Basic` means the
 credentials go on every request. Blobs are hashed while they stream to disk and only renamed
-into the cache once their sha256 matches the digest the manifest promised.
+into the cache once their sha256 matches the digest the manifest promised. HEAD requests
+(`check_manifest`, `has_blob`) ask whether this pull, with its credentials, may have what the
+node already holds. Digests reach a URL or a path only as checked `Digest`s (digest.py).
 """
 
 import asyncio
@@ -18,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from nodes.agent.errors import ImageError
+from nodes.agent.oci.digest import Digest
 from nodes.agent.oci.reference import Reference
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -62,12 +65,13 @@ class RegistryClient:
     def _unreachable(self, exc: Exception) -> ImageError:
         return ImageError(f"registry {self._ref.endpoint} is unreachable: {_reason(exc)}")
 
-    async def _send(self, url: str, *, accept: str | None = None, stream: bool = False) -> httpx.Response:
+    async def _send(self, url: str, *, accept: str | None = None, stream: bool = False,
+                    method: str = "GET") -> httpx.Response:
         for attempt in range(2):
             headers = {"Accept": accept} if accept else {}
             if self._authorization:
                 headers["Authorization"] = self._authorization
-            request = self._http.build_request("GET", url, headers=headers)
+            request = self._http.build_request(method, url, headers=headers)
             try:
                 response = await self._http.send(request, stream=stream)
             except httpx.HTTPError as exc:
@@ -154,16 +158,19 @@ class RegistryClient:
 
     # -- manifests ---------------------------------------------------------------------------
 
-    async def manifest(self, reference: str, what: str) -> tuple[dict, str]:
-        """GET a manifest or index by tag or digest; returns (document, its digest)."""
+    async def manifest(self, reference: str | Digest, what: str) -> tuple[dict, Digest]:
+        """GET a manifest or index by tag or digest; returns (document, its digest). A digest
+        must come as a Digest: a string with a colon is neither a tag nor a checked digest."""
+        if ":" in reference and not isinstance(reference, Digest):
+            raise TypeError("a manifest is fetched by tag or by a checked Digest")
         response = await self._send(f"{self._base}/manifests/{reference}", accept=ACCEPT)
         if response.status_code != 200:
             raise self._error(response, what)
         body = response.content
         if len(body) > MAX_MANIFEST_BYTES:
             raise ImageError(f"{what}: manifest is larger than 4 MiB", permanent=True)
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        if reference.startswith("sha256:") and digest != reference:
+        digest = Digest.of_hex(hashlib.sha256(body).hexdigest())
+        if isinstance(reference, Digest) and digest != reference:
             raise ImageError(f"{what}: manifest digest mismatch (expected {reference}, got "
                              f"{digest})", permanent=True)
         try:
@@ -179,11 +186,31 @@ class RegistryClient:
         document.setdefault("mediaType", response.headers.get("content-type", "").split(";")[0])
         return document, digest
 
+    async def check_manifest(self, digest: Digest, what: str) -> None:
+        """HEAD the manifest `digest` with this client's credentials: does the registry let
+        this pull have it? Raises the registry's answer (401: credentials needed, 404, 5xx)."""
+        response = await self._send(f"{self._base}/manifests/{Digest(digest)}", accept=ACCEPT, method="HEAD")
+        if response.status_code != 200:
+            raise self._error(response, what)
+
     # -- blobs -------------------------------------------------------------------------------
 
-    async def fetch_blob(self, digest: str, size: int, dest: Path,
+    async def has_blob(self, digest: Digest) -> bool:
+        """True when the registry answers a HEAD of the blob in this repository with 200: a
+        blob the node holds is used for this pull only if this repository serves it too."""
+        response = await self._send(f"{self._base}/blobs/{Digest(digest)}", method="HEAD")
+        return response.status_code == 200
+
+    async def check_blob(self, digest: Digest) -> None:
+        """has_blob, raising the registry's answer (404: not found, 5xx: transient) instead."""
+        response = await self._send(f"{self._base}/blobs/{Digest(digest)}", method="HEAD")
+        if response.status_code != 200:
+            raise self._error(response, f"blob {digest} of {self._ref.name}")
+
+    async def fetch_blob(self, digest: Digest, size: int, dest: Path,
                          on_bytes: Callable[[int], None]) -> None:
         """Stream blob `digest` into `dest` (atomically), verifying size and sha256."""
+        digest = Digest(digest)
         response = await self._send(f"{self._base}/blobs/{digest}", stream=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{id(response):x}.part")
         hasher = hashlib.sha256()
