@@ -95,8 +95,15 @@ def crash_reason(code: int, restarts: int, paths: VmPaths) -> str:
     return f"exited with code {code} after {restarts} restarts; last stderr: {stderr or '(none)'}"
 
 
+def guest_ended(info: VmInfo) -> bool:
+    """What `derive` says when the guest reported its workload over while QEMU still runs: the
+    runtime must stop the VM itself (nobody asked for a stop, so `stop_requested` is unset)."""
+    return info.state == "stopping" and not info.stop_requested
+
+
 def derive(info: VmInfo, status: WorkloadStatus, alive: bool, paths: VmPaths) -> VmInfo:
-    """The VM's current state from its persisted info, its status events and QEMU's liveness."""
+    """The VM's current state from its persisted info, its status events and QEMU's liveness.
+    A terminal state (`stopped`, `failed`) needs QEMU gone, whatever the guest wrote."""
     restarts = max(0, status.starts - 1)
     if info.state in TERMINAL_STATES and not alive:
         return info
@@ -104,6 +111,12 @@ def derive(info: VmInfo, status: WorkloadStatus, alive: bool, paths: VmPaths) ->
         if alive:
             return replace(info, state="stopping")
         return replace(info, state="stopped", reason="stopped", pid=None, exit_code=status.final_code)
+    if status.final and alive:
+        # Everything on the status channel is the guest's word, and a guest with root can write
+        # a `final` there while its VM runs on (and holds its GPUs). Only QEMU's end ends a VM,
+        # and its meter: until then it is `stopping`, and the runtime stops it (guest_ended).
+        return replace(info, state="stopping", reason=f"the workload reported its end (code {status.final_code}); "
+                       "stopping its VM", exit_code=status.final_code, restarts=restarts)
     if status.final:
         if status.final_code == 0:
             return replace(info, state="stopped", reason="exited with code 0", exit_code=0, restarts=restarts)
@@ -134,4 +147,6 @@ def derive(info: VmInfo, status: WorkloadStatus, alive: bool, paths: VmPaths) ->
         # A restarted workload is running again; the first start still awaits its health check.
         state = "running" if info.state in ("running", "restarting") else "starting"
         return replace(info, state=state, restarts=restarts)
+    if info.state in TERMINAL_STATES:
+        return replace(info, state="stopping")  # recorded as ended, yet QEMU lives: it is stopped first
     return info

@@ -19,7 +19,7 @@ from nodes.agent.errors import AgentError
 from nodes.agent.events import EventHub, RuntimeEvent
 from nodes.agent.gpu.host import GpuHost, Prepared
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
-from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, read_status
+from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, guest_ended, read_status
 from nodes.agent.logs import LogLine, LogRecords, convert, last_seq
 from nodes.agent.locks import VmLocks
 from nodes.agent.runtime_logs import VmLogReads
@@ -233,6 +233,9 @@ class MicroVmRuntime(VmLogReads):
         self._watch(spec.name)
         info = await self._wait_for(spec.name, lambda i: i.state not in ("booting",), self.boot_timeout,
                                     f"workload did not start within {self.boot_timeout:.0f}s")
+        if guest_ended(info):  # over before it ran: the watcher stops the VM, and then it has ended
+            info = await self._wait_for(spec.name, lambda i: i.state in TERMINAL_STATES, self.boot_timeout,
+                                        f"VM did not stop within {self.boot_timeout:.0f}s of its workload's end")
         if info.state == "failed":
             raise AgentError(info.reason or "VM failed", permanent=True)
         if info.state == "stopped":
@@ -338,6 +341,15 @@ class MicroVmRuntime(VmLogReads):
             if info.state in TERMINAL_STATES:
                 await self._gpus_release(name)  # the next tenant must not wait for a vm rm
                 return
+            if guest_ended(info):
+                # The guest says its workload is over, and its VM still runs: the VM is stopped
+                # here and now (as /init would power it off), and only QEMU's end, seen by the
+                # next pass, makes the VM `stopped` or `failed`.
+                try:
+                    await self.vmm.stop(paths.dir, timeout=self.stop_timeout)
+                except AgentError:
+                    await asyncio.sleep(self.poll_interval)  # still alive: tried again next pass
+                continue
             # Until the workload runs, a start() waits on this loop to see the start event: a
             # tighter pass there is start latency saved, and a booting VM has few logs to convert.
             booting = info.state in ("booting", "starting")
