@@ -196,3 +196,20 @@ def test_metering_again_never_moves_or_doubles_what_was_billed(monkeypatch, acme
     assert len({a for a, _, _ in spans}) == len(spans)
     assert tenant_balance(tenant=acme) == Decimal("1000") - exact(seconds=89, units=1)
     assert_api_matches_records(as_alice, deployment)
+
+
+def test_a_failure_whose_reason_is_too_long_still_ends_the_replica_and_its_meter(monkeypatch, acme, h100, node):
+    # The reason quotes the guest's last stderr lines; a node that sent them whole (an older agent)
+    # made the report fail on the column's length, and the replica's end was never recorded.
+    clock = Clock(monkeypatch, T0)
+    deployment = deployment_for(acme, hardware_id=h100.pk, gpus_per_container=1)
+    replica = placed(deployment, node)
+    report(node, replica, "booting")
+    clock.tick(seconds=30)
+    report(node, replica, "failed", reason="exited with code 1 after 0 restarts; last stderr: " + "x" * 20_000,
+           exit_code=1)
+    replica.refresh_from_db()
+    assert replica.state == Replica.State.FAILED and replica.vm_gone and len(replica.reason) == 500
+    usage_close_intervals(now=clock.tick(seconds=5))
+    meter = Meter.objects.get(replica=replica)
+    assert meter.closed and meter.seconds == 29

@@ -94,6 +94,10 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
         replica.save(update_fields=["last_report_at", "vm_gone"])
         return  # ended on the plane (lost or stopped): the node's word no longer moves it
     wanted_stop = replica.desired == Replica.Desired.STOP
+    # A reason quotes the guest (its last stderr lines): one too long for the column must not
+    # make the report fail, or the replica's end (its meter's end, its GPUs) is never recorded.
+    limit = Replica._meta.get_field("reason").max_length
+    reason = report.reason if len(report.reason) <= limit else report.reason[:limit - 1] + "…"
     booted = report.state in _BOOTED and replica.booted_at is None
     if booted:
         # Its VM process runs (or did, for a report that skipped `booting`): billing starts on
@@ -104,12 +108,12 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
         replica.ended_at = now
         if replica.booted_at is not None and replica.stopped_at is None:
             replica.stopped_at = now  # a node reports the end only once QEMU is gone
-        replica.reason = (report.reason or replica.reason) if not wanted_stop else (replica.reason or "stopped")
+        replica.reason = (reason or replica.reason) if not wanted_stop else (replica.reason or "stopped")
     elif wanted_stop:
         replica.state = R.STOPPING  # a late report from before the stop must not undo it
     else:
         replica.state = report.state
-        replica.reason = report.reason
+        replica.reason = reason
         if report.state == R.RUNNING and replica.started_at is None:
             replica.started_at = now
     replica.vm_address = report.address
