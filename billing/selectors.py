@@ -141,10 +141,10 @@ def deployment_cost_annotations(*, now: datetime, deployment_ref: str = "pk") ->
 
 def billed_interval(*, metered_from: datetime | None, metered_to: datetime | None, closed: bool,
                     ended: datetime | None) -> tuple[datetime | None, datetime | None]:
-    """(billed_from, billed_to) of an incarnation, as its usage records will add up: from its
-    meter's start to where the metering pass ends it, the same rule as the metering pass's `_end_of` (its end,
-    floored to the second, never before the start). `billed_to` is None while it runs (or
-    before a node reports it ended); both are None when it never booted."""
+    """(billed_from, billed_to) of an incarnation, as its usage records add up: from its meter's
+    start to where the metering pass ends it, by the pass's own rule (`_end_of`: its end,
+    floored to the second, never before the start). `billed_to` is None until a node reports
+    it ended; both are None when it never booted."""
     if metered_from is None:
         return None, None
     if closed:

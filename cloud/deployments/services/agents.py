@@ -28,8 +28,8 @@ from nodes.models import Gpu, Node
 from nodes.protocol import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
 
 R = Replica.State
-# What a node reports once a replica's VM process has started (`stopping` is only ever reported
-# for a VM that was launched, or to say a stop is under way).
+# What a node reports once a replica's VM process has started. Not `stopping`: a node also says
+# that of a start it is cancelling, before any VM ran.
 _BOOTED = ("booting", "starting", "running", "restarting")
 
 
