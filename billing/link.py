@@ -14,10 +14,10 @@ from typing import Protocol
 
 class ReplicaSource(Protocol):
     def running_without_meter(self):
-        """Incarnations that entered `running`, have not ended and have no meter yet: an
-        iterable of dicts with `replica_id`, `deployment_id`, `tenant_id`, `started_at`.
-        (The deployments app opens a meter when a replica enters running; this is the net for
-        any path that sets `started_at` without one.)"""
+        """Incarnations whose VM started (`booting` or later), have not ended and have no meter
+        yet: an iterable of dicts with `replica_id`, `deployment_id`, `tenant_id`, `booted_at`.
+        (The deployments app opens a meter when a replica's VM starts; this is the net for any
+        path that sets `booted_at` without one.)"""
 
 
 _source: ReplicaSource | None = None

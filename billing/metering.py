@@ -1,5 +1,6 @@
 """Per-second metering (DESIGN section 8): each incarnation accrues units x price per unit-hour
-/ 3600 per second from `running` to its end, and a pass every minute closes what accrued into
+/ 3600 per second from the moment its VM process starts (`booting`: start-up holds the GPUs as
+much as running does, as RunPod and Modal bill it) to its end, and a pass every minute closes what accrued into
 `UsageRecord` rows, each also a `charge` in the ledger, in one transaction.
 
 Why it is safe to run twice, concurrently, late, or killed half-way:
@@ -12,8 +13,9 @@ Why it is safe to run twice, concurrently, late, or killed half-way:
   skipped the lock;
 - a late pass simply closes a longer interval: nothing is charged per pass.
 
-Where an interval ends: the replica's `stopped_at` (it left running; for a lost node that is
-the node's last heartbeat), or while it runs, its node's last heartbeat (never later than the
+Where an interval ends: the replica's `stopped_at` (its node reported its VM gone, which the
+node does only once QEMU has exited, whatever the guest said; for a lost node it is the
+node's last heartbeat), or while it runs, its node's last heartbeat (never later than the
 pass's clock): a node that goes silent is never charged for the seconds after its last word.
 Boundaries are whole seconds (a partial second at either end is not charged). Intervals are
 split where a price changes and at midnight UTC, so every record has one price and one day.
@@ -47,20 +49,21 @@ _FIELDS = (
 
 
 def meters_open(rows) -> int:
-    """Opens a meter (from `started_at`, rounded up to the second) for each row of
-    `replica_id, deployment_id, tenant_id, started_at`; an existing meter is left alone."""
+    """Opens a meter (from `booted_at`, rounded up to the second) for each row of
+    `replica_id, deployment_id, tenant_id, booted_at`; an existing meter is left alone, so
+    opening twice never moves where billing starts."""
     made = Meter.objects.bulk_create(
         [Meter(replica_id=r["replica_id"], deployment_id=r["deployment_id"], tenant_id=r["tenant_id"],
-               metered_to=ceil_second(r["started_at"])) for r in rows],
+               metered_from=ceil_second(r["booted_at"]), metered_to=ceil_second(r["booted_at"])) for r in rows],
         ignore_conflicts=True,
     )
     return len(made)
 
 
 def meter_open(*, replica) -> None:
-    """Called by the deployments app in the transaction that marks a replica running."""
+    """Called by the deployments app in the transaction that records a replica's VM started."""
     meters_open([{"replica_id": replica.pk, "deployment_id": replica.deployment_id,
-                  "tenant_id": replica.deployment.tenant_id, "started_at": replica.started_at}])
+                  "tenant_id": replica.deployment.tenant_id, "booted_at": replica.booted_at}])
 
 
 def _next_midnight(moment: datetime) -> datetime:

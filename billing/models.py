@@ -54,8 +54,9 @@ class Price(models.Model):
 
 
 class Meter(models.Model):
-    """An incarnation's meter: opened when it enters `running`, closed once metered up to its
-    end. Rows are claimed FOR UPDATE SKIP LOCKED by the metering task, so two workers never
+    """An incarnation's meter: opened when its VM process starts (`booting`), closed once
+    metered up to its end. `metered_from` is where its first record starts (the billed
+    interval the API shows begins there) and never moves. Rows are claimed FOR UPDATE SKIP LOCKED by the metering task, so two workers never
     meter the same incarnation at once; `metered_to` is where its next record starts.
 
     `unit_price_seconds` is the exact sum of price x units x seconds so far, so each record's
@@ -65,6 +66,7 @@ class Meter(models.Model):
     replica = models.OneToOneField("deployments.Replica", primary_key=True, on_delete=models.PROTECT, related_name="meter")
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.PROTECT, related_name="+")
     deployment = models.ForeignKey("deployments.Deployment", on_delete=models.PROTECT, related_name="meters")
+    metered_from = models.DateTimeField()
     metered_to = models.DateTimeField()
     unit_price_seconds = models.DecimalField(max_digits=28, decimal_places=4, default=0)
     seconds = models.BigIntegerField(default=0)

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from billing.models import FundsNotice, LedgerEntry, Meter, UsageDaily, UsageRecord
 from billing.money import SECONDS_PER_HOUR, billable_units, quantize_money
-from billing.prices import PriceBook, unit_price_expression
+from billing.prices import PriceBook, floor_second, unit_price_expression
 
 ZERO = Decimal("0")
 _MONEY = DecimalField(max_digits=30, decimal_places=10)
@@ -137,6 +137,40 @@ def deployment_cost_annotations(*, now: datetime, deployment_ref: str = "pk") ->
         "metered_cost": Coalesce(Subquery(metered, output_field=_MONEY), Value(ZERO, output_field=_MONEY)),
         "accruing_cost": Coalesce(Subquery(accruing, output_field=_MONEY), Value(ZERO, output_field=_MONEY)),
     }
+
+
+def billed_interval(*, metered_from: datetime | None, metered_to: datetime | None, closed: bool,
+                    ended: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """(billed_from, billed_to) of an incarnation, as its usage records add up: from its meter's
+    start to where the metering pass ends it, by the pass's own rule (`_end_of`: its end,
+    floored to the second, never before the start). `billed_to` is None until a node reports
+    it ended; both are None when it never booted."""
+    if metered_from is None:
+        return None, None
+    if closed:
+        return metered_from, metered_to
+    if ended is None:
+        return metered_from, None
+    return metered_from, max(metered_from, floor_second(ended))
+
+
+def billed_interval_annotations(*, replica_ref: str = "pk") -> dict:
+    """`meter_from`, `meter_to` and `meter_closed` of the incarnation in `replica_ref`, for
+    `billed_interval_of` (a replica list stays one query)."""
+    meter = Meter.objects.filter(replica_id=OuterRef(replica_ref))
+    return {
+        "meter_from": Subquery(meter.values("metered_from")[:1]),
+        "meter_to": Subquery(meter.values("metered_to")[:1]),
+        "meter_closed": Subquery(meter.values("closed")[:1]),
+    }
+
+
+def billed_interval_of(replica) -> tuple[datetime | None, datetime | None]:
+    """(billed_from, billed_to) of a replica annotated with `billed_interval_annotations`: the
+    interval its usage records cover, to the second (billed_to None while it runs)."""
+    return billed_interval(metered_from=getattr(replica, "meter_from", None), metered_to=getattr(replica, "meter_to", None),
+                           closed=bool(getattr(replica, "meter_closed", False)),
+                           ended=replica.stopped_at or replica.ended_at)
 
 
 def _accruing(now: datetime):

@@ -147,8 +147,13 @@ class Replica(models.Model):
     replaced_by = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces")
     created_at = models.DateTimeField(auto_now_add=True)
     placed_at = models.DateTimeField(null=True, blank=True)
-    # When it entered and left `running` (billing meters between them).
+    # When its VM process started (the first report of `booting` or later): billing meters from
+    # here, as start-up holds the GPUs as much as running does.
+    booted_at = models.DateTimeField(null=True, blank=True)
+    # When it first entered `running`.
     started_at = models.DateTimeField(null=True, blank=True)
+    # When its VM ended (its node's report, or the node's last heartbeat when it was lost):
+    # billing meters up to here. Null for an incarnation that never booted.
     stopped_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True, help_text="when it reached a terminal state")
     # The node still holds its VM (GPUs stay allocated) until the node says the VM is gone.

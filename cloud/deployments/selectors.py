@@ -15,7 +15,7 @@ from django.db.models import F, Max, OuterRef, Prefetch, Q, QuerySet
 from django.db.models.functions import JSONObject
 from django.utils import timezone
 
-from billing.selectors import deployment_cost_annotations, funds_notices_expression
+from billing.selectors import billed_interval_annotations, deployment_cost_annotations, funds_notices_expression
 from cloud.deployments.models import Deployment, Event, LogLine, Replica
 from cloud.exceptions import NotFound
 from nodes.models import Gpu, Node
@@ -186,12 +186,13 @@ def replicas_for(*, tenant, deployment_id, live: bool = False) -> QuerySet[Repli
         .select_related("node", "node__location", "deployment")
         .only(
             "id", "uid", "deployment_id", "ordinal", "generation", "desired", "state", "reason", "host_port",
-            "exit_code", "created_at", "placed_at", "started_at", "stopped_at", "ended_at",
+            "exit_code", "created_at", "placed_at", "booted_at", "started_at", "stopped_at", "ended_at",
             "node__id", "node__hostname", "node__public_address", "node__simulated",
             "node__location__slug", "deployment__traffic_port",
         )
         .prefetch_related(Prefetch("gpus", queryset=Gpu.objects.only(
             "id", "replica_id", "index", "uuid", "model", "pci_bdf", "numa_node", "nvlink_domain")))
+        .annotate(**billed_interval_annotations())
         .order_by("ordinal", "generation")
     )
 

@@ -8,6 +8,7 @@ functions, so they agree on what a VM is doing without talking to each other.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,29 +53,88 @@ class WorkloadStatus:
         return self.final_code is not None
 
 
-def read_status(path: Path) -> WorkloadStatus:
+# The status channel is written by the guest, and a root workload can write anything there
+# (tests/agent/forge.py). /init's records are short; a longer line is not one of them and is
+# skipped unread. A reason built from guest data is cut to what the plane stores.
+MAX_STATUS_LINE = 4096
+MAX_REASON_CHARS = 480
+_CHUNK = 1 << 20
+
+
+def _code(value: Any) -> int | None:
+    """An exit code as /init writes it (an integer, 0-255, or 125 for its own failure), or None
+    for anything else: a guest's string, float, bool or list is noise, never a crash here."""
+    if type(value) is int and -(1 << 31) <= value < (1 << 31):
+        return value
+    return None
+
+
+def _apply_event(status: WorkloadStatus, line: bytes) -> WorkloadStatus:
     try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return WorkloadStatus()
-    status = WorkloadStatus()
-    for line in text.splitlines():
-        try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line the guest was still writing, or noise
-        if not isinstance(ev, dict):
-            continue
-        kind = ev.get("event")
-        code = ev.get("code")
-        if kind == "start":
-            status = replace(status, starts=status.starts + 1, last_event="start")
-        elif kind == "exit":
-            status = replace(status, last_event="exit", last_code=code)
-        elif kind == "final":
-            status = replace(status, last_event="final", final_code=int(code if code is not None else -1),
-                             final_error=str(ev.get("error") or ""))
+        ev = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return status  # a line the guest was still writing, or noise
+    if not isinstance(ev, dict):
+        return status
+    kind = ev.get("event")
+    code = _code(ev.get("code"))
+    if kind == "start":
+        return replace(status, starts=status.starts + 1, last_event="start")
+    if kind == "exit" and code is not None:
+        return replace(status, last_event="exit", last_code=code)
+    if kind == "final" and code is not None:
+        error = ev.get("error")
+        return replace(status, last_event="final", final_code=code,
+                       final_error=error[:MAX_REASON_CHARS] if isinstance(error, str) else "")
     return status
+
+
+class StatusReader:
+    """Reads a VM's status.raw incrementally: each pass parses only what was appended since
+    the last one, in bounded chunks, so a guest that floods its status channel costs the agent
+    one pass over the new bytes, never a re-read (or a copy in memory) of everything so far."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.status = WorkloadStatus()
+        self._partial = b""
+        self._skipping = False  # inside a line past MAX_STATUS_LINE: dropped up to its newline
+        self._lock = threading.Lock()  # the watcher and a listing may read at once, in threads
+
+    def read(self, path: Path) -> WorkloadStatus:
+        with self._lock:
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                return self.status
+            with f:
+                f.seek(self.offset)
+                while chunk := f.read(_CHUNK):
+                    self.offset += len(chunk)
+                    self._feed(chunk)
+            return self.status
+
+    def _feed(self, chunk: bytes) -> None:
+        lines = chunk.split(b"\n")
+        for i, piece in enumerate(lines):
+            last = i == len(lines) - 1
+            if self._skipping:
+                if not last:
+                    self._skipping = False  # the overlong line ended here
+                continue
+            if last:
+                self._partial += piece
+                if len(self._partial) > MAX_STATUS_LINE:
+                    self._partial, self._skipping = b"", True
+                continue
+            line, self._partial = self._partial + piece, b""
+            if len(line) <= MAX_STATUS_LINE:
+                self.status = _apply_event(self.status, line)
+
+
+def read_status(path: Path) -> WorkloadStatus:
+    """The whole of a status file, once (the runtime keeps a StatusReader per VM instead)."""
+    return StatusReader().read(path)
 
 
 def last_lines(path: Path, n: int = LAST_STDERR_LINES, window: int = 16384) -> list[str]:
@@ -92,11 +152,21 @@ def last_lines(path: Path, n: int = LAST_STDERR_LINES, window: int = 16384) -> l
 
 def crash_reason(code: int, restarts: int, paths: VmPaths) -> str:
     stderr = " | ".join(last_lines(paths.stderr))
-    return f"exited with code {code} after {restarts} restarts; last stderr: {stderr or '(none)'}"
+    reason = f"exited with code {code} after {restarts} restarts; last stderr: {stderr or '(none)'}"
+    # The stderr is the guest's: a reason too long for the plane would be refused, and the
+    # replica's end (which ends its meter and frees its GPUs) never recorded.
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 1] + "…"
+
+
+def guest_ended(info: VmInfo) -> bool:
+    """What `derive` says when the guest reported its workload over while QEMU still runs: the
+    runtime must stop the VM itself (nobody asked for a stop, so `stop_requested` is unset)."""
+    return info.state == "stopping" and not info.stop_requested
 
 
 def derive(info: VmInfo, status: WorkloadStatus, alive: bool, paths: VmPaths) -> VmInfo:
-    """The VM's current state from its persisted info, its status events and QEMU's liveness."""
+    """The VM's current state from its persisted info, its status events and QEMU's liveness.
+    A terminal state (`stopped`, `failed`) needs QEMU gone, whatever the guest wrote."""
     restarts = max(0, status.starts - 1)
     if info.state in TERMINAL_STATES and not alive:
         return info
@@ -104,6 +174,12 @@ def derive(info: VmInfo, status: WorkloadStatus, alive: bool, paths: VmPaths) ->
         if alive:
             return replace(info, state="stopping")
         return replace(info, state="stopped", reason="stopped", pid=None, exit_code=status.final_code)
+    if status.final and alive:
+        # Everything on the status channel is the guest's word, and a guest with root can write
+        # a `final` there while its VM runs on (and holds its GPUs). Only QEMU's end ends a VM,
+        # and its meter: until then it is `stopping`, and the runtime stops it (guest_ended).
+        return replace(info, state="stopping", reason=f"the workload reported its end (code {status.final_code}); "
+                       "stopping its VM", exit_code=status.final_code, restarts=restarts)
     if status.final:
         if status.final_code == 0:
             return replace(info, state="stopped", reason="exited with code 0", exit_code=0, restarts=restarts)
@@ -134,4 +210,6 @@ def derive(info: VmInfo, status: WorkloadStatus, alive: bool, paths: VmPaths) ->
         # A restarted workload is running again; the first start still awaits its health check.
         state = "running" if info.state in ("running", "restarting") else "starting"
         return replace(info, state=state, restarts=restarts)
+    if info.state in TERMINAL_STATES:
+        return replace(info, state="stopping")  # recorded as ended, yet QEMU lives: it is stopped first
     return info

@@ -19,7 +19,7 @@ from nodes.agent.errors import AgentError
 from nodes.agent.events import EventHub, RuntimeEvent
 from nodes.agent.gpu.host import GpuHost, Prepared
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
-from nodes.agent.lifecycle import TERMINAL_STATES, derive, guest_command, read_status
+from nodes.agent.lifecycle import TERMINAL_STATES, StatusReader, derive, guest_command, guest_ended
 from nodes.agent.logs import LogLine, LogRecords, convert, last_seq
 from nodes.agent.locks import VmLocks
 from nodes.agent.runtime_logs import VmLogReads
@@ -122,6 +122,7 @@ class MicroVmRuntime(VmLogReads):
         self._network_ready = False
         self._infos: dict[str, VmInfo] = {}
         self._log_heads: dict[str, int] = {}
+        self._status: dict[str, StatusReader] = {}
         self._converted: dict[str, asyncio.Event] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task] = {}
@@ -184,6 +185,7 @@ class MicroVmRuntime(VmLogReads):
             if existing is not None:
                 await self._release(spec.name)
                 await asyncio.to_thread(self.store.delete, spec.name)
+            self._status.pop(spec.name, None)
             paths = await asyncio.to_thread(self.store.create, spec.name)
             await asyncio.to_thread(self.store.write_spec, spec)
             info = VmInfo(name=spec.name, state="pulling", image=spec.image, started_at=self._clock())
@@ -234,6 +236,9 @@ class MicroVmRuntime(VmLogReads):
         self._watch(spec.name)
         info = await self._wait_for(spec.name, lambda i: i.state not in ("booting",), self.boot_timeout,
                                     f"workload did not start within {self.boot_timeout:.0f}s")
+        if guest_ended(info):  # over before it ran: the watcher stops the VM, and then it has ended
+            info = await self._wait_for(spec.name, lambda i: i.state in TERMINAL_STATES, self.boot_timeout,
+                                        f"VM did not stop within {self.boot_timeout:.0f}s of its workload's end")
         if info.state == "failed":
             raise AgentError(info.reason or "VM failed", permanent=True)
         if info.state == "stopped":
@@ -339,6 +344,15 @@ class MicroVmRuntime(VmLogReads):
             if info.state in TERMINAL_STATES:
                 await self._gpus_release(name)  # the next tenant must not wait for a vm rm
                 return
+            if guest_ended(info):
+                # The guest says its workload is over, and its VM still runs: the VM is stopped
+                # here and now (as /init would power it off), and only QEMU's end, seen by the
+                # next pass, makes the VM `stopped` or `failed`.
+                try:
+                    await self.vmm.stop(paths.dir, timeout=self.stop_timeout)
+                except AgentError:
+                    await asyncio.sleep(self.poll_interval)  # still alive: tried again next pass
+                continue
             # Until the workload runs, a start() waits on this loop to see the start event: a
             # tighter pass there is start latency saved, and a booting VM has few logs to convert.
             booting = info.state in ("booting", "starting")
@@ -350,7 +364,7 @@ class MicroVmRuntime(VmLogReads):
         if alive and info.pid is None:
             # Launched, but the launcher died before recording the pid: adopt it from the pidfile.
             info = replace(info, pid=await asyncio.to_thread(_read_pid, paths))
-        status = await asyncio.to_thread(read_status, paths.status)
+        status = await asyncio.to_thread(self._read_status, name, paths)
         # Liveness is read before the final conversion so no byte written before death is missed.
         lines = await asyncio.to_thread(convert, paths, final=not alive and info.pid is not None, clock=self._clock,
                                         keep=False)
@@ -365,6 +379,11 @@ class MicroVmRuntime(VmLogReads):
         if new != info or name not in self._infos:
             new = await self._set(new, persist=persist)
         return new
+
+    def _read_status(self, name: str, paths: VmPaths):
+        # Blocking (file reads): called through asyncio.to_thread. One reader per VM, dropped
+        # whenever the VM's dir is made afresh (start) or deleted (remove).
+        return self._status.setdefault(name, StatusReader()).read(paths.status)
 
     # -- recovery ----------------------------------------------------------------------------
     async def recover(self) -> list[VmInfo]:
@@ -444,6 +463,7 @@ class MicroVmRuntime(VmLogReads):
             self._infos.pop(name, None)
             self._log_heads.pop(name, None)
             self._changed.pop(name, None)
+            self._status.pop(name, None)
         await self._evict()
 
     async def _evict(self) -> None:

@@ -23,9 +23,10 @@ def set_balance(tenant, amount) -> None:
 
 
 def run_on(replica: Replica, *, node: Node, started_at: datetime, heartbeat: datetime | None = None) -> Replica:
-    """The replica entered `running` on `node` at `started_at` (its meter opens then, as the
-    agent report would open it); the node was last heard from at `heartbeat`."""
+    """The replica's VM started on `node` at `started_at` and runs (its meter opens then, as the
+    agent's `booting` report would open it); the node was last heard from at `heartbeat`."""
     replica.node, replica.state, replica.started_at = node, Replica.State.RUNNING, started_at
+    replica.booted_at = started_at
     replica.host_port, replica.placed_at = 30000 + replica.ordinal, started_at
     replica.save()
     Node.objects.filter(pk=node.pk).update(last_heartbeat=heartbeat or started_at)

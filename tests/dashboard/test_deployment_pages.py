@@ -105,3 +105,29 @@ def test_scale_goes_through_the_service(alice_browser, acme, h100):
 def test_an_unknown_action_is_a_404(alice_browser, acme, h100):
     deployment = deployment_for(acme, name="web")
     assert alice_browser.post(f"/deployments/{deployment.pk}/explode/").status_code == 404
+
+
+def test_deployment_page_says_billing_starts_at_boot_and_shows_each_billed_interval(alice_browser, as_alice, acme, h100):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.services import meter_open
+    from cloud.deployments.models import Replica
+
+    deployment = deployment_for(acme, name="web")
+    replica = place_running(deployment)[0]
+    Replica.objects.filter(pk=replica.pk).update(booted_at=timezone.now() - timedelta(minutes=3))
+    replica.refresh_from_db()
+    meter_open(replica=replica)
+    body = alice_browser.get(f"/deployments/{deployment.pk}/").content.decode()
+    assert "billed per second from each replica's boot to its VM's end" in body
+    shown = as_alice.get(f"/api/v1/deployments/{deployment.pk}/replicas").json()["replicas"][0]
+    assert shown["billed_from"] and shown["billed_to"] is None
+    assert f'<time datetime="{shown["billed_from"]}">{shown["billed_from"][:19]}</time> → now' in body
+
+
+def test_the_estimate_says_start_up_is_billed(alice_browser, h100):
+    response = alice_browser.post("/deployments/estimate/", {"source": "image", "hardware_id": str(h100.pk),
+                                                             "gpus_per_container": "1", "replica_count": "1"})
+    assert b"billed per second from the moment each replica's VM starts booting" in response.content

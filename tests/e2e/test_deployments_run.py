@@ -10,7 +10,7 @@ import signal
 import httpx
 import pytest
 
-from tests.e2e.conftest import LIVENESS_S, wait_for
+from tests.e2e.conftest import LIVENESS_S, REPO, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 
@@ -65,6 +65,9 @@ def test_deploy_hello_runs_its_endpoint_answers_and_it_stops(plane, make_node, c
     (replica,) = api.replicas(deployment_id)
     assert (replica["state"], replica["generation"], replica["node"]["hostname"]) == ("running", 1, "local-cpu-1")
     assert replica["started_at"] and not replica["stopped_at"]
+    # Billed from its VM's start (issue 23), not from `running`; open while it runs.
+    assert replica["booted_at"] and replica["booted_at"] <= replica["started_at"]
+    assert replica["billed_from"] and replica["billed_to"] is None
     assert CpuSlot.objects.filter(node_id=node.node_id, replica__isnull=False).count() == 1
     # The operator's read-only view beside the running daemon: the VM, named after the replica.
     listed = node.cli("vm", "ls", "--netns", node.netns.name)
@@ -78,6 +81,25 @@ def test_deploy_hello_runs_its_endpoint_answers_and_it_stops(plane, make_node, c
     (replica,) = api.replicas(deployment_id)
     assert replica["state"] == "stopped" and replica["stopped_at"]
     assert CpuSlot.objects.filter(node_id=node.node_id, replica__isnull=False).count() == 0
+    # Its usage records cover exactly the interval the API says it was billed for. The metering
+    # pass runs as the plane runs it, in a process of the plane's (in this one it would bind the
+    # channel layer to a loop of its own, which later tests of the session then trip over).
+    import subprocess
+    import sys
+    from datetime import datetime
+
+    from billing.models import UsageRecord
+
+    metered = subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                              "from billing.services import usage_close_intervals; usage_close_intervals()"],
+                             env=plane.env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert metered.returncode == 0, metered.stderr
+    (replica,) = api.replicas(deployment_id)
+    spans = list(UsageRecord.objects.filter(replica__uid=replica["id"]).order_by("period_start")
+                 .values_list("period_start", "period_end", "seconds"))
+    billed = [datetime.fromisoformat(replica[k]) for k in ("billed_from", "billed_to")]
+    assert spans and [spans[0][0], spans[-1][1]] == billed, (replica, spans)
+    assert sum(s for _, _, s in spans) == (billed[1] - billed[0]).total_seconds()
     wait_for(lambda: "<" in answer(url), timeout=30, what="the endpoint to go away")
     status = httpx.get(f"{plane.url}/api/v1/system/status", headers=customer).status_code
     assert status == 403  # operators only

@@ -10,7 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing.money import money_str
-from billing.selectors import deployment_cost_for
+from billing.selectors import billed_interval_of, deployment_cost_for
 from billing.services import hourly_cost
 from cloud.deployments import feeds
 from cloud.deployments.models import Deployment, LogLine, Replica
@@ -159,6 +159,10 @@ class ReplicaGpuOutput(serializers.Serializer):
                   "(its NVLinks unused) and for PCIe cards.")
 
 
+def _when(moment):
+    return serializers.DateTimeField().to_representation(moment) if moment is not None else None
+
+
 class ReplicaOutput(serializers.Serializer):
     """One incarnation of one ordinal: start after stop, restart and re-placement each make a
     new one (generation + 1); ended ones stay listed as history."""
@@ -177,9 +181,13 @@ class ReplicaOutput(serializers.Serializer):
     exit_code = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
     placed_at = serializers.DateTimeField(allow_null=True, help_text="When the scheduler put it on its node.")
-    started_at = serializers.DateTimeField(allow_null=True, help_text="When it entered `running`.")
-    stopped_at = serializers.DateTimeField(allow_null=True, help_text="When it left `running`.")
+    booted_at = serializers.DateTimeField(allow_null=True, help_text="When its VM process started (`booting`).")
+    started_at = serializers.DateTimeField(allow_null=True, help_text="When it first entered `running`.")
+    stopped_at = serializers.DateTimeField(allow_null=True, help_text="When its VM ended (its node's report, or the "
+                                           "node's last heartbeat if the node was lost); null if it never booted.")
     ended_at = serializers.DateTimeField(allow_null=True, help_text="When it reached a terminal state.")
+    billed_from = serializers.SerializerMethodField()
+    billed_to = serializers.SerializerMethodField()
 
     @extend_schema_field(ReplicaNodeOutput(allow_null=True))
     def get_node(self, obj: Replica):
@@ -197,6 +205,19 @@ class ReplicaOutput(serializers.Serializer):
                                                             "the VM ran without them."))
     def get_simulated(self, obj: Replica):
         return bool(obj.node_id and obj.node.simulated)
+
+    @extend_schema_field(serializers.DateTimeField(
+        allow_null=True, help_text="Where its billed interval starts: its VM's start (`booting`), rounded up to the "
+                                   "second. Null if it never booted (nothing is billed)."))
+    def get_billed_from(self, obj: Replica):
+        return _when(billed_interval_of(obj)[0])
+
+    @extend_schema_field(serializers.DateTimeField(
+        allow_null=True, help_text="Where its billed interval ends: its VM's end, rounded down to the second. Null "
+                                   "while it is open (the replica has not ended). Its usage records cover "
+                                   "[billed_from, billed_to) exactly, at the price book's prices."))
+    def get_billed_to(self, obj: Replica):
+        return _when(billed_interval_of(obj)[1])
 
     @extend_schema_field({"type": ["string", "null"]})
     def get_endpoint(self, obj: Replica):

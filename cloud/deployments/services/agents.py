@@ -28,6 +28,9 @@ from nodes.models import Gpu, Node
 from nodes.protocol import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
 
 R = Replica.State
+# What a node reports once a replica's VM process has started. Not `stopping`: a node also says
+# that of a start it is cancelling, before any VM ran.
+_BOOTED = ("booting", "starting", "running", "restarting")
 
 
 def _uid(replica_id: str) -> uuid.UUID | None:
@@ -91,27 +94,37 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
         replica.save(update_fields=["last_report_at", "vm_gone"])
         return  # ended on the plane (lost or stopped): the node's word no longer moves it
     wanted_stop = replica.desired == Replica.Desired.STOP
+    # A reason quotes the guest (its last stderr lines): one too long for the column must not
+    # make the report fail, or the replica's end (its meter's end, its GPUs) is never recorded.
+    limit = Replica._meta.get_field("reason").max_length
+    reason = report.reason if len(report.reason) <= limit else report.reason[:limit - 1] + "…"
+    booted = report.state in _BOOTED and replica.booted_at is None
+    if booted:
+        # Its VM process runs (or did, for a report that skipped `booting`): billing starts on
+        # the plane's clock, whatever the node's clock or the guest say.
+        replica.booted_at = now
     if report.state in ("stopped", "failed"):
         replica.state = R.STOPPED if wanted_stop else report.state
         replica.ended_at = now
-        if replica.started_at is not None and replica.stopped_at is None:
-            replica.stopped_at = now
-        replica.reason = (report.reason or replica.reason) if not wanted_stop else (replica.reason or "stopped")
+        if replica.booted_at is not None and replica.stopped_at is None:
+            replica.stopped_at = now  # a node reports the end only once QEMU is gone
+        replica.reason = (reason or replica.reason) if not wanted_stop else (replica.reason or "stopped")
     elif wanted_stop:
         replica.state = R.STOPPING  # a late report from before the stop must not undo it
     else:
         replica.state = report.state
-        replica.reason = report.reason
+        replica.reason = reason
         if report.state == R.RUNNING and replica.started_at is None:
             replica.started_at = now
     replica.vm_address = report.address
     replica.host_port = report.host_port
     replica.exit_code = report.exit_code
-    replica.save(update_fields=["state", "reason", "vm_address", "host_port", "exit_code", "started_at",
+    replica.save(update_fields=["state", "reason", "vm_address", "host_port", "exit_code", "booted_at", "started_at",
                                 "stopped_at", "ended_at", "vm_gone", "last_report_at"])
-    if replica.state == R.RUNNING and old_state != R.RUNNING and replica.started_at == now:
-        # Metering starts in the same transaction as `running`: even an incarnation that ends
-        # before the next metering pass is charged for every second it ran.
+    if booted:
+        # Metering starts in the same transaction as the VM's start: even an incarnation that
+        # fails before it ever runs, or before the next metering pass, is charged for every
+        # second it held its GPUs.
         meter_open(replica=replica)
     node = replica.node.hostname if replica.node_id else None
     if replica.state != old_state:

@@ -55,8 +55,8 @@ def node_lost(*, node_id: int) -> int:
                 was_live = replica.desired == Replica.Desired.RUN and replica.replaced_by_id is None
                 replica.state, replica.ended_at = R.LOST, timezone.now()
                 replica.reason = f"node {node.hostname} stopped answering (last heartbeat {last_seen:%H:%M:%SZ})"
-                if replica.started_at is not None and replica.stopped_at is None:
-                    replica.stopped_at = max(last_seen, replica.started_at)
+                if replica.booted_at is not None and replica.stopped_at is None:
+                    replica.stopped_at = max(last_seen, replica.booted_at)
                 replica.save(update_fields=["state", "ended_at", "reason", "stopped_at"])
                 replica_event(replica, "replica.lost", node=node.hostname)
                 lost += 1
