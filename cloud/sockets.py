@@ -29,14 +29,15 @@ log = logging.getLogger(__name__)
 CLOSE_TOO_BIG = 1009  # RFC 6455: a message too big to process
 
 
-def _cap_frames(send, limit: int) -> bool:
+def _cap_frames(send, limit: int):
     """Under daphne: make the connection's autobahn protocol fail (close 1009) as soon as an
     incoming message grows past `limit`, at the frame header, before its payload is read.
     Not through autobahn's own maxMessagePayloadSize, which caps what we send as well (a
-    `desired` frame to an agent, a page of log lines). False under another server."""
+    `desired` frame to an agent, a page of log lines). Returns the protocol; None under
+    another server."""
     protocol = daphne_protocol(send)
     if protocol is None or not hasattr(protocol, "onMessageFrameBegin") or not hasattr(protocol, "_fail_connection"):
-        return False
+        return None
     frame_begin = protocol.onMessageFrameBegin
 
     def onMessageFrameBegin(length: int) -> None:
@@ -50,7 +51,7 @@ def _cap_frames(send, limit: int) -> bool:
     protocol.onMessageFrameBegin = onMessageFrameBegin
     # autobahn's default for a failure is to drop the TCP connection; the client should hear why.
     protocol.failByDrop = False
-    return True
+    return protocol
 
 
 class MessageLimit:
@@ -65,7 +66,7 @@ class MessageLimit:
         if scope["type"] != "websocket":
             return await self.application(scope, receive, send)
         limit = self.limit()
-        _cap_frames(send, limit)
+        protocol = _cap_frames(send, limit)
         closed = False
 
         async def limited_receive():
@@ -83,7 +84,12 @@ class MessageLimit:
             closed = True
             log.warning("closing a WebSocket on %s: a message of %d bytes (limit %d)",
                         scope.get("path", "?")[:200], size, limit)
-            await send({"type": "websocket.close", "code": CLOSE_TOO_BIG})
+            if protocol is not None:
+                # autobahn lets an application close only with 1000 or 3000-4999; 1009 is the
+                # protocol's own to send.
+                protocol._fail_connection(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
+            else:
+                await send({"type": "websocket.close", "code": CLOSE_TOO_BIG})
             # The application ends as it would for a client that went away.
             return {"type": "websocket.disconnect", "code": CLOSE_TOO_BIG}
 
