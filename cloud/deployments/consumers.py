@@ -145,7 +145,6 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
                                            code=exc.code)
             return
         await self.accept()
-        self._guard = asyncio.create_task(self._recheck_access(), name=f"log-access-{self.channel_name}")
         query = LogTailQuery(data=raw)
         if not query.is_valid():
             errors = _flatten(ValidationError(query.errors).get_full_details())
@@ -187,6 +186,7 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
             self.cursor = head
         self._kick()
         self._watch = asyncio.create_task(self._watch_head(), name=f"log-watch-{self.channel_name}")
+        self._guard = asyncio.create_task(self._recheck_access(), name=f"log-access-{self.channel_name}")
 
     def _authenticate(self, raw: dict) -> tuple[Tenant, streams.Access]:
         ticket = raw.get("ticket")
@@ -212,8 +212,17 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
         """The tail only talks; what a client sends is ignored."""
 
     # -- sending ------------------------------------------------------------------------------
-    async def _fail(self, status: int, detail: str, errors: list | None = None, code: int | None = None) -> None:
+    def _stop(self) -> None:
+        """The socket is closing: its background work ends now, not when the server gets round
+        to reporting the disconnect (the task calling this ends on its own)."""
         self.ending = True
+        current = asyncio.current_task()
+        for task in (self._pump, self._watch, self._guard):
+            if task is not None and task is not current:
+                task.cancel()
+
+    async def _fail(self, status: int, detail: str, errors: list | None = None, code: int | None = None) -> None:
+        self._stop()
         await self.send(text_data=json.dumps({"type": "error", "status": status, "detail": detail, "errors": errors or []}))
         await self.close(code=code or (CLOSE_NOT_FOUND if status == 404 else CLOSE_BAD_REQUEST))
 
@@ -381,7 +390,7 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
         """The replay reached its budget with lines still to send: say where it stopped, and
         close rather than go live past lines the client never got."""
         budget = settings.LOG_READ_BUDGET_BYTES
-        self.ending = True
+        self._stop()
         await self.send(text_data=json.dumps({
             "type": "truncated", "next_cursor": str(self.cursor), "budget_bytes": budget,
             "detail": f"This replay reached its budget of {budget} bytes. Reconnect with after={self.cursor} "
