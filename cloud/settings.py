@@ -330,3 +330,21 @@ SCOPES["billing:write"] = "Change billing settings: the monthly spend limit"
 CUSTOMER_SCOPES.append("billing:write")
 # No password grant; plain-HTTP redirect URIs only to loopback (accounts/oauth.py checks both).
 OAUTH2_PROVIDER.update(OAUTH2_SERVER_CLASS="accounts.oauth.GantryServer", ALLOWED_REDIRECT_URI_SCHEMES=["https", "http"])
+
+# Bounded work on the log and event streams (docs/security.md, "Bounded work" and "Sockets").
+# A log read (GET .../logs, a WebSocket replay) sends at most this much of lines' text, then
+# says where to continue (a line counts as its message's UTF-8 size plus 256 bytes for the rest).
+LOG_READ_BUDGET_BYTES = int(os.environ.get("LOG_READ_BUDGET_BYTES", str(8 << 20)))
+# A tenant's log lines, all its replicas together: lines past either cap are acknowledged to
+# the agent but not stored, and a `system` line says how many. Well above a busy workload's
+# 20,000 lines/s bursts; 0 turns a cap off.
+LOG_LINES_PER_SECOND_PER_TENANT = int(os.environ.get("LOG_LINES_PER_SECOND_PER_TENANT", "50000"))
+LOG_LINES_PER_DAY_PER_TENANT = int(os.environ.get("LOG_LINES_PER_DAY_PER_TENANT", "300000000"))
+# The largest message a client may send on a socket: a log tail reads nothing it is sent; the
+# agent's link carries frames of up to 1 MiB (nodes/protocol.py), refused one by one above
+# that, and the connection is closed (1009) above this.
+WS_MAX_MESSAGE_BYTES = int(os.environ.get("WS_MAX_MESSAGE_BYTES", str(64 << 10)))
+WS_AGENT_MAX_MESSAGE_BYTES = int(os.environ.get("WS_AGENT_MAX_MESSAGE_BYTES", str(2 << 20)))
+# How often an open log socket or event stream checks that its caller may still read (token
+# not revoked or expired, still a member of the tenant).
+STREAM_ACCESS_RECHECK_S = float(os.environ.get("STREAM_ACCESS_RECHECK_S", "3"))

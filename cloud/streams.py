@@ -7,6 +7,10 @@ read a deployment through REST cannot read it through a socket either:
 and they act for one tenant, resolved by `accounts.selectors.tenant_for_request` exactly as for
 a REST call (`X-Tenant`, or `?tenant=` where a browser cannot set headers).
 
+A stream outlives the check it opened with, so every open one checks again every
+STREAM_ACCESS_RECHECK_S (`access_lost`) and ends, saying why, once its token is revoked or
+expired or its user is no longer a member of the tenant.
+
 Browser sockets also get an Origin check (`BrowserOriginValidator`): a session cookie is
 ambient authority, and without the check any page a customer visits could open their logs.
 """
@@ -20,10 +24,14 @@ from typing import Callable
 from channels.consumer import get_handler_name
 from channels.security.websocket import OriginValidator
 from django.conf import settings
+from django.db.models import Exists
 from django.http.request import validate_host
+from django.utils import timezone
 from oauthlib.common import Request as OAuthRequest
+from oauth2_provider.models import AccessToken
 from oauth2_provider.settings import oauth2_settings
 
+from accounts.models import Membership, Tenant
 from accounts.selectors import TenantForbidden, tenant_for_request
 
 
@@ -40,6 +48,43 @@ class Caller:
     user: object | None
     token: object | None  # an oauth2_provider AccessToken, or None for a session
     tenant: object
+    role: str = ""  # the user's role in the tenant, or "service" for a service account's token
+
+    @property
+    def access(self) -> Access:
+        return Access(tenant_id=self.tenant.pk, user_id=None if self.role == "service" else getattr(self.user, "pk", None),
+                      token_id=getattr(self.token, "pk", None))
+
+
+@dataclass(frozen=True)
+class Access:
+    """What an open stream was let in with, checked again while it runs (`access_lost`): a
+    token can be revoked or expire, and a member be removed, long after the socket opened."""
+
+    tenant_id: int
+    user_id: int | None  # whose membership of the tenant it rests on; None for a service account
+    token_id: int | None  # the bearer token it rests on; None for the dashboard's session
+
+
+def access_lost(access: Access) -> StreamRefused | None:
+    """Why the stream must end now (its token is gone or expired, its user no longer a member
+    or deactivated), or None while it may go on. One indexed query, so every open stream can
+    afford it every few seconds; it catches every way access ends (DOT's revoke endpoint, an
+    API client deleted, a member removed, expiry) without a hook in each. Blocking."""
+    checks = {}
+    if access.token_id is not None:
+        checks["token"] = Exists(AccessToken.objects.filter(pk=access.token_id, expires__gt=timezone.now()))
+    if access.user_id is not None:
+        checks["member"] = Exists(Membership.objects.filter(
+            tenant_id=access.tenant_id, user_id=access.user_id, user__is_active=True))
+    if not checks:
+        return None
+    row = Tenant.objects.filter(pk=access.tenant_id).annotate(**checks).values(*checks).first() or {}
+    if not row.get("token", True):
+        return StreamRefused(401, "The bearer token was revoked or has expired.", "not_authenticated")
+    if not row.get("member", True):
+        return StreamRefused(403, "You are no longer a member of this tenant.", "tenant_forbidden")
+    return None
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -68,10 +113,10 @@ def caller_for(*, authorization: str | None, session_user, tenant_slug: str | No
     else:
         raise StreamRefused(401, "Send an OAuth2 bearer token (see /o/token/).", "not_authenticated")
     try:
-        tenant, _role = tenant_for_request(user=user, token=token, tenant_slug=tenant_slug)
+        tenant, role = tenant_for_request(user=user, token=token, tenant_slug=tenant_slug)
     except TenantForbidden as exc:
         raise StreamRefused(403, exc.detail, exc.code) from None
-    return Caller(user=user, token=token, tenant=tenant)
+    return Caller(user=user, token=token, tenant=tenant, role=role)
 
 
 def allowed_origins() -> list[str]:
@@ -97,15 +142,15 @@ class BrowserOriginValidator(OriginValidator):
         return self.validate_origin(parsed_origin)
 
 
-def _transport_of(send):
-    """daphne's Twisted transport behind an ASGI `send`, through the wrappers Channels puts in
-    front of it (the session middleware's), or None under any other server."""
+def daphne_protocol(send):
+    """daphne's Twisted protocol behind an ASGI `send` (daphne hands the application
+    `partial(server.handle_reply, protocol)`), through the wrappers Channels puts in front of
+    it (the session middleware's), or None under any other server."""
     for _ in range(8):
         if isinstance(send, functools.partial):
             protocol = send.args[0] if send.args else None
-            transport = getattr(protocol, "transport", None)
-            if transport is not None:
-                return transport
+            if protocol is not None and hasattr(protocol, "transport"):
+                return protocol
             send = send.func
         owner = getattr(send, "__self__", None)
         inner = getattr(owner, "real_send", None) if owner is not None else None
@@ -113,6 +158,11 @@ def _transport_of(send):
             return None
         send = inner
     return None
+
+
+def _transport_of(send):
+    protocol = daphne_protocol(send)
+    return getattr(protocol, "transport", None) if protocol is not None else None
 
 
 def send_buffer(send) -> Callable[[], int | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -187,8 +188,11 @@ class DeploymentViewSet(TenantScopedViewSet):
 
     @extend_schema(summary="Log lines of every incarnation, oldest first, paged by cursor",
                    description="Without a cursor: the newest `tail` lines. `after=<cursor>`: the lines that "
-                               "follow it; `before=<cursor>`: the ones right before it (`limit` per page). The "
-                               "live tail is the WebSocket /ws/v1/deployments/{id}/logs, with the same fields.",
+                               "follow it; `before=<cursor>`: the ones right before it (`limit` per page). A page "
+                               "holds at most LOG_READ_BUDGET_BYTES of lines (8 MiB by default): one cut short says "
+                               "`truncated: true` (continue with after=next_cursor, or before=prev_cursor for a "
+                               "before= page). The live tail is the WebSocket /ws/v1/deployments/{id}/logs, with "
+                               "the same fields.",
                    parameters=[ID_PARAMETER, LogsQuery], responses={200: LogListOutput})
     @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
     def logs(self, request, pk=None):
@@ -199,7 +203,7 @@ class DeploymentViewSet(TenantScopedViewSet):
             page = selectors.logs_for(
                 tenant=request.tenant, deployment_id=pk, replica=params.get("replica"), stream=params.get("stream"),
                 tail=params["tail"], since=params.get("since"), after=params.get("after"),
-                before=params.get("before"), limit=params["limit"])
+                before=params.get("before"), limit=params["limit"], budget=settings.LOG_READ_BUDGET_BYTES)
         except LookupError as exc:
             raise InvalidInput("replica", str(exc)) from None
         items = [feeds.line_item(line) for line in page.items]
@@ -208,6 +212,7 @@ class DeploymentViewSet(TenantScopedViewSet):
             "logs": items, "has_more": page.has_more,
             "next_cursor": items[-1]["cursor"] if items else (str(after) if after is not None else None),
             "prev_cursor": items[0]["cursor"] if items else (str(before) if before is not None else None),
+            "truncated": page.truncated,
         })
 
     @extend_schema(summary="A single-use ticket to open the log WebSocket with",
@@ -217,7 +222,9 @@ class DeploymentViewSet(TenantScopedViewSet):
     @action(detail=True, methods=["post"], url_path="logs/ticket", write_scopes=["deployments:read"],
             filterset_class=None, pagination_class=None)
     def logs_ticket(self, request, pk=None):
-        made = services.log_ticket_issue(tenant=request.tenant, user=request.user, deployment_id=pk)
+        service = getattr(request, "tenant_role", None) == "service"
+        made = services.log_ticket_issue(tenant=request.tenant, user=None if service else request.user,
+                                         deployment_id=pk, token=request.auth)
         query = urlencode({"ticket": made.ticket})
         return Response({"ticket": made.ticket, "expires_at": feeds.iso(made.expires_at),
                          "url": f"/ws/v1/deployments/{made.deployment_id}/logs?{query}"},

@@ -16,6 +16,15 @@ chain onto the cursor before them (`prev`); one that does not (a message the cha
 dropped, or one that overtook another) sends the tail back to reading PostgreSQL from its
 cursor, which is complete because cursors follow commit order.
 
+A replay (the `tail` asked for, or everything after `after=`) is read in pages and sends at most
+LOG_READ_BUDGET_BYTES of lines (selectors.LINE_OVERHEAD_BYTES): one that reaches it ends with a
+`truncated` notice carrying `next_cursor`, and the socket closes (CLOSE_REPLAY_BUDGET). It
+never skips ahead to live lines: reconnecting with `after=<next_cursor>` replays the rest.
+
+The caller's access is checked again every STREAM_ACCESS_RECHECK_S (streams.access_lost): a
+revoked or expired token, or a member removed from the tenant, ends the socket with an error
+frame and CLOSE_UNAUTHENTICATED or CLOSE_FORBIDDEN within seconds.
+
 A client that reads slower than its deployment logs is never buffered for without bound.
 daphne offers no backpressure to the application (django/daphne#170: its Twisted transport
 buffers whatever it is given), so the consumer looks at how much that transport holds
@@ -35,10 +44,11 @@ from urllib.parse import parse_qsl
 
 from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from rest_framework.exceptions import ValidationError
 
 from accounts.models import Tenant
-from cloud import streams
+from cloud import sockets, streams
 from cloud.deployments import fanout, feeds, selectors
 from cloud.deployments.serializers import LogTailQuery
 from cloud.deployments.serializers.inputs import MAX_LOG_LINES
@@ -71,8 +81,15 @@ WAIT_S = 0.05  # how often a stalled tail looks whether its client drained the t
 # for a moment) and nothing after it would otherwise stay unsent until the next batch.
 WATCH_S = 5.0
 
+# A page read from PostgreSQL holds at most this much of lines (and PAGE_LINES lines): two
+# thousand lines of 64 KiB each would otherwise be 128 MiB in one read.
+PAGE_BYTES = 4 * 1024 * 1024
+
 CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHENTICATED = 4401  # the token was revoked or expired while the socket was open
+CLOSE_FORBIDDEN = 4403  # the user is no longer a member of the tenant
 CLOSE_NOT_FOUND = 4404
+CLOSE_REPLAY_BUDGET = 4413  # the replay reached its byte budget: reconnect with after=<next_cursor>
 
 
 def _query(scope) -> dict:
@@ -84,6 +101,12 @@ def _header(scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
+
+
+def _cost(row) -> int:
+    """A line read as a tuple (selectors.LOG_ROW_FIELDS), as the read's byte budget counts it."""
+    message = row[7]
+    return (len(message) if message.isascii() else len(message.encode())) + selectors.LINE_OVERHEAD_BYTES
 
 
 def _frames(texts: list[str]) -> list[str]:
@@ -111,13 +134,15 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
         self.group = None
         self._pump: asyncio.Task | None = None
         self._watch: asyncio.Task | None = None
+        self._guard: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self.ending = False
         raw = _query(self.scope)
         try:
-            tenant = await database_sync_to_async(self._authenticate)(raw)
+            tenant, self.access = await database_sync_to_async(self._authenticate)(raw)
         except streams.StreamRefused as exc:
-            log.info("log tail of %s refused: %s", self.deployment_ref[:40], exc.detail)
-            await self.close()  # before accept: the handshake is refused
+            await sockets.refuse_handshake(self.scope, self.base_send, status=exc.status, detail=exc.detail,
+                                           code=exc.code)
             return
         await self.accept()
         query = LogTailQuery(data=raw)
@@ -149,32 +174,35 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
         head = await _read(selectors.log_head)(deployment_id=self.filter.deployment_id)
         self.seen_head = max(self.seen_head, head)
         self.replay_until = head  # the client asked for everything up to here, at its own pace
+        self.replay_left = settings.LOG_READ_BUDGET_BYTES  # ... up to this much of it on this socket
         after = params.get("after")
         if after is not None:
             self.cursor = after
+        elif params["tail"]:
+            # The pump replays the tail from where it starts, in pages, like any other replay.
+            self.cursor = await _read(selectors.log_tail_start)(log_filter=self.filter, tail=params["tail"],
+                                                                before=head + 1)
         else:
             self.cursor = head
-            if params["tail"]:
-                page = await _read(selectors.log_page)(
-                    log_filter=self.filter, tail=params["tail"], before=head + 1, rows=True)
-                await self._send_lines(feeds.rows_text(page.items))
         self._kick()
         self._watch = asyncio.create_task(self._watch_head(), name=f"log-watch-{self.channel_name}")
+        self._guard = asyncio.create_task(self._recheck_access(), name=f"log-access-{self.channel_name}")
 
-    def _authenticate(self, raw: dict):
+    def _authenticate(self, raw: dict) -> tuple[Tenant, streams.Access]:
         ticket = raw.get("ticket")
         if ticket:
             grant = log_ticket_redeem(ticket=ticket, deployment_id=self.deployment_ref)
             if grant is None:
                 raise streams.StreamRefused(401, "The ticket is unknown, expired or used.", "not_authenticated")
-            return Tenant.objects.get(pk=grant.tenant_id)
+            return Tenant.objects.get(pk=grant.tenant_id), streams.Access(
+                tenant_id=grant.tenant_id, user_id=grant.user_id, token_id=grant.token_id)
         caller = streams.caller_for(
             authorization=_header(self.scope, b"authorization"), session_user=self.scope.get("user"),
             tenant_slug=_header(self.scope, b"x-tenant") or raw.get("tenant") or None, scope="deployments:read")
-        return caller.tenant
+        return caller.tenant, caller.access
 
     async def disconnect(self, code):
-        for task in (self._pump, self._watch):
+        for task in (self._pump, self._watch, self._guard):
             if task is not None:
                 task.cancel()
         if self.group is not None:
@@ -184,9 +212,31 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
         """The tail only talks; what a client sends is ignored."""
 
     # -- sending ------------------------------------------------------------------------------
-    async def _fail(self, status: int, detail: str, errors: list | None = None) -> None:
+    def _stop(self) -> None:
+        """The socket is closing: its background work ends now, not when the server gets round
+        to reporting the disconnect (the task calling this ends on its own)."""
+        self.ending = True
+        current = asyncio.current_task()
+        for task in (self._pump, self._watch, self._guard):
+            if task is not None and task is not current:
+                task.cancel()
+
+    async def _fail(self, status: int, detail: str, errors: list | None = None, code: int | None = None) -> None:
+        self._stop()
         await self.send(text_data=json.dumps({"type": "error", "status": status, "detail": detail, "errors": errors or []}))
-        await self.close(code=CLOSE_NOT_FOUND if status == 404 else CLOSE_BAD_REQUEST)
+        await self.close(code=code or (CLOSE_NOT_FOUND if status == 404 else CLOSE_BAD_REQUEST))
+
+    async def _recheck_access(self) -> None:
+        """The socket lasts only as long as what let it in (streams.access_lost)."""
+        while True:
+            await asyncio.sleep(settings.STREAM_ACCESS_RECHECK_S)
+            lost = await _read(streams.access_lost)(self.access)
+            if lost is not None:
+                log.info("log tail of %s ended: %s", self.deployment_ref[:40], lost.detail)
+                async with self._lock:  # not in the middle of a page
+                    await self._fail(lost.status, lost.detail,
+                                     code=CLOSE_UNAUTHENTICATED if lost.status == 401 else CLOSE_FORBIDDEN)
+                return
 
     def _blocked(self) -> bool:
         buffered = self.probe()
@@ -205,7 +255,7 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
         catches up while its deployment logs would never arrive: every batch committed during
         a read would be one more read."""
         self.seen_head = max(self.seen_head, message["last"])
-        if message["last"] <= self.cursor:
+        if message["last"] <= self.cursor or self.ending:
             return
         if not self.live or self._lock.locked():
             self._hold(message)
@@ -291,7 +341,9 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
             await self.close(code=1011)
 
     async def _step(self) -> float | None:
-        """One step towards live: None once live, else seconds until the next step."""
+        """One step towards live: None once live (or closing), else seconds until the next step."""
+        if self.ending:
+            return None
         if self._blocked():
             self.behind = True
             return WAIT_S
@@ -309,15 +361,38 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
         # Read only up to where the held batches take over: a tail behind a busy deployment
         # reads the gap once, not everything committed while it read.
         until = min(head, self.held[0]["prev"]) if self.held else head
+        # The replay the client asked for counts against its budget, and a page never runs past
+        # its end: what follows it is live, never budgeted, never skipped.
+        replaying = self.cursor < self.replay_until
+        bound = min(until, self.replay_until) if replaying else until
+        budget = min(PAGE_BYTES, max(self.replay_left, 1)) if replaying else PAGE_BYTES
         page = await _read(selectors.log_page)(
-            log_filter=self.filter, after=self.cursor, before=until + 1, limit=PAGE_LINES, rows=True)
+            log_filter=self.filter, after=self.cursor, before=bound + 1, limit=PAGE_LINES, rows=True, budget=budget)
         await self._send_lines(feeds.rows_text(page.items))
+        if replaying:
+            self.replay_left -= sum(_cost(row) for row in page.items)
         if page.has_more:
             self.cursor = page.items[-1][0]
+            if replaying and self.replay_left <= 0:
+                await self._end_replay()
+                return None
             return 0
-        self.cursor = max(self.cursor, until)
+        self.cursor = max(self.cursor, bound)
+        if bound < until:
+            return 0  # the replay is done; what came after it is read next
         await self._send_held()
         if self.seen_head > self.cursor:
             return 0  # committed while we read: read once more
         self.live = True
         return None
+
+    async def _end_replay(self) -> None:
+        """The replay reached its budget with lines still to send: say where it stopped, and
+        close rather than go live past lines the client never got."""
+        budget = settings.LOG_READ_BUDGET_BYTES
+        self._stop()
+        await self.send(text_data=json.dumps({
+            "type": "truncated", "next_cursor": str(self.cursor), "budget_bytes": budget,
+            "detail": f"This replay reached its budget of {budget} bytes. Reconnect with after={self.cursor} "
+                      "for the lines that follow (or read them with GET .../logs?after=)."}))
+        await self.close(code=CLOSE_REPLAY_BUDGET)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.postgres.expressions import ArraySubquery
-from django.db.models import F, Max, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Count, F, Func, IntegerField, Max, OuterRef, Prefetch, Q, QuerySet, Sum, Window
 from django.db.models.functions import JSONObject
 from django.utils import timezone
 
@@ -234,6 +234,9 @@ class LogFilter:
 class Page:
     items: list
     has_more: bool  # more lines (or events) lie beyond this page in the direction it was read
+    # The byte budget ended the page before it held what was asked: continue from its last
+    # line (after=) or, for a page read backwards (before= alone), from its first (before=).
+    truncated: bool = False
 
 
 def log_filter_for(*, tenant, deployment_id, replica: int | uuid.UUID | None = None,
@@ -268,26 +271,90 @@ def _shaped(queryset: QuerySet[LogLine], rows: bool = False) -> QuerySet[LogLine
             .only("id", "ts", "stream", "message", "seq", "continued", "replica_id"))
 
 
+# What a line costs against a read's byte budget besides its message's UTF-8 size: its cursor,
+# replica, seq, time and the JSON around them.
+LINE_OVERHEAD_BYTES = 256
+
+
+def _cost():
+    # octet_length reads the size from a TOASTed value's header: a page over budget never
+    # fetches the messages it leaves out.
+    return Func(F("message"), function="octet_length", output_field=IntegerField()) + LINE_OVERHEAD_BYTES
+
+
+def _budgeted(queryset: QuerySet[LogLine], *, newest_first: bool, limit: int, budget: int,
+              rows: bool) -> tuple[list, bool, bool]:
+    """At most `limit` lines of `queryset` in cursor order (from the newest with
+    `newest_first`), stopping once their cost reaches `budget` (the line that reaches it is
+    the page's last, so a page always makes progress). PostgreSQL counts: one query, and
+    only the lines sent are read whole. Returns (lines, more beyond them, cut by the budget)."""
+    order = "-id" if newest_first else "id"
+    window = queryset.order_by(order).values("id")[:limit + 1]
+    budgeted = LogLine.objects.filter(id__in=window).annotate(
+        cost=_cost(),
+        spent=Window(Sum(_cost()), order_by=F("id").desc() if newest_first else F("id").asc()),
+        offered=Window(Count("id")),
+    ).filter(spent__lt=F("cost") + budget).order_by(order)
+    if rows:
+        raw = list(budgeted.values_list(*LOG_ROW_FIELDS, "offered"))
+        offered = raw[0][-1] if raw else 0
+        found = [row[:-1] for row in raw]
+    else:
+        found = list(_shaped(budgeted))
+        offered = found[0].offered if found else 0
+    if len(found) > limit:
+        return found[:limit], True, False
+    truncated = len(found) < offered
+    return found, truncated, truncated
+
+
 def log_page(*, log_filter: LogFilter, tail: int = 100, since: datetime | None = None, after: int | None = None,
-             before: int | None = None, limit: int = 100, rows: bool = False) -> Page:
+             before: int | None = None, limit: int = 100, rows: bool = False, budget: int | None = None) -> Page:
     """Lines oldest first, by cursor (their commit order within the deployment). With `after`:
     the `limit` lines following it (and before `before`, if given); with only `before`: the
     `limit` lines right before it; with neither: the newest `tail`. `since` keeps lines whose
-    time is at or after it. `rows`: tuples of LOG_ROW_FIELDS instead of model instances."""
+    time is at or after it. `rows`: tuples of LOG_ROW_FIELDS instead of model instances.
+
+    `budget` (bytes, see LINE_OVERHEAD_BYTES) ends the page early, `truncated`: a tail or an
+    `after` page keeps its oldest lines (continue with after= its last cursor), a `before`
+    page its newest (continue with before= its first)."""
     queryset = log_filter.queryset()
     if since is not None:
         queryset = queryset.filter(ts__gte=since)
     if before is not None:
         queryset = queryset.filter(id__lt=before)
+    if after is None and before is None:
+        # The newest `tail` lines are those after the (tail+1)-th newest, up to the newest now.
+        ids = list(queryset.order_by("-id").values_list("id", flat=True)[:tail + 1])
+        if not ids:
+            return Page([], False)
+        older = len(ids) > tail
+        page = log_page(log_filter=log_filter, since=since, after=ids[-1] if older else 0, before=ids[0] + 1,
+                        limit=tail, rows=rows, budget=budget)
+        return Page(page.items, older, page.truncated)
+    if budget is not None:
+        newest_first = after is None
+        if not newest_first:
+            queryset = queryset.filter(id__gt=after)
+        lines, more, truncated = _budgeted(queryset, newest_first=newest_first, limit=limit, budget=budget, rows=rows)
+        if newest_first:
+            lines.reverse()
+        return Page(lines, more, truncated)
     if after is not None:
         lines = list(_shaped(queryset.filter(id__gt=after), rows).order_by("id")[:limit + 1])
         return Page(lines[:limit], len(lines) > limit)
-    count = limit if before is not None else tail
-    lines = list(_shaped(queryset, rows).order_by("-id")[:count + 1])
-    more = len(lines) > count
-    lines = lines[:count]
+    lines = list(_shaped(queryset, rows).order_by("-id")[:limit + 1])
+    more = len(lines) > limit
+    lines = lines[:limit]
     lines.reverse()
     return Page(lines, more)
+
+
+def log_tail_start(*, log_filter: LogFilter, tail: int, before: int) -> int:
+    """The cursor the newest `tail` lines before `before` follow (0: from the first line), for
+    a replay that reads them forwards in pages."""
+    ids = list(log_filter.queryset().filter(id__lt=before).order_by("-id").values_list("id", flat=True)[tail:tail + 1])
+    return ids[0] if ids else 0
 
 
 def log_head(*, deployment_id) -> int:

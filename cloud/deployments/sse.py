@@ -11,6 +11,11 @@ Resuming is exact: ids follow commit order (models.Event), so after a reconnect 
 waits on the tenant's channel-layer group for a hint that something committed, and reads the
 database either way at least every 15 s, when it also sends a keep-alive comment (proxies and
 browsers drop a connection that stays silent).
+
+The caller's access is checked again every STREAM_ACCESS_RECHECK_S (streams.access_lost): once
+its token is revoked or expired, or its user removed from the tenant, the stream sends an
+`event: closed` message whose data is a problem (status 401 or 403, and why) and ends. A
+browser's EventSource then reconnects and gets that status, which stops it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views import View
@@ -69,6 +75,12 @@ def _page(*, tenant, after: int, deployment_id, types) -> tuple[list[str], int, 
     return messages, (page.items[-1].pk if page.items else after), page.has_more
 
 
+def _closed(tenant, lost: streams.StreamRefused) -> str:
+    log.info("event stream of tenant %s ended: %s", tenant.pk, lost.detail)
+    problem = {"status": lost.status, "detail": lost.detail, "code": lost.code}
+    return f"event: closed\ndata: {json.dumps(problem)}\n\n"
+
+
 class EventStreamView(View):
     http_method_names = ["get"]
 
@@ -101,23 +113,32 @@ class EventStreamView(View):
                 return _problem(request, 404, exc.detail, "not_found")
         response = StreamingHttpResponse(
             self.stream(tenant=caller.tenant, after=after, deployment_id=deployment_id,
-                        types=params.get("type", ()), follow=params["follow"]),
+                        types=params.get("type", ()), follow=params["follow"], access=caller.access),
             content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold events back
         return response
 
-    async def stream(self, *, tenant, after: int, deployment_id, types, follow: bool):
+    async def stream(self, *, tenant, after: int, deployment_id, types, follow: bool, access: streams.Access):
         # daphne sends the status line and headers with the first body bytes: send some now,
         # so a client knows at once that it is subscribed (and how soon to retry).
         yield f"retry: {RETRY_MS}\n\n"
+        loop = asyncio.get_running_loop()
         layer = get_channel_layer() if follow else None
         channel = await layer.new_channel() if layer is not None else None
         group = feeds.events_group(tenant.pk)
+        hint: asyncio.Future | None = None  # a receive on the channel layer, kept across wake-ups
+        next_check = loop.time() + settings.STREAM_ACCESS_RECHECK_S
         try:
             if channel is not None:
                 await layer.group_add(group, channel)  # before the first read: no commit falls between
             while True:
+                if loop.time() >= next_check:
+                    lost = await _read(streams.access_lost, access=access)
+                    if lost is not None:
+                        yield _closed(tenant, lost)
+                        return
+                    next_check = loop.time() + settings.STREAM_ACCESS_RECHECK_S
                 messages, after, more = await _read(_page, tenant=tenant, after=after, deployment_id=deployment_id,
                                                     types=types)
                 for message in messages:
@@ -126,12 +147,32 @@ class EventStreamView(View):
                     continue
                 if not follow:
                     return
-                try:
-                    await asyncio.wait_for(layer.receive(channel), KEEPALIVE_S)
-                except TimeoutError:
+                # Wait for a hint that something committed, but no longer than the next access
+                # check or keep-alive. The receive goes on across those wake-ups: cancelling it
+                # every few seconds would cost a Redis round trip each time, and could lose a hint.
+                keepalive_at = loop.time() + KEEPALIVE_S
+                while True:
+                    if hint is None:
+                        hint = asyncio.ensure_future(layer.receive(channel))
+                    done, _ = await asyncio.wait({hint}, timeout=max(0.0, min(next_check, keepalive_at) - loop.time()))
+                    if done:
+                        hint, finished = None, hint
+                        finished.result()  # a failed receive (Redis away) ends the stream, as before
+                        break
+                    if loop.time() >= next_check:
+                        lost = await _read(streams.access_lost, access=access)
+                        if lost is not None:
+                            yield _closed(tenant, lost)
+                            return
+                        next_check = loop.time() + settings.STREAM_ACCESS_RECHECK_S
+                        if loop.time() < keepalive_at:
+                            continue
                     yield ": keep-alive\n\n"
                     await layer.group_add(group, channel)  # channels-redis expires group members after a day
+                    break  # and read the database, in case a hint was lost
         finally:
+            if hint is not None:
+                hint.cancel()
             if channel is not None:
                 try:
                     await layer.group_discard(group, channel)

@@ -67,7 +67,7 @@ def test_after_and_before_page_by_cursor_without_overlap_or_gap(as_alice, logged
     rest = logs(as_alice, deployment, after=first["next_cursor"], limit=4).json()
     assert [line["message"] for line in rest["logs"]] == ["line 4", "line 5"] and rest["has_more"] is False
     assert logs(as_alice, deployment, after=rest["next_cursor"]).json() == {
-        "logs": [], "has_more": False, "next_cursor": rest["next_cursor"], "prev_cursor": None}
+        "logs": [], "has_more": False, "next_cursor": rest["next_cursor"], "prev_cursor": None, "truncated": False}
     back = logs(as_alice, deployment, before=rest["logs"][0]["cursor"], limit=3).json()
     assert [line["message"] for line in back["logs"]] == ["line 1", "line 2", "line 3"] and back["has_more"] is True
     between = logs(as_alice, deployment, after=first["logs"][0]["cursor"], before=rest["logs"][0]["cursor"]).json()
@@ -122,7 +122,7 @@ def test_bad_parameters_are_a_400_naming_them(as_alice, logged, params, field):
 
 def test_no_lines_is_an_empty_list(as_alice, acme):
     assert logs(as_alice, deployment_for(acme)).json() == {
-        "logs": [], "has_more": False, "next_cursor": None, "prev_cursor": None}
+        "logs": [], "has_more": False, "next_cursor": None, "prev_cursor": None, "truncated": False}
 
 
 def test_a_page_of_many_lines_costs_a_fixed_number_of_queries(as_alice, logged, django_assert_max_num_queries):

@@ -257,6 +257,9 @@ class LogListOutput(serializers.Serializer):
     has_more = serializers.BooleanField(help_text="More lines lie beyond this page, in the direction it was read.")
     next_cursor = serializers.CharField(allow_null=True, help_text="Pass as after= for the lines that follow.")
     prev_cursor = serializers.CharField(allow_null=True, help_text="Pass as before= for the lines that precede.")
+    truncated = serializers.BooleanField(
+        help_text="The read's byte budget (8 MiB by default) ended this page before it held what was asked: a tail "
+                  "or an after= page goes on with after=next_cursor, a before= page with before=prev_cursor.")
 
 
 class EventOutput(serializers.Serializer):

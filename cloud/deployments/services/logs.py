@@ -8,7 +8,8 @@ tell a complete chain of batches from one with a hole (feeds.py).
 
 A batch is deduplicated against what is stored (an agent resends what was not acknowledged
 before a reconnect), and a hole in a replica's seq is never papered over: a `system` line says
-how many lines never arrived.
+how many lines never arrived. Lines past the tenant's caps (logcaps.py) are acknowledged but not
+stored, and a `system` line says how many were dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from django.utils import timezone
 
 from cloud.deployments import feeds
 from cloud.deployments.models import LogLine, Replica
+from cloud.deployments.services.logcaps import log_lines_allow
 from nodes.protocol import LogEntry
 
 # The first key of the two-key advisory lock form; the second is a hash of the deployment id.
@@ -120,6 +122,7 @@ def logs_store(*, replica: Replica, lines: list[LogEntry]) -> int:
         stored, head = _lock(replica.deployment_id, replica_id=replica.pk)
         rows: list[_Row] = []
         expected = stored + 1
+        new = 0
         for line in lines:
             if line.seq < expected:
                 continue  # a resend of what is stored
@@ -127,10 +130,36 @@ def logs_store(*, replica: Replica, lines: list[LogEntry]) -> int:
             if line.seq > expected:
                 rows.append(_gap_line(expected, line.seq - 1, ts))
             rows.append(_Row(line.seq, ts, line.stream, clean(line.message), line.continued))
+            new += 1
             expected = line.seq + 1
+        if new:
+            allowance = log_lines_allow(deployment_id=replica.deployment_id, count=new)
+            if allowance.lines < new:
+                rows = _over_cap(rows, keep=allowance.lines, cap=allowance.cap)
         if rows:
             _insert(replica, rows, prev=head)
         return max(stored, expected - 1)
+
+
+def _over_cap(rows: list[_Row], *, keep: int, cap: str) -> list[_Row]:
+    """The batch's rows with its agent lines past the first `keep` left out, and a `system`
+    line saying so. That line takes the seq of the last line it stands for: the replica's
+    highest stored seq then covers the dropped lines, so the agent is acknowledged past them
+    (and never resends them), and the next batch is not taken for one after a gap."""
+    kept: list[_Row] = []
+    dropped: list[_Row] = []
+    for row in rows:
+        if row.seq is None or keep > 0:  # the plane's own lines (gaps) are not the tenant's
+            kept.append(row)
+            keep -= row.seq is not None
+        else:
+            dropped.append(row)
+    first, last = dropped[0].seq, dropped[-1].seq
+    what = f"{len(dropped)} lines (seq {first}-{last})" if len(dropped) > 1 else f"1 line (seq {last})"
+    kept.append(_Row(seq=last, ts=dropped[-1].ts, stream=LogLine.Stream.SYSTEM,
+                     message=f"{what} of this replica {'were' if len(dropped) > 1 else 'was'} dropped: its tenant "
+                             f"reached its log limit of {cap}"))
+    return kept
 
 
 def log_system_line(*, replica: Replica, message: str, ts: datetime) -> None:

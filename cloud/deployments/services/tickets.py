@@ -38,18 +38,23 @@ class Redeemed:
     tenant_id: int
     user_id: int | None
     deployment_id: str
+    token_id: int | None = None  # the bearer token it was issued to: the socket ends with it
 
 
 def _key(ticket: str) -> str:
     return "logticket:" + hashlib.sha256(ticket.encode()).hexdigest()
 
 
-def log_ticket_issue(*, tenant, user, deployment_id) -> Ticket:
-    """NotFound for a deployment the tenant cannot see, as every other read."""
+def log_ticket_issue(*, tenant, user, deployment_id, token=None) -> Ticket:
+    """NotFound for a deployment the tenant cannot see, as every other read. `user`: whose
+    membership the socket rests on (None for a service account); `token`: the bearer token
+    the caller used, if any. The socket they open lasts only as long as both do."""
     pk = selectors.deployment_id_for(tenant=tenant, deployment_id=deployment_id)
     ticket = PREFIX + secrets.token_urlsafe(32)
     user_id = user.pk if user is not None and getattr(user, "is_authenticated", False) else None
-    cache.set(_key(ticket), {"tenant": tenant.pk, "user": user_id, "deployment": str(pk)}, TICKET_TTL_S)
+    token_id = getattr(token, "pk", None)
+    cache.set(_key(ticket), {"tenant": tenant.pk, "user": user_id, "deployment": str(pk), "token": token_id},
+              TICKET_TTL_S)
     return Ticket(ticket=ticket, expires_at=timezone.now() + timedelta(seconds=TICKET_TTL_S), deployment_id=pk)
 
 
@@ -67,4 +72,5 @@ def log_ticket_redeem(*, ticket: str, deployment_id: str) -> Redeemed | None:
             return None
     except ValueError:
         return None
-    return Redeemed(tenant_id=grant["tenant"], user_id=grant["user"], deployment_id=grant["deployment"])
+    return Redeemed(tenant_id=grant["tenant"], user_id=grant["user"], deployment_id=grant["deployment"],
+                    token_id=grant.get("token"))

@@ -56,10 +56,12 @@
     function take(item) {
       if (item.type === "missed") {
         item = {replica: "", stream: "system", ordinal: "", ts: "",
-                message: "[" + item.count + " lines skipped while this view fell behind]"};
+                message: "[" + item.missed + " lines skipped while this view fell behind]"};
       } else if (item.type === "error") {
         state.textContent = item.detail || "error";
         return;
+      } else if (item.type) {
+        return;  // e.g. "truncated": the replay's budget; the reconnect goes on after lastCursor
       }
       if (item.cursor) lastCursor = item.cursor;
       var text = (item.ts ? item.ts.slice(11, 23) + " " : "") + "#" + item.ordinal + " " +
@@ -83,7 +85,8 @@
         schedule();
       };
       ws.onclose = function (event) {
-        if (event.code === 4404 || event.code === 4400) { state.textContent = "log unavailable"; return; }
+        // 4401/4403: the session's access to this tenant ended; reconnecting would be refused.
+        if ([4400, 4401, 4403, 4404].indexOf(event.code) >= 0) { state.textContent = "log unavailable"; return; }
         state.textContent = "reconnecting…";
         retry = Math.min(retry + 1, 5);
         window.setTimeout(connect, 500 * retry);
