@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-from django.db.models import QuerySet
-from oauth2_provider.models import AbstractApplication
+from django.db.models import Exists, QuerySet
+from django.utils import timezone
+from oauth2_provider.models import AbstractApplication, AccessToken
 
 from accounts.models import EmailConfirmation, Membership, ServiceAccount, Tenant
 from cloud.exceptions import ApplicationError
@@ -38,6 +39,22 @@ def personal_tenant_for(*, user) -> Tenant | None:
         .first()
     )
     return membership.tenant if membership else None
+
+
+def access_standing(*, tenant_id: int, user_id: int | None, token_id: int | None) -> dict[str, bool]:
+    """Whether what an open stream was let in with still holds, in one indexed query:
+    `token` (the bearer token exists and is unexpired) and `member` (the user is an active
+    member of the tenant), each present only when asked for by a non-None id."""
+    checks = {}
+    if token_id is not None:
+        checks["token"] = Exists(AccessToken.objects.filter(pk=token_id, expires__gt=timezone.now()))
+    if user_id is not None:
+        checks["member"] = Exists(Membership.objects.filter(tenant_id=tenant_id, user_id=user_id,
+                                                            user__is_active=True))
+    if not checks:
+        return {}
+    row = Tenant.objects.filter(pk=tenant_id).annotate(**checks).values(*checks).first()
+    return row or {name: False for name in checks}
 
 
 def tenant_for_request(*, user, token, tenant_slug: str | None) -> tuple[Tenant, str]:

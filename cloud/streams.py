@@ -24,15 +24,11 @@ from typing import Callable
 from channels.consumer import get_handler_name
 from channels.security.websocket import OriginValidator
 from django.conf import settings
-from django.db.models import Exists
 from django.http.request import validate_host
-from django.utils import timezone
 from oauthlib.common import Request as OAuthRequest
-from oauth2_provider.models import AccessToken
 from oauth2_provider.settings import oauth2_settings
 
-from accounts.models import Membership, Tenant
-from accounts.selectors import TenantForbidden, tenant_for_request
+from accounts.selectors import TenantForbidden, access_standing, tenant_for_request
 
 
 class StreamRefused(Exception):
@@ -71,15 +67,7 @@ def access_lost(access: Access) -> StreamRefused | None:
     or deactivated), or None while it may go on. One indexed query, so every open stream can
     afford it every few seconds; it catches every way access ends (DOT's revoke endpoint, an
     API client deleted, a member removed, expiry) without a hook in each. Blocking."""
-    checks = {}
-    if access.token_id is not None:
-        checks["token"] = Exists(AccessToken.objects.filter(pk=access.token_id, expires__gt=timezone.now()))
-    if access.user_id is not None:
-        checks["member"] = Exists(Membership.objects.filter(
-            tenant_id=access.tenant_id, user_id=access.user_id, user__is_active=True))
-    if not checks:
-        return None
-    row = Tenant.objects.filter(pk=access.tenant_id).annotate(**checks).values(*checks).first() or {}
+    row = access_standing(tenant_id=access.tenant_id, user_id=access.user_id, token_id=access.token_id)
     if not row.get("token", True):
         return StreamRefused(401, "The bearer token was revoked or has expired.", "not_authenticated")
     if not row.get("member", True):
