@@ -44,7 +44,7 @@ up: venv services
 	@scripts/up.sh
 
 test: venv sysdeps services
-	$(BIN)/pytest -q -p no:cacheprovider --create-db
+	$(BIN)/pytest -q -p no:cacheprovider --create-db --durations=25
 
 bench: venv sysdeps services
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

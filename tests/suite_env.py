@@ -15,3 +15,9 @@ from cryptography.fernet import Fernet
 
 os.environ.setdefault("SECRET_KEY", "tests-" + secrets.token_urlsafe(48))
 os.environ.setdefault("FERNET_KEYS", Fernet.generate_key().decode())
+
+# The test process runs many tests' worker threads (Channels' database threads, the funds-race
+# threads), each holding its pooled connection until it closes it; a larger pool than a web
+# process's keeps a test that needs 17 at once from waiting on connections earlier tests' threads
+# still hold. Processes the tests start set their own (most run with DB_POOL=0).
+os.environ.setdefault("DB_POOL_MAX", "60")

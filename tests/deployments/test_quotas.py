@@ -140,27 +140,37 @@ def test_scaling_up_counts_the_tenants_other_deployments(as_alice, roomy, body):
 
 def _concurrently(user, calls: list[tuple[str, str, dict | None]]) -> list:
     """Each (method, url, body) from its own thread and database connection, all released at once
-    by a barrier, as concurrent API calls would be. Returns the responses."""
+    by a barrier, as concurrent API calls would be. Returns the responses.
+
+    The clients (their tokens) are made here, before the threads: a thread that failed before the
+    barrier would leave the others waiting on it. The barrier and the joins have deadlines, so a
+    thread that cannot get a connection fails the test instead of hanging the suite."""
     import threading
 
     from django.db import connection
 
-    responses = []
+    responses, errors = [], []
+    clients = [client_for(user, tenant="acme") for _ in calls]
     barrier = threading.Barrier(len(calls))
 
-    def attempt(method, url, data):
-        client = client_for(user, tenant="acme")
-        barrier.wait()
+    def attempt(client, method, url, data):
         try:
+            barrier.wait(timeout=60)
             responses.append(getattr(client, method)(url, data, format="json"))
+        except BaseException as error:  # noqa: BLE001 - reported by the test below
+            errors.append(repr(error))
+            barrier.abort()
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=attempt, args=call) for call in calls]
+    threads = [threading.Thread(target=attempt, args=(client, *call), daemon=True)
+               for client, call in zip(clients, calls)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert len(responses) == len(calls), f"{len(calls) - len(responses)} calls never answered"
     return responses
 
 
