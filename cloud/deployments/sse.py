@@ -75,6 +75,21 @@ def _page(*, tenant, after: int, deployment_id, types) -> tuple[list[str], int, 
     return messages, (page.items[-1].pk if page.items else after), page.has_more
 
 
+class _Recheck:
+    """When an open stream next asks whether its caller may still read, and the asking: at most
+    once per STREAM_ACCESS_RECHECK_S, however often the stream wakes."""
+
+    def __init__(self, access: streams.Access, loop: asyncio.AbstractEventLoop):
+        self.access, self.loop = access, loop
+        self.due = loop.time() + settings.STREAM_ACCESS_RECHECK_S
+
+    async def lost(self) -> streams.StreamRefused | None:
+        if self.loop.time() < self.due:
+            return None
+        self.due = self.loop.time() + settings.STREAM_ACCESS_RECHECK_S
+        return await _read(streams.access_lost, access=self.access)
+
+
 def _closed(tenant, lost: streams.StreamRefused) -> str:
     log.info("event stream of tenant %s ended: %s", tenant.pk, lost.detail)
     problem = {"status": lost.status, "detail": lost.detail, "code": lost.code}
@@ -128,17 +143,14 @@ class EventStreamView(View):
         channel = await layer.new_channel() if layer is not None else None
         group = feeds.events_group(tenant.pk)
         hint: asyncio.Future | None = None  # a receive on the channel layer, kept across wake-ups
-        next_check = loop.time() + settings.STREAM_ACCESS_RECHECK_S
+        recheck = _Recheck(access, loop)
         try:
             if channel is not None:
                 await layer.group_add(group, channel)  # before the first read: no commit falls between
             while True:
-                if loop.time() >= next_check:
-                    lost = await _read(streams.access_lost, access=access)
-                    if lost is not None:
-                        yield _closed(tenant, lost)
-                        return
-                    next_check = loop.time() + settings.STREAM_ACCESS_RECHECK_S
+                if (lost := await recheck.lost()) is not None:
+                    yield _closed(tenant, lost)
+                    return
                 messages, after, more = await _read(_page, tenant=tenant, after=after, deployment_id=deployment_id,
                                                     types=types)
                 for message in messages:
@@ -154,17 +166,15 @@ class EventStreamView(View):
                 while True:
                     if hint is None:
                         hint = asyncio.ensure_future(layer.receive(channel))
-                    done, _ = await asyncio.wait({hint}, timeout=max(0.0, min(next_check, keepalive_at) - loop.time()))
+                    done, _ = await asyncio.wait({hint}, timeout=max(0.0, min(recheck.due, keepalive_at) - loop.time()))
                     if done:
                         hint, finished = None, hint
                         finished.result()  # a failed receive (Redis away) ends the stream, as before
                         break
-                    if loop.time() >= next_check:
-                        lost = await _read(streams.access_lost, access=access)
-                        if lost is not None:
+                    if loop.time() >= recheck.due:
+                        if (lost := await recheck.lost()) is not None:
                             yield _closed(tenant, lost)
                             return
-                        next_check = loop.time() + settings.STREAM_ACCESS_RECHECK_S
                         if loop.time() < keepalive_at:
                             continue
                     yield ": keep-alive\n\n"
