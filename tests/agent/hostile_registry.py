@@ -109,12 +109,17 @@ class FsCalls:
 
 
 def outside(calls: list[tuple[str, str]], root: Path) -> list[tuple[str, str]]:
-    """The calls on paths outside `root`, less Python reading its own files (a lazy import, a
-    traceback's source lines) and subprocess's /dev/null. A relative name was opened against a directory fd (rmtree and
+    """The calls on paths outside `root`, less Python reading its own files and listing its own
+    directories (a lazy import, a traceback's source lines) and subprocess's /dev/null. A relative name was opened against a directory fd (rmtree and
     the layer code do that, below a directory they reached by an absolute path recorded here):
     the agent's image code uses no path relative to its working directory."""
     root_text = str(root)
     return [(event, path) for event, path in calls
             if path.startswith("/") and path != "/dev/null"
             and not (path == root_text or path.startswith(root_text + os.sep))
-            and not (event == "open" and path.startswith(_IMPORTS))]
+            and not (event in _READS and path.startswith(_IMPORTS))]
+
+
+# What the import system does on its own paths when a module is first imported mid-pull: it
+# reads files and lists the directories on sys.path (the checkout's root among them).
+_READS = frozenset({"open", "os.listdir", "os.scandir"})

@@ -71,7 +71,7 @@ class DiskImages:
     def __init__(self, disk: Path):
         self.disk = disk
 
-    async def ensure_disk(self, ref, *, credentials=None, progress=None):
+    async def ensure_disk(self, ref, *, credentials=None, tenant=None, progress=None):
         return SimpleNamespace(ref=ref, digest="sha256:" + "0" * 64, path=self.disk,
                                config=FakeImageConfig(env={"PATH": "/bin"}))
 
