@@ -20,9 +20,18 @@ H100 = ["0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0",
 SWITCHES = ["0000:05:00.0", "0000:06:00.0", "0000:85:00.0", "0000:86:00.0"]
 
 
-def drivers(node) -> set[str]:
+def drivers(node) -> set[str | None]:
+    """Each device's driver; None for a device between unbind and probe (the agent rebinds while
+    the test polls, and the link is briefly absent then)."""
     devices = Path(node.data_dir) / "simulated-sysfs" / "sys" / "bus" / "pci" / "devices"
-    return {os.path.basename(os.readlink(devices / bdf / "driver")) for bdf in H100 + SWITCHES}
+
+    def driver(bdf: str) -> str | None:
+        try:
+            return os.path.basename(os.readlink(devices / bdf / "driver"))
+        except FileNotFoundError:
+            return None
+
+    return {driver(bdf) for bdf in H100 + SWITCHES}
 
 
 @pytest.fixture
