@@ -19,25 +19,17 @@ from nodes.agent.errors import AgentError
 from nodes.agent.events import EventHub, RuntimeEvent
 from nodes.agent.gpu.host import GpuHost, Prepared
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
-from nodes.agent.lifecycle import TERMINAL_STATES, StatusReader, derive, guest_command, guest_ended
-from nodes.agent.logs import LogLine, LogRecords, convert, last_seq
+from nodes.agent.lifecycle import TERMINAL_STATES, StatusReader, guest_command, guest_ended
+from nodes.agent.logs import LogLine, LogRecords, convert
 from nodes.agent.locks import VmLocks
 from nodes.agent.runtime_logs import VmLogReads
+from nodes.agent.runtime_watch import VmWatch
 from nodes.agent.state import StateStore, VmInfo, VmPaths, is_locked, validate_name
 from nodes.protocol import ReplicaSpec
 
-# Watch pass interval while a VM boots (see _watch_loop); running VMs use poll_interval.
-BOOT_POLL_S = 0.03
 # A workload's port usually refuses for a moment while it starts: failures within this long
 # are the normal start, not news for the plane.
 HEALTH_QUIET_S = 2.0
-
-
-def _read_pid(paths: VmPaths) -> int | None:
-    try:
-        return int(paths.pidfile.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def _kit_present(kit: Any) -> bool:
@@ -64,7 +56,7 @@ class Runtime(Protocol):
     def events(self) -> AsyncIterator[RuntimeEvent]: ...
 
 
-class MicroVmRuntime(VmLogReads):
+class MicroVmRuntime(VmWatch, VmLogReads):
     """`kit_cache` is the host-wide dir the guest kit and the accelerator probe are kept in
     (shared by every runtime on the host). `netns` is the namespace the VMs' network lives in
     (the `network` must manage the same one): QEMU runs in it and the health check connects
@@ -295,20 +287,6 @@ class MicroVmRuntime(VmLogReads):
                 task.cancel()
             await asyncio.gather(check, ended, return_exceptions=True)
 
-    async def _wait_for(self, name: str, cond: Callable[[VmInfo], bool], timeout: float | None, message: str) -> VmInfo:
-        event = self._changed.setdefault(name, asyncio.Event())
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            info = self._infos[name]
-            if cond(info):
-                return info
-            event.clear()
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise AgentError(message)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
-
     async def _fail_start(self, name: str, reason: str) -> None:
         """A failed start keeps its dir (state, logs) but no process, TAP, rule or overlay."""
         info = self._infos.get(name) or VmInfo(name=name, state="failed")
@@ -325,65 +303,6 @@ class MicroVmRuntime(VmLogReads):
         await self.network.remove(name)
         await asyncio.to_thread(paths.overlay.unlink, missing_ok=True)
         await self._gpus_release(name)
-
-    # -- watching a live VM ------------------------------------------------------------------
-    def _watch(self, name: str) -> None:
-        if name not in self._watchers or self._watchers[name].done():
-            self._watchers[name] = asyncio.create_task(self._watch_loop(name), name=f"watch-{name}")
-
-    async def _unwatch(self, name: str) -> None:
-        task = self._watchers.pop(name, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _watch_loop(self, name: str) -> None:
-        paths = self.store.paths(name)
-        while True:
-            info = await self._refresh(name, paths, self._infos[name])
-            if info.state in TERMINAL_STATES:
-                await self._gpus_release(name)  # the next tenant must not wait for a vm rm
-                return
-            if guest_ended(info):
-                # The guest says its workload is over, and its VM still runs: the VM is stopped
-                # here and now (as /init would power it off), and only QEMU's end, seen by the
-                # next pass, makes the VM `stopped` or `failed`.
-                try:
-                    await self.vmm.stop(paths.dir, timeout=self.stop_timeout)
-                except AgentError:
-                    await asyncio.sleep(self.poll_interval)  # still alive: tried again next pass
-                continue
-            # Until the workload runs, a start() waits on this loop to see the start event: a
-            # tighter pass there is start latency saved, and a booting VM has few logs to convert.
-            booting = info.state in ("booting", "starting")
-            await asyncio.sleep(min(self.poll_interval, BOOT_POLL_S) if booting else self.poll_interval)
-
-    async def _refresh(self, name: str, paths: VmPaths, info: VmInfo, *, persist: bool = True) -> VmInfo:
-        """One catch-up pass: convert new log lines, derive state from status.raw + liveness."""
-        alive = await asyncio.to_thread(self.vmm.alive, paths.dir)
-        if alive and info.pid is None:
-            # Launched, but the launcher died before recording the pid: adopt it from the pidfile.
-            info = replace(info, pid=await asyncio.to_thread(_read_pid, paths))
-        status = await asyncio.to_thread(self._read_status, name, paths)
-        # Liveness is read before the final conversion so no byte written before death is missed.
-        lines = await asyncio.to_thread(convert, paths, final=not alive and info.pid is not None, clock=self._clock,
-                                        keep=False)
-        if lines:
-            self._log_heads[name] = lines[-1].seq
-            self._converted.pop(name, asyncio.Event()).set()  # wakes this VM's log followers
-        elif name not in self._log_heads:  # adopted: its log may hold lines the plane lacks
-            self._log_heads[name] = await asyncio.to_thread(last_seq, paths)
-        new = await asyncio.to_thread(derive, info, status, alive, paths)
-        if not alive and new.pid is not None and new.state in TERMINAL_STATES:
-            new = replace(new, pid=None)
-        if new != info or name not in self._infos:
-            new = await self._set(new, persist=persist)
-        return new
-
-    def _read_status(self, name: str, paths: VmPaths):
-        # Blocking (file reads): called through asyncio.to_thread. One reader per VM, dropped
-        # whenever the VM's dir is made afresh (start) or deleted (remove).
-        return self._status.setdefault(name, StatusReader()).read(paths.status)
 
     # -- recovery ----------------------------------------------------------------------------
     async def recover(self) -> list[VmInfo]:

@@ -6,7 +6,10 @@ and GPUs never freed.
 The reader is tested on files a guest could have written (QEMU appends the port's bytes to
 status.raw unchanged); the runtime test runs the real MicroVmRuntime with the fake guest of
 tests/agent/fakes.py (a host process that behaves like /init), and the real-QEMU version of
-the status attack is tests/agent/test_meter_guest.py.
+the status attack is tests/agent/test_meter_guest.py (in a namespace it makes).
+
+No VM boots, no network device is made and no packet is sent here (FakeVmm, FakeNetwork: the
+fake guest is a host process with no port), so these tests need no namespace of their own.
 """
 
 from __future__ import annotations
