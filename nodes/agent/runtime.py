@@ -404,8 +404,11 @@ class MicroVmRuntime(VmWatch, VmLogReads):
         info = await asyncio.to_thread(self.store.read_info, name)
         if info is None:
             return None
-        # Only the process holding the VM's lock writes its state; others just look.
-        mine = self._locks.held(name) or not await asyncio.to_thread(is_locked, self._locks.path(name))
+        # A reader writes the state it derived only while nobody operates on the VM. A holder
+        # of the lock (a start, stop or remove, in this process or another) writes its own: a
+        # reader's write landing during a remove's rmtree would leave the dir behind, and the
+        # removed VM listed again as `stopped`.
+        mine = not self._locks.held(name) and not await asyncio.to_thread(is_locked, self._locks.path(name))
         return await self._refresh(name, self.store.paths(name), info, persist=mine)
 
     async def get(self, name: str) -> VmInfo | None:
