@@ -66,7 +66,9 @@ def _log_target(node_id: int, replica_id: str) -> Replica:
             _log_targets.move_to_end(key)
             return replica
     uid = _uid(replica_id)
-    replica = (Replica.objects.filter(uid=uid).only("id", "uid", "node_id", "deployment_id", "ordinal", "generation")
+    # Its tenant comes along (the log caps count per tenant), cached with it.
+    replica = (Replica.objects.filter(uid=uid).select_related("deployment")
+               .only("id", "uid", "node_id", "deployment_id", "ordinal", "generation", "deployment__tenant_id")
                .first() if uid else None)
     if replica is None or replica.node_id != node_id:
         raise link.NotPlacedHere(f"replica {replica_id[:40]} is not placed on this node")

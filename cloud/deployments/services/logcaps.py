@@ -13,7 +13,6 @@ because the counter is away would be worse than a few seconds without a cap.
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -22,8 +21,6 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 from django.core.cache import cache
-
-from cloud.deployments.models import Deployment
 
 log = logging.getLogger(__name__)
 
@@ -49,38 +46,13 @@ def _redis() -> redis.Redis:
         return _client
 
 
-# The tenant of a deployment never changes: looked up once per deployment and process, not
-# once per batch (a node sends some forty a second).
-_TENANTS_MAX = 4096
-_tenants: collections.OrderedDict = collections.OrderedDict()
-_tenants_lock = threading.Lock()
-
-
-def _tenant_of(deployment_id) -> int | None:
-    with _tenants_lock:
-        tenant_id = _tenants.get(deployment_id)
-        if tenant_id is not None:
-            _tenants.move_to_end(deployment_id)
-            return tenant_id
-    tenant_id = Deployment.objects.filter(pk=deployment_id).values_list("tenant_id", flat=True).first()
-    if tenant_id is not None:
-        with _tenants_lock:
-            _tenants[deployment_id] = tenant_id
-            while len(_tenants) > _TENANTS_MAX:
-                _tenants.popitem(last=False)
-    return tenant_id
-
-
-def log_lines_allow(*, deployment_id, count: int, now: float | None = None) -> Allowance:
-    """Count `count` new lines of the deployment against its tenant's caps; how many of them
+def log_lines_allow(*, tenant_id: int, count: int, now: float | None = None) -> Allowance:
+    """Count `count` new lines of one of the tenant's replicas against its caps; how many of them
     fit. Lines that do not fit are counted too: a tenant over its cap stays over it until the
     second (or day) turns, whatever it keeps sending."""
     per_second = settings.LOG_LINES_PER_SECOND_PER_TENANT
     per_day = settings.LOG_LINES_PER_DAY_PER_TENANT
     if count <= 0 or (per_second <= 0 and per_day <= 0):
-        return Allowance(count)
-    tenant_id = _tenant_of(deployment_id)
-    if tenant_id is None:
         return Allowance(count)
     second = int(_clock() if now is None else now)
     caps = []  # (key, limit, ttl, what)

@@ -133,7 +133,7 @@ def logs_store(*, replica: Replica, lines: list[LogEntry]) -> int:
             new += 1
             expected = line.seq + 1
         if new:
-            allowance = log_lines_allow(deployment_id=replica.deployment_id, count=new)
+            allowance = log_lines_allow(tenant_id=replica.deployment.tenant_id, count=new)
             if allowance.lines < new:
                 rows = _over_cap(rows, keep=allowance.lines, cap=allowance.cap)
         if rows:
