@@ -9,13 +9,12 @@ import re
 from dataclasses import dataclass
 
 from nodes.agent.errors import ImageError
-from nodes.agent.oci.digest import Digest
+from nodes.agent.oci.digest import Digest, is_digest
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _HOST = re.compile(r"(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
                    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")  # a name, an IPv4 address or [IPv6]
 
@@ -64,7 +63,7 @@ def parse_reference(ref: str) -> Reference:
     name, digest = text, None
     if "@" in text:
         name, digest = text.split("@", 1)
-        if not _DIGEST.fullmatch(digest):
+        if not is_digest(digest):
             raise _bad(ref, "the digest must be sha256: followed by 64 lowercase hex digits")
         digest = Digest(digest)
     tag = None
