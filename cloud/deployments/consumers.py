@@ -103,12 +103,6 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-def _cost(row) -> int:
-    """A line read as a tuple (selectors.LOG_ROW_FIELDS), as the read's byte budget counts it."""
-    message = row[7]
-    return (len(message) if message.isascii() else len(message.encode())) + selectors.LINE_OVERHEAD_BYTES
-
-
 def _frames(texts: list[str]) -> list[str]:
     """Lines as frames of about FRAME_BYTES each (JSON Lines: one or more lines per frame)."""
     frames: list[str] = []
@@ -370,7 +364,7 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
             log_filter=self.filter, after=self.cursor, before=bound + 1, limit=PAGE_LINES, rows=True, budget=budget)
         await self._send_lines(feeds.rows_text(page.items))
         if replaying:
-            self.replay_left -= sum(_cost(row) for row in page.items)
+            self.replay_left -= page.cost
         if page.has_more:
             self.cursor = page.items[-1][0]
             if replaying and self.replay_left <= 0:

@@ -237,6 +237,7 @@ class Page:
     # The byte budget ended the page before it held what was asked: continue from its last
     # line (after=) or, for a page read backwards (before= alone), from its first (before=).
     truncated: bool = False
+    cost: int = 0  # what its lines cost against a budget (LINE_OVERHEAD_BYTES), for a budgeted read
 
 
 def log_filter_for(*, tenant, deployment_id, replica: int | uuid.UUID | None = None,
@@ -283,11 +284,12 @@ def _cost():
 
 
 def _budgeted(queryset: QuerySet[LogLine], *, newest_first: bool, limit: int, budget: int,
-              rows: bool) -> tuple[list, bool, bool]:
+              rows: bool) -> Page:
     """At most `limit` lines of `queryset` in cursor order (from the newest with
     `newest_first`), stopping once their cost reaches `budget` (the line that reaches it is
     the page's last, so a page always makes progress). PostgreSQL counts: one query, and
-    only the lines sent are read whole. Returns (lines, more beyond them, cut by the budget)."""
+    only the lines sent are read whole. The page says whether more lie beyond it, whether the
+    budget cut it, and what its lines cost."""
     order = "-id" if newest_first else "id"
     window = queryset.order_by(order).values("id")[:limit + 1]
     budgeted = LogLine.objects.filter(id__in=window).annotate(
@@ -296,16 +298,18 @@ def _budgeted(queryset: QuerySet[LogLine], *, newest_first: bool, limit: int, bu
         offered=Window(Count("id")),
     ).filter(spent__lt=F("cost") + budget).order_by(order)
     if rows:
-        raw = list(budgeted.values_list(*LOG_ROW_FIELDS, "offered"))
-        offered = raw[0][-1] if raw else 0
-        found = [row[:-1] for row in raw]
+        raw = list(budgeted.values_list(*LOG_ROW_FIELDS, "offered", "spent"))
+        offered = raw[0][-2] if raw else 0
+        spent = [row[-1] for row in raw]
+        found = [row[:-2] for row in raw]
     else:
         found = list(_shaped(budgeted))
         offered = found[0].offered if found else 0
+        spent = [line.spent for line in found]
     if len(found) > limit:
-        return found[:limit], True, False
+        return Page(found[:limit], True, False, spent[limit - 1])
     truncated = len(found) < offered
-    return found, truncated, truncated
+    return Page(found, truncated, truncated, spent[-1] if spent else 0)
 
 
 def log_page(*, log_filter: LogFilter, tail: int = 100, since: datetime | None = None, after: int | None = None,
@@ -331,15 +335,15 @@ def log_page(*, log_filter: LogFilter, tail: int = 100, since: datetime | None =
         older = len(ids) > tail
         page = log_page(log_filter=log_filter, since=since, after=ids[-1] if older else 0, before=ids[0] + 1,
                         limit=tail, rows=rows, budget=budget)
-        return Page(page.items, older, page.truncated)
+        return Page(page.items, older, page.truncated, page.cost)
     if budget is not None:
         newest_first = after is None
         if not newest_first:
             queryset = queryset.filter(id__gt=after)
-        lines, more, truncated = _budgeted(queryset, newest_first=newest_first, limit=limit, budget=budget, rows=rows)
+        page = _budgeted(queryset, newest_first=newest_first, limit=limit, budget=budget, rows=rows)
         if newest_first:
-            lines.reverse()
-        return Page(lines, more, truncated)
+            page.items.reverse()
+        return page
     if after is not None:
         lines = list(_shaped(queryset.filter(id__gt=after), rows).order_by("id")[:limit + 1])
         return Page(lines[:limit], len(lines) > limit)
