@@ -11,8 +11,9 @@ Two kinds:
   * per client address (accounts/clientip.py), at most ACCOUNT_THROTTLE[0] failures in any
     ACCOUNT_THROTTLE[1] seconds (20 in 5 minutes), then a 429 with Retry-After until the oldest
     failure leaves the window;
-  * per target (the account's username, or the OAuth2 client_id), from addresses that have not
-    succeeded for that target before: a few free failures, then each further failure makes the
+  * per target (the account's username, or the OAuth2 client_id when a client secret is sent),
+    from addresses that have not succeeded for that target before: a few free failures, then
+    each further failure makes the
     next attempt wait twice as long as the last (1 s, 2 s, 4 s, ... up to a cap). Guessing from
     many addresses is slowed without a lockout: the cap bounds the wait, and addresses the
     account or client already used keep working whatever a stranger does;
@@ -189,10 +190,20 @@ def _basic_client_id(request) -> str | None:
 
 
 def _target(door: str, request) -> str | None:
+    """Whose secret this attempt guesses at, or None (then only the address counts).
+
+    A client is a target only when the request presents a client secret. /o/authorize/ checks
+    none (the browser's session is the credential), and a public client (the CLI) has none: its
+    client_id is published, so counting against it would let anyone make every new user of it
+    wait, which is the lockout-by-strangers the per-target delay must never be."""
     if door == "login":
         username = request.POST.get("username", "").strip().lower()
         return f"user:{username[:254]}" if username else None
-    client_id = _basic_client_id(request) or request.POST.get("client_id") or request.GET.get("client_id")
+    if door == "authorize":
+        return None
+    client_id = _basic_client_id(request)
+    if client_id is None and request.POST.get("client_secret"):
+        client_id = request.POST.get("client_id")
     return f"client:{client_id[:200]}" if client_id else None
 
 

@@ -10,7 +10,7 @@ from django.test import Client
 
 from accounts import throttle
 from accounts.clientip import client_ip
-from tests.accounts.oauth_helpers import api_client_for_tenant, client_credentials_token, public_app
+from tests.accounts.oauth_helpers import REDIRECT_URI, api_client_for_tenant, client_credentials_token, public_app
 from tests.factories import UserFactory
 
 LB = "192.0.2.10"  # the operator's load balancer
@@ -217,3 +217,29 @@ def test_the_staff_login_is_guarded_too(doors, db):
     staff = Client(REMOTE_ADDR="198.51.100.101").post(
         "/admin/login/", {"username": "ops@example.com", "password": "correct horse battery staple"})
     assert staff.status_code == 302
+
+
+def test_strangers_cannot_make_a_public_client_wait_for_everyone(doors, alice):
+    """The CLI's client_id is published and it has no secret to guess: failures in its name from
+    many addresses (bad codes at /o/token/, bad redirect URIs at /o/authorize/) must not delay a
+    new user of it, who signs in from an address the CLI never succeeded from."""
+    app = public_app()
+    addresses = iter(f"203.0.113.{n}" for n in range(1, 250))
+    for _ in range(12):
+        assert Client(REMOTE_ADDR=next(addresses)).post("/o/token/", {
+            "grant_type": "authorization_code", "code": "guessed", "redirect_uri": REDIRECT_URI,
+            "client_id": app.client_id, "code_verifier": "x" * 43}).status_code == 400
+        stranger = Client(REMOTE_ADDR=next(addresses))
+        stranger.force_login(alice)
+        assert stranger.get("/o/authorize/", {"response_type": "code", "client_id": app.client_id,
+                                              "redirect_uri": "http://evil.example/cb"}).status_code == 400
+    newcomer = Client(REMOTE_ADDR=next(addresses))
+    newcomer.force_login(alice)
+    consent = newcomer.get("/o/authorize/", {"response_type": "code", "client_id": app.client_id,
+                                             "redirect_uri": REDIRECT_URI, "code_challenge": "c" * 43,
+                                             "code_challenge_method": "S256", "scope": "deployments:read"})
+    assert consent.status_code == 200
+    exchange = Client(REMOTE_ADDR=next(addresses)).post("/o/token/", {
+        "grant_type": "authorization_code", "code": "stale", "redirect_uri": REDIRECT_URI,
+        "client_id": app.client_id, "code_verifier": "x" * 43})
+    assert exchange.status_code == 400  # evaluated (and wrong), not held back with a 429
