@@ -195,15 +195,17 @@ class RegistryClient:
 
     # -- blobs -------------------------------------------------------------------------------
 
+    async def _head_blob(self, digest: Digest) -> httpx.Response:
+        return await self._send(f"{self._base}/blobs/{Digest(digest)}", method="HEAD")
+
     async def has_blob(self, digest: Digest) -> bool:
         """True when the registry answers a HEAD of the blob in this repository with 200: a
         blob the node holds is used for this pull only if this repository serves it too."""
-        response = await self._send(f"{self._base}/blobs/{Digest(digest)}", method="HEAD")
-        return response.status_code == 200
+        return (await self._head_blob(digest)).status_code == 200
 
     async def check_blob(self, digest: Digest) -> None:
         """has_blob, raising the registry's answer (404: not found, 5xx: transient) instead."""
-        response = await self._send(f"{self._base}/blobs/{Digest(digest)}", method="HEAD")
+        response = await self._head_blob(digest)
         if response.status_code != 200:
             raise self._error(response, f"blob {digest} of {self._ref.name}")
 
