@@ -50,8 +50,18 @@ class InventoryRefused(Exception):
         self.node_id, self.for_operators, self.detail = node_id, for_operators, detail
 
 
-def node_event_record(*, node_id: int, kind: str, message: str, detail: dict | None = None) -> NodeEvent:
-    return NodeEvent.objects.create(node_id=node_id, kind=kind, message=message[:500], detail=detail or {})
+# A node that repeats a refused report (on every reconnect, or in a loop on one socket) adds no
+# row until this has passed since its last identical one: a lying node cannot fill the table.
+NODE_EVENT_REPEAT = timedelta(minutes=10)
+
+
+def node_event_record(*, node_id: int, kind: str, message: str, detail: dict | None = None) -> NodeEvent | None:
+    """Records an event for operators; None when the node said the same within NODE_EVENT_REPEAT."""
+    message = message[:500]
+    if NodeEvent.objects.filter(node_id=node_id, kind=kind, message=message,
+                                created_at__gte=timezone.now() - NODE_EVENT_REPEAT).exists():
+        return None
+    return NodeEvent.objects.create(node_id=node_id, kind=kind, message=message, detail=detail or {})
 
 
 def _records_refusals(service):

@@ -117,6 +117,20 @@ async def test_a_hello_naming_one_uuid_twice_is_refused(tmp_path):
     await communicator.disconnect()
 
 
+async def test_a_node_repeating_a_refused_hello_adds_no_rows(tmp_path):
+    """A lying node that says the same refused hello in a loop is refused every time, and
+    operators get one event for it, not one row per hello."""
+    _, second, credential, second_inventory = await sync_to_async(_two_nodes)(tmp_path)
+    twice = second_inventory.gpus[0]["uuid"]
+    communicator, _ = await connect(credential)
+    for _ in range(5):
+        await send(communicator, p.Hello(inventory=_naming(second_inventory, [twice, twice])))
+        answer = await receive(communicator)
+        assert isinstance(answer, p.Error) and answer.refused_type == "hello"
+    assert await sync_to_async(NodeEvent.objects.filter(node=second).count)() == 1
+    await communicator.disconnect()
+
+
 def test_a_join_naming_another_nodes_gpu_is_refused_and_keeps_its_token(client, tmp_path):
     first, _, _, _ = _two_nodes(tmp_path)
     before = _rows(first.pk)
