@@ -228,9 +228,10 @@ SCOPES = {
     "deployments:write": "Create, change, start, stop and delete deployments",
     "templates:read": "Read the template and hardware catalog (and manage private templates with deployments:write)",
     "billing:read": "Read balance, usage and statements",
+    "billing:write": "Change billing settings: the monthly spend limit",
     "nodes:admin": "Operate the fleet (staff only)",
 }
-CUSTOMER_SCOPES = ["deployments:read", "deployments:write", "templates:read", "billing:read"]
+CUSTOMER_SCOPES = ["deployments:read", "deployments:write", "templates:read", "billing:read", "billing:write"]
 
 OAUTH2_PROVIDER = {
     "SCOPES": SCOPES,
@@ -241,7 +242,11 @@ OAUTH2_PROVIDER = {
     "ROTATE_REFRESH_TOKEN": True,
     # Introspection is answered for resource servers holding a token with this scope or with
     # client credentials of a confidential client (DOT's default behaviour).
-    "ALLOWED_REDIRECT_URI_SCHEMES": ["https", "http"] if DEBUG or env_bool("ALLOW_HTTP_REDIRECTS", True) else ["https"],
+    # http stays allowed here only so the CLI's loopback redirect (RFC 8252) gets through;
+    # accounts/oauth.py refuses plain HTTP to anything but a loopback address.
+    "ALLOWED_REDIRECT_URI_SCHEMES": ["https", "http"],
+    # No password grant (accounts/oauth.py).
+    "OAUTH2_SERVER_CLASS": "accounts.oauth.GantryServer",
     "SCOPES_BACKEND_CLASS": "accounts.oauth.GantryScopes",
     "OAUTH2_VALIDATOR_CLASS": "accounts.oauth.GantryOAuth2Validator",
 }
@@ -324,27 +329,22 @@ GANTRY_TRUSTED_PROXIES = env_list("GANTRY_TRUSTED_PROXIES", "")
 # Failed sign-ins and token requests per client address also use ACCOUNT_THROTTLE (20 in 300 s).
 # Per account or client, from addresses it never succeeded from: free failures, the cap of the
 # doubling delay (s), and how long failures are remembered (s).
-ACCOUNT_GUESS_DELAY = (int(os.environ.get("ACCOUNT_GUESS_FREE", "5")),
-                       int(os.environ.get("ACCOUNT_GUESS_MAX_DELAY_S", "300")), 3600)
-SCOPES["billing:write"] = "Change billing settings: the monthly spend limit"
-CUSTOMER_SCOPES.append("billing:write")
-# No password grant; plain-HTTP redirect URIs only to loopback (accounts/oauth.py checks both).
-OAUTH2_PROVIDER.update(OAUTH2_SERVER_CLASS="accounts.oauth.GantryServer", ALLOWED_REDIRECT_URI_SCHEMES=["https", "http"])
+ACCOUNT_GUESS_DELAY = (env_int("ACCOUNT_GUESS_FREE", 5), env_int("ACCOUNT_GUESS_MAX_DELAY_S", 300), 3600)
 
 # Bounded work on the log and event streams (docs/security.md, "Bounded work" and "Sockets").
 # A log read (GET .../logs, a WebSocket replay) sends at most this much of lines' text, then
 # says where to continue (a line counts as its message's UTF-8 size plus 256 bytes for the rest).
-LOG_READ_BUDGET_BYTES = int(os.environ.get("LOG_READ_BUDGET_BYTES", str(8 << 20)))
+LOG_READ_BUDGET_BYTES = env_int("LOG_READ_BUDGET_BYTES", 8 << 20)
 # A tenant's log lines, all its replicas together: lines past either cap are acknowledged to
 # the agent but not stored, and a `system` line says how many. Well above a busy workload's
 # 20,000 lines/s bursts; 0 turns a cap off.
-LOG_LINES_PER_SECOND_PER_TENANT = int(os.environ.get("LOG_LINES_PER_SECOND_PER_TENANT", "50000"))
-LOG_LINES_PER_DAY_PER_TENANT = int(os.environ.get("LOG_LINES_PER_DAY_PER_TENANT", "300000000"))
+LOG_LINES_PER_SECOND_PER_TENANT = env_int("LOG_LINES_PER_SECOND_PER_TENANT", 50000)
+LOG_LINES_PER_DAY_PER_TENANT = env_int("LOG_LINES_PER_DAY_PER_TENANT", 300000000)
 # The largest message a client may send on a socket: a log tail reads nothing it is sent; the
 # agent's link carries frames of up to 1 MiB (nodes/protocol.py), refused one by one above
 # that, and the connection is closed (1009) above this.
-WS_MAX_MESSAGE_BYTES = int(os.environ.get("WS_MAX_MESSAGE_BYTES", str(64 << 10)))
-WS_AGENT_MAX_MESSAGE_BYTES = int(os.environ.get("WS_AGENT_MAX_MESSAGE_BYTES", str(2 << 20)))
+WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 << 10)
+WS_AGENT_MAX_MESSAGE_BYTES = env_int("WS_AGENT_MAX_MESSAGE_BYTES", 2 << 20)
 # How often an open log socket or event stream checks that its caller may still read (token
 # not revoked or expired, still a member of the tenant).
 STREAM_ACCESS_RECHECK_S = float(os.environ.get("STREAM_ACCESS_RECHECK_S", "3"))
