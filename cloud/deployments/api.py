@@ -12,6 +12,7 @@ from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from cloud import streams
 from cloud.api import TenantScopedViewSet, paginator
 from cloud.deployments import feeds, selectors, services
 from cloud.deployments.filters import DeploymentFilter
@@ -222,9 +223,9 @@ class DeploymentViewSet(TenantScopedViewSet):
     @action(detail=True, methods=["post"], url_path="logs/ticket", write_scopes=["deployments:read"],
             filterset_class=None, pagination_class=None)
     def logs_ticket(self, request, pk=None):
-        service = getattr(request, "tenant_role", None) == "service"
-        made = services.log_ticket_issue(tenant=request.tenant, user=None if service else request.user,
-                                         deployment_id=pk, token=request.auth)
+        caller = streams.Caller(user=request.user, token=request.auth, tenant=request.tenant,
+                                role=getattr(request, "tenant_role", ""))
+        made = services.log_ticket_issue(tenant=request.tenant, deployment_id=pk, access=caller.access)
         query = urlencode({"ticket": made.ticket})
         return Response({"ticket": made.ticket, "expires_at": feeds.iso(made.expires_at),
                          "url": f"/ws/v1/deployments/{made.deployment_id}/logs?{query}"},

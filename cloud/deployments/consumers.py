@@ -188,8 +188,7 @@ class LogTailConsumer(streams.NoConnectionSweep, AsyncWebsocketConsumer):
             grant = log_ticket_redeem(ticket=ticket, deployment_id=self.deployment_ref)
             if grant is None:
                 raise streams.StreamRefused(401, "The ticket is unknown, expired or used.", "not_authenticated")
-            return Tenant.objects.get(pk=grant.tenant_id), streams.Access(
-                tenant_id=grant.tenant_id, user_id=grant.user_id, token_id=grant.token_id)
+            return Tenant.objects.get(pk=grant.access.tenant_id), grant.access
         caller = streams.caller_for(
             authorization=_header(self.scope, b"authorization"), session_user=self.scope.get("user"),
             tenant_slug=_header(self.scope, b"x-tenant") or raw.get("tenant") or None, scope="deployments:read")

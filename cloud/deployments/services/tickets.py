@@ -21,6 +21,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from cloud.deployments import selectors
+from cloud.streams import Access
 
 TICKET_TTL_S = 30
 PREFIX = "gtkt_"
@@ -35,26 +36,22 @@ class Ticket:
 
 @dataclass(frozen=True)
 class Redeemed:
-    tenant_id: int
-    user_id: int | None
+    access: Access  # what the ticket was issued on: the socket ends with it
     deployment_id: str
-    token_id: int | None = None  # the bearer token it was issued to: the socket ends with it
 
 
 def _key(ticket: str) -> str:
     return "logticket:" + hashlib.sha256(ticket.encode()).hexdigest()
 
 
-def log_ticket_issue(*, tenant, user, deployment_id, token=None) -> Ticket:
-    """NotFound for a deployment the tenant cannot see, as every other read. `user`: whose
-    membership the socket rests on (None for a service account); `token`: the bearer token
-    the caller used, if any. The socket they open lasts only as long as both do."""
+def log_ticket_issue(*, tenant, deployment_id, access: Access) -> Ticket:
+    """NotFound for a deployment the tenant cannot see, as every other read. `access`: what the
+    caller is let in with (streams.Caller.access); the socket the ticket opens lasts only as long
+    as it does."""
     pk = selectors.deployment_id_for(tenant=tenant, deployment_id=deployment_id)
     ticket = PREFIX + secrets.token_urlsafe(32)
-    user_id = user.pk if user is not None and getattr(user, "is_authenticated", False) else None
-    token_id = getattr(token, "pk", None)
-    cache.set(_key(ticket), {"tenant": tenant.pk, "user": user_id, "deployment": str(pk), "token": token_id},
-              TICKET_TTL_S)
+    cache.set(_key(ticket), {"tenant": tenant.pk, "user": access.user_id, "deployment": str(pk),
+                             "token": access.token_id}, TICKET_TTL_S)
     return Ticket(ticket=ticket, expires_at=timezone.now() + timedelta(seconds=TICKET_TTL_S), deployment_id=pk)
 
 
@@ -72,5 +69,5 @@ def log_ticket_redeem(*, ticket: str, deployment_id: str) -> Redeemed | None:
             return None
     except ValueError:
         return None
-    return Redeemed(tenant_id=grant["tenant"], user_id=grant["user"], deployment_id=grant["deployment"],
-                    token_id=grant.get("token"))
+    return Redeemed(access=Access(tenant_id=grant["tenant"], user_id=grant["user"], token_id=grant.get("token")),
+                    deployment_id=grant["deployment"])
