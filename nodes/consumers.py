@@ -86,9 +86,7 @@ class AgentConsumer(NoConnectionSweep, AsyncWebsocketConsumer):
             if not self._greeted and not isinstance(message, p.Hello):
                 raise p.ProtocolError(f"send hello before {message.type}")
             await self._handle(message)
-        except p.ProtocolError as exc:
-            await self._refuse(kind, str(exc))
-        except (link.NotPlacedHere, services.InventoryRefused) as exc:
+        except (p.ProtocolError, link.NotPlacedHere, services.InventoryRefused) as exc:
             await self._refuse(kind, str(exc))
         except Exception as exc:  # noqa: BLE001 - one bad frame must never end the node's session
             log.exception("node %s: %s frame failed", self.node_id, kind)
