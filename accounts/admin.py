@@ -71,11 +71,9 @@ from oauth2_provider.models import (  # noqa: E402
     get_refresh_token_model,
 )
 
+from accounts.oauth import token_prefix  # noqa: E402
+
 AccessToken, RefreshToken, Grant = get_access_token_model(), get_refresh_token_model(), get_grant_model()
-
-
-def _prefix(value: str | None) -> str:
-    return f"{value[:6]}…" if value else "-"
 
 
 class SecretRowAdmin(admin.ModelAdmin):
@@ -95,7 +93,7 @@ class SecretRowAdmin(admin.ModelAdmin):
 
     @admin.display(description="prefix")
     def secret_prefix(self, obj) -> str:
-        return _prefix(getattr(obj, self.secret_field))
+        return token_prefix(getattr(obj, self.secret_field)) or "-"
 
     def has_add_permission(self, request):
         return False

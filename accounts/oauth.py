@@ -147,9 +147,13 @@ def _refuse_unsafe_application(sender, instance, **kwargs):
         raise ValidationError(problems)
 
 
+def token_prefix(value: str | None) -> str | None:
+    """Enough of a token or code to match it against a log line, never enough to use it."""
+    return f"{value[:6]}…" if value else None
+
+
 def _prefix_only(self) -> str:
-    value = getattr(self, "token", None) or getattr(self, "code", None) or ""
-    return f"{value[:6]}…" if value else f"#{self.pk}"
+    return token_prefix(getattr(self, "token", None) or getattr(self, "code", None)) or f"#{self.pk}"
 
 
 def install() -> None:
