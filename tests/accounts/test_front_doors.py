@@ -10,7 +10,12 @@ from django.test import Client
 
 from accounts import throttle
 from accounts.clientip import client_ip
-from tests.accounts.oauth_helpers import REDIRECT_URI, api_client_for_tenant, client_credentials_token, public_app
+from tests.accounts.oauth_helpers import (
+    REDIRECT_URI,
+    api_client_for_tenant,
+    client_credentials_token,
+    public_app,
+)
 from tests.factories import UserFactory
 
 LB = "192.0.2.10"  # the operator's load balancer
