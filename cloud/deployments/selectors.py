@@ -308,8 +308,9 @@ def _budgeted(queryset: QuerySet[LogLine], *, newest_first: bool, limit: int, bu
         spent = [line.spent for line in found]
     if len(found) > limit:
         return Page(found[:limit], True, False, spent[limit - 1])
-    truncated = len(found) < offered
-    return Page(found, truncated, truncated, spent[-1] if spent else 0)
+    # Cut by the budget only if it left out a line the page asked for (not just the one past
+    # `limit` that tells whether more lie beyond).
+    return Page(found, len(found) < offered, len(found) < min(offered, limit), spent[-1] if spent else 0)
 
 
 def log_page(*, log_filter: LogFilter, tail: int = 100, since: datetime | None = None, after: int | None = None,

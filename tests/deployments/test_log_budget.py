@@ -71,6 +71,15 @@ def test_a_tail_over_the_budget_stops_at_it_and_the_cursor_gives_the_rest(cast):
     assert numbers(small["logs"]) == list(range(46, 51)) and small["truncated"] is False
 
 
+def test_a_page_that_holds_all_it_asked_for_is_not_truncated(cast):
+    """Ten lines fit the budget; a page of ten holds what was asked, whatever the budget would
+    have said of an eleventh."""
+    store(cast["replica"], range(1, 21), text=BIG)
+    page = cast["api"].get(f"/api/v1/deployments/{cast['deployment'].pk}/logs", {"after": 0, "limit": 10}).json()
+    assert numbers(page["logs"]) == list(range(1, 11))
+    assert page["has_more"] is True and page["truncated"] is False
+
+
 def test_a_page_backwards_keeps_the_lines_nearest_its_cursor(cast):
     store(cast["replica"], range(1, 51), text=BIG)
     url = f"/api/v1/deployments/{cast['deployment'].pk}/logs"
