@@ -244,3 +244,16 @@ def test_the_cache_builds_paths_from_checked_digests_only(tmp_path):
             cache.blob(unchecked)
     with pytest.raises(ImageError, match=MALFORMED):
         Digest("sha256:/etc/x", "layer 0")
+
+
+@pytest.mark.parametrize("text", ['["sha256:../x"]', '"sha256:/etc/x"', "42", "null"])
+def test_disk_metadata_that_is_not_an_object_counts_as_absent(tmp_path, text):
+    from nodes.agent.oci.cache import CacheDir
+    from nodes.agent.oci.digest import Digest
+
+    cache = CacheDir(tmp_path)
+    cache.mkdirs()
+    digest = Digest("sha256:" + "cd" * 32)
+    cache.disk(digest).write_bytes(b"")
+    cache.meta(digest).write_text(text)
+    assert cache.read_meta(digest) is None

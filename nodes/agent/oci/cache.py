@@ -99,9 +99,10 @@ class CacheDir:
             meta = json.loads(self.meta(digest).read_text())
         except (OSError, ValueError):
             return None
-        blobs = _digests(meta.get("blobs")) if isinstance(meta, dict) else None
+        meta = meta if isinstance(meta, dict) else {}  # not what this cache writes: refused below
+        blobs = _digests(meta.get("blobs"))
         # Metadata from before issue 23 has neither list: no tenant and no repository vouched for.
-        lists = [meta.get(key, []) for key in ("tenants", "repositories")] if isinstance(meta, dict) else [None]
+        lists = [meta.get(key, []) for key in ("tenants", "repositories")]
         if (blobs is None or meta.get("digest") != digest or not isinstance(meta.get("size_bytes"), int)
                 or not isinstance(meta.get("config"), dict)
                 or not all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in lists)):
