@@ -42,6 +42,7 @@ from django.http import JsonResponse
 from django.shortcuts import render
 
 from accounts.clientip import client_ip
+from cloud.kv import shared_redis
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ return 0
 
 @lru_cache(maxsize=4)
 def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return shared_redis(url)
 
 
 def _key(*parts: str) -> str:

@@ -14,13 +14,14 @@ because the counter is away would be worse than a few seconds without a cap.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
 import redis
 from django.conf import settings
 from django.core.cache import cache
+
+from cloud.kv import shared_redis
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +33,6 @@ _clock = time.time  # tests set the time
 class Allowance:
     lines: int  # how many of the new lines may be stored
     cap: str = ""  # which cap stopped the rest: "10 lines per second", ...
-
-
-_client: redis.Redis | None = None
-_client_lock = threading.Lock()
-
-
-def _redis() -> redis.Redis:
-    global _client
-    with _client_lock:
-        if _client is None:
-            _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
-        return _client
 
 
 def log_lines_allow(*, tenant_id: int, count: int, now: float | None = None) -> Allowance:
@@ -63,7 +52,7 @@ def log_lines_allow(*, tenant_id: int, count: int, now: float | None = None) -> 
         caps.append((cache.make_key(f"logcap:{tenant_id}:d:{second // DAY_S}"), per_day, 2 * DAY_S,
                      f"{per_day} lines per day (UTC)"))
     try:
-        pipe = _redis().pipeline(transaction=False)
+        pipe = shared_redis().pipeline(transaction=False)
         for key, _limit, ttl, _what in caps:
             pipe.incrby(key, count)
             pipe.expire(key, ttl)
