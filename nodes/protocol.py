@@ -24,6 +24,7 @@ from nodes.protocol_checks import Bad as _Bad
 from nodes.protocol_checks import checker as _checker
 from nodes.protocol_checks import dataclass_checker as _dataclass_checker
 from nodes.protocol_checks import register_fast
+from nodes.vocabulary import HEALTH_STATES, LOG_STREAMS, VM_STATES
 
 PROTOCOL_VERSION = 1
 # A frame larger than this is refused unread: a log batch is capped well below it.
@@ -33,16 +34,6 @@ MAX_LOG_LINE_CHARS = 64 * 1024
 MAX_DESIRED_REPLICAS = 256
 HEARTBEAT_INTERVAL_S = 5.0
 
-# Replica states, defined once for both sides. The agent reports the first eight (they are the
-# microVM runtime's own states); `pending` (not placed or not yet started) and `lost` (its node
-# went silent) exist only on the plane.
-REPORTED_STATES = ("pulling", "booting", "starting", "running", "restarting", "stopping", "stopped", "failed")
-REPLICA_STATES = ("pending", *REPORTED_STATES, "lost")
-TERMINAL_STATES = ("stopped", "failed", "lost")
-VM_STATES = REPORTED_STATES  # the runtime's name for them
-LOG_STREAMS = ("stdout", "stderr", "system")
-HEALTH_STATES = ("", "failing")
-DESIRED_STATES = ("run", "stop")
 
 
 class ProtocolError(ValueError):
@@ -139,8 +130,8 @@ class ReplicaReport:
     health: str = ""
 
     def check(self) -> None:
-        if self.state not in REPORTED_STATES:
-            raise ProtocolError(f"state must be one of {', '.join(REPORTED_STATES)}, not {self.state[:40]!r}")
+        if self.state not in VM_STATES:
+            raise ProtocolError(f"state must be one of {', '.join(VM_STATES)}, not {self.state[:40]!r}")
         if self.health not in HEALTH_STATES:
             raise ProtocolError("health must be empty or \"failing\"")
 

@@ -10,7 +10,7 @@ from django.db import models
 from django.db.models import Q
 
 from cloud import crypto
-from nodes.protocol import TERMINAL_STATES
+from nodes.vocabulary import TERMINAL_STATES
 
 
 class Deployment(models.Model):

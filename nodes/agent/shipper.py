@@ -33,7 +33,8 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 from nodes import protocol
 from nodes.agent.errors import AgentError
 from nodes.agent.logs import LogLine, LogRecords, record_seq
-from nodes.protocol import TERMINAL_STATES, Desired, LogEntry
+from nodes.protocol import Desired, LogEntry
+from nodes.vocabulary import VM_ENDED_STATES
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ class LogShipper:
                     log.exception("reading the log of %s failed; retrying", name)
                 # follow=True ends only once the VM has ended (every line is in the file by then)
                 # or if its state was not readable yet; the supervisor's state tells them apart.
-                if self._state_of(name) in TERMINAL_STATES:
+                if self._state_of(name) in VM_ENDED_STATES:
                     await queue.put(None)
                     return
             await asyncio.sleep(self.poll_s)

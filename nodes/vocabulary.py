@@ -1,0 +1,99 @@
+"""The words the plane and the agent share, each defined once.
+
+Plain Python with no Django and nothing but the standard library (import-linter holds that):
+the agent imports it beside `nodes/protocol.py`, the models build their `choices` from it, and
+services, selectors, consumers and the dashboard import the sets they test against from here,
+so a state added or renamed here is added or renamed everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+
+# -- replicas ------------------------------------------------------------------------------------
+
+PENDING = "pending"
+PULLING = "pulling"
+BOOTING = "booting"
+STARTING = "starting"
+RUNNING = "running"
+RESTARTING = "restarting"
+STOPPING = "stopping"
+STOPPED = "stopped"
+FAILED = "failed"
+LOST = "lost"
+
+# The states a microVM itself goes through, as the agent reports them. `pending` (not placed or
+# not yet started) and `lost` (its node went silent) exist only on the plane.
+VM_STATES = (PULLING, BOOTING, STARTING, RUNNING, RESTARTING, STOPPING, STOPPED, FAILED)
+REPLICA_STATES = (PENDING, *VM_STATES, LOST)
+# A VM in one of these has ended on its node: no QEMU runs for it, and none will again.
+VM_ENDED_STATES = (STOPPED, FAILED)
+# A replica in one of these is over for the plane: it holds nothing and is never reported on
+# again. `lost` is the plane's verdict on a replica whose node went silent.
+TERMINAL_STATES = (*VM_ENDED_STATES, LOST)
+
+RUN = "run"
+STOP = "stop"
+DESIRED_STATES = (RUN, STOP)  # what the plane wants of a replica
+
+HEALTH_STATES = ("", "failing")  # a running replica's health check, as its node sees it
+
+# -- deployments ---------------------------------------------------------------------------------
+
+EXPIRED = "expired"
+DEPLOYMENT_STATUSES = (PENDING, STARTING, RUNNING, STOPPING, STOPPED, FAILED, EXPIRED)
+# A deployment in one of these is wanted: it holds (or is getting) replicas, and is billed.
+LIVE_STATUSES = (PENDING, STARTING, RUNNING)
+
+# -- nodes ---------------------------------------------------------------------------------------
+
+JOINING = "joining"
+ONLINE = "online"
+CORDONED = "cordoned"
+DRAINING = "draining"
+OFFLINE = "offline"
+NODE_STATUSES = (JOINING, ONLINE, CORDONED, DRAINING, OFFLINE)
+
+# -- tenants -------------------------------------------------------------------------------------
+
+OWNER = "owner"
+ADMIN = "admin"
+MEMBER = "member"
+ROLES = (OWNER, ADMIN, MEMBER)
+# Who may manage a tenant: its members, keys, billing and spend limits.
+MANAGER_ROLES = (OWNER, ADMIN)
+
+# -- logs ----------------------------------------------------------------------------------------
+
+STDOUT = "stdout"
+STDERR = "stderr"
+SYSTEM = "system"
+LOG_STREAMS = (STDOUT, STDERR, SYSTEM)
+
+# -- names and addresses -------------------------------------------------------------------------
+
+# A VM's name becomes a directory name, a TAP hash input, a QEMU -name, an interface alias and an
+# nft comment (a quoted string of at most 128 bytes with ':' as its separator): so lowercase
+# letters, digits and "_.-", starting with a letter or digit, at most 63 characters. The plane
+# names each VM after its replica's uid (36 characters).
+VM_NAME_MAX = 63
+VM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,%d}" % (VM_NAME_MAX - 1))
+VM_NAME_RULE = f"1-{VM_NAME_MAX} of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+
+
+def is_vm_name(name: object) -> bool:
+    return isinstance(name, str) and VM_NAME_RE.fullmatch(name) is not None
+
+
+# A PCI address as sysfs spells it: domain:bus:device.function, lowercase hex.
+PCI_ADDRESS_RE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
+def is_pci_address(text: object) -> bool:
+    return isinstance(text, str) and PCI_ADDRESS_RE.fullmatch(text) is not None
+
+
+def choices(values: tuple[str, ...]) -> dict[str, str]:
+    """{"PENDING": "pending", ...}: the members of a Django `TextChoices` built from a set here."""
+    return {value.upper(): value for value in values}
