@@ -43,7 +43,9 @@ migrate: services
 up: venv services
 	@scripts/up.sh
 
+# The import contracts first: a layer broken is a failure before a single test runs.
 test: venv sysdeps services
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q -p no:cacheprovider --create-db --durations=25
 
 bench: venv sysdeps services
