@@ -10,7 +10,16 @@ from django.db import models
 from django.db.models import Q
 
 from cloud import crypto
-from nodes.vocabulary import DEPLOYMENT_STATUSES, DESIRED_STATES, LOG_STREAMS, REPLICA_STATES, TERMINAL_STATES, choices
+from nodes.vocabulary import (
+    DEPLOYMENT_STATUSES,
+    DESIRED_STATES,
+    LOG_STREAMS,
+    PENDING,
+    REPLICA_STATES,
+    RUN,
+    TERMINAL_STATES,
+    choices,
+)
 
 
 class Deployment(models.Model):
@@ -148,13 +157,13 @@ class Replica(models.Model):
             # The live set: at most one wanted, unfinished, unreplaced incarnation per ordinal.
             models.UniqueConstraint(
                 fields=["deployment", "ordinal"],
-                condition=Q(desired="run", replaced_by__isnull=True) & ~Q(state__in=("stopped", "failed", "lost")),
+                condition=Q(desired=RUN, replaced_by__isnull=True) & ~Q(state__in=TERMINAL_STATES),
                 name="replica_one_live_per_ordinal",
             ),
         ]
         indexes = [
             models.Index(fields=["node", "state"], name="replica_node_state_idx"),
-            models.Index(fields=["state", "created_at"], condition=Q(node__isnull=True, state="pending"),
+            models.Index(fields=["state", "created_at"], condition=Q(node__isnull=True, state=PENDING),
                          name="replica_unplaced_idx"),
         ]
 
