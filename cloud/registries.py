@@ -20,15 +20,7 @@ import concurrent.futures
 import socket
 from collections.abc import Callable, Iterable
 
-from nodes.addresses import (
-    ip_literal,
-    is_loopback_name,
-    is_trusted,
-    parse_trusted,
-    resolved_address,
-    special_address,
-    split_host_port,
-)
+from nodes import addresses
 
 # A name lookup must not hold an API request for long: an answer later than this is treated as
 # no answer, and the node (which resolves again at pull time) decides.
@@ -62,18 +54,18 @@ def registry_refusal(reference: str, *, trusted: Iterable[str],
     registry = registry_of(reference)
     if registry is None:
         return None  # Docker Hub
-    host, port = split_host_port(registry)
-    if is_trusted(host, port, parse_trusted(trusted)):
+    host, port = addresses.split_host_port(registry)
+    if addresses.is_trusted(host, port, addresses.parse_trusted(trusted)):
         return None
-    literal = ip_literal(host)
+    literal = addresses.ip_literal(host)
     if literal is not None:
-        kind = special_address(literal)
+        kind = addresses.special_address(literal)
         return None if kind is None else _refusal(f"registry {registry} is a {kind} address")
-    if is_loopback_name(host):
+    if addresses.is_loopback_name(host):
         return _refusal(f"registry {registry} is a loopback name")
     for text in (resolve or resolve_host)(host):
-        address = resolved_address(text)
-        kind = special_address(address)
+        address = addresses.resolved_address(text)
+        kind = addresses.special_address(address)
         if kind is not None:
             return _refusal(f"registry {registry} resolves to {address}, a {kind} address")
     return None

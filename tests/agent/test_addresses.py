@@ -8,16 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodes.addresses import (
-    embedded_ipv4,
-    ip_literal,
-    is_loopback_name,
-    is_trusted,
-    parse_trusted,
-    resolved_address,
-    special_address,
-    split_host_port,
-)
+from nodes import addresses as a
 
 SPECIAL = ("is_private", "is_loopback", "is_link_local", "is_multicast", "is_reserved", "is_unspecified")
 # Ranges `ipaddress` flags, to make the draws land in them (uniform 128-bit draws almost never do).
@@ -49,23 +40,23 @@ def _forms(v4: ipaddress.IPv4Address) -> list[ipaddress.IPv6Address]:
 
 @given(st.one_of(st.ip_addresses(), _in(FLAGGED)))
 def test_every_address_ipaddress_calls_special_is_refused(address):
-    if embedded_ipv4(address) is not None:
+    if a.embedded_ipv4(address) is not None:
         return  # judged by the IPv4 address it leads to: the next test
-    assert (special_address(address) is not None) == _flagged(address), address
+    assert (a.special_address(address) is not None) == _flagged(address), address
 
 
 @given(st.one_of(st.ip_addresses(v=4), _in(tuple(n for n in FLAGGED if ":" not in n))))
 def test_ipv6_forms_of_an_ipv4_address_are_judged_by_it(v4):
     for form in _forms(v4):
-        assert embedded_ipv4(form) == v4
-        assert special_address(form) == special_address(v4), form
+        assert a.embedded_ipv4(form) == v4
+        assert a.special_address(form) == a.special_address(v4), form
 
 
 @given(_in(DOCUMENTATION))
 def test_documentation_ranges_are_refused(address):
-    assert special_address(address) is not None
+    assert a.special_address(address) is not None
     for form in _forms(address) if address.version == 4 else ():
-        assert special_address(form) is not None
+        assert a.special_address(form) is not None
 
 
 @pytest.mark.parametrize(("address", "kind"), [
@@ -78,7 +69,7 @@ def test_documentation_ranges_are_refused(address):
     ("8.8.8.8", None), ("2606:4700::1111", None), ("::ffff:8.8.8.8", None), ("64:ff9b::808:808", None),
 ])
 def test_special_addresses(address, kind):
-    assert special_address(ipaddress.ip_address(address)) == kind
+    assert a.special_address(ipaddress.ip_address(address)) == kind
 
 
 @pytest.mark.parametrize(("host", "address"), [
@@ -86,19 +77,19 @@ def test_special_addresses(address, kind):
     ("0x7f.0.0.1", "127.0.0.1"), ("[::1]", "::1"), ("ghcr.io", None), ("10.foo", None),
 ])
 def test_ip_literal_reads_what_the_c_resolver_would(host, address):
-    found = ip_literal(host)
+    found = a.ip_literal(host)
     assert (str(found) if found else None) == address
 
 
 def test_resolved_addresses_may_carry_a_zone():
-    assert resolved_address("fe80::1%eth0") == ipaddress.ip_address("fe80::1")
+    assert a.resolved_address("fe80::1%eth0") == ipaddress.ip_address("fe80::1")
 
 
 def test_split_host_port():
-    assert split_host_port("Registry.IO:443") == ("registry.io", 443)
-    assert split_host_port("[::1]:5000") == ("::1", 5000)
-    assert split_host_port("[fe80::1]") == ("fe80::1", None)
-    assert split_host_port("10.0.0.1") == ("10.0.0.1", None)
+    assert a.split_host_port("Registry.IO:443") == ("registry.io", 443)
+    assert a.split_host_port("[::1]:5000") == ("::1", 5000)
+    assert a.split_host_port("[fe80::1]") == ("fe80::1", None)
+    assert a.split_host_port("10.0.0.1") == ("10.0.0.1", None)
 
 
 @pytest.mark.parametrize(("host", "loopback"), [
@@ -106,13 +97,13 @@ def test_split_host_port():
     ("localhost.example.com", False), ("mylocalhost", False),
 ])
 def test_localhost_names_are_loopback(host, loopback):
-    assert is_loopback_name(host) is loopback
+    assert a.is_loopback_name(host) is loopback
 
 
 def test_trust_is_per_port_unless_the_entry_names_none():
-    trusted = parse_trusted(["Registry.Example:5000", " 10.0.0.5 ", "", "[fd00::1]:443"])
-    assert is_trusted("registry.example", 5000, trusted)
-    assert not is_trusted("registry.example", 5001, trusted)
-    assert not is_trusted("registry.example", None, trusted)
-    assert is_trusted("10.0.0.5", 80, trusted) and is_trusted("10.0.0.5", None, trusted)
-    assert is_trusted("[fd00::1]", 443, trusted) and not is_trusted("fd00::1", 80, trusted)
+    trusted = a.parse_trusted(["Registry.Example:5000", " 10.0.0.5 ", "", "[fd00::1]:443"])
+    assert a.is_trusted("registry.example", 5000, trusted)
+    assert not a.is_trusted("registry.example", 5001, trusted)
+    assert not a.is_trusted("registry.example", None, trusted)
+    assert a.is_trusted("10.0.0.5", 80, trusted) and a.is_trusted("10.0.0.5", None, trusted)
+    assert a.is_trusted("[fd00::1]", 443, trusted) and not a.is_trusted("fd00::1", 80, trusted)
