@@ -8,6 +8,8 @@ from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
+from nodes.vocabulary import ROLES, choices
+
 slug_validator = RegexValidator(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$", "lowercase letters, digits and dashes")
 
 
@@ -45,10 +47,7 @@ class Tenant(models.Model):
 
 
 class Membership(models.Model):
-    class Role(models.TextChoices):
-        OWNER = "owner"
-        ADMIN = "admin"
-        MEMBER = "member"
+    Role = models.TextChoices("Role", choices(ROLES), qualname="Membership.Role")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")

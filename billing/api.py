@@ -19,8 +19,8 @@ from billing.money import SECONDS_PER_HOUR, money_str
 from billing.serializers import BalanceOutput, LimitsInput, LimitsOutput, UsageOutput, UsageQuery
 from cloud.api import paginator
 from cloud.exceptions import InvalidInput
+from nodes.vocabulary import MANAGER_ROLES
 
-BILLING_ROLES = ("owner", "admin")
 STATEMENT_COLUMNS = ["record_id", "period_start", "period_end", "deployment_id", "deployment_name", "replica_id",
                      "ordinal", "generation", "hardware", "location", "gpus", "units", "seconds", "price_per_unit_hour",
                      "amount"]
@@ -150,7 +150,7 @@ class LimitsView(BillingView):
     @extend_schema(summary="Set or remove the monthly spend limit (owner or admin)", request=LimitsInput,
                    responses={200: LimitsOutput})
     def patch(self, request):
-        if request.tenant_role not in BILLING_ROLES:
+        if request.tenant_role not in MANAGER_ROLES:
             raise exceptions.PermissionDenied(
                 f"Changing billing limits needs the owner or admin role in tenant '{request.tenant.slug}'; "
                 f"yours is {request.tenant_role}.")

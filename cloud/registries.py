@@ -10,80 +10,22 @@ operator trusts that registry (`GANTRY_TRUSTED_REGISTRIES`, comma-separated `hos
 
 This check is early feedback, not the boundary: the node resolves the name again when it
 pulls, connects only to the address it checked, and refuses special ones itself
-(`nodes/agent/oci/egress.py`; DNS may answer differently there and later). The agent imports
-nothing from here, so the address rule is written twice; `tests/agent/test_registry_policy.py`
-holds the two to the same table.
+(`nodes/agent/oci/egress.py`; DNS may answer differently there and later). Both judge
+addresses with `nodes/addresses.py`, so the two cannot disagree about one.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from nodes import addresses
 
-# IPv4 reached through IPv6: NAT64's well-known prefix (RFC 6052) maps a.b.c.d to 64:ff9b::a.b.c.d.
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # A name lookup must not hold an API request for long: an answer later than this is treated as
 # no answer, and the node (which resolves again at pull time) decides.
 RESOLVE_TIMEOUT_S = 2.0
 _resolver = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="registry-dns")
-
-
-def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one leads to (IPv4-mapped, NAT64, 6to4), if any."""
-    if address.version != 6:
-        return None
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address.sixtofour
-
-
-def special_address(address: Address) -> str | None:
-    """What makes `address` no place to pull an image from, or None for a public address."""
-    inner = embedded_ipv4(address)
-    if inner is not None:
-        return special_address(inner)
-    if address.is_unspecified:
-        return "unspecified"
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local"
-    if address.is_multicast:
-        return "multicast"
-    if address.is_private:
-        return "private"
-    if not address.is_global:
-        return "special-purpose"
-    return None
-
-
-def ip_literal(host: str) -> Address | None:
-    """`host` as an address if it is one, in any form the C resolver would take as one:
-    `127.1`, `2130706433` and `0x7f.1` all mean 127.0.0.1 to inet_aton."""
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
-        return None
-
-
-def split_host_port(registry: str) -> tuple[str, int | None]:
-    """`host[:port]` (IPv6 in brackets) to (lowercased host without brackets, port or None)."""
-    if registry.startswith("["):
-        host, _, rest = registry[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = registry.partition(":")
-    return host.lower(), int(port) if port.isdigit() else None
 
 
 def registry_of(reference: str) -> str | None:
@@ -94,17 +36,6 @@ def registry_of(reference: str) -> str | None:
     if slash and ("." in first or ":" in first or first == "localhost"):
         return first
     return None
-
-
-def parse_trusted(entries: Iterable[str]) -> frozenset[tuple[str, int | None]]:
-    """Operator entries `host[:port]`: a port names exactly that registry, no port trusts the
-    host on every port."""
-    return frozenset(split_host_port(entry.strip()) for entry in entries if entry.strip())
-
-
-def is_trusted(host: str, port: int | None, trusted: frozenset[tuple[str, int | None]]) -> bool:
-    host = host.lower().strip("[]")
-    return (host, None) in trusted or (port is not None and (host, port) in trusted)
 
 
 def resolve_host(host: str) -> list[str]:
@@ -123,19 +54,18 @@ def registry_refusal(reference: str, *, trusted: Iterable[str],
     registry = registry_of(reference)
     if registry is None:
         return None  # Docker Hub
-    host, port = split_host_port(registry)
-    if is_trusted(host, port, parse_trusted(trusted)):
+    host, port = addresses.split_host_port(registry)
+    if addresses.is_trusted(host, port, addresses.parse_trusted(trusted)):
         return None
-    literal = ip_literal(host)
+    literal = addresses.ip_literal(host)
     if literal is not None:
-        kind = special_address(literal)
+        kind = addresses.special_address(literal)
         return None if kind is None else _refusal(f"registry {registry} is a {kind} address")
-    if host == "localhost" or host.endswith(".localhost"):
-        # RFC 6761: always loopback, whatever a resolver would say.
+    if addresses.is_loopback_name(host):
         return _refusal(f"registry {registry} is a loopback name")
     for text in (resolve or resolve_host)(host):
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        kind = special_address(address)
+        address = addresses.resolved_address(text)
+        kind = addresses.special_address(address)
         if kind is not None:
             return _refusal(f"registry {registry} resolves to {address}, a {kind} address")
     return None

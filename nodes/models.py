@@ -12,6 +12,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from nodes.vocabulary import NODE_STATUSES, choices
+
 
 class Location(models.Model):
     slug = models.SlugField(max_length=50, unique=True)
@@ -55,12 +57,7 @@ class HardwareType(models.Model):
 
 
 class Node(models.Model):
-    class Status(models.TextChoices):
-        JOINING = "joining"
-        ONLINE = "online"
-        CORDONED = "cordoned"
-        DRAINING = "draining"
-        OFFLINE = "offline"
+    Status = models.TextChoices("Status", choices(NODE_STATUSES), qualname="Node.Status")
 
     hostname = models.CharField(max_length=253, unique=True)
     location = models.ForeignKey(Location, on_delete=models.PROTECT, related_name="nodes")

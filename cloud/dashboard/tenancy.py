@@ -12,11 +12,10 @@ from functools import wraps
 from django.contrib.auth.views import redirect_to_login
 from django.shortcuts import render
 
-from accounts.models import Membership
 from accounts.selectors import TenantForbidden, memberships_for, tenant_for_request
+from nodes.vocabulary import MANAGER_ROLES
 
 SESSION_KEY = "dashboard_tenant"
-MANAGERS = (Membership.Role.OWNER, Membership.Role.ADMIN)
 
 
 def current_tenant(request):
@@ -43,7 +42,7 @@ def tenant_view(*, manage: bool = False):
                 request.tenant, request.tenant_role = current_tenant(request)
             except TenantForbidden as exc:
                 return render(request, "dashboard/forbidden.html", {"detail": exc.detail}, status=403)
-            if manage and request.tenant_role not in MANAGERS:
+            if manage and request.tenant_role not in MANAGER_ROLES:
                 detail = (f"Your role in {request.tenant.slug} is '{request.tenant_role}'; "
                           "only an owner or admin can do this.")
                 return render(request, "dashboard/forbidden.html", {"detail": detail}, status=403)
@@ -62,6 +61,6 @@ def nav_context(request) -> dict:
     return {
         "current_tenant": tenant,
         "current_role": request.tenant_role,
-        "can_manage": request.tenant_role in MANAGERS,
+        "can_manage": request.tenant_role in MANAGER_ROLES,
         "my_memberships": list(memberships_for(user=request.user).order_by("-tenant__personal", "tenant__slug")),
     }

@@ -10,18 +10,20 @@ from django.db import models
 from django.db.models import Q
 
 from cloud import crypto
-from nodes.vocabulary import TERMINAL_STATES
+from nodes.vocabulary import (
+    DEPLOYMENT_STATUSES,
+    DESIRED_STATES,
+    LOG_STREAMS,
+    PENDING,
+    REPLICA_STATES,
+    RUN,
+    TERMINAL_STATES,
+    choices,
+)
 
 
 class Deployment(models.Model):
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        STARTING = "starting"
-        RUNNING = "running"
-        STOPPING = "stopping"
-        STOPPED = "stopped"
-        FAILED = "failed"
-        EXPIRED = "expired"
+    Status = models.TextChoices("Status", choices(DEPLOYMENT_STATUSES), qualname="Deployment.Status")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="deployments")
@@ -114,21 +116,9 @@ class Replica(models.Model):
     incarnations (or two control planes' databases) can never be confused.
     """
 
-    class State(models.TextChoices):
-        PENDING = "pending"
-        PULLING = "pulling"
-        BOOTING = "booting"
-        STARTING = "starting"
-        RUNNING = "running"
-        RESTARTING = "restarting"
-        STOPPING = "stopping"
-        STOPPED = "stopped"
-        FAILED = "failed"
-        LOST = "lost"
+    State = models.TextChoices("State", choices(REPLICA_STATES), qualname="Replica.State")
 
-    class Desired(models.TextChoices):
-        RUN = "run"
-        STOP = "stop"
+    Desired = models.TextChoices("Desired", choices(DESIRED_STATES), qualname="Replica.Desired")
 
     uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replicas")
@@ -167,13 +157,13 @@ class Replica(models.Model):
             # The live set: at most one wanted, unfinished, unreplaced incarnation per ordinal.
             models.UniqueConstraint(
                 fields=["deployment", "ordinal"],
-                condition=Q(desired="run", replaced_by__isnull=True) & ~Q(state__in=("stopped", "failed", "lost")),
+                condition=Q(desired=RUN, replaced_by__isnull=True) & ~Q(state__in=TERMINAL_STATES),
                 name="replica_one_live_per_ordinal",
             ),
         ]
         indexes = [
             models.Index(fields=["node", "state"], name="replica_node_state_idx"),
-            models.Index(fields=["state", "created_at"], condition=Q(node__isnull=True, state="pending"),
+            models.Index(fields=["state", "created_at"], condition=Q(node__isnull=True, state=PENDING),
                          name="replica_unplaced_idx"),
         ]
 
@@ -193,10 +183,7 @@ class LogLine(models.Model):
     "every line after cursor C" never misses one that commits later with a smaller id.
     """
 
-    class Stream(models.TextChoices):
-        STDOUT = "stdout"
-        STDERR = "stderr"
-        SYSTEM = "system"
+    Stream = models.TextChoices("Stream", choices(LOG_STREAMS), qualname="LogLine.Stream")
 
     # No database-level constraint or index on either key: checking two foreign keys per line was
     # two thirds of PostgreSQL's cost of storing a log line (Django's are deferred, so each batch's

@@ -16,9 +16,9 @@ from typing import Any
 from nodes.agent.errors import AgentError
 from nodes.agent.state import VmInfo, VmPaths
 from nodes.protocol import ReplicaSpec
+from nodes.vocabulary import FAILED, RESTARTING, RUNNING, STARTING, STOPPED, STOPPING, VM_ENDED_STATES
 
 LAST_STDERR_LINES = 5
-TERMINAL_STATES = frozenset({"stopped", "failed"})
 
 
 def guest_command(image_config: Any, spec: ReplicaSpec) -> tuple[list[str], dict[str, str]]:
@@ -161,34 +161,34 @@ def crash_reason(code: int, restarts: int, paths: VmPaths) -> str:
 def guest_ended(info: VmInfo) -> bool:
     """What `derive` says when the guest reported its workload over while QEMU still runs: the
     runtime must stop the VM itself (nobody asked for a stop, so `stop_requested` is unset)."""
-    return info.state == "stopping" and not info.stop_requested
+    return info.state == STOPPING and not info.stop_requested
 
 
 def derive(info: VmInfo, status: WorkloadStatus, alive: bool, paths: VmPaths) -> VmInfo:
     """The VM's current state from its persisted info, its status events and QEMU's liveness.
     A terminal state (`stopped`, `failed`) needs QEMU gone, whatever the guest wrote."""
     restarts = max(0, status.starts - 1)
-    if info.state in TERMINAL_STATES and not alive:
+    if info.state in VM_ENDED_STATES and not alive:
         return info
     if info.stop_requested:
         if alive:
-            return replace(info, state="stopping")
-        return replace(info, state="stopped", reason="stopped", pid=None, exit_code=status.final_code)
+            return replace(info, state=STOPPING)
+        return replace(info, state=STOPPED, reason="stopped", pid=None, exit_code=status.final_code)
     if status.final and alive:
         # Everything on the status channel is the guest's word, and a guest with root can write
         # a `final` there while its VM runs on (and holds its GPUs). Only QEMU's end ends a VM,
         # and its meter: until then it is `stopping`, and the runtime stops it (guest_ended).
-        return replace(info, state="stopping", reason=f"the workload reported its end (code {status.final_code}); "
+        return replace(info, state=STOPPING, reason=f"the workload reported its end (code {status.final_code}); "
                        "stopping its VM", exit_code=status.final_code, restarts=restarts)
     if status.final:
         if status.final_code == 0:
-            return replace(info, state="stopped", reason="exited with code 0", exit_code=0, restarts=restarts)
+            return replace(info, state=STOPPED, reason="exited with code 0", exit_code=0, restarts=restarts)
         reason = crash_reason(status.final_code, restarts, paths)
         if status.final_error:
             reason = f"workload could not be started: {status.final_error}"
         return replace(
             info,
-            state="failed",
+            state=FAILED,
             reason=reason,
             exit_code=status.final_code,
             restarts=restarts,
@@ -199,17 +199,17 @@ def derive(info: VmInfo, status: WorkloadStatus, alive: bool, paths: VmPaths) ->
         tail = " | ".join(last_lines(paths.qemu_log, 3))
         return replace(
             info,
-            state="failed",
+            state=FAILED,
             reason=f"VM ended without a workload exit status (QEMU: {tail or 'no output'})",
             exit_code=status.last_code,
             restarts=restarts,
         )
     if status.last_event == "exit" and status.last_code not in (None, 0):
-        return replace(info, state="restarting", exit_code=status.last_code, restarts=status.starts)
+        return replace(info, state=RESTARTING, exit_code=status.last_code, restarts=status.starts)
     if status.last_event == "start":
         # A restarted workload is running again; the first start still awaits its health check.
-        state = "running" if info.state in ("running", "restarting") else "starting"
+        state = RUNNING if info.state in (RUNNING, RESTARTING) else STARTING
         return replace(info, state=state, restarts=restarts)
-    if info.state in TERMINAL_STATES:
-        return replace(info, state="stopping")  # recorded as ended, yet QEMU lives: it is stopped first
+    if info.state in VM_ENDED_STATES:
+        return replace(info, state=STOPPING)  # recorded as ended, yet QEMU lives: it is stopped first
     return info

@@ -37,8 +37,10 @@ from pathlib import Path
 from typing import Callable
 
 from nodes.agent.state import VmPaths, read_json, write_json_atomic
+from nodes.vocabulary import STDERR, STDOUT
 
-STREAMS = ("stdout", "stderr")
+# The guest's two output files, in the order of their offsets in each record's "off".
+STREAMS = (STDOUT, STDERR)
 # A workload printing without newlines must not grow our memory without bound: a run of this
 # many bytes without a newline becomes a record of its own, marked as continued by the next.
 # 64 KiB is what the plane stores per line (protocol.MAX_LOG_LINE_CHARS counts characters, and

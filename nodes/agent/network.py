@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import ipaddress
 import os
-import re
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -46,6 +45,7 @@ from nodes.agent.net.leases import LeaseFile, Leases, VmLease
 from nodes.agent.net.nft import BRIDGE_CHAINS, HOST_OWNER, VM_OWNER_PREFIX, NftTable, vm_owner
 from nodes.agent.net.rules import blocked_set, dnat_rules, host_rules, port_rules
 from nodes.agent.net.tap import create_tap
+from nodes.vocabulary import VM_NAME_RULE, is_vm_name
 
 __all__ = ["LinuxNetwork", "Network", "NetworkConfig", "VmNetwork", "tap_name", "vm_mac"]
 
@@ -64,9 +64,6 @@ def _forget_signal_wakeup_fd() -> None:
 os.register_at_fork(after_in_child=_forget_signal_wakeup_fd)
 
 IFF_UP = 0x1
-# Our VM names end up in interface aliases and nft comments (quoted strings, 128 bytes at
-# most), so they are held to a conservative alphabet with no ':' (the comment separator).
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _ALIAS_PREFIX = VM_OWNER_PREFIX  # "gantry:vm:<name>" on each TAP, read back by owned()
 
 
@@ -123,8 +120,10 @@ def vm_mac(name: str) -> str:
 
 
 def _check_name(name: str) -> None:
-    if not _NAME_RE.fullmatch(name):
-        raise AgentError(f"invalid VM name {name!r} for networking", permanent=True)
+    # The name ends up in interface aliases and nft comments: nodes/vocabulary.py says why its
+    # rule is safe there.
+    if not is_vm_name(name):
+        raise AgentError(f"invalid VM name {name!r} for networking: use {VM_NAME_RULE}", permanent=True)
 
 
 class LinuxNetwork:

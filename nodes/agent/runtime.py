@@ -19,13 +19,14 @@ from nodes.agent.errors import AgentError
 from nodes.agent.events import EventHub, RuntimeEvent
 from nodes.agent.gpu.host import GpuHost, Prepared
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
-from nodes.agent.lifecycle import TERMINAL_STATES, StatusReader, guest_command, guest_ended
+from nodes.agent.lifecycle import StatusReader, guest_command, guest_ended
 from nodes.agent.logs import LogLine, LogRecords, convert
 from nodes.agent.locks import VmLocks
 from nodes.agent.runtime_logs import VmLogReads
 from nodes.agent.runtime_watch import VmWatch
 from nodes.agent.state import StateStore, VmInfo, VmPaths, is_locked, validate_name
 from nodes.protocol import ReplicaSpec
+from nodes.vocabulary import VM_ENDED_STATES as TERMINAL_STATES
 
 # A workload's port usually refuses for a moment while it starts: failures within this long
 # are the normal start, not news for the plane.

@@ -12,9 +12,10 @@ from dataclasses import replace
 from typing import Callable
 
 from nodes.agent.errors import AgentError
-from nodes.agent.lifecycle import TERMINAL_STATES, StatusReader, derive, guest_ended
+from nodes.agent.lifecycle import StatusReader, derive, guest_ended
 from nodes.agent.logs import convert, last_seq
 from nodes.agent.state import VmInfo, VmPaths
+from nodes.vocabulary import VM_ENDED_STATES as TERMINAL_STATES
 
 # Watch pass interval while a VM boots (see _watch_loop); running VMs use poll_interval.
 BOOT_POLL_S = 0.03

@@ -34,7 +34,7 @@ from nodes import protocol
 from nodes.agent.errors import AgentError
 from nodes.agent.logs import LogLine, LogRecords, record_seq
 from nodes.protocol import Desired, LogEntry
-from nodes.vocabulary import VM_ENDED_STATES
+from nodes.vocabulary import PULLING, VM_ENDED_STATES
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class LogShipper:
     async def _read(self, stream: _Stream, queue: asyncio.Queue[LogRecords | None]) -> None:
         name = stream.replica_id
         while True:
-            if self._state_of(name) not in (None, "pulling"):  # its workload may have written
+            if self._state_of(name) not in (None, PULLING):  # its workload may have written
                 try:
                     # Chunks, not lines: at 20,000 lines/s a queue hop per line was the shipper's
                     # biggest cost.

@@ -12,7 +12,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -20,22 +19,12 @@ from typing import Any, Iterator
 
 from nodes.agent.errors import AgentError
 from nodes.protocol import ReplicaSpec
-
-# A VM name becomes a directory name, a TAP hash input and a QEMU -name: keep it boring.
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-
-# States in which a QEMU process is expected to exist.
-LIVE_STATES = frozenset({"booting", "starting", "running", "restarting", "stopping"})
-# States a VM reaches before QEMU is launched: a dir stuck here after a crash is half-created.
-PRE_LAUNCH_STATES = frozenset({"pulling", "creating"})
+from nodes.vocabulary import VM_NAME_RULE, is_vm_name
 
 
 def validate_name(name: str) -> str:
-    if not _NAME_RE.match(name):
-        raise AgentError(
-            f"invalid VM name {name!r}: use 1-63 of a-z, 0-9, '-', '_', '.', starting with a letter or digit",
-            permanent=True,
-        )
+    if not is_vm_name(name):
+        raise AgentError(f"invalid VM name {name!r}: use {VM_NAME_RULE}", permanent=True)
     return name
 
 
@@ -129,7 +118,7 @@ class StateStore:
             entries = sorted(self.vms_dir.iterdir())
         except FileNotFoundError:
             return []
-        return [p.name for p in entries if p.is_dir() and _NAME_RE.match(p.name)]
+        return [p.name for p in entries if p.is_dir() and is_vm_name(p.name)]
 
     def create(self, name: str) -> VmPaths:
         paths = self.paths(name)

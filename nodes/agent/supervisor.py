@@ -25,6 +25,7 @@ from nodes.agent.errors import AgentError
 from nodes.agent.events import RuntimeEvent
 from nodes.agent.state import VmInfo
 from nodes.protocol import Desired, DesiredReplica, Message, ReplicaReport, ReplicaSpec, ReplicaStatus
+from nodes.vocabulary import BOOTING, FAILED, PULLING, STOPPED
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class Supervisor:
             elif replica_id not in self._missing:
                 self._missing.add(replica_id)
                 log.warning("%s: its VM is gone from this node; not starting it again", replica_id)
-                await self._send(ReplicaStatus(ReplicaReport(replica_id=replica_id, state="failed",
+                await self._send(ReplicaStatus(ReplicaReport(replica_id=replica_id, state=FAILED,
                                                              reason="its VM was removed from the node")))
         keep = self._desired.keys() | present.keys() | self._ops.keys()
         self._attempted &= keep
@@ -230,7 +231,7 @@ class Supervisor:
         if info is None:
             # No VM to emit an event (e.g. a name the runtime refused): report it ourselves.
             self._missing.add(name)
-            await self._send(ReplicaStatus(ReplicaReport(replica_id=name, state="failed", reason=reason)))
+            await self._send(ReplicaStatus(ReplicaReport(replica_id=name, state=FAILED, reason=reason)))
 
     async def _remove(self, name: str, previous: tuple[str, asyncio.Task] | None) -> None:
         cancelled_start = False
@@ -242,7 +243,7 @@ class Supervisor:
             await asyncio.gather(previous[1], return_exceptions=True)
         grace = self._grace.get(name, DEFAULT_GRACE_S)
         log.info("stopping %s: not desired on this node (grace %.0fs)", name, grace)
-        info = VmInfo(name=name, state="stopped")
+        info = VmInfo(name=name, state=STOPPED)
         try:
             if await self.runtime.get(name) is not None:  # a cancelled start may have left nothing
                 info = await self.runtime.stop(name, timeout=grace)
@@ -259,7 +260,7 @@ class Supervisor:
             self._pull_reasons.pop(name, None)
             self._grace.pop(name, None)
         if cancelled_start:
-            await self._send(ReplicaStatus(self._report(info, state="stopped", reason="stopped before it ran",
+            await self._send(ReplicaStatus(self._report(info, state=STOPPED, reason="stopped before it ran",
                                                         exit_code=None)))
 
     # -- reporting ----------------------------------------------------------------------------
@@ -276,7 +277,7 @@ class Supervisor:
             return
         reason = event.reason
         info = None
-        if event.state == "pulling":
+        if event.state == PULLING:
             reason = pull_reason(event)
             if self._pull_reasons.get(event.name) == reason:
                 return  # progress finer than the reason shows: nothing new to tell
@@ -284,7 +285,7 @@ class Supervisor:
             log.debug("%s: %s", event.name, reason)
         else:
             log.info("%s: %s%s", event.name, event.state, f" ({reason})" if reason else "")
-        if event.state not in ("pulling", "booting"):
+        if event.state not in (PULLING, BOOTING):
             # Address, host port and start time live in the VM's info, not in the event.
             try:
                 info = await self.runtime.get(event.name)

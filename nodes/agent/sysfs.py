@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodes.vocabulary import is_pci_address
+
 __all__ = [
     "Bar", "PciDevice", "Sysfs", "parse_cpulist", "CLASS_HOST_BRIDGE", "CLASS_PCI_BRIDGE", "CLASS_NVSWITCH",
     "VENDOR_NVIDIA", "normalize_bdf",
@@ -31,7 +33,6 @@ CLASS_NVSWITCH = 0x0680
 CLASS_AUDIO = 0x0403
 IORESOURCE_MEM_64 = 0x00100000
 IORESOURCE_PREFETCH = 0x00002000
-_BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
 def normalize_bdf(text: str) -> str:
@@ -44,7 +45,7 @@ def normalize_bdf(text: str) -> str:
         bdf = f"{int(domain, 16):04x}:{bus}:{devfn}"
     except ValueError:
         raise ValueError(f"not a PCI address: {text!r}") from None
-    if not _BDF.match(bdf):
+    if not is_pci_address(bdf):
         raise ValueError(f"not a PCI address: {text!r}")
     return bdf
 
@@ -182,7 +183,7 @@ class Sysfs:
     # -- PCI --------------------------------------------------------------------------------
     def pci_bdfs(self) -> list[str]:
         try:
-            return sorted(p.name for p in self.sys("bus", "pci", "devices").iterdir() if _BDF.match(p.name))
+            return sorted(p.name for p in self.sys("bus", "pci", "devices").iterdir() if is_pci_address(p.name))
         except OSError:
             return []
 

@@ -16,6 +16,7 @@ from cloud.fields import (
     StrictIntegerField,
     string_list,
 )
+from nodes.vocabulary import LOG_STREAMS
 
 NAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 NAME_HELP = "1-100 characters: letters, digits, '.', '_' and '-', starting with a letter or digit; unique per tenant."
@@ -206,7 +207,7 @@ class LogsQuery(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=MAX_LOG_LINES, default=100,
                                      help_text="Page size with `after` or `before` (1-10000).")
     replica = ReplicaRefField(required=False, help_text="A replica's ordinal (all its incarnations) or an incarnation's id.")
-    stream = serializers.ChoiceField(choices=["stdout", "stderr", "system"], required=False)
+    stream = serializers.ChoiceField(choices=list(LOG_STREAMS), required=False)
 
 
 class LogTailQuery(serializers.Serializer):
@@ -216,7 +217,7 @@ class LogTailQuery(serializers.Serializer):
                                     help_text="Replay the newest N lines first (0-10000).")
     after = LogCursorField(required=False, help_text="Replay every line after this cursor, whatever tail says.")
     replica = ReplicaRefField(required=False)
-    stream = serializers.ChoiceField(choices=["stdout", "stderr", "system"], required=False)
+    stream = serializers.ChoiceField(choices=list(LOG_STREAMS), required=False)
     ticket = serializers.CharField(required=False, max_length=200)
     tenant = serializers.CharField(required=False, max_length=60)
 

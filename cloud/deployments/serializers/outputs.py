@@ -15,6 +15,7 @@ from billing.services import hourly_cost
 from cloud.deployments import feeds
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.fields import EnvField
+from nodes.vocabulary import LIVE_STATUSES
 
 
 def endpoint_url(*, address: str | None, port: int | None) -> str | None:
@@ -111,7 +112,7 @@ class DeploymentOutput(serializers.Serializer):
     @extend_schema_field(WarningOutput(many=True))
     def get_warnings(self, obj: Deployment) -> list[dict]:
         """The tenant's funds notices, on each deployment they can stop."""
-        if obj.status not in (Deployment.Status.PENDING, Deployment.Status.STARTING, Deployment.Status.RUNNING):
+        if obj.status not in LIVE_STATUSES:
             return []
         notices = getattr(obj, "funds_notices", None) or []
         return [{"code": "insufficient_funds" if n["kind"] == "exhausted" else n["kind"], "message": n["message"],

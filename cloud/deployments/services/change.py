@@ -12,9 +12,9 @@ from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
-from cloud.deployments.services.lifecycle import LIVE
 from cloud.deployments.services.status import incarnations_create, missing_ordinals, replicas_stop, unfinished_q
 from cloud.exceptions import Conflict, InvalidInput
+from nodes.vocabulary import LIVE_STATUSES
 
 S = Deployment.Status
 
@@ -26,7 +26,7 @@ def _scale(*, tenant, deployment: Deployment, replica_count: int) -> None:
     if deployment.status == S.STOPPING:
         raise Conflict("The deployment is stopping; change replica_count once it has stopped.",
                        extra={"status_now": deployment.status})
-    live = deployment.status in LIVE
+    live = deployment.status in LIVE_STATUSES
     if replica_count > old and live:
         locked = quotas.tenant_lock(tenant=tenant)
         quotas.check_gpu_quota(

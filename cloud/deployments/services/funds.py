@@ -43,7 +43,8 @@ from billing.selectors import (
 )
 from cloud.deployments.models import Deployment
 from cloud.deployments.services.events import event_record
-from cloud.deployments.services.lifecycle import LIVE, deployment_stop_unpaid
+from cloud.deployments.services.lifecycle import deployment_stop_unpaid
+from nodes.vocabulary import LIVE_STATUSES as LIVE
 
 log = logging.getLogger(__name__)
 K = FundsNotice.Kind

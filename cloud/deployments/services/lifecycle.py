@@ -32,9 +32,9 @@ from cloud.deployments.services.status import (
     unfinished_q,
 )
 from cloud.exceptions import Conflict
+from nodes.vocabulary import LIVE_STATUSES
 
 S = Deployment.Status
-LIVE = (S.PENDING, S.STARTING, S.RUNNING)
 STARTABLE = (S.STOPPED, S.FAILED, S.EXPIRED)
 RESTARTABLE = (S.STARTING, S.RUNNING)
 
@@ -61,8 +61,8 @@ def _stop(*, deployment: Deployment, reason: str, final_status: str) -> None:
 @transaction.atomic
 def deployment_stop(*, tenant, actor, deployment_id) -> Deployment:
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
-    if deployment.status not in LIVE:
-        raise _conflict(deployment, "stop", LIVE)
+    if deployment.status not in LIVE_STATUSES:
+        raise _conflict(deployment, "stop", LIVE_STATUSES)
     _stop(deployment=deployment, reason="stopped by user", final_status=S.STOPPED)
     event_record(tenant=tenant, deployment=deployment, type="deployment.stopping" if deployment.status == S.STOPPING else "deployment.stopped",
                  payload={"status": deployment.status, "actor": actor_label(actor)})
@@ -74,7 +74,7 @@ def deployment_stop_unpaid(*, deployment_id, reason: str) -> Deployment | None:
     """Stops a live deployment whose tenant ran out of funds (the funds pass, once the grace
     period is over); None when it is no longer live. `reason` starts with insufficient_funds."""
     deployment = (Deployment.objects.select_for_update(of=("self",))
-                  .filter(pk=deployment_id, deleted_at__isnull=True, status__in=LIVE).first())
+                  .filter(pk=deployment_id, deleted_at__isnull=True, status__in=LIVE_STATUSES).first())
     if deployment is None:
         return None
     _stop(deployment=deployment, reason=reason, final_status=S.STOPPED)
@@ -137,7 +137,7 @@ def deployment_delete(*, tenant, actor, deployment_id) -> None:
     """Stops what runs and hides the deployment (its name is free again). The row, replicas
     and usage are kept for billing; a replica still on a node is stopped by its agent."""
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
-    if deployment.status in LIVE or deployment.status == S.STOPPING:
+    if deployment.status in LIVE_STATUSES or deployment.status == S.STOPPING:
         _stop(deployment=deployment, reason="deployment deleted", final_status=S.STOPPED)
     deployment.deleted_at = timezone.now()
     deployment.save(update_fields=["deleted_at", "updated_at"])
@@ -154,7 +154,7 @@ def deployment_expire_due(*, now: datetime | None = None, batch: int = 500) -> i
         with transaction.atomic():
             due = list(
                 Deployment.objects.select_for_update(skip_locked=True, of=("self",)).select_related("tenant")
-                .filter(deleted_at__isnull=True, expires_at__lte=now, status__in=(*LIVE, S.STOPPING))
+                .filter(deleted_at__isnull=True, expires_at__lte=now, status__in=(*LIVE_STATUSES, S.STOPPING))
                 .order_by("expires_at")[:batch]
             )
             for deployment in due:

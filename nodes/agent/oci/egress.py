@@ -11,8 +11,8 @@ has nothing to swap: there is none.
 
 The control plane refuses the same references when a customer writes them
 (`cloud/registries.py`); this is the check that counts, because DNS may answer differently on
-the node and later, and the agent imports nothing from the plane. The address rule below is
-therefore written twice; `tests/agent/test_registry_policy.py` holds both to one table.
+the node and later, and the agent imports nothing from the plane. Both judge addresses with
+`nodes/addresses.py`, so they cannot disagree about one.
 
 Environment proxies and `.netrc` are not used (httpx's trust_env is off): a proxy would
 resolve names where we cannot check them, and a `.netrc` would hand the node's credentials
@@ -22,65 +22,26 @@ to whatever host a customer names.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 
 import httpcore
 import httpx
 
+from nodes.addresses import (
+    ip_literal,
+    is_loopback_name,
+    is_trusted,
+    parse_trusted,
+    resolved_address,
+    special_address,
+    split_host_port,
+)
 from nodes.agent.errors import ImageError
 from nodes.agent.oci.reference import Reference
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 TRUSTED_ENV = "GANTRY_TRUSTED_REGISTRIES"
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: 64:ff9b::a.b.c.d reaches a.b.c.d
-
-
-def special_address(address: Address) -> str | None:
-    """What makes `address` no place to pull from (loopback, private, ...), None if public.
-    IPv6 forms that lead to an IPv4 address (mapped, NAT64, 6to4) are judged by that address."""
-    if address.version == 6:
-        inner = address.ipv4_mapped or address.sixtofour
-        if inner is None and address in _NAT64:
-            inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if inner is not None:
-            return special_address(inner)
-    if address.is_unspecified:
-        return "unspecified"
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local"
-    if address.is_multicast:
-        return "multicast"
-    if address.is_private:
-        return "private"
-    if not address.is_global:
-        return "special-purpose"
-    return None
-
-
-def ip_literal(host: str) -> Address | None:
-    """`host` as an address, in any spelling the C resolver takes for one (`127.1` too)."""
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    try:
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
-        return None
-
-
-def split_host_port(text: str) -> tuple[str, int | None]:
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = text.partition(":")
-    return host.lower(), int(port) if port.isdigit() else None
 
 
 def trusted_from_env(environ: dict[str, str]) -> list[str]:
@@ -96,12 +57,11 @@ class RegistryPolicy:
     """The operator's trusted registries (`host[:port]`; no port: every port of that host)."""
 
     def __init__(self, trusted: Iterable[str] = (), *, resolve: Resolver | None = None):
-        self.trusted = frozenset(split_host_port(entry.strip()) for entry in trusted if entry.strip())
+        self.trusted = parse_trusted(trusted)
         self._resolve = resolve or _getaddrinfo
 
     def is_trusted(self, host: str, port: int | None) -> bool:
-        host = host.lower().strip("[]")
-        return (host, None) in self.trusted or (port is not None and (host, port) in self.trusted)
+        return is_trusted(host, port, self.trusted)
 
     def check_reference(self, ref: Reference) -> None:
         """Refuse before any connection what the reference alone shows: an address or a
@@ -111,8 +71,8 @@ class RegistryPolicy:
             return
         literal = ip_literal(host)
         kind = special_address(literal) if literal is not None else None
-        if kind is None and (host == "localhost" or host.endswith(".localhost")):
-            kind = "loopback"  # RFC 6761: loopback whatever a resolver says
+        if kind is None and is_loopback_name(host):
+            kind = "loopback"
         if kind is not None:
             raise _refused(f"registry {ref.endpoint} is a {kind} address")
 
@@ -132,7 +92,7 @@ class RegistryPolicy:
             raise httpcore.ConnectError(f"{host} has no address")
         target = f"{host}:{port}"
         for text in found:
-            kind = special_address(ipaddress.ip_address(text.split("%", 1)[0]))
+            kind = special_address(resolved_address(text))
             if kind is None:
                 continue
             via = "is" if text == host.strip("[]") else f"resolves to {text},"
