@@ -12,11 +12,11 @@ from functools import wraps
 from django.contrib.auth.views import redirect_to_login
 from django.shortcuts import render
 
-from accounts.models import Membership
 from accounts.selectors import TenantForbidden, memberships_for, tenant_for_request
+from nodes.vocabulary import MANAGER_ROLES
 
 SESSION_KEY = "dashboard_tenant"
-MANAGERS = (Membership.Role.OWNER, Membership.Role.ADMIN)
+MANAGERS = MANAGER_ROLES
 
 
 def current_tenant(request):
