@@ -3,13 +3,11 @@
 The link carries the user's id and address signed with SECRET_KEY (django.core.signing), so
 it cannot be forged and stops working if the address changes. Confirming records the address as
 the user's (accounts.models.EmailConfirmation: only then can an operator hand them a tenant) and
-grants the personal tenant's trial credit; the ledger key "trial" makes a second click the same
-entry.
+tells billing (`signals.email_confirmed`) to grant the personal tenant's trial credit, in the
+same transaction; billing's ledger key "trial" makes a second click the same entry.
 """
 
 from __future__ import annotations
-
-from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -17,9 +15,10 @@ from django.core import signing
 from django.core.mail import send_mail
 from django.db import transaction
 
-from accounts.selectors import personal_tenant_for
+from accounts import signals
 from accounts.models import EmailConfirmation
-from accounts.services import _grant_trial, email_mark_confirmed
+from accounts.selectors import personal_tenant_for
+from accounts.services import email_mark_confirmed
 from cloud.exceptions import InvalidInput
 
 SALT = "accounts.email-confirmation"
@@ -39,14 +38,6 @@ def confirmation_send(*, user, url_for) -> None:
               settings.DEFAULT_FROM_EMAIL, [user.email])
 
 
-def trial_pending_for(*, tenant) -> bool:
-    """A personal tenant still waiting for its owner's confirmation to get the trial credit."""
-    from billing.models import LedgerEntry  # billing imports accounts; read lazily
-
-    return (tenant.personal and Decimal(settings.TENANT_DEFAULT_BALANCE) > 0
-            and not LedgerEntry.objects.filter(tenant=tenant, idempotency_key="trial").exists())
-
-
 @transaction.atomic
 def email_confirm(*, token: str):
     try:
@@ -57,7 +48,5 @@ def email_confirm(*, token: str):
     if user is None:
         raise InvalidInput("token", "This confirmation link is invalid or has expired; log in to get a new one.")
     email_mark_confirmed(user=user, how=EmailConfirmation.How.LINK)
-    tenant = personal_tenant_for(user=user)
-    if tenant is not None:
-        _grant_trial(tenant)
+    signals.email_confirmed.send(sender=get_user_model(), user=user, personal_tenant=personal_tenant_for(user=user))
     return user

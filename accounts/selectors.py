@@ -9,15 +9,10 @@ from django.utils import timezone
 from oauth2_provider.models import AbstractApplication, AccessToken
 
 from accounts.models import EmailConfirmation, Membership, ServiceAccount, Tenant
-from cloud.exceptions import ApplicationError
+# Raised here; defined in the plumbing so cloud/auth.py and cloud/streams.py can catch it.
+from cloud.tenancy import TenantForbidden  # noqa: F401 - callers import it from here too
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$")
-
-
-class TenantForbidden(ApplicationError):
-    status = 403
-    title = "Forbidden"
-    code = "tenant_forbidden"
 
 
 def memberships_for(*, user) -> QuerySet[Membership]:
@@ -39,6 +34,27 @@ def personal_tenant_for(*, user) -> Tenant | None:
         .first()
     )
     return membership.tenant if membership else None
+
+
+def tenant_by_slug(slug: str) -> Tenant | None:
+    return Tenant.objects.filter(slug=slug).first()
+
+
+def tenant_by_id(tenant_id: int) -> Tenant:
+    """Raises Tenant.DoesNotExist (an ObjectDoesNotExist) when there is none."""
+    return Tenant.objects.get(pk=tenant_id)
+
+
+def tenants_in_bulk(*, tenant_ids) -> dict[int, Tenant]:
+    return Tenant.objects.in_bulk(list(tenant_ids))
+
+
+def tenants_lock(*, tenant_ids) -> list[int]:
+    """Locks the tenants' rows in id order (so two lockers never deadlock) until the caller's
+    transaction ends: the lock the ledger, quota and funds checks serialise on. Returns the ids
+    that exist."""
+    return list(Tenant.objects.select_for_update().filter(pk__in=list(tenant_ids)).order_by("pk")
+                .values_list("pk", flat=True))
 
 
 def access_standing(*, tenant_id: int, user_id: int | None, token_id: int | None) -> dict[str, bool]:

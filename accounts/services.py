@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import secrets
-from decimal import Decimal
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import slugify
 from oauth2_provider.models import Application
 
+from accounts import signals
 from accounts.models import EmailConfirmation, Membership, ServiceAccount, Tenant
 from accounts.selectors import email_confirmed
-from billing.services import ledger_credit
 from cloud.exceptions import Conflict, InvalidInput
 
 User = get_user_model()
@@ -34,15 +32,6 @@ def _free_slug(base: str, *, prefix: str = "") -> str:
     return slug
 
 
-def _grant_trial(tenant: Tenant) -> None:
-    trial = Decimal(settings.TENANT_DEFAULT_BALANCE)
-    if trial > 0:
-        # The trial credit is the tenant's first ledger entry (its balance is its ledger's sum);
-        # the key makes a second grant (a confirmation link clicked twice) the same entry.
-        ledger_credit(tenant=tenant, amount=trial, reason="trial credit for a new tenant", actor_name="system:trial",
-                      key="trial")
-
-
 def email_mark_confirmed(*, user, how: str) -> None:
     """`how`: EmailConfirmation.How (the mailed link, or an operator vouching for the address)."""
     email = (user.email or user.username).lower()
@@ -52,9 +41,10 @@ def email_mark_confirmed(*, user, how: str) -> None:
 @transaction.atomic
 def tenant_create(*, slug: str, name: str | None = None, owner, personal: bool = False,
                   trial: bool = True) -> Tenant:
-    """`trial`: grant the trial credit, if the owner's email is confirmed; an owner who confirms
-    later gets it on their personal tenant then (accounts/confirmation.py). Whatever path made
-    the tenant, an unconfirmed address mints no free GPU time."""
+    """`trial`: the tenant is due the trial credit (billing grants it on `signals.tenant_created`,
+    in this transaction) if the owner's email is confirmed; an owner who confirms later gets it on
+    their personal tenant then (accounts/confirmation.py). Whatever path made the tenant, an
+    unconfirmed address mints no free GPU time."""
     if not personal and slug.startswith(PERSONAL_PREFIX):
         raise InvalidInput("slug", f"Slugs starting with '{PERSONAL_PREFIX}' are for personal tenants.")
     existing = Tenant.objects.select_for_update().filter(slug=slug).first()
@@ -72,9 +62,47 @@ def tenant_create(*, slug: str, name: str | None = None, owner, personal: bool =
         raise InvalidInput("slug", f"'{slug}' is not a valid tenant slug (lowercase letters, digits, dashes).") from exc
     tenant.save()
     Membership.objects.create(user=owner, tenant=tenant, role=Membership.Role.OWNER)
-    if trial and email_confirmed(user=owner):
-        _grant_trial(tenant)
+    signals.tenant_created.send(sender=Tenant, tenant=tenant, owner=owner,
+                                trial=trial and email_confirmed(user=owner))
     return tenant
+
+
+def _tenant_fields_set(tenant, changes: dict) -> tuple[Tenant, bool]:
+    """Writes `changes` to the tenant's row under its lock (the lock quota, funds and ledger
+    checks hold, so none of them reads half a change). Returns the row and whether it changed."""
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    changed = [field for field, value in changes.items() if getattr(locked, field) != value]
+    for field in changed:
+        setattr(locked, field, changes[field])
+    if changed:
+        locked.save(update_fields=changed)
+    return locked, bool(changed)
+
+
+@transaction.atomic
+def tenant_update(*, tenant, name: str | None = None, max_gpus: int | None = None,
+                  max_deployments: int | None = None) -> Tenant:
+    """What an operator may change on a tenant: its display name and its quotas. A lowered quota
+    stops nothing that runs; it refuses what would pass it from now on."""
+    changes = {}
+    if name is not None:
+        if not name.strip():
+            raise InvalidInput("name", "A tenant has a name.", code="required")
+        changes["name"] = name.strip()[:200]
+    for field, value in (("max_gpus", max_gpus), ("max_deployments", max_deployments)):
+        if value is not None:
+            if value < 0:
+                raise InvalidInput(field, f"{field} is zero or more.", code="min_value")
+            changes[field] = value
+    tenant, _ = _tenant_fields_set(tenant, changes)
+    return tenant
+
+
+@transaction.atomic
+def tenant_spend_limit_store(*, tenant, limit) -> tuple[Tenant, bool]:
+    """Stores the monthly spend limit on the tenant's row (DESIGN keeps it there). Billing owns
+    its rules and is the only caller (`billing.services.spend_limit_set`)."""
+    return _tenant_fields_set(tenant, {"spend_limit": limit})
 
 
 @transaction.atomic
@@ -98,6 +126,26 @@ def user_signup(*, email: str, password: str | None, self_service: bool = False)
 @transaction.atomic
 def membership_add(*, tenant: Tenant, user, role: str = Membership.Role.MEMBER) -> Membership:
     membership, _ = Membership.objects.update_or_create(user=user, tenant=tenant, defaults={"role": role})
+    return membership
+
+
+@transaction.atomic
+def membership_role_change(*, membership_id: int, role: str) -> Membership:
+    """An operator's change of a member's role. The tenant keeps at least one owner, as when a
+    member is removed (accounts.members.membership_remove): demoting the last is refused."""
+    if role not in Membership.Role.values:
+        raise InvalidInput("role", f"role is one of {', '.join(Membership.Role.values)}.", code="invalid_choice")
+    membership = Membership.objects.select_for_update().get(pk=membership_id)
+    if membership.role == role:
+        return membership
+    if membership.role == Membership.Role.OWNER:
+        owners = Membership.objects.select_for_update().filter(tenant_id=membership.tenant_id,
+                                                               role=Membership.Role.OWNER).count()
+        if owners <= 1:
+            raise Conflict("A tenant keeps at least one owner; make someone else owner first.",
+                           errors=[{"field": "role", "message": "the tenant's last owner", "code": "last_owner"}])
+    membership.role = role
+    membership.save(update_fields=["role"])
     return membership
 
 

@@ -1,6 +1,7 @@
 """Billing in the admin. Nothing money-related is edited in place: prices and ledger entries are
 added through the same services the rest of the plane uses (`price_set`, `ledger_credit`),
-with who and why; usage records, meters, runs and notices are read-only history."""
+with who and why; a tenant's spend limit is set through `spend_limit_set` (which starts or ends
+a funds grace period); usage records, meters, runs and notices are read-only history."""
 
 from __future__ import annotations
 
@@ -8,38 +9,17 @@ from datetime import date, timedelta
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
+from accounts.admin import TenantAdmin, TenantChangeForm, tenant_admin_replace
 from billing import services
 from billing.models import FundsNotice, LedgerEntry, MeterRun, Price, UsageDaily, UsageRecord
 from billing.reports import billing_report
-from cloud.exceptions import ApplicationError
-
-
-class ReadOnly:
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-def _dry_run(form: forms.ModelForm, write) -> None:
-    """Runs the service in a savepoint that is rolled back, so what it refuses is shown on the
-    form next to the field it names; `save_model` then runs it for real."""
-    try:
-        with transaction.atomic():
-            write()
-            transaction.set_rollback(True)
-    except ApplicationError as exc:
-        field = exc.errors[0]["field"] if exc.errors else None
-        raise ValidationError({field: exc.detail} if field in form.fields else exc.detail) from None
+from billing.selectors import balance_expression
+from cloud.admin import ReadOnlyAdminMixin, service_dry_run
 
 
 class PriceForm(forms.ModelForm):
@@ -54,7 +34,7 @@ class PriceForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         if not self.errors:
-            _dry_run(self, lambda: services.price_set(
+            service_dry_run(self, lambda: services.price_set(
                 hardware_type=data["hardware_type"], location=data.get("location"), price=data["price_per_unit_hour"],
                 effective_from=data["effective_from"]))
         return data
@@ -101,7 +81,7 @@ class LedgerEntryForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         if not self.errors:
-            _dry_run(self, lambda: services.ledger_credit(
+            service_dry_run(self, lambda: services.ledger_credit(
                 tenant=data["tenant"], amount=data["amount"], kind=data["kind"], reason=data.get("reason") or "",
                 key=data.get("idempotency_key") or None))
         return data
@@ -143,7 +123,7 @@ class LedgerEntryAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnly, admin.ModelAdmin):
+class UsageRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Written only by the metering task."""
 
     list_display = ["period_start", "period_end", "seconds", "tenant", "deployment", "replica", "hardware_type",
@@ -156,12 +136,12 @@ class UsageRecordAdmin(ReadOnly, admin.ModelAdmin):
 
 
 @admin.register(MeterRun)
-class MeterRunAdmin(ReadOnly, admin.ModelAdmin):
+class MeterRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["now", "finished_at", "meters", "records", "amount", "duration_ms"]
 
 
 @admin.register(FundsNotice)
-class FundsNoticeAdmin(ReadOnly, admin.ModelAdmin):
+class FundsNoticeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["tenant", "kind", "cause", "opened_at", "stop_at", "closed_at", "outcome", "message"]
     list_filter = ["kind", "outcome"]
     search_fields = ["tenant__slug", "message"]
@@ -176,7 +156,7 @@ class BillingReport(UsageDaily):
 
 
 @admin.register(BillingReport)
-class BillingReportAdmin(ReadOnly, admin.ModelAdmin):
+class BillingReportAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Revenue by day, GPU-hours sold by hardware type, utilisation per location (?days=N)."""
 
     def has_view_permission(self, request, obj=None):
@@ -193,3 +173,42 @@ class BillingReportAdmin(ReadOnly, admin.ModelAdmin):
                    "opts": self.model._meta, "report": billing_report(first=first, last=last),
                    "choices": [7, 30, 90, 365], "days": days, "today": date.today()}
         return TemplateResponse(request, "admin/billing/report.html", context)
+
+
+# -- the tenant's page: its money -----------------------------------------------------------------
+class TenantBillingForm(TenantChangeForm):
+    class Meta(TenantChangeForm.Meta):
+        fields = [*TenantChangeForm.Meta.fields, "spend_limit"]
+
+
+class TenantBillingAdmin(TenantAdmin):
+    """The tenant's page with its money: the balance is the ledger's sum, shown here and changed
+    only by adding a ledger entry (credit, refund, correction) with who and why; the spend limit
+    goes through billing's service. A tenant with metered usage or a ledger cannot be deleted
+    (PROTECT)."""
+
+    list_display = [*TenantAdmin.list_display[:-1], "balance", "spend_limit", TenantAdmin.list_display[-1]]
+    change_form = TenantBillingForm
+    extra_readonly = ("balance", "ledger")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_balance=balance_expression(tenant_ref="pk"))
+
+    @admin.display(description="balance (USD)", ordering="_balance")
+    def balance(self, obj):
+        return getattr(obj, "_balance", None) if obj.pk else None
+
+    @admin.display(description="ledger")
+    def ledger(self, obj) -> str:
+        if not obj.pk:
+            return "-"
+        entries = reverse("admin:billing_ledgerentry_changelist") + f"?tenant__id__exact={obj.pk}"
+        add = reverse("admin:billing_ledgerentry_add") + f"?tenant={obj.pk}"
+        return format_html('<a href="{}">ledger entries</a> · <a href="{}">add a credit or refund</a>', entries, add)
+
+    def tenant_write(self, request, tenant, data: dict):
+        tenant = super().tenant_write(request, tenant, data)
+        return services.spend_limit_set(tenant=tenant, limit=data.get("spend_limit"))
+
+
+tenant_admin_replace(TenantBillingAdmin)

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import csv
 from datetime import datetime, timezone as dt_timezone
 
-from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions
@@ -17,13 +15,11 @@ from rest_framework.views import APIView
 from billing import selectors, services
 from billing.money import SECONDS_PER_HOUR, money_str
 from billing.serializers import BalanceOutput, LimitsInput, LimitsOutput, UsageOutput, UsageQuery
+from billing.statements import STATEMENT_COLUMNS, statement_csv_response
 from cloud.api import paginator
 from cloud.exceptions import InvalidInput
 from nodes.vocabulary import MANAGER_ROLES
 
-STATEMENT_COLUMNS = ["record_id", "period_start", "period_end", "deployment_id", "deployment_name", "replica_id",
-                     "ordinal", "generation", "hardware", "location", "gpus", "units", "seconds", "price_per_unit_hour",
-                     "amount"]
 
 
 def _money_or_none(value):
@@ -115,27 +111,7 @@ class StatementView(BillingView):
         if not (1 <= number <= 12 and 2000 <= year <= 2999):
             raise InvalidInput("month", f"'{month}' is not a month: give YYYY-MM, e.g. 2026-03.")
         records = selectors.statement_records_for(tenant=request.tenant, year=year, month=number)
-        response = StreamingHttpResponse(_csv_lines(records), content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="gantry-{request.tenant.slug}-{month}.csv"'
-        return response
-
-
-class _Line:
-    def write(self, value: str) -> str:
-        return value
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(dt_timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _csv_lines(records):
-    writer = csv.writer(_Line())
-    yield writer.writerow(STATEMENT_COLUMNS)
-    for (record_id, start, end, deployment_id, name, replica_uid, ordinal, generation, hardware, location, gpus,
-         units, seconds, price, amount) in records.iterator(chunk_size=2000):
-        yield writer.writerow([record_id, _iso(start), _iso(end), deployment_id, name, replica_uid, ordinal, generation,
-                               hardware, location or "", gpus, units, seconds, f"{price:.4f}", money_str(amount)])
+        return statement_csv_response(records, filename=f"gantry-{request.tenant.slug}-{month}.csv")
 
 
 class LimitsView(BillingView):

@@ -16,7 +16,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Tenant
+from accounts.selectors import tenants_lock
 from billing.models import FundsNotice, LedgerEntry, UsageRecord
 from billing.money import quantize_money
 from billing.selectors import ledger_heads
@@ -46,7 +46,7 @@ def ledger_append(postings: list[Posting], *, at: datetime | None = None) -> lis
         return []
     at = at or timezone.now()
     tenant_ids = sorted({p.tenant_id for p in postings})
-    list(Tenant.objects.select_for_update().filter(pk__in=tenant_ids).order_by("pk").values_list("pk", flat=True))
+    tenants_lock(tenant_ids=tenant_ids)
     heads = ledger_heads(tenant_ids)
     rows = []
     for p in postings:
@@ -67,9 +67,9 @@ def charges_append_for_staged(cursor, *, table: str, at: datetime) -> None:
     order) and appends a charge per record to its tenant's ledger, numbered and with running
     balances, in one statement after locking the tenants in id order (like `ledger_append`,
     set-based: a pass charges thousands of records at once)."""
-    tenant_table, ledger, records = Tenant._meta.db_table, LedgerEntry._meta.db_table, UsageRecord._meta.db_table
-    cursor.execute(f"SELECT id FROM {tenant_table} WHERE id IN (SELECT DISTINCT tenant_id FROM {table}) "
-                   f"ORDER BY id FOR UPDATE")
+    ledger, records = LedgerEntry._meta.db_table, UsageRecord._meta.db_table
+    cursor.execute(f"SELECT DISTINCT tenant_id FROM {table}")
+    tenants_lock(tenant_ids=[tenant_id for (tenant_id,) in cursor.fetchall()])
     cursor.execute(f"""
         WITH made AS (
             INSERT INTO {records} (tenant_id, deployment_id, replica_id, hardware_type_id, location_id, period_start,
@@ -124,7 +124,7 @@ def ledger_credit(*, tenant, amount: Decimal, reason: str, kind: str = K.CREDIT,
         raise InvalidInput("kind", f"kind is one of {', '.join(K.values)}.", code="invalid_choice")
     if key is not None:
         # The tenant lock serialises two requests with the same key; the unique index is the net.
-        Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+        tenants_lock(tenant_ids=[tenant.pk])
         existing = LedgerEntry.objects.filter(tenant=tenant, idempotency_key=key).first()
         if existing is not None:
             if existing.amount != amount or existing.kind != kind:

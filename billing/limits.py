@@ -1,5 +1,5 @@
-"""The tenant's monthly spend limit (`Tenant.spend_limit`: DESIGN puts it on the tenant row,
-billing is its only writer)."""
+"""The tenant's monthly spend limit (`Tenant.spend_limit`: DESIGN puts it on the tenant row).
+Billing owns its rules and decides every change; accounts' service stores it on the row."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from django.db import transaction
 
-from accounts.models import Tenant
+from accounts.services import tenant_spend_limit_store
 from billing.ledger import funds_kick
 from billing.money import quantize_money
 from cloud.exceptions import InvalidInput
@@ -16,7 +16,7 @@ MAX_SPEND_LIMIT = Decimal("99999999.999999")  # what Tenant.spend_limit (14 digi
 
 
 @transaction.atomic
-def spend_limit_set(*, tenant, limit: Decimal | None) -> Tenant:
+def spend_limit_set(*, tenant, limit: Decimal | None):
     """Sets (or, with None, removes) the monthly spend limit. Lowering it under what was already
     spent this month starts the out-of-funds grace period on the next funds pass; raising it
     ends one."""
@@ -25,9 +25,7 @@ def spend_limit_set(*, tenant, limit: Decimal | None) -> Tenant:
             raise InvalidInput("monthly_spend_limit", f"A spend limit is between 0 and {MAX_SPEND_LIMIT} USD.",
                                code="out_of_range")
         limit = quantize_money(limit)
-    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
-    if locked.spend_limit != limit:
-        locked.spend_limit = limit
-        locked.save(update_fields=["spend_limit"])
+    tenant, changed = tenant_spend_limit_store(tenant=tenant, limit=limit)
+    if changed:
         funds_kick()
-    return locked
+    return tenant

@@ -22,7 +22,8 @@ from django.utils import timezone
 
 from billing.models import Price
 from cloud.exceptions import InvalidInput
-from nodes.models import HardwareType, Location
+from nodes.selectors import hardware_types_list
+from nodes.services import hardware_list_prices_follow
 
 
 def floor_second(moment: datetime) -> datetime:
@@ -44,7 +45,7 @@ class PriceBook:
 
     @classmethod
     def load(cls, *, hardware_type_ids=None) -> PriceBook:
-        types = HardwareType.objects.all()
+        types = hardware_types_list()
         prices = Price.objects.all()
         if hardware_type_ids is not None:
             types = types.filter(pk__in=hardware_type_ids)
@@ -89,7 +90,7 @@ class PriceBook:
         return max(prices)
 
 
-def price_quote(*, hardware_type: HardwareType, location_ids: list[int] | None = None,
+def price_quote(*, hardware_type, location_ids: list[int] | None = None,
                 at: datetime | None = None) -> Decimal:
     """What a deployment of `hardware_type` in `location_ids` (any when empty) is quoted per
     unit-hour now: its `price_per_gpu_hour` at creation and the funds checks use this."""
@@ -108,12 +109,12 @@ def unit_price_expression(*, hardware_type_ref: str, location_ref: str, at: date
         .order_by(F("location_id").asc(nulls_last=True), "-effective_from")
         .values("price_per_unit_hour")[:1]
     )
-    list_price = HardwareType.objects.filter(pk=OuterRef(hardware_type_ref)).values("price_per_gpu_hour")[:1]
+    list_price = hardware_types_list().filter(pk=OuterRef(hardware_type_ref)).values("price_per_gpu_hour")[:1]
     return Coalesce(Subquery(own_or_shared), Subquery(list_price))
 
 
 @transaction.atomic
-def price_set(*, hardware_type: HardwareType, location: Location | None, price: Decimal,
+def price_set(*, hardware_type, location, price: Decimal,
               effective_from: datetime | None = None, actor=None, reason: str = "",
               now: datetime | None = None) -> Price:
     """Adds a price from `effective_from` (now when omitted; never in the past, so nothing
@@ -143,5 +144,4 @@ def list_prices_sync(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     current = (Price.objects.filter(hardware_type_id=OuterRef("pk"), location__isnull=True, effective_from__lte=now)
                .order_by("-effective_from").values("price_per_unit_hour")[:1])
-    return (HardwareType.objects.annotate(current=Subquery(current)).filter(current__isnull=False)
-            .exclude(price_per_gpu_hour=F("current")).update(price_per_gpu_hour=Subquery(current)))
+    return hardware_list_prices_follow(Subquery(current))

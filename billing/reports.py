@@ -11,11 +11,11 @@ from __future__ import annotations
 from datetime import date, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Sum
 
 from billing.models import UsageDaily
 from billing.money import SECONDS_PER_HOUR, quantize_money
-from nodes.models import Gpu, Location
+from nodes.selectors import gpus_by_location, locations_list
 
 HOURS = Decimal("0.01")
 
@@ -36,12 +36,9 @@ def billing_report(*, first: date, last: date) -> dict:
                 .annotate(s=Sum("gpu_seconds"), a=Sum("amount")).order_by("hardware_type__slug")
                 .values_list("hardware_type__slug", "hardware_type__name", "s", "a")]
     sold = dict(rows.values("location_id").annotate(s=Sum("gpu_seconds")).values_list("location_id", "s"))
-    fleet = {loc: (real, simulated) for loc, real, simulated in
-             Gpu.objects.values("node__location_id").annotate(
-                 real=Count("pk", filter=Q(node__simulated=False)), simulated=Count("pk", filter=Q(node__simulated=True)))
-             .values_list("node__location_id", "real", "simulated")}
+    fleet = gpus_by_location()
     locations = []
-    for location in Location.objects.order_by("slug"):
+    for location in locations_list().order_by("slug"):
         real, simulated = fleet.get(location.pk, (0, 0))
         total_hours = Decimal((real + simulated) * 24 * days)
         allocated = _hours(sold.get(location.pk))

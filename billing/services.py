@@ -4,18 +4,27 @@
 - `ledger`: credits, refunds, corrections and the charges metering posts;
 - `metering`: opening meters and closing running intervals into usage records;
 - `prices`: the price book;
-- `limits`: the tenant's monthly spend limit.
+- `limits`: the tenant's monthly spend limit;
+- `notices`: funds notices, opened and closed as the deployments app's funds pass decides;
+- `trial`: the trial credit accounts says a new tenant is due.
 """
 
 from billing.ledger import funds_kick, ledger_append, ledger_credit
 from billing.limits import spend_limit_set
 from billing.metering import meter_open, meters_open, usage_close_intervals
+from billing.notices import NoticeKind, NoticeOutcome, funds_notice_close, funds_notice_emailed, funds_notice_open
 from billing.money import billable_units, hourly_cost, quantize_money
 from billing.prices import list_prices_sync, price_quote, price_set
+from billing.trial import trial_grant
 
 __all__ = [
+    "NoticeKind",
+    "NoticeOutcome",
     "billable_units",
     "funds_kick",
+    "funds_notice_close",
+    "funds_notice_emailed",
+    "funds_notice_open",
     "hourly_cost",
     "ledger_append",
     "ledger_credit",
@@ -26,5 +35,6 @@ __all__ = [
     "price_set",
     "quantize_money",
     "spend_limit_set",
+    "trial_grant",
     "usage_close_intervals",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from oauth2_provider.models import AccessToken
 from rest_framework import authentication, exceptions, permissions, throttling
 
-from accounts.selectors import tenant_for_request
+from cloud.tenancy import tenant_for_request
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

@@ -56,19 +56,23 @@ def problem_body(status: int, *, detail: str, code: str | None = None, title: st
     return body
 
 
-def _flatten(details, prefix: str = "") -> list[dict]:
-    """DRF's nested {"field": [ErrorDetail]} → [{"field": "a.b", "message", "code"}]."""
+def flatten_details(details, prefix: str = "") -> list[dict]:
+    """DRF's nested error details (`ValidationError.get_full_details()`: {"field": [{"message",
+    "code"}], "nested": {...}, "list": [...]}) as the flat `errors` list of a problem document:
+    [{"field": "a.b" or "list.0" or None, "message": ..., "code": ...}]. `non_field_errors` name
+    no field (their parent's, or None at the top). Every surface that answers a validation error
+    (the API, the SSE and WebSocket streams) reports its fields this way."""
     out: list[dict] = []
     if isinstance(details, dict):
         for key, value in details.items():
             name = prefix if key == "non_field_errors" else (f"{prefix}.{key}" if prefix else str(key))
-            out.extend(_flatten(value, name))
+            out.extend(flatten_details(value, name))
     elif isinstance(details, list):
         if all(isinstance(d, dict) and {"message", "code"} <= set(d) for d in details):
             out.extend({"field": prefix or None, "message": str(d["message"]), "code": d["code"]} for d in details)
         else:
             for index, value in enumerate(details):
-                out.extend(_flatten(value, f"{prefix}.{index}" if prefix else str(index)))
+                out.extend(flatten_details(value, f"{prefix}.{index}" if prefix else str(index)))
     elif isinstance(details, dict) is False and details is not None:
         out.append({"field": prefix or None, "message": str(details), "code": "invalid"})
     return out
@@ -95,7 +99,7 @@ def problem_exception_handler(exc, context):
         status = exc.status_code
         errors: list[dict] = []
         if isinstance(exc, drf.ValidationError):
-            errors = _flatten(exc.get_full_details())
+            errors = flatten_details(exc.get_full_details())
             fields = sorted({e["field"] for e in errors if e["field"]})
             detail = ("Invalid " + ", ".join(fields)) if fields else (errors[0]["message"] if errors else "Invalid request")
             code = "validation_error"

@@ -4,7 +4,7 @@ read a deployment through REST cannot read it through a socket either:
 
 - an OAuth2 bearer token (DOT's own validator: expiry, revocation) that carries the scope;
 - else the dashboard's session;
-and they act for one tenant, resolved by `accounts.selectors.tenant_for_request` exactly as for
+and they act for one tenant, resolved through `cloud.tenancy` (the accounts app's rules) exactly as for
 a REST call (`X-Tenant`, or `?tenant=` where a browser cannot set headers).
 
 A stream outlives the check it opened with, so every open one checks again every
@@ -28,7 +28,7 @@ from django.http.request import validate_host
 from oauthlib.common import Request as OAuthRequest
 from oauth2_provider.settings import oauth2_settings
 
-from accounts.selectors import TenantForbidden, access_standing, tenant_for_request
+from cloud.tenancy import TenantForbidden, access_standing, tenant_for_request
 
 
 class StreamRefused(Exception):

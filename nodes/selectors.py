@@ -9,11 +9,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from cloud.exceptions import NotFound
 from nodes.models import Gpu, HardwareType, Location, Node
+
+# -- read by billing and templates ----------------------------------------------------------------
+
+
+def gpus_by_location() -> dict[int, tuple[int, int]]:
+    """{location_id: (real GPUs, simulated GPUs)} registered now, whatever their state."""
+    return {loc: (real, simulated) for loc, real, simulated in
+            Gpu.objects.values("node__location_id").annotate(
+                real=Count("pk", filter=Q(node__simulated=False)), simulated=Count("pk", filter=Q(node__simulated=True)))
+            .values_list("node__location_id", "real", "simulated")}
+
 
 # Replica states that hold a slot on their node (cpu-only kinds count replicas, not GPUs).
 _FINISHED_REPLICA_STATES = ("stopped", "failed", "lost")

@@ -21,12 +21,37 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from cloud.exceptions import Conflict, InvalidInput
+from cloud.upsert import row_upsert
 from nodes import link
 from nodes.models import CpuSlot, Gpu, HardwareType, JoinToken, Location, Node, NodeEvent
 from nodes.protocol import PROTOCOL_VERSION, Inventory
+
+# -- written by templates' load_catalog and billing's price book ----------------------------------
+
+
+def location_upsert(*, slug: str, defaults: dict) -> str:
+    """For `load_catalog`: "created", "updated" or "unchanged"."""
+    return row_upsert(Location.objects.filter(slug=slug).first(),
+                      make=lambda **fields: Location(slug=slug, **fields), defaults=defaults)[1]
+
+
+def hardware_type_upsert(*, slug: str, defaults: dict, on_create_only: tuple[str, ...] = ()) -> str:
+    """For `load_catalog`: "created", "updated" or "unchanged"."""
+    return row_upsert(HardwareType.objects.filter(slug=slug).first(),
+                      make=lambda **fields: HardwareType(slug=slug, **fields), defaults=defaults,
+                      on_create_only=on_create_only)[1]
+
+
+def hardware_list_prices_follow(current) -> int:
+    """Sets each hardware type's catalog list price to `current` (an expression over the type's
+    row, billing's every-location price in effect) where that is not null and differs: one
+    UPDATE. Billing's price book is the only caller."""
+    return (HardwareType.objects.annotate(current=current).filter(current__isnull=False)
+            .exclude(price_per_gpu_hour=F("current")).update(price_per_gpu_hour=current))
 
 log = logging.getLogger(__name__)
 

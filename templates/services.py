@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 
 from cloud.exceptions import ApplicationError, Conflict, InvalidInput, QuotaExceeded
+from cloud.upsert import row_upsert
 from templates.models import Template
 
 # A template is a few hundred bytes, but an unbounded list is a cheap way to bloat every
@@ -46,6 +47,14 @@ def _check_gpu_range(template: Template) -> None:
         raise InvalidInput("min_gpus", "min_gpus must not exceed max_gpus.")
 
 
+def _apply_and_save(template: Template, data: dict) -> Template:
+    for field, value in data.items():
+        if field in EDITABLE_FIELDS:
+            setattr(template, field, value)
+    _check_gpu_range(template)
+    return _save(template)
+
+
 def _save(template: Template) -> Template:
     try:
         with transaction.atomic():
@@ -75,11 +84,7 @@ def template_update(*, template: Template, actor=None, data: dict) -> Template:
     template_check_editable(template=template)
     if "slug" in data and data["slug"] != template.slug:
         _check_slug_free(tenant=template.tenant, slug=data["slug"], exclude_pk=template.pk)
-    for field, value in data.items():
-        if field in EDITABLE_FIELDS:
-            setattr(template, field, value)
-    _check_gpu_range(template)
-    return _save(template)
+    return _apply_and_save(template, data)
 
 
 @transaction.atomic
@@ -89,20 +94,25 @@ def template_delete(*, template: Template, actor=None) -> None:
     template.delete()
 
 
+@transaction.atomic
+def template_global_save(*, template: Template | None = None, data: dict) -> Template:
+    """An operator's new or changed global template (the admin). Customers never make or change
+    one (`template_check_editable`); `load_catalog` brings the catalog's own ones to its spec."""
+    if template is not None and not template.is_global:
+        raise InvalidInput("tenant", "This template is a tenant's; it stays theirs.")
+    return _apply_and_save(template or Template(tenant=None), data)
+
+
+@transaction.atomic
+def template_global_delete(*, template: Template) -> None:
+    """An operator withdraws a global template; deployments made from it keep their own copy."""
+    if not template.is_global:
+        raise InvalidInput("tenant", "This template is a tenant's: delete it with template_delete.")
+    template.delete()
+
+
 def template_upsert_global(*, slug: str, defaults: dict) -> tuple[Template, str]:
     """For `load_catalog`: create or bring a global template to `defaults`. Returns the
     template and what happened: "created", "updated" or "unchanged"."""
-    template = Template.objects.filter(tenant__isnull=True, slug=slug).first()
-    if template is None:
-        template = Template(tenant=None, slug=slug, **defaults)
-        template.full_clean()
-        template.save()
-        return template, "created"
-    changed = [field for field, value in defaults.items() if getattr(template, field) != value]
-    if not changed:
-        return template, "unchanged"
-    for field in changed:
-        setattr(template, field, defaults[field])
-    template.full_clean()
-    template.save()
-    return template, "updated"
+    return row_upsert(Template.objects.filter(tenant__isnull=True, slug=slug).first(),
+                      make=lambda **fields: Template(tenant=None, slug=slug, **fields), defaults=defaults)

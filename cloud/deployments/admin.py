@@ -12,20 +12,10 @@ from django.utils import timezone
 
 from billing.money import money_str
 from billing.selectors import deployment_cost_annotations
+from cloud.admin import ReadOnlyAdminMixin
 from cloud.deployments import services
 from cloud.deployments.models import Deployment, Event, IdempotencyKey, LogLine, Replica
 from cloud.exceptions import ApplicationError
-
-
-class ReadOnlyAdminMixin:
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class ReplicaInline(ReadOnlyAdminMixin, admin.TabularInline):

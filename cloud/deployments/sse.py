@@ -35,7 +35,7 @@ from rest_framework.exceptions import ValidationError
 from cloud import streams
 from cloud.deployments import feeds, selectors
 from cloud.deployments.serializers import EventStreamQuery
-from cloud.errors import PROBLEM_CONTENT_TYPE, _flatten, problem_body
+from cloud.errors import PROBLEM_CONTENT_TYPE, flatten_details, problem_body
 from cloud.exceptions import NotFound
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class EventStreamView(View):
             return _problem(request, exc.status, exc.detail, exc.code)
         query = EventStreamQuery(data=request.GET)
         if not query.is_valid():
-            errors = _flatten(ValidationError(query.errors).get_full_details())
+            errors = flatten_details(ValidationError(query.errors).get_full_details())
             return _problem(request, 400, "Invalid " + ", ".join(sorted({e["field"] for e in errors if e["field"]})),
                             "validation_error", errors)
         params = query.validated_data

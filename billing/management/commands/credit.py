@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.models import Tenant
+from accounts.selectors import tenant_by_slug
 from billing.money import money_str
 from billing.selectors import tenant_balance
 from billing.services import ledger_credit
@@ -33,7 +33,7 @@ class Command(BaseCommand):
         parser.add_argument("--by", default=None, help="who asked for it (default: cli:<your login>)")
 
     def handle(self, *args, tenant: str, amount: str, reason: str, key, refund: bool, by, **options):
-        found = Tenant.objects.filter(slug=tenant).first()
+        found = tenant_by_slug(tenant)
         if found is None:
             raise CommandError(f"No tenant '{tenant}'.")
         try:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from django.http import StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
 from billing import selectors
-from billing.api import _csv_lines  # the API's statement writer: one CSV format, not two
+from billing.statements import statement_csv_response  # the API's statement: one CSV format, not two
 from cloud.dashboard.charts import Day, daily_chart_svg
 from cloud.dashboard.tenancy import tenant_view
 
@@ -50,6 +49,4 @@ def statement_csv(request, year: int, month: int):
     if not 1 <= month <= 12:
         return render(request, "dashboard/forbidden.html", {"detail": "No such month."}, status=404)
     records = selectors.statement_records_for(tenant=request.tenant, year=year, month=month)
-    response = StreamingHttpResponse(_csv_lines(records), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="gantry-{request.tenant.slug}-{year:04d}-{month:02d}.csv"'
-    return response
+    return statement_csv_response(records, filename=f"gantry-{request.tenant.slug}-{year:04d}-{month:02d}.csv")

@@ -10,12 +10,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from accounts.confirmation import trial_pending_for
+from billing.trial import trial_pending_for
 from cloud.dashboard.tenancy import tenant_view
 from cloud.deployments import feeds, selectors, services
-from cloud.deployments.models import Deployment
 from cloud.deployments.serializers import DeploymentOutput, ReplicaOutput
 from cloud.exceptions import ApplicationError, NotFound
+from nodes.vocabulary import DEPLOYMENT_STATUSES
 
 PAGE_SIZE = 20
 ACTIONS = {
@@ -25,7 +25,7 @@ ACTIONS = {
 }
 
 
-def _get(request, deployment_id) -> Deployment:
+def _get(request, deployment_id):
     # Another tenant's deployment and a missing one look the same: 404 (as in the API).
     try:
         return selectors.deployment_get(tenant=request.tenant, deployment_id=deployment_id)
@@ -36,7 +36,7 @@ def _get(request, deployment_id) -> Deployment:
 @tenant_view()
 def deployment_list(request):
     status = request.GET.get("status") or ""
-    if status not in Deployment.Status.values:
+    if status not in DEPLOYMENT_STATUSES:
         status = ""
     ids = selectors.deployment_ids_for(tenant=request.tenant)
     if status:
@@ -44,14 +44,14 @@ def deployment_list(request):
     page = Paginator(ids, PAGE_SIZE).get_page(request.GET.get("page"))
     rows = DeploymentOutput(selectors.deployments_in_order(tenant=request.tenant, ids=list(page.object_list)),
                             many=True).data
-    context = {"rows": rows, "page": page, "status": status, "statuses": Deployment.Status.values}
+    context = {"rows": rows, "page": page, "status": status, "statuses": list(DEPLOYMENT_STATUSES)}
     if request.htmx:  # the 3-second poll swaps just the table body
         return render(request, "dashboard/partials/deployment_rows.html", context)
     context["trial_pending"] = trial_pending_for(tenant=request.tenant)
     return render(request, "dashboard/deployments.html", context)
 
 
-def _detail_context(request, deployment: Deployment) -> dict:
+def _detail_context(request, deployment) -> dict:
     shown = DeploymentOutput(deployment).data
     replicas = ReplicaOutput(selectors.replicas_for(tenant=request.tenant, deployment_id=deployment.pk),
                              many=True).data

@@ -13,10 +13,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from accounts import members as team
-from accounts.models import Membership
 from accounts.services import service_account_create
-from cloud.dashboard.tenancy import SESSION_KEY, tenant_view
+from cloud.dashboard.tenancy import MANAGERS, SESSION_KEY, tenant_view
 from cloud.exceptions import ApplicationError, NotFound
+from nodes.vocabulary import MEMBER, ROLES
 
 
 def _say(request, exc: ApplicationError) -> None:
@@ -26,14 +26,14 @@ def _say(request, exc: ApplicationError) -> None:
 @tenant_view()
 def members(request):
     if request.method == "POST":
-        if request.tenant_role not in (Membership.Role.OWNER, Membership.Role.ADMIN):
+        if request.tenant_role not in MANAGERS:
             return render(request, "dashboard/forbidden.html", status=403, context={
                 "detail": f"Your role in {request.tenant.slug} is '{request.tenant_role}'; only an owner or admin "
                           "can invite members."})
         try:
             team.invitation_create(
                 tenant=request.tenant, actor=request.user, actor_role=request.tenant_role,
-                email=request.POST.get("email", ""), role=request.POST.get("role", Membership.Role.MEMBER),
+                email=request.POST.get("email", ""), role=request.POST.get("role", MEMBER),
                 accept_url_for=lambda token: request.build_absolute_uri(reverse("dashboard:invitation", args=[token])))
             messages.success(request, f"Invitation sent to {request.POST.get('email')}.")
         except ApplicationError as exc:
@@ -42,7 +42,7 @@ def members(request):
     return render(request, "dashboard/members.html", {
         "members": team.members_for(tenant=request.tenant),
         "invitations": team.invitations_pending_for(tenant=request.tenant),
-        "roles": Membership.Role.values,
+        "roles": list(ROLES),
     })
 
 

@@ -27,12 +27,17 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Tenant
-from accounts.selectors import owner_emails_for
-from billing.models import FundsNotice
+from accounts.selectors import owner_emails_for, tenants_in_bulk
+from billing.services import (
+    NoticeKind as K,
+    NoticeOutcome,
+    funds_notice_close,
+    funds_notice_emailed,
+    funds_notice_open,
+)
 from billing.selectors import (
     balances_for,
     burn_rates,
@@ -44,10 +49,9 @@ from billing.selectors import (
 from cloud.deployments.models import Deployment
 from cloud.deployments.services.events import event_record
 from cloud.deployments.services.lifecycle import deployment_stop_unpaid
-from nodes.vocabulary import LIVE_STATUSES as LIVE
+from nodes.vocabulary import LIVE_STATUSES
 
 log = logging.getLogger(__name__)
-K = FundsNotice.Kind
 ZERO = Decimal("0")
 
 
@@ -79,13 +83,13 @@ class Funds:
         return f"monthly spend limit {_usd(self.limit)} reached ({_usd(self.spent)} spent)", "raise the spend limit"
 
 
-def _funds(tenant: Tenant, *, now: datetime) -> Funds:
+def _funds(tenant, *, now: datetime) -> Funds:
     return Funds(balance=tenant_balance(tenant=tenant), spent=spend_this_month_for(tenant=tenant, now=now),
                  limit=tenant.spend_limit, burn=burn_rates(tenant_ids=[tenant.pk], now=now).get(tenant.pk, ZERO))
 
 
 def _live(tenant_id: int) -> list[Deployment]:
-    return list(Deployment.objects.filter(tenant_id=tenant_id, deleted_at__isnull=True, status__in=LIVE)
+    return list(Deployment.objects.filter(tenant_id=tenant_id, deleted_at__isnull=True, status__in=LIVE_STATUSES)
                 .only("id", "tenant_id", "name").order_by("created_at"))
 
 
@@ -101,14 +105,14 @@ def _usd(amount: Decimal) -> str:
 def funds_enforce(*, now: datetime | None = None) -> dict:
     """One pass over every tenant with live deployments or an open notice. Returns counts."""
     now = now or timezone.now()
-    live = set(Deployment.objects.filter(deleted_at__isnull=True, status__in=LIVE).order_by()
+    live = set(Deployment.objects.filter(deleted_at__isnull=True, status__in=LIVE_STATUSES).order_by()
                .values_list("tenant_id", flat=True).distinct())
     notices = open_notices_for(tenant_ids=None)
     tenant_ids = sorted(live | set(notices))
     balances = balances_for(tenant_ids=tenant_ids)
     spent = spend_this_month_by_tenant(tenant_ids=tenant_ids, now=now)
     burns = burn_rates(tenant_ids=tenant_ids, now=now)
-    tenants = Tenant.objects.in_bulk(tenant_ids)
+    tenants = tenants_in_bulk(tenant_ids=tenant_ids)
     done = {"warned": 0, "exhausted": 0, "restored": 0, "stopped": 0}
     for tenant_id in tenant_ids:
         tenant = tenants[tenant_id]
@@ -136,25 +140,16 @@ def funds_enforce(*, now: datetime | None = None) -> dict:
     return done
 
 
-def _open(tenant: Tenant, *, kind: str, cause: str, message: str, now: datetime, stop_at=None) -> FundsNotice | None:
-    try:
-        with transaction.atomic():
-            return FundsNotice.objects.create(tenant=tenant, kind=kind, cause=cause, message=message[:500],
-                                              opened_at=now, stop_at=stop_at)
-    except IntegrityError:
-        return None  # another pass opened it a moment ago
-
-
-def _close(notices, *, now: datetime, outcome: str = FundsNotice.Outcome.RESOLVED) -> None:
+def _close(notices, *, now: datetime, outcome: str = NoticeOutcome.RESOLVED) -> None:
     for notice in notices:
-        FundsNotice.objects.filter(pk=notice.pk, closed_at__isnull=True).update(closed_at=now, outcome=outcome)
+        funds_notice_close(notice=notice, now=now, outcome=outcome)
 
 
-def _warn(tenant: Tenant, funds: Funds, *, now: datetime) -> int:
+def _warn(tenant, funds: Funds, *, now: datetime) -> int:
     message = (f"low_balance: {_usd(funds.balance)} left runs out in about {funds.hours_left} hours at "
                f"{_usd(funds.burn)}/hour; add credit to keep deployments running")
     with transaction.atomic():
-        if _open(tenant, kind=K.LOW_BALANCE, cause="balance", message=message, now=now) is None:
+        if funds_notice_open(tenant=tenant, kind=K.LOW_BALANCE, cause="balance", message=message, now=now) is None:
             return 0
         _tell(tenant.pk, "deployment.balance_low", {
             "balance": str(funds.balance), "burn_rate_per_hour": str(funds.burn), "hours_left": str(funds.hours_left),
@@ -162,13 +157,14 @@ def _warn(tenant: Tenant, funds: Funds, *, now: datetime) -> int:
     return 1
 
 
-def _exhaust(tenant: Tenant, funds: Funds, *, now: datetime, low: FundsNotice | None) -> int:
+def _exhaust(tenant, funds: Funds, *, now: datetime, low) -> int:
     stop_at = now + timedelta(minutes=settings.FUNDS_GRACE_MINUTES)
     why, fix = funds.why_and_fix()
     message = (f"insufficient_funds: {why}; running deployments stop at {stop_at:%Y-%m-%d %H:%M:%S} UTC "
                f"unless you {fix} before then")
     with transaction.atomic():
-        notice = _open(tenant, kind=K.EXHAUSTED, cause=funds.exhausted_by, message=message, now=now, stop_at=stop_at)
+        notice = funds_notice_open(tenant=tenant, kind=K.EXHAUSTED, cause=funds.exhausted_by, message=message, now=now,
+                                   stop_at=stop_at)
         if notice is None:
             return 0
         if low is not None:
@@ -180,13 +176,13 @@ def _exhaust(tenant: Tenant, funds: Funds, *, now: datetime, low: FundsNotice | 
                 "spend_limit": str(funds.limit) if funds.limit is not None else None,
                 "stop_at": stop_at.isoformat(), "grace_minutes": settings.FUNDS_GRACE_MINUTES})
         recipients = owner_emails_for(tenant=tenant)
-        FundsNotice.objects.filter(pk=notice.pk).update(emailed_to=recipients)
+        funds_notice_emailed(notice=notice, recipients=recipients)
         transaction.on_commit(lambda: _email(tenant, recipients, why=why, fix=fix, stop_at=stop_at,
                                              names=[d.name for d in deployments]))
     return 1
 
 
-def _email(tenant: Tenant, recipients: list[str], *, why: str, fix: str, stop_at: datetime, names: list[str]) -> None:
+def _email(tenant, recipients: list[str], *, why: str, fix: str, stop_at: datetime, names: list[str]) -> None:
     if not recipients:
         return
     listed = "\n".join(f"  - {name}" for name in names)
@@ -201,10 +197,9 @@ def _email(tenant: Tenant, recipients: list[str], *, why: str, fix: str, stop_at
         log.warning("could not email tenant %s's owners about exhausted funds", tenant.slug, exc_info=True)
 
 
-def _restore(tenant: Tenant, notice: FundsNotice, funds: Funds, *, now: datetime) -> int:
+def _restore(tenant, notice, funds: Funds, *, now: datetime) -> int:
     with transaction.atomic():
-        if not FundsNotice.objects.filter(pk=notice.pk, closed_at__isnull=True).update(
-                closed_at=now, outcome=FundsNotice.Outcome.RESOLVED):
+        if not funds_notice_close(notice=notice, now=now):
             return 0
         _tell(tenant.pk, "deployment.funds_restored", {
             "stop_cancelled": True, "balance": str(funds.balance), "spend_this_month": str(funds.spent),
@@ -212,7 +207,7 @@ def _restore(tenant: Tenant, notice: FundsNotice, funds: Funds, *, now: datetime
     return 1
 
 
-def _stop_all(tenant: Tenant, notice: FundsNotice, *, now: datetime) -> int:
+def _stop_all(tenant, notice, *, now: datetime) -> int:
     """The grace period is over. Funds are checked again before each stop: a credit that
     arrives while the pass is stopping deployments saves the ones not yet stopped."""
     stopped = 0
@@ -225,5 +220,5 @@ def _stop_all(tenant: Tenant, notice: FundsNotice, *, now: datetime) -> int:
         reason = f"insufficient_funds: {why} at the end of the grace period; {fix}, then start it again"
         if deployment_stop_unpaid(deployment_id=deployment.pk, reason=reason):
             stopped += 1
-    _close([notice], now=now, outcome=FundsNotice.Outcome.STOPPED)
+    _close([notice], now=now, outcome=NoticeOutcome.STOPPED)
     return stopped

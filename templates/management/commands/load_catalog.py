@@ -12,27 +12,10 @@ import json
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from nodes.models import HardwareType, Location
+from cloud.upsert import OUTCOMES
+from nodes.services import hardware_type_upsert, location_upsert
 from templates import catalog
 from templates.services import template_upsert_global
-
-
-def _upsert(model, *, slug: str, defaults: dict, on_create_only: tuple[str, ...] = ()) -> str:
-    row = model.objects.filter(slug=slug).first()
-    if row is None:
-        row = model(slug=slug, **defaults)
-        row.full_clean()
-        row.save()
-        return "created"
-    changed = [field for field, value in defaults.items()
-               if field not in on_create_only and getattr(row, field) != value]
-    if not changed:
-        return "unchanged"
-    for field in changed:
-        setattr(row, field, defaults[field])
-    row.full_clean()
-    row.save(update_fields=changed)
-    return "updated"
 
 
 class Command(BaseCommand):
@@ -46,19 +29,19 @@ class Command(BaseCommand):
         summary: dict[str, dict[str, list[str]]] = {}
 
         def record(kind: str, slug: str, outcome: str) -> None:
-            summary.setdefault(kind, {"created": [], "updated": [], "unchanged": []})[outcome].append(slug)
+            summary.setdefault(kind, {name: [] for name in OUTCOMES})[outcome].append(slug)
             if not options["json"]:
                 self.stdout.write(f"{kind[:-1]} {slug}: {outcome}")
 
         for spec in catalog.LOCATIONS:
             spec = dict(spec)
-            record("locations", spec["slug"], _upsert(Location, slug=spec.pop("slug"), defaults=spec))
+            record("locations", spec["slug"], location_upsert(slug=spec.pop("slug"), defaults=spec))
         for spec in catalog.HARDWARE_TYPES:
             spec = dict(spec)
             # A new type starts at the catalog's list price; after that its price is the billing
             # price book's (admin: Billing > Prices), which a re-run must not overwrite.
-            record("hardware_types", spec["slug"], _upsert(HardwareType, slug=spec.pop("slug"), defaults=spec,
-                                                           on_create_only=("price_per_gpu_hour",)))
+            record("hardware_types", spec["slug"], hardware_type_upsert(slug=spec.pop("slug"), defaults=spec,
+                                                                        on_create_only=("price_per_gpu_hour",)))
         for spec in catalog.TEMPLATES:
             spec = dict(spec)
             slug = spec.pop("slug")
@@ -70,7 +53,7 @@ class Command(BaseCommand):
         else:
             totals = {
                 outcome: sum(len(kinds[outcome]) for kinds in summary.values())
-                for outcome in ("created", "updated", "unchanged")
+                for outcome in OUTCOMES
             }
             self.stdout.write(
                 f"catalog: {totals['created']} created, {totals['updated']} updated, {totals['unchanged']} unchanged"
