@@ -40,6 +40,19 @@ def make_runtime(tmp_path, parts, **kw):
     )
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def web(name: str) -> tuple[ReplicaSpec, int]:
+    """A replica serving HTTP on a free port of 127.0.0.1 (where FakeVmm's guests live), and the port."""
+    port = free_port()
+    return ReplicaSpec(name=name, image="sh", traffic_port=port,
+                       entrypoint=[sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)]), port
+
+
 async def wait_state(rt, name, states, timeout=10):
     for _ in range(int(timeout / 0.05)):
         info = await rt.get(name)
@@ -136,11 +149,7 @@ async def test_a_state_is_announced_by_the_time_anyone_can_read_it(tmp_path, par
 async def test_health_check_gates_running_and_stop_leaves_nothing(tmp_path, parts):
     images, network, vmm = parts
     rt = make_runtime(tmp_path, parts)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    spec = ReplicaSpec(name="srv", image="sh", entrypoint=[sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)],
-                       traffic_port=port)
+    spec, port = web("srv")
     info = await rt.start(spec)
     assert info.state == "running" and info.host_port == port
     _, writer = await asyncio.open_connection("127.0.0.1", port)  # it answers
@@ -161,9 +170,7 @@ async def test_a_health_check_that_keeps_failing_is_announced_once_per_reason(tm
     monkeypatch.setattr(runtime_boot, "HEALTH_QUIET_S", 0.3)
     rt = make_runtime(tmp_path, parts)
     events = rt.subscribe()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # The port opens only after a second and a half: refused until then.
     spec = ReplicaSpec(name="slow", image="sh", args=[f"sleep 1.5; exec {sys.executable} -m http.server -b 127.0.0.1 {port}"],
                        traffic_port=port)
@@ -253,11 +260,8 @@ async def test_an_adopted_vm_gets_its_network_checked_again(tmp_path, parts):
     alone (what every CLI command does) leaves the network as it is."""
     images, network, vmm = parts
     rt = make_runtime(tmp_path, parts)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    await rt.start(ReplicaSpec(name="web", image="sh", traffic_port=port,
-                               entrypoint=[sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)]))
+    spec, port = web("web")
+    await rt.start(spec)
     await rt.close()
     network.calls.clear()
 
@@ -309,11 +313,7 @@ async def test_the_runtime_asks_its_far_sides_only_what_their_protocols_declare(
     images, network, vmm = parts
     narrowed = only(images, ImageStore), only(network, Network), only(vmm, Vmm)
     rt = make_runtime(tmp_path, narrowed)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    await rt.start(ReplicaSpec(name="web", image="sh", traffic_port=port,
-                               entrypoint=[sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)]))
+    await rt.start(web("web")[0])
     await rt.close()
     rt2 = make_runtime(tmp_path, narrowed)
     assert [i.name for i in await rt2.recover()] == ["web"]
