@@ -80,7 +80,8 @@ async def _floor(kit, accel, work: Path, runs: int = 3) -> float:
     command line as a real VM (machine, devices, accelerator) without disk or network."""
     from dataclasses import replace
 
-    from nodes.agent.vmm.qemu import GuestSpec, VmLaunch, command_line
+    from nodes.agent.vmm.cmdline import VmLaunch, command_line
+    from nodes.agent.vmm.spec import GuestSpec
 
     best = float("inf")
     for i in range(runs):
@@ -184,9 +185,7 @@ def _print_memory(mem) -> None:
 
 
 async def main() -> int:
-    from nodes.agent.images import OciImageStore
-    from nodes.agent.network import LinuxNetwork, NetworkConfig
-    from nodes.agent.runtime import MicroVmRuntime
+    from nodes.agent.runtime_build import build_runtime
     from nodes.protocol import ReplicaSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="gantry-coldstart-"))
@@ -195,9 +194,7 @@ async def main() -> int:
         data = tmp / "data"
         data.mkdir()
         # The bench's own registry on loopback is the operator's: trusted, as `make up` trusts its.
-        images = OciImageStore(data / "images", trusted_registries=frozenset({"127.0.0.1:5000"}))
-        runtime = MicroVmRuntime(data, images=images, kit_cache=KIT_BASE,
-                                 network=LinuxNetwork(NetworkConfig(), data / "network"))
+        runtime = build_runtime(data_dir=data, trusted_registries={"127.0.0.1:5000"}, kit_cache=KIT_BASE)
         kit, accel = await runtime.host()
         print(f"accelerator: {accel.name} ({accel.reason}); kernel {kit.kernel_version}")
         launches: dict[str, dict[str, float]] = {}

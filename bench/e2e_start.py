@@ -244,7 +244,7 @@ class Bench:
         wait(online, timeout=180, what="the node to come online", interval=0.25)
 
     def direct_runtime(self) -> None:
-        from nodes.agent.cli import build_runtime
+        from nodes.agent.runtime_build import build_runtime
         from tests.agent.netns import create_netns
 
         self.direct_ns = create_netns("gbe2e-rt")

@@ -26,7 +26,6 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from nodes.agent.daemon import run_daemon
@@ -38,6 +37,7 @@ from nodes.agent.guest.gpukit import ensure_gpu_kit, load_gpu_kit
 from nodes.agent.inventory import collect
 from nodes.agent.join import join, normalize_base, read_credential
 from nodes.agent.net.tap import NETNS_RUN_DIR
+from nodes.agent.runtime_build import DEFAULT_BRIDGE, DEFAULT_SUBNET, build_runtime
 from nodes.agent.simulate import BOARDS, SimulatedSysfs, build_tree
 from nodes.agent.sysfs import Sysfs
 from nodes.protocol import Inventory, ReplicaSpec
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     from nodes.agent.runtime import MicroVmRuntime
 
 DEFAULT_DATA_DIR = Path("/var/lib/gantry-agent")
-DEFAULT_BRIDGE = "gantry0"
-DEFAULT_SUBNET = ipaddress.IPv4Network("172.31.240.0/24")
 
 
 class UsageError(Exception):
@@ -172,60 +170,6 @@ def _emit(obj: Any, stream=None) -> None:
     stream = stream or sys.stdout
     stream.write(json.dumps(obj, sort_keys=True) + "\n")
     stream.flush()
-
-
-def build_runtime(
-    *,
-    data_dir: Path,
-    netns: str | None = None,
-    bridge: str = DEFAULT_BRIDGE,
-    subnet: ipaddress.IPv4Network = DEFAULT_SUBNET,
-    insecure_registries: Iterable[str] | None = None,
-    trusted_registries: Iterable[str] | None = None,
-    nameservers: Iterable[ipaddress.IPv4Address] | None = None,
-    blocked_networks: Iterable[ipaddress.IPv4Network] = (),
-    kit_cache: Path = DEFAULT_KIT_CACHE,
-    gpus: GpuHost | None = None,
-    max_unpacked_bytes: int | None = None,
-) -> MicroVmRuntime:
-    """The real runtime, as the `vm` commands and the daemon run it.
-
-    data_dir: this agent's state (VMs, image cache, network leases).
-    netns: the namespace (`ip netns`) for the VMs' network only: bridge, TAPs, nftables rules,
-      published ports, the `ss` port check, the health check and QEMU (for its TAP). None: the
-      namespace this process runs in. Must exist; a missing one fails the first network step.
-    bridge, subnet: the VMs' bridge and its IPv4 subnet (gateway: the first address).
-    insecure_registries: HOST:PORTs reached over plain HTTP (None: 127.0.0.1:5000, localhost:5000).
-    trusted_registries: HOST[:PORT]s that may be on special addresses (None: $GANTRY_TRUSTED_REGISTRIES).
-    nameservers: what the VMs resolve with (None: the host's upstream resolvers).
-    blocked_networks: networks VMs may not reach, beyond the special-purpose ranges (net/rules.py).
-    kit_cache: the host-wide guest kit and accelerator-probe cache.
-    gpus: the node's GPUs (gpu_host_from_args); None: a node that refuses every GPU spec.
-    max_unpacked_bytes: what one image's layers may expand to (None: 64 GiB, oci/limits.py).
-    Image pulls and kit downloads always use this process's own namespace. Builds objects
-    only (no I/O), so it may be called on the event loop.
-    """
-    # Imported here so `--help` and usage errors work even where a piece fails to import.
-    from nodes.agent.images import OciImageStore
-    from nodes.agent.network import LinuxNetwork, NetworkConfig
-    from nodes.agent.oci.egress import trusted_from_env
-    from nodes.agent.oci.limits import UnpackLimits
-    from nodes.agent.runtime import MicroVmRuntime
-
-    kwargs = {}
-    if insecure_registries:
-        kwargs["insecure_registries"] = frozenset(insecure_registries)
-    if trusted_registries is None:
-        trusted_registries = trusted_from_env(os.environ)
-    kwargs["trusted_registries"] = frozenset(trusted_registries)
-    if max_unpacked_bytes is not None:
-        kwargs["unpack_limits"] = UnpackLimits(max_bytes=max_unpacked_bytes)
-    data_dir = Path(data_dir)
-    images = OciImageStore(data_dir / "images", **kwargs)
-    config = NetworkConfig(bridge=bridge, subnet=subnet, blocked_networks=tuple(blocked_networks),
-                           nameservers=None if nameservers is None else tuple(str(ns) for ns in nameservers))
-    network = LinuxNetwork(config, data_dir / "network", netns=netns)
-    return MicroVmRuntime(data_dir, images=images, network=network, kit_cache=kit_cache, netns=netns, gpus=gpus)
 
 
 def gpu_host_from_args(args: argparse.Namespace) -> GpuHost:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import httpx
 
@@ -87,6 +87,7 @@ class PullProgress:
 ProgressCallback = Callable[[PullProgress], None]
 
 
+@runtime_checkable
 class ImageStore(Protocol):
     async def ensure_disk(self, ref: str, *, credentials: tuple[str, str] | None = None,
                           tenant: str | None = None, progress: ProgressCallback | None = None) -> ImageDisk: ...

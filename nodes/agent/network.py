@@ -32,7 +32,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import NETLINK_ROUTE
@@ -94,6 +94,7 @@ class VmNetwork:
     nameservers: tuple[str, ...] = ()
 
 
+@runtime_checkable
 class Network(Protocol):
     async def ensure_host(self) -> None: ...
 

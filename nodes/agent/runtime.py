@@ -1,36 +1,53 @@
 """The `Runtime` interface and its only shipped implementation: one QEMU microVM per replica.
 
-MicroVmRuntime composes the image store, the host network, the guest kit and the vmm. It holds
-no state that is not on disk: every VM's files live in `<data_dir>/vms/<name>/` (see state.py),
-QEMU runs detached, and a new runtime (after a crash, or a one-shot CLI) rebuilds its view from
-those files with `recover()`.
+MicroVmRuntime holds its far sides, each a Protocol: the image store (images.ImageStore), the
+host network (network.Network), the VM monitor (vmm.Vmm), the guest kit and accelerator probe,
+and the health check. It builds none of them: build_runtime (runtime_build.py) puts the real
+ones together, and tests hand it fakes (tests/agent/fakes.py).
+
+It holds no state that is not on disk: every VM's files live in `<data_dir>/vms/<name>/` (see
+state.py), QEMU runs detached, and a new runtime (after a crash, or a one-shot CLI) rebuilds
+its view from those files with `recover()`.
+
+Its parts, each a module: the boot pipeline (runtime_boot.py), the watcher that derives a live
+VM's state (runtime_watch.py), recovery after a restart (runtime_recover.py), the log reads
+(runtime_logs.py) and the GPUs (runtime_gpus.py). This module keeps the VM table they share
+(infos, events, locks), stop and remove, and the views.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, Protocol
 
 from nodes.agent.errors import AgentError
 from nodes.agent.events import EventHub, RuntimeEvent
-from nodes.agent.gpu.host import GpuHost, Prepared
+from nodes.agent.gpu.host import GpuHost
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
-from nodes.agent.lifecycle import StatusReader, guest_command, guest_ended
-from nodes.agent.logs import LogLine, LogRecords, convert
+from nodes.agent.health import wait_healthy
+from nodes.agent.images import ImageStore
+from nodes.agent.lifecycle import StatusReader
+from nodes.agent.logs import LogLine, LogRecords
 from nodes.agent.locks import VmLocks
+from nodes.agent.network import Network
+from nodes.agent.runtime_boot import VmBoot
+from nodes.agent.runtime_gpus import VmGpus
 from nodes.agent.runtime_logs import VmLogReads
+from nodes.agent.runtime_recover import VmRecovery
 from nodes.agent.runtime_watch import VmWatch
-from nodes.agent.state import StateStore, VmInfo, VmPaths, is_locked, validate_name
+from nodes.agent.state import StateStore, VmInfo, is_locked, validate_name
+from nodes.agent.vmm import Vmm
 from nodes.protocol import ReplicaSpec
-from nodes.vocabulary import VM_ENDED_STATES as TERMINAL_STATES
+from nodes.vocabulary import VM_ENDED_STATES
 
-# A workload's port usually refuses for a moment while it starts: failures within this long
-# are the normal start, not news for the plane.
-HEALTH_QUIET_S = 2.0
+# The guest kit for a kit cache dir, and the accelerator probe for (kit cache, kit):
+# guest.kit.ensure_kit and vmm.accel.probe_accel, or a test's fakes.
+KitProvider = Callable[[Path], Awaitable[Any]]
+AccelProvider = Callable[[Path, Any], Awaitable[Any]]
 
 
 def _kit_present(kit: Any) -> bool:
@@ -49,15 +66,12 @@ class Runtime(Protocol):
     def logs(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogLine]: ...
     def log_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[list[LogLine]]: ...
     def log_record_chunks(self, name: str, after_seq: int = 0, follow: bool = False) -> AsyncIterator[LogRecords]: ...
-    def log_heads(self) -> dict[str, int]:
-        """The last seq in each known VM's log (what a heartbeat tells the plane)."""
-        return dict(self._log_heads)
-
+    def log_heads(self) -> dict[str, int]: ...
     async def trim_logs(self, name: str, upto_seq: int) -> int: ...
     def events(self) -> AsyncIterator[RuntimeEvent]: ...
 
 
-class MicroVmRuntime(VmWatch, VmLogReads):
+class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmLogReads):
     """`kit_cache` is the host-wide dir the guest kit and the accelerator probe are kept in
     (shared by every runtime on the host). `netns` is the namespace the VMs' network lives in
     (the `network` must manage the same one): QEMU runs in it and the health check connects
@@ -67,14 +81,14 @@ class MicroVmRuntime(VmWatch, VmLogReads):
         self,
         data_dir: Path,
         *,
-        images: Any,
-        network: Any,
+        images: ImageStore,
+        network: Network,
+        vmm: Vmm,
+        kit_provider: KitProvider,
+        accel_provider: AccelProvider,
+        health_check: Callable[..., Awaitable[None]] = wait_healthy,
         kit_cache: Path = DEFAULT_CACHE_DIR,
         netns: str | None = None,
-        kit_provider: Callable[[Path], Any] | None = None,
-        accel_provider: Callable[[Path, Any], Any] | None = None,
-        vmm: Any = None,
-        health_check: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 0.1,
         boot_timeout: float = 180.0,
@@ -82,17 +96,6 @@ class MicroVmRuntime(VmWatch, VmLogReads):
         stop_timeout: float = 10.0,
         gpus: GpuHost | None = None,
     ):
-        # The real pieces are the defaults; tests inject fakes of the far side only.
-        if kit_provider is None:
-            from nodes.agent.guest.kit import ensure_kit as kit_provider
-        if accel_provider is None:
-            from nodes.agent.vmm.accel import probe_accel as accel_provider
-        if vmm is None:
-            from nodes.agent.vmm.qemu import QemuVm
-
-            vmm = QemuVm(netns=netns)
-        if health_check is None:
-            from nodes.agent.health import wait_healthy as health_check
         self.data_dir = Path(data_dir)
         self.kit_cache = Path(kit_cache)
         self.netns = netns
@@ -108,7 +111,7 @@ class MicroVmRuntime(VmWatch, VmLogReads):
         self.boot_timeout = boot_timeout
         self.health_timeout = health_timeout
         self.stop_timeout = stop_timeout
-        self.gpus = gpus  # None: a node without GPUs, which refuses any spec that asks for some
+        self._gpus = VmGpus(gpus)
         self._locks = VmLocks(self.data_dir / "locks")
         self._host_lock = asyncio.Lock()
         self._host: tuple[Any, Any] | None = None
@@ -161,199 +164,6 @@ class MicroVmRuntime(VmWatch, VmLogReads):
             self._changed.setdefault(info.name, asyncio.Event()).set()
         return info
 
-    # -- start -------------------------------------------------------------------------------
-    async def start(self, spec: ReplicaSpec) -> VmInfo:
-        """Returns once the workload runs (and answers its health check if it has a traffic
-        port); raises AgentError with the reason otherwise, leaving the VM `failed`."""
-        validate_name(spec.name)
-        async with self._locks.hold(spec.name):
-            existing = await self._current(spec.name)
-            if existing is not None and existing.state not in TERMINAL_STATES:
-                stored = await asyncio.to_thread(self.store.read_spec, spec.name)
-                if stored == spec.redacted():
-                    return existing  # asked twice: already there
-                raise AgentError(
-                    f"VM {spec.name} already exists ({existing.state}); stop and remove it first", permanent=True
-                )
-            if existing is not None:
-                await self._release(spec.name)
-                await asyncio.to_thread(self.store.delete, spec.name)
-            self._status.pop(spec.name, None)
-            paths = await asyncio.to_thread(self.store.create, spec.name)
-            await asyncio.to_thread(self.store.write_spec, spec)
-            info = VmInfo(name=spec.name, state="pulling", image=spec.image, started_at=self._clock())
-            await self._set(info)
-            try:
-                return await self._boot(spec, paths, info)
-            except BaseException as exc:
-                reason = exc.message if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, asyncio.CancelledError):
-                    reason = "start cancelled"
-                await self._fail_start(spec.name, reason)
-                if isinstance(exc, (AgentError, asyncio.CancelledError)):
-                    raise
-                raise AgentError(f"start of {spec.name} failed: {reason}") from exc
-
-    async def _boot(self, spec: ReplicaSpec, paths: VmPaths, info: VmInfo) -> VmInfo:
-        from nodes.agent.vmm.qemu import GuestSpec, VmLaunch
-
-        kit, accel = await self.host()
-        info = await self._set(replace(info, accel=accel.name))
-
-        def progress(p: Any) -> None:
-            self._emit(RuntimeEvent(spec.name, "pulling", self._clock(), phase=p.phase,
-                                    done_bytes=p.done_bytes, total_bytes=p.total_bytes))
-
-        credentials = None
-        if spec.registry_username is not None:
-            credentials = (spec.registry_username, spec.registry_password or "")
-        disk = await self.images.ensure_disk(spec.image, credentials=credentials, tenant=spec.tenant_id,
-                                             progress=progress)
-        argv, env = guest_command(disk.config, spec)
-        info = await self._set(replace(info, state="booting", digest=disk.digest))
-        await self.images.create_overlay(disk, paths.overlay)
-        await self._ensure_network()
-        net = await self.network.ensure_tap(spec.name)
-        host_port = None
-        if spec.traffic_port:
-            host_port = await self.network.publish_port(spec.name, spec.traffic_port)
-        info = await self._set(replace(info, address=str(net.address), host_port=host_port))
-        guest = GuestSpec(argv=argv, env=env, workdir=disk.config.workdir or "/", user=disk.config.user or "")
-        gpus = await self._gpus_prepare(spec) if spec.gpu_bdfs else Prepared(None, spec.vcpus, spec.memory_mib)
-        launch = VmLaunch(
-            name=spec.name, vm_dir=paths.dir, kit=kit, accel=accel, disk=paths.overlay,
-            vcpus=gpus.vcpus, memory_mib=gpus.memory_mib, guest=guest, net=net, machine=gpus.machine,
-        )
-        pid = await self.vmm.launch(launch)
-        info = await self._set(replace(info, pid=pid))
-        self._watch(spec.name)
-        info = await self._wait_for(spec.name, lambda i: i.state not in ("booting",), self.boot_timeout,
-                                    f"workload did not start within {self.boot_timeout:.0f}s")
-        if guest_ended(info):  # over before it ran: the watcher stops the VM, and then it has ended
-            info = await self._wait_for(spec.name, lambda i: i.state in TERMINAL_STATES, self.boot_timeout,
-                                        f"VM did not stop within {self.boot_timeout:.0f}s of its workload's end")
-        if info.state == "failed":
-            raise AgentError(info.reason or "VM failed", permanent=True)
-        if info.state == "stopped":
-            return info  # the workload already ran to completion with code 0
-        if spec.traffic_port:
-            await self._health(spec.name, str(net.address), spec.traffic_port)
-        current = self._infos[spec.name]
-        if current.state in ("starting", "restarting"):
-            current = await self._set(replace(current, state="running", reason=gpus.notice))
-        return current
-
-    async def _gpus_prepare(self, spec: ReplicaSpec) -> Prepared:
-        if self.gpus is None:
-            raise AgentError(f"this node has no GPUs to give, and the replica asks for {len(spec.gpu_bdfs)} "
-                             f"({', '.join(spec.gpu_bdfs)}): a VM never boots without the GPUs it was given",
-                             permanent=True)
-        # GPUs still bound for a VM that is gone (one that ended by itself) go back first.
-        live = {n for n, i in self._infos.items() if i.state not in TERMINAL_STATES}
-        await asyncio.to_thread(self.gpus.recover, live)
-        return await asyncio.to_thread(self.gpus.prepare, spec.name, list(spec.gpu_bdfs), vcpus=spec.vcpus,
-                                       memory_mib=spec.memory_mib)
-
-    async def _gpus_release(self, name: str) -> None:
-        """Reset and give back what the VM had: only once its QEMU is gone."""
-        if self.gpus is not None:
-            await asyncio.to_thread(self.gpus.detach, name)
-
-    async def _health(self, name: str, host: str, port: int) -> None:
-        """The health check races the VM's own end: a workload that dies fails fast with its
-        crash reason instead of a connection timeout. A check still failing after
-        HEALTH_QUIET_S is announced (a `health` event) each time its reason changes: the
-        customer sees why the replica is not running yet, not a silent `starting`."""
-        began = time.monotonic()
-        told: list[str] = []
-
-        async def failing(reason: str) -> None:
-            if time.monotonic() - began >= HEALTH_QUIET_S and (not told or told[-1] != reason):
-                told.append(reason)
-                self._emit(RuntimeEvent(name, "starting", self._clock(), f"health check failing: {reason}",
-                                        phase="health"))
-
-        check = asyncio.ensure_future(self._health_check(host, port, timeout=self.health_timeout, netns=self.netns,
-                                                         on_failure=failing))
-        ended = asyncio.ensure_future(self._wait_for(name, lambda i: i.state in TERMINAL_STATES, None, ""))
-        try:
-            done, _ = await asyncio.wait({check, ended}, return_when=asyncio.FIRST_COMPLETED)
-            if check in done:
-                check.result()
-            else:
-                info = ended.result()
-                raise AgentError(info.reason or f"VM {info.state}", permanent=True)
-        finally:
-            for task in (check, ended):
-                task.cancel()
-            await asyncio.gather(check, ended, return_exceptions=True)
-
-    async def _fail_start(self, name: str, reason: str) -> None:
-        """A failed start keeps its dir (state, logs) but no process, TAP, rule or overlay."""
-        info = self._infos.get(name) or VmInfo(name=name, state="failed")
-        await self._unwatch(name)
-        paths = self.store.paths(name)
-        with contextlib.suppress(Exception):
-            await self.vmm.stop(paths.dir, timeout=0)
-        await self._release(name)
-        await asyncio.to_thread(convert, paths, final=True, clock=self._clock)
-        await self._set(replace(info, state="failed", reason=reason, pid=None))
-
-    async def _release(self, name: str) -> None:
-        paths = self.store.paths(name)
-        await self.network.remove(name)
-        await asyncio.to_thread(paths.overlay.unlink, missing_ok=True)
-        await self._gpus_release(name)
-
-    # -- recovery ----------------------------------------------------------------------------
-    async def recover(self) -> list[VmInfo]:
-        """Adopt live VMs, settle dead ones, and remove what a crash left behind."""
-        names = await asyncio.to_thread(self.store.names)
-        known: set[str] = set()
-        for name in names:
-            paths = self.store.paths(name)
-            if await asyncio.to_thread(is_locked, self._locks.path(name)):
-                known.add(name)  # another process is starting or stopping it right now
-                continue
-            async with self._locks.hold(name):
-                info = await asyncio.to_thread(self.store.read_info, name)
-                alive = await asyncio.to_thread(self.vmm.alive, paths.dir)
-                launched = alive or (info is not None and info.pid is not None) or await asyncio.to_thread(paths.pidfile.exists)
-                if info is None or (not launched and info.state not in TERMINAL_STATES):
-                    # Half-created: the start that made it died before QEMU ran; its caller retries.
-                    await self._release(name)
-                    await asyncio.to_thread(self.store.delete, name)
-                    continue
-                known.add(name)
-                self._infos[name] = info
-                info = await self._refresh(name, paths, info)
-                if info.state not in TERMINAL_STATES:
-                    self._watch(name)
-        if self.gpus is not None:
-            # A VM another process holds the lock of (a `vm run` under way) counts as live.
-            live = {n for n in known if n not in self._infos or self._infos[n].state not in TERMINAL_STATES}
-            await asyncio.to_thread(self.gpus.recover, live)
-        for orphan in await self.network.owned() - known:
-            await self.network.remove(orphan)
-        return [self._infos[n] for n in sorted(known) if n in self._infos]
-
-    async def reassert_networks(self) -> None:
-        """Every live VM's network checked as a new VM's is: rules someone flushed, or the new
-        rules of an upgraded agent, are in place again without restarting a VM (the leases keep
-        its address and host port). The daemon calls it after recover(); the one-shot CLI does
-        not, since its options need not be the daemon's: a `vm ls` without the daemon's
-        --subnet would move a running VM to the default one."""
-        for name in sorted(self._infos):
-            async with self._locks.hold(name):
-                info = self._infos.get(name)
-                if info is None or info.state in TERMINAL_STATES:
-                    continue
-                spec = await asyncio.to_thread(self.store.read_spec, name) or {}
-                await self._ensure_network()
-                await self.network.ensure_tap(name)
-                if spec.get("traffic_port"):
-                    await self.network.publish_port(name, spec["traffic_port"])
-
     # -- stop / remove -----------------------------------------------------------------------
     async def stop(self, name: str, *, timeout: float | None = None) -> VmInfo:
         """ACPI power-off, then a kill after `timeout` seconds (default: the runtime's
@@ -367,7 +177,7 @@ class MicroVmRuntime(VmWatch, VmLogReads):
         if info is None:
             raise AgentError(f"no VM named {name}", permanent=True)
         await self._unwatch(name)
-        if info.state not in TERMINAL_STATES:
+        if info.state not in VM_ENDED_STATES:
             info = await self._set(replace(info, state="stopping", stop_requested=True))
         await self.vmm.stop(paths.dir, timeout=self.stop_timeout if timeout is None else timeout)
         info = await self._refresh(name, paths, info)
@@ -397,6 +207,12 @@ class MicroVmRuntime(VmWatch, VmLogReads):
             await self.images.evict(in_use=in_use)
         except AgentError:
             pass  # eviction is housekeeping: a failure here must not fail the removal
+
+    async def _release(self, name: str) -> None:
+        paths = self.store.paths(name)
+        await self.network.remove(name)
+        await asyncio.to_thread(paths.overlay.unlink, missing_ok=True)
+        await self._gpus.release(name)
 
     # -- views -------------------------------------------------------------------------------
     async def _current(self, name: str) -> VmInfo | None:

@@ -10,7 +10,7 @@ from typing import AsyncIterator, Callable, TypeVar
 
 from nodes.agent.errors import AgentError
 from nodes.agent.logs import LogLine, LogReader, LogRecords, trim
-from nodes.vocabulary import VM_ENDED_STATES as TERMINAL_STATES
+from nodes.vocabulary import VM_ENDED_STATES
 
 # How much of logs.jsonl one read of a follower takes: about one log frame's worth, so a
 # shipper catching up on a backlog holds a few thousand lines at a time, not a file.
@@ -49,7 +49,7 @@ class VmLogReads:
             info = await self._current(name)
             if chunk := await asyncio.to_thread(read, reader, LOG_CHUNK_BYTES):
                 yield chunk
-            if not follow or info is None or info.state in TERMINAL_STATES:
+            if not follow or info is None or info.state in VM_ENDED_STATES:
                 while rest := await asyncio.to_thread(read, reader, LOG_CHUNK_BYTES):
                     yield rest
                 return

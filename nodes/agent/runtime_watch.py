@@ -15,7 +15,7 @@ from nodes.agent.errors import AgentError
 from nodes.agent.lifecycle import StatusReader, derive, guest_ended
 from nodes.agent.logs import convert, last_seq
 from nodes.agent.state import VmInfo, VmPaths
-from nodes.vocabulary import VM_ENDED_STATES as TERMINAL_STATES
+from nodes.vocabulary import VM_ENDED_STATES
 
 # Watch pass interval while a VM boots (see _watch_loop); running VMs use poll_interval.
 BOOT_POLL_S = 0.03
@@ -31,7 +31,7 @@ def _read_pid(paths: VmPaths) -> int | None:
 class VmWatch:
     """Needs of its host class: `store`, `vmm`, `poll_interval`, `stop_timeout`, `_clock`,
     `_infos`, `_changed` (an asyncio.Event per VM, set by `_set`), `_watchers`, `_status`,
-    `_log_heads`, `_converted`, `_set()` and `_gpus_release()`."""
+    `_log_heads`, `_converted`, `_set()` and `_gpus` (runtime_gpus.VmGpus)."""
 
     def _watch(self, name: str) -> None:
         if name not in self._watchers or self._watchers[name].done():
@@ -47,8 +47,8 @@ class VmWatch:
         paths = self.store.paths(name)
         while True:
             info = await self._refresh(name, paths, self._infos[name])
-            if info.state in TERMINAL_STATES:
-                await self._gpus_release(name)  # the next tenant must not wait for a vm rm
+            if info.state in VM_ENDED_STATES:
+                await self._gpus.release(name)  # the next tenant must not wait for a vm rm
                 return
             if guest_ended(info):
                 # The guest says its workload is over, and its VM still runs: the VM is stopped
@@ -80,7 +80,7 @@ class VmWatch:
         elif name not in self._log_heads:  # adopted: its log may hold lines the plane lacks
             self._log_heads[name] = await asyncio.to_thread(last_seq, paths)
         new = await asyncio.to_thread(derive, info, status, alive, paths)
-        if not alive and new.pid is not None and new.state in TERMINAL_STATES:
+        if not alive and new.pid is not None and new.state in VM_ENDED_STATES:
             new = replace(new, pid=None)
         if new != info or name not in self._infos:
             new = await self._set(new, persist=persist)

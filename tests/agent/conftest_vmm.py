@@ -104,7 +104,9 @@ async def wait_gone(vm_dir: Path, *, timeout: float = 30) -> None:
 def vm_launch(tmp_path, vmm_kit, vmm_accel, base_disk):
     """Builds a VmLaunch for a named VM on its own overlay; every VM it made is killed at the
     end of the test, whatever the test did."""
-    from nodes.agent.vmm.qemu import GuestSpec, QemuVm, VmLaunch
+    from nodes.agent.vmm.cmdline import VmLaunch
+    from nodes.agent.vmm.qemu import QemuVm
+    from nodes.agent.vmm.spec import GuestSpec
 
     made: list[Path] = []
 

@@ -132,7 +132,7 @@ async def test_floor_initrd_boots_and_powers_off(vmm_kit, vmm_accel, kernel):
     a PVH note)."""
     from dataclasses import replace
 
-    from nodes.agent.vmm.qemu import floor_command_line, host_tsc_khz
+    from nodes.agent.vmm.cmdline import floor_command_line, host_tsc_khz
 
     vmm_kit = replace(vmm_kit, kernel=vmm_kit.kernel.with_name(kernel))
     tsc_khz = await asyncio.to_thread(host_tsc_khz)

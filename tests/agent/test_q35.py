@@ -12,8 +12,10 @@ import pytest
 
 from nodes.agent.vfio import Vfio
 from nodes.agent.vmm.accel import Accel
+from nodes.agent.vmm.cmdline import VmLaunch, command_line
 from nodes.agent.vmm.q35 import GuestNode, Q35Machine, hole64_bytes, plan
-from nodes.agent.vmm.qemu import GuestSpec, QemuVm, VmLaunch, command_line
+from nodes.agent.vmm.qemu import QemuVm
+from nodes.agent.vmm.spec import GuestSpec
 from tests.agent.conftest_vmm import *  # noqa: F401,F403
 from tests.agent.conftest_vmm import wait_for_event
 from tests.agent.sysfs_trees import tree

@@ -14,8 +14,12 @@ import sys
 import pytest
 
 from nodes.agent.errors import AgentError
+from nodes.agent.images import ImageStore, OciImageStore
 from nodes.agent.lifecycle import guest_command
+from nodes.agent.network import LinuxNetwork, Network, NetworkConfig
 from nodes.agent.runtime import MicroVmRuntime
+from nodes.agent.vmm import Vmm
+from nodes.agent.vmm.qemu import QemuVm
 from nodes.protocol import ReplicaSpec
 from tests.agent.fakes import FakeImageConfig, FakeImageStore, FakeNetwork, FakeVmm, fake_accel, fake_kit
 
@@ -34,6 +38,19 @@ def make_runtime(tmp_path, parts, **kw):
         tmp_path / "data", images=images, network=network, vmm=vmm, kit_provider=fake_kit,
         accel_provider=fake_accel, poll_interval=0.02, **kw,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def web(name: str) -> tuple[ReplicaSpec, int]:
+    """A replica serving HTTP on a free port of 127.0.0.1 (where FakeVmm's guests live), and the port."""
+    port = free_port()
+    return ReplicaSpec(name=name, image="sh", traffic_port=port,
+                       entrypoint=[sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)]), port
 
 
 async def wait_state(rt, name, states, timeout=10):
@@ -132,11 +149,7 @@ async def test_a_state_is_announced_by_the_time_anyone_can_read_it(tmp_path, par
 async def test_health_check_gates_running_and_stop_leaves_nothing(tmp_path, parts):
     images, network, vmm = parts
     rt = make_runtime(tmp_path, parts)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    spec = ReplicaSpec(name="srv", image="sh", entrypoint=[sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)],
-                       traffic_port=port)
+    spec, port = web("srv")
     info = await rt.start(spec)
     assert info.state == "running" and info.host_port == port
     _, writer = await asyncio.open_connection("127.0.0.1", port)  # it answers
@@ -152,14 +165,12 @@ async def test_health_check_gates_running_and_stop_leaves_nothing(tmp_path, part
 
 
 async def test_a_health_check_that_keeps_failing_is_announced_once_per_reason(tmp_path, parts, monkeypatch):
-    from nodes.agent import runtime as runtime_module
+    from nodes.agent import runtime_boot
 
-    monkeypatch.setattr(runtime_module, "HEALTH_QUIET_S", 0.3)
+    monkeypatch.setattr(runtime_boot, "HEALTH_QUIET_S", 0.3)
     rt = make_runtime(tmp_path, parts)
     events = rt.subscribe()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # The port opens only after a second and a half: refused until then.
     spec = ReplicaSpec(name="slow", image="sh", args=[f"sleep 1.5; exec {sys.executable} -m http.server -b 127.0.0.1 {port}"],
                        traffic_port=port)
@@ -249,11 +260,8 @@ async def test_an_adopted_vm_gets_its_network_checked_again(tmp_path, parts):
     alone (what every CLI command does) leaves the network as it is."""
     images, network, vmm = parts
     rt = make_runtime(tmp_path, parts)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    await rt.start(ReplicaSpec(name="web", image="sh", traffic_port=port,
-                               entrypoint=[sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)]))
+    spec, port = web("web")
+    await rt.start(spec)
     await rt.close()
     network.calls.clear()
 
@@ -278,3 +286,39 @@ async def test_start_and_stop_of_one_vm_never_interleave(tmp_path, parts):
     assert stopped.state == "stopped"
     names = [c[0] for c in vmm.calls]
     assert names.index("launch") < names.index("stop")
+
+
+def only(part, protocol):
+    """`part` showing nothing but what `protocol` declares: a runtime that asks it for anything
+    else fails with an AttributeError."""
+    declared = {name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")}
+
+    class Only:
+        def __getattr__(self, name):
+            if name not in declared:
+                raise AttributeError(f"{name} is not part of {protocol.__name__}")
+            return getattr(part, name)
+
+    return Only()
+
+
+def test_the_fakes_and_the_real_parts_are_what_the_runtime_asks_for(tmp_path, parts):
+    images, network, vmm = parts
+    real = OciImageStore(tmp_path / "oci"), LinuxNetwork(NetworkConfig(), tmp_path / "net"), QemuVm()
+    for part, protocol in zip((*parts, *real), (ImageStore, Network, Vmm) * 2):
+        assert isinstance(part, protocol), (part, protocol)
+
+
+async def test_the_runtime_asks_its_far_sides_only_what_their_protocols_declare(tmp_path, parts):
+    images, network, vmm = parts
+    narrowed = only(images, ImageStore), only(network, Network), only(vmm, Vmm)
+    rt = make_runtime(tmp_path, narrowed)
+    await rt.start(web("web")[0])
+    await rt.close()
+    rt2 = make_runtime(tmp_path, narrowed)
+    assert [i.name for i in await rt2.recover()] == ["web"]
+    await rt2.reassert_networks()
+    await rt2.remove("web")
+    called = {c[0] for part in parts for c in part.calls}
+    assert {"ensure_disk", "create_overlay", "evict", "ensure_host", "ensure_tap", "publish_port", "remove",
+            "launch", "stop"} <= called

@@ -19,8 +19,9 @@ import pytest
 from nodes.agent.errors import AgentError
 from nodes.agent.vmm import qmp
 from nodes.agent.vmm.accel import Accel, probe_accel
+from nodes.agent.vmm.cmdline import VmFiles
 from nodes.agent.vmm.memory import memory_use
-from nodes.agent.vmm.qemu import QemuVm, VmFiles, alive, read_pid
+from nodes.agent.vmm.qemu import QemuVm, alive, read_pid
 from nodes.agent.vmm.spec import GuestSpec, render
 from tests.agent.conftest_vmm import *  # noqa: F401,F403
 from tests.agent.conftest_vmm import REPO, TEST_UID, status_events, wait_for_event, wait_gone
