@@ -41,6 +41,7 @@ from nodes.agent.runtime_build import DEFAULT_BRIDGE, DEFAULT_SUBNET, build_runt
 from nodes.agent.simulate import BOARDS, SimulatedSysfs, build_tree
 from nodes.agent.sysfs import Sysfs
 from nodes.protocol import Inventory, ReplicaSpec
+from nodes.vocabulary import FAILED
 
 if TYPE_CHECKING:
     from nodes.agent.runtime import MicroVmRuntime
@@ -242,7 +243,7 @@ async def _run(args: argparse.Namespace) -> int:
         printer.cancel()
         await runtime.close()
     _emit(info.public())
-    return 1 if info.state == "failed" else 0
+    return 1 if info.state == FAILED else 0
 
 
 async def _vm(args: argparse.Namespace) -> int:

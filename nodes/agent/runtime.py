@@ -42,7 +42,7 @@ from nodes.agent.runtime_watch import VmWatch
 from nodes.agent.state import StateStore, VmInfo, is_locked, validate_name
 from nodes.agent.vmm import Vmm
 from nodes.protocol import ReplicaSpec
-from nodes.vocabulary import VM_ENDED_STATES
+from nodes.vocabulary import STOPPING, VM_ENDED_STATES
 
 # The guest kit for a kit cache dir, and the accelerator probe for (kit cache, kit):
 # guest.kit.ensure_kit and vmm.accel.probe_accel, or a test's fakes.
@@ -178,7 +178,7 @@ class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmLogReads):
             raise AgentError(f"no VM named {name}", permanent=True)
         await self._unwatch(name)
         if info.state not in VM_ENDED_STATES:
-            info = await self._set(replace(info, state="stopping", stop_requested=True))
+            info = await self._set(replace(info, state=STOPPING, stop_requested=True))
         await self.vmm.stop(paths.dir, timeout=self.stop_timeout if timeout is None else timeout)
         info = await self._refresh(name, paths, info)
         await self._release(name)

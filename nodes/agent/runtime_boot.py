@@ -25,7 +25,7 @@ from nodes.agent.state import VmInfo, VmPaths, validate_name
 from nodes.agent.vmm.cmdline import VmLaunch
 from nodes.agent.vmm.spec import GuestSpec
 from nodes.protocol import ReplicaSpec
-from nodes.vocabulary import VM_ENDED_STATES
+from nodes.vocabulary import BOOTING, FAILED, PULLING, RESTARTING, RUNNING, STARTING, STOPPED, VM_ENDED_STATES
 
 # A workload's port usually refuses for a moment while it starts: failures within this long
 # are the normal start, not news for the plane.
@@ -57,7 +57,7 @@ class VmBoot:
             self._status.pop(spec.name, None)
             paths = await asyncio.to_thread(self.store.create, spec.name)
             await asyncio.to_thread(self.store.write_spec, spec)
-            info = VmInfo(name=spec.name, state="pulling", image=spec.image, started_at=self._clock())
+            info = VmInfo(name=spec.name, state=PULLING, image=spec.image, started_at=self._clock())
             await self._set(info)
             try:
                 return await self._boot(spec, paths, info)
@@ -75,7 +75,7 @@ class VmBoot:
         info = await self._set(replace(info, accel=accel.name))
 
         def progress(p: Any) -> None:
-            self._emit(RuntimeEvent(spec.name, "pulling", self._clock(), phase=p.phase,
+            self._emit(RuntimeEvent(spec.name, PULLING, self._clock(), phase=p.phase,
                                     done_bytes=p.done_bytes, total_bytes=p.total_bytes))
 
         credentials = None
@@ -84,7 +84,7 @@ class VmBoot:
         disk = await self.images.ensure_disk(spec.image, credentials=credentials, tenant=spec.tenant_id,
                                              progress=progress)
         argv, env = guest_command(disk.config, spec)
-        info = await self._set(replace(info, state="booting", digest=disk.digest))
+        info = await self._set(replace(info, state=BOOTING, digest=disk.digest))
         await self.images.create_overlay(disk, paths.overlay)
         await self._ensure_network()
         net = await self.network.ensure_tap(spec.name)
@@ -102,20 +102,20 @@ class VmBoot:
         pid = await self.vmm.launch(launch)
         info = await self._set(replace(info, pid=pid))
         self._watch(spec.name)
-        info = await self._wait_for(spec.name, lambda i: i.state not in ("booting",), self.boot_timeout,
+        info = await self._wait_for(spec.name, lambda i: i.state != BOOTING, self.boot_timeout,
                                     f"workload did not start within {self.boot_timeout:.0f}s")
         if guest_ended(info):  # over before it ran: the watcher stops the VM, and then it has ended
             info = await self._wait_for(spec.name, lambda i: i.state in VM_ENDED_STATES, self.boot_timeout,
                                         f"VM did not stop within {self.boot_timeout:.0f}s of its workload's end")
-        if info.state == "failed":
+        if info.state == FAILED:
             raise AgentError(info.reason or "VM failed", permanent=True)
-        if info.state == "stopped":
+        if info.state == STOPPED:
             return info  # the workload already ran to completion with code 0
         if spec.traffic_port:
             await self._health(spec.name, str(net.address), spec.traffic_port)
         current = self._infos[spec.name]
-        if current.state in ("starting", "restarting"):
-            current = await self._set(replace(current, state="running", reason=gpus.notice))
+        if current.state in (STARTING, RESTARTING):
+            current = await self._set(replace(current, state=RUNNING, reason=gpus.notice))
         return current
 
     async def _health(self, name: str, host: str, port: int) -> None:
@@ -129,7 +129,7 @@ class VmBoot:
         async def failing(reason: str) -> None:
             if time.monotonic() - began >= HEALTH_QUIET_S and (not told or told[-1] != reason):
                 told.append(reason)
-                self._emit(RuntimeEvent(name, "starting", self._clock(), f"health check failing: {reason}",
+                self._emit(RuntimeEvent(name, STARTING, self._clock(), f"health check failing: {reason}",
                                         phase="health"))
 
         check = asyncio.ensure_future(self._health_check(host, port, timeout=self.health_timeout, netns=self.netns,
@@ -149,11 +149,11 @@ class VmBoot:
 
     async def _fail_start(self, name: str, reason: str) -> None:
         """A failed start keeps its dir (state, logs) but no process, TAP, rule or overlay."""
-        info = self._infos.get(name) or VmInfo(name=name, state="failed")
+        info = self._infos.get(name) or VmInfo(name=name, state=FAILED)
         await self._unwatch(name)
         paths = self.store.paths(name)
         with contextlib.suppress(Exception):
             await self.vmm.stop(paths.dir, timeout=0)
         await self._release(name)
         await asyncio.to_thread(convert, paths, final=True, clock=self._clock)
-        await self._set(replace(info, state="failed", reason=reason, pid=None))
+        await self._set(replace(info, state=FAILED, reason=reason, pid=None))

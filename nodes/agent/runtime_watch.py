@@ -15,7 +15,7 @@ from nodes.agent.errors import AgentError
 from nodes.agent.lifecycle import StatusReader, derive, guest_ended
 from nodes.agent.logs import convert, last_seq
 from nodes.agent.state import VmInfo, VmPaths
-from nodes.vocabulary import VM_ENDED_STATES
+from nodes.vocabulary import BOOTING, STARTING, VM_ENDED_STATES
 
 # Watch pass interval while a VM boots (see _watch_loop); running VMs use poll_interval.
 BOOT_POLL_S = 0.03
@@ -61,7 +61,7 @@ class VmWatch:
                 continue
             # Until the workload runs, a start() waits on this loop to see the start event: a
             # tighter pass there is start latency saved, and a booting VM has few logs to convert.
-            booting = info.state in ("booting", "starting")
+            booting = info.state in (BOOTING, STARTING)
             await asyncio.sleep(min(self.poll_interval, BOOT_POLL_S) if booting else self.poll_interval)
 
     async def _refresh(self, name: str, paths: VmPaths, info: VmInfo, *, persist: bool = True) -> VmInfo:
