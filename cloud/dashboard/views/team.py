@@ -14,9 +14,9 @@ from django.views.decorators.http import require_POST
 
 from accounts import members as team
 from accounts.services import service_account_create
-from cloud.dashboard.tenancy import MANAGERS, SESSION_KEY, tenant_view
+from cloud.dashboard.tenancy import SESSION_KEY, tenant_view
 from cloud.exceptions import ApplicationError, NotFound
-from nodes.vocabulary import MEMBER, ROLES
+from nodes.vocabulary import MANAGER_ROLES, MEMBER, ROLES
 
 
 def _say(request, exc: ApplicationError) -> None:
@@ -26,7 +26,7 @@ def _say(request, exc: ApplicationError) -> None:
 @tenant_view()
 def members(request):
     if request.method == "POST":
-        if request.tenant_role not in MANAGERS:
+        if request.tenant_role not in MANAGER_ROLES:
             return render(request, "dashboard/forbidden.html", status=403, context={
                 "detail": f"Your role in {request.tenant.slug} is '{request.tenant_role}'; only an owner or admin "
                           "can invite members."})
