@@ -18,7 +18,7 @@ from django.utils import timezone
 from billing.selectors import billed_interval_annotations, deployment_cost_annotations, funds_notices_expression
 from cloud.deployments.models import Deployment, Event, LogLine, Replica
 from cloud.exceptions import NotFound
-from nodes.models import Gpu, Node
+from nodes.selectors import replica_gpus
 from nodes.vocabulary import TERMINAL_STATES
 
 # Columns the API representation shows; the rest (encrypted blobs, registry user, price
@@ -190,8 +190,7 @@ def replicas_for(*, tenant, deployment_id, live: bool = False) -> QuerySet[Repli
             "node__id", "node__hostname", "node__public_address", "node__simulated",
             "node__location__slug", "deployment__traffic_port",
         )
-        .prefetch_related(Prefetch("gpus", queryset=Gpu.objects.only(
-            "id", "replica_id", "index", "uuid", "model", "pci_bdf", "numa_node", "nvlink_domain")))
+        .prefetch_related(Prefetch("gpus", queryset=replica_gpus()))
         .annotate(**billed_interval_annotations())
         .order_by("ordinal", "generation")
     )
@@ -415,8 +414,3 @@ def events_for_tenant(*, tenant, after: int = 0, deployment_id=None, types: tupl
         queryset = queryset.filter(kinds)
     return _events(queryset, after=after, before=None, limit=limit)
 
-
-def node_for_pinning(*, node_id) -> Node | None:
-    """A node a customer may pin to: any registered node (placement decides later whether it
-    is online); only its hardware type and location are checked at create."""
-    return Node.objects.filter(pk=node_id).only("id", "hardware_type_id", "location_id", "status").first()
