@@ -19,7 +19,7 @@ from billing.selectors import billed_interval_annotations, deployment_cost_annot
 from cloud.deployments.models import Deployment, Event, LogLine, Replica
 from cloud.exceptions import NotFound
 from nodes.selectors import replica_gpus
-from nodes.vocabulary import TERMINAL_STATES
+from nodes.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
 
 # Columns the API representation shows; the rest (encrypted blobs, registry user, price
 # history) stays on disk for the list endpoint, which is benchmarked at 5,000 rows a tenant.
@@ -30,8 +30,9 @@ _SHOWN_FIELDS = (
     "created_at", "updated_at", "started_at", "stopped_at", "expires_at",
 )
 
-# States in which a replica is no longer wanted on a node (for counting what is in use).
-INACTIVE_DEPLOYMENT_STATUSES = (Deployment.Status.STOPPED, Deployment.Status.FAILED, Deployment.Status.EXPIRED)
+# Deployments that hold (or wait for) hardware, for counting what is in use: the live ones and
+# those stopping, whose VMs run until their nodes confirm.
+HOLDING_STATUSES = (*LIVE_STATUSES, STOPPING)
 
 
 def _visible(*, tenant) -> QuerySet[Deployment]:
@@ -132,7 +133,7 @@ def gpus_in_use_for(*, tenant, exclude_id=None) -> int:
     counts slots, not GPUs."""
     queryset = (
         _visible(tenant=tenant)
-        .exclude(status__in=INACTIVE_DEPLOYMENT_STATUSES)
+        .filter(status__in=HOLDING_STATUSES)
         .filter(hardware_type__cpu_only=False)
     )
     if exclude_id is not None:
@@ -157,7 +158,7 @@ def commitments_for(*, tenant, exclude_id=None) -> list[Commitment]:
     """The tenant's deployments that hold (or wait for) hardware: the same set `gpus_in_use_for`
     counts (pending, starting, running, and stopping, whose VMs run until their node confirms),
     for the funds check to price. One query."""
-    queryset = _visible(tenant=tenant).exclude(status__in=INACTIVE_DEPLOYMENT_STATUSES)
+    queryset = _visible(tenant=tenant).filter(status__in=HOLDING_STATUSES)
     if exclude_id is not None:
         queryset = queryset.exclude(pk=exclude_id)
     rows = queryset.order_by().annotate(
