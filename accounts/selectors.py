@@ -115,3 +115,11 @@ def owner_emails_for(*, tenant) -> list[str]:
     """Where a tenant's owners are written to (billing notices)."""
     return sorted({email for email in Membership.objects.filter(tenant=tenant, role=Membership.Role.OWNER)
                    .values_list("user__email", flat=True) if email})
+
+
+# Added by the deployments/nodes split (issue 24): the quota and funds checks lock the tenant
+# row through this instead of importing accounts.models.
+def tenant_for_update(tenant_id) -> Tenant:
+    """The tenant row locked (SELECT ... FOR UPDATE) for the caller's transaction, fresh from
+    the database: requests that count against its quotas or balance queue behind each other."""
+    return Tenant.objects.select_for_update().get(pk=tenant_id)

@@ -5,6 +5,7 @@ nothing in the admin can show a node credential, only whether one is set."""
 
 import json
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.urls import reverse
@@ -108,11 +109,36 @@ class NodeEventAdmin(admin.ModelAdmin):
         return False
 
 
+class NodeChangeForm(forms.ModelForm):
+    """A node's page: the public address changes only through `services.node_set_public_address`
+    (which checks and normalises it). No model field is in this form, so the form itself writes
+    nothing; this unbound field carries the operator's new value to the service."""
+
+    new_public_address = forms.CharField(
+        required=False, label="Public address",
+        help_text="The IP address customers' endpoints use (http://<address>:<host port>); empty for none.")
+
+    class Meta:
+        model = Node
+        fields: list[str] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["new_public_address"].initial = self.instance.public_address or ""
+
+    def clean_new_public_address(self):
+        try:
+            return services.public_address_clean(self.cleaned_data["new_public_address"])
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.detail) from None
+
+
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
     """Nodes are created here (or with `manage.py create_node`) and then only changed through
-    nodes/services.py: cordon, drain, uncordon, revoke, a new join token. No status field is
-    editable, and what the agent reports (inventory, versions, `simulated`) is read-only."""
+    nodes/services.py: cordon, drain, uncordon, revoke, a new join token, a new public address
+    (NodeChangeForm). No status field is editable, and what the agent reports (inventory,
+    versions, `simulated`) is read-only."""
 
     list_display = ["hostname", "simulated", "status", "location", "hardware_type", "gpus_free", "gpu_passthrough",
                     "last_heartbeat", "agent_version", "accelerator"]
@@ -142,9 +168,15 @@ class NodeAdmin(admin.ModelAdmin):
             return ["hostname", "hardware_type", "location", "public_address"]
         return super().get_fields(request, obj)
 
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is not None:
+            kwargs["form"] = NodeChangeForm
+        return super().get_form(request, obj, **kwargs)
+
     def save_model(self, request, obj, form, change):
         if change:
-            Node.objects.filter(pk=obj.pk).update(public_address=obj.public_address)
+            # Only the address is editable here, and only through its service.
+            services.node_set_public_address(node_id=obj.pk, public_address=form.cleaned_data["new_public_address"])
             return
         try:
             made = services.node_create(hostname=obj.hostname, hardware_type=obj.hardware_type, location=obj.location,

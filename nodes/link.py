@@ -4,8 +4,8 @@ replicas without importing the deployments app (imports run one way: deployments
 - `notify_node(node_id)`: after a commit that changed what a node should run, its consumer
   (wherever it runs: any daphne process) recomputes the desired set and sends the difference.
 - `disconnect_node(node_id)`: closes the node's socket (credential revoked or replaced).
-- `ReplicaSink`: what the consumer needs of the replica side; the deployments app registers
-  its implementation in `AppConfig.ready()`.
+- `ReplicaSink`: what the consumer (and the capacity reads in nodes/selectors.py) need of the
+  replica side; the deployments app registers its implementation in `AppConfig.ready()`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Protocol
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+from django.db.models import QuerySet
 
 from nodes.protocol import DesiredReplica, LogEntry, ReplicaReport
 
@@ -81,6 +82,11 @@ class ReplicaSink(Protocol):
 
     def log_heads(self, *, node_id: int, heads: dict[str, int]) -> None:
         """The node's heartbeat: the last seq in each of its replicas' logs."""
+
+    def unfinished_replicas(self) -> QuerySet:
+        """Every replica not yet over (`TERMINAL_STATES`), as a queryset with a `node_id`
+        column: each holds a unit on its node. Lazy, so a selector can filter it into a
+        subquery of its own query."""
 
 
 _sink: ReplicaSink | None = None

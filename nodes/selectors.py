@@ -8,12 +8,16 @@ aggregate over online nodes), never one query per node or per GPU.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from cloud.exceptions import NotFound
-from nodes.models import Gpu, HardwareType, Location, Node
+from nodes import link
+from nodes.models import CpuSlot, Gpu, HardwareType, Location, Node
 
 # -- read by billing and templates ----------------------------------------------------------------
 
@@ -26,16 +30,63 @@ def gpus_by_location() -> dict[int, tuple[int, int]]:
             .values_list("node__location_id", "real", "simulated")}
 
 
-# Replica states that hold a slot on their node (cpu-only kinds count replicas, not GPUs).
-_FINISHED_REPLICA_STATES = ("stopped", "failed", "lost")
-
-
 def locations_list() -> QuerySet[Location]:
     return Location.objects.order_by("id")
 
 
+def locations_by_id(ids) -> dict[int, Location]:
+    return {loc.id: loc for loc in Location.objects.filter(pk__in=ids)}
+
+
 def hardware_types_list() -> QuerySet[HardwareType]:
     return HardwareType.objects.order_by("id")
+
+
+def hardware_type_get(hardware_type_id) -> HardwareType | None:
+    return HardwareType.objects.filter(pk=hardware_type_id).first()
+
+
+def joined_by_nvswitch(hardware: HardwareType) -> bool:
+    """A board whose GPUs are joined by NVSwitches: a VM gets one GPU or all of them."""
+    return hardware.interconnect == HardwareType.Interconnect.NVSWITCH
+
+
+# -- single nodes --------------------------------------------------------------------------------
+
+
+def node_get(node_id: int) -> Node:
+    return Node.objects.get(pk=node_id)
+
+
+def node_for_pinning(*, node_id) -> Node | None:
+    """A node a customer may pin to: any registered node (placement decides later whether it
+    is online); only its hardware type and location are checked at create."""
+    return Node.objects.filter(pk=node_id).only("id", "hardware_type_id", "location_id", "status").first()
+
+
+def node_hostname(node_id: int) -> str | None:
+    return Node.objects.filter(pk=node_id).values_list("hostname", flat=True).first()
+
+
+def nodes_draining() -> QuerySet[Node]:
+    return Node.objects.filter(status=Node.Status.DRAINING)
+
+
+# -- GPUs as replicas hold them ------------------------------------------------------------------
+
+
+def replica_gpus() -> QuerySet[Gpu]:
+    """GPU rows shaped for a replica's API representation (the deployments app prefetches
+    them as each replica's `gpus`)."""
+    return Gpu.objects.only("id", "replica_id", "index", "uuid", "model", "pci_bdf", "numa_node", "nvlink_domain")
+
+
+def gpu_bdfs_by_replica(replicas) -> dict[int, list[str]]:
+    """{replica id: its GPUs' PCI addresses, by index} for these replicas (ids or rows)."""
+    bdfs: dict[int, list[str]] = {}
+    for replica_pk, bdf in Gpu.objects.filter(replica__in=replicas).order_by("index").values_list("replica_id", "pci_bdf"):
+        bdfs.setdefault(replica_pk, []).append(bdf)
+    return bdfs
 
 
 def _count_subquery(queryset) -> Coalesce:
@@ -56,13 +107,11 @@ def capacity_by_hardware() -> dict[int, list[dict]]:
     kind: free replica slots), max_gpus_per_replica_now (the largest allowed count that fits on
     one node now: a replica never spans nodes).
     """
-    from cloud.deployments.models import Replica  # the deployments app imports nodes, not the reverse
-
     free_gpus = _count_subquery(Gpu.objects.filter(node_id=OuterRef("pk"), replica__isnull=True,
                                                    health=Gpu.Health.OK, node__gpu_passthrough=True))
-    busy_slots = _count_subquery(
-        Replica.objects.filter(node_id=OuterRef("pk")).exclude(state__in=_FINISHED_REPLICA_STATES)
-    )
+    # Replicas that hold a slot on their node (cpu-only kinds count replicas, not GPUs); the
+    # deployments app hands them over through the link (it imports nodes, not the reverse).
+    busy_slots = _count_subquery(link.sink().unfinished_replicas().filter(node_id=OuterRef("pk")))
     nodes = (
         Node.objects.filter(status=Node.Status.ONLINE)
         .annotate(free_gpus=free_gpus, busy_slots=busy_slots)
@@ -97,11 +146,94 @@ def capacity_by_hardware() -> dict[int, list[dict]]:
     return by_hardware
 
 
+# -- room for replicas: the scheduler and estimates ---------------------------------------------
+
+
+def liveness_window() -> timedelta:
+    """How recent a node's heartbeat must be for anything to be placed on it."""
+    return timedelta(seconds=getattr(settings, "NODE_LIVENESS_WINDOW_S", 30))
+
+
+def _rank_sql(unit_model, *, gpu: bool) -> str:
+    """Nodes that can take one replica, best first: fewest of the deployment's unfinished
+    replicas already there (spread), then fewest free units (best fit), then id.
+
+    Raw SQL because the ORM spent about 2 ms of CPU building and compiling this query (two
+    correlated counts, the location rule) for every placement: more than PostgreSQL spent
+    running it, and a fifth of a placement (bench/scheduler.py)."""
+    # A GPU is free when no replica holds it and its node says it is in service; a GPU node
+    # takes GPU work only while its preflight says its GPUs can be passed through.
+    in_service = " AND u.health = 'ok'" if gpu else ""
+    passthrough = " AND n.gpu_passthrough" if gpu else ""
+    return f"""
+        SELECT id, hostname FROM (
+            SELECT n.id, n.hostname,
+                (SELECT count(*) FROM {unit_model._meta.db_table} u
+                  WHERE u.node_id = n.id AND u.replica_id IS NULL{in_service}) AS free,
+                cardinality(array_positions(%(spread)s::bigint[], n.id)) AS mine
+            FROM {Node._meta.db_table} n
+            WHERE n.status = %(online)s AND n.last_heartbeat >= %(fresh)s AND n.hardware_type_id = %(hardware)s
+              AND (%(node)s::bigint IS NULL OR n.id = %(node)s){passthrough}
+              -- a deployment without locations may go anywhere
+              AND (cardinality(%(locations)s::bigint[]) = 0 OR n.location_id = ANY(%(locations)s::bigint[]))
+        ) n
+        WHERE free >= %(units)s
+        ORDER BY mine, free, id
+        LIMIT %(limit)s
+    """
+
+
+RANK_SQL = {False: _rank_sql(Gpu, gpu=True), True: _rank_sql(CpuSlot, gpu=False)}
+
+
+def nodes_ranked(*, hardware_type_id: int, location_ids: list[int], node_id: int | None, cpu_only: bool, units: int,
+                 spread: list[int], limit: int = 20) -> list[Node]:
+    """The nodes one replica could go to now, best first (see `_rank_sql`). `spread` names the
+    node of each of the deployment's unfinished replicas already placed, once per replica
+    (anti-affinity); `location_ids` empty means anywhere; `node_id` pins."""
+    return list(Node.objects.raw(RANK_SQL[cpu_only], {
+        "spread": list(spread), "locations": list(location_ids), "online": Node.Status.ONLINE,
+        "fresh": timezone.now() - liveness_window(), "hardware": hardware_type_id,
+        "node": node_id, "units": units, "limit": limit,
+    }))
+
+
+def room_by_location(*, hardware: HardwareType, units: int, location_ids: list[int], node_id: int | None,
+                     now: datetime) -> list[tuple[int, str, int]]:
+    """(location id, slug, free units) of each node the scheduler would consider now (online,
+    heard from within the liveness window) with at least `units` free."""
+    nodes = Node.objects.filter(status=Node.Status.ONLINE, last_heartbeat__gte=now - liveness_window(),
+                                hardware_type=hardware)
+    if location_ids:
+        nodes = nodes.filter(location__in=location_ids)
+    if node_id is not None:
+        nodes = nodes.filter(pk=node_id)
+    unit_model = CpuSlot if hardware.cpu_only else Gpu
+    free = _count_subquery(unit_model.objects.filter(node_id=OuterRef("pk"), replica__isnull=True))
+    return list(nodes.annotate(free=free).filter(free__gte=units).order_by("location_id")
+                .values_list("location_id", "location__slug", "free"))
+
+
+def pinned_node_state(node_id: int) -> tuple[str, str] | None:
+    """(hostname, status) of a node a deployment is pinned to, or None when it is gone."""
+    return Node.objects.filter(pk=node_id).values_list("hostname", "status").first()
+
+
+def nodes_online_of(*, hardware: HardwareType, location_ids: list[int], cpu_only: bool) -> tuple[int, int, int]:
+    """(nodes, online, online but unable to pass GPUs through) of this hardware type in these
+    locations (all of them when empty): why a replica found no room."""
+    scope = Node.objects.filter(hardware_type=hardware)
+    if location_ids:
+        scope = scope.filter(location_id__in=location_ids)
+    total = scope.count()
+    online = scope.filter(status=Node.Status.ONLINE)
+    blocked = 0 if cpu_only else online.filter(gpu_passthrough=False).count()
+    return total, online.count(), blocked
+
+
 def fleet_summary() -> dict:
     """Operators' view of the fleet: nodes by status, GPUs and CPU slots total / free /
     allocated, each split into real and simulated (a simulated GPU is never counted as real)."""
-    from nodes.models import CpuSlot
-
     nodes: dict[str, dict[str, int]] = {"real": defaultdict(int), "simulated": defaultdict(int)}
     for status, simulated, n in Node.objects.values_list("status", "simulated").annotate(n=Count("pk")).order_by():
         nodes["simulated" if simulated else "real"][status] += n

@@ -29,6 +29,8 @@ from cloud.upsert import row_upsert
 from nodes import link
 from nodes.models import CpuSlot, Gpu, HardwareType, JoinToken, Location, Node, NodeEvent
 from nodes.protocol import PROTOCOL_VERSION, Inventory
+# The scheduler's claims on GPUs and CPU slots: written in nodes/units.py, called as services.
+from nodes.units import units_claim, units_free  # noqa: F401
 
 # -- written by templates' load_catalog and billing's price book ----------------------------------
 
@@ -145,16 +147,34 @@ def node_create(*, hostname: str, hardware_type, location, public_address: str |
         raise Conflict(f"A node named '{hostname}' already exists.")
     hardware = hardware_type if isinstance(hardware_type, HardwareType) else _by_id_or_slug(HardwareType, hardware_type, "hardware_type")
     place = location if isinstance(location, Location) else _by_id_or_slug(Location, location, "location")
-    if public_address:
-        try:
-            public_address = str(ipaddress.ip_address(public_address))
-        except ValueError:
-            raise InvalidInput("public_address", f"'{public_address[:60]}' is not an IP address.", code="invalid") from None
     node = Node.objects.create(hostname=hostname, hardware_type=hardware, location=place,
-                               public_address=public_address or None, status=Node.Status.JOINING,
+                               public_address=public_address_clean(public_address), status=Node.Status.JOINING,
                                status_reason="waiting for its agent to join")
     token, expires_at = _issue_join_token(node)
     return NewNode(node=node, join_token=token, expires_at=expires_at)
+
+
+def public_address_clean(public_address) -> str | None:
+    """The address customers' endpoints are built on (http://<address>:<host port>), in its
+    canonical spelling, or None for none; InvalidInput when it is not an IP address."""
+    if not public_address:
+        return None
+    try:
+        return str(ipaddress.ip_address(str(public_address).strip()))
+    except ValueError:
+        raise InvalidInput("public_address", f"'{str(public_address)[:60]}' is not an IP address.", code="invalid") from None
+
+
+@transaction.atomic
+def node_set_public_address(*, node_id: int, public_address) -> Node:
+    """A new address for the node's endpoints (None: none). Every running replica's endpoint
+    moves with it at once: the deployments API reads the address live, nothing caches it."""
+    address = public_address_clean(public_address)
+    node = _for_update(node_id)
+    if address != node.public_address:
+        node.public_address = address
+        node.save(update_fields=["public_address"])
+    return node
 
 
 def _issue_join_token(node: Node) -> tuple[str, object]:

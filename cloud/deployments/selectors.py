@@ -18,8 +18,8 @@ from django.utils import timezone
 from billing.selectors import billed_interval_annotations, deployment_cost_annotations, funds_notices_expression
 from cloud.deployments.models import Deployment, Event, LogLine, Replica
 from cloud.exceptions import NotFound
-from nodes.models import Gpu, Node
-from nodes.vocabulary import TERMINAL_STATES
+from nodes.selectors import replica_gpus
+from nodes.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
 
 # Columns the API representation shows; the rest (encrypted blobs, registry user, price
 # history) stays on disk for the list endpoint, which is benchmarked at 5,000 rows a tenant.
@@ -30,8 +30,9 @@ _SHOWN_FIELDS = (
     "created_at", "updated_at", "started_at", "stopped_at", "expires_at",
 )
 
-# States in which a replica is no longer wanted on a node (for counting what is in use).
-INACTIVE_DEPLOYMENT_STATUSES = (Deployment.Status.STOPPED, Deployment.Status.FAILED, Deployment.Status.EXPIRED)
+# Deployments that hold (or wait for) hardware, for counting what is in use: the live ones and
+# those stopping, whose VMs run until their nodes confirm.
+HOLDING_STATUSES = (*LIVE_STATUSES, STOPPING)
 
 
 def _visible(*, tenant) -> QuerySet[Deployment]:
@@ -132,7 +133,7 @@ def gpus_in_use_for(*, tenant, exclude_id=None) -> int:
     counts slots, not GPUs."""
     queryset = (
         _visible(tenant=tenant)
-        .exclude(status__in=INACTIVE_DEPLOYMENT_STATUSES)
+        .filter(status__in=HOLDING_STATUSES)
         .filter(hardware_type__cpu_only=False)
     )
     if exclude_id is not None:
@@ -157,7 +158,7 @@ def commitments_for(*, tenant, exclude_id=None) -> list[Commitment]:
     """The tenant's deployments that hold (or wait for) hardware: the same set `gpus_in_use_for`
     counts (pending, starting, running, and stopping, whose VMs run until their node confirms),
     for the funds check to price. One query."""
-    queryset = _visible(tenant=tenant).exclude(status__in=INACTIVE_DEPLOYMENT_STATUSES)
+    queryset = _visible(tenant=tenant).filter(status__in=HOLDING_STATUSES)
     if exclude_id is not None:
         queryset = queryset.exclude(pk=exclude_id)
     rows = queryset.order_by().annotate(
@@ -190,8 +191,7 @@ def replicas_for(*, tenant, deployment_id, live: bool = False) -> QuerySet[Repli
             "node__id", "node__hostname", "node__public_address", "node__simulated",
             "node__location__slug", "deployment__traffic_port",
         )
-        .prefetch_related(Prefetch("gpus", queryset=Gpu.objects.only(
-            "id", "replica_id", "index", "uuid", "model", "pci_bdf", "numa_node", "nvlink_domain")))
+        .prefetch_related(Prefetch("gpus", queryset=replica_gpus()))
         .annotate(**billed_interval_annotations())
         .order_by("ordinal", "generation")
     )
@@ -415,8 +415,3 @@ def events_for_tenant(*, tenant, after: int = 0, deployment_id=None, types: tupl
         queryset = queryset.filter(kinds)
     return _events(queryset, after=after, before=None, limit=limit)
 
-
-def node_for_pinning(*, node_id) -> Node | None:
-    """A node a customer may pin to: any registered node (placement decides later whether it
-    is online); only its hardware type and location are checked at create."""
-    return Node.objects.filter(pk=node_id).only("id", "hardware_type_id", "location_id", "status").first()

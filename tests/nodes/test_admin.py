@@ -65,3 +65,44 @@ def test_the_node_page_shows_its_refused_reports(operator_client, node):
     assert "GPU(s) registered to another node: GPU-1" in page
     listed = operator_client.get("/admin/nodes/nodeevent/").content.decode()
     assert "gpu-1.example.net" in listed and "inventory refused" in listed
+
+
+def _change(operator_client, node, **fields):
+    """POSTs the node's change page; the inlines are read-only, so they send no rows."""
+    data = {"new_public_address": "", **fields}
+    for prefix in ("gpus", "slots", "events"):
+        data |= {f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0"}
+    return operator_client.post(f"/admin/nodes/node/{node.pk}/change/", data)
+
+
+def test_the_public_address_changes_through_its_service(operator_client, node, monkeypatch):
+    """Issue 24: the admin form writes no node field itself; the service checks and normalises."""
+    calls = []
+    real = services.node_set_public_address
+    monkeypatch.setattr(services, "node_set_public_address", lambda **kw: calls.append(kw) or real(**kw))
+    response = _change(operator_client, node, new_public_address=" 2001:0db8:0000::0001 ")
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert calls == [{"node_id": node.pk, "public_address": "2001:db8::1"}]
+    node.refresh_from_db()
+    assert node.public_address == "2001:db8::1"
+
+    _change(operator_client, node)  # emptied: no address
+    node.refresh_from_db()
+    assert node.public_address is None
+
+
+def test_an_address_that_is_not_an_ip_is_refused_and_nothing_changes(operator_client, node):
+    Node.objects.filter(pk=node.pk).update(public_address="198.51.100.7")
+    response = _change(operator_client, node, new_public_address="gpu-1.example.net", hostname="renamed")
+    assert response.status_code == 200
+    assert "is not an IP address" in response.content.decode()
+    node.refresh_from_db()
+    assert (node.public_address, node.hostname) == ("198.51.100.7", "gpu-1.example.net")
+
+
+def test_the_service_refuses_what_is_not_an_ip(node):
+    from cloud.exceptions import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        services.node_set_public_address(node_id=node.pk, public_address="not-an-ip")
+    assert services.node_set_public_address(node_id=node.pk, public_address="192.0.2.9").public_address == "192.0.2.9"

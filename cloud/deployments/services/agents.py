@@ -21,16 +21,18 @@ from billing.services import meter_open
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.deployments.services import placement
 from cloud.deployments.services.events import event_record
+from cloud.deployments.services.kick import scheduler_kick
 from cloud.deployments.services.logs import logs_heads_remember, logs_store
-from cloud.deployments.services.status import TERMINAL, deployment_refresh, replica_event, replicas_stop
+from cloud.deployments.services.status import deployment_refresh, replica_event, replicas_stop
 from nodes import link
-from nodes.models import Gpu, Node
+from nodes import selectors as node_selectors
 from nodes.protocol import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
+from nodes.vocabulary import BOOTING, FAILED, RESTARTING, RUNNING, STARTING, STOPPED, TERMINAL_STATES, VM_ENDED_STATES
 
 R = Replica.State
 # What a node reports once a replica's VM process has started. Not `stopping`: a node also says
 # that of a start it is cancelling, before any VM ran.
-_BOOTED = ("booting", "starting", "running", "restarting")
+_BOOTED = (BOOTING, STARTING, RUNNING, RESTARTING)
 
 
 def _uid(replica_id: str) -> uuid.UUID | None:
@@ -82,17 +84,17 @@ def _log_target(node_id: int, replica_id: str) -> Replica:
 def _vm_gone(replica: Replica) -> None:
     replica.vm_gone = True
     if placement.units_release(replica):
-        placement.scheduler_kick()
+        scheduler_kick()
 
 
 def _apply(replica: Replica, report: ReplicaReport) -> None:
     now = timezone.now()
     old_state, old_reason = replica.state, replica.reason
     replica.last_report_at = now
-    if report.state in ("stopped", "failed"):
+    if report.state in VM_ENDED_STATES:
         if not replica.vm_gone:
             _vm_gone(replica)
-    if replica.state in TERMINAL:
+    if replica.state in TERMINAL_STATES:
         replica.save(update_fields=["last_report_at", "vm_gone"])
         return  # ended on the plane (lost or stopped): the node's word no longer moves it
     wanted_stop = replica.desired == Replica.Desired.STOP
@@ -105,7 +107,7 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
         # Its VM process runs (or did, for a report that skipped `booting`): billing starts on
         # the plane's clock, whatever the node's clock or the guest say.
         replica.booted_at = now
-    if report.state in ("stopped", "failed"):
+    if report.state in VM_ENDED_STATES:
         replica.state = R.STOPPED if wanted_stop else report.state
         replica.ended_at = now
         if replica.booted_at is not None and replica.stopped_at is None:
@@ -140,7 +142,7 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
 
 def _replacement_running(replica: Replica) -> None:
     """A drain's replacement runs: the incarnation it replaces may stop now."""
-    old = Replica.objects.filter(replaced_by=replica).exclude(state__in=TERMINAL)
+    old = Replica.objects.filter(replaced_by=replica).exclude(state__in=TERMINAL_STATES)
     replicas_stop(old, reason=f"replaced by generation {replica.generation} (node drain)")
 
 
@@ -166,10 +168,10 @@ class AgentSink:
             for pk, deployment_id in list(missing):
                 Deployment.objects.select_for_update(of=("self",)).filter(pk=deployment_id).first()
                 replica = Replica.objects.select_for_update(of=("self",)).select_related("deployment", "node").get(pk=pk)
-                if replica.state in TERMINAL or replica.desired == Replica.Desired.STOP:
-                    gone = ReplicaReport(replica_id=str(replica.uid), state="stopped")
+                if replica.state in TERMINAL_STATES or replica.desired == Replica.Desired.STOP:
+                    gone = ReplicaReport(replica_id=str(replica.uid), state=STOPPED)
                 else:
-                    gone = ReplicaReport(replica_id=str(replica.uid), state="failed",
+                    gone = ReplicaReport(replica_id=str(replica.uid), state=FAILED,
                                          reason="its node no longer has the VM (the host restarted or its data was lost)")
                 _apply(replica, gone)
 
@@ -179,16 +181,14 @@ class AgentSink:
     def desired(self, *, node_id: int) -> list[DesiredReplica]:
         replicas = list(
             Replica.objects.filter(node_id=node_id, desired=Replica.Desired.RUN)
-            .exclude(state__in=TERMINAL)
+            .exclude(state__in=TERMINAL_STATES)
             .select_related("deployment__hardware_type").order_by("created_at", "id")
         )
         acked = dict(
             LogLine.objects.filter(replica__in=replicas).values("replica_id").annotate(m=Max("seq"))
             .values_list("replica_id", "m")
         )
-        bdfs: dict[int, list[str]] = {}
-        for replica_pk, bdf in Gpu.objects.filter(replica__in=replicas).order_by("index").values_list("replica_id", "pci_bdf"):
-            bdfs.setdefault(replica_pk, []).append(bdf)
+        bdfs = node_selectors.gpu_bdfs_by_replica(replicas)
         return [
             DesiredReplica(replica_id=str(r.uid), spec=replica_spec(r, gpu_bdfs=bdfs.get(r.pk, [])),
                            stop_grace_s=float(r.deployment.stop_grace_seconds), acked_seq=acked.get(r.pk, 0))
@@ -197,16 +197,19 @@ class AgentSink:
 
     def node_online(self, *, node_id: int) -> None:
         with transaction.atomic():
-            placement.scheduler_kick()
+            scheduler_kick()
 
     def log_heads(self, *, node_id: int, heads: dict[str, int]) -> None:
         uids = {uid: seq for key, seq in heads.items() if (uid := _uid(key)) is not None and seq > 0}
         mine = Replica.objects.filter(node_id=node_id, uid__in=list(uids)).values_list("uid", flat=True)
         logs_heads_remember({str(uid): uids[uid] for uid in mine})  # only replicas placed on this node
 
+    def unfinished_replicas(self):
+        return Replica.objects.exclude(state__in=TERMINAL_STATES)
+
     def node_changed(self, *, node_id: int, status: str, reason: str) -> None:
-        hostname = Node.objects.filter(pk=node_id).values_list("hostname", flat=True).first()
-        deployments = (Replica.objects.filter(node_id=node_id).exclude(state__in=TERMINAL)
+        hostname = node_selectors.node_hostname(node_id)
+        deployments = (Replica.objects.filter(node_id=node_id).exclude(state__in=TERMINAL_STATES)
                        .values_list("deployment_id", "deployment__tenant_id").distinct())
         for deployment_id, tenant_id in deployments:
             event_record(tenant_id=tenant_id, deployment_id=deployment_id, type=f"node.{status}",

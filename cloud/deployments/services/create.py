@@ -14,25 +14,27 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.services import hourly_cost, price_quote
-from cloud.deployments import selectors
 from cloud.deployments.models import Deployment
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
 from cloud.deployments.services.status import PENDING_REASON, incarnations_create
 from cloud.exceptions import Conflict, InvalidInput, NotFound
-from nodes.models import HardwareType, Location, Node
-from templates.models import Template
+from nodes import selectors as node_selectors
 from templates.selectors import template_get
 
 MAX_GPUS_WITHOUT_TEMPLATE = 8
 
 
-def _template_for(*, tenant, ref: str) -> Template:
+# Rows of other apps (a Template, a HardwareType, Locations, a Node) come from their selectors.
+
+
+def _template_for(*, tenant, ref: str):
     """The one template lookup the templates API uses too (id or slug, private before global),
     reported against the request field that named it."""
     try:
@@ -42,13 +44,13 @@ def _template_for(*, tenant, ref: str) -> Template:
                            code="unknown_template") from None
 
 
-def _gpu_range(*, template: Template | None, hardware: HardwareType) -> tuple[int, int]:
+def _gpu_range(*, template, hardware) -> tuple[int, int]:
     if template is not None:
         return template.min_gpus, template.max_gpus
     return (0 if hardware.cpu_only else 1), MAX_GPUS_WITHOUT_TEMPLATE
 
 
-def _pick_hardware(*, template, gpus: int | None, hardware: HardwareType | None) -> tuple[HardwareType, int]:
+def _pick_hardware(*, template, gpus: int | None, hardware) -> tuple[Any, int]:
     """The hardware type and GPUs per replica to use.
 
     Both given: checked. GPUs omitted: the smallest count the hardware allows within the
@@ -58,7 +60,7 @@ def _pick_hardware(*, template, gpus: int | None, hardware: HardwareType | None)
     if hardware is not None:
         candidates = [hardware]
     else:
-        candidates = list(HardwareType.objects.order_by("id"))
+        candidates = list(node_selectors.hardware_types_list())
         if template is None and gpus is None:
             candidates = [h for h in candidates if not h.cpu_only]
     options: list[tuple] = []
@@ -83,7 +85,7 @@ def _pick_hardware(*, template, gpus: int | None, hardware: HardwareType | None)
         allowed = ", ".join(str(c) for c in sorted(hardware.allowed_gpu_counts))
         what = gpus if gpus is not None else "a fitting count"
         why = ""
-        if hardware.interconnect == HardwareType.Interconnect.NVSWITCH and gpus is not None and 1 < gpus < hardware.gpus_per_node:
+        if node_selectors.joined_by_nvswitch(hardware) and gpus is not None and 1 < gpus < hardware.gpus_per_node:
             why = (f" Its {hardware.gpus_per_node} GPUs are joined by NVSwitches, and a VM gets either one GPU (its "
                    "NVLinks unused) or the whole board with every NVSwitch: 2- and 4-GPU NVLink partitions need "
                    "Fabric Manager's shared-NVSwitch mode, which Gantry does not offer yet.")
@@ -100,10 +102,10 @@ def _pick_hardware(*, template, gpus: int | None, hardware: HardwareType | None)
     )
 
 
-def _locations(location_ids: list[int] | None) -> list[Location]:
+def _locations(location_ids: list[int] | None) -> list:
     if not location_ids:
         return []
-    found = {loc.id: loc for loc in Location.objects.filter(pk__in=location_ids)}
+    found = node_selectors.locations_by_id(location_ids)
     missing = [i for i in location_ids if i not in found]
     if missing:
         raise InvalidInput(
@@ -113,7 +115,7 @@ def _locations(location_ids: list[int] | None) -> list[Location]:
     return [found[i] for i in location_ids]
 
 
-def _name_base(*, template: Template | None, image: str) -> str:
+def _name_base(*, template, image: str) -> str:
     if template is not None:
         base = template.slug
     else:
@@ -136,12 +138,12 @@ def _unique_name(*, tenant, base: str) -> str:
 class Resolved:
     """What a create body means against the catalog, as create and estimate both see it."""
 
-    template: Template | None
+    template: Any  # a Template, or None
     image: str | None
-    node: Node | None
-    hardware: HardwareType
+    node: Any  # the Node it is pinned to, or None
+    hardware: Any  # a HardwareType
     gpus: int
-    locations: list[Location]
+    locations: list  # of Location
     replica_count: int
     price_per_gpu_hour: Decimal  # the price book's quote now, per GPU-hour (per slot-hour on CPU-only kinds)
     hourly_cost: Decimal
@@ -158,20 +160,20 @@ def spec_resolve(*, tenant, spec: dict, need_image: bool = True) -> Resolved:
 
     node = None
     if spec.get("node_id") is not None:
-        node = selectors.node_for_pinning(node_id=spec["node_id"])
+        node = node_selectors.node_for_pinning(node_id=spec["node_id"])
         if node is None:
             raise InvalidInput("node_id", f"No node {spec['node_id']}.", code="unknown_node")
 
     hardware = None
     if spec.get("hardware_id") is not None:
-        hardware = HardwareType.objects.filter(pk=spec["hardware_id"]).first()
+        hardware = node_selectors.hardware_type_get(spec["hardware_id"])
         if hardware is None:
             raise InvalidInput(
                 "hardware_id", f"Unknown hardware id {spec['hardware_id']}. See GET /api/v1/hardware.",
                 code="unknown_hardware",
             )
     elif node is not None:
-        hardware = HardwareType.objects.get(pk=node.hardware_type_id)
+        hardware = node_selectors.hardware_type_get(node.hardware_type_id)
     hardware, gpus = _pick_hardware(template=template, gpus=spec.get("gpus_per_container"), hardware=hardware)
 
     locations = _locations(spec.get("location_ids"))

@@ -8,8 +8,6 @@ from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
 
-from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.money import hourly_cost, money_str
@@ -17,32 +15,19 @@ from billing.prices import PriceBook
 from billing.selectors import spend_this_month_for, tenant_balance
 from cloud.deployments.services import quotas
 from cloud.deployments.services.create import Resolved, spec_resolve
-from cloud.deployments.services.placement import liveness_window
-from nodes.models import CpuSlot, Gpu, Node
-
-
-def _free_units(model) -> Coalesce:
-    counted = (model.objects.filter(node_id=OuterRef("pk"), replica__isnull=True).order_by()
-               .values("node_id").annotate(n=Count("pk")).values("n"))
-    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+from nodes.selectors import room_by_location
 
 
 def _room(resolved: Resolved, *, now: datetime) -> dict[tuple[int, str], list[int]]:
     """{(location id, slug): [replicas that fit on each node with room]} over the nodes the
     scheduler would consider now (online, heard from within the liveness window)."""
     hardware = resolved.hardware
-    units = 1 if hardware.cpu_only else resolved.gpus
-    nodes = Node.objects.filter(status=Node.Status.ONLINE, last_heartbeat__gte=now - liveness_window(),
-                                hardware_type=hardware)
-    if resolved.locations:
-        nodes = nodes.filter(location__in=resolved.locations)
-    if resolved.node is not None:
-        nodes = nodes.filter(pk=resolved.node.pk)
+    units = max(1 if hardware.cpu_only else resolved.gpus, 1)
     room: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for location_id, slug, free in (nodes.annotate(free=_free_units(CpuSlot if hardware.cpu_only else Gpu))
-                                    .filter(free__gte=max(units, 1)).order_by("location_id")
-                                    .values_list("location_id", "location__slug", "free")):
-        room[(location_id, slug)].append(free // max(units, 1))
+    for location_id, slug, free in room_by_location(
+            hardware=hardware, units=units, location_ids=[loc.pk for loc in resolved.locations],
+            node_id=resolved.node.pk if resolved.node is not None else None, now=now):
+        room[(location_id, slug)].append(free // units)
     return room
 
 

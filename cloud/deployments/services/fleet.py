@@ -16,10 +16,9 @@ from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services.logs import logs_note_lost
-from cloud.deployments.services.placement import schedule_pending, scheduler_kick
+from cloud.deployments.services.kick import scheduler_kick
+from cloud.deployments.services.placement import schedule_pending
 from cloud.deployments.services.status import (
-    LIVE_STATUSES,
-    TERMINAL,
     deployment_refresh,
     incarnations_create,
     live_q,
@@ -27,8 +26,9 @@ from cloud.deployments.services.status import (
     replicas_stop,
     unfinished_q,
 )
+from nodes import selectors as node_selectors
 from nodes import services as node_services
-from nodes.models import Node
+from nodes.vocabulary import LIVE_STATUSES, TERMINAL_STATES
 
 R = Replica.State
 
@@ -41,7 +41,7 @@ def node_lost(*, node_id: int) -> int:
     """The node is offline: each of its unfinished incarnations becomes `lost` (metered to the
     node's last heartbeat), and a wanted one gets a new incarnation to place elsewhere. Its
     GPUs stay held until the node, if it comes back, confirms the VMs are gone."""
-    node = Node.objects.get(pk=node_id)
+    node = node_selectors.node_get(node_id)
     last_seen = node.last_heartbeat or timezone.now()
     lost = 0
     wrote: list[Replica] = []  # incarnations whose workload had started: it may have logged
@@ -69,7 +69,7 @@ def node_lost(*, node_id: int) -> int:
     return lost
 
 
-def _replace_on_draining(node: Node) -> int:
+def _replace_on_draining(node) -> int:
     """Each wanted, unreplaced replica on a draining node gets a replacement placed elsewhere;
     the old one keeps serving until its replacement runs (or the drain deadline passes)."""
     made = 0
@@ -88,7 +88,7 @@ def _replace_on_draining(node: Node) -> int:
     return made
 
 
-def _replace(deployment: Deployment, replica: Replica, node: Node) -> Replica:
+def _replace(deployment: Deployment, replica: Replica, node) -> Replica:
     generation = (Replica.objects.filter(deployment=deployment, ordinal=replica.ordinal)
                   .aggregate(g=Max("generation"))["g"] or 0) + 1
     # Made unwanted first, so the live-per-ordinal constraint admits it beside the old row;
@@ -109,7 +109,7 @@ def drains_progress() -> int:
     left running becomes `cordoned`. Returns how many nodes finished draining."""
     finished = 0
     now = timezone.now()
-    for node in Node.objects.filter(status=Node.Status.DRAINING):
+    for node in node_selectors.nodes_draining():
         _replace_on_draining(node)
         if node.drain_deadline is not None and node.drain_deadline <= now:
             for deployment_id in _deployments_on(node.pk):
@@ -117,7 +117,7 @@ def drains_progress() -> int:
                     Deployment.objects.select_for_update(of=("self",)).filter(pk=deployment_id).first()
                     replicas_stop(Replica.objects.filter(unfinished_q(), deployment_id=deployment_id, node_id=node.pk)
                                   .filter(desired=Replica.Desired.RUN), reason="drain deadline passed")
-        if not Replica.objects.filter(node_id=node.pk).exclude(state__in=TERMINAL).exists():
+        if not Replica.objects.filter(node_id=node.pk).exclude(state__in=TERMINAL_STATES).exists():
             node_services.node_finish_drain(node_id=node.pk)
             finished += 1
     return finished

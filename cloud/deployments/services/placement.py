@@ -7,45 +7,30 @@ already on the node (spread), then fewest free units left after placing (best fi
 boards stay free for 8-GPU work), then id. GPUs are picked on one NUMA node (and NVLink
 domain) when one has enough. No room: the replica stays `pending` with a reason naming the
 hardware, the locations and what is short, and is retried by every kick and by the sweep.
+
+The nodes' tables are the nodes app's: it ranks them (`nodes.selectors.nodes_ranked`, told
+where this deployment's replicas already are) and hands out units (`nodes.services.units_claim`,
+inside the placement's transaction); this module owns the replica and its deployment.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from datetime import timedelta
 
-from django.conf import settings
-from django.db import transaction
+from django.contrib.postgres.fields import ArrayField
+from django.db import models, transaction
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
-from cloud.deployments.services.status import TERMINAL, deployment_refresh, replica_event
+from cloud.deployments.services.status import deployment_refresh, replica_event
 from nodes import link
-from nodes.models import CpuSlot, Gpu, Node
+from nodes import selectors as node_selectors
+from nodes import services as node_services
+from nodes.vocabulary import TERMINAL_STATES
 
 log = logging.getLogger(__name__)
-
-
-def scheduler_kick() -> None:
-    """Ask a worker to place pending replicas once this transaction commits. A broker that is
-    away costs only latency: the periodic sweep places them anyway."""
-
-    def send() -> None:
-        from cloud.celery import app
-
-        try:
-            app.send_task("deployments.schedule_pending", ignore_result=True)
-        except Exception:  # noqa: BLE001
-            log.warning("could not queue a scheduling pass; the sweep will place the replicas", exc_info=True)
-
-    transaction.on_commit(send)
-
-
-def liveness_window() -> timedelta:
-    return timedelta(seconds=getattr(settings, "NODE_LIVENESS_WINDOW_S", 30))
-
 
 def _units_needed(deployment: Deployment) -> tuple[bool, int]:
     """(cpu_only, units): a CPU-only replica takes one slot; a GPU replica its GPUs."""
@@ -55,82 +40,20 @@ def _units_needed(deployment: Deployment) -> tuple[bool, int]:
 
 
 LOCATIONS = Deployment.locations.through._meta.db_table
-
-
-def _rank_sql(unit_model, *, gpu: bool) -> str:
-    """Nodes that can take one replica, best first: fewest of the deployment's unfinished
-    replicas already there (spread), then fewest free units (best fit), then id.
-
-    Raw SQL because the ORM spent about 2 ms of CPU building and compiling this query (two
-    correlated counts, the location rule) for every placement: more than PostgreSQL spent
-    running it, and a fifth of a placement (bench/scheduler.py)."""
-    # A GPU is free when no replica holds it and its node says it is in service; a GPU node
-    # takes GPU work only while its preflight says its GPUs can be passed through.
-    in_service = " AND u.health = 'ok'" if gpu else ""
-    passthrough = " AND n.gpu_passthrough" if gpu else ""
-    return f"""
-        SELECT id, hostname FROM (
-            SELECT n.id, n.hostname,
-                (SELECT count(*) FROM {unit_model._meta.db_table} u
-                  WHERE u.node_id = n.id AND u.replica_id IS NULL{in_service}) AS free,
-                (SELECT count(*) FROM {Replica._meta.db_table} r
-                  WHERE r.node_id = n.id AND r.deployment_id = %(deployment)s
-                    AND NOT (r.state = ANY(%(terminal)s))) AS mine
-            FROM {Node._meta.db_table} n
-            WHERE n.status = %(online)s AND n.last_heartbeat >= %(fresh)s AND n.hardware_type_id = %(hardware)s
-              AND (%(node)s::bigint IS NULL OR n.id = %(node)s){passthrough}
-              -- a deployment without locations may go anywhere
-              AND (n.location_id IN (SELECT location_id FROM {LOCATIONS} WHERE deployment_id = %(deployment)s)
-                   OR NOT EXISTS (SELECT FROM {LOCATIONS} WHERE deployment_id = %(deployment)s))
-        ) n
-        WHERE free >= %(units)s
-        ORDER BY mine, free, id
-        LIMIT %(limit)s
-    """
-
-
-RANK_SQL = {False: _rank_sql(Gpu, gpu=True), True: _rank_sql(CpuSlot, gpu=False)}
-
-
-def _ranked(deployment: Deployment, *, cpu_only: bool, units: int, limit: int = 20) -> list[Node]:
-    return list(Node.objects.raw(RANK_SQL[cpu_only], {
-        "deployment": deployment.pk, "terminal": list(TERMINAL), "online": Node.Status.ONLINE,
-        "fresh": timezone.now() - liveness_window(), "hardware": deployment.hardware_type_id,
-        "node": deployment.node_id, "units": units, "limit": limit,
-    }))
-
-
-def _pick_gpus(free: list[Gpu], units: int) -> list[Gpu]:
-    """The GPUs for one replica: within one NUMA node / NVLink domain when one has enough (the
-    fullest such group that fits, to keep others whole), else any `units` of the node's."""
-    groups: dict[tuple, list[Gpu]] = defaultdict(list)
-    for gpu in free:
-        groups[(gpu.numa_node, gpu.nvlink_domain)].append(gpu)
-    fitting = [g for g in groups.values() if len(g) >= units]
-    if fitting:
-        best = min(fitting, key=lambda g: (len(g), g[0].index))
-        return best[:units]
-    return free[:units] if len(free) >= units else []
-
-
-def _claim(replica: Replica, node: Node, *, cpu_only: bool, units: int) -> bool:
-    if units == 0:
-        return True
-    if cpu_only:
-        # Any slot will do: lock only the one taken, so other workers get the node's others.
-        chosen = list(CpuSlot.objects.select_for_update(skip_locked=True)
-                      .filter(node=node, replica__isnull=True).order_by("index").only("id")[:units])
-    else:
-        # The GPUs must be seen together to be grouped; the ones not taken stay locked until
-        # this transaction ends, and other workers meanwhile skip to the next node.
-        free = list(Gpu.objects.select_for_update(skip_locked=True)
-                    .filter(node=node, replica__isnull=True, health=Gpu.Health.OK)
-                    .order_by("index").only("id", "index", "numa_node", "nvlink_domain"))
-        chosen = _pick_gpus(free, units)
-    if len(chosen) < units:
-        return False  # another worker holds some of them right now: try the next node
-    (CpuSlot if cpu_only else Gpu).objects.filter(pk__in=[u.pk for u in chosen]).update(replica=replica)
-    return True
+REPLICAS = Replica._meta.db_table
+# What the ranking needs of the deployment, read with the replica's lock (no query of its own):
+# its locations, and the node of each of its unfinished replicas (spread). Raw SQL for the
+# reason the ranking is (nodes.selectors._rank_sql): the ORM's compile cost per placement.
+_ARRAY = ArrayField(models.BigIntegerField())
+_PLACEMENT_CONTEXT = {
+    "location_ids": RawSQL(
+        f"ARRAY(SELECT l.location_id FROM {LOCATIONS} l WHERE l.deployment_id = {REPLICAS}.deployment_id)",
+        (), output_field=_ARRAY),
+    "spread": RawSQL(
+        f"ARRAY(SELECT s.node_id FROM {REPLICAS} s WHERE s.deployment_id = {REPLICAS}.deployment_id"
+        " AND s.node_id IS NOT NULL AND NOT (s.state = ANY(%s)))",
+        (list(TERMINAL_STATES),), output_field=_ARRAY),
+}
 
 
 def _shortage(deployment: Deployment, *, cpu_only: bool, units: int) -> str:
@@ -138,18 +61,14 @@ def _shortage(deployment: Deployment, *, cpu_only: bool, units: int) -> str:
     locations = list(deployment.locations.order_by("id").values_list("pk", "slug"))
     where = ", ".join(slug for _, slug in locations) or "any location"
     what = f"a free slot on {hardware.slug}" if cpu_only else f"{units} free {hardware.gpu_model} GPU(s) ({hardware.slug})"
-    scope = Node.objects.filter(hardware_type=hardware)
-    if locations:
-        scope = scope.filter(location_id__in=[pk for pk, _ in locations])
     if deployment.node_id:
-        pinned = Node.objects.filter(pk=deployment.node_id).values_list("hostname", "status").first()
+        pinned = node_selectors.pinned_node_state(deployment.node_id)
         return f"pinned to node {pinned[0] if pinned else deployment.node_id} ({pinned[1] if pinned else 'gone'}), which has no room for {what}"
-    total = scope.count()
-    online = scope.filter(status=Node.Status.ONLINE)
+    total, online, blocked = node_selectors.nodes_online_of(
+        hardware=hardware, location_ids=[pk for pk, _ in locations], cpu_only=cpu_only)
     # A shortage an operator must fix (GPUs that cannot be passed through) says so; the reason
     # itself is for operators, in the admin.
-    blocked = 0 if cpu_only else online.filter(gpu_passthrough=False).count()
-    return (f"no capacity: no node in {where} has {what}; {online.count()} of {total} {hardware.slug} node(s) online, "
+    return (f"no capacity: no node in {where} has {what}; {online} of {total} {hardware.slug} node(s) online, "
             f"none with enough free" + (f" ({blocked} of them cannot pass GPUs through to VMs)" if blocked else ""))
 
 
@@ -168,16 +87,19 @@ def place(replica_pk: int, *, placed_on: set[int] | None = None) -> bool | None:
         # and retried at the end of the pass.
         replica = (
             Replica.objects.select_for_update(skip_locked=True, of=("self", "deployment"))
-            .select_related("deployment__hardware_type")
+            .select_related("deployment__hardware_type").annotate(**_PLACEMENT_CONTEXT)
             .filter(pk=replica_pk, node__isnull=True, state=Replica.State.PENDING, desired=Replica.Desired.RUN).first()
         )
         if replica is None:
             return None
         deployment = replica.deployment
         cpu_only, units = _units_needed(deployment)
-        ranked = _ranked(deployment, cpu_only=cpu_only, units=units)
+        ranked = node_selectors.nodes_ranked(
+            hardware_type_id=deployment.hardware_type_id, location_ids=replica.location_ids, node_id=deployment.node_id,
+            cpu_only=cpu_only, units=units, spread=replica.spread)
         for node in ranked:
-            if _claim(replica, node, cpu_only=cpu_only, units=units):
+            # Claimed inside this transaction: a placement that fails later gives them back.
+            if node_services.units_claim(node.pk, replica.pk, cpu_only=cpu_only, units=units) is not None:
                 now = timezone.now()
                 replica.node, replica.placed_at = node, now
                 replica.reason = f"placed on {node.hostname}: waiting for its agent to start the VM"
@@ -259,6 +181,4 @@ def _tell(node_ids: set[int]) -> None:
 
 def units_release(replica: Replica) -> bool:
     """Frees the GPUs / slot of an incarnation whose node confirmed its VM is gone."""
-    freed = Gpu.objects.filter(replica=replica).update(replica=None)
-    freed += CpuSlot.objects.filter(replica=replica).update(replica=None)
-    return freed > 0
+    return node_services.units_free(replica.pk) > 0

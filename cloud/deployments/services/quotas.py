@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from accounts.models import Tenant
+from accounts.selectors import tenant_for_update
 from billing.money import money_str
 from billing.prices import PriceBook
 from billing.selectors import spend_this_month_for, tenant_balance
@@ -26,12 +26,12 @@ from cloud.deployments import selectors
 from cloud.exceptions import InsufficientFunds, QuotaExceeded
 
 
-def tenant_lock(*, tenant) -> Tenant:
+def tenant_lock(*, tenant):
     """Locks the tenant row (SELECT ... FOR UPDATE) and returns it fresh from the database."""
-    return Tenant.objects.select_for_update().get(pk=tenant.pk)
+    return tenant_for_update(tenant.pk)
 
 
-def check_deployment_quota(*, tenant: Tenant) -> None:
+def check_deployment_quota(*, tenant) -> None:
     count = selectors.deployment_count_for(tenant=tenant)
     if count + 1 > tenant.max_deployments:
         raise QuotaExceeded(
@@ -41,7 +41,7 @@ def check_deployment_quota(*, tenant: Tenant) -> None:
         )
 
 
-def check_gpu_quota(*, tenant: Tenant, gpus_needed: int, exclude_id=None, cpu_only: bool = False) -> None:
+def check_gpu_quota(*, tenant, gpus_needed: int, exclude_id=None, cpu_only: bool = False) -> None:
     if cpu_only or gpus_needed <= 0:
         return
     used = selectors.gpus_in_use_for(tenant=tenant, exclude_id=exclude_id)
@@ -62,7 +62,7 @@ def hourly_quote(*, deployment, replica_count: int | None = None) -> Decimal:
                        replica_count=deployment.replica_count if replica_count is None else replica_count)
 
 
-def committed_hourly_cost(*, tenant: Tenant, exclude_id=None, now: datetime | None = None) -> Decimal:
+def committed_hourly_cost(*, tenant, exclude_id=None, now: datetime | None = None) -> Decimal:
     """One hour of everything the tenant has pending or running, at today's quotes (the highest
     price among each deployment's allowed locations, as a new request is quoted), leaving out
     `exclude_id` (the deployment a start or scale-up is about: its own hour is the request).
@@ -80,7 +80,7 @@ def committed_hourly_cost(*, tenant: Tenant, exclude_id=None, now: datetime | No
                 for c in commitments), Decimal("0"))
 
 
-def check_funds(*, tenant: Tenant, hourly_cost: Decimal, exclude_id=None) -> None:
+def check_funds(*, tenant, hourly_cost: Decimal, exclude_id=None) -> None:
     """Refuses new spending (402) when a monthly spend limit is set and already reached, or when
     the prepaid balance does not cover one hour of everything the tenant would then have pending
     or running: what it has now (`committed_hourly_cost`, without `exclude_id`) plus this

@@ -12,23 +12,23 @@ from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services.events import event_record
+from cloud.deployments.services.kick import scheduler_kick
 from nodes import link
+from nodes.vocabulary import LIVE_STATUSES, TERMINAL_STATES
 
 S = Deployment.Status
 R = Replica.State
-TERMINAL = (R.STOPPED, R.FAILED, R.LOST)
-LIVE_STATUSES = (S.PENDING, S.STARTING, S.RUNNING)
 PENDING_REASON = "waiting for the scheduler: no node placement yet"
 # Appended to a stop's reason while its replicas' nodes stop them; dropped once they have.
 STOP_WAITING = "waiting for the node(s) to stop the replicas"
 
 
 def live_q() -> Q:
-    return Q(desired=Replica.Desired.RUN, replaced_by__isnull=True) & ~Q(state__in=TERMINAL)
+    return Q(desired=Replica.Desired.RUN, replaced_by__isnull=True) & ~Q(state__in=TERMINAL_STATES)
 
 
 def unfinished_q() -> Q:
-    return ~Q(state__in=TERMINAL)
+    return ~Q(state__in=TERMINAL_STATES)
 
 
 def replica_event(replica: Replica, type: str, **payload) -> None:  # noqa: A002
@@ -52,8 +52,6 @@ def incarnations_create(*, deployment: Deployment, ordinals) -> list[Replica]:
         Replica(deployment=deployment, ordinal=o, generation=last.get(o, 0) + 1, state=R.PENDING, reason=PENDING_REASON)
         for o in ordinals
     ])
-    from cloud.deployments.services.placement import scheduler_kick
-
     scheduler_kick()
     return made
 
@@ -74,7 +72,7 @@ def replicas_stop(replicas, *, reason: str) -> int:
         replica.reason = reason
         if replica.node_id is None:
             replica.state, replica.ended_at, replica.vm_gone = R.STOPPED, now, True
-        elif replica.state not in TERMINAL:
+        elif replica.state not in TERMINAL_STATES:
             replica.state = R.STOPPING
             waiting += 1
             link.notify_node(replica.node_id)
@@ -99,8 +97,8 @@ def _summary(deployment: Deployment) -> tuple[str, str]:
             if r.ordinal not in latest or (r.state == R.RUNNING and latest[r.ordinal].state != R.RUNNING):
                 latest[r.ordinal] = r
     running = [r for r in latest.values() if r.state == R.RUNNING]
-    live = [r for r in latest.values() if r.state not in TERMINAL]
-    ended = [r for r in latest.values() if r.state in TERMINAL]
+    live = [r for r in latest.values() if r.state not in TERMINAL_STATES]
+    ended = [r for r in latest.values() if r.state in TERMINAL_STATES]
     not_running = sorted((r for r in latest.values() if r.state != R.RUNNING), key=lambda r: r.ordinal)
     why = f"replica {not_running[0].ordinal}: {not_running[0].state}" + (
         f" ({not_running[0].reason})" if not_running and not_running[0].reason else "") if not_running else ""
