@@ -8,6 +8,7 @@ COPY cloud cloud
 COPY accounts accounts
 COPY billing billing
 COPY nodes nodes
+COPY protocol protocol
 COPY templates templates
 COPY manage.py ./
 RUN pip install --no-cache-dir . && python manage.py collectstatic --noinput

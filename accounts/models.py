@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
-from nodes.vocabulary import ROLES, choices
+from protocol.vocabulary import ROLES, choices
 
 slug_validator = RegexValidator(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$", "lowercase letters, digits and dashes")
 

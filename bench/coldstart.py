@@ -121,7 +121,7 @@ def _time_launches(runtime, marks: dict[str, dict[str, float]]) -> None:
 
 async def _timed_start(runtime, name: str, launches: dict[str, dict[str, float]]):
     """Start hello with its port and time each phase from the runtime's events."""
-    from nodes.protocol import ReplicaSpec
+    from protocol.wire import ReplicaSpec
 
     marks: dict[str, float] = {}
     queue = runtime.subscribe()
@@ -186,7 +186,7 @@ def _print_memory(mem) -> None:
 
 async def main() -> int:
     from nodes.agent.runtime_build import build_runtime
-    from nodes.protocol import ReplicaSpec
+    from protocol.wire import ReplicaSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="gantry-coldstart-"))
     try:

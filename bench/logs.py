@@ -239,7 +239,8 @@ class Bench:
                         "X-Tenant": "bench"}
 
     def node(self, hostname: str):
-        from nodes import protocol, services
+        from nodes import services
+        from protocol import wire as protocol
         from tests.factories import HardwareTypeFactory, LocationFactory
 
         hardware = HardwareTypeFactory(slug=f"cpu-{hostname}", cpu_only=True, gpus_per_node=4, allowed_gpu_counts=[0],

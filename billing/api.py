@@ -18,7 +18,7 @@ from billing.serializers import BalanceOutput, LimitsInput, LimitsOutput, UsageO
 from billing.statements import STATEMENT_COLUMNS, statement_csv_response
 from cloud.api import paginator
 from cloud.exceptions import InvalidInput
-from nodes.vocabulary import MANAGER_ROLES
+from protocol.vocabulary import MANAGER_ROLES
 
 
 

@@ -11,7 +11,7 @@ operator trusts that registry (`GANTRY_TRUSTED_REGISTRIES`, comma-separated `hos
 This check is early feedback, not the boundary: the node resolves the name again when it
 pulls, connects only to the address it checked, and refuses special ones itself
 (`nodes/agent/oci/egress.py`; DNS may answer differently there and later). Both judge
-addresses with `nodes/addresses.py`, so the two cannot disagree about one.
+addresses with `protocol/addresses.py`, so the two cannot disagree about one.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import concurrent.futures
 import socket
 from collections.abc import Callable, Iterable
 
-from nodes import addresses
+from protocol import addresses
 
 # A name lookup must not hold an API request for long: an answer later than this is treated as
 # no answer, and the node (which resolves again at pull time) decides.

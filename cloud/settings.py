@@ -341,7 +341,7 @@ LOG_READ_BUDGET_BYTES = env_int("LOG_READ_BUDGET_BYTES", 8 << 20)
 LOG_LINES_PER_SECOND_PER_TENANT = env_int("LOG_LINES_PER_SECOND_PER_TENANT", 50000)
 LOG_LINES_PER_DAY_PER_TENANT = env_int("LOG_LINES_PER_DAY_PER_TENANT", 300000000)
 # The largest message a client may send on a socket: a log tail reads nothing it is sent; the
-# agent's link carries frames of up to 1 MiB (nodes/protocol.py), refused one by one above
+# agent's link carries frames of up to 1 MiB (protocol/wire.py), refused one by one above
 # that, and the connection is closed (1009) above this.
 WS_MAX_MESSAGE_BYTES = env_int("WS_MAX_MESSAGE_BYTES", 64 << 10)
 WS_AGENT_MAX_MESSAGE_BYTES = env_int("WS_AGENT_MAX_MESSAGE_BYTES", 2 << 20)

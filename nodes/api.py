@@ -16,7 +16,8 @@ from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
 from cloud.exceptions import Conflict, InvalidInput
-from nodes import protocol, selectors, services
+from nodes import selectors, services
+from protocol import wire as protocol
 from nodes.serializers import HardwareTypeOutput, LocationOutput
 
 

@@ -2,7 +2,7 @@
 
 The node's credential comes as `Authorization: Bearer gnode_...`; anything else is refused
 before the socket opens (the handshake gets a 403). Every frame is validated by
-`nodes.protocol.decode`; a frame that is malformed, oversized, unknown, out of order or about a
+`protocol.wire.decode`; a frame that is malformed, oversized, unknown, out of order or about a
 replica placed on another node gets an `error` frame and a log line, and the consumer keeps
 serving. A hello whose inventory names another node's GPU is refused the same way (and recorded
 as a node event by the service): the node stays un-greeted until it says an honest hello. Replica reports go to the deployments app through `nodes.link.sink()`.
@@ -27,7 +27,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from cloud.streams import NoConnectionSweep
 from nodes import link, services
-from nodes import protocol as p
+from protocol import wire as p
 
 log = logging.getLogger(__name__)
 

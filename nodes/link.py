@@ -18,7 +18,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 from django.db.models import QuerySet
 
-from nodes.protocol import DesiredReplica, LogEntry, ReplicaReport
+from protocol.wire import DesiredReplica, LogEntry, ReplicaReport
 
 log = logging.getLogger(__name__)
 

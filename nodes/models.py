@@ -12,7 +12,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MinValueValidator
 from django.db import models
 
-from nodes.vocabulary import NODE_STATUSES, choices
+from protocol.vocabulary import NODE_STATUSES, choices
 
 
 class Location(models.Model):

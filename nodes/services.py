@@ -28,7 +28,7 @@ from cloud.exceptions import Conflict, InvalidInput
 from cloud.upsert import row_upsert
 from nodes import link
 from nodes.models import CpuSlot, Gpu, HardwareType, JoinToken, Location, Node, NodeEvent
-from nodes.protocol import PROTOCOL_VERSION, Inventory
+from protocol.wire import PROTOCOL_VERSION, Inventory
 # The scheduler's claims on GPUs and CPU slots: written in nodes/units.py, called as services.
 from nodes.units import units_claim, units_free  # noqa: F401
 

@@ -13,7 +13,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.shortcuts import render
 
 from accounts.selectors import TenantForbidden, memberships_for, tenant_for_request
-from nodes.vocabulary import MANAGER_ROLES
+from protocol.vocabulary import MANAGER_ROLES
 
 SESSION_KEY = "dashboard_tenant"
 

@@ -10,7 +10,7 @@ from django.db import models
 from django.db.models import Q
 
 from cloud import crypto
-from nodes.vocabulary import (
+from protocol.vocabulary import (
     DEPLOYMENT_STATUSES,
     DESIRED_STATES,
     LOG_STREAMS,

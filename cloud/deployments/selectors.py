@@ -19,7 +19,7 @@ from billing.selectors import billed_interval_annotations, deployment_cost_annot
 from cloud.deployments.models import Deployment, Event, LogLine, Replica
 from cloud.exceptions import NotFound
 from nodes.selectors import replica_gpus
-from nodes.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
+from protocol.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
 
 # Columns the API representation shows; the rest (encrypted blobs, registry user, price
 # history) stays on disk for the list endpoint, which is benchmarked at 5,000 rows a tenant.

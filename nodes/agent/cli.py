@@ -40,8 +40,8 @@ from nodes.agent.net.tap import NETNS_RUN_DIR
 from nodes.agent.runtime_build import DEFAULT_BRIDGE, DEFAULT_SUBNET, build_runtime
 from nodes.agent.simulate import BOARDS, SimulatedSysfs, build_tree
 from nodes.agent.sysfs import Sysfs
-from nodes.protocol import Inventory, ReplicaSpec
-from nodes.vocabulary import FAILED
+from protocol.wire import Inventory, ReplicaSpec
+from protocol.vocabulary import FAILED
 
 if TYPE_CHECKING:
     from nodes.agent.runtime import MicroVmRuntime

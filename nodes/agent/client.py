@@ -22,9 +22,9 @@ from typing import Awaitable, Callable
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from nodes import protocol
+from protocol import wire as protocol
 from nodes.agent.join import Credential, agent_ws_url
-from nodes.protocol import Desired, Error, Heartbeat, Hello, Message, ProtocolError
+from protocol.wire import Desired, Error, Heartbeat, Hello, Message, ProtocolError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from nodes.agent.inventory import agent_version, collect, free_disk_gib
 from nodes.agent.join import Credential
 from nodes.agent.shipper import LogShipper
 from nodes.agent.supervisor import Supervisor
-from nodes.protocol import Desired, Heartbeat, Hello, LogsAck, Message, NodeDrain, ReplicaStart, ReplicaStop
+from protocol.wire import Desired, Heartbeat, Hello, LogsAck, Message, NodeDrain, ReplicaStart, ReplicaStop
 
 log = logging.getLogger(__name__)
 

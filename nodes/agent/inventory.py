@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from nodes.agent.gpu.host import GpuHost
-from nodes.protocol import Inventory
+from protocol.wire import Inventory
 
 MEMINFO = Path("/proc/meminfo")
 

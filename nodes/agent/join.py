@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from nodes.agent.errors import AgentError
-from nodes.protocol import Inventory
+from protocol.wire import Inventory
 
 CREDENTIAL_FILE = "credential.json"
 JOIN_PATH = "/api/v1/nodes/join"

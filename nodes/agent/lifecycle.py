@@ -15,8 +15,8 @@ from typing import Any
 
 from nodes.agent.errors import AgentError
 from nodes.agent.state import VmInfo, VmPaths
-from nodes.protocol import ReplicaSpec
-from nodes.vocabulary import FAILED, RESTARTING, RUNNING, STARTING, STOPPED, STOPPING, VM_ENDED_STATES
+from protocol.wire import ReplicaSpec
+from protocol.vocabulary import FAILED, RESTARTING, RUNNING, STARTING, STOPPED, STOPPING, VM_ENDED_STATES
 
 LAST_STDERR_LINES = 5
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from nodes.agent.state import VmPaths, read_json, write_json_atomic
-from nodes.vocabulary import STDERR, STDOUT
+from protocol.vocabulary import STDERR, STDOUT
 
 # The guest's two output files, in the order of their offsets in each record's "off".
 STREAMS = (STDOUT, STDERR)

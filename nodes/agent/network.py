@@ -45,7 +45,7 @@ from nodes.agent.net.leases import LeaseFile, Leases, VmLease
 from nodes.agent.net.nft import BRIDGE_CHAINS, HOST_OWNER, VM_OWNER_PREFIX, NftTable, vm_owner
 from nodes.agent.net.rules import blocked_set, dnat_rules, host_rules, port_rules
 from nodes.agent.net.tap import create_tap
-from nodes.vocabulary import VM_NAME_RULE, is_vm_name
+from protocol.vocabulary import VM_NAME_RULE, is_vm_name
 
 __all__ = ["LinuxNetwork", "Network", "NetworkConfig", "VmNetwork", "tap_name", "vm_mac"]
 
@@ -121,7 +121,7 @@ def vm_mac(name: str) -> str:
 
 
 def _check_name(name: str) -> None:
-    # The name ends up in interface aliases and nft comments: nodes/vocabulary.py says why its
+    # The name ends up in interface aliases and nft comments: protocol/vocabulary.py says why its
     # rule is safe there.
     if not is_vm_name(name):
         raise AgentError(f"invalid VM name {name!r} for networking: use {VM_NAME_RULE}", permanent=True)

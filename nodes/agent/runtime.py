@@ -41,8 +41,8 @@ from nodes.agent.runtime_recover import VmRecovery
 from nodes.agent.runtime_watch import VmWatch
 from nodes.agent.state import StateStore, VmInfo, is_locked, validate_name
 from nodes.agent.vmm import Vmm
-from nodes.protocol import ReplicaSpec
-from nodes.vocabulary import STOPPING, VM_ENDED_STATES
+from protocol.wire import ReplicaSpec
+from protocol.vocabulary import STOPPING, VM_ENDED_STATES
 
 # The guest kit for a kit cache dir, and the accelerator probe for (kit cache, kit):
 # guest.kit.ensure_kit and vmm.accel.probe_accel, or a test's fakes.

@@ -24,8 +24,8 @@ from nodes.agent.logs import convert
 from nodes.agent.state import VmInfo, VmPaths, validate_name
 from nodes.agent.vmm.cmdline import VmLaunch
 from nodes.agent.vmm.spec import GuestSpec
-from nodes.protocol import ReplicaSpec
-from nodes.vocabulary import BOOTING, FAILED, PULLING, RESTARTING, RUNNING, STARTING, STOPPED, VM_ENDED_STATES
+from protocol.wire import ReplicaSpec
+from protocol.vocabulary import BOOTING, FAILED, PULLING, RESTARTING, RUNNING, STARTING, STOPPED, VM_ENDED_STATES
 
 # A workload's port usually refuses for a moment while it starts: failures within this long
 # are the normal start, not news for the plane.

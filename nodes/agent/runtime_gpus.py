@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from nodes.agent.errors import AgentError
 from nodes.agent.gpu.host import GpuHost, Prepared
-from nodes.protocol import ReplicaSpec
+from protocol.wire import ReplicaSpec
 
 
 class VmGpus:

@@ -10,7 +10,7 @@ from typing import AsyncIterator, Callable, TypeVar
 
 from nodes.agent.errors import AgentError
 from nodes.agent.logs import LogLine, LogReader, LogRecords, trim
-from nodes.vocabulary import VM_ENDED_STATES
+from protocol.vocabulary import VM_ENDED_STATES
 
 # How much of logs.jsonl one read of a follower takes: about one log frame's worth, so a
 # shipper catching up on a backlog holds a few thousand lines at a time, not a file.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from nodes.agent.state import VmInfo, is_locked
-from nodes.vocabulary import VM_ENDED_STATES
+from protocol.vocabulary import VM_ENDED_STATES
 
 
 class VmRecovery:

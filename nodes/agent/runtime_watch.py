@@ -15,7 +15,7 @@ from nodes.agent.errors import AgentError
 from nodes.agent.lifecycle import StatusReader, derive, guest_ended
 from nodes.agent.logs import convert, last_seq
 from nodes.agent.state import VmInfo, VmPaths
-from nodes.vocabulary import BOOTING, STARTING, VM_ENDED_STATES
+from protocol.vocabulary import BOOTING, STARTING, VM_ENDED_STATES
 
 # Watch pass interval while a VM boots (see _watch_loop); running VMs use poll_interval.
 BOOT_POLL_S = 0.03

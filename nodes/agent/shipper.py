@@ -30,11 +30,11 @@ import json
 import logging
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
-from nodes import protocol
+from protocol import wire as protocol
 from nodes.agent.errors import AgentError
 from nodes.agent.logs import LogLine, LogRecords, record_seq
-from nodes.protocol import Desired, LogEntry
-from nodes.vocabulary import PULLING, VM_ENDED_STATES
+from protocol.wire import Desired, LogEntry
+from protocol.vocabulary import PULLING, VM_ENDED_STATES
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from nodes.agent.errors import AgentError
-from nodes.protocol import ReplicaSpec
-from nodes.vocabulary import VM_NAME_RULE, is_vm_name
+from protocol.wire import ReplicaSpec
+from protocol.vocabulary import VM_NAME_RULE, is_vm_name
 
 
 def validate_name(name: str) -> str:

@@ -24,8 +24,8 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 from nodes.agent.errors import AgentError
 from nodes.agent.events import RuntimeEvent
 from nodes.agent.state import VmInfo
-from nodes.protocol import Desired, DesiredReplica, Message, ReplicaReport, ReplicaSpec, ReplicaStatus
-from nodes.vocabulary import BOOTING, FAILED, PULLING, STOPPED
+from protocol.wire import Desired, DesiredReplica, Message, ReplicaReport, ReplicaSpec, ReplicaStatus
+from protocol.vocabulary import BOOTING, FAILED, PULLING, STOPPED
 
 log = logging.getLogger(__name__)
 

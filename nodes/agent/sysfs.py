@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodes.vocabulary import is_pci_address
+from protocol.vocabulary import is_pci_address
 
 __all__ = [
     "Bar", "PciDevice", "Sysfs", "parse_cpulist", "CLASS_HOST_BRIDGE", "CLASS_PCI_BRIDGE", "CLASS_NVSWITCH",

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from nodes import protocol
+from protocol import wire as protocol
 from nodes.agent.daemon import Daemon
 from nodes.agent.join import Credential
 from nodes.agent.runtime import MicroVmRuntime
-from nodes.protocol import Desired, DesiredReplica, LogEntry, Logs, LogsAck, Message, ReplicaSpec
+from protocol.wire import Desired, DesiredReplica, LogEntry, Logs, LogsAck, Message, ReplicaSpec
 from tests.agent.fakes import FakeImageConfig, FakeImageStore, FakeNetwork, FakeVmm, fake_accel, fake_kit
 
 CREDENTIAL = "gnode_test-credential"

@@ -1,4 +1,4 @@
-"""nodes/addresses.py: the one rule for which addresses an image reference may send the plane
+"""protocol/addresses.py: the one rule for which addresses an image reference may send the plane
 (cloud/registries.py) and a node (nodes/agent/oci/egress.py) to. Both call these functions, so
 what is proved here holds for both."""
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodes import addresses as a
+from protocol import addresses as a
 
 SPECIAL = ("is_private", "is_loopback", "is_link_local", "is_multicast", "is_reserved", "is_unspecified")
 # Ranges `ipaddress` flags, to make the draws land in them (uniform 128-bit draws almost never do).

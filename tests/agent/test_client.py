@@ -11,7 +11,7 @@ import pytest
 
 from nodes.agent.client import AgentClient
 from nodes.agent.join import Credential
-from nodes.protocol import Error, Heartbeat, ReplicaSpec
+from protocol.wire import Error, Heartbeat, ReplicaSpec
 from tests.agent.plane import FakePlane, Node, eventually, make_runtime, plane, data_dir, replica  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)

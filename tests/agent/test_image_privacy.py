@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from nodes import protocol as p
+from protocol import wire as p
 from nodes.agent.images import ImageError, OciImageStore, PullProgress
 from tests.agent.conftest_images import AuthRegistry, digest_of, image_parts, layer
 from tests.agent.hostile_registry import HostileRegistry

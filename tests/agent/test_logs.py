@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from nodes import protocol
+from protocol import wire as protocol
 from nodes.agent.lifecycle import last_lines
 from nodes.agent.logs import MAX_LINE_BYTES, LogReader, _last_record, convert, record_seq, trim
 from nodes.agent.shipper import entry

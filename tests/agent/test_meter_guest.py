@@ -31,7 +31,7 @@ from nodes.agent.network import LinuxNetwork, NetworkConfig
 from nodes.agent.runtime import MicroVmRuntime
 from nodes.agent.supervisor import Supervisor
 from nodes.agent.vmm.qemu import QemuVm, alive
-from nodes.protocol import Desired, DesiredReplica, ReplicaSpec, ReplicaStatus
+from protocol.wire import Desired, DesiredReplica, ReplicaSpec, ReplicaStatus
 from tests.agent.conftest_vmm import BUSYBOX, KIT_CACHE
 from tests.agent.fakes import FakeImageConfig
 from tests.agent.forge import NOTE, program

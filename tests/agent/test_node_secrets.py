@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.protocol import ReplicaSpec
+from protocol.wire import ReplicaSpec
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns, pytest.mark.timeout(600)]
 

@@ -1,4 +1,4 @@
-"""nodes/protocol.py: every message survives encode/decode unchanged, and every frame the
+"""protocol/wire.py: every message survives encode/decode unchanged, and every frame the
 protocol must refuse is refused with a ProtocolError naming what is wrong."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from nodes import protocol
-from nodes.protocol import (
+from protocol import wire as protocol
+from protocol.wire import (
     Desired, DesiredReplica, Error, Heartbeat, Hello, Inventory, LogEntry, Logs, LogsAck, NodeDrain, ProtocolError,
     ReplicaReport, ReplicaSpec, ReplicaStart, ReplicaStatus, ReplicaStop,
 )

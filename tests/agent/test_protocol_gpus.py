@@ -10,7 +10,7 @@ import pytest
 
 from nodes.agent.gpu.host import GpuHost
 from nodes.agent.inventory import collect
-from nodes.protocol import Heartbeat, Hello, Inventory, ProtocolError, decode, encode
+from protocol.wire import Heartbeat, Hello, Inventory, ProtocolError, decode, encode
 from tests.agent.sysfs_trees import tree
 
 

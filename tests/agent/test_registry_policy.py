@@ -41,7 +41,7 @@ def store_with(tmp_path, *, trusted=(), answers=None, insecure=()) -> OciImageSt
     "localhost:5000", "registry.localhost", "8.8.8.8", "[2606:4700::1111]:443", "[::ffff:8.8.8.8]",
 ])
 def test_plane_and_agent_refuse_the_same_references(registry):
-    """Both judge with nodes/addresses.py (tests/agent/test_addresses.py proves the rule itself):
+    """Both judge with protocol/addresses.py (tests/agent/test_addresses.py proves the rule itself):
     what the plane refuses when a customer writes it, the node refuses before it connects."""
     reference = f"{registry}/team/app:1"
     plane_refuses = plane.registry_refusal(reference, trusted=[], resolve=lambda host: []) is not None

@@ -20,7 +20,7 @@ from nodes.agent.network import LinuxNetwork, Network, NetworkConfig
 from nodes.agent.runtime import MicroVmRuntime
 from nodes.agent.vmm import Vmm
 from nodes.agent.vmm.qemu import QemuVm
-from nodes.protocol import ReplicaSpec
+from protocol.wire import ReplicaSpec
 from tests.agent.fakes import FakeImageConfig, FakeImageStore, FakeNetwork, FakeVmm, fake_accel, fake_kit
 
 SH = FakeImageConfig(entrypoint=["/bin/sh", "-c"], cmd=["echo default"], env={"FROM_IMAGE": "1", "PATH": "/usr/bin:/bin"})

@@ -22,7 +22,7 @@ import pytest
 from nodes.agent.errors import AgentError
 from nodes.agent.gpu.host import GpuHost
 from nodes.agent.runtime import MicroVmRuntime
-from nodes.protocol import ReplicaSpec
+from protocol.wire import ReplicaSpec
 from tests.agent.fakes import FakeImageConfig, FakeImageStore, FakeNetwork, FakeVmm, fake_accel, fake_kit
 from tests.agent.sysfs_trees import snapshot, tree
 from tests.agent.test_runtime import wait_state
@@ -149,7 +149,7 @@ def test_an_agent_killed_between_bind_and_vm_start_recovers_the_binding(tmp_path
         from pathlib import Path
         from nodes.agent.gpu.host import GpuHost
         from nodes.agent.simulate import SimulatedSysfs
-        from nodes.protocol import ReplicaSpec
+        from protocol.wire import ReplicaSpec
         from tests.agent.test_runtime_gpus import runtime, RecordingVmm
 
         class Dies(RecordingVmm):

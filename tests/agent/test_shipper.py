@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from nodes import protocol
+from protocol import wire as protocol
 from nodes.agent.logs import LogLine, LogRecords
 from nodes.agent.shipper import BATCH_BYTES, LogShipper, entry
-from nodes.protocol import Desired, DesiredReplica, Logs, ReplicaSpec, ReplicaStop
+from protocol.wire import Desired, DesiredReplica, Logs, ReplicaSpec, ReplicaStop
 from tests.agent.plane import FakePlane, Node, eventually, plane, data_dir, replica  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)

@@ -8,7 +8,7 @@ import pytest
 from nodes.agent.errors import AgentError
 from nodes.agent.locks import VmLocks
 from nodes.agent.state import StateStore, VmInfo, is_locked, validate_name
-from nodes.protocol import ReplicaSpec
+from protocol.wire import ReplicaSpec
 
 
 @pytest.mark.parametrize("name", ["", "../x", "a/b", "-lead", "UPPER", "x" * 64, "sp ace"])

@@ -20,7 +20,7 @@ import tracemalloc
 import pytest
 
 from nodes.agent.lifecycle import MAX_REASON_CHARS, MAX_STATUS_LINE, StatusReader, read_status
-from nodes.protocol import ReplicaSpec
+from protocol.wire import ReplicaSpec
 from tests.agent.test_runtime import make_runtime, parts, wait_state  # noqa: F401 (a fixture)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from nodes.agent.events import RuntimeEvent
 from nodes.agent.supervisor import Supervisor, pull_reason
-from nodes.protocol import Desired, ReplicaSpec, ReplicaStart, ReplicaStop
+from protocol.wire import Desired, ReplicaSpec, ReplicaStart, ReplicaStop
 from tests.agent.fakes import FakeImageStore, FakeVmm
 from tests.agent.plane import SH, Node, eventually, make_runtime, plane, data_dir, replica  # noqa: F401
 

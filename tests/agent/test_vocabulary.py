@@ -1,9 +1,9 @@
-"""nodes/vocabulary.py: the words the plane and the agent share, and the rules on names they
+"""protocol/vocabulary.py: the words the plane and the agent share, and the rules on names they
 both hold a VM name or a PCI address to."""
 
 import pytest
 
-from nodes import vocabulary as v
+from protocol import vocabulary as v
 
 
 def test_a_vm_that_ended_is_a_replica_that_is_over():

@@ -1,7 +1,7 @@
 """An import-linter contract type the built-in ones cannot express: an allow-list.
 
 import-linter's `forbidden` contract names what a package may not import, so every module added
-later beside `nodes/protocol.py` or in `cloud/` would be allowed until someone remembered to list
+later beside `protocol/wire.py` or in `cloud/` would be allowed until someone remembered to list
 it. The agent's rule is the other way round ("only itself and the protocol modules"), and so is
 the plumbing's ("nothing of the apps"): this contract lists what the sources may import, and
 anything new is refused until it is added on purpose.

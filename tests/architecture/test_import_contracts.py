@@ -17,19 +17,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("cloud", "accounts", "billing", "nodes", "templates")
+PACKAGES = ("protocol", "cloud", "accounts", "billing", "nodes", "templates")
 
 
 PROBES = [
     ("agent", "nodes.agent.runtime", "nodes.models"),
     ("agent", "nodes.agent.client", "django"),
     ("agent", "nodes.agent.oci.egress", "cloud.registries"),
-    ("protocol", "nodes.protocol", "nodes.agent.state"),
-    ("protocol", "nodes.vocabulary", "django"),
-    ("protocol", "nodes.protocol_checks", "httpx"),
+    ("protocol", "protocol.wire", "nodes.agent.state"),
+    ("protocol", "protocol.vocabulary", "django"),
+    ("protocol", "protocol.checks", "httpx"),
     ("plumbing", "cloud.auth", "accounts.selectors"),
     ("plumbing", "cloud.errors", "cloud.deployments.models"),
     ("layers", "accounts.services", "billing.services"),
+    ("layers", "accounts.services", "nodes.services"),
     ("layers", "nodes.selectors", "cloud.deployments.models"),
     ("layers", "cloud.deployments.api", "cloud.dashboard.views"),
     ("dashboard", "billing.api", "cloud.dashboard.charts"),
@@ -57,9 +58,9 @@ def test_each_contract_refuses_its_import(probed, probe):
     assert not after, f"{probe[0]} kept with {probe[1]} importing {probe[2]}"
 
 
-def test_lint_imports_fails_on_a_new_module_that_imports_django(tmp_path):
-    """The CLI, as `make test` runs it, on a copy of the tree with one module added beside the
-    protocol: nobody listed the new module, and the contract still covers it."""
+def test_lint_imports_fails_on_new_modules_nobody_listed(tmp_path):
+    """The CLI, as `make test` runs it, on a copy of the tree with a module added to the agent
+    and one to the shared package: nobody listed either, and the contracts still cover both."""
     for package in PACKAGES:
         shutil.copytree(ROOT / package, tmp_path / package,
                         ignore=shutil.ignore_patterns("__pycache__", "migrations", "static", "templates"))
@@ -70,9 +71,11 @@ def test_lint_imports_fails_on_a_new_module_that_imports_django(tmp_path):
     kept = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert kept.returncode == 0, kept.stdout + kept.stderr
     (tmp_path / "nodes" / "agent" / "newcomer.py").write_text("from django.conf import settings\n")
+    (tmp_path / "protocol" / "newcomer.py").write_text("import os\n\nfrom nodes import selectors\n")
     broken = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert broken.returncode == 1
     assert "nodes.agent.newcomer (l.1) imports django" in broken.stdout
+    assert "protocol.newcomer (l.3) imports nodes.selectors" in broken.stdout
 
 
 def _app(module: str) -> str:

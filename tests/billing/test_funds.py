@@ -11,7 +11,7 @@ from billing.services import ledger_credit, usage_close_intervals
 from cloud.deployments.models import Deployment, Event
 from cloud.deployments.services.agents import AgentSink
 from cloud.deployments.services.funds import funds_enforce
-from nodes.protocol import ReplicaReport
+from protocol.wire import ReplicaReport
 from tests.billing.factories import heartbeat, run_on, set_balance
 from tests.deployments.conftest import URL
 from tests.deployments.factories import deployment_for

@@ -17,7 +17,7 @@ from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.serializers import DeploymentOutput
 from cloud.deployments.services import deployment_delete, deployment_restart, node_lost
 from cloud.deployments.services.agents import AgentSink
-from nodes.protocol import ReplicaReport
+from protocol.wire import ReplicaReport
 from tests.billing.conftest import PRICE
 from tests.billing.factories import heartbeat, run_on, stop_at
 from tests.deployments.factories import NodeFactory, deployment_for

@@ -21,7 +21,7 @@ from billing.services import usage_close_intervals
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import deployment_start
 from cloud.deployments.services.agents import AgentSink
-from nodes.protocol import ReplicaReport
+from protocol.wire import ReplicaReport
 from tests.billing.factories import heartbeat
 from tests.billing.test_metering import exact
 from tests.deployments.factories import deployment_for

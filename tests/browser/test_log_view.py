@@ -18,7 +18,7 @@ LINES, BATCH = 5000, 250
 
 def test_five_thousand_lines_all_show_in_order_and_pause_still_answers(watched):
     from cloud.deployments.services.logs import logs_store
-    from nodes.protocol import LogEntry
+    from protocol.wire import LogEntry
     from tests.deployments.factories import deployment_for, place_running
 
     w = watched()

@@ -1,5 +1,5 @@
 """cloud/registries.py: which registries a customer may name, as plain functions. The address
-rule it applies is nodes/addresses.py's (tests/agent/test_addresses.py)."""
+rule it applies is protocol/addresses.py's (tests/agent/test_addresses.py)."""
 
 import pytest
 

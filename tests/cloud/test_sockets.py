@@ -28,7 +28,7 @@ from websockets.sync.client import connect
 
 from cloud.asgi import application
 from cloud.deployments.models import LogLine
-from nodes import protocol as p
+from protocol import wire as p
 from tests.e2e.conftest import _free_port, wait_for
 from tests.factories import MembershipFactory, TenantFactory, UserFactory, issue_token
 from tests.deployments.factories import DeploymentFactory

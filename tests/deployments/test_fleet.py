@@ -11,7 +11,7 @@ from cloud.deployments.services import deployment_expire_due, fleet_sweep, sched
 from cloud.deployments.services.agents import AgentSink
 from nodes import services as node_services
 from nodes.models import CpuSlot, Node
-from nodes.protocol import ReplicaReport
+from protocol.wire import ReplicaReport
 from tests.deployments.factories import deployment_for
 from tests.factories import HardwareTypeFactory
 from tests.nodes.factories import NodeFactory
@@ -173,7 +173,7 @@ def test_restart_is_a_new_incarnation_and_the_old_one_keeps_its_logs(cpu_small, 
     schedule_pending()
     old = running(deployment)
     from cloud.deployments.services import deployment_restart
-    from nodes.protocol import LogEntry
+    from protocol.wire import LogEntry
 
     sink.logs(node_id=old.node_id, replica_id=str(old.uid), lines=[LogEntry(seq=1, ts=1.0, stream="stdout", message="hi")])
     deployment_restart(tenant=acme, actor=None, deployment_id=deployment.pk)
@@ -185,6 +185,6 @@ def test_restart_is_a_new_incarnation_and_the_old_one_keeps_its_logs(cpu_small, 
 
 
 def _inventory():
-    from nodes.protocol import Inventory
+    from protocol.wire import Inventory
 
     return Inventory(hostname="box", agent_version="t", cpus=1, memory_mib=1, disk_gib=1, accelerator="tcg")

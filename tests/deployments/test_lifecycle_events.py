@@ -18,7 +18,7 @@ from cloud.deployments.services import (
 from cloud.deployments.services.agents import AgentSink
 from nodes import services as node_services
 from nodes.models import Node
-from nodes.protocol import ReplicaReport
+from protocol.wire import ReplicaReport
 from tests.deployments.factories import deployment_for
 from tests.factories import HardwareTypeFactory
 from tests.nodes.factories import NodeFactory

@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 
 from cloud.deployments.models import LogLine
 from cloud.deployments.services import logcaps
-from nodes import protocol as p
+from protocol import wire as p
 from tests.nodes.test_agent_consumer import _joined_node, _placed, connect, hello, receive, send
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]

@@ -16,7 +16,7 @@ from cloud.deployments import feeds, selectors
 from cloud.deployments.models import LogLine
 from cloud.deployments.selectors import LogFilter
 from cloud.deployments.services.logs import log_system_line, logs_store
-from nodes.protocol import LogEntry
+from protocol.wire import LogEntry
 from tests.deployments.factories import ReplicaFactory
 
 

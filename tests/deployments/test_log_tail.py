@@ -20,7 +20,7 @@ from cloud.asgi import application
 from cloud.deployments import consumers, feeds, selectors
 from cloud.deployments.models import LogLine, Replica
 from cloud.deployments.services.logs import logs_store
-from nodes.protocol import LogEntry
+from protocol.wire import LogEntry
 from tests.conftest import client_for
 from tests.deployments.factories import DeploymentFactory, ReplicaFactory
 from tests.factories import MembershipFactory, TenantFactory, UserFactory, issue_token

@@ -1,4 +1,4 @@
-"""The models' choices are nodes/vocabulary.py's sets, and the VM the plane names for a replica
+"""The models' choices are protocol/vocabulary.py's sets, and the VM the plane names for a replica
 passes the agent's name rule."""
 
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from accounts.models import Membership
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.deployments.services.agents import replica_spec
-from nodes import vocabulary as v
+from protocol import vocabulary as v
 from nodes.models import Node
 from tests.deployments.factories import deployment_for
 from tests.factories import TenantFactory

@@ -14,7 +14,7 @@ from cloud.asgi import application
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.deployments.services import schedule_pending
 from nodes import services
-from nodes import protocol as p
+from protocol import wire as p
 from nodes.models import CpuSlot
 from tests.deployments.factories import deployment_for
 from tests.factories import HardwareTypeFactory, LocationFactory, TenantFactory

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from cloud.deployments.models import Replica
 from cloud.deployments.services import schedule_pending
-from nodes import protocol as p
+from protocol import wire as p
 from nodes import services
 from nodes.agent.gpu.host import GpuHost
 from nodes.agent.inventory import collect

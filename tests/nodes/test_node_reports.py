@@ -16,7 +16,7 @@ from asgiref.sync import sync_to_async
 
 from cloud.deployments.models import Replica
 from cloud.deployments.services import schedule_pending
-from nodes import protocol as p
+from protocol import wire as p
 from nodes import services
 from nodes.models import Gpu, JoinToken, Node, NodeEvent
 from tests.deployments.factories import deployment_for

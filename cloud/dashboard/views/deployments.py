@@ -15,7 +15,7 @@ from cloud.dashboard.tenancy import tenant_view
 from cloud.deployments import feeds, selectors, services
 from cloud.deployments.serializers import DeploymentOutput, ReplicaOutput
 from cloud.exceptions import ApplicationError, NotFound
-from nodes.vocabulary import DEPLOYMENT_STATUSES
+from protocol.vocabulary import DEPLOYMENT_STATUSES
 
 PAGE_SIZE = 20
 ACTIONS = {

@@ -16,7 +16,7 @@ from accounts import members as team
 from accounts.services import service_account_create
 from cloud.dashboard.tenancy import SESSION_KEY, tenant_view
 from cloud.exceptions import ApplicationError, NotFound
-from nodes.vocabulary import MANAGER_ROLES, MEMBER, ROLES
+from protocol.vocabulary import MANAGER_ROLES, MEMBER, ROLES
 
 
 def _say(request, exc: ApplicationError) -> None:

@@ -16,7 +16,7 @@ from cloud.fields import (
     StrictIntegerField,
     string_list,
 )
-from nodes.vocabulary import LOG_STREAMS
+from protocol.vocabulary import LOG_STREAMS
 
 NAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 NAME_HELP = "1-100 characters: letters, digits, '.', '_' and '-', starting with a letter or digit; unique per tenant."

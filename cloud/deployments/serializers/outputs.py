@@ -15,7 +15,7 @@ from billing.services import hourly_cost
 from cloud.deployments import feeds
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.fields import EnvField
-from nodes.vocabulary import LIVE_STATUSES
+from protocol.vocabulary import LIVE_STATUSES
 
 
 def endpoint_url(*, address: str | None, port: int | None) -> str | None:

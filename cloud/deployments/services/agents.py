@@ -26,8 +26,8 @@ from cloud.deployments.services.logs import logs_heads_remember, logs_store
 from cloud.deployments.services.status import deployment_refresh, replica_event, replicas_stop
 from nodes import link
 from nodes import selectors as node_selectors
-from nodes.protocol import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
-from nodes.vocabulary import BOOTING, FAILED, RESTARTING, RUNNING, STARTING, STOPPED, TERMINAL_STATES, VM_ENDED_STATES
+from protocol.wire import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
+from protocol.vocabulary import BOOTING, FAILED, RESTARTING, RUNNING, STARTING, STOPPED, TERMINAL_STATES, VM_ENDED_STATES
 
 R = Replica.State
 # What a node reports once a replica's VM process has started. Not `stopping`: a node also says

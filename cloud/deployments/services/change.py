@@ -14,7 +14,7 @@ from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
 from cloud.deployments.services.status import incarnations_create, missing_ordinals, replicas_stop, unfinished_q
 from cloud.exceptions import Conflict, InvalidInput
-from nodes.vocabulary import LIVE_STATUSES
+from protocol.vocabulary import LIVE_STATUSES
 
 S = Deployment.Status
 

@@ -28,7 +28,7 @@ from cloud.deployments.services.status import (
 )
 from nodes import selectors as node_selectors
 from nodes import services as node_services
-from nodes.vocabulary import LIVE_STATUSES, TERMINAL_STATES
+from protocol.vocabulary import LIVE_STATUSES, TERMINAL_STATES
 
 R = Replica.State
 

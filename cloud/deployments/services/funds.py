@@ -49,7 +49,7 @@ from billing.selectors import (
 from cloud.deployments.models import Deployment
 from cloud.deployments.services.events import event_record
 from cloud.deployments.services.lifecycle import deployment_stop_unpaid
-from nodes.vocabulary import LIVE_STATUSES
+from protocol.vocabulary import LIVE_STATUSES
 
 log = logging.getLogger(__name__)
 ZERO = Decimal("0")

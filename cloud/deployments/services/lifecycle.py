@@ -32,7 +32,7 @@ from cloud.deployments.services.status import (
     unfinished_q,
 )
 from cloud.exceptions import Conflict
-from nodes.vocabulary import LIVE_STATUSES
+from protocol.vocabulary import LIVE_STATUSES
 
 S = Deployment.Status
 STARTABLE = (S.STOPPED, S.FAILED, S.EXPIRED)

@@ -26,7 +26,7 @@ from django.utils import timezone
 from cloud.deployments import feeds
 from cloud.deployments.models import LogLine, Replica
 from cloud.deployments.services.logcaps import log_lines_allow
-from nodes.protocol import LogEntry
+from protocol.wire import LogEntry
 
 # The first key of the two-key advisory lock form; the second is a hash of the deployment id.
 # Collisions between deployments only serialise two inserts, they never mix their cursors.

@@ -28,7 +28,7 @@ from cloud.deployments.services.status import deployment_refresh, replica_event
 from nodes import link
 from nodes import selectors as node_selectors
 from nodes import services as node_services
-from nodes.vocabulary import TERMINAL_STATES
+from protocol.vocabulary import TERMINAL_STATES
 
 log = logging.getLogger(__name__)
 

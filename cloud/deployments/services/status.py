@@ -14,7 +14,7 @@ from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services.events import event_record
 from cloud.deployments.services.kick import scheduler_kick
 from nodes import link
-from nodes.vocabulary import LIVE_STATUSES, TERMINAL_STATES
+from protocol.vocabulary import LIVE_STATUSES, TERMINAL_STATES
 
 S = Deployment.Status
 R = Replica.State

@@ -12,7 +12,7 @@ has nothing to swap: there is none.
 The control plane refuses the same references when a customer writes them
 (`cloud/registries.py`); this is the check that counts, because DNS may answer differently on
 the node and later, and the agent imports nothing from the plane. Both judge addresses with
-`nodes/addresses.py`, so they cannot disagree about one.
+`protocol/addresses.py`, so they cannot disagree about one.
 
 Environment proxies and `.netrc` are not used (httpx's trust_env is off): a proxy would
 resolve names where we cannot check them, and a `.netrc` would hand the node's credentials
@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import httpcore
 import httpx
 
-from nodes.addresses import (
+from protocol.addresses import (
     ip_literal,
     is_loopback_name,
     is_trusted,

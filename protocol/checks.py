@@ -1,4 +1,4 @@
-"""Validating decoded JSON against the protocol's dataclasses (nodes/protocol.py): one checker
+"""Validating decoded JSON against the protocol's dataclasses (protocol/wire.py): one checker
 per type hint, made once, that returns the value it checked (a dataclass built from a dict) or
 raises Bad with where it went wrong. Generic over the types; the protocol registers a faster
 checker for the one type a node sends thousands a second (LogEntry)."""

@@ -20,11 +20,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
-from nodes.protocol_checks import Bad as _Bad
-from nodes.protocol_checks import checker as _checker
-from nodes.protocol_checks import dataclass_checker as _dataclass_checker
-from nodes.protocol_checks import register_fast
-from nodes.vocabulary import HEALTH_STATES, LOG_STREAMS, VM_STATES
+from protocol.checks import Bad as _Bad
+from protocol.checks import checker as _checker
+from protocol.checks import dataclass_checker as _dataclass_checker
+from protocol.checks import register_fast
+from protocol.vocabulary import HEALTH_STATES, LOG_STREAMS, VM_STATES
 
 PROTOCOL_VERSION = 1
 # A frame larger than this is refused unread: a log batch is capped well below it.

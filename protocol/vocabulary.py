@@ -1,7 +1,7 @@
 """The words the plane and the agent share, each defined once.
 
 Plain Python with no Django and nothing but the standard library (import-linter holds that):
-the agent imports it beside `nodes/protocol.py`, the models build their `choices` from it, and
+the agent imports it beside `protocol/wire.py`, the models build their `choices` from it, and
 services, selectors, consumers and the dashboard import the sets they test against from here,
 so a state added or renamed here is added or renamed everywhere.
 """

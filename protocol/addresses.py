@@ -8,7 +8,7 @@ name that resolves to one, is refused unless the operator trusts it (`host[:port
 Two places judge it: the plane when a customer writes the reference (`cloud/registries.py`,
 early feedback) and the agent when it connects (`nodes/agent/oci/egress.py`, the check that
 counts: DNS may answer differently on the node and later). Both call this module, so they
-cannot drift apart. Standard library only: the agent imports it beside `nodes/protocol.py`.
+cannot drift apart. Standard library only: the agent imports it beside `protocol/wire.py`.
 """
 
 from __future__ import annotations
