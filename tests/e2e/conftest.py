@@ -24,7 +24,7 @@ from django.db import connection
 from tests.agent.conftest_images import local_registry  # noqa: F401  (fixture)
 from tests.agent.conftest_vmm import KIT_CACHE, vmm_kit  # noqa: F401  (fixture)
 from tests.agent.netns import Netns, create_netns, ip
-from tests.e2e.stack import Procs, answers_healthz, daphne_argv, free_port, wait_for, worker_argv
+from tests.e2e.stack import Procs, answers_healthz, daphne_argv, database_url, free_port, wait_for, worker_argv
 
 REPO = Path(__file__).resolve().parents[2]
 LIVENESS_S = 8  # short, so a silent node is declared offline within a test
@@ -34,13 +34,12 @@ class Plane:
     """daphne + Celery worker (with beat) on the test database, each a process of its own."""
 
     def __init__(self, tmp: Path, **env: str):
-        db = connection.settings_dict
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         run_id = secrets.token_hex(4)
         self.env = {
             **os.environ, "PYTHONPATH": str(REPO), "DJANGO_SETTINGS_MODULE": "cloud.settings",
-            "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "DATABASE_URL": database_url(connection.settings_dict),
             "CELERY_QUEUE": f"e2e-{run_id}", "CHANNELS_PREFIX": f"e2e-{run_id}",
             "NODE_LIVENESS_WINDOW_S": str(LIVENESS_S), "NODE_DRAIN_TIMEOUT_S": "120", "DB_POOL": "0",
             "CACHE_PREFIX": f"e2e-{run_id}", **env,

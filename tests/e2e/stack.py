@@ -38,6 +38,12 @@ def wait_for(check, *, timeout: float, what: str, interval: float = 0.25):
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
 
 
+def database_url(db: dict) -> str:
+    """The DATABASE_URL of Django's `connection.settings_dict` (the test database, in a test)."""
+    return (f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
+            f"{db['NAME']}")
+
+
 def daphne_argv(port: int) -> list[str]:
     return [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "cloud.asgi:application"]
 
