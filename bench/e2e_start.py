@@ -171,8 +171,6 @@ class Bench(Cleanups):
         return {"Authorization": f"Bearer {token.token}", "X-Tenant": "bench"}
 
     def plane(self) -> str:
-        import httpx
-
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.on_exit("stop daphne and the worker", self.procs.stop)
