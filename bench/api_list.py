@@ -10,7 +10,6 @@ Prints p50/p90/p99 per page size and the SQL query count per request for limit 1
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.kit import plane_secrets  # noqa: E402
+from bench.kit import daphne_argv, free_port, plane_secrets  # noqa: E402
 
 base_url = os.environ.get("DATABASE_URL", "postgres://gantry:gantry@127.0.0.1:5432/gantry")
 parts = urlsplit(base_url)
@@ -114,12 +113,6 @@ def query_counts(token: str) -> dict[int, int]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     ensure_database()
     import django
@@ -135,7 +128,7 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     port = free_port()
     server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/daphne"), "-b", "127.0.0.1", "-p", str(port), "cloud.asgi:application"],
+        daphne_argv(port),
         cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         base = f"http://127.0.0.1:{port}"

@@ -55,10 +55,10 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.kit import Procs, admin_sql, free_link, free_port, kill_under, plane_secrets, say, wait  # noqa: E402
+from bench.kit import (Cleanups, Procs, admin_sql, answers_healthz, daphne_argv, free_link, free_port,  # noqa: E402
+                       kill_under, plane_secrets, say, wait_for, worker_argv)
 from bench.kit.start_report import report  # noqa: E402
 from bench.kit.start_marks import _log_ts, _celery_ts, _stat, _cpu_of, _group_cpu, _vm_cpu, _host_busy  # noqa: E402
-BIN = Path(sys.executable).parent
 REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
 STATE_DIR = Path(os.environ.get("STATE_DIR", ROOT / ".state"))
 KIT_CACHE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))  # the tests' kit cache
@@ -94,10 +94,10 @@ plane_secrets()  # the plane refuses the development key (cloud/production.py)
 # -- the bench ---------------------------------------------------------------------------------
 
 
-class Bench:
+class Bench(Cleanups):
     def __init__(self, tmp: Path):
+        super().__init__()
         self.tmp = tmp
-        self.cleanups: list[tuple[str, object]] = []
         self.loop = asyncio.new_event_loop()
         self.env = {
             **{k: v for k, v in os.environ.items() if k != "DB_POOL"},
@@ -108,15 +108,8 @@ class Bench:
         (tmp / "logs").mkdir()
         self.procs = Procs(tmp / "logs", self.env, ROOT)
 
-    def on_exit(self, what: str, fn) -> None:
-        self.cleanups.append((what, fn))
-
     def close(self) -> None:
-        for what, fn in reversed(self.cleanups):
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - every other cleanup must still run
-                print(f"cleanup: {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        super().close()
         self.loop.close()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -178,25 +171,19 @@ class Bench:
         return {"Authorization": f"Bearer {token.token}", "X-Tenant": "bench"}
 
     def plane(self) -> str:
-        import httpx
-
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.on_exit("stop daphne and the worker", self.procs.stop)
-        self.procs.spawn("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "cloud.asgi:application"])
-        self.procs.spawn("worker", [str(BIN / "celery"), "-A", "cloud", "worker", "-B", "--concurrency", "2",
-                                    "-Q", TAG, "--schedule", str(self.tmp / "beat-schedule"), "--loglevel", "INFO"])
+        self.procs.spawn("web", daphne_argv(port))
+        self.procs.spawn("worker", worker_argv(TAG, self.tmp / "beat-schedule"))
 
         def healthy() -> bool:
             for name, proc in self.procs.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.procs.tail(name)}")
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
+            return answers_healthz(self.url)
 
-        wait(healthy, timeout=90, what="daphne to answer /healthz", interval=0.25)
+        wait_for(healthy, timeout=90, what="daphne to answer /healthz", interval=0.25)
         return self.url
 
     def node(self) -> None:
@@ -241,7 +228,7 @@ class Bench:
                 raise RuntimeError(f"the agent exited:\n{self.procs.tail('agent')}")
             return Node.objects.get(pk=self.node_id).status == Node.Status.ONLINE
 
-        wait(online, timeout=180, what="the node to come online", interval=0.25)
+        wait_for(online, timeout=180, what="the node to come online", interval=0.25)
 
     def direct_runtime(self) -> None:
         from nodes.agent.runtime_build import build_runtime
@@ -301,7 +288,7 @@ class Bench:
                 raise RuntimeError(f"deployment {deployment_id} {status}:\n{self.procs.tail('agent')}")
             return status == "running"
 
-        wait(running, timeout=300, what="the deployment to run", interval=POLL_S)
+        wait_for(running, timeout=300, what="the deployment to run", interval=POLL_S)
         t_seen = time.time()
         deployment = http.get(f"/deployments/{deployment_id}").json()["deployment"]
         t_api = time.time()
@@ -313,7 +300,7 @@ class Bench:
             except httpx.HTTPError:
                 return False
 
-        wait(answers, timeout=60, what=f"{endpoint['url']} to answer", interval=POLL_S)
+        wait_for(answers, timeout=60, what=f"{endpoint['url']} to answer", interval=POLL_S)
         t_answer = time.time()
         busy = _host_busy() - busy0
         replica = Replica.objects.get(deployment_id=deployment_id)
@@ -330,10 +317,10 @@ class Bench:
 
         # Stop it and wait until the node has removed the VM, so the next start has the host to itself.
         assert http.post(f"/deployments/{deployment_id}/stop").status_code == 200
-        wait(lambda: Deployment.objects.get(pk=deployment_id).status == "stopped", timeout=120,
-              what="the deployment to stop")
-        wait(lambda: not (self.node_dir / "vms" / str(replica.uid)).exists(), timeout=60,
-              what="the agent to remove the VM")
+        wait_for(lambda: Deployment.objects.get(pk=deployment_id).status == "stopped", timeout=120,
+                 what="the deployment to stop")
+        wait_for(lambda: not (self.node_dir / "vms" / str(replica.uid)).exists(), timeout=60,
+                 what="the agent to remove the VM")
 
         return {
             "t0": t0, "post": t_post, "created": replica.created_at.timestamp(), "placed": replica.placed_at.timestamp(),

@@ -47,8 +47,8 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.kit import Procs, admin_sql, cpu_s, free_port, kill_under, plane_secrets, quantiles, rss_mib, say, wait  # noqa: E402
-BIN = Path(sys.executable).parent
+from bench.kit import (Cleanups, Procs, admin_sql, answers_healthz, cpu_s, daphne_argv, free_port,  # noqa: E402
+                       kill_under, plane_secrets, quantiles, rss_mib, say, wait_for)
 REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
 KIT_CACHE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))  # the tests' kit cache
 
@@ -155,23 +155,13 @@ class Subscriber:
                     self.times.append(now)
 
 
-class Bench:
+class Bench(Cleanups):
     def __init__(self, tmp: Path):
+        super().__init__()
         self.tmp = tmp
-        self.cleanups: list[tuple[str, object]] = []
         self.env = {**{k: v for k, v in os.environ.items() if k != "DB_POOL"}, "PYTHONPATH": str(ROOT)}
         self.runner = Procs(tmp / "logs", self.env, ROOT)
         (tmp / "logs").mkdir()
-
-    def on_exit(self, what: str, fn) -> None:
-        self.cleanups.append((what, fn))
-
-    def close(self) -> None:
-        for what, fn in reversed(self.cleanups):
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - every other cleanup must still run
-                print(f"cleanup: {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         proc = self.runner.spawn(name, argv, env)
@@ -215,17 +205,8 @@ class Bench:
     def plane(self) -> str:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.web = self.spawn("daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "cloud.asgi:application"],
-                              env={**self.env, "DB_POOL": "1"})
-        import httpx
-
-        def healthy():
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait(healthy, timeout=60, what="daphne")
+        self.web = self.spawn("daphne", daphne_argv(port), env={**self.env, "DB_POOL": "1"})
+        wait_for(lambda: answers_healthz(self.url), timeout=60, what="daphne")
         return self.url
 
     def customer(self):
@@ -366,7 +347,7 @@ def synthetic(bench: Bench) -> list[tuple[str, dict]]:
     pids = (bench.web.pid, agent.pid)
     results = []
     if "rate" in PARTS:
-        wait(lambda: stored(deployment.pk) > RATE, timeout=120, what="the first second of lines stored")
+        wait_for(lambda: stored(deployment.pk) > RATE, timeout=120, what="the first second of lines stored")
         say(f"warming up {WARMUP_S:.0f}s at {RATE:,} lines/s ...")
         time.sleep(WARMUP_S)
     for subscribers in SUBSCRIBERS if "rate" in PARTS else ():
@@ -381,7 +362,7 @@ def synthetic(bench: Bench) -> list[tuple[str, dict]]:
     quiet, quiet_replica = bench.replica_on(
         node, hardware, image="sh", args=[f"exec {sys.executable} -c '{WORKLOAD}' {LATENCY_RATE} {2 * LATENCY_S + 60}"])
     quiet_vm = VmPaths(data / "vms" / str(quiet_replica.uid))
-    wait(lambda: stored(quiet.pk) > LATENCY_RATE, timeout=120, what="the second workload's lines")
+    wait_for(lambda: stored(quiet.pk) > LATENCY_RATE, timeout=120, what="the second workload's lines")
     time.sleep(3)
     for subscribers in SUBSCRIBERS:
         say(f"measuring {LATENCY_S:.0f}s at {LATENCY_RATE:,} lines/s with {subscribers} subscriber(s) ...")
@@ -432,7 +413,7 @@ def chatty_vm(bench: Bench) -> dict:
     bench.on_exit("kill the VM", lambda: kill_under(data))
     deployment, replica = bench.replica_on(made.node, hardware, image=f"{addr}/gantry/hello:latest",
                                            entrypoint=["/bin/sh", "-c"], args=[CHATTY])
-    wait(lambda: stored(deployment.pk) > 2000, timeout=600, what="the VM's first lines")
+    wait_for(lambda: stored(deployment.pk) > 2000, timeout=600, what="the VM's first lines")
     time.sleep(3)
     say(f"measuring {VM_SECONDS:.0f}s of a chatty microVM with 1 subscriber ...")
     return asyncio.run(measure(bench, deployment.pk, 1, VM_SECONDS, pids=(bench.web.pid, agent.pid)))

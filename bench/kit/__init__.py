@@ -1,5 +1,7 @@
-"""What the benchmarks under bench/ share: output, free ports, waiting for a condition, killing
-what a run left behind, percentiles, a process's memory and CPU. (Not a benchmark: `make bench` runs bench/*.py only.)"""
+"""What the benchmarks under bench/ share: output, waiting for a condition, undoing and killing
+what a run left behind, percentiles, a process's memory and CPU. The plane's processes (daphne,
+the worker: ports, argv, health, stopping) are started as tests/e2e starts them, from
+tests/e2e/stack.py. (Not a benchmark: `make bench` runs bench/*.py only.)"""
 
 from __future__ import annotations
 
@@ -8,11 +10,15 @@ import os
 import re
 import secrets
 import signal
-import socket
 import statistics
-import subprocess
-import time
+import sys
 from pathlib import Path
+
+from tests.e2e.stack import BIN, Procs, answers_healthz, daphne_argv, free_port, wait_for, worker_argv
+
+__all__ = ["BIN", "Cleanups", "Procs", "admin_sql", "answers_healthz", "cpu_s", "daphne_argv", "free_link", "free_port",
+           "kill_under", "plane_secrets", "quantiles", "rss_mib", "say", "wait_for",
+           "worker_argv"]
 
 
 def say(message: str) -> None:
@@ -29,24 +35,6 @@ def plane_secrets() -> None:
         os.environ["SECRET_KEY"] = "bench-" + secrets.token_urlsafe(48)
     if not os.environ.get("FERNET_KEYS"):
         os.environ["FERNET_KEYS"] = Fernet.generate_key().decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait(check, *, timeout: float, what: str, interval: float = 0.1):
-    """`check()`'s first true value, polled every `interval`; RuntimeError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
 
 
 def kill_under(path: Path) -> None:
@@ -89,43 +77,21 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-class Procs:
-    """Processes of this run, each in a session of its own, killed as a group at the end."""
+class Cleanups:
+    """What a run set up, undone at its end in reverse order; one failing undo stops no other."""
 
-    def __init__(self, logs: Path, env: dict[str, str], cwd: Path):
-        self.logs, self.env, self.cwd = logs, env, cwd
-        self.procs: dict[str, subprocess.Popen] = {}
+    def __init__(self):
+        self.cleanups: list[tuple[str, object]] = []
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        out = open(self.logs / f"{name}.log", "a")
-        proc = subprocess.Popen(argv, cwd=self.cwd, env=env or self.env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        out.close()
-        self.procs[name] = proc
-        return proc
+    def on_exit(self, what: str, fn) -> None:
+        self.cleanups.append((what, fn))
 
-    def tail(self, name: str, chars: int = 3000) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-    def stop(self, *names: str) -> None:
-        """SIGTERM, then SIGKILL after 15 s, to each named process group (all if none named)."""
-        procs = [p for name, p in self.procs.items() if not names or name in names]
-        for proc in procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for proc in procs:
+    def close(self) -> None:
+        for what, fn in reversed(self.cleanups):
             try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
+                fn()
+            except Exception as exc:  # noqa: BLE001 - every other cleanup must still run
+                print(f"cleanup: {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def free_link(candidates: list[str]) -> ipaddress.IPv4Network:

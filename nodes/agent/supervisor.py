@@ -100,6 +100,7 @@ class Supervisor:
         self._attempted: set[str] = set()
         self._missing: set[str] = set()
         self._wake = asyncio.Event()
+        self._converging = False
 
     # -- what the plane says ------------------------------------------------------------------
     def apply_desired(self, desired: Desired) -> None:
@@ -134,6 +135,11 @@ class Supervisor:
         """The last state seen for a VM (from events or a listing); None if none seen."""
         return self._states.get(name)
 
+    def idle(self) -> bool:
+        """Nothing left to act on: no pass pending or running, no start or removal in flight.
+        Tests wait for it to prove that something did not happen, instead of sleeping."""
+        return not self._wake.is_set() and not self._converging and not self._ops
+
     def starting(self) -> int:
         return sum(1 for kind, task in self._ops.values() if kind == "start" and not task.done())
 
@@ -159,12 +165,15 @@ class Supervisor:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                self._converging = True
                 try:
                     await self._converge()
                 except Exception:
                     log.exception("converge pass failed; retrying")
                     await asyncio.sleep(1.0)
                     self._wake.set()
+                finally:
+                    self._converging = False
         finally:
             reporter.cancel()
             tasks = [task for _, task in self._ops.values()]

@@ -49,9 +49,13 @@ def vmm_accel(vmm_kit):
 
 @pytest.fixture(scope="session")
 def base_disk(tmp_path_factory) -> Path:
+    return make_base_disk(tmp_path_factory.mktemp("rootfs"))
+
+
+def make_base_disk(root: Path) -> Path:
     """A 32 MiB ext4 image holding a static busybox, a user `app` (uid 1000) and /srv/app:
-    enough of a root filesystem for /init, built without the images engineer's pipeline."""
-    root = tmp_path_factory.mktemp("rootfs")
+    enough of a root filesystem for /init, built without the images engineer's pipeline (in
+    `root`, an empty dir; the image lands beside it). bench/vm_stop.py boots it too."""
     (root / "bin").mkdir()
     shutil.copy(BUSYBOX, root / "bin" / "busybox")
     for applet in APPLETS:

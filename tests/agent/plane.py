@@ -17,6 +17,7 @@ No VM boots and no network device is made: the runtime's far sides are tests/age
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -31,7 +32,7 @@ from protocol import wire as protocol
 from nodes.agent.daemon import Daemon
 from nodes.agent.join import Credential
 from nodes.agent.runtime import MicroVmRuntime
-from protocol.wire import Desired, DesiredReplica, LogEntry, Logs, LogsAck, Message, ReplicaSpec
+from protocol.wire import Desired, DesiredReplica, Heartbeat, LogEntry, Logs, LogsAck, Message, NodeDrain, ReplicaSpec
 from tests.agent.fakes import FakeImageConfig, FakeImageStore, FakeNetwork, FakeVmm, fake_accel, fake_kit
 
 CREDENTIAL = "gnode_test-credential"
@@ -155,6 +156,21 @@ def make_runtime(data_dir: Path, images: FakeImageStore | None = None, vmm: Fake
                           kit_provider=fake_kit, accel_provider=fake_accel, poll_interval=0.02)
 
 
+class ObservedDaemon(Daemon):
+    """The real daemon, keeping every message from the plane it has finished handling."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.handled: list[Message] = []
+
+    async def on_message(self, message: Message) -> None:
+        await super().on_message(message)
+        self.handled.append(message)
+
+
+_markers = itertools.count(1)
+
+
 class Node:
     """A daemon over a fake-backed runtime in this event loop; `start()` / `stop()` it."""
 
@@ -164,7 +180,7 @@ class Node:
         options.setdefault("client_options", FAST_CLIENT)
         options.setdefault("shipper_options", {"poll_s": 0.05})
         cred = Credential(plane.url, 1, credential or plane.credential)
-        self.daemon = Daemon(self.runtime, cred, data_dir, **options)
+        self.daemon = ObservedDaemon(self.runtime, cred, data_dir, **options)
         self._stop = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -172,6 +188,28 @@ class Node:
         self.task = asyncio.create_task(self.daemon.run(self._stop))
         await eventually(lambda: self.daemon.ready.is_set() or self.task.done(), what="daemon ready")
         return self
+
+    async def heard(self, plane: FakePlane) -> None:
+        """Returns once the node has handled every message the plane sent it so far: the plane
+        sends a no-op command after them, and the connection delivers in order."""
+        marker = NodeDrain(command_id=f"barrier-{next(_markers)}")
+        await plane.send(marker)
+        await eventually(lambda: marker in self.daemon.handled, what=f"the node to handle {marker.command_id}")
+
+    async def said(self, plane: FakePlane) -> None:
+        """Returns once the plane has received everything the node queued for it so far: a
+        heartbeat naming a marker goes through the same outbox after them."""
+        marker = f"barrier-{next(_markers)}"
+        assert await self.daemon.client.send(Heartbeat(log_seqs={marker: 0})), "the node is not connected"
+        await eventually(lambda: any(marker in m.log_seqs for m in plane.messages("heartbeat")),
+                         what=f"heartbeat {marker} at the plane")
+
+    async def settled(self, plane: FakePlane) -> None:
+        """Proof, not a pause, that nothing more comes of what the plane sent so far: the node
+        handled it, its supervisor has nothing left to do, and the plane has all it reported."""
+        await self.heard(plane)
+        await eventually(self.daemon.supervisor.idle, what="the supervisor idle")
+        await self.said(plane)
 
     async def stop(self) -> int:
         self._stop.set()

@@ -4,7 +4,6 @@ backoff, a refused credential, heartbeats, and frames from the plane it must sur
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -31,7 +30,7 @@ async def test_hello_reports_vms_adopted_from_before_the_agent_started(plane, da
     assert hello[0].inventory.accelerator == "tcg" and hello[0].inventory.cpus >= 1
     assert hello[0].inventory.memory_mib > 0 and hello[0].inventory.simulated is False
 
-    await asyncio.sleep(0.5)  # desired names it: adopted, never restarted
+    await node.settled(plane)  # desired names it: adopted, never restarted
     assert node.runtime.vmm.calls == [] and (await node.runtime.get("r-1")).pid == before.pid
     assert plane.messages("replica.status") == []
     await node.stop()

@@ -81,10 +81,8 @@ async def test_kit_is_reused_and_rebuilt_only_when_an_input_changes(tmp_path, vm
     assert first.initrd.exists() and first.kernel_version == vmm_kit.kernel_version
     built_at = first.initrd.stat().st_mtime_ns
 
-    started = time.monotonic()
     again = await ensure_kit(data)
-    assert again == first and again.initrd.stat().st_mtime_ns == built_at
-    assert time.monotonic() - started < 1.0, "a cached kit costs a stat, not a rebuild"
+    assert again == first and again.initrd.stat().st_mtime_ns == built_at  # found, not rebuilt
 
     changed_init = tmp_path / "init"
     changed_init.write_bytes(INIT_PATH.read_bytes() + b"# changed\n")

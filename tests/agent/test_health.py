@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import pytest
 
@@ -60,13 +59,11 @@ async def test_http_5xx_fails_with_the_status_as_reason():
 
 async def test_closed_port_fails_with_connection_refused_at_the_timeout():
     port = _closed_port()
-    started = time.monotonic()
     with pytest.raises(AgentError) as err:
         await wait_healthy("127.0.0.1", port, timeout=0.5, interval=0.1)
-    elapsed = time.monotonic() - started
     assert "connection refused" in err.value.message
     assert f"127.0.0.1:{port}" in err.value.message
-    assert 0.5 <= elapsed < 1.5
+    assert err.value.message.endswith("(gave up after 0.5s)")  # at its timeout, for that reason
 
 
 async def test_silent_server_fails_with_a_timeout_reason():
@@ -100,14 +97,20 @@ async def test_not_http_fails_with_what_came_back():
 async def test_becomes_healthy_when_the_port_opens_later():
     port = _closed_port()
 
+    answered = []
+    ok = _http("200 OK")
+
+    async def answer(reader, writer):
+        answered.append(True)
+        await ok(reader, writer)
+
     async def open_later() -> asyncio.Server:
         await asyncio.sleep(0.4)
-        return await asyncio.start_server(_http("200 OK"), "127.0.0.1", port)
+        return await asyncio.start_server(answer, "127.0.0.1", port)
 
     opener = asyncio.create_task(open_later())
-    started = time.monotonic()
     await wait_healthy("127.0.0.1", port, timeout=5, http_path="/", interval=0.05)
-    assert time.monotonic() - started >= 0.4
+    assert answered  # healthy because the server it waited for answered
     (await opener).close()
 
 

@@ -370,10 +370,13 @@ def test_outside_reaches_a_only_through_its_published_port(island):
 
 def _spoof_marker(island, setup: str, undo: str, marker: str) -> bool:
     """A sends one DNS query named `marker` from a spoofed identity, output held back until it
-    is itself again; True when the query reached the server."""
-    island.shell(island.a, f"( {setup}; timeout 3 nslookup {marker} {DNS_IP}; {undo} ) >/tmp/out 2>&1; cat /tmp/out")
-    time.sleep(0.5)
-    return marker in island.dns_log.read_text()
+    is itself again; True when the query reached the server. A query A then sends as itself is
+    answered only once the server (one socket, read in order) has logged everything before it."""
+    island.shell(island.a, f"( {setup}; timeout 3 nslookup {marker} {DNS_IP}; {undo} ) >/tmp/out 2>&1; cat /tmp/out; "
+                           f"nslookup after-{marker} {DNS_IP}")
+    log = island.dns_log.read_text()
+    assert f"after-{marker}" in log, "A's own query after the spoofed one never reached the server"
+    return marker in log.replace(f"after-{marker}", "")
 
 
 def test_a_cannot_send_with_bs_ip(island):

@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import pytest
 
 from nodes.agent.network import LinuxNetwork, NetworkConfig
+from nodes.agent.events import RuntimeEvent
 from nodes.agent.runtime import MicroVmRuntime
 from nodes.agent.supervisor import Supervisor
 from nodes.agent.vmm.qemu import QemuVm, alive
@@ -39,6 +40,7 @@ from tests.agent.forge import NOTE, program
 pytestmark = [pytest.mark.vm, pytest.mark.netns, pytest.mark.timeout(600)]
 
 NAME = "meter-forged-final"
+BARRIER = "barrier"  # no VM: an event of its name only marks a place in the reporter's queue
 # What /init writes when a workload exits 0 (nodes/agent/guest/init): the end record. (Records
 # that are not /init's, which a guest may write too, are tests/agent/test_status_channel.py's.)
 FORGED = b'{"event":"final","code":0,"attempts":1,"stopped":false,"ts":0}\n'
@@ -105,9 +107,12 @@ def test_a_guest_that_writes_final_while_alive_is_stopped_before_its_end_is_repo
         tmp_path, node_netns, vmm_kit, vmm_accel, forge_disk):
     vm_dir = tmp_path / "data" / "vms" / NAME
     sent: list[tuple[str, str, bool]] = []  # (state, reason, was QEMU alive when it was sent)
+    barrier_reported = asyncio.Event()
 
     async def send(message) -> bool:
-        if isinstance(message, ReplicaStatus):
+        if isinstance(message, ReplicaStatus) and message.report.replica_id == BARRIER:
+            barrier_reported.set()
+        elif isinstance(message, ReplicaStatus):
             sent.append((message.report.state, message.report.reason, await asyncio.to_thread(alive, vm_dir)))
         return True
 
@@ -139,8 +144,10 @@ def test_a_guest_that_writes_final_while_alive_is_stopped_before_its_end_is_repo
                 return any(state in TERMINAL for state, _, _ in sent)
 
             await _eventually(ended, timeout=90, what="the replica's end to be reported")
-            # Let the reporter pass on whatever else it had: no later report may revive it.
-            await asyncio.sleep(1)
+            # An event after every other: once the reporter passed it on, it has passed on all
+            # it had, and no later report may have revived the replica.
+            runtime._emit(RuntimeEvent(BARRIER, "stopped", time.time()))
+            await asyncio.wait_for(barrier_reported.wait(), 30)
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)

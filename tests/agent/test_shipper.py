@@ -68,18 +68,26 @@ async def test_heartbeats_say_how_far_each_replicas_log_goes(data_dir):
     await plane.close()
 
 
+async def read_past_what_it_sent(node: Node, plane: FakePlane) -> None:
+    """Returns once the shipper holds lines of "r" it has not sent, and the plane has everything
+    the node queued after that: any batch not held back by the window would have arrived."""
+    sent = plane.messages("logs")[-1].lines[-1].seq
+    await eventually(lambda: node.daemon.shipper.last_seq("r") > sent, what="lines read but not sent")
+    await node.said(plane)
+
+
 async def test_unacknowledged_batches_in_flight_are_bounded_and_acks_open_the_window(data_dir):
     n = 10 * protocol.MAX_LOG_BATCH_LINES  # more than a full window of the largest batches holds
     plane = await FakePlane(auto_ack=False).start()
     plane.desired["r"] = replica("r", counting(n))
     node = await Node(data_dir, plane).start()
     await eventually(lambda: len(plane.messages("logs")) == 4, what="a full window")
-    await asyncio.sleep(0.5)
+    await read_past_what_it_sent(node, plane)
     assert len(plane.messages("logs")) == 4  # the VM printed n lines; the agent waits
     first = plane.messages("logs")[0].lines[-1].seq
     await plane.ack("r", seq=first)
     await eventually(lambda: len(plane.messages("logs")) == 5, what="one more batch")
-    await asyncio.sleep(0.3)
+    await read_past_what_it_sent(node, plane)
     assert len(plane.messages("logs")) == 5
     plane.auto_ack = True
     await plane.ack("r")
@@ -89,20 +97,36 @@ async def test_unacknowledged_batches_in_flight_are_bounded_and_acks_open_the_wi
     await plane.close()
 
 
+def watch_drains(node: Node) -> dict[str, asyncio.Future]:
+    """Each replica's drain (the supervisor's wait for its last lines) as a future, by replica."""
+    shipper = node.daemon.shipper
+    drain = shipper.drain
+    drains: dict[str, asyncio.Future] = {}
+
+    async def watched(replica_id, *, timeout):
+        drains[replica_id] = asyncio.ensure_future(drain(replica_id, timeout=timeout))
+        return await asyncio.shield(drains[replica_id])
+
+    shipper.drain = watched
+    return drains
+
+
 async def test_a_stopped_replica_is_removed_only_once_its_last_lines_are_acknowledged(data_dir):
     plane = await FakePlane(auto_ack=False).start()
     plane.desired["r"] = replica("r", 'echo "line 1"; echo "line 2"; sleep 60')
     node = await Node(data_dir, plane).start()
+    drains = watch_drains(node)
     await eventually(lambda: len(plane.stored.get("r", {})) == 2, what="two lines received")
     # Lines can be stored before the start is done; a stop then cancels the start, which reports
     # `stopped` only once the VM is removed. This is about a replica that ran.
     await eventually(lambda: "running" in plane.states("r"), what="running")
     await plane.send(ReplicaStop(command_id="c-1", replica_id="r", grace_s=1))
     await eventually(lambda: "stopped" in plane.states("r"), what="stopped")
-    await asyncio.sleep(0.5)
-    assert (data_dir / "vms" / "r").exists()  # waiting for the ack of its last batch
+    await eventually(lambda: "r" in drains, what="the removal waiting for the last lines")
+    assert not drains["r"].done() and (data_dir / "vms" / "r").exists()  # waiting for the ack of its last batch
     await plane.ack("r")
     await eventually(lambda: not (data_dir / "vms" / "r").exists(), what="removed after the ack")
+    assert drains["r"].result() is True  # removed because the lines were acknowledged, not on the timeout
     assert_stored_exactly(plane, "r", 2)
     await node.stop()
     await plane.close()
@@ -199,7 +223,7 @@ async def test_nothing_ships_while_disconnected_and_a_line_too_long_is_cut_not_s
     shipper, sent = shipper_over([LogLine(1, 1.0, "stdout", "a")])
     shipper.disconnected()
     shipper.track("r", 0)
-    await asyncio.sleep(0.1)
+    assert await shipper.drain("r", timeout=5)  # had it followed "r", this would wait for line 1's ack
     assert sent == []
     cut = entry(LogLine(7, 1.0, "stdout", "y" * (protocol.MAX_LOG_LINE_CHARS + 10)))
     assert cut.seq == 7 and len(cut.message) == protocol.MAX_LOG_LINE_CHARS
@@ -215,9 +239,8 @@ async def test_acknowledged_lines_are_trimmed_from_the_node_every_so_many():
     lines = [LogLine(i, 1.0, "stdout", "x") for i in range(1, 2501)]
     shipper, sent = shipper_over(lines, trim_every=1000)
     assert await shipper.drain("r", timeout=10)
-    await asyncio.sleep(0.05)
-    trims = shipper.runtime.trims
-    assert trims and all(b - a >= 1000 for a, b in zip([0, *trims], trims)) and trims[-1] <= 2500
-    unacked, _ = shipper_over(lines, ack=False, trim_every=1000)
-    await asyncio.sleep(0.1)
+    trims = await eventually(lambda: shipper.runtime.trims, what="a trim")
+    assert all(b - a >= 1000 for a, b in zip([0, *trims], trims)) and trims[-1] <= 2500
+    unacked, unacked_sent = shipper_over(lines, ack=False, trim_every=1000)
+    await eventually(lambda: unacked_sent and unacked_sent[-1].lines[-1].seq == 2500, what="every line sent")
     assert unacked.runtime.trims == []  # nothing is trimmed before the plane has it

@@ -44,8 +44,19 @@ time.sleep(60)
 """
 
 
+class RefusalsCounted(VmLocks):
+    """Counts the flock attempts another process's lock turned away."""
+
+    refused = 0
+
+    def _try(self, name):
+        fd = super()._try(name)
+        self.refused += fd is None
+        return fd
+
+
 async def test_vm_lock_waits_for_another_process_and_is_freed_when_it_dies(tmp_path):
-    locks = VmLocks(tmp_path / "locks")
+    locks = RefusalsCounted(tmp_path / "locks")
     (tmp_path / "locks").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(locks.path("vm"))], stdout=subprocess.PIPE)
     assert await asyncio.to_thread(holder.stdout.readline) == b"held\n"
@@ -56,8 +67,11 @@ async def test_vm_lock_waits_for_another_process_and_is_freed_when_it_dies(tmp_p
             return locks.held("vm")
 
     waiter = asyncio.create_task(take())
-    await asyncio.sleep(0.3)
-    assert not waiter.done()
+    for _ in range(1000):
+        if locks.refused >= 2:  # it tried, was turned away, and tried again
+            break
+        await asyncio.sleep(0.01)
+    assert locks.refused >= 2 and not waiter.done() and not locks.held("vm")
     holder.kill()  # SIGKILL: the kernel drops the flock with the process
     await asyncio.to_thread(holder.wait)
     assert await asyncio.wait_for(waiter, 5)

@@ -50,7 +50,7 @@ async def test_resent_desired_and_start_commands_change_nothing(plane, data_dir)
     await eventually(lambda: "running" in plane.states("b"), what="b running")
     await plane.send(ReplicaStart(command_id="c-1", replica=b))
     await plane.send(Desired(replicas=[replica("a"), b]))
-    await asyncio.sleep(0.5)
+    await node.settled(plane)
     assert sorted(launches(node)) == ["a", "b"]
     assert plane.states("a").count("running") == 1 and plane.states("b").count("running") == 1
     await node.stop()
@@ -82,7 +82,7 @@ async def test_replica_stop_stops_with_its_grace_then_removes_and_a_resend_is_ha
     assert ("r", 0.5) in vmm.graces and ("s", 300.0) in vmm.graces
     assert plane.states("r").count("stopped") == 1 and plane.states("s")[-1] == "stopped"
     await plane.send(ReplicaStop(command_id="c-9", replica_id="r", grace_s=0.5))
-    await asyncio.sleep(0.3)
+    await node.settled(plane)
     assert plane.states("r").count("stopped") == 1
     await node.stop()
 
@@ -98,7 +98,7 @@ async def test_an_ended_replica_is_reported_and_not_restarted(plane, data_dir):
     assert failed.exit_code == 3 and "exited with code 3" in failed.reason
     assert "no-such-image not found" in plane.messages("replica.status", replica_id="gone")[-1].report.reason
     await plane.send(plane.desired_message())
-    await asyncio.sleep(0.5)
+    await node.settled(plane)
     assert launches(node).count("done") == 1 and launches(node).count("bad") == 1
     assert (await node.runtime.get("done")).state == "stopped"  # kept: the plane decides
     assert plane.states("gone").count("failed") == 1
@@ -116,7 +116,7 @@ async def test_a_replica_without_a_vm_is_reported_failed_once_and_never_restarte
     for _ in range(3):
         await plane.send(plane.desired_message())
     await eventually(lambda: "failed" in plane.states("r"), what="r reported gone")
-    await asyncio.sleep(0.3)
+    await node.settled(plane)
     assert plane.states("Not_A_VM_Name") == ["failed"] and plane.states("r").count("failed") == 1
     assert plane.messages("replica.status", replica_id="r")[-1].report.reason == "its VM was removed from the node"
     assert launches(node) == ["r"]
@@ -169,7 +169,7 @@ async def test_nothing_is_fenced_before_the_first_desired(data_dir):
     supervisor = Supervisor(runtime, send)
     task = asyncio.create_task(supervisor.run())
     supervisor._wake.set()  # a converge pass with no desired yet (the plane unreachable)
-    await asyncio.sleep(0.3)
+    await eventually(supervisor.idle, what="the pass done")
     assert (await runtime.get("keep")).state == "running"
     supervisor.apply_desired(Desired(replicas=[]))
     await eventually(lambda: not (data_dir / "vms" / "keep").exists(), what="keep fenced")

@@ -134,13 +134,11 @@ async def test_stop_during_crash_loop_is_graceful(vm_launch):
     launch = vm_launch("looping", ["sh", "-c", script], max_restarts=10, backoff_s=0.5)
     await QemuVm().launch(launch)
     await wait_for_event(launch.vm_dir, "exit", count=2)
-    started = time.monotonic()
     await QemuVm().stop(launch.vm_dir, timeout=30)
-    took = time.monotonic() - started
     events = status_events(launch.vm_dir)
+    # A final event: the guest reacted to the power button (a kill at the timeout leaves none).
     # Code 1 when the press lands in the backoff (almost always), 143 if it catches a restart.
     assert events[-1]["event"] == "final" and events[-1]["stopped"] is True and events[-1]["code"] in (1, 143)
-    assert took < 15, f"stop took {took:.1f}s: the guest did not react to the power button"
     lines = VmFiles(launch.vm_dir).stdout.read_text().splitlines()
     assert lines.count("started") >= 2 and "leftover" not in lines
 
@@ -184,10 +182,12 @@ async def test_vm_outlives_killed_launcher_and_stops_gracefully(vm_launch):
 
     await wait_for_event(launch.vm_dir, "start")
     stdout = VmFiles(launch.vm_dir).stdout
-    before = await asyncio.to_thread(stdout.read_text)
-    await asyncio.sleep(1.5)
+    before = len((await asyncio.to_thread(stdout.read_text)).splitlines())
+    deadline = time.monotonic() + 30
+    while len((await asyncio.to_thread(stdout.read_text)).splitlines()) <= before and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert len(stdout.read_text().splitlines()) > before, "it stopped ticking with its launcher gone"
     assert await asyncio.to_thread(alive, launch.vm_dir)
-    assert len((await asyncio.to_thread(stdout.read_text)).splitlines()) > len(before.splitlines())
     assert (await qmp.command(VmFiles(launch.vm_dir).qmp, "query-status"))["status"] == "running"
     mem = await asyncio.to_thread(memory_use, pid, launch.kit.kernel.absolute())
     # PVH boot: the kernel is mapped from the kit's file (one page-cache copy for every VM),
@@ -196,15 +196,12 @@ async def test_vm_outlives_killed_launcher_and_stops_gracefully(vm_launch):
     assert 0 < mem.guest_ram <= 256 * 1024 and mem.own > 0 and mem.rss > mem.guest_ram + mem.own
     print(f"QEMU RSS {mem.rss} KiB: guest RAM {mem.guest_ram}, own {mem.own}, kernel image {mem.kernel_image}")
 
-    started = time.monotonic()
     await QemuVm().stop(launch.vm_dir, timeout=20)
-    took = time.monotonic() - started
     events = status_events(launch.vm_dir)
+    # Powered off by itself (a kill at the timeout leaves no final event); bench/vm_stop.py times it.
     assert events[-1] == {**events[-1], "event": "final", "code": 0, "stopped": True}
     assert stdout.read_text().splitlines()[-1] == "got TERM"
     assert not await asyncio.to_thread(alive, launch.vm_dir)
-    assert took < 20, "the guest powered off by itself, before stop() had to kill it"
-    print(f"graceful stop took {took:.2f}s")
 
 
 @pytest.mark.vm
@@ -218,15 +215,12 @@ async def test_stop_kills_a_guest_that_ignores_the_power_button(vm_launch):
     await wait_for_event(launch.vm_dir, "start")
     while "up" not in await asyncio.to_thread(VmFiles(launch.vm_dir).stdout.read_text):
         await asyncio.sleep(0.05)  # the trap is set: a press before it would kill the shell
-    started = time.monotonic()
     await QemuVm().stop(launch.vm_dir, timeout=2)
-    took = time.monotonic() - started
     assert not await asyncio.to_thread(alive, launch.vm_dir)
-    assert 2 <= took < 10
-    assert "final" not in [e["event"] for e in status_events(launch.vm_dir)]
-    started = time.monotonic()
+    events = status_events(launch.vm_dir)
+    assert "final" not in [e["event"] for e in events]  # killed once its grace ran out, not powered off
     await QemuVm().stop(launch.vm_dir, timeout=2)  # idempotent: nothing left to stop
-    assert time.monotonic() - started < 0.5
+    assert status_events(launch.vm_dir) == events
 
 
 @pytest.mark.vm
@@ -306,7 +300,6 @@ async def test_workload_kill_zero_reaches_only_its_own_processes(vm_launch):
         await asyncio.sleep(0.2)
     assert stdout.read_text().splitlines() == ["alive"]
     assert [e["event"] for e in status_events(launch.vm_dir)] == ["start"]  # /init did not start stopping
-    started = time.monotonic()
     await QemuVm().stop(launch.vm_dir, timeout=30)
-    assert time.monotonic() - started < 20, "the power button watcher was gone"
+    # A final event saying stopped: the power button watcher was there (a kill leaves none).
     assert status_events(launch.vm_dir)[-1]["stopped"] is True

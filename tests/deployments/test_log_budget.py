@@ -90,9 +90,14 @@ def test_a_page_backwards_keeps_the_lines_nearest_its_cursor(cast):
     assert numbers(page["logs"]) == list(range(30, 40))
 
 
+def _last(deployment_id) -> LogLine:
+    return LogLine.objects.filter(deployment_id=deployment_id).select_related("replica").order_by("id").last()
+
+
 async def replay(deployment_id, token, query) -> tuple[list[dict], dict | None, int | None]:
     """What one connection replays: its lines, its last notice, and its close code (None: it
-    went live and stays open)."""
+    went live and stays open, shown by a line stored after the replay's last: it comes next)."""
+    last = await sync_to_async(_last)(deployment_id)
     tail, connected = await open_tail(deployment_id, token=token, query=query)
     assert connected
     lines, notice = [], None
@@ -106,7 +111,12 @@ async def replay(deployment_id, token, query) -> tuple[list[dict], dict | None, 
                 notice = item
             else:
                 lines.append(item)
-        if notice is None and await tail.receive_nothing(timeout=0.5):
+        if notice is None and lines and int(lines[-1]["cursor"]) == last.pk:
+            # Every line there is, and no notice: a replay that stopped at its budget had more to
+            # send (it never stops at the last line), so this one is live, unless it closes first.
+            await sync_to_async(store)(last.replica, [last.seq + 1], text="after the replay")
+            after = [json.loads(text) for text in (await tail.receive_from(timeout=5)).split("\n")]
+            assert [line["message"] for line in after] == ["after the replay"]
             await tail.disconnect()
             return lines, None, None
 

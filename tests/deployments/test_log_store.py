@@ -92,8 +92,18 @@ def test_cursors_follow_commit_order_within_a_deployment():
     first_in.wait(5)
     second = threading.Thread(target=lambda: (logs_store(replica=other, lines=entries(range(1, 4))), connection.close()))
     second.start()
-    time.sleep(0.3)
-    assert second.is_alive()  # waiting for the first's lock
+
+    def waiting_for_a_lock() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND wait_event_type = 'Lock'")
+            return cursor.fetchone()[0]
+
+    for _ in range(500):
+        if waiting_for_a_lock():
+            break
+        time.sleep(0.01)
+    assert waiting_for_a_lock() == 1 and second.is_alive()  # waiting for the first's lock
     release.set()
     thread.join(5)
     second.join(5)

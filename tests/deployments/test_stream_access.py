@@ -15,6 +15,7 @@ from django.test import AsyncClient, Client
 from rest_framework.test import APIClient
 
 from accounts.models import Membership
+from cloud import streams
 from cloud.asgi import application
 from cloud.deployments import consumers
 from tests.dashboard.conftest import browser_for
@@ -33,6 +34,22 @@ def fast_recheck(settings):
     settings.STREAM_ACCESS_RECHECK_S = RECHECK_S
 
 
+@pytest.fixture
+def rechecks(monkeypatch) -> list:
+    """Every recheck of an open socket's or stream's access, in order: (its Access, what was
+    lost). Each socket and stream holds an Access of its own, so `id()` tells them apart."""
+    seen = []
+    real = streams.access_lost
+
+    def recorded(access):
+        lost = real(access)
+        seen.append((access, lost))
+        return lost
+
+    monkeypatch.setattr(streams, "access_lost", recorded)
+    return seen
+
+
 def _cast():
     acme = TenantFactory(slug="acme")
     alice, bob = UserFactory(username="alice@example.com"), UserFactory(username="bob@example.com")
@@ -43,12 +60,14 @@ def _cast():
     store(replica, [1])
     bob_token, alice_token = issue_token(user=bob), issue_token(user=alice)
     return {"acme": acme, "alice": alice, "bob": bob, "bob_membership": bob_membership, "deployment": deployment,
-            "bob_token": bob_token, "alice_token": alice_token}
+            "replica": replica, "bob_token": bob_token, "alice_token": alice_token}
 
 
 @pytest.fixture
-async def cast(fast_recheck):
-    return await sync_to_async(_cast)()
+async def cast(fast_recheck, rechecks):
+    cast = await sync_to_async(_cast)()
+    cast["rechecks"] = rechecks
+    return cast
 
 
 async def log_socket(cast, token):
@@ -85,13 +104,25 @@ async def stream_ended(stream) -> dict:
     return json.loads(data[6:])
 
 
-async def still_open(tail, stream) -> None:
-    assert await tail.receive_nothing(timeout=3 * RECHECK_S)
-    chunk = asyncio.ensure_future(stream.__anext__())
-    await asyncio.sleep(3 * RECHECK_S)
+async def still_open(cast, token, tail, stream) -> None:
+    """The socket and the stream `token` opened were each rechecked since, kept their access,
+    and are open: a line stored now is the socket's next frame, and the stream says nothing."""
+    since = len(cast["rechecks"])
+    chunk = asyncio.ensure_future(stream.__anext__())  # the stream rechecks only while it is read
+
+    def kept() -> set[int]:
+        return {id(access) for access, lost in cast["rechecks"][since:] if access.token_id == token.pk and lost is None}
+
+    for _ in range(int(WITHIN_S / 0.02)):
+        if len(kept()) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert len(kept()) == 2, "the socket and the stream were not both rechecked"
     assert not chunk.done()  # nothing to say: no `closed` event
     chunk.cancel()
     await asyncio.gather(chunk, return_exceptions=True)
+    await sync_to_async(store)(cast["replica"], [2])
+    assert [json.loads(line)["seq"] for line in (await tail.receive_from(timeout=5)).split("\n")] == [2]
 
 
 async def test_removing_bob_from_acme_ends_his_log_socket_and_event_stream_within_seconds(cast):
@@ -110,7 +141,7 @@ async def test_removing_bob_from_acme_ends_his_log_socket_and_event_stream_withi
     assert "no longer a member" in error["detail"]
     problem = await stream_ended(bob_events)
     assert problem["status"] == 403 and "no longer a member" in problem["detail"]
-    await still_open(alice_tail, alice_events)  # alice is still a member
+    await still_open(cast, cast["alice_token"], alice_tail, alice_events)  # alice is still a member
     await alice_tail.disconnect()
     await alice_events.aclose()
 
@@ -143,6 +174,6 @@ async def test_revoking_a_token_ends_the_sockets_and_streams_it_opened_within_se
         assert "revoked" in error["detail"]
     problem = await stream_ended(bob_events)
     assert problem["status"] == 401 and "revoked" in problem["detail"]
-    await still_open(other_tail, other_events)
+    await still_open(cast, other, other_tail, other_events)
     await other_tail.disconnect()
     await other_events.aclose()

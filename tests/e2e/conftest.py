@@ -14,98 +14,59 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from django.db import connection
 
 from tests.agent.conftest_images import local_registry  # noqa: F401  (fixture)
 from tests.agent.conftest_vmm import KIT_CACHE, vmm_kit  # noqa: F401  (fixture)
 from tests.agent.netns import Netns, create_netns, ip
+from tests.e2e.stack import Procs, answers_healthz, daphne_argv, database_url, free_port, wait_for, worker_argv
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 LIVENESS_S = 8  # short, so a silent node is declared offline within a test
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check, *, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
 
 
 class Plane:
     """daphne + Celery worker (with beat) on the test database, each a process of its own."""
 
     def __init__(self, tmp: Path, **env: str):
-        db = connection.settings_dict
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         run_id = secrets.token_hex(4)
         self.env = {
             **os.environ, "PYTHONPATH": str(REPO), "DJANGO_SETTINGS_MODULE": "cloud.settings",
-            "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "DATABASE_URL": database_url(connection.settings_dict),
             "CELERY_QUEUE": f"e2e-{run_id}", "CHANNELS_PREFIX": f"e2e-{run_id}",
             "NODE_LIVENESS_WINDOW_S": str(LIVENESS_S), "NODE_DRAIN_TIMEOUT_S": "120", "DB_POOL": "0",
             "CACHE_PREFIX": f"e2e-{run_id}", **env,
         }
         self.logs = tmp / "plane-logs"
         self.logs.mkdir()
-        self.procs: dict[str, subprocess.Popen] = {}
-        self._web_argv = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "cloud.asgi:application"]
-        self._spawn("web", self._web_argv)
-        self._spawn("worker", [str(BIN / "celery"), "-A", "cloud", "worker", "-B", "--concurrency", "2", "-Q",
-                               self.env["CELERY_QUEUE"], "--schedule", str(tmp / "beat-schedule"), "--loglevel", "INFO"])
-        wait_for(self._healthy, timeout=60, what="daphne to answer /healthz")
+        self.runner = Procs(self.logs, self.env, REPO)
+        self.runner.spawn("web", daphne_argv(self.port))
+        self.runner.spawn("worker", worker_argv(self.env["CELERY_QUEUE"], tmp / "beat-schedule"))
+        wait_for(lambda: answers_healthz(self.url), timeout=60, what="daphne to answer /healthz")
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen]:
+        return self.runner.procs
 
     def restart_web(self) -> None:
         """daphne stops (SIGTERM, as a deploy would) and starts again on the same port; every
         socket through it drops, and agents and followers must come back on their own."""
-        web = self.procs["web"]
-        os.killpg(web.pid, signal.SIGTERM)
-        web.wait(timeout=30)
-        self._spawn("web", self._web_argv)
-        wait_for(self._healthy, timeout=60, what="daphne to answer /healthz again")
-
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        out = open(self.logs / f"{name}.log", "a")
-        self.procs[name] = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-
-    def _healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        self.runner.stop("web")
+        self.runner.spawn("web", daphne_argv(self.port))
+        wait_for(lambda: answers_healthz(self.url), timeout=60, what="daphne to answer /healthz again")
 
     def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+        return self.runner.tail(name, 4000)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        self.runner.stop()
 
 
 class Node:

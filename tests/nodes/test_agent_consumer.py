@@ -47,6 +47,14 @@ async def receive(communicator) -> p.Message:
     return p.decode(await communicator.receive_from(timeout=5), allowed=p.PLANE_MESSAGES)
 
 
+async def handled(communicator) -> None:
+    """Returns once the consumer has handled every frame sent before, and answered none of them:
+    it handles frames in order, and answers a refused one with an error frame."""
+    await communicator.send_to(text_data="{a barrier, not JSON")
+    answer = await receive(communicator)
+    assert isinstance(answer, p.Error) and "not JSON" in answer.message, answer
+
+
 async def hello(communicator, replicas=()):
     await send(communicator, p.Hello(inventory=INVENTORY, replicas=list(replicas)))
     desired = await receive(communicator)
@@ -96,8 +104,7 @@ async def test_reports_move_the_replica_and_the_deployment_and_stop_frees_the_sl
     for state in ("pulling", "booting", "running"):
         await send(communicator, p.ReplicaStatus(report=p.ReplicaReport(
             replica_id=replica_id, state=state, address="192.0.2.2", host_port=30001)))
-    await send(communicator, p.Heartbeat())
-    await communicator.receive_nothing(timeout=0.5)
+    await handled(communicator)
     deployment = await sync_to_async(Deployment.objects.get)(pk=deployment.pk)
     replica = await sync_to_async(Replica.objects.get)(uid=replica_id)
     assert (deployment.status, replica.state, replica.host_port) == ("running", "running", 30001)
@@ -110,7 +117,7 @@ async def test_reports_move_the_replica_and_the_deployment_and_stop_frees_the_sl
     assert isinstance(stop, p.ReplicaStop) and stop.replica_id == replica_id and stop.grace_s == 10.0
     assert await sync_to_async(CpuSlot.objects.filter(replica__isnull=False).count)() == 1  # not confirmed yet
     await send(communicator, p.ReplicaStatus(report=p.ReplicaReport(replica_id=replica_id, state="stopped", exit_code=0)))
-    await communicator.receive_nothing(timeout=0.5)
+    await handled(communicator)
     deployment = await sync_to_async(Deployment.objects.get)(pk=deployment.pk)
     replica = await sync_to_async(Replica.objects.get)(uid=replica_id)
     assert (deployment.status, replica.state) == ("stopped", "stopped")
@@ -133,8 +140,8 @@ async def test_bad_frames_get_an_error_frame_and_the_consumer_keeps_serving(fram
     await communicator.send_to(text_data=frame)
     error = await receive(communicator)
     assert isinstance(error, p.Error) and expect in error.message
-    await send(communicator, p.Heartbeat())  # still served
-    await communicator.receive_nothing(timeout=0.3)
+    await send(communicator, p.Heartbeat())
+    await handled(communicator)  # still served
     await communicator.disconnect()
 
 
@@ -234,7 +241,7 @@ async def test_heartbeats_record_how_far_each_replicas_log_goes_for_its_own_repl
     communicator, deployment, replica_id = await _placed(credential, hardware)
     stranger = str(uuid.uuid4())
     await send(communicator, p.Heartbeat(log_seqs={replica_id: 120, stranger: 5}))
-    await communicator.receive_nothing(timeout=0.5)
+    await handled(communicator)
     assert await sync_to_async(cache.get)(f"loghead:{replica_id}") == 120
     assert await sync_to_async(cache.get)(f"loghead:{stranger}") is None
     await communicator.disconnect()
