@@ -69,6 +69,15 @@ class Plane:
         self.runner.stop()
 
 
+def _drop_stale_veth(address: str) -> None:
+    """A run killed before its fixtures cleaned up leaves its host-side veth with this address:
+    the kernel would route this run's packets to that pair's dead namespace, and every endpoint
+    would refuse. Only our own pairs (named gte*) are removed."""
+    for link in json.loads(ip("-j", "-4", "addr", "show").stdout or "[]"):
+        if link.get("ifname", "").startswith("gte") and any(a.get("local") == address for a in link.get("addr_info", [])):
+            ip("link", "del", link["ifname"], check=False)
+
+
 class Node:
     """One node: a namespace for its VMs behind a veth pair, a data dir, and its agent."""
 
@@ -86,6 +95,7 @@ class Node:
         # 198.51.100.64/26: clear of `make up`'s own pair (198.51.100.0/30) and VM subnet
         # (198.51.100.128/25), which may be up on the same machine while the tests run.
         base = 64 + 4 * index
+        _drop_stale_veth(f"198.51.100.{base + 1}")
         ip("addr", "add", f"198.51.100.{base + 1}/30", "dev", host_if)
         ip("link", "set", host_if, "up")
         ip("-n", self.netns.name, "addr", "add", f"198.51.100.{base + 2}/30", "dev", ns_if)
