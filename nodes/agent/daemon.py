@@ -25,6 +25,7 @@ from nodes.agent.guest.gpukit import ensure_gpu_kit
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
 from nodes.agent.inventory import agent_version, collect, free_disk_gib
 from nodes.agent.join import Credential
+from nodes.agent.runtime import MicroVmRuntime
 from nodes.agent.shipper import LogShipper
 from nodes.agent.supervisor import Supervisor
 from protocol.wire import Desired, Heartbeat, Hello, LogsAck, Message, NodeDrain, ReplicaStart, ReplicaStop
@@ -33,10 +34,10 @@ log = logging.getLogger(__name__)
 
 
 class Daemon:
-    """`runtime`: a MicroVmRuntime (recover, host, close, plus what Supervisor and LogShipper
-    need). `client_options` go to AgentClient (backoff, timeouts) and exist for tests."""
+    """`runtime`: made by `runtime_build.build_runtime` (or, in tests, from fakes of its parts).
+    `client_options` go to AgentClient (backoff, timeouts) and exist for tests."""
 
-    def __init__(self, runtime: Any, credential: Credential, data_dir: Path, *,
+    def __init__(self, runtime: MicroVmRuntime, credential: Credential, data_dir: Path, *,
                  client_options: dict[str, Any] | None = None, shipper_options: dict[str, Any] | None = None,
                  gpus: GpuHost | None = None, kit_cache: Path = DEFAULT_CACHE_DIR, kit_suite: str | None = None):
         self.runtime = runtime
@@ -144,7 +145,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-async def run_daemon(runtime: Any, credential: Credential, data_dir: Path, *, gpus: GpuHost | None = None,
+async def run_daemon(runtime: MicroVmRuntime, credential: Credential, data_dir: Path, *, gpus: GpuHost | None = None,
                      kit_cache: Path = DEFAULT_CACHE_DIR, kit_suite: str | None = None) -> int:
     """The `gantry-agent run` process: until SIGTERM or SIGINT; returns its exit code."""
     configure_logging()
