@@ -30,6 +30,12 @@ def ollama(db):
 
 
 @pytest.fixture
+def cpu_small(db):
+    """A CPU-only hardware type with four replica slots a node: the fleet and lifecycle tests' node."""
+    return HardwareTypeFactory(slug="cpu-small", cpu_only=True, gpus_per_node=4, allowed_gpu_counts=[0])
+
+
+@pytest.fixture
 def body(h100):
     """A minimal valid io.net-style body."""
     def make(**overrides):

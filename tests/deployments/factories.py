@@ -101,3 +101,22 @@ def place_running(deployment: Deployment, *, node: Node | None = None) -> list[R
     deployment.status, deployment.started_at = Deployment.Status.RUNNING, timezone.now()
     deployment.save()
     return replicas
+
+
+def online_node(hardware, hostname: str) -> Node:
+    """A node that has just sent a heartbeat, with its CPU slots (a cpu_only hardware type)."""
+    from nodes import services as node_services
+    from tests.nodes.factories import NodeFactory as JoinedNodeFactory
+
+    node = JoinedNodeFactory(hostname=hostname, hardware_type=hardware, last_heartbeat=timezone.now())
+    node_services.slots_sync(node=node)
+    return node
+
+
+def report(replica: Replica, state: str, **fields) -> None:
+    """What the replica's node says of it, through the sink the agent consumer calls."""
+    from cloud.deployments.services.agents import AgentSink
+    from protocol.wire import ReplicaReport
+
+    AgentSink().report(node_id=replica.node_id,
+                       report=ReplicaReport(replica_id=str(replica.uid), state=state, **fields))

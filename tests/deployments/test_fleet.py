@@ -12,27 +12,10 @@ from cloud.deployments.services.agents import AgentSink
 from nodes import services as node_services
 from nodes.models import CpuSlot, Node
 from protocol.wire import ReplicaReport
-from tests.deployments.factories import deployment_for
-from tests.factories import HardwareTypeFactory
-from tests.nodes.factories import NodeFactory
+from tests.deployments.factories import deployment_for, online_node, report
 
 pytestmark = pytest.mark.django_db
 sink = AgentSink()
-
-
-@pytest.fixture
-def cpu_small():
-    return HardwareTypeFactory(slug="cpu-small", cpu_only=True, gpus_per_node=4, allowed_gpu_counts=[0])
-
-
-def online_node(hardware, hostname):
-    node = NodeFactory(hostname=hostname, hardware_type=hardware, last_heartbeat=timezone.now())
-    node_services.slots_sync(node=node)
-    return node
-
-
-def report(replica: Replica, state: str, **fields):
-    sink.report(node_id=replica.node_id, report=ReplicaReport(replica_id=str(replica.uid), state=state, **fields))
 
 
 def running(deployment) -> Replica:

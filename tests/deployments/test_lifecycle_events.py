@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from cloud.deployments.models import Deployment, Event, Replica
+from cloud.deployments.models import Deployment, Event
 from cloud.deployments.services import (
     deployment_expire_due,
     deployment_stop,
@@ -15,31 +15,11 @@ from cloud.deployments.services import (
     fleet_sweep,
     schedule_pending,
 )
-from cloud.deployments.services.agents import AgentSink
 from nodes import services as node_services
 from nodes.models import Node
-from protocol.wire import ReplicaReport
-from tests.deployments.factories import deployment_for
-from tests.factories import HardwareTypeFactory
-from tests.nodes.factories import NodeFactory
+from tests.deployments.factories import deployment_for, online_node, report
 
 pytestmark = pytest.mark.django_db
-sink = AgentSink()
-
-
-@pytest.fixture
-def cpu_small():
-    return HardwareTypeFactory(slug="cpu-small", cpu_only=True, gpus_per_node=4, allowed_gpu_counts=[0])
-
-
-def online_node(hardware, hostname):
-    node = NodeFactory(hostname=hostname, hardware_type=hardware, last_heartbeat=timezone.now())
-    node_services.slots_sync(node=node)
-    return node
-
-
-def report(replica: Replica, state: str, **fields):
-    sink.report(node_id=replica.node_id, report=ReplicaReport(replica_id=str(replica.uid), state=state, **fields))
 
 
 def types(deployment) -> list[str]:
