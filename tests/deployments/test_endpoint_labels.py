@@ -8,8 +8,6 @@ import re
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from cloud.deployments import labels
@@ -25,6 +23,7 @@ from cloud.deployments.services import (
 from cloud.settings import env_endpoint_domain
 from tests.deployments.conftest import URL
 from tests.deployments.factories import DeploymentFactory, deployment_for, place_running
+from tests.migrating import migrate, newest
 
 LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -142,26 +141,13 @@ def test_a_bad_domain_setting_is_refused_by_name(monkeypatch, value):
 # -- the migration ---------------------------------------------------------------------------------
 
 
-BEFORE = ("deployments", "0007_replica_booted_at")
-
-
-def _migrate(target):
-    """Deployments to `target`, every other app at its newest migration."""
-    executor = MigrationExecutor(connection)
-    targets = [target, *(leaf for leaf in executor.loader.graph.leaf_nodes() if leaf[0] != target[0])]
-    executor.migrate(targets)
-    executor.loader.build_graph()
-    return executor.loader.project_state(targets).apps
-
-
-def _newest():
-    return next(leaf for leaf in MigrationExecutor(connection).loader.graph.leaf_nodes() if leaf[0] == "deployments")
+BEFORE = [("deployments", "0007_replica_booted_at")]
 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(300)
 def test_the_migration_labels_existing_deployments_deleted_ones_too():
-    old = _migrate(BEFORE)
+    old = migrate(BEFORE)
     try:
         Tenant = old.get_model("accounts", "Tenant")
         HardwareType = old.get_model("nodes", "HardwareType")
@@ -175,9 +161,9 @@ def test_the_migration_labels_existing_deployments_deleted_ones_too():
             Old.objects.create(tenant=tenant, name=name, image="x:1", gpus_per_container=1, hardware_type=hw,
                                price_per_gpu_hour="2.0")
 
-        new = _migrate(_newest())
+        new = migrate(newest("deployments"))
         found = sorted(new.get_model("deployments", "Deployment").objects.values_list("endpoint_label", flat=True))
         assert len(set(found)) == 3 and all(LABEL_RE.match(label) for label in found)
         assert [label[:-7] for label in found] == ["deployment", "my-ollama", "my-ollama"]
     finally:
-        _migrate(_newest())
+        migrate(newest("deployments"))
