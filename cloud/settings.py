@@ -15,6 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from cloud.production import DEVELOPMENT_SECRET_KEY
+from cloud.validators import DNS_LABEL_RE, MAX_DNS_NAME_LENGTH, is_dns_name
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -45,6 +46,18 @@ def env_header_pair(name: str) -> tuple[str, str] | None:
         raise ImproperlyConfigured(f"{name} must be HEADER,value (e.g. HTTP_X_FORWARDED_PROTO,https), not {value!r}")
     header = header.upper().replace("-", "_")
     return (header if header.startswith("HTTP_") else "HTTP_" + header), expected
+
+
+def env_endpoint_domain(name: str, default: str) -> str:
+    """The domain deployments' endpoint names live under: a DNS name (lowercased) short enough that
+    `<63-character label>.<domain>` is still one."""
+    value = os.environ.get(name, "").strip().rstrip(".").lower() or default
+    room = MAX_DNS_NAME_LENGTH - 64  # a full label and its dot in front of it
+    if not is_dns_name(value) or len(value) > room:
+        raise ImproperlyConfigured(
+            f"{name} must be a DNS name (labels matching {DNS_LABEL_RE.pattern} joined by dots, "
+            f"at most {room} characters), e.g. gantry.example.com; not {value!r}")
+    return value
 
 
 # Unset, the development key: enough with DEBUG on. With DEBUG off the web process, Celery and
@@ -163,6 +176,8 @@ NODE_DRAIN_TIMEOUT_S = float(os.environ.get("NODE_DRAIN_TIMEOUT_S", "600"))
 # Registries (host[:port]) customers may name although they sit on a loopback, private or
 # other special address, e.g. a local registry; nodes get the same list (cloud/registries.py).
 GANTRY_TRUSTED_REGISTRIES = env_list("GANTRY_TRUSTED_REGISTRIES", "")
+# Issue 25: each deployment's endpoint is https://<its endpoint label>.<this domain> on the gateway.
+GANTRY_ENDPOINT_DOMAIN = env_endpoint_domain("GANTRY_ENDPOINT_DOMAIN", "gantry.localhost")
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = None

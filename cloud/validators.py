@@ -38,6 +38,11 @@ IMAGE_REFERENCE_RE = re.compile(
 )
 _PATH_COMPONENT_RE = re.compile(rf"^{_PATH_COMPONENT}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# One label of a DNS name (RFC 1123), lowercase only: a deployment's endpoint label and every
+# label of GANTRY_ENDPOINT_DOMAIN. Lowercase so that the name a customer is shown is exactly
+# the name the gateway matches.
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_DNS_NAME_LENGTH = 253
 
 MAX_IMAGE_REFERENCE_LENGTH = 512
 MAX_IMAGE_NAME_LENGTH = 255
@@ -46,6 +51,10 @@ MAX_ENV_VARIABLES = 200
 # All names and values of one env mapping together: generous for configuration, far below
 # what would bloat a row or a replica.start message (secrets travel in the same message).
 MAX_ENV_TOTAL_BYTES = 64 * 1024
+
+
+def is_dns_name(value: str) -> bool:
+    return 0 < len(value) <= MAX_DNS_NAME_LENGTH and all(DNS_LABEL_RE.match(label) for label in value.split("."))
 
 
 def _invalid_image(value: str) -> ValidationError:

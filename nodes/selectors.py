@@ -68,6 +68,11 @@ def node_hostname(node_id: int) -> str | None:
     return Node.objects.filter(pk=node_id).values_list("hostname", flat=True).first()
 
 
+def public_addresses(node_ids) -> dict[int, str]:
+    """{node id: the address its published ports answer on} for those of these nodes that have one."""
+    return dict(Node.objects.filter(pk__in=node_ids, public_address__isnull=False).values_list("pk", "public_address"))
+
+
 def nodes_draining() -> QuerySet[Node]:
     return Node.objects.filter(status=Node.Status.DRAINING)
 

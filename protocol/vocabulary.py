@@ -37,7 +37,9 @@ RUN = "run"
 STOP = "stop"
 DESIRED_STATES = (RUN, STOP)  # what the plane wants of a replica
 
-HEALTH_STATES = ("", "failing")  # a running replica's health check, as its node sees it
+PASSING = ""  # no failure reported (a replica's health says only what fails)
+FAILING = "failing"
+HEALTH_STATES = (PASSING, FAILING)  # a running replica's health check, as its node sees it
 
 # -- deployments ---------------------------------------------------------------------------------
 

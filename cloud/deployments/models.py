@@ -10,9 +10,11 @@ from django.db import models
 from django.db.models import Q
 
 from cloud import crypto
+from cloud.deployments.labels import MAX_LABEL_LENGTH, endpoint_label
 from protocol.vocabulary import (
     DEPLOYMENT_STATUSES,
     DESIRED_STATES,
+    HEALTH_STATES,
     LOG_STREAMS,
     PENDING,
     REPLICA_STATES,
@@ -22,12 +24,28 @@ from protocol.vocabulary import (
 )
 
 
+ENDPOINT_LABEL_CONSTRAINT = "deployment_unique_endpoint_label"
+
+
+class EndpointLabelField(models.CharField):
+    """Filled on insert from the row's name when its writer set none (fixtures, bulk inserts);
+    deployment_create sets it itself, to retry on a collision. Never changed after."""
+
+    def pre_save(self, model_instance, add):
+        if add and not getattr(model_instance, self.attname):
+            setattr(model_instance, self.attname, endpoint_label(model_instance.name))
+        return super().pre_save(model_instance, add)
+
+
 class Deployment(models.Model):
     Status = models.TextChoices("Status", choices(DEPLOYMENT_STATUSES), qualname="Deployment.Status")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="deployments")
     name = models.CharField(max_length=100)
+    # The gateway's name for it (cloud/deployments/labels.py): unique over all rows, deleted ones
+    # too, so a name once given out never reaches another deployment.
+    endpoint_label = EndpointLabelField(max_length=MAX_LABEL_LENGTH, editable=False)
     template = models.ForeignKey("catalog.Template", null=True, blank=True, on_delete=models.SET_NULL, related_name="deployments")
     image = models.CharField(max_length=512)
     registry_username = models.CharField(max_length=200, blank=True)
@@ -69,6 +87,7 @@ class Deployment(models.Model):
             models.UniqueConstraint(
                 fields=["tenant", "name"], condition=Q(deleted_at__isnull=True), name="deployment_unique_tenant_name"
             ),
+            models.UniqueConstraint(fields=["endpoint_label"], name=ENDPOINT_LABEL_CONSTRAINT),
         ]
         indexes = [
             # The list endpoint: one tenant, newest first, optionally by status; deleted rows
@@ -132,6 +151,9 @@ class Replica(models.Model):
     vm_address = models.GenericIPAddressField(null=True, blank=True)
     host_port = models.PositiveIntegerField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
+    # "failing" while its node's health check fails (its last report): out of the gateway's pool.
+    health = models.CharField(max_length=7, blank=True, default="",
+                              choices=[(value, value or "passing") for value in HEALTH_STATES])
     # A drain's replacement: this row keeps running until `replaced_by` runs (or the drain
     # times out), and meanwhile does not count as its ordinal's live replica.
     replaced_by = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces")

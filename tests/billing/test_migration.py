@@ -6,30 +6,15 @@ from datetime import datetime, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
 import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
+
+from tests.migrating import migrate, newest
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 BEFORE = [("accounts", "0001_initial"), ("billing", "0003_incarnations")]
 
 
-def _newest():
-    return [leaf for leaf in MigrationExecutor(connection).loader.graph.leaf_nodes() if leaf[0] in ("accounts", "billing")]
-
-
-def _migrate(targets):
-    """To `targets` for billing and accounts; every other app stays at its newest migration
-    (its historical models must match its tables)."""
-    executor = MigrationExecutor(connection)
-    mine = {app for app, _ in targets}
-    targets = [*targets, *(leaf for leaf in executor.loader.graph.leaf_nodes() if leaf[0] not in mine)]
-    executor.migrate(targets)
-    executor.loader.build_graph()
-    return executor.loader.project_state(targets).apps
-
-
 def test_balances_become_opening_credits_and_prices_come_from_deployments():
-    old = _migrate(BEFORE)
+    old = migrate(BEFORE)
     try:
         Tenant = old.get_model("accounts", "Tenant")
         HardwareType = old.get_model("nodes", "HardwareType")
@@ -45,7 +30,7 @@ def test_balances_become_opening_credits_and_prices_come_from_deployments():
                                              hardware_type=hw, price_per_gpu_hour=Decimal(price))
             Deployment.objects.filter(pk=made.pk).update(created_at=first + timedelta(days=i))
 
-        new = _migrate(_newest())
+        new = migrate(newest("accounts", "billing"))
         LedgerEntry = new.get_model("billing", "LedgerEntry")
         Price = new.get_model("billing", "Price")
         (entry,) = LedgerEntry.objects.filter(tenant__slug="rich")
@@ -57,4 +42,4 @@ def test_balances_become_opening_credits_and_prices_come_from_deployments():
         assert [price for _, price in history] == [Decimal("2.4900"), Decimal("2.6900"), Decimal("2.9900")]
         assert history[1][0] == first + timedelta(days=2)  # the change first seen on a deployment
     finally:
-        _migrate(_newest())
+        migrate(newest("accounts", "billing"))

@@ -21,8 +21,8 @@ from protocol.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
 # Columns the API representation shows; the rest (encrypted blobs, registry user, price
 # history) stays on disk for the list endpoint, which is benchmarked at 5,000 rows a tenant.
 _SHOWN_FIELDS = (
-    "id", "tenant_id", "name", "status", "status_reason", "template__slug", "image", "env", "secret_env_keys",
-    "entrypoint", "args", "traffic_port", "gpus_per_container", "hardware_type_id", "node_id", "replica_count",
+    "id", "tenant_id", "name", "endpoint_label", "status", "status_reason", "template__slug", "image", "env",
+    "secret_env_keys", "entrypoint", "args", "traffic_port", "gpus_per_container", "hardware_type_id", "node_id", "replica_count",
     "duration_hours", "stop_grace_seconds", "price_per_gpu_hour", "registry_username",
     "created_at", "updated_at", "started_at", "stopped_at", "expires_at",
 )

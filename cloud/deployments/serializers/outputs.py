@@ -13,6 +13,7 @@ from billing.money import money_str
 from billing.selectors import billed_interval_of, deployment_cost_for
 from billing.services import hourly_cost
 from cloud.deployments import feeds
+from cloud.deployments.labels import endpoint_host
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.fields import EnvField
 from protocol.vocabulary import LIVE_STATUSES
@@ -40,6 +41,11 @@ class WarningOutput(serializers.Serializer):
 class DeploymentOutput(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()
+    endpoint_label = serializers.CharField(
+        read_only=True, help_text="The DNS label the gateway will serve this deployment under: made at creation, never "
+                                  "changed, never reused.")
+    endpoint_host = serializers.SerializerMethodField(
+        help_text="The host name the gateway will serve this deployment under: <endpoint_label>.<the operator's domain>.")
     status = serializers.ChoiceField(choices=Deployment.Status.choices)
     status_reason = serializers.CharField(help_text="Why the deployment is in this status, for a human.")
     template_id = serializers.SerializerMethodField(help_text="The template's slug, or null for a custom image.")
@@ -69,6 +75,10 @@ class DeploymentOutput(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     stopped_at = serializers.DateTimeField(allow_null=True)
     expires_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_endpoint_host(self, obj: Deployment) -> str:
+        return endpoint_host(obj.endpoint_label)
 
     @extend_schema_field({"type": ["string", "null"]})
     def get_template_id(self, obj: Deployment):

@@ -27,7 +27,7 @@ from cloud.deployments.services.status import deployment_refresh, replica_event,
 from nodes import link
 from nodes import selectors as node_selectors
 from protocol.wire import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
-from protocol.vocabulary import BOOTING, FAILED, RESTARTING, RUNNING, STARTING, STOPPED, TERMINAL_STATES, VM_ENDED_STATES
+from protocol.vocabulary import BOOTING, FAILED, FAILING, RESTARTING, RUNNING, STARTING, STOPPED, TERMINAL_STATES, VM_ENDED_STATES
 
 R = Replica.State
 # What a node reports once a replica's VM process has started. Not `stopping`: a node also says
@@ -123,8 +123,9 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
     replica.vm_address = report.address
     replica.host_port = report.host_port
     replica.exit_code = report.exit_code
-    replica.save(update_fields=["state", "reason", "vm_address", "host_port", "exit_code", "booted_at", "started_at",
-                                "stopped_at", "ended_at", "vm_gone", "last_report_at"])
+    replica.health = report.health  # a failing check takes it out of the gateway's pool (routes.py)
+    replica.save(update_fields=["state", "reason", "vm_address", "host_port", "exit_code", "health", "booted_at",
+                                "started_at", "stopped_at", "ended_at", "vm_gone", "last_report_at"])
     if booted:
         # Metering starts in the same transaction as the VM's start: even an incarnation that
         # fails before it ever runs, or before the next metering pass, is charged for every
@@ -133,7 +134,7 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
     node = replica.node.hostname if replica.node_id else None
     if replica.state != old_state:
         replica_event(replica, f"replica.{replica.state}", node=node)
-    elif report.health == "failing" and replica.state == R.STARTING and replica.reason != old_reason:
+    elif report.health == FAILING and replica.state == R.STARTING and replica.reason != old_reason:
         replica_event(replica, "replica.health_failing", node=node)  # once per new reason, not per attempt
     if replica.state == R.RUNNING and old_state != R.RUNNING:
         _replacement_running(replica)

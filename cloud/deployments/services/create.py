@@ -20,7 +20,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing.services import hourly_cost, price_quote
-from cloud.deployments.models import Deployment
+from cloud.deployments.labels import endpoint_label
+from cloud.deployments.models import ENDPOINT_LABEL_CONSTRAINT, Deployment
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
 from cloud.deployments.services.status import PENDING_REASON, incarnations_create
@@ -29,6 +30,8 @@ from nodes import selectors as node_selectors
 from templates.selectors import template_get
 
 MAX_GPUS_WITHOUT_TEMPLATE = 8
+# A label is 30 random bits after the name: a second collision in a row is not going to happen.
+LABEL_TRIES = 3
 
 
 # Rows of other apps (a Template, a HardwareType, Locations, a Node) come from their selectors.
@@ -134,6 +137,26 @@ def _unique_name(*, tenant, base: str) -> str:
     return f"{base}-{secrets.token_hex(8)}"
 
 
+def _violated_constraint(error: IntegrityError) -> str | None:
+    return getattr(getattr(error.__cause__, "diag", None), "constraint_name", None)
+
+
+def _insert(deployment: Deployment) -> None:
+    """Writes the new row under a fresh endpoint label, with another label if that one is taken."""
+    for attempt in range(LABEL_TRIES):
+        deployment.endpoint_label = endpoint_label(deployment.name)
+        try:
+            with transaction.atomic():
+                deployment.save(force_insert=True)
+            return
+        except IntegrityError as error:
+            if _violated_constraint(error) != ENDPOINT_LABEL_CONSTRAINT:
+                # The tenant lock makes this rare (a create outside this service); the constraint decides.
+                raise Conflict(f"A deployment named '{deployment.name}' already exists.") from None
+            if attempt + 1 == LABEL_TRIES:
+                raise
+
+
 @dataclass(frozen=True)
 class Resolved:
     """What a create body means against the catalog, as create and estimate both see it."""
@@ -232,12 +255,7 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
     )
     deployment.set_secret_env(secret_env)
     deployment.set_registry_secret(spec.get("registry_secret"))
-    try:
-        with transaction.atomic():
-            deployment.save(force_insert=True)
-    except IntegrityError:
-        # The tenant lock makes this rare (a create outside this service); the constraint decides.
-        raise Conflict(f"A deployment named '{name}' already exists.") from None
+    _insert(deployment)
     if locations:
         deployment.locations.set(locations)
     incarnations_create(deployment=deployment, ordinals=range(replica_count))
