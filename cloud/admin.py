@@ -49,12 +49,15 @@ def service_dry_run(form: forms.Form, write) -> None:
 
 
 class ServiceDeleteMixin:
-    """Deletes through `delete_through_service(request, obj)`. A refusal is an error message and
+    """Deletes through `delete_through_service(request, obj)`, which the admin using this mixin
+    defines (a class without it fails when it is declared, not on the first delete). A refusal is an error message and
     the row stays (never Django's "deleted successfully", never a 500); the bulk action deletes
     one row at a time through the same call and says which it could not."""
 
-    def delete_through_service(self, request, obj) -> None:  # pragma: no cover - each admin defines it
-        raise NotImplementedError
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not callable(getattr(cls, "delete_through_service", None)):
+            raise TypeError(f"{cls.__name__} uses ServiceDeleteMixin without a delete_through_service(request, obj)")
 
     def _delete_or_refuse(self, request, obj) -> str | None:
         try:

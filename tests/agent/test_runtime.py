@@ -304,6 +304,7 @@ def only(part, protocol):
 
 def test_the_fakes_and_the_real_parts_are_what_the_runtime_asks_for(tmp_path, parts):
     images, network, vmm = parts
+    # Constructed only (their constructors do no I/O): no device is made, no packet sent.
     real = OciImageStore(tmp_path / "oci"), LinuxNetwork(NetworkConfig(), tmp_path / "net"), QemuVm()
     for part, protocol in zip((*parts, *real), (ImageStore, Network, Vmm) * 2):
         assert isinstance(part, protocol), (part, protocol)
