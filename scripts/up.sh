@@ -66,16 +66,46 @@ elif ! python3 scripts/registry/registry.py up --state-dir "$STATE_DIR" --addr "
   registry_ok=0
 fi
 
+# The gateway (docs/gateway.md): HAProxy driven by the plane, HTTPS for every deployment's
+# endpoint name under gantry.localhost (names under .localhost reach 127.0.0.1 by themselves).
+# A local CA and a wildcard certificate are made once in .state/gateway (never added to the
+# system's trust store: curl --cacert .state/gateway/ca.crt). Ports 443/80 need root; as another
+# user the gateway listens on 8443/8080 and the API's endpoint URLs say so.
+export GANTRY_ENDPOINT_DOMAIN=${GANTRY_ENDPOINT_DOMAIN:-gantry.localhost}
+GW_DIR=$STATE_DIR/gateway
+GW_CONTROL=${GATEWAY_CONTROL:-127.0.0.1:9180}
+if [ "$(id -u)" -eq 0 ]; then GW_HTTPS=${GATEWAY_HTTPS_PORT:-443} GW_HTTP=${GATEWAY_HTTP_PORT:-80}
+else GW_HTTPS=${GATEWAY_HTTPS_PORT:-8443} GW_HTTP=${GATEWAY_HTTP_PORT:-8080}; fi
+export GANTRY_GATEWAY_HTTPS_PORT=$GW_HTTPS
+gateway_ok=1
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+  echo "gateway: haproxy is missing (scripts/ensure-debs.sh installs it as root); continuing without it" >&2
+  gateway_ok=0
+elif ! $BIN/python -m gateway ca --dir "$GW_DIR" --domain "$GANTRY_ENDPOINT_DOMAIN" >/dev/null; then
+  echo "gateway: could not make its certificate in $GW_DIR; continuing without it" >&2
+  gateway_ok=0
+else
+  [ -s "$GW_DIR/control-token" ] || (umask 077; $BIN/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$GW_DIR/control-token")
+  $BIN/python manage.py gateway_register local --url "http://$GW_CONTROL" --token-file "$GW_DIR/control-token" >/dev/null
+fi
+
 pids=() names=()
 cleanup() { trap - EXIT INT TERM; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; }
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
-for log in web worker beat agent; do : >"$STATE_DIR/log/$log.log"; done  # each run's logs start empty
+for log in web worker beat agent gateway; do : >"$STATE_DIR/log/$log.log"; done  # each run's logs start empty
 start() { local name=$1; shift; "$@" >>"$STATE_DIR/log/$name.log" 2>&1 & pids+=($!) names+=("$name"); }
 
 start worker $BIN/celery -A cloud worker --loglevel=INFO --concurrency=2
 start beat $BIN/celery -A cloud beat --loglevel=INFO --schedule "$STATE_DIR/celerybeat-schedule"
 start web $BIN/daphne -b "$HOST" -p "$PORT" cloud.asgi:application
+gateway_line="none (see above)"
+if [ "$gateway_ok" = 1 ]; then
+  start gateway $BIN/python -m gateway run --state-dir "$GW_DIR/run" --cert "$GW_DIR/gateway.pem" \
+    --https-bind "127.0.0.1:$GW_HTTPS" --http-bind "127.0.0.1:$GW_HTTP" --public-https-port "$GW_HTTPS" \
+    --control-bind "$GW_CONTROL" --token-file "$GW_DIR/control-token"
+  gateway_line="https://<label>.$GANTRY_ENDPOINT_DOMAIN$([ "$GW_HTTPS" = 443 ] || echo ":$GW_HTTPS") on 127.0.0.1 (CA: $GW_DIR/ca.crt)"
+fi
 
 # What the agent and the printed examples call: the address daphne listens on, or loopback.
 case "$HOST" in 0.0.0.0|::|"") API_HOST=127.0.0.1 ;; *) API_HOST=$HOST ;; esac
@@ -158,9 +188,10 @@ Gantry is up on $API
                        (the confirmation link that brings the trial credit prints in web.log)
   API docs:            $API/api/v1/docs/   (schema: /api/v1/schema/)
   health:              $API/healthz  $API/readyz   fleet (staff): $API/api/v1/system/status
+  gateway:             $gateway_line
   registry:            $REGISTRY_ADDR (gantry/hello)
   local node:          $node_line$sim_msg
-  logs:                $STATE_DIR/log/{web,worker,beat,agent}.log
+  logs:                $STATE_DIR/log/{web,worker,beat,gateway,agent}.log
 
 Deploy \`hello\` on the local node (README.md, "First API calls"):
   $BIN/python manage.py create_tenant acme --owner you@example.com --password 'a long password'

@@ -3,17 +3,32 @@
 #   serve      greet on stdout, a line on stderr, then serve the greeting over HTTP on $PORT
 #   once       greet on stdout and stderr, then exit 0
 #   exit N     greet, then exit with code N (for crash-loop tests)
+# While serving, busybox httpd also runs a few CGI programs the gateway's tests call through the
+# gateway (tests/e2e/test_gateway.py): /cgi-bin/whoami (this VM's hostname and the request's
+# headers as the workload sees them), /cgi-bin/stream (three Server-Sent Events, a second apart),
+# /cgi-bin/sick and /cgi-bin/well (from now on the greeting at / answers 404 or 200 again, so
+# the health check fails or passes).
 : "${GREETING:=Hello from Gantry}"
 : "${PORT:=8080}"
 mode="${1:-serve}"
 echo "$GREETING"
 echo "hello: mode $mode, port $PORT" >&2
+cgi() {  # name, body of a CGI program that answers text
+  printf '#!/bin/sh\n%s\n' "$2" > "/tmp/www/cgi-bin/$1"
+  chmod 755 "/tmp/www/cgi-bin/$1"
+}
 case "$mode" in
   once) exit 0 ;;
   exit) exit "${2:-1}" ;;
   serve)
-    mkdir -p /tmp/www
-    printf '%s\n' "$GREETING" > /tmp/www/index.html
+    mkdir -p /tmp/www/cgi-bin
+    printf '%s\n' "$GREETING" > /tmp/www/greeting
+    cp /tmp/www/greeting /tmp/www/index.html
+    cgi whoami 'printf "Content-Type: text/plain\n\nhost %s\n" "$(hostname)"; env | grep ^HTTP_ | sort'
+    cgi stream 'printf "Content-Type: text/event-stream\nCache-Control: no-cache\n\n"
+for n in 1 2 3; do printf "data: tick %s %s\n\n" "$n" "$(date +%s)"; sleep 1; done'
+    cgi sick 'rm -f /tmp/www/index.html; printf "Content-Type: text/plain\n\nsick %s\n" "$(hostname)"'
+    cgi well 'cp /tmp/www/greeting /tmp/www/index.html; printf "Content-Type: text/plain\n\nwell %s\n" "$(hostname)"'
     exec httpd -f -p "$PORT" -h /tmp/www ;;
   *) echo "hello: unknown mode $mode" >&2; exit 2 ;;
 esac
