@@ -30,7 +30,10 @@
 # address or nameserver overlaps, chosen once and remembered), PLANE_URL (http://127.0.0.1:8000),
 # KIT_CACHE (the agent's host-wide default), REGISTRY_ADDR (127.0.0.1:5000), STATE_DIR,
 # LOCAL_NODE_SIMULATE_GPUS (a GPU board the node presents from a fake sysfs tree: 8xH100,
-# 8xH200 or 4xL40S; its VMs boot without passthrough). A second node needs its own LOCAL_NODE,
+# 8xH200 or 4xL40S; its VMs boot without passthrough), LOCAL_NODE_GATEWAY_ADDRESSES (the endpoint
+# gateways' addresses or prefixes, comma- or space-separated, `host` for the pair's host end, where
+# a gateway on this machine connects from: the node's published ports then refuse every other
+# source; unset, they stay open to all). A second node needs its own LOCAL_NODE,
 # LOCAL_NODE_NETNS, LOCAL_NODE_HOST_IF and LOCAL_NODE_LINK; its NAT table is named after its
 # namespace.
 set -euo pipefail
@@ -63,6 +66,12 @@ print(hosts[0], hosts[1], net.prefixlen)
 PY
 )
 PUBLIC_ADDRESS=$NS_ADDR
+GATEWAY_ARGS=()
+IFS=', ' read -ra GATEWAYS <<< "${LOCAL_NODE_GATEWAY_ADDRESSES:-}"
+for gateway in "${GATEWAYS[@]}"; do
+  [ "$gateway" = host ] && gateway=$HOST_ADDR
+  GATEWAY_ARGS+=(--gateway-address "$gateway")
+done
 
 say() { echo "local node: $*"; }
 die() { echo "local node: $*" >&2; exit 1; }
@@ -234,7 +243,7 @@ cmd_run() {
   # /30 is TEST-NET, not blocked by default, and its host end is this machine: VMs keep off it.
   GANTRY_TRUSTED_REGISTRIES=${GANTRY_TRUSTED_REGISTRIES:-$REGISTRY_ADDR} \
     exec $BIN/gantry-agent run --data-dir "$DATA_DIR" "${KIT_ARGS[@]}" "${SIM_ARGS[@]}" --netns "$NETNS" --bridge "$BRIDGE" \
-    --subnet "$(vm_subnet)" --insecure-registry "$REGISTRY_ADDR" --block-net "$LINK"
+    --subnet "$(vm_subnet)" --insecure-registry "$REGISTRY_ADDR" --block-net "$LINK" "${GATEWAY_ARGS[@]}"
 }
 
 cmd_down() {

@@ -38,6 +38,7 @@ from nodes.agent.inventory import collect
 from nodes.agent.join import join, normalize_base, read_credential
 from nodes.agent.net.tap import NETNS_RUN_DIR
 from nodes.agent.runtime_build import DEFAULT_BRIDGE, DEFAULT_SUBNET, build_runtime
+from nodes.agent.runtime_health import DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_INTERVAL_S
 from nodes.agent.simulate import BOARDS, SimulatedSysfs, build_tree
 from nodes.agent.sysfs import Sysfs
 from protocol.wire import Inventory, ReplicaSpec
@@ -91,6 +92,31 @@ def _size(text: str) -> int:
     return value
 
 
+def _source(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address (a /32 or /128) or a prefix whose host bits are zero: a typo that would widen
+    the prefix (10.0.0.5/8) is refused rather than read as 10.0.0.0/8."""
+    try:
+        return ipaddress.ip_network(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an IPv4/IPv6 address or prefix, got {text!r}: {exc}") from None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 3600, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 100, got {text!r}")
+    return int(text)
+
+
 def _common(*, defaults: bool) -> argparse.ArgumentParser:
     # Subcommands take the same options, but without defaults of their own: argparse would
     # otherwise let a subparser's default overwrite a value given before the subcommand.
@@ -110,6 +136,10 @@ def _common(*, defaults: bool) -> argparse.ArgumentParser:
     common.add_argument("--block-net", action="append", type=ipaddress.IPv4Network, default=d(None), metavar="CIDR",
                         help="network VMs may not reach, beyond the special-purpose ranges always blocked "
                              "(repeatable): the control plane's, other nodes'")
+    common.add_argument("--gateway-address", action="append", type=_source, default=d(None), metavar="ADDR",
+                        help="the only source (IPv4/IPv6 address or CIDR prefix) that may open connections to the "
+                             "VMs' published ports, refused for everyone else with a TCP reset (repeatable: the "
+                             "gateways); none: published ports are open to everyone")
     common.add_argument("--simulate-gpus", choices=sorted(BOARDS), default=d(None), metavar="BOARD",
                         help=f"present this GPU board from a fake sysfs tree ({', '.join(sorted(BOARDS))}); "
                              "its VMs boot without passthrough")
@@ -159,7 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     join_cmd = sub.add_parser("join", parents=[common], help="trade a join token for this node's credential")
     join_cmd.add_argument("--url", required=True, help="the control plane's base URL, e.g. http://127.0.0.1:8000")
     join_cmd.add_argument("--token", required=True)
-    sub.add_parser("run", parents=[common], help="the node daemon: connect to the control plane, run its replicas")
+    daemon = sub.add_parser("run", parents=[common],
+                            help="the node daemon: connect to the control plane, run its replicas")
+    daemon.add_argument("--health-interval", type=_positive_seconds, default=DEFAULT_HEALTH_INTERVAL_S,
+                        metavar="SECONDS", help="how often each running replica with a traffic port is "
+                                                f"health-checked (default {DEFAULT_HEALTH_INTERVAL_S:g})")
+    daemon.add_argument("--health-failures", type=_count, default=DEFAULT_HEALTH_FAILURES, metavar="N",
+                        help="failed checks in a row that report a running replica's health as failing "
+                             f"(default {DEFAULT_HEALTH_FAILURES})")
     sub.add_parser("inventory", parents=[common], help="what this node is: CPUs, memory, GPUs, NVSwitches (JSON)")
     sub.add_parser("preflight", parents=[common], help="can this node pass its GPUs through, and if not, what to change")
     kit = sub.add_parser("gpu-kit", parents=[common], help="the NVIDIA driver kit for GPU VMs")
@@ -189,8 +226,11 @@ def runtime_from_args(args: argparse.Namespace, gpus: GpuHost | None = None) -> 
     return build_runtime(
         data_dir=args.data_dir, netns=args.netns, bridge=args.bridge, subnet=args.subnet,
         insecure_registries=args.insecure_registry, trusted_registries=args.trusted_registry,
-        nameservers=args.nameserver, blocked_networks=args.block_net or (), kit_cache=args.kit_cache, gpus=gpus,
-        max_unpacked_bytes=args.max_unpacked_bytes,
+        nameservers=args.nameserver, blocked_networks=args.block_net or (),
+        gateway_addresses=args.gateway_address or (),
+        kit_cache=args.kit_cache, gpus=gpus, max_unpacked_bytes=args.max_unpacked_bytes,
+        health_interval=getattr(args, "health_interval", DEFAULT_HEALTH_INTERVAL_S),
+        health_failures=getattr(args, "health_failures", DEFAULT_HEALTH_FAILURES),
     )
 
 

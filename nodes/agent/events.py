@@ -12,7 +12,9 @@ from typing import Any, AsyncIterator
 class RuntimeEvent:
     """A state change: pulling (with bytes), booting, starting, running, restarting(exit code),
     stopping, stopped, failed(reason); or, with phase "health", a `starting` VM whose health
-    check keeps failing (the reason says how)."""
+    check keeps failing, or a `running` one whose health check has failed often enough to
+    take it out of service (the reason says how). A `running` event without that phase, after
+    one with it, says the check passes again."""
 
     name: str
     state: str

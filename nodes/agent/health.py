@@ -1,8 +1,14 @@
-"""The readiness gate for a replica: its traffic port accepts TCP, and answers HTTP if asked.
+"""A replica's health check: its traffic port accepts TCP, and answers HTTP if asked.
 
 A replica becomes `running` only once `wait_healthy` returns. The check is retried every
 `interval` until `timeout`; the AgentError it raises carries the last reason seen, which is
 what the customer reads, so reasons are plain words ("connection refused", "HTTP 503").
+`check_once` is one attempt, as a running replica is checked (runtime_health.py).
+
+Every attempt is bounded however the guest behaves: its whole exchange (connect, request,
+status line, close) runs under one timeout, and the answer is read into a buffer of at most
+_MAX_STATUS_LINE bytes, so a guest that holds the connection open, trickles bytes or sends an
+endless status line costs one attempt's time and 4 KiB, never a stalled checker.
 """
 
 from __future__ import annotations
@@ -47,32 +53,45 @@ async def wait_healthy(
     target = f"{host}:{port}{http_path or ''}"
     last = "no attempt completed"
     while True:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
+        if deadline - loop.time() <= 0:
             raise AgentError(f"health check failed: {target}: {last} (gave up after {timeout:g}s)")
-        attempt = min(remaining, _ATTEMPT_CAP_S)
-        try:
-            if netns is not None:
-                # The namespace's socket is made before the clock starts: a slow fork on a
-                # busy host is our delay, not the workload's, and must not read as "no answer".
-                sock = await _netns_socket(netns)
-                attempt = min(max(deadline - loop.time(), _MIN_ATTEMPT_S), _ATTEMPT_CAP_S)
-            else:
-                sock = None
-            async with asyncio.timeout(attempt):
-                await _probe(host, port, http_path, sock)
+        # The clock of an attempt starts once its socket exists (see _attempt).
+        reason = await _attempt(host, port, http_path, netns,
+                                lambda: min(max(deadline - loop.time(), _MIN_ATTEMPT_S), _ATTEMPT_CAP_S))
+        if reason is None:
             return
-        except TimeoutError:
-            last = f"no answer within {attempt:.1f}s"
-        except ConnectionRefusedError:
-            last = "connection refused"
-        except _Unhealthy as exc:
-            last = str(exc)
-        except OSError as exc:
-            last = exc.strerror or str(exc)
+        last = reason
         if on_failure is not None:
             await on_failure(last)
         await asyncio.sleep(max(0.0, min(interval, deadline - loop.time())))
+
+
+async def check_once(host: str, port: int, *, timeout: float, http_path: str | None = None,
+                     netns: str | None = None) -> str | None:
+    """One attempt, over within `timeout` whatever the guest does: None when healthy, else why
+    not, in the words wait_healthy uses."""
+    return await _attempt(host, port, http_path, netns, lambda: timeout)
+
+
+async def _attempt(host: str, port: int, http_path: str | None, netns: str | None,
+                   budget: Callable[[], float]) -> str | None:
+    attempt = budget()
+    try:
+        # A namespace's socket is made before the clock starts: a slow fork on a busy host is
+        # our delay, not the workload's, and must not read as "no answer".
+        sock = await _netns_socket(netns) if netns is not None else None
+        attempt = budget()
+        async with asyncio.timeout(attempt):
+            await _probe(host, port, http_path, sock)
+        return None
+    except TimeoutError:
+        return f"no answer within {attempt:.1f}s"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except _Unhealthy as exc:
+        return str(exc)
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 async def _probe(host: str, port: int, http_path: str | None, sock: socket.socket | None) -> None:

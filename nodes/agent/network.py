@@ -7,7 +7,8 @@ Layout on a node (defaults):
 Each VM is an island (DESIGN 7, `net/rules.py`): nothing its TAP sends is forwarded to
 another bridge port, so VMs never see each other's frames; anti-spoofing rules per TAP hold it
 to its own MAC and address; and the node's filter lets it reach the internet (NAT) and be
-reached on its published ports, nothing else. Links and addresses go through netlink (pyroute2), packet filtering and
+reached on its published ports (by the gateways only, when the node is given their addresses),
+nothing else. Links and addresses go through netlink (pyroute2), packet filtering and
 rewriting through two nftables tables of ours (`ip gantry`, `bridge gantry`, see `net/nft.py`).
 Addresses and host ports are leased in `<state_dir>/network.json`, so an agent restart
 re-derives exactly what it had. Every method measures before it acts: calling it again on a
@@ -78,6 +79,9 @@ class NetworkConfig:
     # Networks VMs may not open connections to, beyond the special-purpose ranges that are
     # always blocked (net/rules.py: DEFAULT_BLOCKED): the control plane's, other nodes'.
     blocked_networks: tuple[ipaddress.IPv4Network, ...] = ()
+    # The only sources that may open connections to published ports (the gateways, which
+    # check a request's key before it reaches a VM); others get a TCP reset. Empty: anyone.
+    published_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -200,7 +204,8 @@ class LinuxNetwork:
             if leases.to_json() != before:
                 await self._leases.write(leases)
             await self._nft.sync(vm_owner(name), dnat_rules(address=lease.address, ports=lease.ports,
-                                                            publish_address=self.config.publish_address))
+                                                            publish_address=self.config.publish_address,
+                                                            published_from=self.config.published_from))
         return published
 
     async def remove(self, name: str) -> None:

@@ -10,8 +10,9 @@ state.py), QEMU runs detached, and a new runtime (after a crash, or a one-shot C
 its view from those files with `recover()`.
 
 Its parts, each a module: the boot pipeline (runtime_boot.py), the watcher that derives a live
-VM's state (runtime_watch.py), recovery after a restart (runtime_recover.py), the log reads
-(runtime_logs.py) and the GPUs (runtime_gpus.py). This module keeps the VM table they share
+VM's state (runtime_watch.py), the health checks of running VMs (runtime_health.py), recovery
+after a restart (runtime_recover.py), the log reads (runtime_logs.py) and the GPUs
+(runtime_gpus.py). This module keeps the VM table they share
 (infos, events, locks), stop and remove, and the views.
 """
 
@@ -28,7 +29,7 @@ from nodes.agent.errors import AgentError
 from nodes.agent.events import EventHub, RuntimeEvent
 from nodes.agent.gpu.host import GpuHost
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR
-from nodes.agent.health import wait_healthy
+from nodes.agent.health import check_once, wait_healthy
 from nodes.agent.images import ImageStore
 from nodes.agent.lifecycle import StatusReader
 from nodes.agent.logs import LogLine, LogRecords
@@ -36,13 +37,14 @@ from nodes.agent.locks import VmLocks
 from nodes.agent.network import Network
 from nodes.agent.runtime_boot import VmBoot
 from nodes.agent.runtime_gpus import VmGpus
+from nodes.agent.runtime_health import DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_INTERVAL_S, VmHealth
 from nodes.agent.runtime_logs import VmLogReads
 from nodes.agent.runtime_recover import VmRecovery
 from nodes.agent.runtime_watch import VmWatch
 from nodes.agent.state import StateStore, VmInfo, is_locked, validate_name
 from nodes.agent.vmm import Vmm
 from protocol.wire import ReplicaSpec
-from protocol.vocabulary import STOPPING, VM_ENDED_STATES
+from protocol.vocabulary import FAILING, PASSING, RUNNING, STOPPING, VM_ENDED_STATES
 
 # The guest kit for a kit cache dir, and the accelerator probe for (kit cache, kit):
 # guest.kit.ensure_kit and vmm.accel.probe_accel, or a test's fakes.
@@ -58,6 +60,11 @@ def _kit_present(kit: Any) -> bool:
     return all(p.exists() for p in paths if isinstance(p, Path))
 
 
+def _announced(info: VmInfo) -> tuple:
+    """What a VM's events say: a change to any of it is an event."""
+    return info.state, info.reason, info.exit_code, info.health, info.health_reason
+
+
 class Runtime(Protocol):
     async def start(self, spec: ReplicaSpec) -> VmInfo: ...
     async def stop(self, name: str, *, timeout: float | None = None) -> VmInfo: ...
@@ -71,11 +78,13 @@ class Runtime(Protocol):
     def events(self) -> AsyncIterator[RuntimeEvent]: ...
 
 
-class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmLogReads):
+class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmHealth, VmLogReads):
     """`kit_cache` is the host-wide dir the guest kit and the accelerator probe are kept in
     (shared by every runtime on the host). `netns` is the namespace the VMs' network lives in
     (the `network` must manage the same one): QEMU runs in it and the health check connects
-    from it, while image pulls and the kit build stay in this process's own namespace."""
+    from it, while image pulls and the kit build stay in this process's own namespace.
+    `health_check` gates a start; `health_probe` (one attempt) checks a running VM every
+    `health_interval` seconds, and `health_failures` failures in a row make it "failing"."""
 
     def __init__(
         self,
@@ -87,15 +96,20 @@ class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmLogReads):
         kit_provider: KitProvider,
         accel_provider: AccelProvider,
         health_check: Callable[..., Awaitable[None]] = wait_healthy,
+        health_probe: Callable[..., Awaitable[str | None]] = check_once,
         kit_cache: Path = DEFAULT_CACHE_DIR,
         netns: str | None = None,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 0.1,
         boot_timeout: float = 180.0,
         health_timeout: float = 60.0,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL_S,
+        health_failures: int = DEFAULT_HEALTH_FAILURES,
         stop_timeout: float = 10.0,
         gpus: GpuHost | None = None,
     ):
+        if not health_interval > 0 or health_failures < 1:
+            raise AgentError("the health interval must be positive and the failures at least 1", permanent=True)
         self.data_dir = Path(data_dir)
         self.kit_cache = Path(kit_cache)
         self.netns = netns
@@ -106,10 +120,13 @@ class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmLogReads):
         self._accel_provider = accel_provider
         self.vmm = vmm
         self._health_check = health_check
+        self._health_probe = health_probe
         self._clock = clock
         self.poll_interval = poll_interval
         self.boot_timeout = boot_timeout
         self.health_timeout = health_timeout
+        self.health_interval = health_interval
+        self.health_failures = health_failures
         self.stop_timeout = stop_timeout
         self._gpus = VmGpus(gpus)
         self._locks = VmLocks(self.data_dir / "locks")
@@ -122,6 +139,7 @@ class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmLogReads):
         self._converted: dict[str, asyncio.Event] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task] = {}
+        self._checkers: dict[str, asyncio.Task] = {}
         self._hub = EventHub()
         self._set_lock = asyncio.Lock()
 
@@ -153,16 +171,40 @@ class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmLogReads):
     async def _set(self, info: VmInfo, *, persist: bool = True) -> VmInfo:
         # On disk first, then visible and announced with no await between: whoever reads a
         # state (get, list) can rely on its event having been emitted. One lock keeps the
-        # start path and the watcher from landing their writes out of order.
+        # start path, the watcher and the health checker from landing their writes out of order.
         async with self._set_lock:
-            if persist:
-                await asyncio.to_thread(self.store.write_info, info)
             old = self._infos.get(info.name)
-            self._infos[info.name] = info
-            if old is None or (old.state, old.reason, old.exit_code) != (info.state, info.reason, info.exit_code):
-                self._emit(RuntimeEvent(info.name, info.state, self._clock(), info.reason, info.exit_code))
-            self._changed.setdefault(info.name, asyncio.Event()).set()
+            if old is not None:
+                # Health is the checker's to change (_set_health): a writer holding an older
+                # copy of the info must not undo the checker's verdict.
+                info = replace(info, health=old.health, health_reason=old.health_reason)
+            return await self._store(info, old, persist)
+
+    async def _set_health(self, name: str, health: str, reason: str) -> VmInfo | None:
+        """The health checker's verdict on a VM that is still running; announced only when it
+        changes what the VM says (its health, or the reason it fails)."""
+        async with self._set_lock:
+            old = self._infos.get(name)
+            if old is None or old.state != RUNNING or (old.health, old.health_reason) == (health, reason):
+                return old
+            return await self._store(replace(old, health=health, health_reason=reason), old, True)
+
+    async def _store(self, info: VmInfo, old: VmInfo | None, persist: bool) -> VmInfo:
+        if info.state != RUNNING:
+            info = replace(info, health=PASSING, health_reason="")  # health is a running VM's only
+        if persist:
+            await asyncio.to_thread(self.store.write_info, info)
+        self._infos[info.name] = info
+        if old is None or _announced(old) != _announced(info):
+            self._emit(self._event(info))
+        self._changed.setdefault(info.name, asyncio.Event()).set()
         return info
+
+    def _event(self, info: VmInfo) -> RuntimeEvent:
+        if info.health == FAILING:
+            return RuntimeEvent(info.name, info.state, self._clock(), info.health_reason, info.exit_code,
+                                phase="health")
+        return RuntimeEvent(info.name, info.state, self._clock(), info.reason, info.exit_code)
 
     # -- stop / remove -----------------------------------------------------------------------
     async def stop(self, name: str, *, timeout: float | None = None) -> VmInfo:
@@ -241,5 +283,5 @@ class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmLogReads):
 
     async def close(self) -> None:
         """Stop watching (VMs keep running: they are adopted by the next runtime)."""
-        for name in list(self._watchers):
+        for name in sorted(self._watchers.keys() | self._checkers.keys()):
             await self._unwatch(name)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from nodes.agent.gpu.host import GpuHost
 from nodes.agent.guest.kit import DEFAULT_CACHE_DIR, ensure_kit
+from nodes.agent.runtime_health import DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_INTERVAL_S
 
 if TYPE_CHECKING:
     from nodes.agent.runtime import MicroVmRuntime
@@ -32,9 +33,12 @@ def build_runtime(
     trusted_registries: Iterable[str] | None = None,
     nameservers: Iterable[ipaddress.IPv4Address] | None = None,
     blocked_networks: Iterable[ipaddress.IPv4Network] = (),
+    gateway_addresses: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
     kit_cache: Path = DEFAULT_CACHE_DIR,
     gpus: GpuHost | None = None,
     max_unpacked_bytes: int | None = None,
+    health_interval: float = DEFAULT_HEALTH_INTERVAL_S,
+    health_failures: int = DEFAULT_HEALTH_FAILURES,
 ) -> MicroVmRuntime:
     """The real runtime, as the `vm` commands and the daemon run it.
 
@@ -47,9 +51,13 @@ def build_runtime(
     trusted_registries: HOST[:PORT]s that may be on special addresses (None: $GANTRY_TRUSTED_REGISTRIES).
     nameservers: what the VMs resolve with (None: the host's upstream resolvers).
     blocked_networks: networks VMs may not reach, beyond the special-purpose ranges (net/rules.py).
+    gateway_addresses: the only sources that may open connections to published ports (the
+      gateways' addresses or prefixes); empty: published ports are open to everyone.
     kit_cache: the host-wide guest kit and accelerator-probe cache.
     gpus: the node's GPUs (gpu_host_from_args); None: a node that refuses every GPU spec.
     max_unpacked_bytes: what one image's layers may expand to (None: 64 GiB, oci/limits.py).
+    health_interval, health_failures: a running VM with a traffic port is checked every
+      health_interval seconds, and is "failing" after health_failures failures in a row.
     Image pulls and kit downloads always use this process's own namespace. Builds objects
     only (no I/O), so it may be called on the event loop.
     """
@@ -73,7 +81,9 @@ def build_runtime(
     data_dir = Path(data_dir)
     images = OciImageStore(data_dir / "images", **kwargs)
     config = NetworkConfig(bridge=bridge, subnet=subnet, blocked_networks=tuple(blocked_networks),
+                           published_from=tuple(gateway_addresses),
                            nameservers=None if nameservers is None else tuple(str(ns) for ns in nameservers))
     network = LinuxNetwork(config, data_dir / "network", netns=netns)
     return MicroVmRuntime(data_dir, images=images, network=network, vmm=QemuVm(netns=netns), kit_provider=ensure_kit,
-                          accel_provider=probe_accel, kit_cache=kit_cache, netns=netns, gpus=gpus)
+                          accel_provider=probe_accel, kit_cache=kit_cache, netns=netns, gpus=gpus,
+                          health_interval=health_interval, health_failures=health_failures)

@@ -31,13 +31,17 @@ def _read_pid(paths: VmPaths) -> int | None:
 class VmWatch:
     """Needs of its host class: `store`, `vmm`, `poll_interval`, `stop_timeout`, `_clock`,
     `_infos`, `_changed` (an asyncio.Event per VM, set by `_set`), `_watchers`, `_status`,
-    `_log_heads`, `_converted`, `_set()` and `_gpus` (runtime_gpus.VmGpus)."""
+    `_log_heads`, `_converted`, `_set()`, `_gpus` (runtime_gpus.VmGpus) and the health
+    checker's `_check_health()` and `_uncheck_health()`."""
 
     def _watch(self, name: str) -> None:
+        """Watch a launched VM, and check its health while it runs (runtime_health.py)."""
         if name not in self._watchers or self._watchers[name].done():
             self._watchers[name] = asyncio.create_task(self._watch_loop(name), name=f"watch-{name}")
+        self._check_health(name)
 
     async def _unwatch(self, name: str) -> None:
+        await self._uncheck_health(name)
         task = self._watchers.pop(name, None)
         if task is not None:
             task.cancel()

@@ -47,6 +47,10 @@ class VmInfo:
     # Set by stop/rm before QEMU is asked to power off, so that its death reads as `stopped`
     # and not as a crash, even if the agent is killed half-way through the stop.
     stop_requested: bool = False
+    # A running VM's health check as the agent last judged it (runtime_health.py): "failing"
+    # and why, or "" while it passes. Only the checker sets them; any other state clears them.
+    health: str = ""
+    health_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -151,9 +151,12 @@ class Supervisor:
         return [self._report(info) for info in infos]
 
     def _report(self, info: VmInfo, **override) -> ReplicaReport:
-        fields = dict(replica_id=info.name, state=info.state, reason=info.reason, address=info.address,
+        # A failing health check is what a running replica's reason says while it lasts: a full
+        # report (hello) tells a reconnecting plane the health the last event told it.
+        reason = info.health_reason if info.health else info.reason
+        fields = dict(replica_id=info.name, state=info.state, reason=reason, address=info.address,
                       host_port=info.host_port, exit_code=info.exit_code, started_at=info.started_at,
-                      log_seq=self._log_seq(info.name))
+                      log_seq=self._log_seq(info.name), health=info.health)
         fields.update(override)
         return ReplicaReport(**fields)
 

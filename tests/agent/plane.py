@@ -150,10 +150,12 @@ class FakePlane:
         return [m.report.state for m in self.messages("replica.status", replica_id=replica_id)]
 
 
-def make_runtime(data_dir: Path, images: FakeImageStore | None = None, vmm: FakeVmm | None = None) -> MicroVmRuntime:
+def make_runtime(data_dir: Path, images: FakeImageStore | None = None, vmm: FakeVmm | None = None,
+                 **options) -> MicroVmRuntime:
+    """`options` go to MicroVmRuntime (health_interval, health_probe, ...)."""
     images = images or FakeImageStore(data_dir.parent / "images", {"sh": SH})
     return MicroVmRuntime(data_dir, images=images, network=FakeNetwork(), vmm=vmm or FakeVmm(),
-                          kit_provider=fake_kit, accel_provider=fake_accel, poll_interval=0.02)
+                          kit_provider=fake_kit, accel_provider=fake_accel, poll_interval=0.02, **options)
 
 
 class ObservedDaemon(Daemon):

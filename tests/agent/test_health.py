@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from nodes.agent.errors import AgentError
-from nodes.agent.health import wait_healthy
+from nodes.agent.health import check_once, wait_healthy
 from tests.agent.conftest_netns import netns_factory, node_netns  # noqa: F401  (fixtures)
 
 
@@ -124,3 +124,60 @@ async def test_check_runs_inside_a_namespace(node_netns, tmp_path):
     with pytest.raises(AgentError) as err:
         await wait_healthy("127.0.0.1", 18081, timeout=1, netns=node_netns.name)
     assert "connection refused" in err.value.message
+
+
+async def _hostile(handler, *, http_path: str | None = "/health", timeout: float = 0.5) -> tuple[str | None, float]:
+    """What one check_once of a server running `handler` says, and how long it took."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def keep(reader, writer):
+        held.append(writer)
+        await handler(reader, writer)
+
+    server, port = await _serve(keep)
+    async with server:
+        began = asyncio.get_running_loop().time()
+        reason = await check_once("127.0.0.1", port, timeout=timeout, http_path=http_path)
+        took = asyncio.get_running_loop().time() - began
+    for writer in held:
+        writer.close()
+    return reason, took
+
+
+async def test_one_check_passes_or_says_why_in_the_words_of_the_start_check():
+    server, port = await _serve(_http("200 OK"))
+    async with server:
+        assert await check_once("127.0.0.1", port, timeout=1, http_path="/") is None
+        assert await check_once("127.0.0.1", port, timeout=1) is None
+    assert await check_once("127.0.0.1", _closed_port(), timeout=1) == "connection refused"
+    assert (await _hostile(_http("503 Service Unavailable")))[0] == "HTTP 503 from GET /health"
+
+
+async def test_a_hostile_guest_costs_one_check_its_timeout_and_never_more():
+    """Holding the connection open, trickling a status line that never ends, or sending an endless
+    one: every check is over within its timeout (the reader is bounded at 4 KiB)."""
+    async def hold(reader, writer):
+        await asyncio.sleep(30)
+
+    async def trickle(reader, writer):
+        for _ in range(600):
+            writer.write(b"H")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    async def endless(reader, writer):
+        try:
+            for _ in range(1024):
+                writer.write(b"X" * 65536)  # 64 MiB in all, no newline
+                await writer.drain()
+        except ConnectionError:
+            pass  # the check hung up after 4 KiB, as it should
+
+    async def garbage(reader, writer):
+        writer.write(bytes(range(256)) + b"\n")
+        await writer.drain()
+
+    for handler, expected in ((hold, "no answer within 0.5s"), (trickle, "no answer within 0.5s"),
+                              (endless, "no HTTP status line in the answer"), (garbage, "not an HTTP answer: ")):
+        reason, took = await _hostile(handler)
+        assert reason.startswith(expected) and took < 1.5, (handler.__name__, reason, took)

@@ -1,7 +1,8 @@
 """The node's network policy as nftables rules: each VM is an island with a door.
 
-A VM reaches the internet through NAT and is reached on its published ports, from anywhere;
-nothing else (DESIGN 7, docs/security.md). The pieces, and the mechanism that holds each:
+A VM reaches the internet through NAT and is reached on its published ports, from anywhere
+(or, on a node given the endpoint gateways' addresses, from those only); nothing else (DESIGN 7,
+docs/security.md). The pieces, and the mechanism that holds each:
 
 | promise | mechanism |
 |---|---|
@@ -11,6 +12,7 @@ nothing else (DESIGN 7, docs/security.md). The pieces, and the mechanism that ho
 | ... nor the node's loopback | `guard`: 127/8 from the bridge dropped before routing |
 | ... nor link-local (metadata), private or other special networks | `forward`: `blocked` destinations dropped |
 | only published ports reach a VM | `forward`: to the bridge only replies and DNATed flows |
+| ... only from the endpoint gateways, when given | `guard`, per VM: others' SYNs reset before DNAT |
 | no spoofed source IP or MAC, no ARP for another address, no IPv6/ND | `bridge gantry`, per TAP |
 | DNS still works | `forward`/`input`: its nameservers on port 53 before the drops |
 
@@ -108,19 +110,48 @@ def host_rules(*, bridge: str, subnet: ipaddress.IPv4Network, gateway: ipaddress
     ]
 
 
-def dnat_rules(*, address: ipaddress.IPv4Address, ports: dict[int, int], publish_address: str) -> list[Rule]:
-    """A VM's published ports: host port -> guest port, from other machines and the node."""
+def dnat_rules(*, address: ipaddress.IPv4Address, ports: dict[int, int], publish_address: str,
+               published_from: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> list[Rule]:
+    """A VM's published ports: host port -> guest port, from other machines and the node; with
+    `published_from`, from other machines only those sources may open a connection (refused)."""
     if publish_address == "0.0.0.0":
         outside = local = "fib daddr type local"
     else:
         outside = f"ip daddr {publish_address}"
         local = f"ip daddr {{ {LOOPBACK_NET}, {publish_address} }}"
+    refusal = _refusal(published_from)
     rules = []
     for guest, host in sorted(ports.items()):
+        if refusal:
+            rules.append(Rule("guard", f"{outside} tcp dport {host} {refusal}"))
         target = f"tcp dport {host} dnat to {address}:{guest}"
         rules.append(Rule("prerouting", f"{outside} {target}"))  # from other machines
         rules.append(Rule("output", f"{local} {target}"))  # from the node itself
     return rules
+
+
+def _refusal(published_from: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """What closes a published port to all but `published_from` ("" when none is given: open).
+
+    A connection's opening (SYN) from any other source is answered with a TCP reset, so a
+    client that should have gone through the gateway fails at once instead of hanging. It is
+    matched in `guard` (prerouting, before conntrack and NAT), where the packet still carries
+    the address and port the client used, and so does the reset: after DNAT (in `forward`) the
+    reset would come from the VM's address, and where br_netfilter bridges a VM's call to a
+    published port the kernel sends it as is, and the caller ignores it and hangs. Without a
+    SYN no connection opens (a stray ACK that conntrack picks up reaches the VM, which resets
+    it), so the replies and ACKs of what a VM opened itself are never touched.
+
+    The node's own clients (output-hook DNAT) never pass prerouting: the node reaches its VMs'
+    addresses directly anyway. The table is IPv4, as published ports are (no IPv6 DNAT), so
+    IPv6 sources reach no published port either way: only IPv4 prefixes are listed, and a
+    list without one closes published ports to every source."""
+    sources = list(published_from)
+    if not sources:
+        return ""
+    v4 = list(ipaddress.collapse_addresses(net for net in sources if net.version == 4))
+    allowed = f"ip saddr != {_set(v4)} " if v4 else ""
+    return f"tcp flags & (fin | syn | rst | ack) == syn {allowed}reject with tcp reset"
 
 
 def port_rules(*, tap: str, mac: str, address: ipaddress.IPv4Address) -> list[Rule]:
