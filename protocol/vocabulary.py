@@ -88,6 +88,11 @@ def is_vm_name(name: object) -> bool:
     return isinstance(name, str) and VM_NAME_RE.fullmatch(name) is not None
 
 
+# The path a node's health check GETs: absolute, visible ASCII only (it goes into a request
+# line as it is, so no space, CR or LF can end that line early), 256 characters at most.
+HEALTH_PATH_RE = re.compile(r"/[!-~]{0,255}")
+
+
 # A PCI address as sysfs spells it: domain:bus:device.function, lowercase hex.
 PCI_ADDRESS_RE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
 

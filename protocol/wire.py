@@ -59,6 +59,9 @@ class ReplicaSpec:
     entrypoint: list[str] | None = None  # None: the image's own ENTRYPOINT
     args: list[str] | None = None  # None: the image's own CMD
     traffic_port: int | None = None
+    # The HTTP path the node's health check GETs on traffic_port (an answer below 500 passes);
+    # None: a TCP connect is the check. Added within version 1: an older plane sends none.
+    health_path: str | None = None
     vcpus: int = 1
     memory_mib: int = 256
     gpu_bdfs: list[str] = field(default_factory=list)

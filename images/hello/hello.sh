@@ -6,8 +6,9 @@
 # While serving, busybox httpd also runs a few CGI programs the gateway's tests call through the
 # gateway (tests/e2e/test_gateway.py): /cgi-bin/whoami (this VM's hostname and the request's
 # headers as the workload sees them), /cgi-bin/stream (three Server-Sent Events, a second apart),
-# /cgi-bin/sick and /cgi-bin/well (from now on the greeting at / answers 404 or 200 again, so
-# the health check fails or passes).
+# /cgi-bin/sick and /cgi-bin/well (from now on / answers 503, from busybox httpd's fallback
+# /cgi-bin/index.cgi once index.html is gone, or the greeting again: the health check fails or
+# passes).
 : "${GREETING:=Hello from Gantry}"
 : "${PORT:=8080}"
 mode="${1:-serve}"
@@ -27,6 +28,7 @@ case "$mode" in
     cgi whoami 'printf "Content-Type: text/plain\n\nhost %s\n" "$(hostname)"; env | grep ^HTTP_ | sort'
     cgi stream 'printf "Content-Type: text/event-stream\nCache-Control: no-cache\n\n"
 for n in 1 2 3; do printf "data: tick %s %s\n\n" "$n" "$(date +%s)"; sleep 1; done'
+    cgi index.cgi 'printf "Status: 503 Service Unavailable\nContent-Type: text/plain\n\nsick\n"'
     cgi sick 'rm -f /tmp/www/index.html; printf "Content-Type: text/plain\n\nsick %s\n" "$(hostname)"'
     cgi well 'cp /tmp/www/greeting /tmp/www/index.html; printf "Content-Type: text/plain\n\nwell %s\n" "$(hostname)"'
     exec httpd -f -p "$PORT" -h /tmp/www ;;

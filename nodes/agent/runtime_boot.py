@@ -25,7 +25,17 @@ from nodes.agent.state import VmInfo, VmPaths, validate_name
 from nodes.agent.vmm.cmdline import VmLaunch
 from nodes.agent.vmm.spec import GuestSpec
 from protocol.wire import ReplicaSpec
-from protocol.vocabulary import BOOTING, FAILED, PULLING, RESTARTING, RUNNING, STARTING, STOPPED, VM_ENDED_STATES
+from protocol.vocabulary import (
+    BOOTING,
+    FAILED,
+    HEALTH_PATH_RE,
+    PULLING,
+    RESTARTING,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    VM_ENDED_STATES,
+)
 
 # A workload's port usually refuses for a moment while it starts: failures within this long
 # are the normal start, not news for the plane.
@@ -42,6 +52,9 @@ class VmBoot:
         """Returns once the workload runs (and answers its health check if it has a traffic
         port); raises AgentError with the reason otherwise, leaving the VM `failed`."""
         validate_name(spec.name)
+        if spec.health_path is not None and not HEALTH_PATH_RE.fullmatch(spec.health_path):
+            raise AgentError(f"health path refused: {spec.health_path[:80]!r} is not an absolute path of "
+                             "visible ASCII (256 characters at most)", permanent=True)
         async with self._locks.hold(spec.name):
             existing = await self._current(spec.name)
             if existing is not None and existing.state not in VM_ENDED_STATES:
@@ -112,13 +125,13 @@ class VmBoot:
         if info.state == STOPPED:
             return info  # the workload already ran to completion with code 0
         if spec.traffic_port:
-            await self._health(spec.name, str(net.address), spec.traffic_port)
+            await self._health(spec.name, str(net.address), spec.traffic_port, spec.health_path)
         current = self._infos[spec.name]
         if current.state in (STARTING, RESTARTING):
             current = await self._set(replace(current, state=RUNNING, reason=gpus.notice))
         return current
 
-    async def _health(self, name: str, host: str, port: int) -> None:
+    async def _health(self, name: str, host: str, port: int, path: str | None) -> None:
         """The health check races the VM's own end: a workload that dies fails fast with its
         crash reason instead of a connection timeout. A check still failing after
         HEALTH_QUIET_S is announced (a `health` event) each time its reason changes: the
@@ -133,7 +146,7 @@ class VmBoot:
                                         phase="health"))
 
         check = asyncio.ensure_future(self._health_check(host, port, timeout=self.health_timeout, netns=self.netns,
-                                                         on_failure=failing))
+                                                         http_path=path, on_failure=failing))
         ended = asyncio.ensure_future(self._wait_for(name, lambda i: i.state in VM_ENDED_STATES, None, ""))
         try:
             done, _ = await asyncio.wait({check, ended}, return_when=asyncio.FIRST_COMPLETED)

@@ -48,7 +48,7 @@ class VmHealth:
 
     async def _health_loop(self, name: str) -> None:
         spec = await asyncio.to_thread(self.store.read_spec, name) or {}
-        port = spec.get("traffic_port")
+        port, path = spec.get("traffic_port"), spec.get("health_path")
         if not port:
             return  # nothing to check: a batch job, or a worker that serves nothing
         loop = asyncio.get_running_loop()
@@ -65,7 +65,8 @@ class VmHealth:
                 failures = 0  # starting or restarting: the start's check, or a crash, speaks for it
                 continue
             try:
-                reason = await self._health_probe(info.address, port, timeout=timeout, netns=self.netns)
+                reason = await self._health_probe(info.address, port, timeout=timeout, netns=self.netns,
+                                                  http_path=path)
             except Exception:  # a bug of ours says nothing about the guest: no verdict this round
                 log.exception("%s: health probe raised", name)
                 continue

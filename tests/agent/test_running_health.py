@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from nodes.agent.errors import AgentError
 from nodes.agent.health import check_once
 from protocol.wire import DesiredReplica, ReplicaSpec, ReplicaStop
 from tests.agent.plane import Node, eventually, make_runtime, plane, data_dir  # noqa: F401  (fixtures)
@@ -203,4 +204,46 @@ async def test_a_replica_without_a_traffic_port_is_never_checked(data_dir):
     await asyncio.sleep(3 * INTERVAL)
     assert probes.seen == {}
     await runtime.stop("worker")
+    await runtime.close()
+
+
+# A guest that serves HTTP: GET /health answers 200 while the file `sick` is absent and 503
+# while it exists; every other path answers 404.
+HTTP_TOGGLED = """
+import http.server, os, sys
+port, sick = int(sys.argv[1]), sys.argv[2]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        code = (503 if os.path.exists(sick) else 200) if self.path == "/health" else 404
+        self.send_response(code)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+async def test_a_health_path_is_checked_over_http_and_an_error_answer_is_failing(data_dir):
+    probes = Probes()
+    runtime = health_runtime(data_dir, probes)
+    sick = data_dir.parent / "sick"
+    spec, port = guest("web", HTTP_TOGGLED, str(sick))
+    await runtime.start(ReplicaSpec(**{**spec.to_dict(), "health_path": "/health"}))
+    assert runtime._infos["web"].state == "running"
+    sick.touch()  # the port still answers: only the HTTP check can tell
+    await eventually(lambda: runtime._infos["web"].health == "failing", what="web failing on its 503")
+    assert runtime._infos["web"].health_reason == "health check failing: HTTP 503 from GET /health"
+    sick.unlink()
+    await eventually(lambda: runtime._infos["web"].health == "", what="web passing again")
+    await runtime.stop("web")
+    await runtime.close()
+
+
+@pytest.mark.parametrize("path", ["health", "/a b", "/x\r\nHost: evil", "/" + "a" * 256, "/é"])
+async def test_a_health_path_that_would_bend_the_request_line_is_refused_before_anything_starts(data_dir, path):
+    runtime = health_runtime(data_dir, Probes())
+    spec, _ = guest("web", HTTP_TOGGLED, str(data_dir.parent / "sick"))
+    with pytest.raises(AgentError, match="health path refused"):
+        await runtime.start(ReplicaSpec(**{**spec.to_dict(), "health_path": path}))
+    assert "web" not in runtime._infos and not (data_dir / "vms" / "web").exists()
     await runtime.close()
