@@ -265,8 +265,8 @@ class DeploymentViewSet(TenantScopedViewSet):
     @action(detail=True, methods=["get", "post"], url_path="endpoint-keys", filterset_class=None,
             pagination_class=None)
     def endpoint_keys(self, request, pk=None):
+        keys = selectors.endpoint_keys_for(tenant=request.tenant, deployment_id=pk)  # another tenant's: 404 first
         if request.method == "GET":
-            keys = selectors.endpoint_keys_for(tenant=request.tenant, deployment_id=pk)
             return Response({"keys": EndpointKeyOutput(keys, many=True).data})
         body = EndpointKeyCreateInput(data=request.data)
         body.is_valid(raise_exception=True)
