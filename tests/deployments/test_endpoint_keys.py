@@ -16,7 +16,7 @@ from cloud.deployments.models import EndpointKey, Event
 from cloud.deployments.routes import route_table
 from cloud.deployments.services import deployment_delete
 from tests.conftest import client_for
-from tests.deployments.conftest import URL
+from tests.deployments.conftest import URL, post_concurrently
 from tests.deployments.factories import deployment_for
 
 pytestmark = pytest.mark.django_db
@@ -107,6 +107,19 @@ def test_twenty_live_keys_at_most(as_alice, web):
     assert EndpointKey.objects.filter(deployment=web).count() == 20
     as_alice.delete(keys_url(web, made[0].json()["key"]["id"]))
     assert make(as_alice, web, "room again").status_code == 201  # revoked keys do not count
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_cannot_pass_twenty_live_keys(alice, acme):
+    from cloud.deployments.services import endpoint_key_create
+
+    deployment = deployment_for(acme, name="busy", traffic_port=8080)
+    for i in range(18):
+        endpoint_key_create(tenant=acme, actor=None, deployment_id=deployment.pk, name=f"k{i}")
+    codes = sorted(r.status_code for r in post_concurrently(alice, {"name": "racer"}, times=5,
+                                                              url=keys_url(deployment)))
+    assert codes == [201, 201, 409, 409, 409]
+    assert EndpointKey.objects.filter(deployment=deployment, revoked_at__isnull=True).count() == 20
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 101, "tab\there", "new\nline", "nul\x00", "esc\x1b[31m", "\u202eevil",
