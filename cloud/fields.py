@@ -27,6 +27,15 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """true or false, not "yes", 1 or "on"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
 class ImageReferenceField(StrictCharField):
     """An image reference a customer writes: valid syntax, and a registry a node may pull from
     on the customer's behalf (cloud/registries.py). Operators' references (the catalog, the

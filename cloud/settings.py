@@ -178,6 +178,15 @@ NODE_DRAIN_TIMEOUT_S = float(os.environ.get("NODE_DRAIN_TIMEOUT_S", "600"))
 GANTRY_TRUSTED_REGISTRIES = env_list("GANTRY_TRUSTED_REGISTRIES", "")
 # Issue 25: each deployment's endpoint is https://<its endpoint label>.<this domain> on the gateway.
 GANTRY_ENDPOINT_DOMAIN = env_endpoint_domain("GANTRY_ENDPOINT_DOMAIN", "gantry.localhost")
+# The port the gateways serve HTTPS on, as customers reach it (shown in endpoint URLs unless 443).
+GANTRY_GATEWAY_HTTPS_PORT = env_int("GANTRY_GATEWAY_HTTPS_PORT", 443)
+if not 1 <= GANTRY_GATEWAY_HTTPS_PORT <= 65535:
+    raise ImproperlyConfigured(f"GANTRY_GATEWAY_HTTPS_PORT must be 1-65535, not {GANTRY_GATEWAY_HTTPS_PORT}")
+# Every change that affects routes is pushed at once; the whole table also goes out this often,
+# so a restarted gateway or a lost push heals by itself.
+GANTRY_GATEWAY_PUSH_INTERVAL_S = float(env_int("GANTRY_GATEWAY_PUSH_INTERVAL_S", 10))
+if GANTRY_GATEWAY_PUSH_INTERVAL_S < 1:
+    raise ImproperlyConfigured("GANTRY_GATEWAY_PUSH_INTERVAL_S must be at least 1 (seconds)")
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = None
@@ -193,6 +202,10 @@ CELERY_BEAT_SCHEDULE = {
     "deployments-purge-idempotency-keys": {"task": "deployments.purge_idempotency_keys", "schedule": 3600.0},
     "deployments-purge-logs": {"task": "deployments.purge_logs", "schedule": 300.0},
     "deployments-purge-events": {"task": "deployments.purge_events", "schedule": 3600.0},
+    # The whole route table to every gateway (services/gateways.py); a push not taken before the
+    # next one is due is dropped, not queued behind it.
+    "deployments-push-routes": {"task": "deployments.push_routes", "schedule": GANTRY_GATEWAY_PUSH_INTERVAL_S,
+                                "options": {"expires": GANTRY_GATEWAY_PUSH_INTERVAL_S}},
     # Closes running intervals into usage records and charges; then kicks deployments.funds_enforce.
     "billing-meter": {"task": "billing.meter", "schedule": 60.0},
 }
@@ -282,7 +295,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {"EndpointAccessEnum": "protocol.vocabulary.ENDPOINT_ACCESSES"},
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "cloud.openapi.add_problem_responses"],
     "AUTHENTICATION_WHITELIST": ["oauth2_provider.contrib.rest_framework.OAuth2Authentication"],
     "OAUTH2_FLOWS": ["authorizationCode", "clientCredentials"],

@@ -48,6 +48,14 @@ DEPLOYMENT_STATUSES = (PENDING, STARTING, RUNNING, STOPPING, STOPPED, FAILED, EX
 # A deployment in one of these is wanted: it holds (or is getting) replicas, and is billed.
 LIVE_STATUSES = (PENDING, STARTING, RUNNING)
 
+# -- endpoints ------------------------------------------------------------------------------------
+
+# Who the gateway lets through to a deployment's HTTP endpoint: with "private" only requests
+# carrying one of its live endpoint keys (`Gantry-Key`), with "public" anyone.
+PRIVATE = "private"
+PUBLIC = "public"
+ENDPOINT_ACCESSES = (PRIVATE, PUBLIC)
+
 # -- nodes ---------------------------------------------------------------------------------------
 
 JOINING = "joining"

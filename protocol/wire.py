@@ -119,8 +119,9 @@ class Inventory:
 class ReplicaReport:
     """One replica's state as its node sees it. `started_at`: epoch seconds the VM was started
     on the node (unchanged when a restarted agent adopts it). `log_seq`: the last log seq the
-    agent has for it. `health`: "failing" while a `starting` replica's health check fails (the
-    reason says how), else empty."""
+    agent has for it. `health`: "failing" while a `starting` replica's health check fails, and
+    for a `running` replica once its check has failed several times in a row (the reason says
+    how; the gateway takes it out of the pool until a report says "" again), else empty."""
 
     replica_id: str
     state: str

@@ -93,6 +93,14 @@ def _deployment(tenant) -> dict:
     return {"pk": deployment.pk}
 
 
+def _endpoint_key(tenant) -> dict:
+    from cloud.deployments.services import endpoint_key_create
+
+    deployment = DeploymentFactory(tenant=tenant, name="mallory-secret-dep", traffic_port=8080)
+    made = endpoint_key_create(tenant=tenant, actor=None, deployment_id=deployment.pk, name="mallory-secret-key")
+    return {"pk": deployment.pk, "key_id": made.key.pk}
+
+
 def _event(tenant) -> tuple[str, str]:
     from cloud.deployments.services import event_record
 
@@ -157,6 +165,8 @@ def _private_template(tenant) -> dict:
 ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute | StaffRoute | StreamRoute | JoinRoute] = {
     "api/v1/^deployments$": ListRoute(lambda t: str(DeploymentFactory(tenant=t, name="mallory-secret-dep").pk)),
     "api/v1/^deployments/(?P<pk>[^/]+)$": ObjectRoute(_deployment),
+    "api/v1/^deployments/(?P<pk>[^/]+)/endpoint-keys$": ObjectRoute(_endpoint_key),
+    "api/v1/^deployments/(?P<pk>[^/]+)/endpoint-keys/(?P<key_id>[^/]+)$": ObjectRoute(_endpoint_key),
     "api/v1/^deployments/(?P<pk>[^/]+)/events$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/logs$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/logs/ticket$": ObjectRoute(_deployment),
@@ -229,7 +239,7 @@ def test_every_api_route_has_an_isolation_case():
 @pytest.mark.parametrize("route,method", list(_cases()))
 def test_anonymous_gets_401(route, method, anonymous):
     case = ROUTES[route]
-    kwargs = {key: "00000000-0000-0000-0000-000000000000" for key in ("pk", "ref")}
+    kwargs = {key: "00000000-0000-0000-0000-000000000000" for key in ("pk", "ref", "key_id")}
     if isinstance(case, ObjectRoute):
         url = _url(route, kwargs)
     elif isinstance(case, TenantRoute):

@@ -1,20 +1,23 @@
-"""Operators' view of deployments. Secrets are never shown: the encrypted columns are not
-fields of any form here, and only `secret_env_keys` (names) is displayed. Deleting goes
-through the service (stop, then hide) so metered usage is never cascaded away."""
+"""Operators' view of deployments and of the gateways the plane pushes routes to. Secrets are
+never shown: the encrypted columns are not fields of any form here, only `secret_env_keys`
+(names) is displayed, an endpoint key shows its prefix, and a gateway's token can be replaced but
+not read. Deleting a deployment goes through the service (stop, then hide) so metered usage is
+never cascaded away."""
 
 from __future__ import annotations
 
 import uuid
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Q
 from django.utils import timezone
 
 from billing.money import money_str
 from billing.selectors import deployment_cost_annotations
-from cloud.admin import ReadOnlyAdminMixin
+from cloud.admin import ReadOnlyAdminMixin, service_dry_run
 from cloud.deployments import services
-from cloud.deployments.models import Deployment, Event, IdempotencyKey, LogLine, Replica
+from cloud.deployments.models import Deployment, EndpointKey, Event, Gateway, IdempotencyKey, LogLine, Replica
 from cloud.exceptions import ApplicationError
 
 
@@ -25,6 +28,16 @@ class ReplicaInline(ReadOnlyAdminMixin, admin.TabularInline):
               "started_at", "stopped_at", "ended_at"]
     readonly_fields = fields
     show_change_link = True
+
+
+class EndpointKeyInline(ReadOnlyAdminMixin, admin.TabularInline):
+    """Keys are made and revoked by the tenant (API); here only which exist, by prefix."""
+
+    model = EndpointKey
+    extra = 0
+    fields = ["name", "prefix", "created_at", "created_by", "revoked_at"]
+    readonly_fields = fields
+    ordering = ["-created_at"]
 
 
 class UuidSearchMixin:
@@ -51,10 +64,11 @@ class DeploymentAdmin(UuidSearchMixin, admin.ModelAdmin):
     readonly_fields = ["id", "secret_env_keys", "registry_username", "price_per_gpu_hour", "cost", "created_at",
                        "updated_at", "started_at", "stopped_at", "deleted_at"]
     fields = ["id", "tenant", "name", "status", "status_reason", "template", "image", "registry_username", "env",
-              "secret_env_keys", "entrypoint", "args", "traffic_port", "gpus_per_container", "hardware_type", "locations",
+              "secret_env_keys", "entrypoint", "args", "traffic_port", "endpoint_label", "endpoint_access",
+              "request_timeout_s", "max_request_body_mb", "gpus_per_container", "hardware_type", "locations",
               "node", "replica_count", "duration_hours", "expires_at", "price_per_gpu_hour", "cost", "created_at",
               "updated_at", "started_at", "stopped_at", "deleted_at"]
-    inlines = [ReplicaInline]
+    inlines = [ReplicaInline, EndpointKeyInline]
     actions = ["start_selected", "stop_selected", "restart_selected", "delete_selected_softly"]
     date_hierarchy = "created_at"
 
@@ -148,3 +162,49 @@ class IdempotencyKeyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["tenant", "deployment"]
     # `fingerprint` is a keyed hash of the body (which held secrets): of no use to an operator.
     exclude = ["fingerprint"]
+
+
+class GatewayForm(forms.ModelForm):
+    token = forms.CharField(
+        required=False, strip=True, widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="The token the gateway was started with (--token-file). Write-only: leave empty to keep the "
+                  "current one.")
+
+    class Meta:
+        model = Gateway
+        fields = ["name", "control_url"]
+
+    def clean(self):
+        data = super().clean()
+        if self.instance.pk is None and not data.get("token"):
+            self.add_error("token", "A new gateway needs its token.")
+        if not self.errors:
+            service_dry_run(self, lambda: self.register())
+        return data
+
+    def register(self):
+        token = self.cleaned_data.get("token") or (self.instance.get_token() if self.instance.pk else "")
+        name = self.instance.name if self.instance.pk else self.cleaned_data["name"]
+        return services.gateway_register(name=name, control_url=self.cleaned_data["control_url"], token=token)
+
+
+@admin.register(Gateway)
+class GatewayAdmin(admin.ModelAdmin):
+    """Gateways are registered with `manage.py gateway_register` or here, through the same
+    service; the push's columns are what it found last."""
+
+    form = GatewayForm
+    list_display = ["name", "control_url", "last_push_at", "last_success_at", "last_digest", "last_error"]
+    search_fields = ["name", "control_url"]
+    readonly_fields = ["created_at", "last_push_at", "last_success_at", "last_digest", "last_error"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The name is what gateway_register finds a gateway by: renaming would register another.
+        return ["name", *self.readonly_fields] if obj is not None else self.readonly_fields
+
+    def get_fields(self, request, obj=None):
+        return ["name", "control_url", "token", *self.readonly_fields]
+
+    def save_model(self, request, obj, form, change):
+        gateway, _ = form.register()
+        obj.pk = gateway.pk

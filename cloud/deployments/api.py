@@ -27,6 +27,10 @@ from cloud.deployments.serializers import (
     DeploymentEnvelopeOutput,
     DeploymentOutput,
     DeploymentUpdateInput,
+    EndpointKeyCreatedOutput,
+    EndpointKeyCreateInput,
+    EndpointKeyListOutput,
+    EndpointKeyOutput,
     EventListOutput,
     EventsQuery,
     LogListOutput,
@@ -39,6 +43,8 @@ from cloud.deployments.serializers import (
 from cloud.exceptions import InvalidInput
 
 ID_PARAMETER = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The deployment's id.")
+KEY_ID_PARAMETER = OpenApiParameter("key_id", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                                    description="The endpoint key's id.")
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
     description="Retrying with the same key and body returns the first answer (201) instead of creating a second "
@@ -71,7 +77,7 @@ def _idempotency_key(request) -> str | None:
         responses={201: DeploymentCreatedOutput, 402: _402, 409: _409},
     ),
     partial_update=extend_schema(
-        summary="Scale, extend or change env", parameters=[ID_PARAMETER], request=DeploymentUpdateInput,
+        summary="Scale, extend, change env or the endpoint's settings", parameters=[ID_PARAMETER], request=DeploymentUpdateInput,
         responses={200: DeploymentEnvelopeOutput, 402: _402, 409: _409},
     ),
     destroy=extend_schema(
@@ -246,6 +252,37 @@ class DeploymentViewSet(TenantScopedViewSet):
             "next_cursor": items[-1]["id"] if items else params.get("after"),
             "prev_cursor": items[0]["id"] if items else params.get("before"),
         })
+
+    @extend_schema(methods=["GET"], summary="The deployment's live endpoint keys (no secrets)",
+                   parameters=[ID_PARAMETER], request=None, responses={200: EndpointKeyListOutput})
+    @extend_schema(methods=["POST"], summary="Make an endpoint key for the deployment's private endpoint",
+                   description="The answer's `secret` is shown this once (only its hash is kept): callers send it "
+                               "in the `Gantry-Key` header. At most 20 live keys per deployment (409 beyond). "
+                               "The gateways take it within seconds.",
+                   parameters=[ID_PARAMETER], request=EndpointKeyCreateInput,
+                   responses={201: EndpointKeyCreatedOutput,
+                              409: OpenApiResponse(description="The deployment already has 20 live keys")})
+    @action(detail=True, methods=["get", "post"], url_path="endpoint-keys", filterset_class=None,
+            pagination_class=None)
+    def endpoint_keys(self, request, pk=None):
+        keys = selectors.endpoint_keys_for(tenant=request.tenant, deployment_id=pk)  # another tenant's: 404 first
+        if request.method == "GET":
+            return Response({"keys": EndpointKeyOutput(keys, many=True).data})
+        body = EndpointKeyCreateInput(data=request.data)
+        body.is_valid(raise_exception=True)
+        made = services.endpoint_key_create(tenant=request.tenant, actor=request.user, deployment_id=pk,
+                                            name=body.validated_data["name"])
+        return Response({"key": EndpointKeyOutput(made.key).data, "secret": made.secret},
+                        status=status.HTTP_201_CREATED)
+
+    @extend_schema(summary="Revoke an endpoint key (the gateways refuse it within seconds)",
+                   parameters=[ID_PARAMETER, KEY_ID_PARAMETER], request=None,
+                   responses={204: OpenApiResponse(description="Revoked")})
+    @action(detail=True, methods=["delete"], url_path=r"endpoint-keys/(?P<key_id>[^/]+)", filterset_class=None,
+            pagination_class=None)
+    def endpoint_key(self, request, pk=None, key_id=None):
+        services.endpoint_key_revoke(tenant=request.tenant, actor=request.user, deployment_id=pk, key_id=key_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 __all__ = ["DeploymentViewSet"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.db.models import Q
@@ -14,6 +15,7 @@ from cloud.deployments.labels import MAX_LABEL_LENGTH, endpoint_label
 from protocol.vocabulary import (
     DEPLOYMENT_STATUSES,
     DESIRED_STATES,
+    ENDPOINT_ACCESSES,
     HEALTH_STATES,
     LOG_STREAMS,
     PENDING,
@@ -25,6 +27,12 @@ from protocol.vocabulary import (
 
 
 ENDPOINT_LABEL_CONSTRAINT = "deployment_unique_endpoint_label"
+
+# What the gateway allows a route (issue 25): its request timeout and its largest request body.
+DEFAULT_REQUEST_TIMEOUT_S = 600  # an LLM's long answer fits; a hung request does not hold a slot for ever
+MAX_REQUEST_TIMEOUT_S = 86400
+DEFAULT_MAX_REQUEST_BODY_MB = 1024
+MAX_REQUEST_BODY_MB = 1048576  # 1 TiB: the gateway's own bound on max_body_bytes is 2**40
 
 
 class EndpointLabelField(models.CharField):
@@ -39,6 +47,7 @@ class EndpointLabelField(models.CharField):
 
 class Deployment(models.Model):
     Status = models.TextChoices("Status", choices(DEPLOYMENT_STATUSES), qualname="Deployment.Status")
+    Access = models.TextChoices("Access", choices(ENDPOINT_ACCESSES), qualname="Deployment.Access")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="deployments")
@@ -57,6 +66,11 @@ class Deployment(models.Model):
     entrypoint = models.JSONField(null=True, blank=True)
     args = models.JSONField(null=True, blank=True)
     traffic_port = models.PositiveIntegerField(null=True, blank=True)
+    # Private: the gateway answers only requests carrying one of its live endpoint keys.
+    # Rows from before issue 25 were migrated to public (their direct endpoints were open).
+    endpoint_access = models.CharField(max_length=7, choices=Access.choices, default=Access.PRIVATE)
+    request_timeout_s = models.PositiveIntegerField(default=DEFAULT_REQUEST_TIMEOUT_S)
+    max_request_body_mb = models.PositiveIntegerField(default=DEFAULT_MAX_REQUEST_BODY_MB)
     gpus_per_container = models.PositiveSmallIntegerField()
     hardware_type = models.ForeignKey("nodes.HardwareType", on_delete=models.PROTECT, related_name="deployments")
     locations = models.ManyToManyField("nodes.Location", blank=True, related_name="deployments")
@@ -88,6 +102,13 @@ class Deployment(models.Model):
                 fields=["tenant", "name"], condition=Q(deleted_at__isnull=True), name="deployment_unique_tenant_name"
             ),
             models.UniqueConstraint(fields=["endpoint_label"], name=ENDPOINT_LABEL_CONSTRAINT),
+            # The gateway validates what it is sent: a row outside these bounds would make it
+            # refuse the whole table, every tenant's routes with it.
+            models.CheckConstraint(condition=Q(endpoint_access__in=ENDPOINT_ACCESSES), name="deployment_endpoint_access"),
+            models.CheckConstraint(condition=Q(request_timeout_s__gte=1, request_timeout_s__lte=MAX_REQUEST_TIMEOUT_S),
+                                   name="deployment_request_timeout_range"),
+            models.CheckConstraint(condition=Q(max_request_body_mb__gte=1, max_request_body_mb__lte=MAX_REQUEST_BODY_MB),
+                                   name="deployment_max_request_body_range"),
         ]
         indexes = [
             # The list endpoint: one tenant, newest first, optionally by status; deleted rows
@@ -123,6 +144,11 @@ class Deployment(models.Model):
     @property
     def gpus_total(self) -> int:
         return self.gpus_per_container * self.replica_count
+
+
+# How a pending replica's reason begins when no node has room for it (services/placement.py
+# writes them): the route table's "no capacity" is read from these.
+SHORTAGE_PREFIXES = ("no capacity: ", "pinned to node ")
 
 
 class Replica(models.Model):
@@ -262,6 +288,63 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} @ {self.ts:%Y-%m-%d %H:%M:%S}"
+
+
+class EndpointKey(models.Model):
+    """A key to a private endpoint: sent as `Gantry-Key`, checked by the gateway against the
+    hashes in its route table. The secret is shown once, at creation; only its sha256 is kept
+    (a 256-bit random secret needs no slow hash), and its first characters as `prefix` so a
+    customer can tell keys apart. Revoked keys stay as history and leave the table."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="endpoint_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=11)
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            # The route table and the API read a deployment's live keys only.
+            models.Index(fields=["deployment", "created_at"], condition=Q(revoked_at__isnull=True),
+                         name="endpointkey_live_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class Gateway(models.Model):
+    """A gateway instance the plane pushes the route table to (`manage.py gateway_register`).
+    Every registered gateway gets the same whole table; the last_* columns are what the last
+    push found, for `GET /api/v1/system/status` and the admin."""
+
+    name = models.SlugField(max_length=63, unique=True)
+    control_url = models.CharField(max_length=300, help_text="The gateway's control address, e.g. http://10.0.0.5:9180")
+    # The bearer token the gateway was started with (--token-file), encrypted like the other
+    # secrets at rest (cloud/crypto.py); read only by the push.
+    token_encrypted = models.TextField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_push_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_success_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_digest = models.CharField(max_length=64, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_token(self, token: str) -> None:
+        self.token_encrypted = crypto.encrypt(token)
+
+    def get_token(self) -> str:
+        return crypto.decrypt(self.token_encrypted)
 
 
 class IdempotencyKey(models.Model):

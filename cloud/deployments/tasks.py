@@ -5,6 +5,7 @@ Beat entries (in cloud/settings.py CELERY_BEAT_SCHEDULE):
     "deployments-purge-idempotency-keys": {"task": "deployments.purge_idempotency_keys", "schedule": 3600.0},
     "deployments-purge-logs": {"task": "deployments.purge_logs", "schedule": 300.0},
     "deployments-purge-events": {"task": "deployments.purge_events", "schedule": 3600.0},
+    "deployments-push-routes": {"task": "deployments.push_routes", "schedule": GANTRY_GATEWAY_PUSH_INTERVAL_S},
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from cloud.deployments import services
-from cloud.deployments.services import funds, retention
+from cloud.deployments.services import funds, gateways, retention
 
 
 @shared_task(name="deployments.expire_due")
@@ -57,3 +58,10 @@ def funds_enforce() -> dict:
     """Low-balance warnings, out-of-funds grace periods and their stops or cancellations
     (kicked after every metering pass and every credit)."""
     return funds.funds_enforce()
+
+
+@shared_task(name="deployments.push_routes", ignore_result=True)
+def routes_push() -> dict:
+    """The route table to every registered gateway (queued by every change to routes, and
+    periodically by beat); gateways already serving it are skipped for up to a minute."""
+    return gateways.routes_push()

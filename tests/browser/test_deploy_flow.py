@@ -39,7 +39,8 @@ def test_sign_up_deploy_hello_watch_it_run_open_it_stop_it(watched, make_node): 
 
     page.get_by_test_id("status").get_by_text("running").wait_for(timeout=240_000)  # the 3 s poll
     page.locator(".log-view .line", has_text="Hello from Gantry").first.wait_for(timeout=60_000)
-    link = page.get_by_test_id("endpoint").first
+    assert page.get_by_test_id("endpoint").first.get_attribute("href").startswith("https://")  # the gateway's name
+    link = page.get_by_test_id("replica-endpoint").first  # the node's direct address: no gateway runs here
     url = link.get_attribute("href")
     assert url.startswith(f"http://{node.public_address}:")
     assert "Hello from Gantry" in wait_for(lambda: "Hello" in (t := _get(url)) and t, timeout=60, what="endpoint")

@@ -46,6 +46,19 @@ def test_deployment_page_shows_status_replicas_and_events(alice_browser, acme, h
     assert "running" in body and "deployment.running" in body and 'data-log-url="/ws/v1/deployments/' in body
 
 
+def test_deployment_page_shows_the_gateway_url_its_access_and_the_direct_addresses(alice_browser, acme, h100):
+    deployment = deployment_for(acme, name="web", traffic_port=8080)
+    (replica,) = place_running(deployment)
+    body = alice_browser.get(f"/deployments/{deployment.pk}/").content.decode()
+    assert f'href="https://{deployment.endpoint_label}.gantry.localhost"' in body
+    assert "private: callers send an endpoint key in the Gantry-Key header" in body and "serving" in body
+    assert f'href="http://{replica.node.public_address}:{replica.host_port}"' in body  # the replica's row
+
+    public = deployment_for(acme, name="open", traffic_port=8080, endpoint_access="public")
+    body = alice_browser.get(f"/deployments/{public.pk}/").content.decode()
+    assert "public: anyone with the URL" in body and "no replica serving yet" in body
+
+
 def test_another_tenants_deployment_page_is_a_404(mallory_browser, acme, h100):
     deployment = deployment_for(acme, name="secret-project")
     assert mallory_browser.get(f"/deployments/{deployment.pk}/").status_code == 404

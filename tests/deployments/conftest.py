@@ -50,7 +50,7 @@ def as_alice_readonly(alice):
     return client_for(alice, scopes="deployments:read", tenant="acme")
 
 
-def post_concurrently(user, data, *, times: int, headers: dict | None = None) -> list:
+def post_concurrently(user, data, *, times: int, headers: dict | None = None, url: str = URL) -> list:
     """POST the same body `times` times from as many threads released at once (a barrier), each
     on its own database connection, as concurrent API calls would be. Returns the responses."""
     import threading
@@ -64,7 +64,7 @@ def post_concurrently(user, data, *, times: int, headers: dict | None = None) ->
         client = client_for(user, tenant="acme")
         barrier.wait()
         try:
-            responses.append(client.post(URL, data, format="json", **(headers or {})))
+            responses.append(client.post(url, data, format="json", **(headers or {})))
         finally:
             connection.close()
 

@@ -1,7 +1,7 @@
 import pytest
 
 from tests.deployments.conftest import URL
-from tests.deployments.factories import deployment_for, place_running
+from tests.deployments.factories import deployment_for, place_running, report
 
 pytestmark = pytest.mark.django_db
 
@@ -20,14 +20,47 @@ def test_it_returns_the_deployment(as_alice, acme):
     assert shown["status"] == "pending" and shown["status_reason"]
 
 
-def test_endpoints_use_the_nodes_public_address_and_host_port(as_alice, acme):
+def test_the_endpoint_is_the_gateway_name_and_the_node_address_only_the_replicas(as_alice, acme):
     deployment = deployment_for(acme, traffic_port=11434)
     (replica,) = place_running(deployment)
     shown = as_alice.get(f"{URL}/{deployment.pk}").json()["deployment"]
-    assert shown["endpoints"] == [
-        {"type": "http", "url": f"http://{replica.node.public_address}:{replica.host_port}", "internal_port": 11434}
-    ]
-    assert "10.88.0.2" not in str(shown)  # the VM's internal address is never shown
+    assert shown["endpoints"] == [{
+        "type": "https", "name": "http", "url": f"https://{deployment.endpoint_label}.gantry.localhost", "port": 443,
+        "internal_port": 11434, "access": "private", "ready": True,
+    }]
+    assert replica.node.public_address not in str(shown)
+    (listed,) = as_alice.get(f"{URL}/{deployment.pk}/replicas").json()["replicas"]
+    assert listed["endpoint"] == f"http://{replica.node.public_address}:{replica.host_port}"
+    assert "10.88.0.2" not in str(shown) + str(listed)  # the VM's internal address is never shown
+
+
+def test_the_url_carries_the_gateways_port_unless_it_is_443(as_alice, acme, settings):
+    settings.GANTRY_ENDPOINT_DOMAIN, settings.GANTRY_GATEWAY_HTTPS_PORT = "apps.example.com", 8443
+    deployment = deployment_for(acme, traffic_port=8080, endpoint_access="public")
+    (endpoint,) = as_alice.get(f"{URL}/{deployment.pk}").json()["deployment"]["endpoints"]
+    assert endpoint["url"] == f"https://{deployment.endpoint_label}.apps.example.com:8443"
+    assert (endpoint["port"], endpoint["access"], endpoint["ready"]) == (8443, "public", False)
+
+
+def test_an_endpoint_is_ready_only_while_a_replica_is_in_the_gateways_pool(as_alice, acme):
+    deployment = deployment_for(acme, traffic_port=8080, replica_count=2)
+    first, second = place_running(deployment)
+
+    def ready():
+        return as_alice.get(f"{URL}/{deployment.pk}").json()["deployment"]["endpoints"][0]["ready"]
+
+    report(first, "running", host_port=first.host_port, health="failing")
+    assert ready() is True
+    report(second, "running", host_port=second.host_port, health="failing")
+    assert ready() is False  # both running, neither passing its check
+    report(second, "running", host_port=second.host_port)
+    assert ready() is True
+
+
+def test_a_deployment_without_a_traffic_port_has_no_endpoint(as_alice, acme):
+    deployment = deployment_for(acme)
+    place_running(deployment)
+    assert as_alice.get(f"{URL}/{deployment.pk}").json()["deployment"]["endpoints"] == []
 
 
 @pytest.mark.parametrize(("method", "suffix"), EVERY_ID_ROUTE)

@@ -88,10 +88,10 @@ def test_limit_100_is_allowed(as_alice, acme):
 def test_the_query_count_does_not_grow_with_the_page(as_alice, acme, django_assert_max_num_queries):
     location = LocationFactory()
     for _ in range(3):
-        running = deployment_for(acme, replica_count=2, location_ids=[location.id])
+        running = deployment_for(acme, replica_count=2, location_ids=[location.id], traffic_port=8080)
         place_running(running)
     make(acme, 30)
-    # token, membership, count, page ids, page rows (location ids and endpoints as arrays)
+    # token, membership, count, page ids, page rows (location ids, running and serving replicas as subqueries)
     as_alice.get(URL, {"limit": 1})
     with django_assert_max_num_queries(5):
         small = as_alice.get(URL, {"limit": 2})
@@ -101,13 +101,16 @@ def test_the_query_count_does_not_grow_with_the_page(as_alice, acme, django_asse
     assert len(big.json()["deployments"]) == 33
 
 
-def test_running_replicas_show_as_ready_with_endpoints(as_alice, acme):
+def test_running_replicas_show_as_ready_with_one_gateway_endpoint(as_alice, acme):
     deployment = deployment_for(acme, replica_count=2, traffic_port=8080)
     place_running(deployment)
-    shown = as_alice.get(URL).json()["deployments"][0]
-    assert shown["ready_replicas"] == 2
-    assert [e["internal_port"] for e in shown["endpoints"]] == [8080, 8080]
-    assert all(e["type"] == "http" and e["url"].startswith("http://203.0.113.") for e in shown["endpoints"])
+    deployment_for(acme, name="waiting", traffic_port=8080, endpoint_access="public")
+    shown = {d["name"]: d for d in as_alice.get(URL).json()["deployments"]}
+    assert shown[deployment.name]["ready_replicas"] == 2
+    (endpoint,) = shown[deployment.name]["endpoints"]
+    assert endpoint == {"type": "https", "name": "http", "url": f"https://{deployment.endpoint_label}.gantry.localhost",
+                        "port": 443, "internal_port": 8080, "access": "private", "ready": True}
+    assert shown["waiting"]["endpoints"][0]["ready"] is False and shown["waiting"]["endpoints"][0]["access"] == "public"
 
 
 def test_anonymous_gets_401(anonymous):

@@ -1,13 +1,24 @@
 """Issue 25, the gateway's route table: built whole from the database, across tenants, with
-only the replicas that may take a request now, in a fixed number of queries."""
+only the replicas that may take a request now, each route's access and live key hashes, why it
+has no backend, and its limits, in a fixed number of queries."""
 
 from __future__ import annotations
 
 import pytest
 
+import hashlib
+
 from cloud.deployments.models import Replica
 from cloud.deployments.routes import Backend, RouteTable, route_table
-from cloud.deployments.services import deployment_delete, deployment_stop, deployment_update
+from cloud.deployments.services import (
+    deployment_delete,
+    deployment_start,
+    deployment_stop,
+    deployment_update,
+    endpoint_key_create,
+    endpoint_key_revoke,
+    schedule_pending,
+)
 from tests.deployments.factories import NodeFactory, deployment_for, place_running, report
 
 pytestmark = pytest.mark.django_db
@@ -28,6 +39,7 @@ def test_a_running_deployment_is_served_by_its_running_replicas(acme, settings):
     (route,) = table.routes
     assert (route.label, route.host, route.access, route.stop_grace_seconds) == (
         deployment.endpoint_label, f"{deployment.endpoint_label}.apps.example.com", "private", 25)
+    assert (route.unavailable, route.timeout_s, route.max_body_bytes, route.key_hashes) == ("", 600, 2**30, ())
     assert route.backends == tuple(sorted([Backend(replica=str(first.uid), address="198.51.100.7", port=30000),
                                            Backend(replica=str(second.uid), address="198.51.100.7", port=30001)],
                                           key=lambda b: b.replica))
@@ -94,10 +106,91 @@ def test_the_table_is_plain_data():
     assert json.loads(json.dumps(route_table().as_dict())) == {"domain": "gantry.localhost", "routes": []}
 
 
-def test_the_query_count_does_not_grow_with_the_deployments(acme, evil, django_assert_max_num_queries):
+def test_the_query_count_does_not_grow_with_the_deployments_or_keys(acme, evil, django_assert_num_queries):
     for tenant in (acme, evil):
         for i in range(6):
-            place_running(deployment_for(tenant, name=f"app-{i}", traffic_port=8080, replica_count=2))
-    with django_assert_max_num_queries(3):
+            deployment = deployment_for(tenant, name=f"app-{i}", traffic_port=8080, replica_count=2)
+            place_running(deployment)
+            for k in range(i):
+                endpoint_key_create(tenant=tenant, actor=None, deployment_id=deployment.pk, name=f"key-{k}")
+    deployment_for(acme, name="waiting", traffic_port=8080)
+    with django_assert_num_queries(3):
         table = route_table()
-    assert len(table.routes) == 12 and all(len(route.backends) == 2 for route in table.routes)
+    assert len(table.routes) == 13 and sum(len(route.backends) == 2 for route in table.routes) == 12
+    assert sorted(len(route.key_hashes) for route in table.routes) == [0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+# -- access, keys, limits ---------------------------------------------------------------------------
+
+
+def test_access_timeout_and_body_limit_come_from_the_deployment(acme):
+    deployment = deployment_for(acme, name="open", traffic_port=8080, endpoint_access="public",
+                                request_timeout_s=86400, max_request_body_mb=1048576)
+    route = _route(deployment.endpoint_label)
+    assert (route.access, route.timeout_s, route.max_body_bytes) == ("public", 86400, 2**40)
+
+    deployment_update(tenant=acme, actor=None, deployment_id=deployment.pk, changes={
+        "endpoint_access": "private", "request_timeout_s": 1, "max_request_body_mb": 1})
+    route = _route(deployment.endpoint_label)
+    assert (route.access, route.timeout_s, route.max_body_bytes) == ("private", 1, 2**20)
+
+
+def test_a_route_carries_the_sorted_hashes_of_its_live_keys_only(acme):
+    deployment = deployment_for(acme, name="keyed", traffic_port=8080)
+    other = deployment_for(acme, name="other", traffic_port=8080)
+    made = [endpoint_key_create(tenant=acme, actor=None, deployment_id=deployment.pk, name=f"k{i}") for i in range(4)]
+    endpoint_key_create(tenant=acme, actor=None, deployment_id=other.pk, name="theirs")
+    endpoint_key_revoke(tenant=acme, actor=None, deployment_id=deployment.pk, key_id=made[1].key.pk)
+
+    hashes = _route(deployment.endpoint_label).key_hashes
+    expected = sorted(hashlib.sha256(m.secret.encode()).hexdigest() for i, m in enumerate(made) if i != 1)
+    assert list(hashes) == expected
+    assert all(len(h) == 64 and h == h.lower() for h in hashes)
+    assert len(_route(other.endpoint_label).key_hashes) == 1
+
+
+# -- why a route has no backend ---------------------------------------------------------------------
+
+
+def test_a_new_deployment_is_starting(acme):
+    deployment = deployment_for(acme, name="new", traffic_port=8080)
+    assert _route(deployment.endpoint_label).unavailable == "starting"
+
+
+def test_a_deployment_waiting_for_room_says_no_capacity(acme):
+    deployment = deployment_for(acme, name="big", traffic_port=8080)  # no node of its hardware type exists
+    schedule_pending()
+    replica = deployment.replicas.get()
+    assert replica.reason.startswith("no capacity")
+    assert _route(deployment.endpoint_label).unavailable == "no capacity"
+
+
+def test_a_deployment_pinned_to_a_full_node_says_no_capacity(acme):
+    node = NodeFactory(status="cordoned")
+    deployment = deployment_for(acme, name="pinned", traffic_port=8080, node_id=node.pk)
+    schedule_pending()
+    assert deployment.replicas.get().reason.startswith("pinned to node")
+    assert _route(deployment.endpoint_label).unavailable == "no capacity"
+
+
+def test_a_stopping_or_stopped_deployment_says_stopped_and_a_started_one_starting(acme):
+    deployment = deployment_for(acme, name="halt", traffic_port=8080)
+    (replica,) = place_running(deployment)
+    assert _route(deployment.endpoint_label).unavailable == ""
+    deployment_stop(tenant=acme, actor=None, deployment_id=deployment.pk)
+    deployment.refresh_from_db()
+    assert deployment.status == "stopping"
+    assert _route(deployment.endpoint_label).unavailable == "stopped"
+    report(replica, "stopped")
+    deployment.refresh_from_db()
+    assert deployment.status == "stopped" and _route(deployment.endpoint_label).unavailable == "stopped"
+    deployment_start(tenant=acme, actor=None, deployment_id=deployment.pk)
+    assert _route(deployment.endpoint_label).unavailable == "starting"
+
+
+def test_a_running_deployment_whose_replicas_all_fail_their_check_has_no_backend(acme):
+    deployment = deployment_for(acme, name="sick", traffic_port=8080)
+    (replica,) = place_running(deployment)
+    report(replica, "running", host_port=replica.host_port, health="failing", reason="GET / failed 3 times")
+    route = _route(deployment.endpoint_label)
+    assert route.backends == () and route.unavailable == "starting"

@@ -46,9 +46,11 @@ def answer(url: str) -> str:
         return f"<{type(exc).__name__}>"
 
 
-def endpoint(deployment: dict) -> str:
-    (ep,) = deployment["endpoints"]
-    return ep["url"]
+def direct_endpoint(api: Api, deployment_id: str) -> str:
+    """The running replica's own address on its node (`replicas[].endpoint`): these tests run no
+    gateway, so they call the workload there, as the deployment's https name would reach it."""
+    (url,) = [r["endpoint"] for r in api.replicas(deployment_id, live="true") if r["endpoint"]]
+    return url
 
 
 def test_deploy_hello_runs_its_endpoint_answers_and_it_stops(plane, make_node, customer):
@@ -58,8 +60,8 @@ def test_deploy_hello_runs_its_endpoint_answers_and_it_stops(plane, make_node, c
     wait_for(lambda: Node.objects.get(pk=node.node_id).status == "online", timeout=120, what="node online")
     api = Api(plane, customer)
     deployment_id = api.deploy()
-    running = api.wait_status(deployment_id, "running")
-    url = endpoint(running)
+    api.wait_status(deployment_id, "running")
+    url = direct_endpoint(api, deployment_id)
     assert url.startswith(f"http://{node.public_address}:")
     assert "Hello from Gantry" in wait_for(lambda: "Hello" in (a := answer(url)) and a, timeout=30, what="endpoint")
     (replica,) = api.replicas(deployment_id)
@@ -111,7 +113,8 @@ def test_a_killed_agent_leaves_its_vm_running_and_the_next_one_adopts_it(plane, 
     node = make_node("local-cpu-1")
     api = Api(plane, customer)
     deployment_id = api.deploy()
-    url = endpoint(api.wait_status(deployment_id, "running"))
+    api.wait_status(deployment_id, "running")
+    url = direct_endpoint(api, deployment_id)
     (before,) = api.replicas(deployment_id)
     node.kill(signal.SIGKILL)
     assert "Hello" in answer(url)  # the VM does not depend on its agent
@@ -132,18 +135,20 @@ def test_a_silent_node_is_replaced_and_fenced_when_it_comes_back(plane, make_nod
     first = make_node("node-a")
     api = Api(plane, customer)
     deployment_id = api.deploy()
-    first_url = endpoint(api.wait_status(deployment_id, "running"))
+    api.wait_status(deployment_id, "running")
+    first_url = direct_endpoint(api, deployment_id)
     second = make_node("node-b")
     wait_for(lambda: Node.objects.get(pk=second.node_id).status == "online", timeout=120, what="node-b online")
 
     first.kill(signal.SIGSTOP)  # a partition: the agent is silent, its VM still runs
     wait_for(lambda: Node.objects.get(pk=first.node_id).status == "offline", timeout=LIVENESS_S + 30,
              what="node-a offline")
-    running = api.wait_status(deployment_id, "running", timeout=240)
+    api.wait_status(deployment_id, "running", timeout=240)
     old, new = api.replicas(deployment_id)
     assert (old["state"], old["node"]["hostname"]) == ("lost", "node-a")
     assert (new["state"], new["generation"], new["node"]["hostname"]) == ("running", 2, "node-b")
-    assert "Hello" in wait_for(lambda: "Hello" in (a := answer(endpoint(running))) and a, timeout=30, what="node-b")
+    assert "Hello" in wait_for(lambda: "Hello" in (a := answer(direct_endpoint(api, deployment_id))) and a, timeout=30,
+                                 what="node-b")
     assert CpuSlot.objects.filter(node_id=first.node_id, replica__isnull=False).count() == 1  # not confirmed yet
 
     first.kill(signal.SIGCONT)  # the partition heals: hello, the desired set fences the old VM
@@ -188,8 +193,8 @@ def test_scale_down_then_up_and_expiry(plane, make_node, customer):
     wait_for(lambda: len(api.replicas(deployment_id, live="true")) == 1, timeout=60, what="scale down")
     assert api.http.patch(f"/deployments/{deployment_id}", json={"replica_count": 2}).status_code == 200
     # `running` already while one of two runs ("1 of 2 replicas running"): wait for both.
-    running = wait_for(lambda: len((d := api.get(deployment_id))["endpoints"]) == 2 and d, timeout=240,
-                       what="two endpoints")
+    running = wait_for(lambda: (d := api.get(deployment_id))["ready_replicas"] == 2 and d, timeout=240,
+                       what="two replicas running")
     assert running["status"] == "running" and running["status_reason"] == ""
     live = api.replicas(deployment_id, live="true")
     assert sorted((r["ordinal"], r["generation"]) for r in live) == [(0, 1), (1, 2)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import wait_for
-from tests.e2e.test_deployments_run import Api, answer, endpoint
+from tests.e2e.test_deployments_run import Api, answer, direct_endpoint
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 H100 = ["0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0",
@@ -59,8 +59,9 @@ def test_an_8_gpu_replica_runs_on_a_simulated_board_and_a_second_waits_for_it(pl
     hgx = HardwareType.objects.get(slug="h100-80gb-sxm-8x")
     api = Api(plane, customer)
     first = api.deploy(name="board-1", template_id=hello_8gpu, hardware_id=hgx.pk, gpus_per_container=8)
-    running = api.wait_status(first, "running", timeout=360)
-    assert "Hello" in wait_for(lambda: "Hello" in (a := answer(endpoint(running))) and a, timeout=30, what="endpoint")
+    api.wait_status(first, "running", timeout=360)
+    assert "Hello" in wait_for(lambda: "Hello" in (a := answer(direct_endpoint(api, first))) and a, timeout=30,
+                                 what="endpoint")
     (replica,) = api.replicas(first)
     assert replica["simulated"] is True and replica["node"]["simulated"] is True
     assert replica["reason"].startswith("simulated 8xH100: 8 GPU(s) bound on the simulated board")

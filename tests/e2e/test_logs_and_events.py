@@ -298,7 +298,7 @@ def test_an_sse_follower_that_drops_three_times_sees_every_event_once_in_order(p
         wait_for(lambda: status()["status"] == "running", timeout=300, what="running")
         follower.drop_soon()  # during the scale-up
         assert api.patch(f"/deployments/{deployment_id}", json={"replica_count": 2}).status_code == 200
-        wait_for(lambda: len(status()["endpoints"]) == 2, timeout=300, what="two replicas running")
+        wait_for(lambda: status()["ready_replicas"] == 2, timeout=300, what="two replicas running")
         follower.drop_soon()  # during the scale-down and the stop
         assert api.patch(f"/deployments/{deployment_id}", json={"replica_count": 1}).status_code == 200
         wait_for(lambda: Replica.objects.filter(deployment_id=deployment_id, state="stopped").count() == 1,

@@ -3,7 +3,8 @@
 Every function takes `tenant=` (or a filter made by one that did): another tenant's deployment
 is simply not found (404), never "found but forbidden". Deleted deployments are invisible here
 too. Split by concept: `deployments` (deployments, replicas, what a tenant has committed), `logs`
-(log pages under a byte budget, heads and counts for the live tail), `events` (the event feeds).
+(log pages under a byte budget, heads and counts for the live tail), `events` (the event feeds),
+`endpoint_keys` (a deployment's live keys), `gateways` (the gateway registry, for operators).
 """
 
 from cloud.deployments.selectors.deployments import (  # noqa: F401
@@ -37,4 +38,12 @@ from cloud.deployments.selectors.logs import (  # noqa: F401
 from cloud.deployments.selectors.events import (  # noqa: F401
     events_for,
     events_for_tenant,
+)
+
+from cloud.deployments.selectors.endpoint_keys import (  # noqa: F401
+    endpoint_keys_for,
+)
+
+from cloud.deployments.selectors.gateways import (  # noqa: F401
+    gateways_status,
 )

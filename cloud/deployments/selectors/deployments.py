@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.postgres.expressions import ArraySubquery
-from django.db.models import OuterRef, Prefetch, QuerySet
-from django.db.models.functions import JSONObject
+from django.db.models import Count, Exists, IntegerField, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.selectors import billed_interval_annotations, deployment_cost_annotations, funds_notices_expression
 from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.routes import serving_replicas
 from cloud.exceptions import NotFound
 from nodes.selectors import replica_gpus
 from protocol.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
@@ -22,7 +23,8 @@ from protocol.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
 # history) stays on disk for the list endpoint, which is benchmarked at 5,000 rows a tenant.
 _SHOWN_FIELDS = (
     "id", "tenant_id", "name", "endpoint_label", "status", "status_reason", "template__slug", "image", "env",
-    "secret_env_keys", "entrypoint", "args", "traffic_port", "gpus_per_container", "hardware_type_id", "node_id", "replica_count",
+    "secret_env_keys", "entrypoint", "args", "traffic_port", "endpoint_access", "request_timeout_s",
+    "max_request_body_mb", "gpus_per_container", "hardware_type_id", "node_id", "replica_count",
     "duration_hours", "stop_grace_seconds", "price_per_gpu_hour", "registry_username",
     "created_at", "updated_at", "started_at", "stopped_at", "expires_at",
 )
@@ -40,7 +42,8 @@ def deployments_for(*, tenant, now: datetime | None = None) -> QuerySet[Deployme
     """The tenant's deployments, newest first, shaped for the API representation.
 
     One query whatever the page size: the template slug is joined, and location ids, the
-    running replicas' node address and host port (ready count, endpoints), the cost so far
+    running replicas' count (ready_replicas), whether one is in the gateway's pool (the
+    endpoint's `ready`, as routes.route_table decides it), the cost so far
     (metered + accruing up to `now`) and the tenant's funds notices (warnings) come from
     correlated subqueries. Page over `deployment_ids_for` rather than slicing this deep: the
     subqueries would run for every skipped row."""
@@ -54,12 +57,13 @@ def deployments_for(*, tenant, now: datetime | None = None) -> QuerySet[Deployme
                 Deployment.locations.through.objects.filter(deployment_id=OuterRef("pk"))
                 .order_by("location_id").values("location_id")
             ),
-            running_endpoints=ArraySubquery(
+            running_count=Coalesce(Subquery(
                 Replica.objects.filter(deployment_id=OuterRef("pk"), state=Replica.State.RUNNING,
                                        host_port__isnull=False, node__isnull=False)
-                .order_by("ordinal")
-                .values(endpoint=JSONObject(address="node__public_address", port="host_port"))
-            ),
+                .order_by().values("deployment_id").annotate(n=Count("pk")).values("n"),
+                output_field=IntegerField()), 0),
+            serving=Exists(serving_replicas().filter(deployment_id=OuterRef("pk"),
+                                                     node__public_address__isnull=False)),
             funds_notices=funds_notices_expression(tenant_ref="tenant_id"),
             **deployment_cost_annotations(now=now),
         )

@@ -9,14 +9,22 @@ import uuid
 
 from rest_framework import serializers
 
+from cloud.deployments.models import (
+    DEFAULT_MAX_REQUEST_BODY_MB,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    MAX_REQUEST_BODY_MB,
+    MAX_REQUEST_TIMEOUT_S,
+)
+from cloud.deployments.services.endpoint_keys import key_name_problem
 from cloud.fields import (
     EnvField,
     ImageReferenceField,
+    StrictBooleanField,
     StrictCharField,
     StrictIntegerField,
     string_list,
 )
-from protocol.vocabulary import LOG_STREAMS
+from protocol.vocabulary import ENDPOINT_ACCESSES, LOG_STREAMS, PRIVATE, PUBLIC
 
 NAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 NAME_HELP = "1-100 characters: letters, digits, '.', '_' and '-', starting with a letter or digit; unique per tenant."
@@ -47,7 +55,57 @@ def _opt(field_cls, **kwargs):
     return field_cls(**kwargs)
 
 
-class DeploymentCreateInput(_StrictInput):
+class StrictChoiceField(serializers.ChoiceField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid_choice", input=str(data)[:40])
+        return super().to_internal_value(data)
+
+
+class ShareInput(_StrictInput):
+    """The sandbox seed's spelling of endpoint access."""
+
+    is_public = StrictBooleanField(help_text="true: the endpoint is public; false: private (endpoint keys only).")
+
+
+ENDPOINT_ACCESS_HELP = ("private: the gateway answers only requests carrying one of the deployment's endpoint keys "
+                        "in the Gantry-Key header; public: anyone who has the URL.")
+
+
+class _EndpointSettingsInput(_StrictInput):
+    """The gateway's settings of a deployment, in the create and the PATCH body alike."""
+
+    endpoint_access = _opt(StrictChoiceField, choices=list(ENDPOINT_ACCESSES),
+                           help_text=ENDPOINT_ACCESS_HELP + " Default at creation: private.")
+    share = ShareInput(required=False, allow_null=True, help_text='Alias of endpoint_access: {"is_public": true} is '
+                                                                  '"public", false "private".')
+    request_timeout_s = _opt(StrictIntegerField, min_value=1, max_value=MAX_REQUEST_TIMEOUT_S,
+                             help_text=f"Seconds a request through the gateway may take, and a stream may stay idle "
+                                       f"(default {DEFAULT_REQUEST_TIMEOUT_S}, at most {MAX_REQUEST_TIMEOUT_S}).")
+    max_request_body_mb = _opt(StrictIntegerField, min_value=1, max_value=MAX_REQUEST_BODY_MB,
+                               help_text=f"Largest request body the gateway lets through, in MiB (default "
+                                         f"{DEFAULT_MAX_REQUEST_BODY_MB}, at most {MAX_REQUEST_BODY_MB}).")
+
+
+def _endpoint_changes(attrs: dict) -> dict:
+    """The endpoint settings a body gives, with share.is_public folded into endpoint_access."""
+    access = attrs.get("endpoint_access")
+    share = attrs.get("share")
+    if share is not None:
+        shared = PUBLIC if share["is_public"] else PRIVATE
+        if access is not None and access != shared:
+            raise serializers.ValidationError({"endpoint_access": (
+                f"endpoint_access is {access!r} but share.is_public is {str(share['is_public']).lower()}; "
+                "give one of them, or the same answer in both.")})
+        access = shared
+    changes = {"endpoint_access": access} if access is not None else {}
+    for name in ("request_timeout_s", "max_request_body_mb"):
+        if attrs.get(name) is not None:
+            changes[name] = attrs[name]
+    return changes
+
+
+class DeploymentCreateInput(_EndpointSettingsInput):
     image_required = True
 
     # Neuranet
@@ -123,6 +181,7 @@ class DeploymentCreateInput(_StrictInput):
             "entrypoint": attrs.get("entrypoint"), "args": attrs.get("args"), "traffic_port": attrs.get("traffic_port"),
             "registry_username": attrs.get("registry_username") or "", "registry_secret": attrs.get("registry_secret") or "",
             "stop_grace_seconds": attrs.get("stop_grace_seconds"),
+            **_endpoint_changes(attrs),
         }
 
 
@@ -150,7 +209,7 @@ def _one_of(attrs: dict, *names: str):
     return given[0][1] if given else None
 
 
-class DeploymentUpdateInput(_StrictInput):
+class DeploymentUpdateInput(_EndpointSettingsInput):
     replica_count = StrictIntegerField(required=False, min_value=1, max_value=MAX_REPLICAS)
     duration_hours = StrictIntegerField(required=False, min_value=1, max_value=MAX_DURATION_HOURS,
                                         help_text="Total run time from creation; may only grow.")
@@ -163,6 +222,7 @@ class DeploymentUpdateInput(_StrictInput):
     def validate(self, attrs):
         env = _one_of(attrs, "env", "env_variables")
         changes = {k: attrs[k] for k in ("replica_count", "duration_hours", "stop_grace_seconds") if k in attrs}
+        changes.update(_endpoint_changes(attrs))
         if env is not None:
             changes["env"] = env
         if "secret_env_variables" in attrs:
@@ -173,6 +233,17 @@ class DeploymentUpdateInput(_StrictInput):
                 {"secret_env_variables": f"{', '.join(overlap)} is also a plain variable; a name is plain or secret, not both."}
             )
         return changes
+
+
+class EndpointKeyCreateInput(_StrictInput):
+    name = StrictCharField(max_length=100, trim_whitespace=False,
+                           help_text="1-100 printable characters, for you to tell keys apart (e.g. who holds it).")
+
+    def validate_name(self, value):
+        problem = key_name_problem(value)
+        if problem:
+            raise serializers.ValidationError(problem, code="invalid_name")
+        return value
 
 
 class LogCursorField(serializers.CharField):

@@ -1,10 +1,12 @@
 """What the deployments API returns. Secrets never appear: secret env shows its names only,
-the registry secret not at all, and a replica's VM address (internal) is never shown."""
+the registry secret not at all, an endpoint key's secret only in the answer that made it (its
+hash never), and a replica's VM address (internal) is never shown."""
 
 from __future__ import annotations
 
 import ipaddress
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -15,8 +17,9 @@ from billing.services import hourly_cost
 from cloud.deployments import feeds
 from cloud.deployments.labels import endpoint_host
 from cloud.deployments.models import Deployment, LogLine, Replica
+from cloud.deployments.routes import serving_replicas
 from cloud.fields import EnvField
-from protocol.vocabulary import LIVE_STATUSES
+from protocol.vocabulary import ENDPOINT_ACCESSES, LIVE_STATUSES
 
 
 def endpoint_url(*, address: str | None, port: int | None) -> str | None:
@@ -26,10 +29,23 @@ def endpoint_url(*, address: str | None, port: int | None) -> str | None:
     return f"http://{host}:{port}"
 
 
+def gateway_url(label: str) -> str:
+    port = settings.GANTRY_GATEWAY_HTTPS_PORT
+    return f"https://{endpoint_host(label)}" + ("" if port == 443 else f":{port}")
+
+
 class EndpointOutput(serializers.Serializer):
-    type = serializers.ChoiceField(choices=["http"])
-    url = serializers.CharField()
-    internal_port = serializers.IntegerField(allow_null=True)
+    """One name the gateway serves the deployment under."""
+
+    type = serializers.ChoiceField(choices=["https"])
+    name = serializers.CharField(help_text="Which of the deployment's ports: \"http\" for traffic_port.")
+    url = serializers.CharField(help_text="https://<endpoint_host>, with the gateway's port when it is not 443.")
+    port = serializers.IntegerField(help_text="The gateway's port.")
+    internal_port = serializers.IntegerField(help_text="The container's port behind it.")
+    access = serializers.ChoiceField(choices=list(ENDPOINT_ACCESSES),
+                                     help_text="private: callers send an endpoint key in Gantry-Key.")
+    ready = serializers.BooleanField(help_text="A replica takes requests through the gateway now (running, "
+                                               "its health check passing).")
 
 
 class WarningOutput(serializers.Serializer):
@@ -57,6 +73,11 @@ class DeploymentOutput(serializers.Serializer):
     replica_count = serializers.IntegerField()
     ready_replicas = serializers.SerializerMethodField()
     endpoints = serializers.SerializerMethodField()
+    endpoint_access = serializers.ChoiceField(choices=list(ENDPOINT_ACCESSES), help_text=(
+        "private: the gateway answers only requests carrying one of the deployment's endpoint keys in Gantry-Key; "
+        "public: anyone with the URL."))
+    request_timeout_s = serializers.IntegerField(help_text="Seconds a request through the gateway may take.")
+    max_request_body_mb = serializers.IntegerField(help_text="Largest request body the gateway lets through (MiB).")
     env = EnvField(help_text="Plain environment variables.")
     secret_env_keys = serializers.ListField(child=serializers.CharField(), help_text="Names of the secret variables; values are never returned.")
     entrypoint = serializers.ListField(child=serializers.CharField(allow_blank=True), allow_null=True)
@@ -89,28 +110,26 @@ class DeploymentOutput(serializers.Serializer):
         ids = getattr(obj, "location_id_list", None)  # annotated by selectors.deployments_for
         return list(ids) if ids is not None else [loc.id for loc in obj.locations.order_by("id")]
 
-    def _running(self, obj: Deployment) -> list[dict]:
-        running = getattr(obj, "running_endpoints", None)  # annotated by selectors.deployments_for
-        if running is None:
-            running = [
-                {"address": r.node.public_address, "port": r.host_port}
-                for r in obj.replicas.filter(state=Replica.State.RUNNING, host_port__isnull=False, node__isnull=False)
-                .select_related("node").order_by("ordinal")
-            ]
-        return running
-
     @extend_schema_field(OpenApiTypes.INT)
     def get_ready_replicas(self, obj: Deployment) -> int:
-        return len(self._running(obj))
+        running = getattr(obj, "running_count", None)  # annotated by selectors.deployments_for
+        if running is None:
+            running = obj.replicas.filter(state=Replica.State.RUNNING, host_port__isnull=False,
+                                          node__isnull=False).count()
+        return running
 
     @extend_schema_field(EndpointOutput(many=True))
     def get_endpoints(self, obj: Deployment) -> list[dict]:
-        endpoints = []
-        for replica in self._running(obj):
-            url = endpoint_url(address=replica["address"], port=replica["port"])
-            if url:
-                endpoints.append({"type": "http", "url": url, "internal_port": obj.traffic_port})
-        return endpoints
+        """Its gateway name (a deployment that publishes a traffic_port has one); the direct node
+        address of each replica is `replicas[].endpoint`."""
+        if not obj.traffic_port:
+            return []
+        serving = getattr(obj, "serving", None)  # annotated by selectors.deployments_for
+        if serving is None:
+            serving = serving_replicas().filter(deployment=obj, node__public_address__isnull=False).exists()
+        return [{"type": "https", "name": "http", "url": gateway_url(obj.endpoint_label),
+                 "port": settings.GANTRY_GATEWAY_HTTPS_PORT, "internal_port": obj.traffic_port,
+                 "access": obj.endpoint_access, "ready": bool(serving)}]
 
     @extend_schema_field({"type": "string", "format": "decimal",
                           "description": "USD so far: its usage records plus what its replicas ran since, up to now."})
@@ -300,3 +319,21 @@ class LogTicketOutput(serializers.Serializer):
     ticket = serializers.CharField(help_text="Single use; pass as ?ticket= to the WebSocket.")
     expires_at = serializers.DateTimeField()
     url = serializers.CharField(help_text="The WebSocket path with the ticket in it.")
+
+
+class EndpointKeyOutput(serializers.Serializer):
+    """A key to a private endpoint, without its secret (shown once, when made)."""
+
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    prefix = serializers.CharField(help_text="The secret's first 11 characters (gk_ and 8 more), to tell keys apart.")
+    created_at = serializers.DateTimeField()
+
+
+class EndpointKeyListOutput(serializers.Serializer):
+    keys = EndpointKeyOutput(many=True, help_text="Live keys, oldest first; revoked ones are not listed.")
+
+
+class EndpointKeyCreatedOutput(serializers.Serializer):
+    key = EndpointKeyOutput()
+    secret = serializers.CharField(help_text="Send it as the Gantry-Key header. Shown this once: only its hash is kept.")

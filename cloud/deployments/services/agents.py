@@ -21,6 +21,7 @@ from billing.services import meter_open
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.deployments.services import placement
 from cloud.deployments.services.events import event_record
+from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services.kick import scheduler_kick
 from cloud.deployments.services.logs import logs_heads_remember, logs_store
 from cloud.deployments.services.status import deployment_refresh, replica_event, replicas_stop
@@ -90,6 +91,7 @@ def _vm_gone(replica: Replica) -> None:
 def _apply(replica: Replica, report: ReplicaReport) -> None:
     now = timezone.now()
     old_state, old_reason = replica.state, replica.reason
+    old_health, old_host_port = replica.health, replica.host_port
     replica.last_report_at = now
     if report.state in VM_ENDED_STATES:
         if not replica.vm_gone:
@@ -136,6 +138,13 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
         replica_event(replica, f"replica.{replica.state}", node=node)
     elif report.health == FAILING and replica.state == R.STARTING and replica.reason != old_reason:
         replica_event(replica, "replica.health_failing", node=node)  # once per new reason, not per attempt
+    elif replica.state == R.RUNNING and replica.health != old_health:
+        # A running replica's check failing (after the agent's repeated tries) or passing again:
+        # it leaves or rejoins the gateway's pool. Once per change, not per report.
+        replica_event(replica, "replica.health_failing" if replica.health == FAILING else "replica.health_passing",
+                      node=node)
+    if (replica.state, replica.health, replica.host_port) != (old_state, old_health, old_host_port):
+        routes_changed()  # only a change the route table can see: most reports change nothing
     if replica.state == R.RUNNING and old_state != R.RUNNING:
         _replacement_running(replica)
     deployment_refresh(deployment_id=replica.deployment_id)

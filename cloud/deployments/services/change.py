@@ -1,5 +1,5 @@
-"""PATCH: scale, extend, replace env. Other fields are fixed at creation (make a new
-deployment to change the image or hardware)."""
+"""PATCH: scale, extend, replace env, change the endpoint's settings at the gateway. Other
+fields are fixed at creation (make a new deployment to change the image or hardware)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
+from cloud.deployments.services.gateways import ENDPOINT_SETTINGS, routes_changed
 from cloud.deployments.services.status import incarnations_create, missing_ordinals, replicas_stop, unfinished_q
 from cloud.exceptions import Conflict, InvalidInput
 from protocol.vocabulary import LIVE_STATUSES
 
 S = Deployment.Status
+# What the gateway's route table holds of a deployment, besides its replicas.
+ROUTED = {"replica_count", "stop_grace_seconds", *ENDPOINT_SETTINGS}
 
 
 def _scale(*, tenant, deployment: Deployment, replica_count: int) -> None:
@@ -67,7 +70,8 @@ def _extend(*, deployment: Deployment, duration_hours: int) -> None:
 
 @transaction.atomic
 def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deployment:
-    """`changes` may hold replica_count, duration_hours, stop_grace_seconds, env, secret_env (each optional)."""
+    """`changes` may hold replica_count, duration_hours, stop_grace_seconds, env, secret_env, endpoint_access,
+    request_timeout_s, max_request_body_mb (each optional)."""
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
     changed: list[str] = []
     if "replica_count" in changes and changes["replica_count"] != deployment.replica_count:
@@ -82,6 +86,10 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
     if "stop_grace_seconds" in changes and changes["stop_grace_seconds"] != deployment.stop_grace_seconds:
         deployment.stop_grace_seconds = changes["stop_grace_seconds"]
         changed.append("stop_grace_seconds")
+    for name in ENDPOINT_SETTINGS:
+        if name in changes and changes[name] != getattr(deployment, name):
+            setattr(deployment, name, changes[name])
+            changed.append(name)
     if "secret_env" in changes:
         deployment.set_secret_env(changes["secret_env"])
         changed.append("secret_env_variables")
@@ -98,6 +106,8 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
         for key in overlap:  # a new secret replaces the plain variable of the same name
             deployment.env.pop(key)
     deployment.save()
+    if ROUTED.intersection(changed):
+        routes_changed()
     if changed:
         event_record(tenant=tenant, deployment=deployment, type="deployment.updated", payload={
             "fields": changed, "replica_count": deployment.replica_count,

@@ -24,6 +24,7 @@ from cloud.deployments.labels import endpoint_label
 from cloud.deployments.models import ENDPOINT_LABEL_CONSTRAINT, Deployment
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
+from cloud.deployments.services.gateways import ENDPOINT_SETTINGS, routes_changed
 from cloud.deployments.services.status import PENDING_REASON, incarnations_create
 from cloud.exceptions import Conflict, InvalidInput, NotFound
 from nodes import selectors as node_selectors
@@ -252,6 +253,8 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
         status=Deployment.Status.PENDING, status_reason=PENDING_REASON,
         price_per_gpu_hour=resolved.price_per_gpu_hour,
         stop_grace_seconds=spec["stop_grace_seconds"] if spec.get("stop_grace_seconds") is not None else 10,
+        # Unset, the model's defaults: private, 10 minutes, 1 GiB.
+        **{name: spec[name] for name in ENDPOINT_SETTINGS if spec.get(name) is not None},
     )
     deployment.set_secret_env(secret_env)
     deployment.set_registry_secret(spec.get("registry_secret"))
@@ -259,6 +262,8 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
     if locations:
         deployment.locations.set(locations)
     incarnations_create(deployment=deployment, ordinals=range(replica_count))
+    if deployment.traffic_port:
+        routes_changed()
     event_record(
         tenant=tenant, deployment=deployment, type="deployment.created",
         payload={

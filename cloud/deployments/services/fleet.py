@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services.logs import logs_note_lost
+from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services.kick import scheduler_kick
 from cloud.deployments.services.placement import schedule_pending
 from cloud.deployments.services.status import (
@@ -59,6 +60,7 @@ def node_lost(*, node_id: int) -> int:
                     replica.stopped_at = max(last_seen, replica.booted_at)
                 replica.save(update_fields=["state", "ended_at", "reason", "stopped_at"])
                 replica_event(replica, "replica.lost", node=node.hostname)
+                routes_changed()
                 lost += 1
                 if was_live and deployment.status in LIVE_STATUSES and replica.ordinal < deployment.replica_count:
                     incarnations_create(deployment=deployment, ordinals=[replica.ordinal])

@@ -8,7 +8,8 @@
 
 Nothing here pretends a node did something: a replica that is on a node goes to `stopping`
 and the agent reports when it really stopped; a replica never placed stops at once.
-Every transition holds the deployment row lock and writes an event.
+Every transition holds the deployment row lock, writes an event and asks for a route push (a
+stopped deployment's route says so, a started one's says it is starting).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
+from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services.status import (
     PENDING_REASON,
     STOP_WAITING,
@@ -56,6 +58,7 @@ def _stop(*, deployment: Deployment, reason: str, final_status: str) -> None:
     if not waiting or final_status != S.STOPPED:
         deployment.stopped_at = now
     deployment.save(update_fields=["status", "status_reason", "stopped_at", "updated_at"])
+    routes_changed()
 
 
 @transaction.atomic
@@ -110,6 +113,7 @@ def deployment_start(*, tenant, actor, deployment_id) -> Deployment:
     deployment.status, deployment.status_reason = S.PENDING, PENDING_REASON
     deployment.stopped_at = None
     deployment.save(update_fields=["status", "status_reason", "stopped_at", "updated_at"])
+    routes_changed()
     event_record(tenant=tenant, deployment=deployment, type="deployment.started", payload={"actor": actor_label(actor)})
     return deployment
 
@@ -128,6 +132,7 @@ def deployment_restart(*, tenant, actor, deployment_id) -> Deployment:
     incarnations_create(deployment=deployment, ordinals=ordinals)
     deployment.status, deployment.status_reason = S.STARTING, "restart requested: new incarnations starting"
     deployment.save(update_fields=["status", "status_reason", "updated_at"])
+    routes_changed()
     event_record(tenant=tenant, deployment=deployment, type="deployment.restarted", payload={"actor": actor_label(actor)})
     return deployment
 
@@ -141,6 +146,7 @@ def deployment_delete(*, tenant, actor, deployment_id) -> None:
         _stop(deployment=deployment, reason="deployment deleted", final_status=S.STOPPED)
     deployment.deleted_at = timezone.now()
     deployment.save(update_fields=["deleted_at", "updated_at"])
+    routes_changed()  # its name leaves the table
     event_record(tenant=tenant, deployment=deployment, type="deployment.deleted",
                  payload={"name": deployment.name, "actor": actor_label(actor)})
 

@@ -24,6 +24,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services.status import deployment_refresh, replica_event
 from nodes import link
 from nodes import selectors as node_selectors
@@ -66,6 +67,7 @@ def _shortage(deployment: Deployment, *, cpu_only: bool, units: int) -> str:
         return f"pinned to node {pinned[0] if pinned else deployment.node_id} ({pinned[1] if pinned else 'gone'}), which has no room for {what}"
     total, online, blocked = node_selectors.nodes_online_of(
         hardware=hardware, location_ids=[pk for pk, _ in locations], cpu_only=cpu_only)
+    # Both reasons begin with one of models.SHORTAGE_PREFIXES (the route table's "no capacity").
     # A shortage an operator must fix (GPUs that cannot be passed through) says so; the reason
     # itself is for operators, in the admin.
     return (f"no capacity: no node in {where} has {what}; {online} of {total} {hardware.slug} node(s) online, "
@@ -120,6 +122,7 @@ def place(replica_pk: int, *, placed_on: set[int] | None = None) -> bool | None:
             replica.reason = reason
             replica.save(update_fields=["reason"])
             deployment_refresh(deployment_id=deployment.pk)
+            routes_changed()  # its route's 503 says "no capacity" now
         return False
 
 

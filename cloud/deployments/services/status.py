@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services.events import event_record
+from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services.kick import scheduler_kick
 from nodes import link
 from protocol.vocabulary import LIVE_STATUSES, TERMINAL_STATES
@@ -65,7 +66,7 @@ def replicas_stop(replicas, *, reason: str) -> int:
     """Asks these incarnations to stop. One never placed ends here and now; one on a node is
     `stopping` until its node reports the VM gone. Returns how many wait for a node."""
     now = timezone.now()
-    waiting = 0
+    waiting, asked = 0, False
     for replica in replicas.select_for_update(of=("self",)).select_related("deployment"):
         before = replica.state
         replica.desired = Replica.Desired.STOP
@@ -79,6 +80,10 @@ def replicas_stop(replicas, *, reason: str) -> int:
         replica.save(update_fields=["desired", "reason", "state", "ended_at", "vm_gone"])
         if replica.state != before:
             replica_event(replica, f"replica.{replica.state}")
+        asked = True
+    if asked:
+        # Not wanted any more, so out of the gateway's pool on the push this asks for.
+        routes_changed()
     return waiting
 
 
