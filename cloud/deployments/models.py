@@ -66,6 +66,9 @@ class Deployment(models.Model):
     entrypoint = models.JSONField(null=True, blank=True)
     args = models.JSONField(null=True, blank=True)
     traffic_port = models.PositiveIntegerField(null=True, blank=True)
+    # What the node's health check GETs on traffic_port (an answer of 500 or more fails it); blank: a
+    # TCP connect. The template's at create, or the customer's own (protocol.vocabulary.HEALTH_PATH_RE).
+    health_check_path = models.CharField(max_length=256, blank=True, default="")
     # Private: the gateway answers only requests carrying one of its live endpoint keys.
     # Rows from before issue 25 were migrated to public (their direct endpoints were open).
     endpoint_access = models.CharField(max_length=7, choices=Access.choices, default=Access.PRIVATE)

@@ -143,3 +143,24 @@ def test_bob_a_member_can_create_for_acme(as_bob, acme, body):
     response = as_bob.post(URL, body(), format="json")
     assert response.status_code == 201
     assert Deployment.objects.get().tenant == acme
+
+
+def test_the_health_check_path_is_the_templates_or_the_customers_and_travels_to_the_node(as_alice, h100, body):
+    from cloud.deployments.services.agents import replica_spec
+
+    TemplateFactory(slug="ollama", image="ollama/ollama:0.3.12", traffic_port=11434, health_check_path="/api/version",
+                    min_gpus=1, max_gpus=8)
+    made = as_alice.post(URL, {"template_id": "ollama", "name": "t"}, format="json").json()["deployment"]
+    assert made["health_check_path"] == "/api/version"
+    own = as_alice.post(URL, body(traffic_port=8000, health_check_path="/health?full=1"), format="json")
+    assert own.status_code == 201, own.json()
+    plain = as_alice.post(URL, body(name="plain", traffic_port=8000), format="json").json()["deployment"]
+    assert plain["health_check_path"] == ""  # a customer's image without one: a TCP connect
+    replicas = {d: Replica.objects.get(deployment_id=d) for d in (made["id"], own.json()["deployment"]["id"], plain["id"])}
+    assert [replica_spec(r, gpu_bdfs=[]).health_path for r in replicas.values()] == ["/api/version", "/health?full=1", None]
+
+
+@pytest.mark.parametrize("path", ["health", "/a b", "/x\r\nHost: evil", "/" + "a" * 256, "/é"])
+def test_a_health_check_path_that_could_bend_the_request_line_is_a_400(as_alice, h100, body, path):
+    response = as_alice.post(URL, body(traffic_port=8000, health_check_path=path), format="json")
+    assert response.status_code == 400 and response.json()["errors"][0]["field"] == "health_check_path", response.json()

@@ -24,7 +24,7 @@ from cloud.fields import (
     StrictIntegerField,
     string_list,
 )
-from protocol.vocabulary import ENDPOINT_ACCESSES, LOG_STREAMS, PRIVATE, PUBLIC
+from protocol.vocabulary import ENDPOINT_ACCESSES, HEALTH_PATH_RE, LOG_STREAMS, PRIVATE, PUBLIC
 
 NAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 NAME_HELP = "1-100 characters: letters, digits, '.', '_' and '-', starting with a letter or digit; unique per tenant."
@@ -137,6 +137,10 @@ class DeploymentCreateInput(_EndpointSettingsInput):
     entrypoint = string_list(required=False, allow_null=True, help_text="Exec-form entrypoint; default the template's or the image's.")
     args = string_list(required=False, allow_null=True, help_text="Arguments appended to the entrypoint.")
     traffic_port = _opt(StrictIntegerField, min_value=1, max_value=65535, help_text="The container's HTTP port, published as the endpoint.")
+    health_check_path = _opt(StrictCharField, max_length=256, allow_blank=True,
+                             help_text="The path the node's health check GETs on traffic_port (an answer of 500 or "
+                                       "more fails it, and a failing replica takes no traffic); default the "
+                                       "template's; empty: a TCP connect.")
     stop_grace_seconds = _opt(StrictIntegerField, min_value=0, max_value=MAX_STOP_GRACE_S,
                               help_text="Seconds a stopping workload gets after ACPI power-off before it is killed (default 10, at most 300).")
     image_url = _opt(ImageReferenceField, help_text="The image to run instead of a template's, e.g. ghcr.io/org/image:tag.")
@@ -149,6 +153,11 @@ class DeploymentCreateInput(_EndpointSettingsInput):
 
     def validate_resource_private_name(self, value):
         return _valid_name(value)
+
+    def validate_health_check_path(self, value):
+        if value and not HEALTH_PATH_RE.fullmatch(value):
+            raise serializers.ValidationError("An absolute path of visible ASCII (no spaces), e.g. /health.")
+        return value
 
     def validate(self, attrs):
         name = _one_of(attrs, "name", "resource_private_name")
@@ -180,7 +189,7 @@ class DeploymentCreateInput(_EndpointSettingsInput):
             "replica_count": attrs.get("replica_count") or 1, "duration_hours": attrs.get("duration_hours"),
             "entrypoint": attrs.get("entrypoint"), "args": attrs.get("args"), "traffic_port": attrs.get("traffic_port"),
             "registry_username": attrs.get("registry_username") or "", "registry_secret": attrs.get("registry_secret") or "",
-            "stop_grace_seconds": attrs.get("stop_grace_seconds"),
+            "stop_grace_seconds": attrs.get("stop_grace_seconds"), "health_check_path": attrs.get("health_check_path"),
             **_endpoint_changes(attrs),
         }
 

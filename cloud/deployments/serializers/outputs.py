@@ -83,6 +83,7 @@ class DeploymentOutput(serializers.Serializer):
     entrypoint = serializers.ListField(child=serializers.CharField(allow_blank=True), allow_null=True)
     args = serializers.ListField(child=serializers.CharField(allow_blank=True), allow_null=True)
     traffic_port = serializers.IntegerField(allow_null=True)
+    health_check_path = serializers.CharField(help_text="What the node's health check GETs on traffic_port; empty: a TCP connect.")
     duration_hours = serializers.IntegerField(allow_null=True)
     stop_grace_seconds = serializers.IntegerField(help_text="Seconds between ACPI power-off and the kill.")
     registry_username = serializers.SerializerMethodField()

@@ -237,6 +237,7 @@ def replica_spec(replica: Replica, *, gpu_bdfs: list[str]) -> ReplicaSpec:
         registry_username=d.registry_username or None, registry_password=d.get_registry_secret() if d.registry_username else None,
         env={**d.env, "GANTRY_DEPLOYMENT_ID": str(d.pk), "GANTRY_REPLICA_ORDINAL": str(replica.ordinal)},
         secret_env=d.get_secret_env(), entrypoint=d.entrypoint, args=d.args, traffic_port=d.traffic_port,
+        health_path=d.health_check_path or None,
         vcpus=max(hardware.vcpus_per_gpu * units, 1), memory_mib=max(hardware.memory_gib_per_gpu * units * 1024, 256),
         gpu_bdfs=gpu_bdfs,
     )

@@ -247,6 +247,8 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
         entrypoint=spec["entrypoint"] if spec.get("entrypoint") is not None else (template.entrypoint if template else None),
         args=spec["args"] if spec.get("args") is not None else (template.args if template else None),
         traffic_port=spec.get("traffic_port") or (template.traffic_port if template else None),
+        health_check_path=(spec["health_check_path"] if spec.get("health_check_path") is not None
+                           else (template.health_check_path if template else "")),
         gpus_per_container=gpus, hardware_type=hardware, node=node, replica_count=replica_count,
         duration_hours=spec.get("duration_hours"),
         expires_at=now + timedelta(hours=spec["duration_hours"]) if spec.get("duration_hours") else None,
