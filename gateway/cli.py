@@ -34,7 +34,8 @@ def _port(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m gateway", description="Gantry's endpoint gateway (HAProxy, driven by the plane).")
+    top = argparse.ArgumentParser(prog="python -m gateway",
+                                  description="Gantry's endpoint gateway (HAProxy, driven by the plane).")
     commands = top.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run HAProxy and the control API the plane pushes the route table to")
     run.add_argument("--state-dir", required=True, type=Path, help="where the config, maps and sockets live")

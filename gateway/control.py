@@ -74,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == _HEALTHZ:
             return self._send(HTTPStatus.OK, b"ok", "text/plain; charset=utf-8")
         if not self._authorized():
-            return self._problem(HTTPStatus.UNAUTHORIZED, "A valid gateway token is needed: Authorization: Bearer <token>.",
+            return self._problem(HTTPStatus.UNAUTHORIZED, "Send the gateway token: Authorization: Bearer <token>.",
                                  headers={"WWW-Authenticate": "Bearer"})
         gateway = self.server.gateway
         if path == _STATS:

@@ -78,9 +78,11 @@ def problem(status: int, title: str, detail: str) -> str:
     return f"'{body}'"
 
 
-def _return(status: int, title: str, detail: str, *headers: str) -> str:
-    extra = "".join(f" hdr {header}" for header in headers)
-    return f"http-request return status {status} content-type application/problem+json string {problem(status, title, detail)}{extra}"
+def _return(status: int, title: str, detail: str, *headers: str, condition: str = "") -> str:
+    """An indented `http-request return` line answering a problem-details body."""
+    extra = "".join(f" hdr {header}" for header in headers) + (f" {condition}" if condition else "")
+    body = problem(status, title, detail)
+    return f"    http-request return status {status} content-type application/problem+json string {body}{extra}"
 
 
 _ERRORS = {
@@ -131,13 +133,13 @@ def render(table: Table, options: Options, directory: Path) -> Rendered:
         f"    bind {options.https_bind.haproxy()} ssl crt {config_path(options.cert)} alpn h2,http/1.1",
         f"    log-format {LOG_FORMAT}",
         f"    http-request set-var(txn.route) {_HOST},map_str({hosts_map})",
-        "    " + _return(404, "Not Found", "No endpoint has this host name.") + " unless { var(txn.route) -m found }",
+        _return(404, "Not Found", "No endpoint has this host name.", condition="unless { var(txn.route) -m found }"),
         "    use_backend r_%[var(txn.route)]",
         "",
         "frontend http",
         f"    bind {options.http_bind.haproxy()}",
         "    no log",
-        "    " + _return(400, "Bad Request", "The request has no Host header.") + " unless { req.hdr(host) -m found }",
+        _return(400, "Bad Request", "The request has no Host header.", condition="unless { req.hdr(host) -m found }"),
         f"    http-request redirect location https://%[{_HOST}]{redirect_port}%[pathq] code 308",
     ]
     for route in routes:
@@ -158,18 +160,18 @@ def _backend(route: Route, keys_map: str) -> list[str]:
     if route.access == PRIVATE:
         # The key's hash joined to this route's label: a key of another route is not found,
         # even if the same hash were listed under both.
-        lines.append("    " + _return(401, "Unauthorized", "This endpoint needs a valid endpoint key in Gantry-Key.",
-                                      "WWW-Authenticate Gantry-Key")
-                     + f" unless {{ {_KEY_SHA256},concat(@{route.label}),map_str({keys_map}) -m found }}")
+        has_key = f"{{ {_KEY_SHA256},concat(@{route.label}),map_str({keys_map}) -m found }}"
+        lines.append(_return(401, "Unauthorized", "This endpoint needs a valid endpoint key in Gantry-Key.",
+                             "WWW-Authenticate Gantry-Key", condition=f"unless {has_key}"))
     lines += [
         "    http-request del-header gantry-key",
-        "    " + _return(413, "Content Too Large", f"This endpoint takes request bodies of at most {route.max_body_bytes} bytes.")
-        + f" if {{ req.hdr_val(content-length) gt {route.max_body_bytes} }}",
+        _return(413, "Content Too Large", f"This endpoint takes bodies of at most {route.max_body_bytes} bytes.",
+                condition=f"if {{ req.hdr_val(content-length) gt {route.max_body_bytes} }}"),
     ]
     if not route.backends:
         # Final: nothing after it would run.
-        return lines + ["    " + _return(503, "Service Unavailable", f"No replica serves this endpoint now: {route.unavailable}.",
-                                           f"Retry-After {RETRY_AFTER_S}")]
+        detail = f"No replica serves this endpoint now: {route.unavailable}."
+        return lines + [_return(503, "Service Unavailable", detail, f"Retry-After {RETRY_AFTER_S}")]
     lines += [
         "    http-request set-header X-Forwarded-For %[src]",
         "    http-request set-header X-Forwarded-Proto https",
