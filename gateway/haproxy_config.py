@@ -160,7 +160,9 @@ def _backend(route: Route, keys_map: str) -> list[str]:
     if route.access == PRIVATE:
         # The key's hash joined to this route's label: a key of another route is not found,
         # even if the same hash were listed under both.
-        has_key = f"{{ {_KEY_SHA256},concat(@{route.label}),map_str({keys_map}) -m found }}"
+        # Exactly one Gantry-Key line: with two, which one a fetch takes is HAProxy's detail.
+        has_key = (f"{{ req.fhdr_cnt(gantry-key) eq 1 }} "
+                   f"{{ {_KEY_SHA256},concat(@{route.label}),map_str({keys_map}) -m found }}")
         lines.append(_return(401, "Unauthorized", "This endpoint needs a valid endpoint key in Gantry-Key.",
                              "WWW-Authenticate Gantry-Key", condition=f"unless {has_key}"))
     lines += [

@@ -45,7 +45,8 @@ CONFIG_LINES = [re.compile(line) for line in [
     r"    http-request redirect location https://%\[req\.hdr\(host\),regsub\(:\[0-9\]\+\$,\),lower\](:\d+)?%\[pathq\] code 308",
     rf"backend r_{_LABEL}",
     r"    balance leastconn",
-    _RETURN + r" hdr WWW-Authenticate Gantry-Key unless \{ req\.fhdr\(gantry-key\),sha2\(256\),hex,lower,"
+    _RETURN + r" hdr WWW-Authenticate Gantry-Key unless \{ req\.fhdr_cnt\(gantry-key\) eq 1 \} "
+              r"\{ req\.fhdr\(gantry-key\),sha2\(256\),hex,lower,"
               rf"concat\(@{_LABEL}\),map_str\({_PATH}/keys\.map\) -m found \}}",
     r"    http-request del-header gantry-key",
     _RETURN + r" if \{ req\.hdr_val\(content-length\) gt [1-9]\d* \}",
