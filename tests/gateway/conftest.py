@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -97,6 +98,18 @@ class GatewayRun:
                                     headers={"Content-Type": "application/json"})
         assert response.status_code == 200, response.text
         return response.json()
+
+    def old_workers(self) -> list[int]:
+        """HAProxy workers of earlier tables still draining, from the master's CLI (a unix socket:
+        reachable from this namespace)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10)
+            conn.connect(str(self.state_dir / "master.sock"))
+            conn.sendall(b"show proc\n")
+            conn.shutdown(socket.SHUT_WR)
+            text = conn.makefile("rb").read().decode()
+        section = text.split("# old workers\n")[1].split("#")[0] if "# old workers\n" in text else ""
+        return [int(line.split()[0]) for line in section.splitlines() if line.strip()]
 
     def haproxy_master(self) -> int:
         return int((self.state_dir / "haproxy.pid").read_text().split()[0])
