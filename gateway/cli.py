@@ -85,11 +85,11 @@ def _run(args: argparse.Namespace) -> int:
         executable = shutil.which(args.haproxy)
         if executable is None:
             raise ValueError(f"{args.haproxy}: no such executable")
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config_path(state_dir)
         options = Options(https_bind=args.https_bind, http_bind=args.http_bind, cert=args.cert.resolve(),
                           public_https_port=args.public_https_port, log_socket=state_dir / "log.sock",
                           admin_socket=state_dir / "admin.sock")
-        config_path(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except (OSError, ValueError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2

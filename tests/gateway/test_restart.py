@@ -12,7 +12,7 @@ import pytest
 
 from tests.agent.netns import ip
 from tests.gateway.conftest import GATEWAY_IP, Client, problem, wait_for
-from tests.gateway.tables import backend, route, table
+from tests.gateway.tables import backend, push_body, route, table
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 PORT = 18041
@@ -85,3 +85,21 @@ def test_sigterm_stops_the_gateway_and_haproxy_cleanly(gateway, certs):
         assert problem(c.get(HOST))["status"] == 404
     finally:
         c.close()
+
+
+def test_a_table_haproxy_refuses_is_503_and_the_previous_one_stays_served(gateway, certs):
+    """A validated table always renders a config HAProxy takes; what can still fail is the
+    operator's side, such as a certificate file replaced by something that is not one."""
+    served = gateway.push(ROUTES)
+    assert serves(certs) == 200
+    pem = certs / "gateway.pem"
+    good = pem.read_bytes()
+    pem.write_bytes(b"not a certificate\n")
+    try:
+        response = gateway.control.put("/v1/routes", content=push_body(table(route("new", backend(GATEWAY_IP, PORT)))))
+        assert response.status_code == 503
+        assert "haproxy -c refused the config" in problem(response)["detail"]
+    finally:
+        pem.write_bytes(good)
+    assert gateway.control.get("/v1/routes").json() == served
+    assert serves(certs) == 200
