@@ -89,7 +89,8 @@ def _run(args: argparse.Namespace) -> int:
         options = Options(https_bind=args.https_bind, http_bind=args.http_bind, cert=args.cert.resolve(),
                           public_https_port=args.public_https_port, log_socket=state_dir / "log.sock",
                           admin_socket=state_dir / "admin.sock")
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.chmod(0o700)  # HAProxy's admin and master sockets live here
     except (OSError, ValueError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2

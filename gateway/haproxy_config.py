@@ -13,7 +13,8 @@ a push carries can add or end a line. The request path of the HTTPS frontend:
     backend r_<label>: private and no key whose hash@label is in keys.map -> 401
                        Gantry-Key removed; Content-Length over the route's limit -> 413
                        no backend -> 503 with the reason and Retry-After: 5
-                       X-Forwarded-For/-Proto/-Host replaced; leastconn over the replicas
+                       X-Forwarded-For/-Proto/-Host replaced (Forwarded, X-Real-IP dropped);
+                       leastconn over the replicas
 """
 
 from __future__ import annotations
@@ -175,6 +176,9 @@ def _backend(route: Route, keys_map: str) -> list[str]:
         detail = f"No replica serves this endpoint now: {route.unavailable}."
         return lines + [_return(503, "Service Unavailable", detail, f"Retry-After {RETRY_AFTER_S}")]
     lines += [
+        # Other spellings of "who the client is" a workload might trust: only ours reach it.
+        "    http-request del-header forwarded",
+        "    http-request del-header x-real-ip",
         "    http-request set-header X-Forwarded-For %[src]",
         "    http-request set-header X-Forwarded-Proto https",
         f"    http-request set-header X-Forwarded-Host {route.host}",

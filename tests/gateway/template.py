@@ -51,6 +51,7 @@ CONFIG_LINES = [re.compile(line) for line in [
     r"    http-request del-header gantry-key",
     _RETURN + r" if \{ req\.hdr_val\(content-length\) gt [1-9]\d* \}",
     _RETURN + r" hdr Retry-After 5",
+    r"    http-request del-header (forwarded|x-real-ip)",
     r"    http-request set-header X-Forwarded-For %\[src\]",
     r"    http-request set-header X-Forwarded-Proto https",
     rf"    http-request set-header X-Forwarded-Host {_HOST}",

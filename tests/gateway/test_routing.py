@@ -63,13 +63,15 @@ def test_the_host_is_matched_without_its_port_and_case(client):
 
 def test_forwarding_headers_are_the_gateways_not_the_clients(client):
     response = client.get("app.gantry.localhost", "/fwd", headers={
-        "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "http", "X-Forwarded-Host": "evil.example"})
+        "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "http", "X-Forwarded-Host": "evil.example",
+        "Forwarded": "for=203.0.113.7;proto=http", "X-Real-IP": "203.0.113.7"})
     headers = Counter(name.lower() for name, _ in response.json()["headers"])
     seen = {name.lower(): value for name, value in response.json()["headers"]}
     assert (headers["x-forwarded-for"], headers["x-forwarded-proto"], headers["x-forwarded-host"]) == (1, 1, 1)
     assert seen["x-forwarded-for"] == HOST_IP
     assert seen["x-forwarded-proto"] == "https"
     assert seen["x-forwarded-host"] == "app.gantry.localhost"
+    assert "forwarded" not in seen and "x-real-ip" not in seen
 
 
 def test_a_public_route_answers_without_a_key_and_never_passes_one_on(client, backends):
