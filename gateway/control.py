@@ -63,6 +63,18 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What http.server answers itself (a malformed request line, an unknown method, headers
+        too long) as problem details too, never its HTML page."""
+        status = HTTPStatus(code)
+        # http.server takes an unparsed request line for HTTP/0.9, which has no status line.
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        self._problem(status, message or status.description)
+
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         allowed = _METHODS.get(path)
@@ -145,5 +157,5 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:
-        if self.path != _HEALTHZ:
+        if getattr(self, "path", None) != _HEALTHZ:  # no path when the request line did not parse
             sys.stderr.write(f"gateway control: {self.address_string()} {format % args}\n")

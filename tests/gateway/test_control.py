@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import httpx
@@ -76,6 +77,18 @@ def test_unknown_paths_and_methods_are_problems(gateway):
     assert problem(gateway.control.get("/v1/nothing")).get("status") == 404
     response = gateway.control.delete("/v1/routes")
     assert response.status_code == 405 and response.headers["allow"] == "GET, PUT"
+    assert problem(gateway.control.request("OPTIONS", "/v1/routes"))["status"] == 501
+
+
+@pytest.mark.parametrize("raw", [b"NONSENSE\r\n\r\n", b"GET /v1/routes HTTP/9.9\r\n\r\n",
+                                 b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n"])
+def test_a_request_http_server_cannot_parse_is_a_problem_document(raw):
+    with socket.create_connection((GATEWAY_IP, CONTROL_PORT), timeout=10) as conn:
+        conn.sendall(raw)
+        answer = conn.makefile("rb").read()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"application/problem+json" in head
+    assert json.loads(body)["status"] in (400, 414, 505)
 
 
 def _totals(gateway) -> dict[str, list[int]]:
