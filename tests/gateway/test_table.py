@@ -215,3 +215,19 @@ def test_a_label_and_its_host_changed_together_are_refused_or_stay_inside_the_te
     t = sample()
     t["routes"][0]["label"], t["routes"][0]["host"] = value, f"{value}.gantry.localhost"
     _refused_or_in_template(t)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children,
+                                                                                      max_size=4), max_leaves=20)
+
+
+@settings(max_examples=300)
+@given(body=st.one_of(st.binary(max_size=200), JSON.map(lambda v: json.dumps(v).encode()),
+                      st.fixed_dictionaries({"version": JSON, "digest": JSON, "table": JSON}).map(
+                          lambda v: json.dumps(v).encode())))
+def test_any_body_is_a_table_error_never_another_exception(body):
+    try:
+        parse_push(body)
+    except TableError as exc:
+        assert exc.field and exc.message
