@@ -17,13 +17,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("protocol", "cloud", "accounts", "billing", "nodes", "templates")
+PACKAGES = ("protocol", "cloud", "accounts", "billing", "nodes", "templates", "gateway")
 
 
 PROBES = [
     ("agent", "nodes.agent.runtime", "nodes.models"),
     ("agent", "nodes.agent.client", "django"),
     ("agent", "nodes.agent.oci.egress", "cloud.registries"),
+    ("gateway", "gateway.table", "django"),
+    ("gateway", "gateway.proxy", "cloud.deployments.routes"),
+    ("gateway", "gateway.control", "httpx"),
     ("protocol", "protocol.wire", "nodes.agent.state"),
     ("protocol", "protocol.vocabulary", "django"),
     ("protocol", "protocol.checks", "httpx"),
@@ -72,10 +75,12 @@ def test_lint_imports_fails_on_new_modules_nobody_listed(tmp_path):
     assert kept.returncode == 0, kept.stdout + kept.stderr
     (tmp_path / "nodes" / "agent" / "newcomer.py").write_text("from django.conf import settings\n")
     (tmp_path / "protocol" / "newcomer.py").write_text("import os\n\nfrom nodes import selectors\n")
+    (tmp_path / "gateway" / "newcomer.py").write_text("import httpx\n")
     broken = subprocess.run(lint, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert broken.returncode == 1
     assert "nodes.agent.newcomer (l.1) imports django" in broken.stdout
     assert "protocol.newcomer (l.3) imports nodes.selectors" in broken.stdout
+    assert "gateway.newcomer (l.1) imports httpx" in broken.stdout
 
 
 def _app(module: str) -> str:
