@@ -12,5 +12,5 @@ cd "$(dirname "$0")/.."
 scripts/apt-install.sh qemu-system-x86 qemu-utils busybox-static e2fsprogs nftables iproute2 \
   docker-registry skopeo umoci ca-certificates zstd lz4 \
   build-essential gcc-12 \
-  haproxy openssl \
+  haproxy openssl wrk \
   chromium chromium-driver  # the dashboard's browser tests (tests/browser/), driven by Playwright
