@@ -87,6 +87,9 @@ elif ! $BIN/python -m gateway ca --dir "$GW_DIR" --domain "$GANTRY_ENDPOINT_DOMA
 else
   [ -s "$GW_DIR/control-token" ] || (umask 077; $BIN/python -c 'import secrets; print(secrets.token_urlsafe(32))' > "$GW_DIR/control-token")
   $BIN/python manage.py gateway_register local --url "http://$GW_CONTROL" --token-file "$GW_DIR/control-token" >/dev/null
+  # The local nodes' published ports then answer only the gateway: on this machine it reaches
+  # them from the host's end of each node's veth pair (scripts/local-node.sh, "host").
+  export LOCAL_NODE_GATEWAY_ADDRESSES=${LOCAL_NODE_GATEWAY_ADDRESSES:-host}
 fi
 
 pids=() names=()
