@@ -204,7 +204,9 @@ Deploy \`hello\` on the local node (README.md, "First API calls"):
   curl -s -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
        -d '{"name": "hi", "template_id": "hello", "hardware_id": $CPU_SMALL_ID, "replica_count": 1}' $API/api/v1/deployments
   curl -s -H "Authorization: Bearer \$TOKEN" $API/api/v1/deployments/<id>   # until "status": "running"
-  curl -s <endpoints[0].url>                                                # → Hello from Gantry
+  curl -s -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '{"name": "laptop"}' \
+       $API/api/v1/deployments/<id>/endpoint-keys                              # → "secret": "gk_…" (shown once)
+  curl -s --cacert $GW_DIR/ca.crt -H 'Gantry-Key: gk_…' <endpoints[0].url>     # → Hello from Gantry
 Ctrl-C stops the plane and the agent (VMs keep running; the next \`make up\` adopts them).
 MSG
 wait -n "${pids[@]}" || true
