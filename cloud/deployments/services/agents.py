@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from billing.services import meter_open
 from cloud.deployments.models import Deployment, LogLine, Replica
-from cloud.deployments.services import placement
+from cloud.deployments.services import drain, placement
 from cloud.deployments.services.events import event_record
 from cloud.deployments.services.kick import scheduler_kick
 from cloud.deployments.services.logs import logs_heads_remember, logs_store
@@ -136,15 +136,20 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
         replica_event(replica, f"replica.{replica.state}", node=node)
     elif report.health == FAILING and replica.state == R.STARTING and replica.reason != old_reason:
         replica_event(replica, "replica.health_failing", node=node)  # once per new reason, not per attempt
-    if replica.state == R.RUNNING and old_state != R.RUNNING:
-        _replacement_running(replica)
+    if drain.replica_up(replica):
+        _successor_up(replica)
     deployment_refresh(deployment_id=replica.deployment_id)
 
 
-def _replacement_running(replica: Replica) -> None:
-    """A drain's replacement runs: the incarnation it replaces may stop now."""
-    old = Replica.objects.filter(replaced_by=replica).exclude(state__in=TERMINAL_STATES)
-    replicas_stop(old, reason=f"replaced by generation {replica.generation} (node drain)")
+def _successor_up(replica: Replica) -> None:
+    """A successor (a rolling restart's or a node drain's) is up: the incarnation it replaces
+    leaves the gateway's pool (drains) and stops. Its health counts, not only its state: a
+    successor running but failing its check would take no request."""
+    old = Replica.objects.filter(replaced_by=replica, desired=Replica.Desired.RUN).exclude(state__in=TERMINAL_STATES)
+    replicas_stop(old, reason=f"replaced by generation {replica.generation}, which is up")
+    if replica.deployment.rolling_restart_at is not None:
+        # Without spare capacity the next ordinal waited for this one to be up (rolling.room_make).
+        scheduler_kick()
 
 
 class AgentSink:
@@ -181,7 +186,7 @@ class AgentSink:
 
     def desired(self, *, node_id: int) -> list[DesiredReplica]:
         replicas = list(
-            Replica.objects.filter(node_id=node_id, desired=Replica.Desired.RUN)
+            Replica.objects.filter(drain.desired_set_q(now=timezone.now()), node_id=node_id)
             .exclude(state__in=TERMINAL_STATES)
             .select_related("deployment__hardware_type").order_by("created_at", "id")
         )

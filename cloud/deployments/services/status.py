@@ -11,6 +11,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.services import drain
 from cloud.deployments.services.events import event_record
 from cloud.deployments.services.kick import scheduler_kick
 from nodes import link
@@ -63,11 +64,14 @@ def missing_ordinals(deployment: Deployment) -> list[int]:
 
 def replicas_stop(replicas, *, reason: str) -> int:
     """Asks these incarnations to stop. One never placed ends here and now; one on a node is
-    `stopping` until its node reports the VM gone. Returns how many wait for a node."""
+    `stopping` until its node reports the VM gone, and one that serves drains first (it leaves
+    the gateway's pool now and its node stops it at `drain_until`: services/drain.py).
+    Returns how many wait for a node."""
     now = timezone.now()
     waiting = 0
     for replica in replicas.select_for_update(of=("self",)).select_related("deployment"):
         before = replica.state
+        until = drain.drain_until(replica, now=now)  # asked before `desired` says stop
         replica.desired = Replica.Desired.STOP
         replica.reason = reason
         if replica.node_id is None:
@@ -75,9 +79,15 @@ def replicas_stop(replicas, *, reason: str) -> int:
         elif replica.state not in TERMINAL_STATES:
             replica.state = R.STOPPING
             waiting += 1
-            link.notify_node(replica.node_id)
-        replica.save(update_fields=["desired", "reason", "state", "ended_at", "vm_gone"])
-        if replica.state != before:
+            if until is None:
+                link.notify_node(replica.node_id)
+            else:
+                replica.drain_until = until  # its node's desired set is unchanged until then
+                drain.drain_end_at(until)
+        replica.save(update_fields=["desired", "reason", "state", "ended_at", "vm_gone", "drain_until"])
+        if until is not None and replica.state == R.STOPPING:
+            replica_event(replica, "replica.draining", drain_until=until.isoformat())
+        elif replica.state != before:
             replica_event(replica, f"replica.{replica.state}")
     return waiting
 
@@ -115,11 +125,26 @@ def _summary(deployment: Deployment) -> tuple[str, str]:
     return S.STOPPED, why or "every replica's workload exited"
 
 
+def roll_progress(deployment: Deployment) -> tuple[bool, str]:
+    """(over, reason) of the rolling restart begun at `rolling_restart_at`: over once every live
+    replica was placed since it began (so it runs the new spec) and is up. Until then, how many
+    of the ordinals are replaced, and what the first one still waiting is doing."""
+    since = deployment.rolling_restart_at
+    live = list(Replica.objects.filter(live_q(), deployment=deployment, ordinal__lt=deployment.replica_count)
+                .order_by("ordinal").only("ordinal", "state", "reason", "desired", "health", "placed_at"))
+    waiting = [r for r in live if r.placed_at is None or r.placed_at < since or not drain.replica_up(r)]
+    if not waiting:
+        return True, ""
+    first = waiting[0]
+    why = f"replica {first.ordinal}: {first.state}" + (f" ({first.reason})" if first.reason else "")
+    return False, f"rolling restart: {len(live) - len(waiting)} of {deployment.replica_count} replaced; {why}"
+
+
 def deployment_refresh(*, deployment_id) -> Deployment:
     """Re-derives the deployment's status from its replicas (locks the deployment row)."""
     deployment = Deployment.objects.select_for_update(of=("self",)).get(pk=deployment_id)
     now = timezone.now()
-    before = (deployment.status, deployment.status_reason)
+    before = (deployment.status, deployment.status_reason, deployment.rolling_restart_at)
     if deployment.status == S.STOPPING:
         if not Replica.objects.filter(unfinished_q(), deployment=deployment).exists():
             # The stop's own reason stays ("stopped by user", "insufficient_funds: ...").
@@ -128,13 +153,20 @@ def deployment_refresh(*, deployment_id) -> Deployment:
             deployment.status_reason = why if why != deployment.status_reason else "stopped"
     elif deployment.status in LIVE_STATUSES:
         status, reason = _summary(deployment)
+        if deployment.rolling_restart_at is not None:
+            over, rolling = roll_progress(deployment)
+            if over or status in (S.FAILED, S.STOPPED):
+                deployment.rolling_restart_at = None
+            else:  # old incarnations may serve meanwhile, but the restart is not done
+                status, reason = S.STARTING, rolling
         deployment.status, deployment.status_reason = status, reason[:500]
         if status == S.RUNNING and deployment.started_at is None:
             deployment.started_at = now
         if status in (S.FAILED, S.STOPPED):
             deployment.stopped_at = now
-    if (deployment.status, deployment.status_reason) != before:
-        deployment.save(update_fields=["status", "status_reason", "started_at", "stopped_at", "updated_at"])
+    if (deployment.status, deployment.status_reason, deployment.rolling_restart_at) != before:
+        deployment.save(update_fields=["status", "status_reason", "started_at", "stopped_at", "rolling_restart_at",
+                                       "updated_at"])
         if deployment.status != before[0]:
             event_record(tenant_id=deployment.tenant_id, deployment=deployment, type=f"deployment.{deployment.status}",
                          payload={"status": deployment.status, "reason": deployment.status_reason})

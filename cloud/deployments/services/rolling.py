@@ -1,0 +1,113 @@
+"""Rolling restarts (issue 25): a restart, or a change of env, that never leaves a deployment
+with fewer replicas serving than it had, where there is room for that.
+
+Each incarnation that is up when the restart begins gets a successor, placed and started while
+it keeps serving (`replaced_by`: it is no longer its ordinal's live replica, but still wanted);
+once the successor is up (running, health check not failing), the old one drains and stops
+(services/agents.py). One that is not up has nothing to lose and is stopped and replaced at
+once, as before issue 25. Incarnations not yet placed are left alone: placed later, they run
+the new spec anyway.
+
+Where the scheduler finds no room for a successor, the restart goes ordinal by ordinal: the
+old incarnation drains and stops, and its successor takes the units it frees. Only one ordinal
+is taken down that way at a time, and only while another of the deployment's replicas is up,
+so with two or more replicas one always serves. A restart is over when every live replica was
+placed since it began and is up (services/status.py: roll_progress).
+
+A second restart begins from where the first got to: successors already up become the old
+incarnations, successors not yet up are stopped (they do not serve) and their predecessors get
+new ones. A stop stops everything, old and new, draining what serves.
+"""
+
+from __future__ import annotations
+
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.services.drain import replica_up, up_q
+from cloud.deployments.services.kick import scheduler_kick
+from cloud.deployments.services.status import incarnations_create, live_q, replicas_stop, roll_progress
+from nodes import selectors as node_selectors
+from protocol.vocabulary import FAILING, ONLINE, RUN, RUNNING, STOP, TERMINAL_STATES
+
+
+def successor_create(replica: Replica, *, reason: str, old_reason: str) -> Replica:
+    """A new pending incarnation of `replica`'s ordinal, which `replica` keeps serving until."""
+    generation = (Replica.objects.filter(deployment_id=replica.deployment_id, ordinal=replica.ordinal)
+                  .aggregate(g=Max("generation"))["g"] or 0) + 1
+    # Made unwanted first, so the live-per-ordinal constraint admits it beside the old row;
+    # wanted again once the old row points at it (all in one transaction, so no worker sees
+    # the in-between).
+    new = Replica.objects.create(deployment_id=replica.deployment_id, ordinal=replica.ordinal, generation=generation,
+                                 desired=STOP, state=Replica.State.PENDING, reason=reason)
+    replica.replaced_by = new
+    replica.reason = old_reason.format(generation=generation)
+    replica.save(update_fields=["replaced_by", "reason"])
+    Replica.objects.filter(pk=new.pk).update(desired=RUN)
+    new.desired = RUN
+    return new
+
+
+def _predecessor(replica: Replica) -> Replica | None:
+    """The older incarnation still serving until `replica` is up, if there is one."""
+    return (Replica.objects.select_for_update(of=("self",)).select_related("deployment")
+            .filter(replaced_by=replica, desired=RUN).exclude(state__in=TERMINAL_STATES).first())
+
+
+def deployment_roll(*, deployment: Deployment) -> None:
+    """Begins a rolling restart of every placed live incarnation: the deployment is `starting`
+    until it is over. The caller holds the deployment's row lock, and saves it."""
+    now = timezone.now()
+    current = list(Replica.objects.select_for_update(of=("self",)).select_related("deployment")
+                   .filter(live_q(), deployment=deployment, node__isnull=False).order_by("ordinal"))
+    for replica in current:
+        if replica_up(replica):
+            successor_create(replica, reason=f"rolling restart: replacing generation {replica.generation}",
+                             old_reason="rolling restart: serving until generation {generation} is up")
+            continue
+        # Not serving: nothing to lose by stopping it now. Were it a successor still starting,
+        # the incarnation it was to replace keeps serving until the new one is up.
+        predecessor = _predecessor(replica)
+        replicas_stop(Replica.objects.filter(pk=replica.pk), reason="restart requested: replaced by a new incarnation")
+        if predecessor is not None:
+            successor_create(predecessor, reason=f"rolling restart: replacing generation {predecessor.generation}",
+                             old_reason="rolling restart: serving until generation {generation} is up")
+        else:
+            incarnations_create(deployment=deployment, ordinals=[replica.ordinal])
+    deployment.rolling_restart_at = now
+    deployment.status = Deployment.Status.STARTING
+    deployment.status_reason = roll_progress(deployment)[1] or "restart requested: new incarnations starting"
+    scheduler_kick()
+
+
+def _taken_down(deployment: Deployment) -> bool:
+    """An ordinal is down for a replacement: its old incarnation was stopped (for room, or at
+    a node drain's deadline) and its successor is not up yet."""
+    return (Replica.objects.filter(deployment=deployment, desired=STOP, replaced_by__isnull=False,
+                                   replaced_by__desired=RUN)
+            .exclude(replaced_by__state__in=TERMINAL_STATES)
+            .exclude(Q(replaced_by__state=RUNNING) & ~Q(replaced_by__health=FAILING))
+            .exists())
+
+
+def room_make(*, successor: Replica) -> bool:
+    """The scheduler found no room for `successor` (the caller holds its deployment's lock): its
+    predecessor drains and stops, so that the successor can take its units, when that keeps the
+    deployment serving. True when it did."""
+    old = _predecessor(successor)
+    if old is None or old.node_id is None:
+        return False
+    # The units it frees help only on a node that takes new replicas (not a draining one).
+    if node_selectors.node_get(old.node_id).status != ONLINE:
+        return False
+    deployment = successor.deployment
+    if replica_up(old) and deployment.replica_count > 1:
+        if _taken_down(deployment):
+            return False  # ordinal by ordinal: the next one waits until this one's successor is up
+        if not Replica.objects.filter(up_q(), deployment=deployment).exclude(pk=old.pk).exists():
+            return False  # it is the only one serving: keep it until another is up
+    replicas_stop(Replica.objects.filter(pk=old.pk),
+                  reason=f"rolling restart without spare capacity: stopping to make room for generation "
+                         f"{successor.generation}")
+    return True
