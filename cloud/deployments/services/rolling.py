@@ -102,6 +102,11 @@ def room_make(*, successor: Replica) -> bool:
     if node_selectors.node_get(old.node_id).status != ONLINE:
         return False
     deployment = successor.deployment
+    # Its own incarnations on their way out free units soon (a second restart's, or the first
+    # one's drains): those make room without taking another one down.
+    if Replica.objects.filter(deployment=deployment, desired=STOP, node__isnull=False).exclude(
+            state__in=TERMINAL_STATES).exists():
+        return False
     if replica_up(old) and deployment.replica_count > 1:
         if _taken_down(deployment):
             return False  # ordinal by ordinal: the next one waits until this one's successor is up
