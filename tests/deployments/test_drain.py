@@ -22,6 +22,7 @@ from cloud.deployments.services import (
 from cloud.deployments.services.drain import drains_end
 from cloud.deployments.tasks import drains_end as drains_end_task
 from nodes.models import CpuSlot, Node
+from tests.deployments.conftest import URL
 from tests.deployments.factories import deployment_for, online_node, report
 from tests.deployments.fleet_sim import desired_on, serving
 
@@ -185,3 +186,15 @@ def test_a_node_lost_while_its_replica_drains_ends_it(node, acme, cpu_small, set
     replica.refresh_from_db()
     assert replica.state == "lost"
     assert Deployment.objects.get(pk=deployment.pk).status == "stopped"
+
+
+def test_the_api_shows_when_a_draining_replica_leaves_its_node(as_alice, node, acme, cpu_small):
+    deployment = web(acme, cpu_small)
+    (replica,) = running(deployment)
+    shown = as_alice.get(f"{URL}/{deployment.pk}/replicas").json()["replicas"]
+    assert shown[0]["drain_until"] is None
+    as_alice.post(f"{URL}/{deployment.pk}/stop")
+    replica.refresh_from_db()
+    (shown,) = as_alice.get(f"{URL}/{deployment.pk}/replicas").json()["replicas"]
+    assert (shown["state"], shown["desired"]) == ("stopping", "stop")
+    assert shown["drain_until"].replace("Z", "+00:00") == replica.drain_until.isoformat()
