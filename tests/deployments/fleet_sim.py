@@ -37,10 +37,12 @@ def desired_on(node: Node) -> set[str]:
 
 class Fleet:
     def __init__(self, nodes: list[Node], *, after_each: Callable[[], None] = lambda: None,
-                 healthy: Callable[[Replica], bool] = lambda replica: True):
+                 healthy: Callable[[Replica], bool] = lambda replica: True,
+                 crashes: Callable[[Replica], bool] = lambda replica: False):
         self.nodes = nodes
         self.after_each = after_each  # called after every report, placement pass and drain end
         self.healthy = healthy  # whether a replica's health check passes once it runs
+        self.crashes = crashes  # whether its workload fails for good where it would have run
         self.reports = 0
 
     def _report(self, replica: Replica, state: str, **fields) -> None:
@@ -61,6 +63,9 @@ class Fleet:
                     continue
                 if str(replica.uid) not in desired_on(node):
                     self._report(replica, "stopped", exit_code=0)
+                    moved = True
+                elif replica.state in NEXT and NEXT[replica.state] == "running" and self.crashes(replica):
+                    self._report(replica, "failed", exit_code=1, reason="exited with code 1 after 3 restarts")
                     moved = True
                 elif replica.state in NEXT:
                     state = NEXT[replica.state]

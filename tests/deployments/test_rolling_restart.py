@@ -5,7 +5,10 @@ checked after every report the agents make."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Event, Replica
 from cloud.deployments.services import deployment_restart, deployment_stop, fleet_sweep, schedule_pending
@@ -57,7 +60,7 @@ def assert_serving_at_least(deployment, count: int) -> None:
     assert len(serving(deployment)) >= count
 
 
-def assert_done(deployment, *, generation: int) -> None:
+def assert_done(deployment, *, generation: int, history=frozenset({"stopped"})) -> None:
     """Every live replica is the new incarnation and serving; everything else has ended and
     holds no unit (nothing leaked)."""
     deployment = fresh(deployment)
@@ -66,8 +69,7 @@ def assert_done(deployment, *, generation: int) -> None:
     assert [r.ordinal for r in current] == list(range(deployment.replica_count))
     assert {r.generation for r in current} == {generation}
     assert serving(deployment) == {str(r.uid) for r in current}
-    assert set(deployment.replicas.exclude(pk__in=[r.pk for r in current]).values_list("state", flat=True)) <= {
-        "stopped"}
+    assert set(deployment.replicas.exclude(pk__in=[r.pk for r in current]).values_list("state", flat=True)) <= history
     assert CpuSlot.objects.filter(replica__deployment=deployment).count() == deployment.replica_count
 
 
@@ -285,3 +287,76 @@ def test_a_change_of_env_rolls_and_an_unchanged_env_does_not(as_alice, acme):
     fleet.settle()
     assert_done(deployment, generation=2)
     assert {d.spec.env["A"] for d in sink.desired(node_id=node.pk)} == {"2"}
+
+
+def test_a_successor_that_fails_leaves_the_old_one_serving_as_its_ordinals_replica(acme):
+    hw = hardware(slots=4)
+    node = node_of(hw, "node-a")
+    deployment = web(acme, hw, replica_count=2)
+    fleet = Fleet([node])
+    fleet.settle()
+    olds = live(deployment)
+    fleet.crashes = lambda replica: replica.generation == 2 and replica.ordinal == 1  # a new spec that breaks one
+    fleet.after_each = lambda: assert_serving_at_least(deployment, 2)
+    restart(deployment)
+    fleet.settle()
+    kept = Replica.objects.get(pk=olds[1].pk)
+    assert (kept.desired, kept.state, kept.replaced_by) == ("run", "running", None)  # live again
+    assert "kept: its successor (generation 2) failed" in kept.reason
+    assert [(r.ordinal, r.generation) for r in live(deployment)] == [(0, 2), (1, 1)]
+    deployment = fresh(deployment)
+    # The restart is over (nothing more will happen); the deployment runs, on the old ordinal 1.
+    assert (deployment.status, deployment.rolling_restart_at) == ("running", None)
+
+
+def test_without_spare_capacity_a_new_spec_that_fails_costs_one_ordinal_not_all(acme):
+    hw = hardware(slots=3)
+    node = node_of(hw, "node-a")
+    deployment = web(acme, hw, replica_count=3)
+    fleet = Fleet([node])
+    fleet.settle()
+    fleet.crashes = lambda replica: replica.generation == 2  # the new env is broken
+    fleet.after_each = lambda: assert_serving_at_least(deployment, 2)
+    restart(deployment)
+    fleet.settle()
+    # Ordinal 0 made room and its new incarnation failed; the others' new incarnations took the
+    # failed ones' units in turn, failed too, and left their old ones serving.
+    assert len(serving(deployment)) == 2
+    assert [(r.ordinal, r.generation) for r in live(deployment)] == [(1, 1), (2, 1)]
+    deployment = fresh(deployment)
+    assert (deployment.status, deployment.rolling_restart_at) == ("running", None)
+    assert deployment.status_reason == "2 of 3 replicas running; replica 0: failed (exited with code 1 after 3 restarts)"
+
+    # The customer fixes it and restarts: the failed ordinal starts again, the others roll.
+    fleet.crashes = lambda replica: False
+    restart(deployment)
+    fleet.settle()
+    assert_done(deployment, generation=3, history={"stopped", "failed"})
+
+
+def test_a_successor_lost_with_its_node_is_placed_again_and_the_old_one_waits_for_that(acme, settings):
+    settings.NODE_LIVENESS_WINDOW_S = 30
+    hw = hardware(slots=2)
+    first = node_of(hw, "node-a")
+    deployment = web(acme, hw, replica_count=2)
+    fleet = Fleet([first])
+    fleet.settle()
+    olds = live(deployment)
+    second = node_of(hw, "node-b")
+    restart(deployment)
+    fleet.schedule()
+    assert {r.node_id for r in live(deployment)} == {second.pk}
+    fleet.nodes.append(second)
+    fleet.step()  # they start pulling there; then node-b goes silent
+    fleet.nodes.remove(second)
+    Node.objects.filter(pk=second.pk).update(last_heartbeat=timezone.now() - timedelta(seconds=31))
+    fleet.after_each = lambda: assert_serving_at_least(deployment, 1)
+    assert fleet_sweep()["lost"] == 2
+    for old in olds:
+        old.refresh_from_db()
+        assert old.replaced_by.generation == 3 and old.replaced_by.state != "lost"
+    fleet.settle()  # no room elsewhere: ordinal by ordinal on node-a
+    deployment = fresh(deployment)
+    assert (deployment.status, deployment.rolling_restart_at) == ("running", None)
+    assert [(r.ordinal, r.generation, r.node_id) for r in live(deployment)] == [(0, 3, first.pk), (1, 3, first.pk)]
+    assert serving(deployment) == {str(r.uid) for r in live(deployment)}

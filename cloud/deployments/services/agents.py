@@ -19,11 +19,11 @@ from django.utils import timezone
 
 from billing.services import meter_open
 from cloud.deployments.models import Deployment, LogLine, Replica
-from cloud.deployments.services import drain, placement
+from cloud.deployments.services import drain, placement, rolling
 from cloud.deployments.services.events import event_record
 from cloud.deployments.services.kick import scheduler_kick
 from cloud.deployments.services.logs import logs_heads_remember, logs_store
-from cloud.deployments.services.status import deployment_refresh, replica_event, replicas_stop
+from cloud.deployments.services.status import deployment_refresh, replica_event
 from nodes import link
 from nodes import selectors as node_selectors
 from protocol.wire import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
@@ -137,19 +137,10 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
     elif report.health == FAILING and replica.state == R.STARTING and replica.reason != old_reason:
         replica_event(replica, "replica.health_failing", node=node)  # once per new reason, not per attempt
     if drain.replica_up(replica):
-        _successor_up(replica)
+        rolling.successor_up(replica)  # what it replaces (if anything) drains and stops
+    elif replica.state in TERMINAL_STATES and replica.desired == Replica.Desired.RUN:
+        rolling.successor_ended(replica)  # what it was to replace (if anything) serves on
     deployment_refresh(deployment_id=replica.deployment_id)
-
-
-def _successor_up(replica: Replica) -> None:
-    """A successor (a rolling restart's or a node drain's) is up: the incarnation it replaces
-    leaves the gateway's pool (drains) and stops. Its health counts, not only its state: a
-    successor running but failing its check would take no request."""
-    old = Replica.objects.filter(replaced_by=replica, desired=Replica.Desired.RUN).exclude(state__in=TERMINAL_STATES)
-    replicas_stop(old, reason=f"replaced by generation {replica.generation}, which is up")
-    if replica.deployment.rolling_restart_at is not None:
-        # Without spare capacity the next ordinal waited for this one to be up (rolling.room_make).
-        scheduler_kick()
 
 
 class AgentSink:

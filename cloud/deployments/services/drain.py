@@ -38,8 +38,8 @@ def replica_up(replica: Replica) -> bool:
     return replica.desired == RUN and replica.state == RUNNING and replica.health != FAILING
 
 
-def up_q(prefix: str = "") -> Q:
-    return Q(**{f"{prefix}desired": RUN, f"{prefix}state": RUNNING}) & ~Q(**{f"{prefix}health": FAILING})
+def up_q() -> Q:
+    return Q(desired=RUN, state=RUNNING) & ~Q(health=FAILING)
 
 
 def replica_serving(replica: Replica) -> bool:

@@ -62,7 +62,9 @@ def node_lost(*, node_id: int) -> int:
                 replica_event(replica, "replica.lost", node=node.hostname)
                 lost += 1
                 if was_live and deployment.status in LIVE_STATUSES and replica.ordinal < deployment.replica_count:
-                    incarnations_create(deployment=deployment, ordinals=[replica.ordinal])
+                    (new,) = incarnations_create(deployment=deployment, ordinals=[replica.ordinal])
+                    # A successor lost before it was up: what it was to replace waits for this one.
+                    Replica.objects.filter(replaced_by=replica).update(replaced_by=new)
             deployment_refresh(deployment_id=deployment.pk)
     # After the row locks are gone: a log line takes the deployment's log lock (services/logs.py).
     for replica in wrote:

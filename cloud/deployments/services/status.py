@@ -15,7 +15,7 @@ from cloud.deployments.services import drain
 from cloud.deployments.services.events import event_record
 from cloud.deployments.services.kick import scheduler_kick
 from nodes import link
-from protocol.vocabulary import LIVE_STATUSES, TERMINAL_STATES
+from protocol.vocabulary import LIVE_STATUSES, TERMINAL_STATES, VM_ENDED_STATES
 
 S = Deployment.Status
 R = Replica.State
@@ -69,6 +69,7 @@ def replicas_stop(replicas, *, reason: str) -> int:
     Returns how many wait for a node."""
     now = timezone.now()
     waiting = 0
+    drains_end_at = None
     for replica in replicas.select_for_update(of=("self",)).select_related("deployment"):
         before = replica.state
         until = drain.drain_until(replica, now=now)  # asked before `desired` says stop
@@ -83,12 +84,14 @@ def replicas_stop(replicas, *, reason: str) -> int:
                 link.notify_node(replica.node_id)
             else:
                 replica.drain_until = until  # its node's desired set is unchanged until then
-                drain.drain_end_at(until)
+                drains_end_at = max(drains_end_at or until, until)
         replica.save(update_fields=["desired", "reason", "state", "ended_at", "vm_gone", "drain_until"])
         if until is not None and replica.state == R.STOPPING:
             replica_event(replica, "replica.draining", drain_until=until.isoformat())
         elif replica.state != before:
             replica_event(replica, f"replica.{replica.state}")
+    if drains_end_at is not None:
+        drain.drain_end_at(drains_end_at)  # one task ends every drain begun here
     return waiting
 
 
@@ -127,17 +130,23 @@ def _summary(deployment: Deployment) -> tuple[str, str]:
 
 def roll_progress(deployment: Deployment) -> tuple[bool, str]:
     """(over, reason) of the rolling restart begun at `rolling_restart_at`: over once every live
-    replica was placed since it began (so it runs the new spec) and is up. Until then, how many
-    of the ordinals are replaced, and what the first one still waiting is doing."""
+    replica was placed since it began (so it runs the new spec) and is up, except where the new
+    incarnation failed (its ordinal keeps the old one, if that still serves). Until then, how
+    many ordinals are replaced, and what holds the first one back (a failure first)."""
     since = deployment.rolling_restart_at
-    live = list(Replica.objects.filter(live_q(), deployment=deployment, ordinal__lt=deployment.replica_count)
+    rows = list(Replica.objects.filter(deployment=deployment, ordinal__lt=deployment.replica_count)
+                .filter(live_q() | Q(created_at__gte=since, desired=Replica.Desired.RUN, state__in=VM_ENDED_STATES))
                 .order_by("ordinal").only("ordinal", "state", "reason", "desired", "health", "placed_at"))
-    waiting = [r for r in live if r.placed_at is None or r.placed_at < since or not drain.replica_up(r)]
+    failed = [r for r in rows if r.state in VM_ENDED_STATES]  # not `lost`: that one is placed again
+    live = [r for r in rows if r.state not in TERMINAL_STATES]
+    new = [r for r in live if r.placed_at is not None and r.placed_at >= since and drain.replica_up(r)]
+    gave_up = {r.ordinal for r in failed}
+    waiting = [r for r in live if r not in new and r.ordinal not in gave_up]
     if not waiting:
         return True, ""
-    first = waiting[0]
+    first = (failed or waiting)[0]
     why = f"replica {first.ordinal}: {first.state}" + (f" ({first.reason})" if first.reason else "")
-    return False, f"rolling restart: {len(live) - len(waiting)} of {deployment.replica_count} replaced; {why}"
+    return False, f"rolling restart: {len(new)} of {deployment.replica_count} replaced; {why}"
 
 
 def deployment_refresh(*, deployment_id) -> Deployment:
