@@ -97,6 +97,9 @@ class Deployment(models.Model):
     # DELETE hides a deployment (404 from then on, its name free again) but keeps the row:
     # usage and ledger rows PROTECT it (billing), and a statement must not lose what was metered.
     deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the rolling restart in progress began (services/rolling.py); null when none is. An
+    # incarnation placed since then runs the new spec; the restart is over once every live one does.
+    rolling_restart_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -183,9 +186,13 @@ class Replica(models.Model):
     # "failing" while its node's health check fails (its last report): out of the gateway's pool.
     health = models.CharField(max_length=7, blank=True, default="",
                               choices=[(value, value or "passing") for value in HEALTH_STATES])
-    # A drain's replacement: this row keeps running until `replaced_by` runs (or the drain
-    # times out), and meanwhile does not count as its ordinal's live replica.
+    # Its successor (a rolling restart's or a node drain's): this row keeps serving until
+    # `replaced_by` is up (or room must be made, or the node's drain times out), and meanwhile
+    # does not count as its ordinal's live replica.
     replaced_by = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces")
+    # Stopping, but its node keeps the VM running until then: it left the gateway's pool at the
+    # stop, and requests already on it finish (services/drain.py). Cleared when the drain ends.
+    drain_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     placed_at = models.DateTimeField(null=True, blank=True)
     # When its VM process started (the first report of `booting` or later): billing meters from

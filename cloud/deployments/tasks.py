@@ -13,7 +13,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from cloud.deployments import services
-from cloud.deployments.services import funds, gateways, retention
+from cloud.deployments.services import drain, funds, gateways, retention
 
 
 @shared_task(name="deployments.expire_due")
@@ -51,6 +51,13 @@ def fleet_sweep() -> dict:
     """Silent nodes → offline → their replicas lost and re-placed; drains progress; a
     scheduling pass for whatever waits."""
     return services.fleet_sweep()
+
+
+@shared_task(name="deployments.end_drains")
+def drains_end() -> int:
+    """Replicas whose drain is over leave their nodes' desired sets (queued for each drain's
+    end; the fleet sweep ends any whose task was lost)."""
+    return drain.drains_end()
 
 
 @shared_task(name="deployments.funds_enforce")

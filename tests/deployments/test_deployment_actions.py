@@ -89,8 +89,10 @@ def test_restarting_a_running_deployment(as_alice, acme):
     response = post(as_alice, deployment, "restart")
     assert response.status_code == 200
     assert response.json()["deployment"]["status"] == "starting"
+    assert response.json()["deployment"]["status_reason"].startswith("rolling restart: 0 of 1 replaced")
     old, new = deployment.replicas.order_by("generation")
-    assert (old.generation, old.desired, old.state) == (1, "stop", "stopping")
+    # Rolling (issue 25): the old incarnation keeps running until its successor is up.
+    assert (old.generation, old.desired, old.state, old.replaced_by) == (1, "run", "running", new)
     assert (new.generation, new.desired, new.state, new.node) == (2, "run", "pending", None)
     assert Event.objects.filter(deployment=deployment, type="deployment.restarted").exists()
 

@@ -1,7 +1,7 @@
 """The agent consumer at /ws/v1/agent/ over Channels' in-process communicator, with the real
 Redis channel layer and PostgreSQL: authentication before the socket opens, hello → desired,
 reports moving replicas, refusals that keep the connection, logs acknowledged, and node.sync
-turning into replica.start / replica.stop. (tests/e2e drives the same over a real daphne.)"""
+turning into replica.start / replica.stop (a serving replica's once its drain ends). (tests/e2e drives the same over a real daphne.)"""
 
 import json
 import uuid
@@ -13,6 +13,8 @@ from channels.testing import WebsocketCommunicator
 from cloud.asgi import application
 from cloud.deployments.models import Deployment, LogLine, Replica
 from cloud.deployments.services import schedule_pending
+from cloud.deployments.services.agents import AgentSink
+from cloud.deployments.services.drain import drains_end
 from nodes import services
 from protocol import wire as p
 from nodes.models import CpuSlot
@@ -113,6 +115,12 @@ async def test_reports_move_the_replica_and_the_deployment_and_stop_frees_the_sl
     from cloud.deployments.services import deployment_stop
 
     await sync_to_async(lambda: deployment_stop(tenant=deployment.tenant, actor=None, deployment_id=deployment.pk))()
+    # It served: it drains first (issue 25), still in the node's desired set, and the node is
+    # told to stop it when the drain ends.
+    replica = await sync_to_async(Replica.objects.get)(uid=replica_id)
+    assert replica.drain_until is not None
+    assert [d.replica_id for d in await sync_to_async(AgentSink().desired)(node_id=node.pk)] == [replica_id]
+    assert await sync_to_async(drains_end)(now=replica.drain_until) == 1
     stop = await receive(communicator)
     assert isinstance(stop, p.ReplicaStop) and stop.replica_id == replica_id and stop.grace_s == 10.0
     assert await sync_to_async(CpuSlot.objects.filter(replica__isnull=False).count)() == 1  # not confirmed yet

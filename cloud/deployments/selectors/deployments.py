@@ -189,6 +189,7 @@ def replicas_for(*, tenant, deployment_id, live: bool = False) -> QuerySet[Repli
         .only(
             "id", "uid", "deployment_id", "ordinal", "generation", "desired", "state", "reason", "host_port",
             "exit_code", "created_at", "placed_at", "booted_at", "started_at", "stopped_at", "ended_at",
+            "drain_until",
             "node__id", "node__hostname", "node__public_address", "node__simulated",
             "node__location__slug", "deployment__traffic_port",
         )

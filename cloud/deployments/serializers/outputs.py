@@ -217,6 +217,9 @@ class ReplicaOutput(serializers.Serializer):
     stopped_at = serializers.DateTimeField(allow_null=True, help_text="When its VM ended (its node's report, or the "
                                            "node's last heartbeat if the node was lost); null if it never booted.")
     ended_at = serializers.DateTimeField(allow_null=True, help_text="When it reached a terminal state.")
+    drain_until = serializers.DateTimeField(
+        allow_null=True, help_text="While it drains (told to stop while it served): out of the gateway's pool, its "
+                                   "VM still running so requests on it finish, until then.")
     billed_from = serializers.SerializerMethodField()
     billed_to = serializers.SerializerMethodField()
 

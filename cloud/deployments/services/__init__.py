@@ -6,6 +6,8 @@ admin and, later, the agent consumer all call the same code). Split by concept:
 - `lifecycle`: start, stop, restart, delete, expiry;
 - `status`: incarnations and the deployment status derived from them;
 - `placement`: the scheduler; `fleet`: lost nodes, drains and the periodic sweep;
+- `drain`: a serving replica leaves the gateway's pool before its VM stops; `rolling`: restarts
+  that replace replicas while the old ones serve;
 - `agents`: what node agents report and what they should run (the consumer's sink);
 - `events`: the per-deployment event feed; `logs`: storing log lines; `tickets`: log socket tickets;
 - `idempotency`: replaying a POST retried with the same Idempotency-Key;

@@ -19,12 +19,12 @@ from django.utils import timezone
 
 from billing.services import meter_open
 from cloud.deployments.models import Deployment, LogLine, Replica
-from cloud.deployments.services import placement
+from cloud.deployments.services import drain, placement, rolling
 from cloud.deployments.services.events import event_record
 from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services.kick import scheduler_kick
 from cloud.deployments.services.logs import logs_heads_remember, logs_store
-from cloud.deployments.services.status import deployment_refresh, replica_event, replicas_stop
+from cloud.deployments.services.status import deployment_refresh, replica_event
 from nodes import link
 from nodes import selectors as node_selectors
 from protocol.wire import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
@@ -145,15 +145,11 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
                       node=node)
     if (replica.state, replica.health, replica.host_port) != (old_state, old_health, old_host_port):
         routes_changed()  # only a change the route table can see: most reports change nothing
-    if replica.state == R.RUNNING and old_state != R.RUNNING:
-        _replacement_running(replica)
+    if drain.replica_up(replica):
+        rolling.successor_up(replica)  # what it replaces (if anything) drains and stops
+    elif replica.state in TERMINAL_STATES and replica.desired == Replica.Desired.RUN:
+        rolling.successor_ended(replica)  # what it was to replace (if anything) serves on
     deployment_refresh(deployment_id=replica.deployment_id)
-
-
-def _replacement_running(replica: Replica) -> None:
-    """A drain's replacement runs: the incarnation it replaces may stop now."""
-    old = Replica.objects.filter(replaced_by=replica).exclude(state__in=TERMINAL_STATES)
-    replicas_stop(old, reason=f"replaced by generation {replica.generation} (node drain)")
 
 
 class AgentSink:
@@ -190,7 +186,7 @@ class AgentSink:
 
     def desired(self, *, node_id: int) -> list[DesiredReplica]:
         replicas = list(
-            Replica.objects.filter(node_id=node_id, desired=Replica.Desired.RUN)
+            Replica.objects.filter(drain.desired_set_q(now=timezone.now()), node_id=node_id)
             .exclude(state__in=TERMINAL_STATES)
             .select_related("deployment__hardware_type").order_by("created_at", "id")
         )

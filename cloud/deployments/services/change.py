@@ -1,5 +1,6 @@
-"""PATCH: scale, extend, replace env, change the endpoint's settings at the gateway. Other
-fields are fixed at creation (make a new deployment to change the image or hardware)."""
+"""PATCH: scale, extend, replace env (a rolling restart of what runs), change the endpoint's
+settings at the gateway. Other fields are fixed at creation (make a new deployment to change the
+image or hardware)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
 from cloud.deployments.services.gateways import ENDPOINT_SETTINGS, routes_changed
+from cloud.deployments.services.rolling import deployment_roll
 from cloud.deployments.services.status import incarnations_create, missing_ordinals, replicas_stop, unfinished_q
 from cloud.exceptions import Conflict, InvalidInput
 from protocol.vocabulary import LIVE_STATUSES
@@ -90,6 +92,9 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
         if name in changes and changes[name] != getattr(deployment, name):
             setattr(deployment, name, changes[name])
             changed.append(name)
+    # Secrets are compared by nothing (they are decrypted only for a node): any secret_env given
+    # is a change of what the workload sees.
+    env_changed = "secret_env" in changes or ("env" in changes and dict(changes["env"]) != deployment.env)
     if "secret_env" in changes:
         deployment.set_secret_env(changes["secret_env"])
         changed.append("secret_env_variables")
@@ -105,6 +110,10 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
             )
         for key in overlap:  # a new secret replaces the plain variable of the same name
             deployment.env.pop(key)
+    # A VM takes its env when it starts: the placed replicas restart (rolling) to take the new one.
+    restarted = env_changed and deployment.status in (S.STARTING, S.RUNNING)
+    if restarted:
+        deployment_roll(deployment=deployment)
     deployment.save()
     if ROUTED.intersection(changed):
         routes_changed()
@@ -114,4 +123,7 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
             "expires_at": deployment.expires_at.isoformat() if deployment.expires_at else None,
             "actor": actor_label(actor),
         })
+    if restarted:
+        event_record(tenant=tenant, deployment=deployment, type="deployment.restarted",
+                     payload={"actor": actor_label(actor), "cause": "env changed"})
     return deployment

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services.logs import logs_note_lost
 from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services.kick import scheduler_kick
+from cloud.deployments.services.drain import drains_end
 from cloud.deployments.services.placement import schedule_pending
+from cloud.deployments.services.rolling import successor_create
 from cloud.deployments.services.status import (
     deployment_refresh,
     incarnations_create,
@@ -63,7 +64,9 @@ def node_lost(*, node_id: int) -> int:
                 routes_changed()
                 lost += 1
                 if was_live and deployment.status in LIVE_STATUSES and replica.ordinal < deployment.replica_count:
-                    incarnations_create(deployment=deployment, ordinals=[replica.ordinal])
+                    (new,) = incarnations_create(deployment=deployment, ordinals=[replica.ordinal])
+                    # A successor lost before it was up: what it was to replace waits for this one.
+                    Replica.objects.filter(replaced_by=replica).update(replaced_by=new)
             deployment_refresh(deployment_id=deployment.pk)
     # After the row locks are gone: a log line takes the deployment's log lock (services/logs.py).
     for replica in wrote:
@@ -83,27 +86,13 @@ def _replace_on_draining(node) -> int:
             for replica in Replica.objects.select_for_update(of=("self",)).filter(
                     live_q(), deployment=deployment, node_id=node.pk):
                 if replica.ordinal < deployment.replica_count:
-                    _replace(deployment, replica, node)
+                    successor_create(
+                        replica, reason=f"replacing generation {replica.generation} from draining node {node.hostname}",
+                        old_reason="draining: serving until its replacement (generation {generation}) runs")
                     made += 1
     if made:
         scheduler_kick()
     return made
-
-
-def _replace(deployment: Deployment, replica: Replica, node) -> Replica:
-    generation = (Replica.objects.filter(deployment=deployment, ordinal=replica.ordinal)
-                  .aggregate(g=Max("generation"))["g"] or 0) + 1
-    # Made unwanted first, so the live-per-ordinal constraint admits it beside the old row;
-    # wanted again once the old row points at it (all in one transaction, so no worker sees
-    # the in-between).
-    new = Replica.objects.create(deployment=deployment, ordinal=replica.ordinal, generation=generation,
-                                 desired=Replica.Desired.STOP, state=R.PENDING,
-                                 reason=f"replacing generation {replica.generation} from draining node {node.hostname}")
-    replica.replaced_by = new
-    replica.reason = f"draining: serving until its replacement (generation {generation}) runs"
-    replica.save(update_fields=["replaced_by", "reason"])
-    Replica.objects.filter(pk=new.pk).update(desired=Replica.Desired.RUN)
-    return new
 
 
 def drains_progress() -> int:
@@ -133,4 +122,7 @@ def fleet_sweep() -> dict:
     lost = sum(node_lost(node_id=n) for n in offline)
     drained = drains_progress()
     placed = schedule_pending()
-    return {"offline": len(offline), "lost": lost, "drained": drained, "placed": placed}
+    # Each drain's own task ends it on time; this catches those whose task was lost.
+    replica_drains = drains_end()
+    return {"offline": len(offline), "lost": lost, "drained": drained, "placed": placed,
+            "replica_drains_ended": replica_drains}

@@ -3,7 +3,8 @@
     pending/starting/running --stop--> stopping (replicas on a node) --agent--> stopped
                              --stop--> stopped  (no replica was ever placed)
     stopped/failed (expired if extended) --start--> pending (new incarnations wait for the scheduler)
-    starting/running --restart--> starting (each placed replica replaced by a new incarnation)
+    starting/running --restart--> starting (each placed replica replaced by a new incarnation,
+                                            rolling: services/rolling.py) --> running
     any live status past expires_at --expiry task--> expired
 
 Nothing here pretends a node did something: a replica that is on a node goes to `stopping`
@@ -24,11 +25,11 @@ from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
 from cloud.deployments.services.gateways import routes_changed
+from cloud.deployments.services.rolling import deployment_roll
 from cloud.deployments.services.status import (
     PENDING_REASON,
     STOP_WAITING,
     incarnations_create,
-    live_q,
     missing_ordinals,
     replicas_stop,
     unfinished_q,
@@ -57,7 +58,8 @@ def _stop(*, deployment: Deployment, reason: str, final_status: str) -> None:
     )
     if not waiting or final_status != S.STOPPED:
         deployment.stopped_at = now
-    deployment.save(update_fields=["status", "status_reason", "stopped_at", "updated_at"])
+    deployment.rolling_restart_at = None  # old and new incarnations alike were just stopped
+    deployment.save(update_fields=["status", "status_reason", "stopped_at", "rolling_restart_at", "updated_at"])
     routes_changed()
 
 
@@ -120,18 +122,14 @@ def deployment_start(*, tenant, actor, deployment_id) -> Deployment:
 
 @transaction.atomic
 def deployment_restart(*, tenant, actor, deployment_id) -> Deployment:
-    """Every placed replica is replaced by a new incarnation: the old one is stopped on its node
-    (gracefully), the new one is placed and started. Restart is the `restarting` deployment
+    """Every placed replica is replaced by a new incarnation, rolling (services/rolling.py): one
+    that serves keeps serving until its successor is up. Restart is the `starting` deployment
     transition and the replicas' own states, never something read out of a reason text."""
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
     if deployment.status not in RESTARTABLE:
         raise _conflict(deployment, "restart", RESTARTABLE)
-    placed = Replica.objects.filter(live_q(), deployment=deployment, node__isnull=False)
-    ordinals = list(placed.values_list("ordinal", flat=True))
-    replicas_stop(placed, reason="restart requested: replaced by a new incarnation")
-    incarnations_create(deployment=deployment, ordinals=ordinals)
-    deployment.status, deployment.status_reason = S.STARTING, "restart requested: new incarnations starting"
-    deployment.save(update_fields=["status", "status_reason", "updated_at"])
+    deployment_roll(deployment=deployment)
+    deployment.save(update_fields=["status", "status_reason", "rolling_restart_at", "updated_at"])
     routes_changed()
     event_record(tenant=tenant, deployment=deployment, type="deployment.restarted", payload={"actor": actor_label(actor)})
     return deployment

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services.gateways import routes_changed
+from cloud.deployments.services import rolling
 from cloud.deployments.services.status import deployment_refresh, replica_event
 from nodes import link
 from nodes import selectors as node_selectors
@@ -118,9 +119,13 @@ def place(replica_pk: int, *, placed_on: set[int] | None = None) -> bool | None:
             # units: contention, not a shortage. No "no capacity" reason; the pass retries.
             return None
         reason = _shortage(deployment, cpu_only=cpu_only, units=units)
+        # A rolling restart's successor with no room: its predecessor may make room for it.
+        changed = rolling.room_make(successor=replica)
         if replica.reason != reason:
             replica.reason = reason
             replica.save(update_fields=["reason"])
+            changed = True
+        if changed:
             deployment_refresh(deployment_id=deployment.pk)
             routes_changed()  # its route's 503 says "no capacity" now
         return False

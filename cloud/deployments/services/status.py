@@ -11,11 +11,12 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.services import drain
 from cloud.deployments.services.events import event_record
 from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services.kick import scheduler_kick
 from nodes import link
-from protocol.vocabulary import LIVE_STATUSES, TERMINAL_STATES
+from protocol.vocabulary import LIVE_STATUSES, TERMINAL_STATES, VM_ENDED_STATES
 
 S = Deployment.Status
 R = Replica.State
@@ -64,11 +65,15 @@ def missing_ordinals(deployment: Deployment) -> list[int]:
 
 def replicas_stop(replicas, *, reason: str) -> int:
     """Asks these incarnations to stop. One never placed ends here and now; one on a node is
-    `stopping` until its node reports the VM gone. Returns how many wait for a node."""
+    `stopping` until its node reports the VM gone, and one that serves drains first (it leaves
+    the gateway's pool now and its node stops it at `drain_until`: services/drain.py).
+    Returns how many wait for a node."""
     now = timezone.now()
     waiting, asked = 0, False
+    drains_end_at = None
     for replica in replicas.select_for_update(of=("self",)).select_related("deployment"):
         before = replica.state
+        until = drain.drain_until(replica, now=now)  # asked before `desired` says stop
         replica.desired = Replica.Desired.STOP
         replica.reason = reason
         if replica.node_id is None:
@@ -76,14 +81,22 @@ def replicas_stop(replicas, *, reason: str) -> int:
         elif replica.state not in TERMINAL_STATES:
             replica.state = R.STOPPING
             waiting += 1
-            link.notify_node(replica.node_id)
-        replica.save(update_fields=["desired", "reason", "state", "ended_at", "vm_gone"])
-        if replica.state != before:
+            if until is None:
+                link.notify_node(replica.node_id)
+            else:
+                replica.drain_until = until  # its node's desired set is unchanged until then
+                drains_end_at = max(drains_end_at or until, until)
+        replica.save(update_fields=["desired", "reason", "state", "ended_at", "vm_gone", "drain_until"])
+        if until is not None and replica.state == R.STOPPING:
+            replica_event(replica, "replica.draining", drain_until=until.isoformat())
+        elif replica.state != before:
             replica_event(replica, f"replica.{replica.state}")
         asked = True
     if asked:
         # Not wanted any more, so out of the gateway's pool on the push this asks for.
         routes_changed()
+    if drains_end_at is not None:
+        drain.drain_end_at(drains_end_at)  # one task ends every drain begun here
     return waiting
 
 
@@ -120,11 +133,32 @@ def _summary(deployment: Deployment) -> tuple[str, str]:
     return S.STOPPED, why or "every replica's workload exited"
 
 
+def roll_progress(deployment: Deployment) -> tuple[bool, str]:
+    """(over, reason) of the rolling restart begun at `rolling_restart_at`: over once every live
+    replica was placed since it began (so it runs the new spec) and is up, except where the new
+    incarnation failed (its ordinal keeps the old one, if that still serves). Until then, how
+    many ordinals are replaced, and what holds the first one back (a failure first)."""
+    since = deployment.rolling_restart_at
+    rows = list(Replica.objects.filter(deployment=deployment, ordinal__lt=deployment.replica_count)
+                .filter(live_q() | Q(created_at__gte=since, desired=Replica.Desired.RUN, state__in=VM_ENDED_STATES))
+                .order_by("ordinal").only("ordinal", "state", "reason", "desired", "health", "placed_at"))
+    failed = [r for r in rows if r.state in VM_ENDED_STATES]  # not `lost`: that one is placed again
+    live = [r for r in rows if r.state not in TERMINAL_STATES]
+    new = [r for r in live if r.placed_at is not None and r.placed_at >= since and drain.replica_up(r)]
+    gave_up = {r.ordinal for r in failed}
+    waiting = [r for r in live if r not in new and r.ordinal not in gave_up]
+    if not waiting:
+        return True, ""
+    first = (failed or waiting)[0]
+    why = f"replica {first.ordinal}: {first.state}" + (f" ({first.reason})" if first.reason else "")
+    return False, f"rolling restart: {len(new)} of {deployment.replica_count} replaced; {why}"
+
+
 def deployment_refresh(*, deployment_id) -> Deployment:
     """Re-derives the deployment's status from its replicas (locks the deployment row)."""
     deployment = Deployment.objects.select_for_update(of=("self",)).get(pk=deployment_id)
     now = timezone.now()
-    before = (deployment.status, deployment.status_reason)
+    before = (deployment.status, deployment.status_reason, deployment.rolling_restart_at)
     if deployment.status == S.STOPPING:
         if not Replica.objects.filter(unfinished_q(), deployment=deployment).exists():
             # The stop's own reason stays ("stopped by user", "insufficient_funds: ...").
@@ -133,13 +167,20 @@ def deployment_refresh(*, deployment_id) -> Deployment:
             deployment.status_reason = why if why != deployment.status_reason else "stopped"
     elif deployment.status in LIVE_STATUSES:
         status, reason = _summary(deployment)
+        if deployment.rolling_restart_at is not None:
+            over, rolling = roll_progress(deployment)
+            if over or status in (S.FAILED, S.STOPPED):
+                deployment.rolling_restart_at = None
+            else:  # old incarnations may serve meanwhile, but the restart is not done
+                status, reason = S.STARTING, rolling
         deployment.status, deployment.status_reason = status, reason[:500]
         if status == S.RUNNING and deployment.started_at is None:
             deployment.started_at = now
         if status in (S.FAILED, S.STOPPED):
             deployment.stopped_at = now
-    if (deployment.status, deployment.status_reason) != before:
-        deployment.save(update_fields=["status", "status_reason", "started_at", "stopped_at", "updated_at"])
+    if (deployment.status, deployment.status_reason, deployment.rolling_restart_at) != before:
+        deployment.save(update_fields=["status", "status_reason", "started_at", "stopped_at", "rolling_restart_at",
+                                       "updated_at"])
         if deployment.status != before[0]:
             event_record(tenant_id=deployment.tenant_id, deployment=deployment, type=f"deployment.{deployment.status}",
                          payload={"status": deployment.status, "reason": deployment.status_reason})
