@@ -197,3 +197,54 @@ def test_a_private_https_endpoint_balances_streams_leaves_out_the_sick_and_heals
     api.wait_status(deployment_id, "stopped", timeout=120)
     gone = wait_for(lambda: (r := gateway.get(host)).status_code == 503 and r, timeout=30, what="503 once stopped")
     assert gone.headers["retry-after"] and "stopped" in gone.json()["detail"]
+
+
+def test_a_rolling_restart_under_a_steady_request_loop_loses_no_request(plane, gateway, make_node, customer):
+    import threading
+
+    from nodes.models import Node
+
+    node = make_node("local-cpu-1")
+    wait_for(lambda: Node.objects.get(pk=node.node_id).status == "online", timeout=120, what="node online")
+    api = Api(plane, customer)
+    deployment_id = api.deploy(replica_count=2, endpoint_access="public", stop_grace_seconds=3)
+    api.wait_status(deployment_id, "running")
+    host = f"{api.get(deployment_id)['endpoint_label']}.{DOMAIN}"
+    wait_for(lambda: len({vm_of(gateway.get(host, "/cgi-bin/whoami").text) for _ in range(10)}) == 2, timeout=60,
+             what="both replicas in the pool")
+    before = {r["id"] for r in api.replicas(deployment_id, state="running")}
+
+    # One client, one keep-alive connection when it can, no retries: what a customer's loop does.
+    answers: list[tuple[int | str, str]] = []
+    done = threading.Event()
+
+    def loop():
+        with httpx.Client(verify=gateway.tls, timeout=30) as http:
+            while not done.is_set():
+                try:
+                    r = http.get(f"https://127.0.0.1:{gateway.https_port}/cgi-bin/whoami", headers={"Host": host},
+                                 extensions={"sni_hostname": host})
+                    answers.append((r.status_code, vm_of(r.text) if r.status_code == 200 else r.text[:200]))
+                except httpx.HTTPError as exc:
+                    answers.append((type(exc).__name__, str(exc)[:200]))
+
+    looping = threading.Thread(target=loop, daemon=True)
+    looping.start()
+    try:
+        wait_for(lambda: len(answers) >= 5, timeout=30, what="the loop to be answered")
+        assert api.http.post(f"/deployments/{deployment_id}/restart").status_code == 200
+        wait_for(lambda: (running := [r for r in api.replicas(deployment_id) if r["state"] == "running"])
+                 and len(running) == 2 and not {r["id"] for r in running} & before
+                 and api.get(deployment_id)["status"] == "running", timeout=300,
+                 what="both replicas replaced and the deployment running again")
+        after = {r["id"] for r in api.replicas(deployment_id, state="running")}
+        wait_for(lambda: after <= {vm for _, vm in answers[-40:]} and {vm for _, vm in answers[-10:]} <= after,
+                 timeout=60, what="only the new replicas answering, both of them")
+    finally:
+        done.set()
+        looping.join(timeout=60)
+    failed = [a for a in answers if a[0] != 200]
+    assert not failed, (len(answers), failed[:5])
+    served = {vm for _, vm in answers}
+    assert before <= served and after <= served, (before, after, served)  # old ones until they left, then new ones
+
