@@ -169,7 +169,7 @@ def _verdict(kib: float) -> str:
 
 
 def _print_memory(mem) -> None:
-    print(f"\nQEMU memory, warm VM running hello (256 MiB guest), from /proc/<pid>/smaps:")
+    print("\nQEMU memory, warm VM running hello (256 MiB guest), from /proc/<pid>/smaps:")
     print(f"  guest RAM resident                     {_mib(mem.guest_ram)}")
     print(f"  own memory beyond guest RAM            {_mib(mem.own)}  {_verdict(mem.own)}")
     print(f"    TCG translation cache {_mib(mem.tcg_cache)}, heap, device state and library data "
