@@ -80,7 +80,7 @@ def _requests_context(request, deployment) -> dict:
 def _page(request, deployment, *, created_key=None):
     context = {**_detail_context(request, deployment), **_requests_context(request, deployment),
                "keys": list(selectors.endpoint_keys_for(tenant=request.tenant, deployment_id=deployment.pk)),
-               "created_key": created_key, "accesses": list(ENDPOINT_ACCESSES)}
+               "created_key": created_key}
     return render(request, "dashboard/deployment.html", context)
 
 

@@ -10,9 +10,8 @@ added to, so collecting twice counts nothing twice; the API sums the gateways.
 A gateway that is away, answers an error or garbage is logged and skipped, and the next one is
 asked: what it counted meanwhile is collected on a later round, as long as it is still within
 its hour and the gateway was not restarted. A restart empties its memory: the minutes not yet
-collected are lost, and for the minute it restarted in the gateway now reports fewer requests
-than were collected, which the upsert keeps (the larger count stays; the counts of a running
-gateway only grow). Labels that name no deployment are ignored (a deployment's label is never
+collected are lost, and for the minute it restarted in it now reports fewer requests than were
+collected; the upsert keeps the larger count (a running gateway's counts only grow). Labels that name no deployment are ignored (a deployment's label is never
 reused, so a count never lands on another deployment).
 """
 
