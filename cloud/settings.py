@@ -206,6 +206,10 @@ CELERY_BEAT_SCHEDULE = {
     # next one is due is dropped, not queued behind it.
     "deployments-push-routes": {"task": "deployments.push_routes", "schedule": GANTRY_GATEWAY_PUSH_INTERVAL_S,
                                 "options": {"expires": GANTRY_GATEWAY_PUSH_INTERVAL_S}},
+    # Every gateway's request counts of the last hour (services/request_stats.py); a round not
+    # taken within the minute is dropped: the next one carries the same hour.
+    "deployments-collect-request-stats": {"task": "deployments.collect_request_stats", "schedule": 60.0,
+                                          "options": {"expires": 60.0}},
     # Closes running intervals into usage records and charges; then kicks deployments.funds_enforce.
     "billing-meter": {"task": "billing.meter", "schedule": 60.0},
 }

@@ -11,6 +11,11 @@ urlpatterns = [
     path("deployments/new/", create.deployment_new, name="deployment-new"),
     path("deployments/estimate/", create.deployment_estimate_partial, name="deployment-estimate"),
     path("deployments/<uuid:deployment_id>/", deployments.deployment_detail, name="deployment"),
+    path("deployments/<uuid:deployment_id>/requests/", deployments.deployment_requests, name="deployment-requests"),
+    path("deployments/<uuid:deployment_id>/keys/", deployments.endpoint_key_create, name="endpoint-key-create"),
+    path("deployments/<uuid:deployment_id>/keys/<str:key_id>/revoke/", deployments.endpoint_key_revoke,
+         name="endpoint-key-revoke"),
+    # After the paths above: "requests" and "keys" are not actions.
     path("deployments/<uuid:deployment_id>/<str:action>/", deployments.deployment_action, name="deployment-action"),
     path("billing/", billing.billing, name="billing"),
     path("billing/statements/<int:year>-<int:month>.csv", billing.statement_csv, name="statement"),

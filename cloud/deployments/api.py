@@ -39,6 +39,8 @@ from cloud.deployments.serializers import (
     ReplicasQuery,
     ReplicaListOutput,
     ReplicaOutput,
+    RequestMetricsOutput,
+    RequestMetricsQuery,
 )
 from cloud.exceptions import InvalidInput
 
@@ -283,6 +285,21 @@ class DeploymentViewSet(TenantScopedViewSet):
     def endpoint_key(self, request, pk=None, key_id=None):
         services.endpoint_key_revoke(tenant=request.tenant, actor=request.user, deployment_id=pk, key_id=key_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(summary="Requests to the deployment's endpoint through the gateways, for the last hour",
+                   description="Counted by every gateway from HAProxy's own log, per minute, and collected by the "
+                               "plane every minute: the current minute, and up to the last minute before it, may "
+                               "still grow. `?minutes=N` (1-1440) widens or narrows the window. Latency is a "
+                               "request's total time at the gateway; p50 and p99 come from the gateways' summed "
+                               "histograms, interpolated linearly within the bucket they fall in.",
+                   parameters=[ID_PARAMETER, RequestMetricsQuery], responses={200: RequestMetricsOutput})
+    @action(detail=True, methods=["get"], url_path="metrics/requests", filterset_class=None, pagination_class=None)
+    def metrics_requests(self, request, pk=None):
+        query = RequestMetricsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        metrics = selectors.request_metrics_for(tenant=request.tenant, deployment_id=pk,
+                                                minutes=query.validated_data["minutes"])
+        return Response(RequestMetricsOutput(metrics).data)
 
 
 __all__ = ["DeploymentViewSet"]

@@ -374,3 +374,40 @@ class IdempotencyKey(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="idempotency_unique_tenant_key")]
+
+
+# The upper bounds (ms) of the gateway's latency histogram (docs/gateway.md, "Control API"), as
+# its `GET /v1/stats` names them: the last bucket is unbounded.
+LATENCY_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
+LATENCY_BUCKETS = (*(str(bound) for bound in LATENCY_BOUNDS_MS), "inf")
+
+
+class RequestMinute(models.Model):
+    """One gateway's count of one deployment's requests in one minute (issue 25), as its
+    `GET /v1/stats` reported it (services/request_stats.py). The gateway keeps the last hour in
+    memory and reports all of it on every collection, so a row is replaced, not added to; the
+    API sums the gateways. Kept REQUEST_MINUTES_KEEP (2 days)."""
+
+    # Their own indexes would repeat the leading columns of the constraint's and of the reads'.
+    gateway = models.ForeignKey(Gateway, on_delete=models.CASCADE, related_name="+", db_index=False)
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+", db_index=False)
+    minute = models.DateTimeField(help_text="The minute's start (UTC)")
+    requests = models.PositiveBigIntegerField()
+    errors = models.PositiveBigIntegerField(help_text="answers of 500-599, the gateway's own 503s included")
+    # {"1": n, "2": n, ... "60000": n, "inf": n}: requests whose total time (ms) was at most the
+    # key and above the one before; requests the client abandoned are counted but not timed.
+    latency_ms = models.JSONField()
+    collected_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["gateway", "deployment", "minute"], name="requestminute_unique"),
+        ]
+        indexes = [
+            # The API reads one deployment's last hour; the purge deletes by minute.
+            models.Index(fields=["deployment", "minute"], name="requestminute_deployment_idx"),
+            models.Index(fields=["minute"], name="requestminute_minute_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} @ {self.minute:%Y-%m-%d %H:%M} via {self.gateway_id}: {self.requests}"

@@ -6,6 +6,7 @@ Beat entries (in cloud/settings.py CELERY_BEAT_SCHEDULE):
     "deployments-purge-logs": {"task": "deployments.purge_logs", "schedule": 300.0},
     "deployments-purge-events": {"task": "deployments.purge_events", "schedule": 3600.0},
     "deployments-push-routes": {"task": "deployments.push_routes", "schedule": GANTRY_GATEWAY_PUSH_INTERVAL_S},
+    "deployments-collect-request-stats": {"task": "deployments.collect_request_stats", "schedule": 60.0},
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from cloud.deployments import services
-from cloud.deployments.services import drain, funds, gateways, retention
+from cloud.deployments.services import drain, funds, gateways, request_stats, retention
 
 
 @shared_task(name="deployments.expire_due")
@@ -72,3 +73,10 @@ def routes_push() -> dict:
     """The route table to every registered gateway (queued by every change to routes, and
     periodically by beat); gateways already serving it are skipped for up to a minute."""
     return gateways.routes_push()
+
+
+@shared_task(name="deployments.collect_request_stats", ignore_result=True)
+def request_stats_collect() -> dict:
+    """Every gateway's per-minute request counts of the last hour into RequestMinute rows (a
+    failing gateway is logged and skipped); rows older than two days are purged."""
+    return request_stats.request_stats_collect()

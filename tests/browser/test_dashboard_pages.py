@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.browser.conftest import sign_up
+from tests.e2e.stack import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
@@ -94,3 +95,33 @@ def test_another_tenants_page_is_a_404_and_a_member_gets_a_403(watched, web):
     assert response.status == 403 and "'member'" in member.page.inner_text("main")
     member.errors.clear()
     member.shoot("forbidden")
+
+
+def test_an_endpoint_key_is_made_copied_and_revoked_on_the_deployment_page(watched):
+    w = watched()
+    w.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = sign_up(w, "hana@example.com")
+    page.goto("/deployments/new/")
+    page.locator("label.tcard", has_text="Hello (CPU)").click()
+    page.get_by_role("button", name="Deploy").click()
+    page.wait_for_url("**/deployments/*-*/")
+    url = page.get_by_test_id("endpoint").first.get_attribute("href")
+    page.get_by_role("button", name="Copy URL").click()
+    assert wait_for(lambda: page.evaluate("navigator.clipboard.readText()") == url, timeout=10, what="the URL copied")
+    assert "No requests through the gateway in the last hour" in page.inner_text("#requests")
+
+    page.get_by_label("New key's name").fill("laptop")
+    page.get_by_role("button", name="Make key").click()
+    secret = page.get_by_test_id("key-secret").input_value()
+    assert secret.startswith("gk_") and "It is not shown again" in page.inner_text("#endpoint-keys")
+    page.get_by_role("button", name="Copy secret").click()
+    page.get_by_role("button", name="Copied").wait_for()  # outside the polled part: it stays
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    w.shoot("deployment-endpoint-key")
+
+    page.goto(page.url.split("/keys/")[0] + "/")
+    assert secret not in page.content()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("row", name="laptop").get_by_role("button", name="Revoke").click()
+    page.get_by_text("Revoked the key laptop").wait_for()
+    assert "No keys yet." in page.inner_text("#endpoint-keys")

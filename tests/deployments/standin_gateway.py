@@ -1,6 +1,7 @@
-"""A stand-in for a gateway's control API, on 127.0.0.1: it answers `PUT /v1/routes` and
-`GET /v1/routes` as the gateway does (docs/gateway.md), records every request, and can be told
-to fail, so the plane's push is tested over real HTTP without HAProxy."""
+"""A stand-in for a gateway's control API, on 127.0.0.1: it answers `PUT /v1/routes`,
+`GET /v1/routes` and `GET /v1/stats` as the gateway does (docs/gateway.md), records every
+request, and can be told to fail, so the plane's push and its collection of request stats are
+tested over real HTTP without HAProxy."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ class StandinGateway:
     requests: list[Seen] = field(default_factory=list)
     serving: str | None = None  # the digest it serves; None after a (simulated) restart
     fail_with: int | None = None  # answer every PUT with this status instead of taking the table
+    stats: list = field(default_factory=list)  # what GET /v1/stats answers as "minutes"
+    stats_body: bytes | None = None  # answer GET /v1/stats with exactly these bytes instead
+    stats_fail_with: int | None = None  # answer GET /v1/stats with this status
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -62,7 +66,7 @@ def _handler(gateway: StandinGateway):
             seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
                         self.rfile.read(length))
             gateway.requests.append(seen)
-            if self.path != "/v1/routes":
+            if self.path not in ("/v1/routes", "/v1/stats"):
                 self._problem(404, "Not found", "no such path")
                 return None
             if seen.headers.get("authorization") != f"Bearer {gateway.token}":
@@ -71,12 +75,28 @@ def _handler(gateway: StandinGateway):
             return seen
 
         def do_GET(self):  # noqa: N802
-            if self._seen() is not None:
+            seen = self._seen()
+            if seen is None:
+                return
+            if seen.path == "/v1/routes":
                 self._answer(200, {"digest": gateway.serving, "applied_at": None})
+            elif gateway.stats_fail_with is not None:
+                self._problem(gateway.stats_fail_with, "Broken", "the stats are not available")
+            elif gateway.stats_body is not None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(gateway.stats_body)))
+                self.end_headers()
+                self.wfile.write(gateway.stats_body)
+            else:
+                self._answer(200, {"minutes": gateway.stats})
 
         def do_PUT(self):  # noqa: N802
             seen = self._seen()
             if seen is None:
+                return
+            if seen.path != "/v1/routes":
+                self._problem(405, "Method not allowed", "PUT is for /v1/routes")
                 return
             if gateway.fail_with is not None:
                 self._problem(gateway.fail_with, "Bad table", "routes.0.backends.0.port: out of range")

@@ -42,9 +42,11 @@ def test_every_operation_answers_as_documented(openapi, as_alice, acme, body, ol
     check(openapi, as_alice.get(URL, {"status": "nope"}), "/api/v1/deployments", "get")
     for ident in (dep_id, running.pk):
         check(openapi, as_alice.get(f"{URL}/{ident}"), "/api/v1/deployments/{id}", "get")
-        for sub in ("replicas", "logs", "events"):
+        for sub in ("replicas", "logs", "events", "metrics/requests"):
             check(openapi, as_alice.get(f"{URL}/{ident}/{sub}"), f"/api/v1/deployments/{{id}}/{sub}", "get")
     check(openapi, as_alice.get(f"{URL}/nope"), "/api/v1/deployments/{id}", "get")
+    check(openapi, as_alice.get(f"{URL}/{dep_id}/metrics/requests?minutes=0"), "/api/v1/deployments/{id}/metrics/requests",
+          "get")
     check(openapi, as_alice.patch(f"{URL}/{dep_id}", {"replica_count": 2}, format="json"), "/api/v1/deployments/{id}", "patch")
     check(openapi, as_alice.post(f"{URL}/{running.pk}/restart"), "/api/v1/deployments/{id}/restart", "post")
     check(openapi, as_alice.post(f"{URL}/{dep_id}/stop"), "/api/v1/deployments/{id}/stop", "post")

@@ -1,4 +1,9 @@
-"""Deployment list, page and actions: the same selectors and services as /api/v1/deployments."""
+"""Deployment list, page and actions: the same selectors and services as /api/v1/deployments.
+
+The page also carries the endpoint's part of the API: its access (private/public), its keys
+(made with the secret shown once, listed by prefix, revoked) and the gateways' request metrics
+for the last hour. Writes are POSTs with the CSRF token, by any member of the tenant, as the
+API lets any member's deployments:write token make them."""
 
 from __future__ import annotations
 
@@ -8,14 +13,17 @@ from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_POST
+from django.utils.safestring import mark_safe
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
 
 from billing.trial import trial_pending_for
+from cloud.dashboard.charts import MinuteCount, minutes_chart_svg
 from cloud.dashboard.tenancy import tenant_view
 from cloud.deployments import feeds, selectors, services
 from cloud.deployments.serializers import DeploymentOutput, ReplicaOutput
 from cloud.exceptions import ApplicationError, NotFound
-from protocol.vocabulary import DEPLOYMENT_STATUSES
+from protocol.vocabulary import DEPLOYMENT_STATUSES, ENDPOINT_ACCESSES, PUBLIC
 
 PAGE_SIZE = 20
 ACTIONS = {
@@ -61,13 +69,69 @@ def _detail_context(request, deployment) -> dict:
             "events": [feeds.event_item(e) for e in reversed(events.items)]}
 
 
+def _requests_context(request, deployment) -> dict:
+    metrics = selectors.request_metrics_for(tenant=request.tenant, deployment_id=deployment.pk)
+    minutes = [MinuteCount(m["minute"], m["requests"], m["errors"]) for m in metrics["minutes"]]
+    error_rate = metrics["error_rate"]
+    return {"requests": {**metrics, "error_percent": None if error_rate is None else error_rate * 100},
+            "requests_chart": mark_safe(minutes_chart_svg(minutes))}  # built from numbers and formatted times
+
+
+def _page(request, deployment, *, created_key=None):
+    context = {**_detail_context(request, deployment), **_requests_context(request, deployment),
+               "keys": list(selectors.endpoint_keys_for(tenant=request.tenant, deployment_id=deployment.pk)),
+               "created_key": created_key}
+    return render(request, "dashboard/deployment.html", context)
+
+
 @tenant_view()
 def deployment_detail(request, deployment_id):
     deployment = _get(request, deployment_id)
-    context = _detail_context(request, deployment)
     if request.htmx:
-        return render(request, "dashboard/partials/deployment_live.html", context)
-    return render(request, "dashboard/deployment.html", context)
+        return render(request, "dashboard/partials/deployment_live.html", _detail_context(request, deployment))
+    return _page(request, deployment)
+
+
+@require_GET
+@tenant_view()
+def deployment_requests(request, deployment_id):
+    """The request metrics part alone, for its poll."""
+    deployment = _get(request, deployment_id)
+    return render(request, "dashboard/partials/deployment_requests.html",
+                  _requests_context(request, deployment))
+
+
+@never_cache  # the answer shows a new key's secret: it must not sit in any cache
+@require_POST
+@tenant_view()
+def endpoint_key_create(request, deployment_id):
+    deployment = _get(request, deployment_id)
+    try:
+        made = services.endpoint_key_create(tenant=request.tenant, actor=request.user, deployment_id=deployment.pk,
+                                            name=request.POST.get("name", "").strip())
+    except ApplicationError as exc:
+        messages.error(request, exc.detail)
+        return redirect(_keys_url(deployment))
+    # Rendered, not redirected to: the secret is shown in this answer and kept nowhere.
+    return _page(request, deployment, created_key={"name": made.key.name, "prefix": made.key.prefix,
+                                                   "secret": made.secret})
+
+
+@require_POST
+@tenant_view()
+def endpoint_key_revoke(request, deployment_id, key_id):
+    deployment = _get(request, deployment_id)
+    try:
+        key = services.endpoint_key_revoke(tenant=request.tenant, actor=request.user, deployment_id=deployment.pk,
+                                           key_id=key_id)
+    except NotFound:  # another deployment's key, a revoked one: as in the API
+        raise Http404 from None
+    messages.success(request, f"Revoked the key {key.name} ({key.prefix}…): the gateways refuse it within seconds.")
+    return redirect(_keys_url(deployment))
+
+
+def _keys_url(deployment) -> str:
+    return reverse("dashboard:deployment", args=[deployment.pk]) + "#endpoint-keys"
 
 
 @require_POST
@@ -86,6 +150,15 @@ def deployment_action(request, deployment_id, action):
                     raise ApplicationError("Replicas must be a whole number from 1 to 100.")
                 services.deployment_update(tenant=request.tenant, actor=request.user, deployment_id=deployment.pk,
                                            changes={"replica_count": count})
+            elif action == "access":
+                access = request.POST.get("endpoint_access")
+                if access not in ENDPOINT_ACCESSES:
+                    raise ApplicationError("The endpoint's access is private or public.")
+                services.deployment_update(tenant=request.tenant, actor=request.user, deployment_id=deployment.pk,
+                                           changes={"endpoint_access": access})
+                messages.success(request, "The endpoint is public: anyone with its URL can call it."
+                                 if access == PUBLIC else "The endpoint is private: callers need an endpoint key.")
+                return redirect(_keys_url(deployment))
             elif action in ACTIONS:
                 ACTIONS[action](tenant=request.tenant, actor=request.user, deployment_id=deployment.pk)
             else:

@@ -4,7 +4,8 @@ Every function takes `tenant=` (or a filter made by one that did): another tenan
 is simply not found (404), never "found but forbidden". Deleted deployments are invisible here
 too. Split by concept: `deployments` (deployments, replicas, what a tenant has committed), `logs`
 (log pages under a byte budget, heads and counts for the live tail), `events` (the event feeds),
-`endpoint_keys` (a deployment's live keys), `gateways` (the gateway registry, for operators).
+`endpoint_keys` (a deployment's live keys), `gateways` (the gateway registry, for operators),
+`request_metrics` (a deployment's requests through the gateways).
 """
 
 from cloud.deployments.selectors.deployments import (  # noqa: F401
@@ -46,4 +47,9 @@ from cloud.deployments.selectors.endpoint_keys import (  # noqa: F401
 
 from cloud.deployments.selectors.gateways import (  # noqa: F401
     gateways_status,
+)
+
+from cloud.deployments.selectors.request_metrics import (  # noqa: F401
+    histogram_quantile,
+    request_metrics_for,
 )

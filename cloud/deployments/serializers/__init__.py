@@ -9,6 +9,7 @@ from cloud.deployments.serializers.inputs import (
     LogsQuery,
     LogTailQuery,
     ReplicasQuery,
+    RequestMetricsQuery,
 )
 from cloud.deployments.serializers.outputs import (
     DeleteResultOutput,
@@ -25,6 +26,7 @@ from cloud.deployments.serializers.outputs import (
     LogTicketOutput,
     ReplicaListOutput,
     ReplicaOutput,
+    RequestMetricsOutput,
 )
 
 __all__ = [
@@ -50,4 +52,6 @@ __all__ = [
     "ReplicaListOutput",
     "ReplicaOutput",
     "ReplicasQuery",
+    "RequestMetricsOutput",
+    "RequestMetricsQuery",
 ]

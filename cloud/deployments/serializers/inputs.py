@@ -328,3 +328,8 @@ class EventStreamQuery(serializers.Serializer):
 
 class ReplicasQuery(serializers.Serializer):
     live = serializers.BooleanField(default=False, help_text="true: only incarnations not yet stopped, failed or lost.")
+
+
+class RequestMetricsQuery(serializers.Serializer):
+    minutes = serializers.IntegerField(min_value=1, max_value=1440, default=60,
+                                       help_text="The window: this many minutes, ending with the current one.")

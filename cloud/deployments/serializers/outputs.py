@@ -341,3 +341,27 @@ class EndpointKeyListOutput(serializers.Serializer):
 class EndpointKeyCreatedOutput(serializers.Serializer):
     key = EndpointKeyOutput()
     secret = serializers.CharField(help_text="Send it as the Gantry-Key header. Shown this once: only its hash is kept.")
+
+
+class RequestLatencyOutput(serializers.Serializer):
+    p50 = serializers.FloatField(allow_null=True, help_text="Median total time of a request, ms; null without requests.")
+    p99 = serializers.FloatField(allow_null=True, help_text="99th percentile, ms; null without requests.")
+
+
+class RequestMinuteOutput(serializers.Serializer):
+    minute = serializers.DateTimeField(help_text="The minute's start.")
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+
+
+class RequestMetricsOutput(serializers.Serializer):
+    window_start = serializers.DateTimeField()
+    window_end = serializers.DateTimeField(help_text="The end of the current minute, which is still being counted.")
+    requests = serializers.IntegerField(help_text="Requests the gateways answered for the deployment's endpoint.")
+    errors = serializers.IntegerField(help_text="Of them, answers of 500-599 (the gateway's own 503s included).")
+    error_rate = serializers.FloatField(allow_null=True, help_text="errors / requests; null without requests.")
+    latency_ms = RequestLatencyOutput(
+        help_text="From the gateways' latency histograms, summed: linear interpolation within the bucket the "
+                  "quantile falls in (bounds 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, "
+                  "60000 ms); in the last, unbounded bucket, 60000.")
+    minutes = RequestMinuteOutput(many=True, help_text="One entry per minute of the window, oldest first, zero-filled.")

@@ -11,7 +11,8 @@ admin and, later, the agent consumer all call the same code). Split by concept:
 - `agents`: what node agents report and what they should run (the consumer's sink);
 - `events`: the per-deployment event feed; `logs`: storing log lines; `tickets`: log socket tickets;
 - `idempotency`: replaying a POST retried with the same Idempotency-Key;
-- `endpoint_keys`: keys to private endpoints; `gateways`: the gateway registry and route pushes.
+- `endpoint_keys`: keys to private endpoints; `gateways`: the gateway registry and route pushes;
+- `request_stats`: collecting the gateways' per-minute request counts.
 """
 
 from cloud.deployments.services.change import deployment_update
@@ -19,6 +20,7 @@ from cloud.deployments.services.create import deployment_create
 from cloud.deployments.services.endpoint_keys import MadeKey, endpoint_key_create, endpoint_key_revoke
 from cloud.deployments.services.events import event_record
 from cloud.deployments.services.gateways import gateway_register, routes_changed, routes_push
+from cloud.deployments.services.request_stats import request_minutes_purge, request_stats_collect
 from cloud.deployments.services.tickets import log_ticket_issue, log_ticket_redeem
 from cloud.deployments.services.fleet import drains_progress, fleet_sweep, node_lost
 from cloud.deployments.services.placement import schedule_pending
@@ -44,6 +46,8 @@ __all__ = [
     "gateway_register",
     "routes_changed",
     "routes_push",
+    "request_minutes_purge",
+    "request_stats_collect",
     "deployment_create",
     "deployment_delete",
     "deployment_expire_due",

@@ -93,24 +93,32 @@ def routes_push(*, now: datetime | None = None) -> dict:
         body = json.dumps({"version": TABLE_VERSION, "digest": digest, "table": table.as_dict()},
                           separators=(",", ":")).encode()
         now = now or timezone.now()
-        with httpx.Client(timeout=PUSH_TIMEOUT_S, follow_redirects=False, trust_env=False) as client:
+        with control_client() as client:
             for gateway in Gateway.objects.order_by("name"):
                 outcome[_push_one(client, gateway, digest=digest, body=body, now=now)].append(gateway.name)
     return {"digest": digest, **outcome}
 
 
-def _url(gateway: Gateway, path: str) -> str:
+def control_client(*, timeout: float = PUSH_TIMEOUT_S) -> httpx.Client:
+    """The client for gateways' control APIs (the push, and request stats' collection): a
+    redirect is not followed (the token goes to the registered address only), and no proxy
+    from the environment stands in between."""
+    return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+
+
+def control_url(gateway: Gateway, path: str) -> str:
     return gateway.control_url.rstrip("/") + path
 
 
-def _headers(gateway: Gateway) -> dict:
+def control_headers(gateway: Gateway) -> dict:
+    """The bearer token; ValueError when it cannot be decrypted with the configured FERNET_KEYS."""
     return {"Authorization": f"Bearer {gateway.get_token()}"}
 
 
 def _serving(client: httpx.Client, gateway: Gateway) -> str | None:
     """The digest the gateway says it serves, or None when it does not say."""
     try:
-        response = client.get(_url(gateway, "/v1/routes"), headers=_headers(gateway))
+        response = client.get(control_url(gateway, "/v1/routes"), headers=control_headers(gateway))
         return response.json().get("digest") if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError, AttributeError):
         return None
@@ -124,8 +132,8 @@ def _push_one(client: httpx.Client, gateway: Gateway, *, digest: str, body: byte
     if confirmed and _serving(client, gateway) == digest:
         return "current"
     try:
-        response = client.put(_url(gateway, "/v1/routes"), content=body,
-                              headers={**_headers(gateway), "Content-Type": "application/json"})
+        response = client.put(control_url(gateway, "/v1/routes"), content=body,
+                              headers={**control_headers(gateway), "Content-Type": "application/json"})
         error = _refusal(response, digest)
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

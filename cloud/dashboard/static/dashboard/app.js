@@ -15,6 +15,36 @@
     if (question && !window.confirm(question)) event.preventDefault();
   }, true);
 
+  // A <button data-copy="text"> copies the text (an endpoint's URL, a key's secret) and says so.
+  // Delegated, so buttons in parts htmx swaps in (the deployment page's live part) work too.
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    // Plain http on another host has no clipboard API: the older select-and-copy.
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    var done = document.execCommand("copy");
+    document.body.removeChild(area);
+    return done ? Promise.resolve() : Promise.reject(new Error("copy refused"));
+  }
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("button[data-copy]");
+    if (!button) return;
+    if (!button.hasAttribute("data-label")) button.setAttribute("data-label", button.textContent);
+    var label = button.getAttribute("data-label");
+    copyText(button.getAttribute("data-copy")).then(function () {
+      button.textContent = "Copied";
+    }, function () {
+      button.textContent = "Select and copy it";
+    }).then(function () {
+      window.setTimeout(function () { button.textContent = label; }, 1500);
+    });
+  });
+
   // New-deployment form: template cards pre-fill the fields; GPU counts follow the hardware.
   function setupNewDeployment(form) {
     var sources = form.querySelectorAll("[data-source]");
