@@ -170,6 +170,7 @@ ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute | StaffRoute | StreamRo
     "api/v1/^deployments/(?P<pk>[^/]+)/events$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/logs$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/logs/ticket$": ObjectRoute(_deployment),
+    "api/v1/^deployments/(?P<pk>[^/]+)/metrics/requests$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/replicas$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/restart$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/start$": ObjectRoute(_deployment),
