@@ -23,7 +23,7 @@ from protocol.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
 # history) stays on disk for the list endpoint, which is benchmarked at 5,000 rows a tenant.
 _SHOWN_FIELDS = (
     "id", "tenant_id", "name", "endpoint_label", "status", "status_reason", "template__slug", "image", "env",
-    "secret_env_keys", "entrypoint", "args", "traffic_port", "endpoint_access", "request_timeout_s",
+    "secret_env_keys", "entrypoint", "args", "traffic_port", "health_check_path", "endpoint_access", "request_timeout_s",
     "max_request_body_mb", "gpus_per_container", "hardware_type_id", "node_id", "replica_count",
     "duration_hours", "stop_grace_seconds", "price_per_gpu_hour", "registry_username",
     "created_at", "updated_at", "started_at", "stopped_at", "expires_at",
