@@ -1,5 +1,6 @@
-"""PATCH: scale, extend, replace env, change the endpoint's settings at the gateway. Other
-fields are fixed at creation (make a new deployment to change the image or hardware)."""
+"""PATCH: scale, extend, replace env, change the endpoint's settings and extra ports at the
+gateway. Other fields are fixed at creation (make a new deployment to change the image or
+hardware)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
+from cloud.deployments.services.expose import expose_check, gateway_ports_sync
 from cloud.deployments.services.gateways import ENDPOINT_SETTINGS, routes_changed
 from cloud.deployments.services.status import incarnations_create, missing_ordinals, replicas_stop, unfinished_q
 from cloud.exceptions import Conflict, InvalidInput
@@ -19,7 +21,9 @@ from protocol.vocabulary import LIVE_STATUSES
 
 S = Deployment.Status
 # What the gateway's route table holds of a deployment, besides its replicas.
-ROUTED = {"replica_count", "stop_grace_seconds", *ENDPOINT_SETTINGS}
+ROUTED = {"replica_count", "stop_grace_seconds", "expose", *ENDPOINT_SETTINGS}
+# What decides whether the deployment's TCP ports may be public.
+_EXPOSURE = {"expose", "allow_public_tcp", "endpoint_access"}
 
 
 def _scale(*, tenant, deployment: Deployment, replica_count: int) -> None:
@@ -71,7 +75,8 @@ def _extend(*, deployment: Deployment, duration_hours: int) -> None:
 @transaction.atomic
 def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deployment:
     """`changes` may hold replica_count, duration_hours, stop_grace_seconds, env, secret_env, endpoint_access,
-    request_timeout_s, max_request_body_mb (each optional)."""
+    request_timeout_s, max_request_body_mb, expose, allow_public_tcp (each optional). A change of
+    `expose` reaches the gateway at once and each replica's node when the replica next starts."""
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
     changed: list[str] = []
     if "replica_count" in changes and changes["replica_count"] != deployment.replica_count:
@@ -90,6 +95,14 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
         if name in changes and changes[name] != getattr(deployment, name):
             setattr(deployment, name, changes[name])
             changed.append(name)
+    for name in ("expose", "allow_public_tcp"):
+        if name in changes and changes[name] != getattr(deployment, name):
+            setattr(deployment, name, changes[name])
+            changed.append(name)
+    if _EXPOSURE.intersection(changed):
+        expose_check(deployment=deployment)
+    if "expose" in changed:
+        gateway_ports_sync(deployment=deployment)
     if "secret_env" in changes:
         deployment.set_secret_env(changes["secret_env"])
         changed.append("secret_env_variables")
