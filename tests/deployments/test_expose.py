@@ -330,6 +330,13 @@ def test_listing_costs_the_same_queries_however_many_ports(as_alice, acme, djang
     assert [len(d["endpoints"]) for d in listed.json()["deployments"]] == [3, 3, 3, 3]
 
 
+def test_the_admin_shows_the_ports_and_the_gateway_ports_they_hold(admin_client, acme):
+    deployment = deployment_for(acme, name="shown", endpoint_access="public", expose=[SSH])
+    page = admin_client.get(f"/admin/deployments/deployment/{deployment.pk}/change/")
+    assert page.status_code == 200
+    assert "20000" in page.content.decode() and "ssh" in page.content.decode()
+
+
 # -- hostile bodies ----------------------------------------------------------------------------------
 
 _ANY_JSON = st.recursive(st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.text(max_size=20)
