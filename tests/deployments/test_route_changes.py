@@ -55,7 +55,7 @@ def test_a_report_that_changes_nothing_routed_asks_nothing(running, pushes):
     {"state": "restarting", "host_port": 30000},
     {"state": "running", "host_port": 30999},
     {"state": "running", "host_port": 30000, "health": "failing"},
-    {"state": "running", "host_port": 30000, "host_ports": {"8080": 30000, "22": 30001}},  # an extra port published
+    {"state": "running", "host_port": 30000, "host_ports": {"8080": 30000}},  # its host ports, reported at last
     {"state": "stopped"},
 ])
 def test_a_report_that_changes_state_health_or_port_asks_once(running, pushes, change):

@@ -139,7 +139,7 @@ class DeploymentOutput(serializers.Serializer):
         node address of each replica is `replicas[].endpoint`). `ready` is what routes.route_table
         decides: the selector's annotations, or these queries for a row without them."""
         serving = getattr(obj, "serving", None)  # annotated by selectors.deployments_for
-        if serving is None:
+        if serving is None and obj.traffic_port:
             serving = serving_replicas().filter(deployment=obj, host_port__isnull=False,
                                                 node__public_address__isnull=False).exists()
         ports_served = getattr(obj, "serving_ports", None)  # ditto

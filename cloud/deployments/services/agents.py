@@ -29,7 +29,6 @@ from nodes import link
 from nodes import selectors as node_selectors
 from protocol.wire import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
 from protocol.vocabulary import BOOTING, FAILED, FAILING, RESTARTING, RUNNING, STARTING, STOPPED, TERMINAL_STATES, VM_ENDED_STATES
-from protocol.vocabulary import MAX_EXPOSED_PORTS
 
 R = Replica.State
 # What a node reports once a replica's VM process has started. Not `stopping`: a node also says
@@ -89,14 +88,12 @@ def _vm_gone(replica: Replica) -> None:
         scheduler_kick()
 
 
-def _host_ports(report: ReplicaReport) -> dict[str, int]:
-    """The report's published ports that could be real: the route table sends them to every
-    gateway, which refuses a whole table over one bad port, so a node's word is not enough."""
-    ports = {guest: host for guest, host in report.host_ports.items()
-             if len(guest) <= 5 and guest.isascii() and guest.isdigit() and guest == str(int(guest))
-             and 0 < int(guest) < 65536
-             and 0 < host < 65536}
-    return dict(sorted(ports.items())[:MAX_EXPOSED_PORTS + 1])  # the traffic port and the extra ones
+def _host_ports(deployment: Deployment, report: ReplicaReport) -> dict[str, int]:
+    """The report's published ports that are the deployment's own, on a host port that can be
+    one: the route table sends them to every gateway, which refuses a whole table over one bad
+    port, so a node's word is not enough."""
+    ours = {str(port) for port in (deployment.traffic_port, *(entry["port"] for entry in deployment.expose)) if port}
+    return {guest: host for guest, host in sorted(report.host_ports.items()) if guest in ours and 0 < host < 65536}
 
 
 def _apply(replica: Replica, report: ReplicaReport) -> None:
@@ -135,7 +132,7 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
             replica.started_at = now
     replica.vm_address = report.address
     replica.host_port = report.host_port
-    replica.host_ports = _host_ports(report)
+    replica.host_ports = _host_ports(replica.deployment, report)
     replica.exit_code = report.exit_code
     replica.health = report.health  # a failing check takes it out of the gateway's pool (routes.py)
     replica.save(update_fields=["state", "reason", "vm_address", "host_port", "host_ports", "exit_code", "health",
