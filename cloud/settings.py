@@ -8,6 +8,7 @@ its own once (.state/secrets.env), the tests theirs per run (tests/suite_env.py)
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -34,6 +35,28 @@ def env_int(name: str, default: int) -> int:
         return int(value) if value else default
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from None
+
+
+def env_port_range(name: str, default: str) -> tuple[int, int]:
+    """`20000-20999` -> (20000, 20999): a non-empty range of TCP ports."""
+    value = os.environ.get(name, "").strip() or default
+    low, sep, high = (part.strip() for part in value.partition("-"))
+    if sep and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535:
+        return int(low), int(high)
+    raise ImproperlyConfigured(f"{name} must be a range of TCP ports LOW-HIGH (1 <= LOW <= HIGH <= 65535), "
+                               f"e.g. 20000-20999; not {value!r}")
+
+
+def env_host(name: str, default: str) -> str:
+    """A host name or an IP address literal, as it goes into a URL (an IPv6 one in brackets)."""
+    value = os.environ.get(name, "").strip().rstrip(".").lower() or default
+    try:
+        address = ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        if is_dns_name(value):
+            return value
+        raise ImproperlyConfigured(f"{name} must be a host name or an IP address, not {value!r}") from None
+    return f"[{address}]" if address.version == 6 else str(address)
 
 
 def env_header_pair(name: str) -> tuple[str, str] | None:
@@ -182,6 +205,10 @@ GANTRY_ENDPOINT_DOMAIN = env_endpoint_domain("GANTRY_ENDPOINT_DOMAIN", "gantry.l
 GANTRY_GATEWAY_HTTPS_PORT = env_int("GANTRY_GATEWAY_HTTPS_PORT", 443)
 if not 1 <= GANTRY_GATEWAY_HTTPS_PORT <= 65535:
     raise ImproperlyConfigured(f"GANTRY_GATEWAY_HTTPS_PORT must be 1-65535, not {GANTRY_GATEWAY_HTTPS_PORT}")
+# A deployment's TCP ports (`expose`) each get one gateway port from this range, and customers
+# reach them at tcp://GANTRY_GATEWAY_TCP_HOST:<port> (the gateways' public name or address).
+GANTRY_GATEWAY_TCP_PORTS = env_port_range("GANTRY_GATEWAY_TCP_PORTS", "20000-20999")
+GANTRY_GATEWAY_TCP_HOST = env_host("GANTRY_GATEWAY_TCP_HOST", "127.0.0.1")
 # Every change that affects routes is pushed at once; the whole table also goes out this often,
 # so a restarted gateway or a lost push heals by itself.
 GANTRY_GATEWAY_PUSH_INTERVAL_S = float(env_int("GANTRY_GATEWAY_PUSH_INTERVAL_S", 10))

@@ -100,6 +100,13 @@ def is_vm_name(name: object) -> bool:
 # line as it is, so no space, CR or LF can end that line early), 256 characters at most.
 HEALTH_PATH_RE = re.compile(r"/[!-~]{0,255}")
 
+# A deployment's extra ports (`expose`, issue 25): each is published on its node beside the
+# traffic port, and gets a gateway name (HTTP) or a gateway port (TCP).
+MAX_EXPOSED_PORTS = 8
+EXPOSE_HTTP = "http"
+EXPOSE_TCP = "tcp"
+EXPOSE_PROTOCOLS = (EXPOSE_HTTP, EXPOSE_TCP)
+
 
 # A PCI address as sysfs spells it: domain:bus:device.function, lowercase hex.
 PCI_ADDRESS_RE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")

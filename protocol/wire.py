@@ -62,6 +62,9 @@ class ReplicaSpec:
     # The HTTP path the node's health check GETs on traffic_port (an answer below 500 passes);
     # None: a TCP connect is the check. Added within version 1: an older plane sends none.
     health_path: str | None = None
+    # The guest ports published beside traffic_port (a deployment's `expose`); the health check
+    # stays on traffic_port. Added within version 1: an older plane sends none.
+    ports: list[int] = field(default_factory=list)
     vcpus: int = 1
     memory_mib: int = 256
     gpu_bdfs: list[str] = field(default_factory=list)
@@ -132,6 +135,9 @@ class ReplicaReport:
     started_at: float | None = None
     log_seq: int = 0
     health: str = ""
+    # Every published port, {"<guest port>": <host port>}, traffic_port's included (host_port
+    # stays for it, for an older plane). Added within version 1: an older agent sends none.
+    host_ports: dict[str, int] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.state not in VM_STATES:

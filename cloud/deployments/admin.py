@@ -17,7 +17,7 @@ from billing.money import money_str
 from billing.selectors import deployment_cost_annotations
 from cloud.admin import ReadOnlyAdminMixin, service_dry_run
 from cloud.deployments import services
-from cloud.deployments.models import Deployment, EndpointKey, Event, Gateway, IdempotencyKey, LogLine, Replica
+from cloud.deployments.models import Deployment, EndpointKey, Event, Gateway, GatewayPort, IdempotencyKey, LogLine, Replica
 from cloud.exceptions import ApplicationError
 
 
@@ -38,6 +38,15 @@ class EndpointKeyInline(ReadOnlyAdminMixin, admin.TabularInline):
     fields = ["name", "prefix", "created_at", "created_by", "revoked_at"]
     readonly_fields = fields
     ordering = ["-created_at"]
+
+
+class GatewayPortInline(ReadOnlyAdminMixin, admin.TabularInline):
+    """The gateway ports its TCP ports hold (allocated and freed by the API's writes only)."""
+
+    model = GatewayPort
+    extra = 0
+    fields = ["name", "port", "created_at"]
+    readonly_fields = fields
 
 
 class UuidSearchMixin:
@@ -65,10 +74,10 @@ class DeploymentAdmin(UuidSearchMixin, admin.ModelAdmin):
                        "updated_at", "started_at", "stopped_at", "deleted_at"]
     fields = ["id", "tenant", "name", "status", "status_reason", "template", "image", "registry_username", "env",
               "secret_env_keys", "entrypoint", "args", "traffic_port", "endpoint_label", "endpoint_access",
-              "request_timeout_s", "max_request_body_mb", "gpus_per_container", "hardware_type", "locations",
+              "request_timeout_s", "max_request_body_mb", "expose", "allow_public_tcp", "gpus_per_container", "hardware_type", "locations",
               "node", "replica_count", "duration_hours", "expires_at", "price_per_gpu_hour", "cost", "created_at",
               "updated_at", "started_at", "stopped_at", "deleted_at"]
-    inlines = [ReplicaInline, EndpointKeyInline]
+    inlines = [ReplicaInline, EndpointKeyInline, GatewayPortInline]
     actions = ["start_selected", "stop_selected", "restart_selected", "delete_selected_softly"]
     date_hierarchy = "created_at"
 

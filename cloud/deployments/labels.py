@@ -39,3 +39,9 @@ def endpoint_label(name: str) -> str:
 
 def endpoint_host(label: str) -> str:
     return f"{label}.{settings.GANTRY_ENDPOINT_DOMAIN}"
+
+
+def expose_label(label: str, name: str) -> str:
+    """The gateway's label for the port `name` of a deployment's `expose` (services/expose.py
+    keeps it one DNS label)."""
+    return f"{label}-{name}"

@@ -74,6 +74,13 @@ class Deployment(models.Model):
     endpoint_access = models.CharField(max_length=7, choices=Access.choices, default=Access.PRIVATE)
     request_timeout_s = models.PositiveIntegerField(default=DEFAULT_REQUEST_TIMEOUT_S)
     max_request_body_mb = models.PositiveIntegerField(default=DEFAULT_MAX_REQUEST_BODY_MB)
+    # Ports beside traffic_port (`expose`): [{"name", "port", "protocol": "http" | "tcp"}], as the
+    # API validated them (services/expose.py). Each HTTP one is served at <label>-<name>.<domain>,
+    # each TCP one on a gateway port of its own (GatewayPort).
+    expose = models.JSONField(default=list, blank=True)
+    # A TCP port carries no endpoint key, so it is open to anyone whatever endpoint_access says:
+    # a private deployment gets one only when its owner says so.
+    allow_public_tcp = models.BooleanField(default=False)
     gpus_per_container = models.PositiveSmallIntegerField()
     hardware_type = models.ForeignKey("nodes.HardwareType", on_delete=models.PROTECT, related_name="deployments")
     locations = models.ManyToManyField("nodes.Location", blank=True, related_name="deployments")
@@ -182,6 +189,9 @@ class Replica(models.Model):
     reason = models.CharField(max_length=500, blank=True)
     vm_address = models.GenericIPAddressField(null=True, blank=True)
     host_port = models.PositiveIntegerField(null=True, blank=True)
+    # Every port its node published, {"<guest port>": host port}, traffic_port's included; empty
+    # from an agent older than `expose` (which publishes the traffic port alone).
+    host_ports = models.JSONField(default=dict, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     # "failing" while its node's health check fails (its last report): out of the gateway's pool.
     health = models.CharField(max_length=7, blank=True, default="",
@@ -355,6 +365,29 @@ class Gateway(models.Model):
 
     def get_token(self) -> str:
         return crypto.decrypt(self.token_encrypted)
+
+
+class GatewayPort(models.Model):
+    """A gateway port held by one TCP port of a deployment's `expose` (by its name), taken from
+    GANTRY_GATEWAY_TCP_PORTS: the same on every gateway, kept while the deployment and that name
+    exist (restarts and other PATCHes leave it alone, so clients keep working), and freed when
+    either goes. A row is an allocation: freeing deletes it (services/expose.py)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="gateway_ports")
+    name = models.CharField(max_length=15)
+    port = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["port"]
+        constraints = [
+            models.UniqueConstraint(fields=["port"], name="gatewayport_unique_port"),
+            models.UniqueConstraint(fields=["deployment", "name"], name="gatewayport_unique_name"),
+            models.CheckConstraint(condition=Q(port__gte=1, port__lte=65535), name="gatewayport_port_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.port} ({self.name})"
 
 
 class IdempotencyKey(models.Model):

@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--secret-env", type=_key_value, action="append", default=[])
     run.add_argument("--entrypoint", type=_entrypoint)
     run.add_argument("--arg", action="append", dest="args")
-    run.add_argument("--port", type=int)
+    run.add_argument("--port", type=int, help="the traffic port: published, and health-checked before `running`")
+    run.add_argument("--publish", type=int, action="append", default=[], metavar="PORT",
+                     help="another guest port to publish beside --port (not health-checked); repeatable")
     run.add_argument("--vcpus", type=int, default=1)
     run.add_argument("--memory-mib", type=int, default=256)
     run.add_argument("--registry-user")
@@ -253,6 +255,7 @@ def _spec(args: argparse.Namespace) -> ReplicaSpec:
         entrypoint=args.entrypoint,
         args=args.args,
         traffic_port=args.port,
+        ports=list(args.publish),
         vcpus=args.vcpus,
         memory_mib=args.memory_mib,
         gpu_bdfs=list(args.gpus),

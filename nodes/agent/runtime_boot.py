@@ -29,6 +29,7 @@ from protocol.vocabulary import (
     BOOTING,
     FAILED,
     HEALTH_PATH_RE,
+    MAX_EXPOSED_PORTS,
     PULLING,
     RESTARTING,
     RUNNING,
@@ -40,6 +41,25 @@ from protocol.vocabulary import (
 # A workload's port usually refuses for a moment while it starts: failures within this long
 # are the normal start, not news for the plane.
 HEALTH_QUIET_S = 2.0
+
+
+def published_ports(traffic_port: int | None, ports: list[int] | None) -> list[int]:
+    """The guest ports a VM publishes: its traffic port first, then its extra ones."""
+    return ([traffic_port] if traffic_port else []) + [p for p in ports or () if p != traffic_port]
+
+
+def ports_problem(spec: ReplicaSpec) -> str | None:
+    """Why a spec's extra ports cannot be published, or None. The plane sends at most
+    MAX_EXPOSED_PORTS distinct ports, none of them the traffic port; a spec that does otherwise
+    came from somewhere else, and is refused rather than half published."""
+    if len(spec.ports) > MAX_EXPOSED_PORTS:
+        return f"at most {MAX_EXPOSED_PORTS} ports besides the traffic port, not {len(spec.ports)}"
+    for port in spec.ports:
+        if not 0 < port < 65536:
+            return f"port {port} is not 1-65535"
+    if len(set(spec.ports)) != len(spec.ports) or spec.traffic_port in spec.ports:
+        return "a port is named twice (or is the traffic port)"
+    return None
 
 
 class VmBoot:
@@ -55,6 +75,9 @@ class VmBoot:
         if spec.health_path is not None and not HEALTH_PATH_RE.fullmatch(spec.health_path):
             raise AgentError(f"health path refused: {spec.health_path[:80]!r} is not an absolute path of "
                              "visible ASCII (256 characters at most)", permanent=True)
+        problem = ports_problem(spec)
+        if problem is not None:
+            raise AgentError(f"ports refused: {problem}", permanent=True)
         async with self._locks.hold(spec.name):
             existing = await self._current(spec.name)
             if existing is not None and existing.state not in VM_ENDED_STATES:
@@ -101,10 +124,9 @@ class VmBoot:
         await self.images.create_overlay(disk, paths.overlay)
         await self._ensure_network()
         net = await self.network.ensure_tap(spec.name)
-        host_port = None
-        if spec.traffic_port:
-            host_port = await self.network.publish_port(spec.name, spec.traffic_port)
-        info = await self._set(replace(info, address=str(net.address), host_port=host_port))
+        host_ports = await self._publish(spec.name, spec.traffic_port, spec.ports)
+        info = await self._set(replace(info, address=str(net.address), host_ports=host_ports,
+                                       host_port=host_ports.get(str(spec.traffic_port))))
         guest = GuestSpec(argv=argv, env=env, workdir=disk.config.workdir or "/", user=disk.config.user or "")
         live = {n for n, i in self._infos.items() if i.state not in VM_ENDED_STATES}
         gpus = await self._gpus.prepare(spec, live)
@@ -130,6 +152,12 @@ class VmBoot:
         if current.state in (STARTING, RESTARTING):
             current = await self._set(replace(current, state=RUNNING, reason=gpus.notice))
         return current
+
+    async def _publish(self, name: str, traffic_port: int | None, ports: list[int] | None) -> dict[str, int]:
+        """Each port published (DNAT, and the gateway-only guard when the node has one): where
+        each guest port is on the node. Calling it again re-checks the rules and keeps the
+        host ports (the leases hold them)."""
+        return {str(port): await self.network.publish_port(name, port) for port in published_ports(traffic_port, ports)}
 
     async def _health(self, name: str, host: str, port: int, path: str | None) -> None:
         """The health check races the VM's own end: a workload that dies fails fast with its

@@ -9,6 +9,7 @@ table the other parts work on and starts their watchers.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from nodes.agent.state import VmInfo, is_locked
 from protocol.vocabulary import VM_ENDED_STATES
@@ -16,8 +17,8 @@ from protocol.vocabulary import VM_ENDED_STATES
 
 class VmRecovery:
     """Needs of its host class: `store`, `vmm`, `network`, `_locks`, `_gpus`
-    (runtime_gpus.VmGpus), `_infos`, `_ensure_network()`, `_release()`, and the watcher's
-    `_refresh()` and `_watch()`."""
+    (runtime_gpus.VmGpus), `_infos`, `_ensure_network()`, `_release()`, `_set()`, the boot's
+    `_publish()`, and the watcher's `_refresh()` and `_watch()`."""
 
     async def recover(self) -> list[VmInfo]:
         """Adopt live VMs, settle dead ones, and remove what a crash left behind."""
@@ -51,7 +52,7 @@ class VmRecovery:
     async def reassert_networks(self) -> None:
         """Every live VM's network checked as a new VM's is: rules someone flushed, or the new
         rules of an upgraded agent, are in place again without restarting a VM (the leases keep
-        its address and host port). The daemon calls it after recover(); the one-shot CLI does
+        its address and host ports). The daemon calls it after recover(); the one-shot CLI does
         not, since its options need not be the daemon's: a `vm ls` without the daemon's
         --subnet would move a running VM to the default one."""
         for name in sorted(self._infos):
@@ -62,5 +63,11 @@ class VmRecovery:
                 spec = await asyncio.to_thread(self.store.read_spec, name) or {}
                 await self._ensure_network()
                 await self.network.ensure_tap(name)
-                if spec.get("traffic_port"):
-                    await self.network.publish_port(name, spec["traffic_port"])
+                traffic_port = spec.get("traffic_port")
+                host_ports = await self._publish(name, traffic_port, spec.get("ports"))
+                host_port = host_ports.get(str(traffic_port))
+                info = self._infos.get(name)  # its watcher may have moved it on meanwhile
+                if info is not None and (info.host_ports, info.host_port) != (host_ports, host_port):
+                    # A VM an older agent started knows only its traffic port's; a lost lease
+                    # file gave a port anew: the next report tells the plane where they are.
+                    await self._set(replace(info, host_ports=host_ports, host_port=host_port))

@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,7 +39,9 @@ class VmInfo:
     digest: str = ""
     pid: int | None = None
     address: str | None = None
-    host_port: int | None = None
+    host_port: int | None = None  # the traffic port's
+    # Every published port: {"<guest port>": host port}, the traffic port's included.
+    host_ports: dict[str, int] = field(default_factory=dict)
     accel: str = ""
     exit_code: int | None = None
     restarts: int = 0

@@ -155,7 +155,8 @@ class Supervisor:
         # report (hello) tells a reconnecting plane the health the last event told it.
         reason = info.health_reason if info.health else info.reason
         fields = dict(replica_id=info.name, state=info.state, reason=reason, address=info.address,
-                      host_port=info.host_port, exit_code=info.exit_code, started_at=info.started_at,
+                      host_port=info.host_port, host_ports=dict(info.host_ports), exit_code=info.exit_code,
+                      started_at=info.started_at,
                       log_seq=self._log_seq(info.name), health=info.health)
         fields.update(override)
         return ReplicaReport(**fields)

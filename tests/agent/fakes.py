@@ -101,7 +101,7 @@ class FakeNetwork(_Recorder):
     def __init__(self) -> None:
         super().__init__()
         self.taps: set[str] = set()
-        self.ports: dict[str, int] = {}
+        self.ports: dict[str, dict[int, int]] = {}  # name -> {guest port: host port}
 
     async def ensure_host(self) -> None:
         self._record("ensure_host")
@@ -114,7 +114,7 @@ class FakeNetwork(_Recorder):
 
     async def publish_port(self, name: str, guest_port: int, host_port: int | None = None) -> int:
         self._record("publish_port", name, guest_port)
-        self.ports[name] = guest_port
+        self.ports.setdefault(name, {})[guest_port] = guest_port
         return guest_port
 
     async def remove(self, name: str) -> None:

@@ -47,9 +47,11 @@ def test_hello_serves_its_port_with_separate_streams_and_stop_leaves_nothing(age
     assert ":5000 " not in node_netns.run("ss", "-Htln")
     rc, info, progress = agent_cli(
         "vm", "run", "web", "--image", f"{local_registry}/gantry/hello:latest", "--port", "8080",
-        "--env", "GREETING=hi there", "--secret-env", "API_TOKEN=tok-s3cret",
+        "--publish", "9000", "--env", "GREETING=hi there", "--secret-env", "API_TOKEN=tok-s3cret",
     )
     assert info["state"] == "running" and info["accel"] in ("kvm", "tcg")
+    # --publish: one more published port (nothing listens on it; only --port is health-checked).
+    assert set(info["host_ports"]) == {"8080", "9000"} and info["host_ports"]["8080"] == info["host_port"]
     events = [json.loads(line) for line in progress.splitlines()]
     assert [e["state"] for e in events][:1] == ["pulling"] and events[-1]["state"] == "running"
     # The published port answers from inside the namespace, from the node itself (DNAT on
@@ -86,7 +88,7 @@ def test_hello_serves_its_port_with_separate_streams_and_stop_leaves_nothing(age
     assert not os.path.exists(f"/proc/{pid}") or "qemu" not in open(f"/proc/{pid}/cmdline").read()
     assert tap_name("web") not in node_netns.run("ip", "-o", "link")
     ruleset = node_netns.run("nft", "list", "ruleset")
-    assert "web" not in ruleset and str(info["host_port"]) not in ruleset
+    assert "web" not in ruleset and not any(str(port) in ruleset for port in info["host_ports"].values())
     agent_cli("vm", "rm", "web")
     assert not vm_dir.exists()
     _, ls, _ = agent_cli("vm", "ls")

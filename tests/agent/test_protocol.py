@@ -17,12 +17,13 @@ INVENTORY = Inventory(hostname="node-1", agent_version="0.1.0", cpus=16, memory_
                       accelerator="kvm")
 SPEC = ReplicaSpec(name="r-42", image="127.0.0.1:5000/gantry/hello:latest", env={"A": "1"},
                    secret_env={"TOKEN": "s3cret"}, entrypoint=["/bin/hello"], args=["--serve"], traffic_port=8080,
-                   vcpus=2, memory_mib=512, registry_username="u", registry_password="p")
+                   ports=[22, 9000], vcpus=2, memory_mib=512, registry_username="u", registry_password="p")
 DESIRED_REPLICA = DesiredReplica(replica_id="r-42", spec=SPEC, stop_grace_s=30.0, acked_seq=7)
 
 EVERY_MESSAGE = [
     Hello(inventory=INVENTORY, replicas=[ReplicaReport("r-42", "running", address="172.31.240.2", host_port=20001,
-                                                       started_at=1700000000.5, log_seq=12)]),
+                                                       started_at=1700000000.5, log_seq=12,
+                                                       host_ports={"8080": 20001, "22": 20002})]),
     Heartbeat(load1=0.25, free_disk_gib=123.5, gpu_health=[{"index": 0, "ok": True}], log_seqs={"r-1": 7}),
     ReplicaStatus(ReplicaReport("r-42", "pulling", reason="pulling 312/870 MB")),
     ReplicaStatus(ReplicaReport("r-42", "failed", reason="exited with code 3", exit_code=3)),
@@ -145,6 +146,20 @@ def test_a_desired_replica_is_named_after_its_id_and_the_set_is_capped():
 def test_unknown_fields_are_ignored_and_defaults_fill_in():
     message = protocol.decode(frame("heartbeat", load1=1, from_the_future=True))
     assert message == Heartbeat(load1=1.0)
+
+
+def test_extra_ports_and_host_ports_are_optional_within_version_1_and_typed():
+    # An older plane's spec has no ports, an older agent's report no host_ports: both decode.
+    old_spec = {k: v for k, v in SPEC.to_dict().items() if k != "ports"}
+    desired = protocol.decode(frame("desired", replicas=[{"replica_id": "r-42", "spec": old_spec}]))
+    assert desired.replicas[0].spec.ports == []
+    report = {"replica_id": "r", "state": "running", "host_port": 30001}
+    assert protocol.decode(frame("replica.status", report=report)).report.host_ports == {}
+    with pytest.raises(ProtocolError, match=r"spec.ports\[1\] must be an integer"):
+        protocol.decode(frame("desired", replicas=[{"replica_id": "r-42", "spec": {**old_spec, "ports": [22, "80"]}}]))
+    for bad in ({"8080": "30001"}, {"8080": None}, {"8080": True}, ["8080"]):
+        with pytest.raises(ProtocolError, match="report.host_ports"):
+            protocol.decode(frame("replica.status", report={**report, "host_ports": bad}))
 
 
 def test_redacted_spec_hides_secret_values_and_the_password():

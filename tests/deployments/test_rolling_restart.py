@@ -289,6 +289,30 @@ def test_a_change_of_env_rolls_and_an_unchanged_env_does_not(as_alice, acme):
     assert {d.spec.env["A"] for d in sink.desired(node_id=node.pk)} == {"2"}
 
 
+def test_a_new_port_rolls_and_a_renamed_one_does_not(as_alice, acme):
+    hw = hardware(slots=4)
+    node = node_of(hw, "node-a")
+    deployment = web(acme, hw, replica_count=2, endpoint_access="public")
+    fleet = Fleet([node])
+    fleet.settle()
+    olds = {str(r.uid) for r in live(deployment)}
+
+    added = as_alice.patch(f"{URL}/{deployment.pk}", {"expose": [{"name": "admin", "port": 9000, "protocol": "http"}]},
+                           format="json")
+    assert added.status_code == 200, added.json()
+    assert Event.objects.get(deployment=deployment, type="deployment.restarted").payload["cause"] == "ports changed"
+    fleet.after_each = lambda: assert_serving_at_least(deployment, 2)
+    fleet.settle()
+    assert_done(deployment, generation=2)
+    assert {tuple(d.spec.ports) for d in sink.desired(node_id=node.pk)} == {(9000,)}  # the new VMs publish it
+    news = {str(r.uid) for r in live(deployment)}
+    assert not news & olds
+
+    renamed = as_alice.patch(f"{URL}/{deployment.pk}", {"expose": [{"name": "ops", "port": 9000, "protocol": "http"}]},
+                             format="json")
+    assert renamed.status_code == 200 and {str(r.uid) for r in live(deployment)} == news  # a name is the gateway's
+
+
 def test_a_successor_that_fails_leaves_the_old_one_serving_as_its_ordinals_replica(acme):
     hw = hardware(slots=4)
     node = node_of(hw, "node-a")

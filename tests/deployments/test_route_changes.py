@@ -1,5 +1,5 @@
 """Issue 25: which writes ask for a route push. Agent reports only when the route table can see
-the change (a replica's state, health or host port), never on every heartbeat-like report; a
+the change (a replica's state, health or host ports), never on every heartbeat-like report; a
 running replica whose check turns failing (or passes again) is one event per change; every
 lifecycle service asks; writes that do not touch routes do not."""
 
@@ -55,6 +55,7 @@ def test_a_report_that_changes_nothing_routed_asks_nothing(running, pushes):
     {"state": "restarting", "host_port": 30000},
     {"state": "running", "host_port": 30999},
     {"state": "running", "host_port": 30000, "health": "failing"},
+    {"state": "running", "host_port": 30000, "host_ports": {"8080": 30000}},  # its host ports, reported at last
     {"state": "stopped"},
 ])
 def test_a_report_that_changes_state_health_or_port_asks_once(running, pushes, change):

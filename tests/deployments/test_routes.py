@@ -4,12 +4,13 @@ has no backend, and its limits, in a fixed number of queries."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
-import hashlib
-
-from cloud.deployments.models import Replica
-from cloud.deployments.routes import Backend, RouteTable, route_table
+from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.routes import Backend, RouteTable, TcpRoute, route_table
 from cloud.deployments.services import (
     deployment_delete,
     deployment_start,
@@ -101,8 +102,6 @@ def test_equal_databases_give_equal_tables_and_digests(acme):
 
 
 def test_the_table_is_plain_data():
-    import json
-
     assert json.loads(json.dumps(route_table().as_dict())) == {"domain": "gantry.localhost", "routes": []}
 
 
@@ -118,6 +117,19 @@ def test_the_query_count_does_not_grow_with_the_deployments_or_keys(acme, evil, 
         table = route_table()
     assert len(table.routes) == 13 and sum(len(route.backends) == 2 for route in table.routes) == 12
     assert sorted(len(route.key_hashes) for route in table.routes) == [0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_the_query_count_does_not_grow_with_the_ports_either(acme, django_assert_num_queries):
+    for i in range(5):
+        deployment = deployment_for(acme, name=f"multi-{i}", traffic_port=8080, endpoint_access="public", replica_count=2,
+                                    expose=[WEB, {**SSH, "port": 2200 + i}, {**SSH, "name": "db", "port": 5432}])
+        for replica in place_running(deployment):
+            report(replica, "running", host_port=replica.host_port,
+                   host_ports=_published(replica, 8080, 8081, 2200 + i, 5432))
+    with django_assert_num_queries(3):
+        table = route_table()
+    assert (len(table.routes), len(table.tcp_routes)) == (10, 10)
+    assert all(len(route.backends) == 2 for route in (*table.routes, *table.tcp_routes))
 
 
 # -- access, keys, limits ---------------------------------------------------------------------------
@@ -194,3 +206,89 @@ def test_a_running_deployment_whose_replicas_all_fail_their_check_has_no_backend
     report(replica, "running", host_port=replica.host_port, health="failing", reason="GET / failed 3 times")
     route = _route(deployment.endpoint_label)
     assert route.backends == () and route.unavailable == "starting"
+
+
+# -- several ports (expose) -------------------------------------------------------------------------
+
+WEB = {"name": "web", "port": 8081, "protocol": "http"}
+SSH = {"name": "ssh", "port": 22, "protocol": "tcp"}
+
+
+def _published(replica, *guest_ports) -> dict[str, int]:
+    """What a node reports of a replica publishing these ports: host ports 40000 + ordinal * 10 + i."""
+    return {str(port): 40000 + replica.ordinal * 10 + i for i, port in enumerate(guest_ports)}
+
+
+def test_each_extra_http_port_is_a_route_of_its_own_served_by_the_replicas_that_publish_it(acme):
+    deployment = deployment_for(acme, name="multi", traffic_port=8080, replica_count=2, request_timeout_s=30,
+                                expose=[WEB, {**WEB, "name": "admin", "port": 9000}])
+    endpoint_key_create(tenant=acme, actor=None, deployment_id=deployment.pk, name="k")
+    node = NodeFactory(hardware_type=deployment.hardware_type, public_address="198.51.100.9")
+    new, old = place_running(deployment, node=node)
+    report(new, "running", host_port=new.host_port, host_ports=_published(new, 8080, 8081, 9000))
+    # Started before the PATCH that added the ports: its node published the traffic port alone.
+    report(old, "running", host_port=old.host_port, host_ports=_published(old, 8080))
+
+    label = deployment.endpoint_label
+    routes = {route.label: route for route in route_table().routes}
+    assert set(routes) == {label, f"{label}-web", f"{label}-admin"}
+    main, web, admin = routes[label], routes[f"{label}-web"], routes[f"{label}-admin"]
+    assert (web.host, admin.host) == (f"{label}-web.gantry.localhost", f"{label}-admin.gantry.localhost")
+    for route in (web, admin):  # the deployment's settings and keys, its own backends
+        assert (route.access, route.key_hashes, route.timeout_s, route.unavailable) == (
+            main.access, main.key_hashes, 30, "")
+    assert {b.replica for b in main.backends} == {str(new.uid), str(old.uid)}
+    assert web.backends == (Backend(replica=str(new.uid), address="198.51.100.9", port=40001),)
+    assert admin.backends == (Backend(replica=str(new.uid), address="198.51.100.9", port=40002),)
+
+    report(new, "running", host_port=new.host_port, host_ports=_published(new, 8080, 8081, 9000), health="failing")
+    assert _route(f"{label}-web").backends == () and _route(f"{label}-web").unavailable == "starting"
+
+
+def test_tcp_ports_are_tcp_routes_on_their_gateway_ports_sorted_by_port(acme):
+    first = deployment_for(acme, name="first", endpoint_access="public", stop_grace_seconds=40,
+                           expose=[SSH, {**SSH, "name": "db", "port": 5432}])
+    second = deployment_for(acme, name="second", traffic_port=8080, allow_public_tcp=True, request_timeout_s=90,
+                            expose=[{**SSH, "port": 2222}])
+    deployment_update(tenant=acme, actor=None, deployment_id=first.pk, changes={"expose": [
+        {**SSH, "name": "db", "port": 5432}, SSH]})  # reordered: the ports stay
+    node = NodeFactory(hardware_type=first.hardware_type, public_address="198.51.100.10")
+    (replica,) = place_running(first, node=node)
+    report(replica, "running", host_port=None, host_ports=_published(replica, 22, 5432))
+
+    table = route_table()
+    assert [route.label for route in table.routes] == [second.endpoint_label]  # no traffic port, no https name
+    assert table.tcp_routes == (
+        TcpRoute(name=f"{first.endpoint_label}-ssh", listen_port=20000, timeout_s=600, stop_grace_seconds=40,
+                 backends=(Backend(replica=str(replica.uid), address="198.51.100.10", port=40000),)),
+        TcpRoute(name=f"{first.endpoint_label}-db", listen_port=20001, timeout_s=600, stop_grace_seconds=40,
+                 backends=(Backend(replica=str(replica.uid), address="198.51.100.10", port=40001),)),
+        TcpRoute(name=f"{second.endpoint_label}-ssh", listen_port=20002, timeout_s=90, stop_grace_seconds=10,
+                 backends=()),
+    )
+    shown = json.loads(json.dumps(table.as_dict()))["tcp_routes"]  # as it is pushed
+    assert shown[0] == {"name": f"{first.endpoint_label}-ssh", "listen_port": 20000, "timeout_s": 600,
+                        "stop_grace_seconds": 40,
+                        "backends": [{"replica": str(replica.uid), "address": "198.51.100.10", "port": 40000}]}
+
+
+def test_tcp_routes_are_left_out_of_the_table_until_there_is_one(acme):
+    deployment = deployment_for(acme, name="web", traffic_port=8080, endpoint_access="public", expose=[WEB])
+    before = route_table()
+    assert set(before.as_dict()) == {"domain", "routes"}  # what a gateway that predates TCP ports takes
+    deployment_update(tenant=acme, actor=None, deployment_id=deployment.pk, changes={"expose": [WEB, SSH]})
+    assert len(route_table().as_dict()["tcp_routes"]) == 1
+    deployment_delete(tenant=acme, actor=None, deployment_id=deployment.pk)
+    assert route_table().as_dict() == {"domain": "gantry.localhost", "routes": ()}
+
+
+def test_a_label_is_never_sent_twice_and_a_deployments_own_name_wins(acme):
+    shop = deployment_for(acme, name="shop", traffic_port=8080, endpoint_access="public", expose=[WEB])
+    other = deployment_for(acme, name="other", traffic_port=8080, endpoint_access="public")
+    # The 30-bit coincidence, forced: another deployment's label spells shop's web port's.
+    Deployment.objects.filter(pk=other.pk).update(endpoint_label=f"{shop.endpoint_label}-web")
+    other.refresh_from_db()
+    place_running(other)
+    routes = route_table().routes
+    assert [route.label for route in routes] == [shop.endpoint_label, f"{shop.endpoint_label}-web"]
+    assert {b.replica for b in routes[1].backends} == {str(r.uid) for r in other.replicas.all()}

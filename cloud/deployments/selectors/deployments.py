@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.postgres.expressions import ArraySubquery
-from django.db.models import Count, Exists, IntegerField, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import CharField, Count, Exists, F, Func, IntegerField, OuterRef, Prefetch, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.selectors import billed_interval_annotations, deployment_cost_annotations, funds_notices_expression
-from cloud.deployments.models import Deployment, Replica
+from cloud.deployments.models import Deployment, GatewayPort, Replica
 from cloud.deployments.routes import serving_replicas
 from cloud.exceptions import NotFound
 from nodes.selectors import replica_gpus
@@ -24,7 +24,7 @@ from protocol.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
 _SHOWN_FIELDS = (
     "id", "tenant_id", "name", "endpoint_label", "status", "status_reason", "template__slug", "image", "env",
     "secret_env_keys", "entrypoint", "args", "traffic_port", "health_check_path", "endpoint_access", "request_timeout_s",
-    "max_request_body_mb", "gpus_per_container", "hardware_type_id", "node_id", "replica_count",
+    "max_request_body_mb", "expose", "allow_public_tcp", "gpus_per_container", "hardware_type_id", "node_id", "replica_count",
     "duration_hours", "stop_grace_seconds", "price_per_gpu_hour", "registry_username",
     "created_at", "updated_at", "started_at", "stopped_at", "expires_at",
 )
@@ -43,7 +43,7 @@ def deployments_for(*, tenant, now: datetime | None = None) -> QuerySet[Deployme
 
     One query whatever the page size: the template slug is joined, and location ids, the
     running replicas' count (ready_replicas), whether one is in the gateway's pool (the
-    endpoint's `ready`, as routes.route_table decides it), the cost so far
+    endpoint's `ready`, as routes.route_table decides it, and its extra ports'), the cost so far
     (metered + accruing up to `now`) and the tenant's funds notices (warnings) come from
     correlated subqueries. Page over `deployment_ids_for` rather than slicing this deep: the
     subqueries would run for every skipped row."""
@@ -62,14 +62,30 @@ def deployments_for(*, tenant, now: datetime | None = None) -> QuerySet[Deployme
                                        host_port__isnull=False, node__isnull=False)
                 .order_by().values("deployment_id").annotate(n=Count("pk")).values("n"),
                 output_field=IntegerField()), 0),
-            serving=Exists(serving_replicas().filter(deployment_id=OuterRef("pk"),
+            serving=Exists(serving_replicas().filter(deployment_id=OuterRef("pk"), host_port__isnull=False,
                                                      node__public_address__isnull=False)),
+            **_expose_annotations(),
             funds_notices=funds_notices_expression(tenant_ref="tenant_id"),
             **deployment_cost_annotations(now=now),
         )
         .order_by("-created_at", "-id")
     )
     return queryset
+
+
+def _expose_annotations() -> dict:
+    """For the endpoints of `expose`: the guest ports the serving replicas publish (each an
+    extra endpoint's `ready`, as route_table decides it), and the gateway ports the TCP ones
+    hold, by name (two arrays in port order)."""
+    held = GatewayPort.objects.filter(deployment_id=OuterRef("pk")).order_by("port")
+    return {
+        "serving_ports": ArraySubquery(
+            serving_replicas().filter(deployment_id=OuterRef("pk"), node__public_address__isnull=False)
+            .annotate(guest_port=Func(F("host_ports"), function="jsonb_object_keys", output_field=CharField()))
+            .values("guest_port")),
+        "tcp_names": ArraySubquery(held.values("name")),
+        "tcp_ports": ArraySubquery(held.values("port")),
+    }
 
 
 def deployment_ids_for(*, tenant) -> QuerySet:

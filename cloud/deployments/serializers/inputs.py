@@ -16,6 +16,9 @@ from cloud.deployments.models import (
     MAX_REQUEST_TIMEOUT_S,
 )
 from cloud.deployments.services.endpoint_keys import key_name_problem
+from cloud.deployments.services.expose import NAME_RE as EXPOSE_NAME_RE
+from cloud.deployments.services.expose import NAME_RULE as EXPOSE_NAME_RULE
+from cloud.deployments.services.expose import TRAFFIC_PORT_NAME
 from cloud.fields import (
     EnvField,
     ImageReferenceField,
@@ -24,7 +27,15 @@ from cloud.fields import (
     StrictIntegerField,
     string_list,
 )
-from protocol.vocabulary import ENDPOINT_ACCESSES, HEALTH_PATH_RE, LOG_STREAMS, PRIVATE, PUBLIC
+from protocol.vocabulary import (
+    ENDPOINT_ACCESSES,
+    EXPOSE_PROTOCOLS,
+    HEALTH_PATH_RE,
+    LOG_STREAMS,
+    MAX_EXPOSED_PORTS,
+    PRIVATE,
+    PUBLIC,
+)
 
 NAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 NAME_HELP = "1-100 characters: letters, digits, '.', '_' and '-', starting with a letter or digit; unique per tenant."
@@ -68,6 +79,39 @@ class ShareInput(_StrictInput):
     is_public = StrictBooleanField(help_text="true: the endpoint is public; false: private (endpoint keys only).")
 
 
+class ExposeInput(_StrictInput):
+    """One port beside traffic_port, served by the gateway (Volant's `expose`)."""
+
+    name = StrictCharField(max_length=15, trim_whitespace=False,
+                           help_text=f"{EXPOSE_NAME_RULE}; not \"{TRAFFIC_PORT_NAME}\" (traffic_port's). An HTTP "
+                                     "port is served at https://<endpoint_label>-<name>.<domain>.")
+    port = StrictIntegerField(min_value=1, max_value=65535, help_text="The container's port.")
+    protocol = StrictChoiceField(choices=list(EXPOSE_PROTOCOLS), help_text=(
+        "http: its own https name at the gateway, with the deployment's endpoint access; tcp: a port of its own on "
+        "the gateway, open to anyone (no endpoint key can be checked)."))
+
+    def validate_name(self, value):
+        if not EXPOSE_NAME_RE.fullmatch(value):
+            raise serializers.ValidationError(f"A port's name is {EXPOSE_NAME_RULE}.", code="invalid_name")
+        if value == TRAFFIC_PORT_NAME:
+            raise serializers.ValidationError(f"\"{TRAFFIC_PORT_NAME}\" names traffic_port; give this port another "
+                                              "name.", code="reserved_name")
+        return value
+
+
+def _expose_list(entries: list) -> list[dict]:
+    """The list as a whole: names and ports each once."""
+    for key in ("name", "port"):
+        seen = set()
+        for i, entry in enumerate(entries):
+            if entry[key] in seen:
+                raise serializers.ValidationError(
+                    {i: {key: [serializers.ErrorDetail(f"{key} {entry[key]!r} is given twice; each port and each "
+                                                       "name once.", code="duplicate")]}})
+            seen.add(entry[key])
+    return [{"name": e["name"], "port": e["port"], "protocol": e["protocol"]} for e in entries]
+
+
 ENDPOINT_ACCESS_HELP = ("private: the gateway answers only requests carrying one of the deployment's endpoint keys "
                         "in the Gantry-Key header; public: anyone who has the URL.")
 
@@ -85,6 +129,16 @@ class _EndpointSettingsInput(_StrictInput):
     max_request_body_mb = _opt(StrictIntegerField, min_value=1, max_value=MAX_REQUEST_BODY_MB,
                                help_text=f"Largest request body the gateway lets through, in MiB (default "
                                          f"{DEFAULT_MAX_REQUEST_BODY_MB}, at most {MAX_REQUEST_BODY_MB}).")
+    expose = serializers.ListField(
+        child=ExposeInput(), required=False, allow_null=True, max_length=MAX_EXPOSED_PORTS,
+        help_text=f"Up to {MAX_EXPOSED_PORTS} ports beside traffic_port, each published by the nodes and served by "
+                  "the gateway; a PATCH replaces the list (new ports reach a replica when it next starts).")
+    allow_public_tcp = _opt(StrictBooleanField, help_text=(
+        "Required (true) for a TCP port on a private deployment: a TCP port carries no endpoint key, so it is open "
+        "to anyone who finds it."))
+
+    def validate_expose(self, value):
+        return None if value is None else _expose_list(value)
 
 
 def _endpoint_changes(attrs: dict) -> dict:
@@ -99,7 +153,7 @@ def _endpoint_changes(attrs: dict) -> dict:
                 "give one of them, or the same answer in both.")})
         access = shared
     changes = {"endpoint_access": access} if access is not None else {}
-    for name in ("request_timeout_s", "max_request_body_mb"):
+    for name in ("request_timeout_s", "max_request_body_mb", "expose", "allow_public_tcp"):
         if attrs.get(name) is not None:
             changes[name] = attrs[name]
     return changes

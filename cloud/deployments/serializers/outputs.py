@@ -15,11 +15,12 @@ from billing.money import money_str
 from billing.selectors import billed_interval_of, deployment_cost_for
 from billing.services import hourly_cost
 from cloud.deployments import feeds
-from cloud.deployments.labels import endpoint_host
-from cloud.deployments.models import Deployment, LogLine, Replica
+from cloud.deployments.labels import endpoint_host, expose_label
+from cloud.deployments.models import Deployment, GatewayPort, LogLine, Replica
 from cloud.deployments.routes import serving_replicas
+from cloud.deployments.services.expose import TRAFFIC_PORT_NAME, tcp_url
 from cloud.fields import EnvField
-from protocol.vocabulary import ENDPOINT_ACCESSES, LIVE_STATUSES
+from protocol.vocabulary import ENDPOINT_ACCESSES, EXPOSE_HTTP, EXPOSE_PROTOCOLS, LIVE_STATUSES, PUBLIC
 
 
 def endpoint_url(*, address: str | None, port: int | None) -> str | None:
@@ -35,17 +36,28 @@ def gateway_url(label: str) -> str:
 
 
 class EndpointOutput(serializers.Serializer):
-    """One name the gateway serves the deployment under."""
+    """One name the gateway serves the deployment under: traffic_port's, and one per port of `expose`."""
 
-    type = serializers.ChoiceField(choices=["https"])
-    name = serializers.CharField(help_text="Which of the deployment's ports: \"http\" for traffic_port.")
-    url = serializers.CharField(help_text="https://<endpoint_host>, with the gateway's port when it is not 443.")
-    port = serializers.IntegerField(help_text="The gateway's port.")
+    type = serializers.ChoiceField(choices=["https", "tcp"])
+    name = serializers.CharField(help_text="Which of the deployment's ports: \"http\" for traffic_port, else the "
+                                           "name in `expose`.")
+    url = serializers.CharField(help_text="https://<endpoint_host> for traffic_port, https://<endpoint_label>-<name>."
+                                          "<domain> for another HTTP port (with the gateway's port when it is not "
+                                          "443), tcp://<the gateways' host>:<port> for a TCP port.")
+    port = serializers.IntegerField(help_text="The gateway's port: its HTTPS port, or the TCP port it holds for this "
+                                              "deployment's port (stable while the deployment exists).")
     internal_port = serializers.IntegerField(help_text="The container's port behind it.")
     access = serializers.ChoiceField(choices=list(ENDPOINT_ACCESSES),
-                                     help_text="private: callers send an endpoint key in Gantry-Key.")
-    ready = serializers.BooleanField(help_text="A replica takes requests through the gateway now (running, "
-                                               "its health check passing).")
+                                     help_text="private: callers send an endpoint key in Gantry-Key. A TCP port is "
+                                               "always public.")
+    ready = serializers.BooleanField(help_text="A replica takes requests on it through the gateway now (running, "
+                                               "its health check passing, and started with this port).")
+
+
+class ExposeOutput(serializers.Serializer):
+    name = serializers.CharField()
+    port = serializers.IntegerField(help_text="The container's port.")
+    protocol = serializers.ChoiceField(choices=list(EXPOSE_PROTOCOLS))
 
 
 class WarningOutput(serializers.Serializer):
@@ -78,6 +90,8 @@ class DeploymentOutput(serializers.Serializer):
         "public: anyone with the URL."))
     request_timeout_s = serializers.IntegerField(help_text="Seconds a request through the gateway may take.")
     max_request_body_mb = serializers.IntegerField(help_text="Largest request body the gateway lets through (MiB).")
+    expose = ExposeOutput(many=True, help_text="Ports beside traffic_port; `endpoints` lists where each is served.")
+    allow_public_tcp = serializers.BooleanField(help_text="A private deployment may have TCP ports (which are public).")
     env = EnvField(help_text="Plain environment variables.")
     secret_env_keys = serializers.ListField(child=serializers.CharField(), help_text="Names of the secret variables; values are never returned.")
     entrypoint = serializers.ListField(child=serializers.CharField(allow_blank=True), allow_null=True)
@@ -121,16 +135,41 @@ class DeploymentOutput(serializers.Serializer):
 
     @extend_schema_field(EndpointOutput(many=True))
     def get_endpoints(self, obj: Deployment) -> list[dict]:
-        """Its gateway name (a deployment that publishes a traffic_port has one); the direct node
-        address of each replica is `replicas[].endpoint`."""
-        if not obj.traffic_port:
-            return []
+        """Its gateway names: traffic_port's, then each port of `expose` in its order (the direct
+        node address of each replica is `replicas[].endpoint`). `ready` is what routes.route_table
+        decides: the selector's annotations, or these queries for a row without them."""
         serving = getattr(obj, "serving", None)  # annotated by selectors.deployments_for
-        if serving is None:
-            serving = serving_replicas().filter(deployment=obj, node__public_address__isnull=False).exists()
-        return [{"type": "https", "name": "http", "url": gateway_url(obj.endpoint_label),
-                 "port": settings.GANTRY_GATEWAY_HTTPS_PORT, "internal_port": obj.traffic_port,
-                 "access": obj.endpoint_access, "ready": bool(serving)}]
+        if serving is None and obj.traffic_port:
+            serving = serving_replicas().filter(deployment=obj, host_port__isnull=False,
+                                                node__public_address__isnull=False).exists()
+        ports_served = getattr(obj, "serving_ports", None)  # ditto
+        if ports_served is None and obj.expose:
+            ports_served = [port for host_ports in serving_replicas().filter(
+                deployment=obj, node__public_address__isnull=False).values_list("host_ports", flat=True)
+                for port in host_ports]
+        ports_served = set(ports_served or ())
+        if hasattr(obj, "tcp_names"):  # ditto: the gateway ports its TCP ports hold, by name
+            listen = dict(zip(obj.tcp_names or (), obj.tcp_ports or ()))
+        else:
+            listen = dict(GatewayPort.objects.filter(deployment=obj).values_list("name", "port")) if obj.expose else {}
+        https_port = settings.GANTRY_GATEWAY_HTTPS_PORT
+        endpoints = []
+        if obj.traffic_port:
+            endpoints.append({"type": "https", "name": TRAFFIC_PORT_NAME, "url": gateway_url(obj.endpoint_label),
+                              "port": https_port, "internal_port": obj.traffic_port, "access": obj.endpoint_access,
+                              "ready": bool(serving)})
+        for entry in obj.expose:
+            ready = str(entry["port"]) in ports_served
+            if entry["protocol"] == EXPOSE_HTTP:
+                endpoints.append({"type": "https", "name": entry["name"],
+                                  "url": gateway_url(expose_label(obj.endpoint_label, entry["name"])),
+                                  "port": https_port, "internal_port": entry["port"], "access": obj.endpoint_access,
+                                  "ready": ready})
+            elif entry["name"] in listen:
+                endpoints.append({"type": "tcp", "name": entry["name"], "url": tcp_url(listen[entry["name"]]),
+                                  "port": listen[entry["name"]], "internal_port": entry["port"], "access": PUBLIC,
+                                  "ready": ready})
+        return endpoints
 
     @extend_schema_field({"type": "string", "format": "decimal",
                           "description": "USD so far: its usage records plus what its replicas ran since, up to now."})

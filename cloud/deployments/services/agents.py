@@ -88,10 +88,18 @@ def _vm_gone(replica: Replica) -> None:
         scheduler_kick()
 
 
+def _host_ports(deployment: Deployment, report: ReplicaReport) -> dict[str, int]:
+    """The report's published ports that are the deployment's own, on a host port that can be
+    one: the route table sends them to every gateway, which refuses a whole table over one bad
+    port, so a node's word is not enough."""
+    ours = {str(port) for port in (deployment.traffic_port, *(entry["port"] for entry in deployment.expose)) if port}
+    return {guest: host for guest, host in sorted(report.host_ports.items()) if guest in ours and 0 < host < 65536}
+
+
 def _apply(replica: Replica, report: ReplicaReport) -> None:
     now = timezone.now()
     old_state, old_reason = replica.state, replica.reason
-    old_health, old_host_port = replica.health, replica.host_port
+    old_health, old_host_port, old_host_ports = replica.health, replica.host_port, replica.host_ports
     replica.last_report_at = now
     if report.state in VM_ENDED_STATES:
         if not replica.vm_gone:
@@ -124,10 +132,11 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
             replica.started_at = now
     replica.vm_address = report.address
     replica.host_port = report.host_port
+    replica.host_ports = _host_ports(replica.deployment, report)
     replica.exit_code = report.exit_code
     replica.health = report.health  # a failing check takes it out of the gateway's pool (routes.py)
-    replica.save(update_fields=["state", "reason", "vm_address", "host_port", "exit_code", "health", "booted_at",
-                                "started_at", "stopped_at", "ended_at", "vm_gone", "last_report_at"])
+    replica.save(update_fields=["state", "reason", "vm_address", "host_port", "host_ports", "exit_code", "health",
+                                "booted_at", "started_at", "stopped_at", "ended_at", "vm_gone", "last_report_at"])
     if booted:
         # Metering starts in the same transaction as the VM's start: even an incarnation that
         # fails before it ever runs, or before the next metering pass, is charged for every
@@ -143,7 +152,8 @@ def _apply(replica: Replica, report: ReplicaReport) -> None:
         # it leaves or rejoins the gateway's pool. Once per change, not per report.
         replica_event(replica, "replica.health_failing" if replica.health == FAILING else "replica.health_passing",
                       node=node)
-    if (replica.state, replica.health, replica.host_port) != (old_state, old_health, old_host_port):
+    if ((replica.state, replica.health, replica.host_port, replica.host_ports)
+            != (old_state, old_health, old_host_port, old_host_ports)):
         routes_changed()  # only a change the route table can see: most reports change nothing
     if drain.replica_up(replica):
         rolling.successor_up(replica)  # what it replaces (if anything) drains and stops
@@ -233,7 +243,7 @@ def replica_spec(replica: Replica, *, gpu_bdfs: list[str]) -> ReplicaSpec:
         registry_username=d.registry_username or None, registry_password=d.get_registry_secret() if d.registry_username else None,
         env={**d.env, "GANTRY_DEPLOYMENT_ID": str(d.pk), "GANTRY_REPLICA_ORDINAL": str(replica.ordinal)},
         secret_env=d.get_secret_env(), entrypoint=d.entrypoint, args=d.args, traffic_port=d.traffic_port,
-        health_path=d.health_check_path or None,
+        health_path=d.health_check_path or None, ports=[entry["port"] for entry in d.expose],
         vcpus=max(hardware.vcpus_per_gpu * units, 1), memory_mib=max(hardware.memory_gib_per_gpu * units * 1024, 256),
         gpu_bdfs=gpu_bdfs,
     )

@@ -1,6 +1,6 @@
-"""PATCH: scale, extend, replace env (a rolling restart of what runs), change the endpoint's
-settings at the gateway. Other fields are fixed at creation (make a new deployment to change the
-image or hardware)."""
+"""PATCH: scale, extend, replace env or the extra ports (a rolling restart of what runs), change
+the endpoint's settings at the gateway. Other fields are fixed at creation (make a new deployment
+to change the image or hardware)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
+from cloud.deployments.services.expose import expose_check, gateway_ports_sync
 from cloud.deployments.services.gateways import ENDPOINT_SETTINGS, routes_changed
 from cloud.deployments.services.rolling import deployment_roll
 from cloud.deployments.services.status import incarnations_create, missing_ordinals, replicas_stop, unfinished_q
@@ -21,7 +22,9 @@ from protocol.vocabulary import LIVE_STATUSES
 
 S = Deployment.Status
 # What the gateway's route table holds of a deployment, besides its replicas.
-ROUTED = {"replica_count", "stop_grace_seconds", *ENDPOINT_SETTINGS}
+ROUTED = {"replica_count", "stop_grace_seconds", "expose", *ENDPOINT_SETTINGS}
+# What decides whether the deployment's TCP ports may be public.
+_EXPOSURE = {"expose", "allow_public_tcp", "endpoint_access"}
 
 
 def _scale(*, tenant, deployment: Deployment, replica_count: int) -> None:
@@ -73,7 +76,8 @@ def _extend(*, deployment: Deployment, duration_hours: int) -> None:
 @transaction.atomic
 def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deployment:
     """`changes` may hold replica_count, duration_hours, stop_grace_seconds, env, secret_env, endpoint_access,
-    request_timeout_s, max_request_body_mb (each optional)."""
+    request_timeout_s, max_request_body_mb, expose, allow_public_tcp (each optional). A change of
+    `expose` reaches the gateway at once and each replica's node when the replica next starts."""
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
     changed: list[str] = []
     if "replica_count" in changes and changes["replica_count"] != deployment.replica_count:
@@ -95,6 +99,15 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
     # Secrets are compared by nothing (they are decrypted only for a node): any secret_env given
     # is a change of what the workload sees.
     env_changed = "secret_env" in changes or ("env" in changes and dict(changes["env"]) != deployment.env)
+    old_expose = list(deployment.expose or [])
+    for name in ("expose", "allow_public_tcp"):
+        if name in changes and changes[name] != getattr(deployment, name):
+            setattr(deployment, name, changes[name])
+            changed.append(name)
+    if _EXPOSURE.intersection(changed):
+        expose_check(deployment=deployment)
+    if "expose" in changed:
+        gateway_ports_sync(deployment=deployment)
     if "secret_env" in changes:
         deployment.set_secret_env(changes["secret_env"])
         changed.append("secret_env_variables")
@@ -110,8 +123,11 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
             )
         for key in overlap:  # a new secret replaces the plain variable of the same name
             deployment.env.pop(key)
-    # A VM takes its env when it starts: the placed replicas restart (rolling) to take the new one.
-    restarted = env_changed and deployment.status in (S.STARTING, S.RUNNING)
+    # A VM takes its env and publishes its ports when it starts: the placed replicas restart
+    # (rolling) to take the new ones.
+    ports_changed = sorted(p["port"] for p in old_expose) != sorted(p["port"] for p in deployment.expose or [])
+    cause = "env changed" if env_changed else "ports changed"
+    restarted = (env_changed or ports_changed) and deployment.status in (S.STARTING, S.RUNNING)
     if restarted:
         deployment_roll(deployment=deployment)
     deployment.save()
@@ -125,5 +141,5 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
         })
     if restarted:
         event_record(tenant=tenant, deployment=deployment, type="deployment.restarted",
-                     payload={"actor": actor_label(actor), "cause": "env changed"})
+                     payload={"actor": actor_label(actor), "cause": cause})
     return deployment

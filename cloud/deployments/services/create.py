@@ -24,6 +24,7 @@ from cloud.deployments.labels import endpoint_label
 from cloud.deployments.models import ENDPOINT_LABEL_CONSTRAINT, Deployment
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
+from cloud.deployments.services.expose import expose_check, gateway_ports_sync
 from cloud.deployments.services.gateways import ENDPOINT_SETTINGS, routes_changed
 from cloud.deployments.services.status import PENDING_REASON, incarnations_create
 from cloud.exceptions import Conflict, InvalidInput, NotFound
@@ -257,14 +258,17 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
         stop_grace_seconds=spec["stop_grace_seconds"] if spec.get("stop_grace_seconds") is not None else 10,
         # Unset, the model's defaults: private, 10 minutes, 1 GiB.
         **{name: spec[name] for name in ENDPOINT_SETTINGS if spec.get(name) is not None},
+        expose=spec.get("expose") or [], allow_public_tcp=bool(spec.get("allow_public_tcp")),
     )
     deployment.set_secret_env(secret_env)
     deployment.set_registry_secret(spec.get("registry_secret"))
     _insert(deployment)
+    expose_check(deployment=deployment)  # it needs the label _insert made
+    gateway_ports_sync(deployment=deployment)
     if locations:
         deployment.locations.set(locations)
     incarnations_create(deployment=deployment, ordinals=range(replica_count))
-    if deployment.traffic_port:
+    if deployment.traffic_port or deployment.expose:
         routes_changed()
     event_record(
         tenant=tenant, deployment=deployment, type="deployment.created",

@@ -24,6 +24,7 @@ from cloud.deployments import selectors
 from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services import quotas
 from cloud.deployments.services.events import actor_label, event_record
+from cloud.deployments.services.expose import gateway_ports_release
 from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services.rolling import deployment_roll
 from cloud.deployments.services.status import (
@@ -144,6 +145,7 @@ def deployment_delete(*, tenant, actor, deployment_id) -> None:
         _stop(deployment=deployment, reason="deployment deleted", final_status=S.STOPPED)
     deployment.deleted_at = timezone.now()
     deployment.save(update_fields=["deleted_at", "updated_at"])
+    gateway_ports_release(deployment=deployment)  # its TCP ports' gateway ports go to others
     routes_changed()  # its name leaves the table
     event_record(tenant=tenant, deployment=deployment, type="deployment.deleted",
                  payload={"name": deployment.name, "actor": actor_label(actor)})
