@@ -102,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._problem(HTTPStatus.BAD_REQUEST, str(exc), title="Invalid route table",
                                  errors=[{"field": exc.field, "message": exc.message, "code": "invalid"}])
         try:
-            applied = gateway.push(push)
+            applied = gateway.push(push, body)
         except ProxyError as exc:
             return self._problem(HTTPStatus.SERVICE_UNAVAILABLE, f"The table was not applied: {exc}")
         return self._json(HTTPStatus.OK, applied.as_dict())
