@@ -114,7 +114,7 @@ class Pool:
         slots = [Slot() for _ in range(size)]
         for index, route in enumerate(routes):
             slots[index].label = route.label
-            for backend in route.backends:
+            for backend in sorted(route.backends, key=lambda b: (b.replica, b.address, b.port)):
                 server = Server(name=name(backend), backend=backend)
                 slots[index].servers[server.name] = server
         assigned = {route.label: index for index, route in enumerate(routes)}
