@@ -131,7 +131,10 @@ def _run(args: argparse.Namespace) -> int:
                 return 1
             print(f"gateway: HAProxy exited with status {code}; starting it again with the last table",
                   file=sys.stderr, flush=True)
-            gateway.revive()
+            try:
+                gateway.revive()
+            except ProxyError as exc:  # counted as one more exit on the next round
+                print(f"gateway: starting HAProxy again failed: {exc}", file=sys.stderr, flush=True)
         return 0
     except (OSError, ProxyError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)

@@ -93,6 +93,10 @@ class GatewayRun:
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-5000:]
 
+    def said(self, text: str) -> bool:
+        """Whether the gateway's output (HAProxy's included) has `text` anywhere."""
+        return text in self.log.read_text(errors="replace")
+
     def push(self, table: dict) -> dict:
         response = self.control.put("/v1/routes", content=push_body(table),
                                     headers={"Content-Type": "application/json"})
@@ -144,8 +148,11 @@ class GatewayRun:
     def pool_size(self) -> int:
         return sum(1 for line in self.admin("show backend").splitlines() if line.startswith("be_"))
 
-    def haproxy_master(self) -> int:
-        return int((self.state_dir / "haproxy.pid").read_text().split()[0])
+    def haproxy_master(self) -> int | None:
+        try:
+            return int((self.state_dir / "haproxy.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None  # being written
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -237,7 +244,7 @@ class Client:
 
 @pytest.fixture
 def client(certs) -> Iterator[Client]:
-    """Fresh per test: a connection kept alive across a test's pushes is the old worker's."""
+    """Fresh per test: no test leans on a connection another test opened."""
     c = Client(certs)
     yield c
     c.close()

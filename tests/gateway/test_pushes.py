@@ -187,4 +187,4 @@ def test_pushes_alone_never_reload_haproxy(gateway):
     for _ in range(12):
         gateway.push(next(changes))
     assert gateway.workers() == ([worker], [])
-    assert "loading a new config" not in gateway.output()
+    assert not gateway.said("loading a new config")
