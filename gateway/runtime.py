@@ -134,17 +134,16 @@ class AdminSession:
 
     # -- servers ---------------------------------------------------------------------------------
 
-    def server_counts(self, backend: str) -> dict[str, dict[str, int]]:
-        """Per server of `backend`: its streams (scur), queue (qcur), connections in use and idle."""
-        counts: dict[str, dict[str, int]] = {}
-        stat = _table(self.run(f"show stat {backend} 4 -1"), ",")
-        for row in stat:
-            if row.get("pxname") == backend and row.get("svname"):
-                counts[row["svname"]] = {"scur": _int(row.get("scur")), "qcur": _int(row.get("qcur"))}
-        for row in _table(self.run(f"show servers conn {backend}"), " "):
-            name = row.get("bkname/svname", "").partition("/")[2]
-            if name in counts:
-                counts[name] |= {"used_cur": _int(row.get("used_cur")), "idle_cur": _int(row.get("idle_cur"))}
+    def server_counts(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Per (backend, server): its streams (scur), queue (qcur), connections in use and idle."""
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        for row in _table(self.run("show stat -1 4 -1"), ","):
+            if row.get("pxname") and row.get("svname"):
+                counts[(row["pxname"], row["svname"])] = {"scur": _int(row.get("scur")), "qcur": _int(row.get("qcur"))}
+        for row in _table(self.run("show servers conn"), " "):
+            key = tuple(row.get("bkname/svname", "").partition("/")[::2])
+            if key in counts:
+                counts[key] |= {"used_cur": _int(row.get("used_cur")), "idle_cur": _int(row.get("idle_cur"))}
         return counts
 
     def streams_by_server(self) -> dict[tuple[str, str], int]:

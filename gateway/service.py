@@ -64,10 +64,13 @@ class TableStore:
             body = self.path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            log(f"cannot read {self.path} ({exc}); starting with no table")
+            return None
         try:
             return parse_push(body), body
         except TableError as exc:
-            log(f"{self.path} is not a table ({exc}); starting with none")
+            log(f"{self.path} is not a table ({exc}); starting with no table")
             return None
 
     def save(self, body: bytes) -> None:
@@ -209,14 +212,12 @@ class Gateway:
                 return
             now = time.monotonic()
             with self.proxy.admin() as cli:
-                counts: dict[str, dict[str, dict[str, int]]] = {}
+                counts = cli.server_counts()  # two answers for all servers, however many leave
                 streams: dict[tuple[str, str], int] | None = None
                 for index, server in pool.leaving():
                     backend = backend_name(index)
                     ref = f"{backend}/{server.name}"
-                    if backend not in counts:
-                        counts[backend] = cli.server_counts(backend)
-                    count = counts[backend].get(server.name)
+                    count = counts.get((backend, server.name))
                     if count is None:
                         log(f"reaper: {ref} is gone from HAProxy")
                         pool.forget(index, server.name)

@@ -50,10 +50,13 @@ def test_more_routes_than_the_pool_holds_grow_it_by_a_reload_and_all_of_them_ser
     assert gateway.said("6 new routes, 0 free backends of 64: loading a new config into HAProxy, a pool of 256")
     for n in range(70):
         assert answers(certs, f"r{n}.gantry.localhost") == [(200, "a" if n % 2 else "b")]
-    # The new worker holds the servers from its start, and takes runtime changes again.
+    # The new worker holds the servers from its start (in its config), and takes runtime changes
+    # again: those of the routes that leave drain and are deleted like any other.
     worker = gateway.worker()
+    assert sum(len(names) for names in gateway.servers().values()) == 70
     gateway.push(many(3))
     assert answers(certs, "r69.gantry.localhost")[0][0] == 404
+    wait_for(lambda: sum(len(names) for names in gateway.servers().values()) == 3, "the 67 servers left were deleted")
     assert gateway.worker() == worker
 
 

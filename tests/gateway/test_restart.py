@@ -108,7 +108,7 @@ def test_a_table_file_that_is_not_a_table_starts_with_none(gateway, certs):
     assert gateway.wait() == 0
     (gateway.state_dir / "table.json").write_bytes(b'{"version": 1, "digest": "00", "table": {}}')
     gateway.start()
-    assert gateway.said("is not a table (digest: must be 64 lowercase hex digits); starting with none")
+    assert gateway.said("is not a table (digest: must be 64 lowercase hex digits); starting with no table")
     c = Client(certs)
     try:
         assert problem(c.get(HOST))["status"] == 404
