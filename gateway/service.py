@@ -166,17 +166,19 @@ class Gateway:
     @staticmethod
     def _send(cli: AdminSession, pool: Pool, change: Change) -> None:
         assert pool.directory is not None
+        adds = []
         for index, server in change.add:
             ref = f"{backend_name(index)}/{server.name}"
-            cli.expect(f"add server {ref} {server_address(server.backend)} {SERVER_OPTIONS}", "New server registered.")
-            cli.expect(f"enable server {ref}")
+            adds += [(f"add server {ref} {server_address(server.backend)} {SERVER_OPTIONS}", "New server registered."),
+                     (f"enable server {ref}", "")]
+        cli.expect_many(adds)
         # Keys before routes: a route turning private finds its keys there already; in between,
         # any mix of the two tables is at most as open as one of them.
         for file in MAPS:
             if file in change.maps:
                 cli.replace_map(str(pool.directory / file), change.maps[file])
-        for index, server in change.drain:
-            cli.expect(f"set server {backend_name(index)}/{server.name} state drain")
+        cli.expect_many([(f"set server {backend_name(index)}/{server.name} state drain", "")
+                         for index, server in change.drain])
 
     def _rebuild(self, table: Table, *, grow: bool = False, why: str = "") -> None:
         """A config for `table` with a fresh pool, loaded (started or reloaded); the servers still
@@ -213,35 +215,36 @@ class Gateway:
             now = time.monotonic()
             with self.proxy.admin() as cli:
                 counts = cli.server_counts()  # two answers for all servers, however many leave
-                streams: dict[tuple[str, str], int] | None = None
+                shut, maint, ready = [], [], []
                 for index, server in pool.leaving():
                     backend = backend_name(index)
-                    ref = f"{backend}/{server.name}"
                     count = counts.get((backend, server.name))
                     if count is None:
-                        log(f"reaper: {ref} is gone from HAProxy")
+                        log(f"reaper: {backend}/{server.name} is gone from HAProxy")
                         pool.forget(index, server.name)
-                        continue
-                    busy = count["scur"] or count["qcur"] or count.get("used_cur", 0)
-                    if busy:
+                    elif count["scur"] or count["qcur"] or count.get("used_cur", 0):
                         if not server.shut and now - (server.draining_since or now) >= server.grace_s:
-                            cli.expect(f"shutdown sessions server {ref}")
-                            server.shut = True
-                        continue
-                    if not server.in_maint:
+                            shut.append((index, server))  # its requests are cut: 502, or the connection closes
+                    elif not server.in_maint:
                         # Deleted on a later round: in maintenance nothing new reaches it, and
                         # what just ended has time to let go of it.
-                        cli.expect(f"set server {ref} state maint")
-                        server.in_maint = True
-                        continue
-                    if count.get("idle_cur", 0):
-                        continue  # maintenance closes them; soon gone
-                    if streams is None:
-                        streams = cli.streams_by_server()
-                    if streams.get((backend, server.name)):
-                        continue
-                    answer = cli.run(f"del server {ref}")
+                        maint.append((index, server))
+                    elif not count.get("idle_cur", 0):  # maintenance closes those; soon gone
+                        ready.append((index, server))
+                cli.expect_many([(f"shutdown sessions server {backend_name(i)}/{server.name}", "") for i, server in shut]
+                                + [(f"set server {backend_name(i)}/{server.name} state maint", "") for i, server in maint])
+                for _, server in shut:
+                    server.shut = True
+                for _, server in maint:
+                    server.in_maint = True
+                if not ready:
+                    return
+                streams = cli.streams_by_server()
+                ready = [(index, server) for index, server in ready
+                         if not streams.get((backend_name(index), server.name))]
+                answers = cli.run_many([f"del server {backend_name(index)}/{server.name}" for index, server in ready])
+                for (index, server), answer in zip(ready, answers):
                     if answer == "Server deleted.":
                         pool.forget(index, server.name)
                     elif "still has connections" not in answer:
-                        raise CommandError(f"del server {ref}: HAProxy answered {answer!r}")
+                        raise CommandError(f"del server {backend_name(index)}/{server.name}: HAProxy answered {answer!r}")

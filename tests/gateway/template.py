@@ -145,6 +145,9 @@ class Recorder(AdminSession):
             return "New server registered."
         return "New version created: 7" if command.startswith("prepare map") else ""
 
+    def run_many(self, commands: list[str]) -> list[str]:
+        return [self.run(command) for command in commands]
+
 
 def commands_for(before: Table, after: Table) -> list[tuple[str, list[str]]]:
     """What a gateway serving `before` sends HAProxy to serve `after` (with a pool and client
