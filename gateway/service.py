@@ -125,14 +125,12 @@ class Gateway:
     def applied(self) -> Applied:
         return self._applied
 
-    @property
-    def pool(self) -> Pool | None:
-        return self._pool
-
     # -- pushes --------------------------------------------------------------------------------
 
     def push(self, push: Push, body: bytes) -> Applied:
-        """Serve `push.table`; ProxyError leaves the previous table served and its digest reported."""
+        """Serve `push.table`. ProxyError: not applied, the previous digest still reported; HAProxy
+        serves the previous table, or, when a runtime update failed and so did the rebuild after
+        it, a mix of the two tables' parts until the next push rebuilds."""
         with self._lock:
             if push.digest != self._applied.digest:
                 self._serve(push.table)
@@ -207,44 +205,51 @@ class Gateway:
     def reap(self) -> None:
         """One round: every draining server moves on when it can. With requests in flight it
         waits (shut once its grace is over); then maintenance (out of the balancing for good);
-        then, once no stream or connection of any kind points at it, deleted."""
+        then, once no stream or connection of any kind points at it, deleted.
+
+        HAProxy's counts are read without the lock (thousands of servers take a while to list):
+        meanwhile a push may add servers and drain more, but never brings back one that drains,
+        and counts of a server in maintenance only go down."""
         with self._lock:
             pool = self._pool
             if pool is None or self._unknown or not pool.leaving():
                 return
+        read_at = time.monotonic()
+        with self.proxy.admin() as cli:
+            counts = cli.server_counts()  # two answers for all servers, however many leave
+            streams = cli.streams_by_server() if any(server.in_maint for _, server in pool.leaving()) else {}
+        with self._lock:
+            if self._pool is not pool or self._unknown:
+                return  # a reload since: the servers that drained stay with the old worker
             now = time.monotonic()
-            with self.proxy.admin() as cli:
-                counts = cli.server_counts()  # two answers for all servers, however many leave
-                shut, maint, ready = [], [], []
-                for index, server in pool.leaving():
-                    backend = backend_name(index)
-                    count = counts.get((backend, server.name))
-                    if count is None:
+            shut, maint, ready = [], [], []
+            for index, server in pool.leaving():
+                backend = backend_name(index)
+                count = counts.get((backend, server.name))
+                if count is None:
+                    if (server.draining_since or now) < read_at:  # it was there: deleted by someone else
                         log(f"reaper: {backend}/{server.name} is gone from HAProxy")
                         pool.forget(index, server.name)
-                    elif count["scur"] or count["qcur"] or count.get("used_cur", 0):
-                        if not server.shut and now - (server.draining_since or now) >= server.grace_s:
-                            shut.append((index, server))  # its requests are cut: 502, or the connection closes
-                    elif not server.in_maint:
-                        # Deleted on a later round: in maintenance nothing new reaches it, and
-                        # what just ended has time to let go of it.
-                        maint.append((index, server))
-                    elif not count.get("idle_cur", 0):  # maintenance closes those; soon gone
-                        ready.append((index, server))
+                    continue
+                if count["scur"] or count["qcur"] or count.get("used_cur", 0):
+                    if not server.shut and now - (server.draining_since or now) >= server.grace_s:
+                        shut.append((index, server))  # its requests are cut: 502, or the connection closes
+                elif not server.in_maint:
+                    # Deleted on a later round: in maintenance nothing new reaches it, and what
+                    # just ended has time to let go of it.
+                    maint.append((index, server))
+                elif not count.get("idle_cur", 0) and not streams.get((backend, server.name)):
+                    ready.append((index, server))  # (idle connections: maintenance closes them, soon gone)
+            with self.proxy.admin() as cli:
                 cli.expect_many([(f"shutdown sessions server {backend_name(i)}/{server.name}", "") for i, server in shut]
                                 + [(f"set server {backend_name(i)}/{server.name} state maint", "") for i, server in maint])
                 for _, server in shut:
                     server.shut = True
                 for _, server in maint:
                     server.in_maint = True
-                if not ready:
-                    return
-                streams = cli.streams_by_server()
-                ready = [(index, server) for index, server in ready
-                         if not streams.get((backend_name(index), server.name))]
-                answers = cli.run_many([f"del server {backend_name(index)}/{server.name}" for index, server in ready])
-                for (index, server), answer in zip(ready, answers):
-                    if answer == "Server deleted.":
-                        pool.forget(index, server.name)
-                    elif "still has connections" not in answer:
-                        raise CommandError(f"del server {backend_name(index)}/{server.name}: HAProxy answered {answer!r}")
+                answers = cli.run_many([f"del server {backend_name(i)}/{server.name}" for i, server in ready])
+            for (index, server), answer in zip(ready, answers):
+                if answer == "Server deleted.":
+                    pool.forget(index, server.name)
+                elif "still has connections" not in answer:
+                    raise CommandError(f"del server {backend_name(index)}/{server.name}: HAProxy answered {answer!r}")
