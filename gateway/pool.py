@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.haproxy_config import Layout, map_entries
-from gateway.table import MAX_TIMEOUT_S, Backend, Route, Table
+from gateway.table import MAX_TIMEOUT_S, Backend, Table
 
 MIN_POOL = 64
 LONGEST_FLOOR_S = 600  # the deployments' default request timeout
@@ -155,10 +155,12 @@ class Pool:
 
     def commit(self, change: Change, now: float) -> None:
         """Record `change` as done (every command of it answered as it should)."""
-        graces = {index: self._grace(change.table, index) for index, _ in change.drain}
+        # A leaving server's grace: its route's in the new table, or in the old one if it left.
+        graces = {route.label: route.stop_grace_seconds for route in self.table.routes}
+        graces |= {route.label: route.stop_grace_seconds for route in change.table.routes}
         for index, server in change.drain:
             server.draining_since = now
-            server.grace_s = graces[index]
+            server.grace_s = graces.get(self.slots[index].label or "", 0)
         for index, slot in enumerate(self.slots):
             if slot.label is not None and change.slots.get(slot.label) != index:
                 slot.label = None
@@ -168,13 +170,6 @@ class Pool:
             self.slots[index].servers[server.name] = server
         self.maps = {**self.maps, **change.maps}
         self.table = change.table
-
-    def _grace(self, table: Table, index: int) -> int:
-        label = self.slots[index].label
-        route: Route | None = next((r for r in table.routes if r.label == label), None)
-        if route is None:
-            route = next((r for r in self.table.routes if r.label == label), None)
-        return route.stop_grace_seconds if route is not None else 0
 
     def leaving(self) -> list[tuple[int, Server]]:
         return [(index, server) for index, slot in enumerate(self.slots)
