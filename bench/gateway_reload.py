@@ -182,7 +182,8 @@ def main() -> None:
                     one.append(gateway.push(make_table(routes, ports, lambda i: (a, b) if i == 0 else (0, 1))))
                     assert answered_by(context, gateway.https, "r0.gantry.localhost") in (ports[a], ports[b])
                     every.append(gateway.push(make_table(routes, ports, lambda i: (a, b))))
-                    assert answered_by(context, gateway.https, f"r{routes - 1}.gantry.localhost") in (ports[a], ports[b])
+                    last = f"r{routes - 1}.gantry.localhost"
+                    assert answered_by(context, gateway.https, last) in (ports[a], ports[b])
                     gateway.push(make_table(routes, ports, lambda i: (0, 1)))
                 print(f"  runtime API, {routes:>4} routes: one route's backends swapped {spread(one)}; "
                       f"every route's {spread(every)}")

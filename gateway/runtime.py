@@ -117,7 +117,8 @@ class AdminSession:
                 self._socket.sendall("".join(command + "\n" for command in batch).encode())
                 answers += [self._read_answer().strip("\n") for _ in batch]
         except OSError as exc:
-            raise CommandError(f"{commands[len(answers)] if len(answers) < len(commands) else 'batch'}: {exc}") from None
+            failed = commands[len(answers)] if len(answers) < len(commands) else "a pipelined batch"
+            raise CommandError(f"{failed}: {exc}") from None
         return answers
 
     def expect_many(self, commands: list[tuple[str, str]]) -> None:

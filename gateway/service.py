@@ -241,8 +241,8 @@ class Gateway:
                 elif not count.get("idle_cur", 0) and not streams.get((backend, server.name)):
                     ready.append((index, server))  # (idle connections: maintenance closes them, soon gone)
             with self.proxy.admin() as cli:
-                cli.expect_many([(f"shutdown sessions server {backend_name(i)}/{server.name}", "") for i, server in shut]
-                                + [(f"set server {backend_name(i)}/{server.name} state maint", "") for i, server in maint])
+                cli.expect_many([(f"shutdown sessions server {backend_name(i)}/{s.name}", "") for i, s in shut]
+                                + [(f"set server {backend_name(i)}/{s.name} state maint", "") for i, s in maint])
                 for _, server in shut:
                     server.shut = True
                 for _, server in maint:

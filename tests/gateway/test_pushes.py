@@ -123,7 +123,8 @@ def test_a_keep_alive_client_loses_no_request_and_never_reaches_a_removed_backen
     for sent, _, served_by in answers:
         # Sent after push k returned: only push k's backends, or push k+1's if it had started.
         k = max(i for i, (_, returned, _) in enumerate(timeline) if returned <= sent)
-        allowed = timeline[k][2] | (timeline[k + 1][2] if k + 1 < len(timeline) and timeline[k + 1][0] <= sent else set())
+        crossing = k + 1 < len(timeline) and timeline[k + 1][0] <= sent
+        allowed = timeline[k][2] | (timeline[k + 1][2] if crossing else set())
         if served_by not in allowed:
             strays.append((k, served_by, sorted(allowed)))
     assert strays == []
