@@ -7,6 +7,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from gateway.binds import Bind, parse_bind
@@ -14,10 +15,13 @@ from gateway.ca import CaError, ensure_ca
 from gateway.control import ControlServer
 from gateway.haproxy_config import Options, config_path
 from gateway.proxy import HAProxy, ProxyError
-from gateway.service import Gateway
+from gateway.service import TABLE_FILE, Gateway, TableStore
 from gateway.stats import LogReader, Stats
 
 MIN_TOKEN_LENGTH = 16
+# HAProxy restarted by the gateway this often within a minute means something is wrong beyond
+# a restart's reach: the gateway exits, and its supervisor takes over.
+MAX_RESTARTS_PER_MINUTE = 3
 
 
 def _bind(text: str) -> Bind:
@@ -41,12 +45,16 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", required=True, type=Path, help="where the config, maps and sockets live")
     run.add_argument("--cert", required=True, type=Path, help="PEM: the certificate chain, then its key")
     run.add_argument("--https-bind", required=True, type=_bind, metavar="ADDR:PORT")
-    run.add_argument("--http-bind", required=True, type=_bind, metavar="ADDR:PORT", help="redirects to HTTPS")
+    run.add_argument("--http-bind", required=True, type=_bind, metavar="ADDR:PORT",
+                     help="redirects to HTTPS (or serves the routes: --http-serves-routes)")
     run.add_argument("--control-bind", required=True, type=_bind, metavar="ADDR:PORT")
     run.add_argument("--token-file", required=True, type=Path, help="holds the token the plane sends as Bearer")
     run.add_argument("--public-https-port", type=_port, default=443,
                      help="the HTTPS port clients use, kept in redirects when it is not 443")
     run.add_argument("--haproxy", default="/usr/sbin/haproxy", help="the haproxy executable")
+    run.add_argument("--http-serves-routes", action="store_true",
+                     help="plain HTTP serves the routes (X-Forwarded-Proto: http) instead of redirecting: "
+                          "for TLS ended in front of the gateway")
     ca = commands.add_parser("ca", help="make a local CA and a wildcard certificate for DOMAIN, once")
     ca.add_argument("--dir", required=True, type=Path)
     ca.add_argument("--domain", required=True)
@@ -88,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         config_path(state_dir)
         options = Options(https_bind=args.https_bind, http_bind=args.http_bind, cert=args.cert.resolve(),
                           public_https_port=args.public_https_port, log_socket=state_dir / "log.sock",
-                          admin_socket=state_dir / "admin.sock")
+                          admin_socket=state_dir / "admin.sock", http_serves_routes=args.http_serves_routes)
         state_dir.mkdir(parents=True, exist_ok=True)
         state_dir.chmod(0o700)  # HAProxy's admin and master sockets live here
     except (OSError, ValueError) as exc:
@@ -101,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     stats = Stats()
     reader = LogReader(options.log_socket, stats)
     proxy = HAProxy(executable=executable, state_dir=state_dir, options=options)
-    gateway = Gateway(proxy, stats)
+    gateway = Gateway(proxy, stats, TableStore(state_dir / TABLE_FILE))
     server = None
     try:
         gateway.start()
@@ -109,13 +117,24 @@ def _run(args: argparse.Namespace) -> int:
         server = ControlServer(args.control_bind, gateway, token)
         threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
         print(f"gateway ready control=http://{args.control_bind}", flush=True)
-        # The main thread waits for a signal or for HAProxy to die: a gateway without its proxy
-        # exits, and whatever supervises it starts a fresh one that the plane pushes to again.
+        # The main thread waits for a signal, and starts HAProxy again when it dies.
+        restarts: list[float] = []
         while not stop.is_set():
             code = proxy.wait(timeout=0.5)
-            if code is not None:
-                print(f"gateway: HAProxy exited with status {code}", file=sys.stderr)
+            if code is None or stop.is_set():
+                continue
+            now = time.monotonic()
+            restarts = [at for at in restarts if now - at < 60] + [now]
+            if len(restarts) > MAX_RESTARTS_PER_MINUTE:
+                print(f"gateway: HAProxy exited with status {code}, {len(restarts)} times within a minute; giving up",
+                      file=sys.stderr)
                 return 1
+            print(f"gateway: HAProxy exited with status {code}; starting it again with the last table",
+                  file=sys.stderr, flush=True)
+            try:
+                gateway.revive()
+            except ProxyError as exc:  # counted as one more exit on the next round
+                print(f"gateway: starting HAProxy again failed: {exc}", file=sys.stderr, flush=True)
         return 0
     except (OSError, ProxyError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
@@ -124,5 +143,6 @@ def _run(args: argparse.Namespace) -> int:
         if server is not None:
             server.shutdown()
             server.server_close()
+        gateway.close()
         proxy.stop()
         reader.close()

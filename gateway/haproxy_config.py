@@ -1,20 +1,28 @@
-"""The route table as HAProxy 2.6 configuration: one pure, deterministic function.
+"""The gateway's HAProxy 2.6 configuration: a fixed pool of backends, the routes in two map files.
 
-`render(table, options, directory)` returns the config text and its two map files; the same
-inputs always give the same bytes. Hosts and endpoint keys live in map files (`hosts.map`:
-host -> label, `keys.map`: "<sha256 of a key>@<label>" -> label), so a key's hash never appears
-in the config text and a route's key check is one map lookup however many keys it has.
+`render(layout, options, directory)` is pure and deterministic. The config names no route and no
+host: the HTTPS frontend (and the HTTP one with --http-serves-routes) looks the request's host up
+in `routes.map`, whose value carries everything the route needs, and sends the request to the
+pool backend `be_<slot>` its route holds. A push changes the two maps and the pool's servers
+through HAProxy's runtime API (gateway/service.py); the config is rendered again only at start
+and when the pool must grow (docs/gateway.md, "Applying a table").
 
-Every value written here has been through `gateway.table` (labels, DNS names, hex digests,
-IP literals, integers in range) or is the operator's own option, checked by `Options`: nothing
-a push carries can add or end a line. The request path of the HTTPS frontend:
+    routes.map   <host> <label>|<slot>|<access>|<timeout ms>|<max body bytes>|<unavailable, or ->
+    keys.map     <sha256 hex of a key>@<label> <label>
 
-    Host (port stripped, lowercased) --hosts.map--> label, or 404
-    backend r_<label>: private and no key whose hash@label is in keys.map -> 401
-                       Gantry-Key removed; Content-Length over the route's limit -> 413
-                       no backend -> 503 with the reason and Retry-After: 5
-                       X-Forwarded-For/-Proto/-Host replaced (Forwarded, X-Real-IP dropped);
-                       leastconn over the replicas
+The request path:
+
+    Host (port stripped, lowercased) --routes.map--> the route, or 404
+    private, and not exactly one Gantry-Key whose hash@label is in keys.map -> 401
+    Gantry-Key removed; Content-Length over the route's limit -> 413
+    no backend -> 503 with the reason and Retry-After: 5
+    X-Forwarded-For/-Proto/-Host replaced (Forwarded, X-Real-IP dropped)
+    be_<slot>: leastconn over the route's servers; server and tunnel timeouts are the route's
+
+Every value written here or into a map has been through `gateway.table` (labels, DNS names, hex
+digests, IP literals, integers in range, an enumerated reason) or is the operator's own option,
+checked by `Options`: nothing a push carries can add or end a line of the config, of a map, or
+of a runtime command.
 """
 
 from __future__ import annotations
@@ -25,21 +33,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.binds import Bind
-from gateway.table import PRIVATE, Route, Table
+from gateway.table import PRIVATE, Backend, Route, Table
 
-HOSTS_MAP = "hosts.map"
+ROUTES_MAP = "routes.map"
 KEYS_MAP = "keys.map"
+MAPS = (KEYS_MAP, ROUTES_MAP)  # the order a push commits them in (gateway/service.py says why)
 CONFIG = "haproxy.cfg"
 
-# Without routes there is nothing to time: the client side still needs a value.
+# The server and tunnel timeouts before a request's route sets its own.
 DEFAULT_TIMEOUT_S = 600
 RETRY_AFTER_S = 5
+# Pool servers keep idle connections to the replica for reuse, as static servers do by default
+# (a dynamic server added through the runtime API keeps none unless told).
+SERVER_OPTIONS = "pool-max-conn -1 pool-purge-delay 5s"
 # An operator's path is written into the config unquoted: only characters with no meaning there.
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
 # The log line HAProxy sends to the gateway (gateway/stats.py reads it): route label, status, %Ta.
 LOG_FORMAT = '"%[var(txn.route)] %ST %Ta"'
 _KEY_SHA256 = "req.fhdr(gantry-key),sha2(256),hex,lower"
 _HOST = "req.hdr(host),regsub(:[0-9]+$,),lower"
+# The fields of a routes.map value, in order (HAProxy's field() counts from 1).
+FIELDS = ("label", "slot", "access", "timeout_ms", "max_body", "unavailable")
+_FIELD = {name: f"var(txn.r),field({i},|)" for i, name in enumerate(FIELDS, start=1)}
+# table.UNAVAILABLE as one word each: a map value is split on '|', and a word needs no escaping.
+UNAVAILABLE_WORDS = {"starting": "starting", "no capacity": "no-capacity", "stopped": "stopped"}
+AVAILABLE = "-"
 
 
 @dataclass(frozen=True)
@@ -50,12 +68,23 @@ class Options:
     public_https_port: int
     log_socket: Path
     admin_socket: Path
+    http_serves_routes: bool = False  # plain HTTP serves the routes (TLS ends in front of the gateway)
 
     def __post_init__(self) -> None:
         for name in ("cert", "log_socket", "admin_socket"):
             config_path(getattr(self, name))
         if not 0 < self.public_https_port < 65536:
             raise ValueError("public_https_port must be from 1 to 65535")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What one config holds: the pool, its bounds, the maps' entries and the servers it starts with."""
+
+    pool_size: int
+    longest_s: int  # `timeout client` and `hard-stop-after`: no route's timeout may exceed it
+    maps: dict[str, dict[str, str]]  # map file name -> key -> value
+    servers: tuple[tuple[int, str, Backend], ...]  # (slot, server name, backend)
 
 
 @dataclass(frozen=True)
@@ -71,6 +100,46 @@ def config_path(path: Path) -> str:
     return text
 
 
+# -- what a table puts in the maps and the pool --------------------------------------------------
+
+
+def route_entry(route: Route, slot: int) -> tuple[str, str]:
+    unavailable = UNAVAILABLE_WORDS[route.unavailable] if route.unavailable else AVAILABLE
+    value = "|".join((route.label, str(slot), route.access, str(route.timeout_s * 1000), str(route.max_body_bytes),
+                      unavailable))
+    return route.host, value
+
+
+def key_entries(route: Route) -> dict[str, str]:
+    """The label is part of the key: a key of one route never opens another, even if the same hash
+    were listed under both."""
+    if route.access != PRIVATE:
+        return {}
+    return {f"{digest}@{route.label}": route.label for digest in route.key_hashes}
+
+
+def map_entries(table: Table, slots: dict[str, int]) -> dict[str, dict[str, str]]:
+    routes = dict(route_entry(route, slots[route.label]) for route in table.routes)
+    keys = {key: value for route in table.routes for key, value in key_entries(route).items()}
+    return {KEYS_MAP: keys, ROUTES_MAP: routes}
+
+
+def map_text(entries: dict[str, str]) -> str:
+    return "".join(f"{key} {value}\n" for key, value in sorted(entries.items()))
+
+
+def backend_name(slot: int) -> str:
+    return f"be_{slot}"
+
+
+def server_address(backend: Backend) -> str:
+    family = "ipv6" if ":" in backend.address else "ipv4"
+    return f"{family}@{backend.address}:{backend.port}"
+
+
+# -- the config ----------------------------------------------------------------------------------
+
+
 def problem(status: int, title: str, detail: str) -> str:
     """A problem-details body as a single-quoted HAProxy argument (no single quote inside: our text)."""
     body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
@@ -79,11 +148,13 @@ def problem(status: int, title: str, detail: str) -> str:
     return f"'{body}'"
 
 
-def _return(status: int, title: str, detail: str, *headers: str, condition: str = "") -> str:
-    """An indented `http-request return` line answering a problem-details body."""
+def _return(status: int, title: str, detail: str, *headers: str, condition: str = "", lf: bool = False) -> str:
+    """An indented `http-request return` line answering a problem-details body (`lf`: the detail
+    holds a %[...] expression HAProxy fills in)."""
     extra = "".join(f" hdr {header}" for header in headers) + (f" {condition}" if condition else "")
     body = problem(status, title, detail)
-    return f"    http-request return status {status} content-type application/problem+json string {body}{extra}"
+    kind = "lf-string" if lf else "string"
+    return f"    http-request return status {status} content-type application/problem+json {kind} {body}{extra}"
 
 
 _ERRORS = {
@@ -96,22 +167,19 @@ _ERRORS = {
 }
 
 
-def render(table: Table, options: Options, directory: Path) -> Rendered:
+def render(layout: Layout, options: Options, directory: Path) -> Rendered:
     directory_text = config_path(directory)
-    hosts_map = f"{directory_text}/{HOSTS_MAP}"
+    routes_map = f"{directory_text}/{ROUTES_MAP}"
     keys_map = f"{directory_text}/{KEYS_MAP}"
-    routes = sorted(table.routes, key=lambda r: r.label)
-    longest = max((r.timeout_s for r in routes), default=DEFAULT_TIMEOUT_S)
-    # Old workers keep serving their in-flight requests after a reload, for as long as the
-    # longest stop grace allows, then exit (a worker with nothing in flight exits at once).
-    grace = max((r.stop_grace_seconds for r in routes), default=0)
     redirect_port = "" if options.public_https_port == 443 else f":{options.public_https_port}"
     lines = [
-        "# Written by the Gantry gateway (gateway/haproxy_config.py): the next push replaces it.",
+        "# Written by the Gantry gateway (gateway/haproxy_config.py): pushes change its maps and servers at runtime.",
         "global",
         f"    log {config_path(options.log_socket)} len 4096 format raw local0",
         f"    stats socket {config_path(options.admin_socket)} mode 600 level admin expose-fd listeners",
-        f"    hard-stop-after {max(grace, 1)}s",
+        # After a reload the old worker finishes what it has in flight, for as long as any route
+        # allows a request to take, then exits (at once when nothing is in flight).
+        f"    hard-stop-after {layout.longest_s}s",
         "    ssl-default-bind-options ssl-min-ver TLSv1.2",
         "",
         "defaults",
@@ -120,8 +188,12 @@ def render(table: Table, options: Options, directory: Path) -> Rendered:
         "    option dontlognull",
         "    retries 2",
         "    option redispatch 1",
+        # No server connection outlives its request inside a client's session (HAProxy keeps one
+        # there for NTLM-style auth): a server being deleted must have none left anywhere.
+        "    max-session-srv-conns 0",
         "    timeout connect 5s",
-        f"    timeout client {longest}s",
+        # The client side is shared by every route; HAProxy 2.6 cannot set it per request.
+        f"    timeout client {layout.longest_s}s",
         f"    timeout server {DEFAULT_TIMEOUT_S}s",
         f"    timeout tunnel {DEFAULT_TIMEOUT_S}s",
         "    timeout http-request 30s",
@@ -133,57 +205,68 @@ def render(table: Table, options: Options, directory: Path) -> Rendered:
         "frontend https",
         f"    bind {options.https_bind.haproxy()} ssl crt {config_path(options.cert)} alpn h2,http/1.1",
         f"    log-format {LOG_FORMAT}",
-        f"    http-request set-var(txn.route) {_HOST},map_str({hosts_map})",
-        _return(404, "Not Found", "No endpoint has this host name.", condition="unless { var(txn.route) -m found }"),
-        "    use_backend r_%[var(txn.route)]",
+        *_route_rules("https", routes_map, keys_map),
         "",
         "frontend http",
         f"    bind {options.http_bind.haproxy()}",
-        "    no log",
-        _return(400, "Bad Request", "The request has no Host header.", condition="unless { req.hdr(host) -m found }"),
-        f"    http-request redirect location https://%[{_HOST}]{redirect_port}%[pathq] code 308",
     ]
-    for route in routes:
-        lines += ["", *_backend(route, keys_map)]
-    hosts = "".join(f"{route.host} {route.label}\n" for route in routes)
-    keys = "".join(sorted(f"{digest}@{route.label} {route.label}\n"
-                          for route in routes if route.access == PRIVATE for digest in route.key_hashes))
-    return Rendered(config="\n".join(lines) + "\n", maps={HOSTS_MAP: hosts, KEYS_MAP: keys})
+    if options.http_serves_routes:
+        lines += [f"    log-format {LOG_FORMAT}", *_route_rules("http", routes_map, keys_map)]
+    else:
+        lines += [
+            "    no log",
+            _return(400, "Bad Request", "The request has no Host header.",
+                    condition="unless { req.hdr(host) -m found }"),
+            f"    http-request redirect location https://%[{_HOST}]{redirect_port}%[pathq] code 308",
+        ]
+    servers: dict[int, list[tuple[str, Backend]]] = {}
+    for slot, name, backend in layout.servers:
+        servers.setdefault(slot, []).append((name, backend))
+    for slot in range(layout.pool_size):
+        lines += [
+            "",
+            f"backend {backend_name(slot)}",
+            "    balance leastconn",
+            "    http-request set-timeout server var(txn.timeout)",
+            "    http-request set-timeout tunnel var(txn.timeout)",
+            *(f"    server {name} {server_address(backend)} {SERVER_OPTIONS}"
+              for name, backend in sorted(servers.get(slot, []))),
+        ]
+    return Rendered(config="\n".join(lines) + "\n",
+                    maps={name: map_text(layout.maps.get(name, {})) for name in MAPS})
 
 
-def _backend(route: Route, keys_map: str) -> list[str]:
+def _no_key(condition: str) -> str:
+    return _return(401, "Unauthorized", "This endpoint needs a valid endpoint key in Gantry-Key.",
+                   "WWW-Authenticate Gantry-Key", condition=condition)
+
+
+def _route_rules(proto: str, routes_map: str, keys_map: str) -> list[str]:
+    private = f"{{ {_FIELD['access']} -m str {PRIVATE} }}"
     lines = [
-        f"backend r_{route.label}",
-        "    balance leastconn",
-        f"    timeout server {route.timeout_s}s",
-        f"    timeout tunnel {route.timeout_s}s",
-    ]
-    if route.access == PRIVATE:
-        # The key's hash joined to this route's label: a key of another route is not found,
-        # even if the same hash were listed under both.
+        f"    http-request set-var(txn.host) {_HOST}",
+        f"    http-request set-var(txn.r) var(txn.host),map_str({routes_map})",
+        _return(404, "Not Found", "No endpoint has this host name.", condition="unless { var(txn.r) -m found }"),
+        f"    http-request set-var(txn.route) {_FIELD['label']}",
+        f"    http-request set-var(txn.timeout) {_FIELD['timeout_ms']}",
+        f"    http-request set-var(txn.maxbody) {_FIELD['max_body']}",
         # Exactly one Gantry-Key line: with two, which one a fetch takes is HAProxy's detail.
-        has_key = (f"{{ req.fhdr_cnt(gantry-key) eq 1 }} "
-                   f"{{ {_KEY_SHA256},concat(@{route.label}),map_str({keys_map}) -m found }}")
-        lines.append(_return(401, "Unauthorized", "This endpoint needs a valid endpoint key in Gantry-Key.",
-                             "WWW-Authenticate Gantry-Key", condition=f"unless {has_key}"))
-    lines += [
+        _no_key(f"if {private} !{{ req.fhdr_cnt(gantry-key) eq 1 }}"),
+        _no_key(f"if {private} !{{ {_KEY_SHA256},concat(@,txn.route),map_str({keys_map}) -m found }}"),
         "    http-request del-header gantry-key",
-        _return(413, "Content Too Large", f"This endpoint takes bodies of at most {route.max_body_bytes} bytes.",
-                condition=f"if {{ req.hdr_val(content-length) gt {route.max_body_bytes} }}"),
+        _return(413, "Content Too Large", "This endpoint takes bodies of at most %[var(txn.maxbody)] bytes.", lf=True,
+                condition="if { req.hdr_val(content-length),sub(txn.maxbody) gt 0 }"),
     ]
-    if not route.backends:
-        # Final: nothing after it would run.
-        detail = f"No replica serves this endpoint now: {route.unavailable}."
-        return lines + [_return(503, "Service Unavailable", detail, f"Retry-After {RETRY_AFTER_S}")]
-    lines += [
+    for reason, word in UNAVAILABLE_WORDS.items():
+        lines.append(_return(503, "Service Unavailable", f"No replica serves this endpoint now: {reason}.",
+                             f"Retry-After {RETRY_AFTER_S}",
+                             condition=f"if {{ {_FIELD['unavailable']} -m str {word} }}"))
+    return lines + [
         # Other spellings of "who the client is" a workload might trust: only ours reach it.
         "    http-request del-header forwarded",
         "    http-request del-header x-real-ip",
         "    http-request set-header X-Forwarded-For %[src]",
-        "    http-request set-header X-Forwarded-Proto https",
-        f"    http-request set-header X-Forwarded-Host {route.host}",
+        f"    http-request set-header X-Forwarded-Proto {proto}",
+        "    http-request set-header X-Forwarded-Host %[var(txn.host)]",
+        f"    use_backend be_%[{_FIELD['slot']}]",
     ]
-    for backend in sorted(route.backends, key=lambda b: b.replica):
-        family = "ipv6" if ":" in backend.address else "ipv4"
-        lines.append(f"    server {backend.replica} {family}@{backend.address}:{backend.port}")
-    return lines

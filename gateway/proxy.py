@@ -1,12 +1,14 @@
-"""The HAProxy process: started in master-worker mode, switched to a new table by a graceful reload.
+"""The HAProxy process: started in master-worker mode, given a new config by a graceful reload.
 
-Each table is written to a fresh generation directory (config + maps), checked with
+Pushes reach the running worker through the runtime API (gateway/runtime.py); a config is loaded
+only at start and when the pool must grow or a rebuild is the fallback (gateway/service.py).
+Each config is written to a fresh generation directory (config + maps), checked with
 `haproxy -c`, and only then made current by swapping the `haproxy.cfg` symlink the master reads.
 SIGUSR2 makes the master re-execute itself with it: a new worker starts on the same listening
 sockets (passed over the stats socket, `expose-fd listeners`, so no connection is refused), and
 the old workers stop accepting, finish what they have in flight and exit (`hard-stop-after`
-bounds how long). `apply` returns once the master's CLI lists the new worker and that worker
-answers on it, which is when the new table is served.
+bounds how long). `load` returns once the master's CLI lists the new worker and that worker
+answers on it, which is when the new config is served.
 
 HAProxy dies with the gateway (PR_SET_PDEATHSIG), so a gateway killed with SIGKILL does not leave
 a proxy serving a stale table beside the one its restart starts; the workers die with their master.
@@ -22,11 +24,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.haproxy_config import CONFIG, Options, render
-from gateway.table import Table
+from gateway.haproxy_config import CONFIG, Options, Rendered
+from gateway.runtime import AdminSession
 
 READY_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 10
@@ -65,17 +68,18 @@ class HAProxy:
         self._generation = 0
         self._current: Path | None = None
         self._process: subprocess.Popen | None = None
+        self.worker: int | None = None  # the worker serving the current config
 
     # -- files -----------------------------------------------------------------------------
 
-    def _write_generation(self, table: Table) -> Path:
+    def _write_generation(self, render: Callable[[Path], Rendered]) -> Path:
         self._generation += 1
         directory = self.generations / str(self._generation)
         building = self.generations / f"{self._generation}.tmp"
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(parents=True)
         # Rendered with the final directory's path: the config names its maps by absolute path.
-        rendered = render(table, self.options, directory)
+        rendered = render(directory)
         for name, content in {CONFIG: rendered.config, **rendered.maps}.items():
             (building / name).write_text(content)
         building.rename(directory)
@@ -100,12 +104,37 @@ class HAProxy:
 
     # -- the process -----------------------------------------------------------------------
 
-    def start(self, table: Table) -> None:
+    def load(self, render: Callable[[Path], Rendered]) -> Path:
+        """Serve the config `render` writes: start HAProxy with it, or reload it into the running
+        one. Returns the config's directory once its worker serves it; ProxyError (and whatever
+        ran before still running) when HAProxy refuses or fails to load it."""
+        if self._process is None or self._process.poll() is not None:
+            return self._start(render)
+        previous = self._current
+        directory = self._write_generation(render)
+        try:
+            self.check(directory)
+        except ProxyError:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        before = self._processes()
+        self._point_at(directory)
+        os.kill(self._process.pid, signal.SIGUSR2)
+        try:
+            self.worker = self._wait_reloaded(before)
+        except ProxyError:
+            if previous is not None:
+                self._point_at(previous)
+            raise
+        return directory
+
+    def _start(self, render: Callable[[Path], Rendered]) -> Path:
         self._stop_stale()
         shutil.rmtree(self.generations, ignore_errors=True)
         self.generations.mkdir(parents=True)
         self.master_socket.unlink(missing_ok=True)
-        directory = self._write_generation(table)
+        self._current = None
+        directory = self._write_generation(render)
         self.check(directory)
         self._point_at(directory)
         self._process = subprocess.Popen(
@@ -116,33 +145,21 @@ class HAProxy:
         while True:
             processes = self._processes_or_none()
             if processes and processes.workers and self._answers(max(processes.workers)):
-                return
+                self.worker = max(processes.workers)
+                return directory
             self._raise_if_exited()
             if time.monotonic() > deadline:
                 raise ProxyError("HAProxy did not start a worker in time")
             time.sleep(0.05)
 
-    def apply(self, table: Table) -> None:
-        """Serve `table` (ProxyError, and the previous table still served, when that fails)."""
+    def admin(self) -> AdminSession:
+        """A runtime API session with the current worker (`with proxy.admin() as cli:`)."""
         self._raise_if_exited()
-        previous = self._current
-        directory = self._write_generation(table)
-        try:
-            self.check(directory)
-        except ProxyError:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        before = self._processes()
-        self._point_at(directory)
-        os.kill(self._process.pid, signal.SIGUSR2)
-        try:
-            self._wait_reloaded(before)
-        except ProxyError:
-            if previous is not None:
-                self._point_at(previous)
-            raise
+        if self.worker is None:
+            raise ProxyError("HAProxy has no worker yet")
+        return AdminSession(self.options.admin_socket, self.worker)
 
-    def _wait_reloaded(self, before: Processes) -> None:
+    def _wait_reloaded(self, before: Processes) -> int:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             # While the master re-executes itself its CLI does not answer: wait for it.
@@ -152,7 +169,7 @@ class HAProxy:
                     raise ProxyError("HAProxy failed to load the new config; the previous one is still served")
                 fresh = now.workers - before.workers
                 if fresh and self._answers(max(fresh)):
-                    return
+                    return max(fresh)
             self._raise_if_exited()
             time.sleep(0.02)
         raise ProxyError("HAProxy did not start a worker on the new config in time")

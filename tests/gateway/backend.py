@@ -12,8 +12,9 @@ Paths a test sends through the gateway:
     /status/N           answers status N
     /hold/ID            answers only once /_release/ID is called (a slow request, in flight)
     /sse/ID             an event stream: one event at once, the second after /_release/ID
+    /tokens/ID          an event stream like an LLM's: `data: N` every 0.1 s, `data: end` after /_release/ID
     anything else       200, the request as the backend saw it
-Nothing here sleeps a guessed time: a test releases what it holds.
+Nothing here waits a guessed time for the test: a test releases what it holds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from websockets.sync.server import serve
@@ -79,6 +81,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.json(200, request)
         if path.startswith("/sse/"):
             return self.sse(path.removeprefix("/sse/"))
+        if path.startswith("/tokens/"):
+            return self.tokens(path.removeprefix("/tokens/"))
         return self.json(200, request)
 
     def hold(self, key: str) -> None:
@@ -95,6 +99,21 @@ class Handler(BaseHTTPRequestHandler):
         self.chunk(f"data: first from {self.server.name}\n\n".encode())
         self.hold(key)
         self.chunk(b"data: second\n\n")
+        self.chunk(b"")
+
+    def tokens(self, key: str) -> None:
+        with self.server.lock:
+            event = self.server.holds.setdefault(key, threading.Event())
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        deadline = time.monotonic() + HOLD_LIMIT_S
+        n = 0
+        while not event.wait(0.1) and time.monotonic() < deadline:
+            self.chunk(f"data: {n} from {self.server.name}\n\n".encode())
+            n += 1
+        self.chunk(b"data: end\n\n")
         self.chunk(b"")
 
     def chunk(self, data: bytes) -> None:

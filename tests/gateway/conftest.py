@@ -62,7 +62,7 @@ def certs(tmp_path_factory) -> Path:
 class GatewayRun:
     """`python -m gateway run` in the namespace; its output (HAProxy's too) goes to a file."""
 
-    def __init__(self, ns: Netns, directory: Path, certs: Path):
+    def __init__(self, ns: Netns, directory: Path, certs: Path, *extra: str):
         self.ns = ns
         self.directory = directory
         self.state_dir = directory / "state"
@@ -72,7 +72,7 @@ class GatewayRun:
             sys.executable, "-m", "gateway", "run", "--state-dir", str(self.state_dir),
             "--cert", str(certs / "gateway.pem"), "--https-bind", f"{GATEWAY_IP}:{HTTPS_PORT}",
             "--http-bind", f"{GATEWAY_IP}:{HTTP_PORT}", "--control-bind", f"{GATEWAY_IP}:{CONTROL_PORT}",
-            "--token-file", str(directory / "token"))
+            "--token-file", str(directory / "token"), *extra)
         self.process: subprocess.Popen | None = None
         self.control = httpx.Client(base_url=f"http://{GATEWAY_IP}:{CONTROL_PORT}", timeout=60,
                                     headers={"Authorization": f"Bearer {TOKEN}"})
@@ -93,26 +93,66 @@ class GatewayRun:
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-5000:]
 
+    def said(self, text: str) -> bool:
+        """Whether the gateway's output (HAProxy's included) has `text` anywhere."""
+        return text in self.log.read_text(errors="replace")
+
     def push(self, table: dict) -> dict:
         response = self.control.put("/v1/routes", content=push_body(table),
                                     headers={"Content-Type": "application/json"})
         assert response.status_code == 200, response.text
         return response.json()
 
-    def old_workers(self) -> list[int]:
-        """HAProxy workers of earlier tables still draining, from the master's CLI (a unix socket:
-        reachable from this namespace)."""
+    def _unix(self, name: str, command: str) -> str:
+        """One command to HAProxy's master CLI or admin socket (unix sockets: reachable from
+        this namespace)."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(10)
-            conn.connect(str(self.state_dir / "master.sock"))
-            conn.sendall(b"show proc\n")
+            conn.connect(str(self.state_dir / name))
+            conn.sendall(command.encode() + b"\n")
             conn.shutdown(socket.SHUT_WR)
-            text = conn.makefile("rb").read().decode()
-        section = text.split("# old workers\n")[1].split("#")[0] if "# old workers\n" in text else ""
-        return [int(line.split()[0]) for line in section.splitlines() if line.strip()]
+            return conn.makefile("rb").read().decode()
 
-    def haproxy_master(self) -> int:
-        return int((self.state_dir / "haproxy.pid").read_text().split()[0])
+    def admin(self, command: str) -> str:
+        return self._unix("admin.sock", command)
+
+    def workers(self) -> tuple[list[int], list[int]]:
+        """(current workers, old workers of earlier configs still draining), from the master."""
+        text = self._unix("master.sock", "show proc")
+
+        def section(title: str) -> list[int]:
+            part = text.split(f"# {title}\n")[1].split("#")[0] if f"# {title}\n" in text else ""
+            return [int(line.split()[0]) for line in part.splitlines() if line.strip()]
+
+        return section("workers"), section("old workers")
+
+    def worker(self) -> int:
+        [current], _ = self.workers()
+        return current
+
+    def old_workers(self) -> list[int]:
+        return self.workers()[1]
+
+    def servers(self) -> dict[str, list[str]]:
+        """Pool backend -> its servers' names, as HAProxy's worker holds them now."""
+        held: dict[str, list[str]] = {}
+        for line in self.admin("show servers state").splitlines()[1:]:
+            if line and not line.startswith("#"):
+                fields = line.split()
+                held.setdefault(fields[1], []).append(fields[3])
+        return held
+
+    def servers_of(self, replica: str) -> list[str]:
+        return [name for names in self.servers().values() for name in names if name.startswith(replica + "-")]
+
+    def pool_size(self) -> int:
+        return sum(1 for line in self.admin("show backend").splitlines() if line.startswith("be_"))
+
+    def haproxy_master(self) -> int | None:
+        try:
+            return int((self.state_dir / "haproxy.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None  # being written
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -134,8 +174,14 @@ class GatewayRun:
 
 
 @pytest.fixture(scope="module")
-def gateway(gw_netns, certs, tmp_path_factory) -> Iterator[GatewayRun]:
-    run = GatewayRun(gw_netns, tmp_path_factory.mktemp("gateway"), certs)
+def gateway_args() -> tuple[str, ...]:
+    """Extra `gateway run` options; a module overrides this fixture for a gateway of its own kind."""
+    return ()
+
+
+@pytest.fixture(scope="module")
+def gateway(gw_netns, certs, tmp_path_factory, gateway_args) -> Iterator[GatewayRun]:
+    run = GatewayRun(gw_netns, tmp_path_factory.mktemp("gateway"), certs, *gateway_args)
     run.start()
     yield run
     run.close()
@@ -198,7 +244,7 @@ class Client:
 
 @pytest.fixture
 def client(certs) -> Iterator[Client]:
-    """Fresh per test: a connection kept alive across a test's pushes is the old worker's."""
+    """Fresh per test: no test leans on a connection another test opened."""
     c = Client(certs)
     yield c
     c.close()

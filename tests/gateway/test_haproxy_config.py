@@ -1,4 +1,5 @@
-"""The rendered config: what HAProxy 2.6 itself accepts, and exactly the template's lines."""
+"""The rendered config: what HAProxy 2.6 itself accepts, and exactly the template's lines; the
+runtime commands a push sends: exactly the template's commands."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.binds import parse_bind
-from gateway.haproxy_config import CONFIG, Options, render
+from gateway.haproxy_config import CONFIG, KEYS_MAP, ROUTES_MAP, Options
 from gateway.table import EMPTY, UNAVAILABLE, parse_push
 from tests.gateway.tables import backend, key_hash, push_body, route, table
-from tests.gateway.template import off_template
+from tests.gateway.template import commands_for, off_commands, off_template, rendered_for
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 pytestmark = pytest.mark.skipif(not Path(HAPROXY).exists(), reason="haproxy is installed by scripts/ensure-debs.sh")
@@ -56,11 +57,14 @@ def parsed(table_: dict):
     return parse_push(push_body(table_)).table
 
 
-def test_the_empty_table_is_a_valid_config_that_serves_no_host(files, tmp_path):
-    rendered = render(EMPTY, options(files), tmp_path / "g")
+
+
+def test_the_empty_table_is_a_valid_config_of_a_pool_with_no_server(files, tmp_path):
+    rendered = rendered_for(EMPTY, options(files), tmp_path / "g")
     assert haproxy_check(rendered, tmp_path / "g") == ""
-    assert rendered.maps == {"hosts.map": "", "keys.map": ""}
-    assert "\nbackend " not in rendered.config
+    assert rendered.maps == {ROUTES_MAP: "", KEYS_MAP: ""}
+    assert rendered.config.count("\nbackend be_") == 64
+    assert "\n    server " not in rendered.config
 
 
 def test_a_full_table_is_valid_with_no_warning(files, tmp_path):
@@ -70,45 +74,43 @@ def test_a_full_table_is_valid_with_no_warning(files, tmp_path):
         route("open", backend("127.0.0.1", 8000)),
         route("off", unavailable="stopped"),
     ))
-    rendered = render(t, options(files), tmp_path / "g")
+    rendered = rendered_for(t, options(files), tmp_path / "g")
     assert haproxy_check(rendered, tmp_path / "g") == ""
     assert off_template(rendered.config, rendered.maps) == []
 
 
-def test_key_hashes_are_only_in_the_keys_map(files, tmp_path):
-    rendered = render(parsed(table(route("hi", backend("198.51.100.66", 1), access="private", keys=("gk_a",)))),
-                      options(files), tmp_path)
-    assert key_hash("gk_a") not in rendered.config
-    assert rendered.maps["keys.map"] == f"{key_hash('gk_a')}@hi hi\n"
+def test_no_host_or_key_is_in_the_config_only_in_the_maps(files, tmp_path):
+    t = parsed(table(route("hi", backend("198.51.100.66", 1), access="private", keys=("gk_a",), max_body_bytes=77,
+                           timeout_s=30),
+                     route("off", unavailable="no capacity")))
+    rendered = rendered_for(t, options(files), tmp_path)
+    assert key_hash("gk_a") not in rendered.config and "hi.gantry.localhost" not in rendered.config
+    assert rendered.maps[KEYS_MAP] == f"{key_hash('gk_a')}@hi hi\n"
+    assert rendered.maps[ROUTES_MAP] == ("hi.gantry.localhost hi|0|private|30000|77|-\n"
+                                         "off.gantry.localhost off|1|public|600000|1073741824|no-capacity\n")
+    be_0 = rendered.config.split("backend be_0\n")[1].split("\n\n")[0]
+    assert "    server 00000000" not in be_0 and "ipv4@198.51.100.66:1 " in be_0
 
 
-def test_a_public_route_has_no_key_check_and_a_route_without_backends_answers_503_with_its_reason(files, tmp_path):
-    rendered = render(parsed(table(route("pub", backend("198.51.100.66", 1)), route("off", unavailable="no capacity"))),
-                      options(files), tmp_path)
-    pub = rendered.config.split("backend r_pub\n")[1]
-    off = rendered.config.split("backend r_off\n")[1].split("backend r_pub")[0]
-    assert "status 401" not in rendered.config
-    assert "del-header gantry-key" in pub
-    assert "No replica serves this endpoint now: no capacity." in off
-    assert "hdr Retry-After 5" in off
-    assert "\n    server " not in off
-
-
-def test_the_redirect_keeps_a_public_https_port_other_than_443(files, tmp_path):
-    at_443 = render(EMPTY, options(files), tmp_path).config
-    at_8443 = render(EMPTY, options(files, public_https_port=8443), tmp_path).config
+def test_plain_http_redirects_or_with_the_option_serves_the_routes(files, tmp_path):
+    at_443 = rendered_for(EMPTY, options(files), tmp_path).config
+    at_8443 = rendered_for(EMPTY, options(files, public_https_port=8443), tmp_path).config
+    serving = rendered_for(EMPTY, options(files, http_serves_routes=True), tmp_path / "s")
     assert "lower]%[pathq] code 308" in at_443
     assert "lower]:8443%[pathq] code 308" in at_8443
+    http = serving.config.split("frontend http\n")[1].split("\n\n")[0]
+    assert "redirect location" not in http and "X-Forwarded-Proto http\n" in http and "use_backend be_" in http
+    assert haproxy_check(serving, tmp_path / "s") == ""
 
 
-def test_timeouts_and_the_drain_bound_come_from_the_routes(files, tmp_path):
-    t = parsed(table(route("a", backend("198.51.100.66", 1), timeout_s=30, stop_grace_seconds=45),
-                     route("b", backend("198.51.100.66", 2), timeout_s=900, stop_grace_seconds=5)))
-    config = render(t, options(files), tmp_path).config
-    assert "    hard-stop-after 45s\n" in config
-    assert "    timeout client 900s\n" in config  # the client side is shared: the longest route's
-    route_a = config.split("backend r_a\n")[1].split("backend r_b")[0]
-    assert "    timeout server 30s\n    timeout tunnel 30s\n" in route_a
+def test_the_client_timeout_and_the_drain_bound_cover_every_routes_timeout(files, tmp_path):
+    """A route's own timeout is set per request (set-timeout); the client side is shared, and an
+    old worker after a reload may keep a request as long as any route allows."""
+    t = parsed(table(route("a", backend("198.51.100.66", 1), timeout_s=30),
+                     route("b", backend("198.51.100.66", 2), timeout_s=900)))
+    config = rendered_for(t, options(files), tmp_path).config
+    assert "    hard-stop-after 1200s\n" in config
+    assert "    timeout client 1200s\n" in config
 
 
 def test_options_refuse_a_path_that_would_need_quoting(files):
@@ -121,8 +123,9 @@ def test_options_refuse_a_path_that_would_need_quoting(files):
 def test_the_template_check_catches_a_value_that_would_add_a_line(files, tmp_path):
     """The check used throughout has teeth: a label that was never validated adds a server."""
     good = parsed(table(route("hi", backend("198.51.100.66", 1))))
-    evil = dataclasses.replace(good.routes[0], label="hi\n    server evil 203.0.113.9:80")
-    rendered = render(dataclasses.replace(good, routes=(evil,)), options(files), tmp_path)
+    evil_backend = dataclasses.replace(good.routes[0].backends[0], address="198.51.100.66:80 backup\n    server evil")
+    evil = dataclasses.replace(good.routes[0], backends=(evil_backend,))
+    rendered = rendered_for(dataclasses.replace(good, routes=(evil,)), options(files), tmp_path)
     assert any("server evil" in line for line in off_template(rendered.config, rendered.maps))
 
 
@@ -147,9 +150,21 @@ TABLES = st.lists(ROUTES, max_size=4, unique_by=lambda r: r["label"]).map(lambda
 @given(t=TABLES)
 def test_haproxy_accepts_every_valid_table_and_each_line_is_the_templates(files, tmp_path, t):
     directory = tmp_path / uuid.uuid4().hex
-    rendered = render(parsed(t), options(files), directory)
+    rendered = rendered_for(parsed(t), options(files), directory)
     assert off_template(rendered.config, rendered.maps) == []
     assert haproxy_check(rendered, directory) == ""
     for r in t["routes"]:
         for b in r["backends"]:
-            assert f"server {b['replica']} ipv{ipaddress.ip_address(b['address']).version}@" in rendered.config
+            assert f"server {b['replica']}-" in rendered.config
+            assert f" ipv{ipaddress.ip_address(b['address']).version}@" in rendered.config
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=TABLES, after=TABLES)
+def test_every_runtime_command_of_a_push_is_the_templates(before, after):
+    """From any valid table to any other, what goes to HAProxy's runtime API is one of the
+    command shapes, and every map entry one of the map lines: nothing a push carries can add or
+    end a command."""
+    sent = commands_for(parsed(before), parsed(after))
+    assert off_commands(sent) == []
+    assert all(" state drain" not in command for command, _ in commands_for(parsed(after), parsed(after)))

@@ -1,20 +1,19 @@
-"""A new table is a graceful reload: what is in flight on a removed backend finishes, new requests
-go to the backends of the new table only."""
+"""The pushes that do reload HAProxy: a pool too small for the routes (it doubles), a route timeout
+over the config's client timeout, and the fallback when a runtime command fails. Each loads a
+config with the whole table in it and still serves every route; one HAProxy refuses leaves the
+previous table served."""
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-
 import pytest
 
-from tests.gateway.conftest import GATEWAY_IP, Client, wait_for
-from tests.gateway.tables import backend, route, table
+from gateway.pool import pool_size
+from tests.gateway.conftest import GATEWAY_IP, Client, problem, wait_for
+from tests.gateway.tables import backend, push_body, route, table
 
-pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
-A, B = 18031, 18032
-HOST = "roll.gantry.localhost"
-REPLICA_A, REPLICA_B = "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
+A, B = 18071, 18072
+REPLICA_A, REPLICA_B = "00000000-0000-4000-8000-0000000007a0", "00000000-0000-4000-8000-0000000007b0"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,79 +22,97 @@ def started(backends):
     backends.http(B, "b")
 
 
-def both() -> dict:
-    return table(route("roll", backend(GATEWAY_IP, A, REPLICA_A), backend(GATEWAY_IP, B, REPLICA_B),
-                       stop_grace_seconds=60))
+def many(count: int, **extra) -> dict:
+    return table(*(route(f"r{n}", backend(GATEWAY_IP, A if n % 2 else B), **extra) for n in range(count)))
 
 
-def only(port: int, replica: str) -> dict:
-    return table(route("roll", backend(GATEWAY_IP, port, replica), stop_grace_seconds=60))
-
-
-def test_a_removed_backend_finishes_its_in_flight_request_while_new_ones_go_to_the_other(gateway, certs, backends):
-    gateway.push(both())
-    outcome: dict = {}
-
-    def slow_request():
-        slow = Client(certs)
-        try:
-            response = slow.get(HOST, "/hold/inflight", timeout=60)
-            outcome["status"], outcome["backend"] = response.status_code, response.json()["backend"]
-        except Exception as exc:  # reported by the assertion below, with what it was
-            outcome["error"] = repr(exc)
-        finally:
-            slow.close()
-
-    thread = threading.Thread(target=slow_request)
-    thread.start()
-    holder = wait_for(lambda: next((p for p in (A, B) if "inflight" in backends.held(p)), None),
-                      "the slow request reached a backend")
-    keeper = B if holder == A else A
-    gateway.push(only(keeper, REPLICA_B if keeper == B else REPLICA_A))
-
-    fresh = Client(certs)
+def answers(certs, host: str, path: str = "/", times: int = 1) -> list[tuple[int, str]]:
+    c = Client(certs)
     try:
-        answered = Counter(fresh.get(HOST, "/after-push").json()["backend"] for _ in range(20))
+        found = []
+        for _ in range(times):
+            response = c.get(host, path)
+            found.append((response.status_code, response.json().get("backend") if response.status_code == 200 else ""))
+        return found
     finally:
-        fresh.close()
-    assert answered == Counter({"b" if keeper == B else "a": 20})
-    assert thread.is_alive()  # still in flight on the old worker and the removed backend
-
-    assert gateway.old_workers()  # the old worker drains
-    backends.release(holder, "inflight")
-    thread.join(30)
-    assert outcome == {"status": 200, "backend": "a" if holder == A else "b"}
-    wait_for(lambda: gateway.old_workers() == [], "the old worker exited once its request was done")
+        c.close()
 
 
-def test_a_request_longer_than_the_stop_grace_is_cut_and_the_old_worker_exits(gateway, certs, backends):
-    """hard-stop-after is the largest stop grace: an old worker never lingers past it."""
-    gateway.push(table(route("roll", backend(GATEWAY_IP, A, REPLICA_A), stop_grace_seconds=1)))
-    outcome: dict = {}
-
-    def slow_request():
-        slow = Client(certs)
-        try:
-            outcome["status"] = slow.get(HOST, "/hold/too-long", timeout=60).status_code
-        except Exception as exc:
-            outcome["error"] = type(exc).__name__
-        finally:
-            slow.close()
-
-    thread = threading.Thread(target=slow_request)
-    thread.start()
-    wait_for(lambda: "too-long" in backends.held(A), "the slow request reached the backend")
-    gateway.push(only(B, REPLICA_B))
-    wait_for(lambda: gateway.old_workers() == [], "the old worker was stopped after its grace", timeout=15)
-    thread.join(15)
-    # Cut, not answered: HAProxy answers 502 on the streams it kills, or the connection just ends.
-    assert outcome in ({"status": 502}, {"error": "RemoteProtocolError"}), outcome
-    backends.release(A, "too-long")
+def test_more_routes_than_the_pool_holds_grow_it_by_a_reload_and_all_of_them_serve(gateway, certs):
+    gateway.push(many(40))
+    worker = gateway.worker()
+    assert gateway.pool_size() == 64
+    gateway.push(many(64))  # 24 more: still room, no reload
+    assert gateway.worker() == worker
+    gateway.push(many(70))
+    assert gateway.worker() != worker
+    assert gateway.pool_size() == pool_size(70, at_least=128) == 256
+    assert gateway.said("6 new routes, 0 free backends of 64: loading a new config into HAProxy, a pool of 256")
+    for n in range(70):
+        assert answers(certs, f"r{n}.gantry.localhost") == [(200, "a" if n % 2 else "b")]
+    # The new worker holds the servers from its start (in its config), and takes runtime changes
+    # again: those of the routes that leave drain and are deleted like any other.
+    worker = gateway.worker()
+    assert sum(len(names) for names in gateway.servers().values()) == 70
+    gateway.push(many(3))
+    assert answers(certs, "r69.gantry.localhost")[0][0] == 404
+    wait_for(lambda: sum(len(names) for names in gateway.servers().values()) == 3, "the 67 servers left were deleted")
+    assert gateway.worker() == worker
 
 
-def test_a_push_that_adds_a_backend_serves_it_at_once(gateway, client):
-    # `client` connects on its first request, after both pushes: to the newest worker.
-    gateway.push(only(A, REPLICA_A))
-    gateway.push(both())
-    answered = Counter(client.get(HOST, "/added").json()["backend"] for _ in range(20))
-    assert set(answered) == {"a", "b"}
+def test_a_route_timeout_over_the_client_timeout_reloads_with_one_that_covers_it(gateway, certs):
+    gateway.push(table(route("slow", backend(GATEWAY_IP, A), timeout_s=600)))
+    worker = gateway.worker()
+    gateway.push(table(route("slow", backend(GATEWAY_IP, A), timeout_s=3600)))
+    assert gateway.worker() != worker
+    config = (gateway.state_dir / "haproxy.cfg").read_text()
+    assert "    timeout client 4800s\n" in config and "    hard-stop-after 4800s\n" in config
+    assert answers(certs, "slow.gantry.localhost") == [(200, "a")]
+    worker = gateway.worker()
+    gateway.push(table(route("slow", backend(GATEWAY_IP, A), timeout_s=60)))  # lower: at runtime
+    assert gateway.worker() == worker
+
+
+def test_a_failed_runtime_command_falls_back_to_a_rebuild_that_serves_the_table(gateway, certs):
+    gateway.push(table(route("fb", backend(GATEWAY_IP, A, REPLICA_A), backend(GATEWAY_IP, B, REPLICA_B))))
+    worker = gateway.worker()
+    # Someone deletes a server behind the gateway's back: draining it, as the next push asks, fails.
+    [name] = gateway.servers_of(REPLICA_B)
+    [pool_backend] = [be for be, names in gateway.servers().items() if name in names]
+    assert gateway.admin(f"set server {pool_backend}/{name} state maint\ndel server {pool_backend}/{name}").strip() \
+        .endswith("Server deleted.")
+    served = gateway.push(table(route("fb", backend(GATEWAY_IP, A, REPLICA_A))))
+    assert gateway.control.get("/v1/routes").json() == served
+    assert gateway.worker() != worker
+    assert gateway.said("a runtime command failed")
+    assert gateway.said("No such server")
+    assert answers(certs, "fb.gantry.localhost", times=10) == [(200, "a")] * 10
+    assert gateway.servers_of(REPLICA_B) == [] and len(gateway.servers_of(REPLICA_A)) == 1
+    worker = gateway.worker()
+    gateway.push(table(route("fb", backend(GATEWAY_IP, A, REPLICA_A), backend(GATEWAY_IP, B, REPLICA_B))))
+    assert gateway.worker() == worker  # back to runtime changes
+    assert {backend for _, backend in answers(certs, "fb.gantry.localhost", times=20)} == {"a", "b"}
+
+
+def test_a_config_haproxy_refuses_is_503_and_the_previous_table_stays_served(gateway, certs):
+    """A validated table always renders a config HAProxy takes; what can still fail is the
+    operator's side, such as a certificate file replaced by something that is not one. It shows
+    only when a push needs a reload: the runtime API never reads the certificate."""
+    served = gateway.push(table(route("kept", backend(GATEWAY_IP, A), timeout_s=60)))
+    worker = gateway.worker()
+    pem = certs / "gateway.pem"
+    good = pem.read_bytes()
+    pem.write_bytes(b"not a certificate\n")
+    try:
+        needs_reload = table(route("kept", backend(GATEWAY_IP, A), timeout_s=86400))
+        response = gateway.control.put("/v1/routes", content=push_body(needs_reload))
+        assert response.status_code == 503
+        assert "haproxy -c refused the config" in problem(response)["detail"]
+        assert gateway.control.get("/v1/routes").json() == served
+        assert gateway.worker() == worker
+        assert answers(certs, "kept.gantry.localhost") == [(200, "a")]
+        runtime_only = gateway.push(table(route("kept", backend(GATEWAY_IP, B), timeout_s=60)))
+        assert runtime_only["digest"] != served["digest"]
+        wait_for(lambda: answers(certs, "kept.gantry.localhost") == [(200, "b")], "the runtime push is served")
+    finally:
+        pem.write_bytes(good)

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.binds import parse_bind
-from gateway.haproxy_config import Options, render
-from gateway.table import Backend, TableError, canonical_digest, parse_push
+from gateway.haproxy_config import Options
+from gateway.table import EMPTY, Backend, TableError, canonical_digest, parse_push
 from tests.gateway.tables import backend, key_hash, push_body, route, table
-from tests.gateway.template import off_template
+from tests.gateway.template import commands_for, off_commands, off_template, rendered_for
 
 REPLICA = "6f1c5a3e-0b7a-4d43-9a51-0d6f6d7cf001"
 REPLICA_2 = "6f1c5a3e-0b7a-4d43-9a51-0d6f6d7cf002"
@@ -173,11 +173,11 @@ def test_key_hashes_backends_and_routes_may_come_in_any_order():
     t["routes"].reverse()
     t["routes"][1]["key_hashes"].reverse()
     t["routes"][1]["backends"].reverse()
-    assert render(parse_push(push_body(t)).table, OPTIONS, Path("/srv/gw/1")) == \
-        render(parse_push(push_body(sample())).table, OPTIONS, Path("/srv/gw/1"))
+    assert rendered_for(parse_push(push_body(t)).table, OPTIONS, Path("/srv/gw/1")) == \
+        rendered_for(parse_push(push_body(sample())).table, OPTIONS, Path("/srv/gw/1"))
 
 
-# -- hostile values: refused, or rendered into nothing but the template's lines --------------------
+# -- hostile values: refused, or rendered and sent as nothing but the template's lines -------------
 
 STRING_FIELDS = ["domain", "routes.0.label", "routes.0.host", "routes.0.access", "routes.0.key_hashes.0",
                  "routes.1.unavailable", "routes.0.backends.0.replica", "routes.0.backends.0.address"]
@@ -199,8 +199,11 @@ def _refused_or_in_template(t: dict) -> None:
         push = parse_push(push_body(t))
     except TableError:
         return
-    rendered = render(push.table, OPTIONS, Path("/srv/gw/1"))
+    rendered = rendered_for(push.table, OPTIONS, Path("/srv/gw/1"))
     assert off_template(rendered.config, rendered.maps) == []
+    # ... and the runtime commands that bring it to a running gateway, from nothing or from another table
+    assert off_commands(commands_for(EMPTY, push.table)) == []
+    assert off_commands(commands_for(parse_push(push_body(sample())).table, push.table)) == []
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
