@@ -313,7 +313,8 @@ def test_an_sse_follower_that_drops_three_times_sees_every_event_once_in_order(p
     assert [e["id"] for e in follower.events] == in_db(), "an event was missed, repeated or reordered"
     assert follower.dropped == 3 and follower.connections >= 4
     kinds = [e["type"] for e in follower.events]
-    for kind in ("deployment.created", "replica.placed", "replica.running", "deployment.scaled", "replica.stopping",
+    # hello serves HTTP: a replica scaled away or stopped drains (out of the gateway's pool first).
+    for kind in ("deployment.created", "replica.placed", "replica.running", "deployment.scaled", "replica.draining",
                  "replica.stopped", "deployment.stopped"):
         assert kind in kinds, kind
     assert all(e["deployment_id"] == deployment_id for e in follower.events)
