@@ -82,12 +82,13 @@ class Node:
     """One node: a namespace for its VMs behind a veth pair, a data dir, and its agent."""
 
     def __init__(self, plane: Plane, tmp: Path, hostname: str, index: int, *, hardware: str = "cpu-small",
-                 agent_args: tuple[str, ...] = ()):
+                 agent_args: tuple[str, ...] = (), gateway_only: bool = False):
         from nodes import services
         from nodes.models import HardwareType, Location
 
         self.plane, self.hostname = plane, hostname
         self.agent_args = agent_args  # e.g. ("--simulate-gpus", "8xH100"), for join and run alike
+        self.gateway_only = gateway_only  # published ports answer only the host's end of the pair
         self.netns: Netns = create_netns("gte2e")
         host_if, ns_if = f"gte{index}h{secrets.token_hex(2)}", f"gte{index}n"
         self.host_if = host_if
@@ -101,6 +102,7 @@ class Node:
         ip("-n", self.netns.name, "addr", "add", f"198.51.100.{base + 2}/30", "dev", ns_if)
         ip("-n", self.netns.name, "link", "set", ns_if, "up")
         self.public_address = f"198.51.100.{base + 2}"
+        self.host_address = f"198.51.100.{base + 1}"  # where this namespace sees the host (and a gateway on it) from
         self.data_dir = tmp / hostname
         self.data_dir.mkdir()
         shared_images = tmp.parent / "e2e-images"
@@ -127,7 +129,8 @@ class Node:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nodes.agent", "run", "--data-dir", str(self.data_dir), "--kit-cache", str(KIT_CACHE),
              "--netns", self.netns.name, "--bridge", "gte2e0", "--subnet", "192.0.2.0/24",
-             "--insecure-registry", "127.0.0.1:5000", *self.agent_args],
+             "--insecure-registry", "127.0.0.1:5000", *self.agent_args,
+             *(("--gateway-address", self.host_address) if self.gateway_only else ())],
             cwd=REPO, env=self.plane.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

@@ -21,6 +21,7 @@ import time
 import httpx
 import pytest
 
+from tests.agent.netns import ip
 from tests.e2e.conftest import REPO, Plane
 from tests.e2e.stack import Procs, free_port, wait_for
 from tests.e2e.test_deployments_run import Api
@@ -28,6 +29,7 @@ from tests.e2e.test_deployments_run import Api
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 
 DOMAIN = "gantry.localhost"
+STRANGER = "203.0.113.77"  # TEST-NET-3: a caller that is not the gateway
 
 
 class Gateway:
@@ -123,7 +125,9 @@ def vm_of(text: str) -> str:
 def test_a_private_https_endpoint_balances_streams_leaves_out_the_sick_and_heals(plane, gateway, make_node, customer):
     from nodes.models import Node
 
-    node = make_node("local-cpu-1")
+    # The node's published ports answer only the gateway, which reaches them from the host's end
+    # of the node's veth pair.
+    node = make_node("local-cpu-1", gateway_only=True)
     wait_for(lambda: Node.objects.get(pk=node.node_id).status == "online", timeout=120, what="node online")
     api = Api(plane, customer)
     deployment_id = api.deploy(replica_count=2)
@@ -154,6 +158,19 @@ def test_a_private_https_endpoint_balances_streams_leaves_out_the_sick_and_heals
     assert "HTTP_X_FORWARDED_PROTO=https" in seen and f"HTTP_X_FORWARDED_HOST={host}" in seen
     assert "HTTP_X_FORWARDED_FOR=127.0.0.1" in seen
     assert gateway.get(host, headers={"Gantry-Key": key + "x"}).status_code == 401
+
+    # The direct node port cannot be used to bypass the key: a caller that is not the gateway is
+    # refused at once (a reset, not a hang). The stranger is another address of this host, routed
+    # from the node's namespace back over the same pair.
+    direct = [r["endpoint"] for r in api.replicas(deployment_id, live="true")][0]
+    ip("addr", "add", f"{STRANGER}/32", "dev", node.host_if)
+    ip("-n", node.netns.name, "route", "add", f"{STRANGER}/32", "via", node.host_address)
+    began = time.monotonic()
+    stranger = subprocess.run(["curl", "-sS", "-o", "/dev/null", "--max-time", "10", "--interface", STRANGER, direct],
+                              capture_output=True, text=True, timeout=30)
+    # 7: the connection was refused (28 would be a timeout: dropped, not refused)
+    assert stranger.returncode == 7 and time.monotonic() - began < 5, (stranger.returncode, stranger.stderr)
+    assert httpx.get(direct, timeout=10).status_code == 200  # from the gateway's address: served
 
     # Both replicas serve.
     vms = {vm_of(whoami(gateway, host, key)) for _ in range(50)}
