@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -118,3 +119,25 @@ def start(token: str) -> StandinGateway:
 def stop(gateway: StandinGateway) -> None:
     gateway.server.shutdown()
     gateway.server.server_close()
+
+
+@contextmanager
+def registered(default_token: str):
+    """`start(name, token=default_token, register_token=None)`: a stand-in gateway started and
+    registered with the plane under `name` (with `register_token` when the plane is to hold
+    another token than the one it answers to); all of them stopped at the end."""
+    from cloud.deployments.services import gateway_register
+
+    started = []
+
+    def start_registered(name: str, token: str = default_token, *, register_token: str | None = None):
+        gateway = start(token)
+        started.append(gateway)
+        gateway_register(name=name, control_url=gateway.url, token=register_token or token)
+        return gateway
+
+    try:
+        yield start_registered
+    finally:
+        for gateway in started:
+            stop(gateway)

@@ -32,17 +32,8 @@ TOKEN = "t0ken-of-the-first-gateway-0123456789"
 
 @pytest.fixture
 def gateways():
-    started = []
-
-    def start(name: str, token: str = TOKEN, *, register_token: str | None = None):
-        gateway = standin_gateway.start(token)
-        started.append(gateway)
-        gateway_register(name=name, control_url=gateway.url, token=register_token or token)
-        return gateway
-
-    yield start
-    for gateway in started:
-        standin_gateway.stop(gateway)
+    with standin_gateway.registered(TOKEN) as start:
+        yield start
 
 
 def row(name: str) -> Gateway:
