@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from gateway.haproxy_config import KEYS_MAP, ROUTES_MAP
+from gateway.haproxy_config import KEYS_MAP, ROUTES_MAP, TCP_MAP
 from gateway.pool import Change, Pool, Reload, longest_for, pool_size
 from gateway.table import EMPTY, parse_push
-from tests.gateway.tables import backend, push_body, route, table
+from tests.gateway.tables import backend, push_body, route, table, tcp_route
 
 R1, R2, R3 = (f"00000000-0000-4000-8000-00000000000{n}" for n in (1, 2, 3))
 EMPTY_TABLE = table()
@@ -140,3 +140,67 @@ def test_a_timeout_over_the_client_timeout_needs_a_reload_and_a_lower_one_does_n
     assert isinstance(pool.change(parsed(table(route("a", A, timeout_s=1200))), name), Change)
     reload = pool.change(parsed(table(route("a", A, timeout_s=1201))), name)
     assert isinstance(reload, Reload) and not reload.grow
+
+
+# -- the TCP pool -------------------------------------------------------------------------------
+
+
+def tcp_servers(pool: Pool, name: str) -> dict[str, tuple[str, bool]]:
+    slot = pool.tcp.slots[pool.tcp.slot_of()[name]]
+    return {n: (s.backend.replica, s.draining_since is not None) for n, s in slot.servers.items()}
+
+
+def test_tcp_routes_get_slots_of_their_own_by_name_and_the_map_by_port():
+    t = table(route("web", A), tcp=[tcp_route("z-ssh", 20009, B), tcp_route("a-pg", 20001, C), tcp_route("off", 20002)])
+    pool = Pool.build(parsed(t), 64, names(), tcp_size=64)
+    assert pool.slot_of() == {"web": 0}
+    assert pool.tcp.slot_of() == {"a-pg": 0, "off": 1, "z-ssh": 2}
+    assert pool.maps[TCP_MAP] == {"20001": "a-pg|0", "20009": "z-ssh|2"}
+    assert {(proxy, server.split("-")[0]) for proxy, server, _ in pool.layout().servers} == \
+        {("be_0", R1[:8]), ("tcp_0", R3[:8]), ("tcp_2", R2[:8])}
+    assert pool.layout().tcp_pool_size == 64
+
+
+def test_a_tcp_backend_swapped_adds_and_drains_in_the_tcp_pool_only():
+    name = names()
+    pool = Pool.build(parsed(table(route("web", A), tcp=[tcp_route("s", 20001, A, B, stop_grace_seconds=9)])), 64, name,
+                      tcp_size=64)
+    change = served(pool, table(route("web", A), tcp=[tcp_route("s", 20001, B, C, stop_grace_seconds=9)]), name, 5.0)
+    assert [(s.ref.split("/")[0], s.backend.replica) for s in change.add] == [("tcp_0", R3)]
+    assert [(s.ref.split("/")[0], s.backend.replica) for s in change.drain] == [("tcp_0", R1)]
+    assert change.maps == {}
+    [leaving] = pool.leaving()
+    assert (leaving.ref, leaving.grace_s, leaving.draining_since) == (f"tcp_0/{R1}-2", 9, 5.0)
+    assert tcp_servers(pool, "s") == {f"{R1}-2": (R1, True), f"{R2}-3": (R2, False), f"{R3}-4": (R3, False)}
+    pool.forget(leaving)
+    assert tcp_servers(pool, "s") == {f"{R2}-3": (R2, False), f"{R3}-4": (R3, False)}
+
+
+def test_a_tcp_route_losing_its_last_backend_leaves_the_map_and_its_servers_drain():
+    name = names()
+    pool = Pool.build(parsed(table(tcp=[tcp_route("s", 20001, A)])), 64, name, tcp_size=64)
+    change = served(pool, table(tcp=[tcp_route("s", 20001)]), name)
+    assert change.maps == {TCP_MAP: {}} and [s.backend.replica for s in change.drain] == [R1]
+    change = served(pool, table(tcp=[tcp_route("s", 20002, B)]), name)  # back, on another port
+    assert change.maps == {TCP_MAP: {"20002": "s|0"}} and [s.backend.replica for s in change.add] == [R2]
+
+
+def test_more_new_tcp_routes_than_free_tcp_slots_grow_the_tcp_pool():
+    name = names()
+    pool = Pool.build(EMPTY, 64, name, tcp_size=64)
+    many = [tcp_route(f"t{i}", 20000 + i, A) for i in range(65)]
+    assert isinstance(pool.change(parsed(table(tcp=many[:64])), name), Change)
+    reload = pool.change(parsed(table(route("web", A), tcp=many)), name)
+    assert isinstance(reload, Reload) and reload.grow == ("tcp",)
+    assert "65 new TCP routes, 64 free TCP backends of 64" in reload.reason
+
+
+def test_without_a_tcp_pool_tcp_routes_change_nothing_and_their_timeouts_do_not_count():
+    name = names()
+    pool = Pool.build(parsed(table(route("web", A))), 64, name)
+    assert pool.tcp is None and TCP_MAP not in pool.maps
+    change = pool.change(parsed(table(route("web", A), tcp=[tcp_route("s", 20001, B, timeout_s=5000)])), name)
+    assert isinstance(change, Change) and change.empty
+    with_tcp = Pool.build(parsed(table(route("web", A))), 64, name, tcp_size=64)
+    reload = with_tcp.change(parsed(table(route("web", A), tcp=[tcp_route("s", 20001, B, timeout_s=5000)])), name)
+    assert isinstance(reload, Reload) and "over 600s" in reload.reason
