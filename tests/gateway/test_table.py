@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.binds import TcpListen, parse_address, parse_bind
 from gateway.haproxy_config import Options
+from gateway.service import TableStore
 from gateway.table import EMPTY, Backend, PortRange, TableError, TcpRoute, canonical_digest, parse_push
 from tests.gateway.tables import backend, key_hash, push_body, route, table, tcp_route
 from tests.gateway.template import commands_for, off_commands, off_template, rendered_for
@@ -317,3 +318,16 @@ def test_any_body_is_a_table_error_never_another_exception(body):
         parse_push(body)
     except TableError as exc:
         assert exc.field and exc.message
+
+
+def test_a_kept_table_is_read_back_against_the_tcp_ports_the_gateway_has_now(tmp_path, capsys):
+    """A restart with another --tcp-ports does not serve a table whose ports are no longer its own
+    (it starts empty until the plane pushes, and says why)."""
+    store = TableStore(tmp_path / "table.json", PORTS)
+    store.save(push_body(sample()))
+    assert (tmp_path / "table.json").stat().st_mode & 0o777 == 0o600
+    push, _ = store.load()
+    assert [r.listen_port for r in push.table.tcp_routes] == [20000, 20001]
+    assert TableStore(tmp_path / "table.json").load() is not None  # no TCP frontend: any port is taken
+    assert TableStore(tmp_path / "table.json", PortRange(30000, 30999)).load() is None
+    assert "table.tcp_routes.0.listen_port" in capsys.readouterr().err
