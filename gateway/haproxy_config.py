@@ -3,9 +3,10 @@
 `render(layout, options, directory)` is pure and deterministic. The config names no route and no
 host: the HTTPS frontend (and the HTTP one with --http-serves-routes) looks the request's host up
 in `routes.map`, whose value carries everything the route needs, and sends the request to the
-pool backend `be_<slot>` its route holds. A push changes the two maps and the pool's servers
-through HAProxy's runtime API (gateway/service.py); the config is rendered again only at start
-and when the pool must grow (docs/gateway.md, "Applying a table").
+pool backend `be_<slot>` its route holds; the TCP frontend does the same with the connection's
+port, `tcp.map` and `tcp_<slot>`. A push changes the maps and the pools' servers through
+HAProxy's runtime API (gateway/service.py); the config is rendered again only at start and when
+a pool must grow (docs/gateway.md, "Applying a table").
 
     routes.map   <host> <label>|<slot>|<access>|<timeout ms>|<max body bytes>|<unavailable, or ->
     keys.map     <sha256 hex of a key>@<label> <label>
