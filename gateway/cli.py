@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from gateway.binds import Bind, TcpListen, parse_address, parse_bind, parse_port_range
@@ -17,6 +18,7 @@ from gateway.haproxy_config import Options, config_path
 from gateway.proxy import HAProxy, ProxyError
 from gateway.service import TABLE_FILE, Gateway, TableStore
 from gateway.stats import LogReader, Stats
+from gateway.table import PortRange
 
 MIN_TOKEN_LENGTH = 16
 # HAProxy restarted by the gateway this often within a minute means something is wrong beyond
@@ -31,14 +33,14 @@ def _bind(text: str) -> Bind:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _address(text: str):
+def _address(text: str) -> IPv4Address | IPv6Address:
     try:
         return parse_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _port_range(text: str):
+def _port_range(text: str) -> PortRange:
     try:
         return parse_port_range(text)
     except ValueError as exc:

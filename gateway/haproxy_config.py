@@ -264,7 +264,8 @@ def render(layout: Layout, options: Options, directory: Path) -> Rendered:
             "    balance leastconn",
             "    http-request set-timeout server var(txn.timeout)",
             "    http-request set-timeout tunnel var(txn.timeout)",
-            *(f"    server {name} {HTTP.server(backend)}" for name, backend in sorted(servers.get(HTTP.backend(slot), []))),
+            *(f"    server {name} {HTTP.server(backend)}"
+              for name, backend in sorted(servers.get(HTTP.backend(slot), []))),
         ]
     maps = [KEYS_MAP, ROUTES_MAP]
     if options.tcp is not None:
@@ -308,7 +309,8 @@ def _tcp(layout: Layout, listen: TcpListen, tcp_map: str, servers: dict[str, lis
             "",
             f"backend {TCP.backend(slot)}",
             "    balance leastconn",
-            *(f"    server {name} {TCP.server(backend)}" for name, backend in sorted(servers.get(TCP.backend(slot), []))),
+            *(f"    server {name} {TCP.server(backend)}"
+              for name, backend in sorted(servers.get(TCP.backend(slot), []))),
         ]
     return lines
 

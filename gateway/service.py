@@ -4,11 +4,11 @@ A push is applied through HAProxy's runtime API, with no reload: the new table i
 the pools the current worker holds (gateway/pool.py), and only the difference is sent: servers
 added, the maps swapped atomically, servers set to drain. TCP routes are served the same way when
 the gateway has a TCP frontend (--tcp-bind, --tcp-ports); without one a table's TCP routes are
-taken (the table is the plane's, for every gateway) but not served, and GET /v1/routes says so. A reload (a new config) happens only
-at start, when the pool must grow, when a route's timeout exceeds the config's client timeout,
-and as the fallback when a runtime command fails, so the gateway never answers 200 for a table
-it serves half of. Draining servers are deleted by the reaper once nothing uses them, or shut
-once their route's stop grace has passed.
+taken (the table is the plane's, for every gateway) but not served, and GET /v1/routes says so.
+A reload (a new config) happens only at start, when a pool must grow, when a route's timeout
+exceeds the config's client timeout, and as the fallback when a runtime command fails, so the
+gateway never answers 200 for a table it serves half of. Draining servers are deleted by the
+reaper once nothing uses them, or shut once their route's stop grace has passed.
 
 Pushes, the reaper and restarts take one lock: one change at a time. A push whose digest is the
 one served changes nothing (the plane re-pushes the whole table every few seconds). The last

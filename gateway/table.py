@@ -221,7 +221,8 @@ def _tcp_route(value: object, field: str, tcp_ports: PortRange | None) -> TcpRou
 
 
 def _backends(value: object, field: str) -> tuple[Backend, ...]:
-    backends = tuple(_backend(item, f"{field}.{i}") for i, item in enumerate(_array(value, field, MAX_BACKENDS_PER_ROUTE)))
+    items = _array(value, field, MAX_BACKENDS_PER_ROUTE)
+    backends = tuple(_backend(item, f"{field}.{i}") for i, item in enumerate(items))
     replicas = [b.replica for b in backends]
     for i, replica in enumerate(replicas):
         if replica in replicas[:i]:

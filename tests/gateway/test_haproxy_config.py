@@ -137,7 +137,8 @@ def test_the_template_check_catches_a_value_that_would_add_a_line(files, tmp_pat
 
 
 def test_without_a_tcp_frontend_the_config_has_none_and_tcp_routes_reach_no_file(files, tmp_path):
-    t = parsed(table(route("a", backend("198.51.100.66", 1)), tcp=[tcp_route("a-ssh", 20001, backend("198.51.100.66", 2))]))
+    t = parsed(table(route("a", backend("198.51.100.66", 1)),
+                     tcp=[tcp_route("a-ssh", 20001, backend("198.51.100.66", 2))]))
     rendered = rendered_for(t, options(files), tmp_path)
     lines = rendered.config.splitlines()
     assert "    mode tcp" not in lines and "frontend tcp" not in lines and "backend tcp_0" not in lines
