@@ -8,15 +8,17 @@ import signal
 import sys
 import threading
 import time
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
-from gateway.binds import Bind, parse_bind
+from gateway.binds import Bind, TcpListen, parse_address, parse_bind, parse_port_range
 from gateway.ca import CaError, ensure_ca
 from gateway.control import ControlServer
 from gateway.haproxy_config import Options, config_path
 from gateway.proxy import HAProxy, ProxyError
 from gateway.service import TABLE_FILE, Gateway, TableStore
 from gateway.stats import LogReader, Stats
+from gateway.table import PortRange
 
 MIN_TOKEN_LENGTH = 16
 # HAProxy restarted by the gateway this often within a minute means something is wrong beyond
@@ -27,6 +29,20 @@ MAX_RESTARTS_PER_MINUTE = 3
 def _bind(text: str) -> Bind:
     try:
         return parse_bind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _address(text: str) -> IPv4Address | IPv6Address:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _port_range(text: str) -> PortRange:
+    try:
+        return parse_port_range(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -55,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--http-serves-routes", action="store_true",
                      help="plain HTTP serves the routes (X-Forwarded-Proto: http) instead of redirecting: "
                           "for TLS ended in front of the gateway")
+    run.add_argument("--tcp-bind", type=_address, metavar="ADDR",
+                     help="the address of the TCP frontend, which serves the table's TCP routes (with --tcp-ports)")
+    run.add_argument("--tcp-ports", type=_port_range, metavar="LO-HI",
+                     help="the TCP frontend's ports, each a route's listen port: the plane's GANTRY_GATEWAY_TCP_PORTS "
+                          "(with --tcp-bind; without both, TCP routes are taken but not served)")
     ca = commands.add_parser("ca", help="make a local CA and a wildcard certificate for DOMAIN, once")
     ca.add_argument("--dir", required=True, type=Path)
     ca.add_argument("--domain", required=True)
@@ -86,17 +107,31 @@ def _token(path: Path) -> str:
     return token
 
 
+def _tcp(args: argparse.Namespace) -> TcpListen | None:
+    if (args.tcp_bind is None) != (args.tcp_ports is None):
+        raise ValueError("--tcp-bind and --tcp-ports go together: the TCP frontend needs both")
+    if args.tcp_bind is None:
+        return None
+    for name in ("https_bind", "http_bind", "control_bind"):
+        bind: Bind = getattr(args, name)
+        if bind.port in args.tcp_ports:
+            raise ValueError(f"--tcp-ports {args.tcp_ports} holds the port of --{name.replace('_', '-')} {bind}")
+    return TcpListen(address=args.tcp_bind, ports=args.tcp_ports)
+
+
 def _run(args: argparse.Namespace) -> int:
     state_dir = args.state_dir.resolve()
     try:
         token = _token(args.token_file)
+        tcp = _tcp(args)
         executable = shutil.which(args.haproxy)
         if executable is None:
             raise ValueError(f"{args.haproxy}: no such executable")
         config_path(state_dir)
         options = Options(https_bind=args.https_bind, http_bind=args.http_bind, cert=args.cert.resolve(),
                           public_https_port=args.public_https_port, log_socket=state_dir / "log.sock",
-                          admin_socket=state_dir / "admin.sock", http_serves_routes=args.http_serves_routes)
+                          admin_socket=state_dir / "admin.sock", http_serves_routes=args.http_serves_routes,
+                          tcp=tcp)
         state_dir.mkdir(parents=True, exist_ok=True)
         state_dir.chmod(0o700)  # HAProxy's admin and master sockets live here
     except (OSError, ValueError) as exc:
@@ -109,13 +144,15 @@ def _run(args: argparse.Namespace) -> int:
     stats = Stats()
     reader = LogReader(options.log_socket, stats)
     proxy = HAProxy(executable=executable, state_dir=state_dir, options=options)
-    gateway = Gateway(proxy, stats, TableStore(state_dir / TABLE_FILE))
+    gateway = Gateway(proxy, stats, TableStore(state_dir / TABLE_FILE, tcp.ports if tcp else None))
     server = None
     try:
         gateway.start()
         reader.start()
         server = ControlServer(args.control_bind, gateway, token)
         threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
+        if tcp is not None:
+            print(f"gateway: TCP routes on {tcp}", file=sys.stderr, flush=True)
         print(f"gateway ready control=http://{args.control_bind}", flush=True)
         # The main thread waits for a signal, and starts HAProxy again when it dies.
         restarts: list[float] = []

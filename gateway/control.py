@@ -100,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         try:
-            push = parse_push(body)
+            push = parse_push(body, gateway.tcp.ports if gateway.tcp else None)
         except TableError as exc:
             return self._problem(HTTPStatus.BAD_REQUEST, str(exc), title="Invalid route table",
                                  errors=[{"field": exc.field, "message": exc.message, "code": "invalid"}])

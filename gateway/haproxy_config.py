@@ -1,14 +1,16 @@
-"""The gateway's HAProxy 2.6 configuration: a fixed pool of backends, the routes in two map files.
+"""The gateway's HAProxy 2.6 configuration: fixed pools of backends, the routes in map files.
 
 `render(layout, options, directory)` is pure and deterministic. The config names no route and no
 host: the HTTPS frontend (and the HTTP one with --http-serves-routes) looks the request's host up
 in `routes.map`, whose value carries everything the route needs, and sends the request to the
-pool backend `be_<slot>` its route holds. A push changes the two maps and the pool's servers
-through HAProxy's runtime API (gateway/service.py); the config is rendered again only at start
-and when the pool must grow (docs/gateway.md, "Applying a table").
+pool backend `be_<slot>` its route holds; the TCP frontend does the same with the connection's
+port, `tcp.map` and `tcp_<slot>`. A push changes the maps and the pools' servers through
+HAProxy's runtime API (gateway/service.py); the config is rendered again only at start and when
+a pool must grow (docs/gateway.md, "Applying a table").
 
     routes.map   <host> <label>|<slot>|<access>|<timeout ms>|<max body bytes>|<unavailable, or ->
     keys.map     <sha256 hex of a key>@<label> <label>
+    tcp.map      <listen port> <name>|<slot>        (TCP routes with a backend; with --tcp-bind only)
 
 The request path:
 
@@ -18,6 +20,11 @@ The request path:
     no backend -> 503 with the reason and Retry-After: 5
     X-Forwarded-For/-Proto/-Host replaced (Forwarded, X-Real-IP dropped)
     be_<slot>: leastconn over the route's servers; server and tunnel timeouts are the route's
+
+The TCP path (a `mode tcp` frontend on every port of --tcp-ports, when the gateway has one):
+
+    the port (dst_port) --tcp.map--> the route, or the connection is closed at once
+    tcp_<slot>: leastconn over the route's servers, the bytes passed as they come
 
 Every value written here or into a map has been through `gateway.table` (labels, DNS names, hex
 digests, IP literals, integers in range, an enumerated reason) or is the operator's own option,
@@ -32,12 +39,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.binds import Bind
+from gateway.binds import Bind, TcpListen
 from gateway.table import PRIVATE, Backend, Route, Table
 
 ROUTES_MAP = "routes.map"
 KEYS_MAP = "keys.map"
-MAPS = (KEYS_MAP, ROUTES_MAP)  # the order a push commits them in (gateway/service.py says why)
+TCP_MAP = "tcp.map"
+MAPS = (KEYS_MAP, ROUTES_MAP, TCP_MAP)  # the order a push commits them in (gateway/service.py says why)
 CONFIG = "haproxy.cfg"
 
 # The server and tunnel timeouts before a request's route sets its own.
@@ -46,6 +54,8 @@ RETRY_AFTER_S = 5
 # Pool servers keep idle connections to the replica for reuse, as static servers do by default
 # (a dynamic server added through the runtime API keeps none unless told).
 SERVER_OPTIONS = "pool-max-conn -1 pool-purge-delay 5s"
+# A TCP frontend's half-closed connections: one side has closed, the other gets this long to.
+TCP_FIN_TIMEOUT_S = 30
 # An operator's path is written into the config unquoted: only characters with no meaning there.
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
 # The log line HAProxy sends to the gateway (gateway/stats.py reads it): route label, status, %Ta.
@@ -69,6 +79,7 @@ class Options:
     log_socket: Path
     admin_socket: Path
     http_serves_routes: bool = False  # plain HTTP serves the routes (TLS ends in front of the gateway)
+    tcp: TcpListen | None = None  # the TCP frontend; None: the gateway serves no TCP route
 
     def __post_init__(self) -> None:
         for name in ("cert", "log_socket", "admin_socket"):
@@ -78,13 +89,35 @@ class Options:
 
 
 @dataclass(frozen=True)
+class Kind:
+    """One pool of backends: `be_<slot>` for HTTP routes, `tcp_<slot>` for TCP routes."""
+
+    name: str
+    prefix: str
+    server_options: str  # after a server's address, in the config and in `add server`
+
+    def backend(self, slot: int) -> str:
+        return f"{self.prefix}{slot}"
+
+    def server(self, backend: Backend) -> str:
+        """A server's address and options, as `server <name> …` and `add server <ref> …` take them."""
+        return f"{server_address(backend)} {self.server_options}".rstrip()
+
+
+HTTP = Kind("http", "be_", SERVER_OPTIONS)
+# In TCP mode a server connection is the client's own: nothing to keep idle for reuse.
+TCP = Kind("tcp", "tcp_", "")
+
+
+@dataclass(frozen=True)
 class Layout:
-    """What one config holds: the pool, its bounds, the maps' entries and the servers it starts with."""
+    """What one config holds: the pools, their bounds, the maps' entries and the servers it starts with."""
 
     pool_size: int
     longest_s: int  # `timeout client` and `hard-stop-after`: no route's timeout may exceed it
     maps: dict[str, dict[str, str]]  # map file name -> key -> value
-    servers: tuple[tuple[int, str, Backend], ...]  # (slot, server name, backend)
+    servers: tuple[tuple[str, str, Backend], ...]  # (pool backend, server name, backend)
+    tcp_pool_size: int = 0  # with a TCP frontend (Options.tcp) only
 
 
 @dataclass(frozen=True)
@@ -124,12 +157,14 @@ def map_entries(table: Table, slots: dict[str, int]) -> dict[str, dict[str, str]
     return {KEYS_MAP: keys, ROUTES_MAP: routes}
 
 
+def tcp_map_entries(table: Table, slots: dict[str, int]) -> dict[str, dict[str, str]]:
+    """A TCP route without a backend is left out: its port refuses connections like an unused one."""
+    return {TCP_MAP: {str(route.listen_port): f"{route.name}|{slots[route.name]}"
+                      for route in table.tcp_routes if route.backends}}
+
+
 def map_text(entries: dict[str, str]) -> str:
     return "".join(f"{key} {value}\n" for key, value in sorted(entries.items()))
-
-
-def backend_name(slot: int) -> str:
-    return f"be_{slot}"
 
 
 def server_address(backend: Backend) -> str:
@@ -219,21 +254,65 @@ def render(layout: Layout, options: Options, directory: Path) -> Rendered:
                     condition="unless { req.hdr(host) -m found }"),
             f"    http-request redirect location https://%[{_HOST}]{redirect_port}%[pathq] code 308",
         ]
-    servers: dict[int, list[tuple[str, Backend]]] = {}
-    for slot, name, backend in layout.servers:
-        servers.setdefault(slot, []).append((name, backend))
+    servers: dict[str, list[tuple[str, Backend]]] = {}
+    for proxy, name, backend in layout.servers:
+        servers.setdefault(proxy, []).append((name, backend))
     for slot in range(layout.pool_size):
         lines += [
             "",
-            f"backend {backend_name(slot)}",
+            f"backend {HTTP.backend(slot)}",
             "    balance leastconn",
             "    http-request set-timeout server var(txn.timeout)",
             "    http-request set-timeout tunnel var(txn.timeout)",
-            *(f"    server {name} {server_address(backend)} {SERVER_OPTIONS}"
-              for name, backend in sorted(servers.get(slot, []))),
+            *(f"    server {name} {HTTP.server(backend)}"
+              for name, backend in sorted(servers.get(HTTP.backend(slot), []))),
         ]
-    return Rendered(config="\n".join(lines) + "\n",
-                    maps={name: map_text(layout.maps.get(name, {})) for name in MAPS})
+    maps = [KEYS_MAP, ROUTES_MAP]
+    if options.tcp is not None:
+        lines += _tcp(layout, options.tcp, f"{directory_text}/{TCP_MAP}", servers)
+        maps.append(TCP_MAP)
+    return Rendered(config="\n".join(lines) + "\n", maps={name: map_text(layout.maps.get(name, {})) for name in maps})
+
+
+def _tcp(layout: Layout, listen: TcpListen, tcp_map: str, servers: dict[str, list[tuple[str, Backend]]]) -> list[str]:
+    """The TCP frontend and its pool, after a `defaults` section of their own (a defaults section
+    applies to the proxies after it: the HTTP ones keep theirs)."""
+    if layout.tcp_pool_size < 1:
+        raise ValueError("a TCP frontend needs a pool of TCP backends")
+    route = f"dst_port,map_int({tcp_map})"
+    lines = [
+        "",
+        "defaults",
+        "    mode tcp",
+        "    retries 2",
+        "    option redispatch 1",
+        "    timeout connect 5s",
+        # HAProxy 2.6 cannot set a TCP stream's timeouts per route (no `tcp-request … set-timeout`):
+        # every TCP connection may idle for the config's longest, which covers every route's.
+        f"    timeout client {layout.longest_s}s",
+        f"    timeout server {layout.longest_s}s",
+        f"    timeout tunnel {layout.longest_s}s",
+        f"    timeout client-fin {TCP_FIN_TIMEOUT_S}s",
+        f"    timeout server-fin {TCP_FIN_TIMEOUT_S}s",
+        "",
+        "frontend tcp",
+        f"    bind {listen.haproxy()}",
+        # A port with no route (or no backend) is closed before anything else is done with it;
+        # checked again once the stream exists, in case the map changed in between.
+        f"    tcp-request connection reject unless {{ {route} -m found }}",
+        f"    tcp-request content set-var(txn.r) {route}",
+        "    tcp-request content reject unless { var(txn.r) -m found }",
+        f"    use_backend {TCP.prefix}%[var(txn.r),field(2,|)]",
+    ]
+    for slot in range(layout.tcp_pool_size):
+        lines += [
+            "",
+            f"backend {TCP.backend(slot)}",
+            "    balance leastconn",
+            *(f"    server {name} {TCP.server(backend)}"
+              for name, backend in sorted(servers.get(TCP.backend(slot), []))),
+        ]
+    return lines
 
 
 def _no_key(condition: str) -> str:
@@ -268,5 +347,5 @@ def _route_rules(proto: str, routes_map: str, keys_map: str) -> list[str]:
         "    http-request set-header X-Forwarded-For %[src]",
         f"    http-request set-header X-Forwarded-Proto {proto}",
         "    http-request set-header X-Forwarded-Host %[var(txn.host)]",
-        f"    use_backend be_%[{_FIELD['slot']}]",
+        f"    use_backend {HTTP.prefix}%[{_FIELD['slot']}]",
     ]

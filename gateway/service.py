@@ -1,12 +1,14 @@
 """What the gateway serves now, and the one way to change it: apply a push (docs/gateway.md).
 
 A push is applied through HAProxy's runtime API, with no reload: the new table is diffed against
-the pool the current worker holds (gateway/pool.py), and only the difference is sent: servers
-added, the two maps swapped atomically, servers set to drain. A reload (a new config) happens only
-at start, when the pool must grow, when a route's timeout exceeds the config's client timeout,
-and as the fallback when a runtime command fails, so the gateway never answers 200 for a table
-it serves half of. Draining servers are deleted by the reaper once nothing uses them, or shut
-once their route's stop grace has passed.
+the pools the current worker holds (gateway/pool.py), and only the difference is sent: servers
+added, the maps swapped atomically, servers set to drain. TCP routes are served the same way when
+the gateway has a TCP frontend (--tcp-bind, --tcp-ports); without one a table's TCP routes are
+taken (the table is the plane's, for every gateway) but not served, and GET /v1/routes says so.
+A reload (a new config) happens only at start, when a pool must grow, when a route's timeout
+exceeds the config's client timeout, and as the fallback when a runtime command fails, so the
+gateway never answers 200 for a table it serves half of. Draining servers are deleted by the
+reaper once nothing uses them, or shut once their route's stop grace has passed.
 
 Pushes, the reaper and restarts take one lock: one change at a time. A push whose digest is the
 one served changes nothing (the plane re-pushes the whole table every few seconds). The last
@@ -25,12 +27,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gateway.haproxy_config import MAPS, SERVER_OPTIONS, backend_name, render, server_address
+from gateway.haproxy_config import HTTP, MAPS, TCP, render
 from gateway.pool import MIN_POOL, Change, Pool, Reload, pool_size
 from gateway.proxy import HAProxy, ProxyError
 from gateway.runtime import AdminSession, CommandError
 from gateway.stats import Stats
-from gateway.table import EMPTY, Backend, Push, Table, TableError, parse_push
+from gateway.table import EMPTY, Backend, PortRange, Push, Table, TableError, parse_push
 
 REAP_INTERVAL_S = 0.5
 TABLE_FILE = "table.json"
@@ -40,9 +42,12 @@ TABLE_FILE = "table.json"
 class Applied:
     digest: str | None  # None: the empty table a gateway starts with, before any push
     applied_at: str | None
+    tcp_routes: int = 0  # in the table
+    tcp_served: bool = False  # the gateway has a TCP frontend: every TCP route of the table is served
 
     def as_dict(self) -> dict:
-        return {"digest": self.digest, "applied_at": self.applied_at}
+        return {"digest": self.digest, "applied_at": self.applied_at,
+                "tcp_routes": {"count": self.tcp_routes, "served": self.tcp_served}}
 
 
 def utc_now() -> str:
@@ -56,8 +61,9 @@ def log(message: str) -> None:
 class TableStore:
     """The last push served, as the plane sent it (its digest covers those bytes), 0600."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, tcp_ports: PortRange | None = None):
         self.path = path
+        self.tcp_ports = tcp_ports  # as pushes are checked: a range changed since may refuse the table
 
     def load(self) -> tuple[Push, bytes] | None:
         try:
@@ -68,7 +74,7 @@ class TableStore:
             log(f"cannot read {self.path} ({exc}); starting with no table")
             return None
         try:
-            return parse_push(body), body
+            return parse_push(body, self.tcp_ports), body
         except TableError as exc:
             log(f"{self.path} is not a table ({exc}); starting with no table")
             return None
@@ -88,7 +94,8 @@ class Gateway:
         self.stats = stats
         self.store = store
         self._lock = threading.RLock()
-        self._applied = Applied(digest=None, applied_at=None)
+        self.tcp = proxy.options.tcp  # None: TCP routes are taken, not served
+        self._applied = Applied(digest=None, applied_at=None, tcp_served=self.tcp is not None)
         self._pool: Pool | None = None
         # Set when runtime commands were sent and neither they nor the rebuild after them all
         # succeeded: what the worker holds is unknown, so the next push rebuilds.
@@ -105,7 +112,7 @@ class Gateway:
         with self._lock:
             self._rebuild(stored[0].table if stored else EMPTY)
             if stored:
-                self._applied = Applied(digest=stored[0].digest, applied_at=utc_now())
+                self._applied = self._record(stored[0])
                 log(f"serving the last table kept in {self.store.path} until the plane pushes")
         self._reaper.start()
 
@@ -134,12 +141,18 @@ class Gateway:
         with self._lock:
             if push.digest != self._applied.digest:
                 self._serve(push.table)
-                self._applied = Applied(digest=push.digest, applied_at=utc_now())
+                self._applied = self._record(push)
                 try:
                     self.store.save(body)
                 except OSError as exc:  # served all the same; only a restart would miss it
                     log(f"could not keep the table in {self.store.path}: {exc}")
             return self._applied
+
+    def _record(self, push: Push) -> Applied:
+        count = len(push.table.tcp_routes)
+        if count and self.tcp is None:
+            log(f"{count} TCP routes are not served: this gateway has no TCP frontend (--tcp-bind, --tcp-ports)")
+        return Applied(digest=push.digest, applied_at=utc_now(), tcp_routes=count, tcp_served=self.tcp is not None)
 
     def _serve(self, table: Table) -> None:
         pool = self._pool
@@ -165,27 +178,30 @@ class Gateway:
     def _send(cli: AdminSession, pool: Pool, change: Change) -> None:
         assert pool.directory is not None
         adds = []
-        for index, server in change.add:
-            ref = f"{backend_name(index)}/{server.name}"
-            adds += [(f"add server {ref} {server_address(server.backend)} {SERVER_OPTIONS}", "New server registered."),
-                     (f"enable server {ref}", "")]
+        for server in change.add:
+            adds += [(f"add server {server.ref} {server.kind.server(server.backend)}", "New server registered."),
+                     (f"enable server {server.ref}", "")]
         cli.expect_many(adds)
         # Keys before routes: a route turning private finds its keys there already; in between,
         # any mix of the two tables is at most as open as one of them.
         for file in MAPS:
             if file in change.maps:
                 cli.replace_map(str(pool.directory / file), change.maps[file])
-        cli.expect_many([(f"set server {backend_name(index)}/{server.name} state drain", "")
-                         for index, server in change.drain])
+        cli.expect_many([(f"set server {server.ref} state drain", "") for server in change.drain])
 
-    def _rebuild(self, table: Table, *, grow: bool = False, why: str = "") -> None:
-        """A config for `table` with a fresh pool, loaded (started or reloaded); the servers still
+    def _rebuild(self, table: Table, *, grow: tuple[str, ...] = (), why: str = "") -> None:
+        """A config for `table` with fresh pools, loaded (started or reloaded); the servers still
         draining stay with the old worker, which exits once they are done (hard-stop-after)."""
-        current = self._pool.size if self._pool else MIN_POOL
-        size = pool_size(len(table.routes), at_least=2 * current if grow else current)
-        pool = Pool.build(table, size, self._name)
+        current = self._pool.http.size if self._pool else MIN_POOL
+        size = pool_size(len(table.routes), at_least=2 * current if HTTP.name in grow else current)
+        tcp_size = None
+        if self.tcp is not None:
+            current = self._pool.tcp.size if self._pool and self._pool.tcp else MIN_POOL
+            tcp_size = pool_size(len(table.tcp_routes), at_least=2 * current if TCP.name in grow else current)
+        pool = Pool.build(table, size, self._name, tcp_size)
         if why:
-            log(f"{why}: loading a new config into HAProxy, a pool of {size} backends")
+            tcp = f" and {tcp_size} TCP backends" if tcp_size is not None else ""
+            log(f"{why}: loading a new config into HAProxy, a pool of {size} backends{tcp}")
         pool.directory = self.proxy.load(lambda directory: render(pool.layout(), self.proxy.options, directory))
         self._pool = pool
         self._unknown = False
@@ -217,39 +233,39 @@ class Gateway:
         read_at = time.monotonic()
         with self.proxy.admin() as cli:
             counts = cli.server_counts()  # two answers for all servers, however many leave
-            streams = cli.streams_by_server() if any(server.in_maint for _, server in pool.leaving()) else {}
+            streams = cli.streams_by_server() if any(server.in_maint for server in pool.leaving()) else {}
         with self._lock:
             if self._pool is not pool or self._unknown:
                 return  # a reload since: the servers that drained stay with the old worker
             now = time.monotonic()
             shut, maint, ready = [], [], []
-            for index, server in pool.leaving():
-                backend = backend_name(index)
+            for server in pool.leaving():
+                backend = server.kind.backend(server.slot)
                 count = counts.get((backend, server.name))
                 if count is None:
                     if (server.draining_since or now) < read_at:  # it was there: deleted by someone else
-                        log(f"reaper: {backend}/{server.name} is gone from HAProxy")
-                        pool.forget(index, server.name)
+                        log(f"reaper: {server.ref} is gone from HAProxy")
+                        pool.forget(server)
                     continue
                 if count["scur"] or count["qcur"] or count.get("used_cur", 0):
                     if not server.shut and now - (server.draining_since or now) >= server.grace_s:
-                        shut.append((index, server))  # its requests are cut: 502, or the connection closes
+                        shut.append(server)  # its requests are cut: 502, or the connection closes
                 elif not server.in_maint:
                     # Deleted on a later round: in maintenance nothing new reaches it, and what
                     # just ended has time to let go of it.
-                    maint.append((index, server))
+                    maint.append(server)
                 elif not count.get("idle_cur", 0) and not streams.get((backend, server.name)):
-                    ready.append((index, server))  # (idle connections: maintenance closes them, soon gone)
+                    ready.append(server)  # (idle connections: maintenance closes them, soon gone)
             with self.proxy.admin() as cli:
-                cli.expect_many([(f"shutdown sessions server {backend_name(i)}/{s.name}", "") for i, s in shut]
-                                + [(f"set server {backend_name(i)}/{s.name} state maint", "") for i, s in maint])
-                for _, server in shut:
+                cli.expect_many([(f"shutdown sessions server {server.ref}", "") for server in shut]
+                                + [(f"set server {server.ref} state maint", "") for server in maint])
+                for server in shut:
                     server.shut = True
-                for _, server in maint:
+                for server in maint:
                     server.in_maint = True
-                answers = cli.run_many([f"del server {backend_name(i)}/{server.name}" for i, server in ready])
-            for (index, server), answer in zip(ready, answers):
+                answers = cli.run_many([f"del server {server.ref}" for server in ready])
+            for server, answer in zip(ready, answers):
                 if answer == "Server deleted.":
-                    pool.forget(index, server.name)
+                    pool.forget(server)
                 elif "still has connections" not in answer:
-                    raise CommandError(f"del server {backend_name(index)}/{server.name}: HAProxy answered {answer!r}")
+                    raise CommandError(f"del server {server.ref}: HAProxy answered {answer!r}")

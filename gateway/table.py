@@ -8,6 +8,10 @@ quote, space or `#` can get past these checks into a line of the config. A compr
 plane can point routes at the wrong backends, but it cannot add a line HAProxy would obey.
 
 Field names in errors are dotted paths, as the plane's API spells them: `table.routes.2.host`.
+
+TCP routes (`tcp_routes`, absent when the plane has none) are checked the same way, and their
+listen ports against the gateway's own range (`--tcp-ports`) when it has one: a port outside it
+is refused rather than silently not served, so the plane's status shows the mismatch.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ MAX_STOP_GRACE_S = 86400
 MAX_KEYS_PER_ROUTE = 1000
 MAX_BACKENDS_PER_ROUTE = 1000
 MAX_ROUTES = 100_000
+MAX_TCP_ROUTES = 65535  # one per port at most
 MAX_DNS_NAME = 253
 
 # fullmatch, never match with `$`: in Python `$` also matches before a trailing newline.
@@ -70,9 +75,36 @@ class Route:
 
 
 @dataclass(frozen=True)
+class TcpRoute:
+    name: str  # <label>-<port name>: a DNS label
+    listen_port: int  # the gateway port clients connect to
+    timeout_s: int
+    stop_grace_seconds: int
+    backends: tuple[Backend, ...]
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """The gateway's TCP listen ports, both ends included (`--tcp-ports 20000-20999`)."""
+
+    low: int
+    high: int
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    def __len__(self) -> int:
+        return self.high - self.low + 1
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+@dataclass(frozen=True)
 class Table:
     domain: str
     routes: tuple[Route, ...]
+    tcp_routes: tuple[TcpRoute, ...] = ()
 
 
 EMPTY = Table(domain="", routes=())  # what a gateway serves from its start until the first push
@@ -90,8 +122,10 @@ def canonical_digest(table: object) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse_push(body: bytes) -> Push:
-    """The body of `PUT /v1/routes`, or TableError for the first thing wrong with it."""
+def parse_push(body: bytes, tcp_ports: PortRange | None = None) -> Push:
+    """The body of `PUT /v1/routes`, or TableError for the first thing wrong with it. `tcp_ports`:
+    the gateway's TCP listen ports, which every TCP route's must be in (None: any port, the
+    gateway serving no TCP route)."""
     try:
         document = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -103,14 +137,14 @@ def parse_push(body: bytes) -> Push:
     digest = _string(obj["digest"], "digest")
     if not _SHA256_HEX.fullmatch(digest):
         raise TableError("digest", "must be 64 lowercase hex digits")
-    table = parse_table(obj["table"], "table")
+    table = parse_table(obj["table"], "table", tcp_ports)
     if canonical_digest(obj["table"]) != digest:
         raise TableError("digest", "is not the sha256 of the table's canonical JSON")
     return Push(digest=digest, table=table)
 
 
-def parse_table(value: object, field: str = "table") -> Table:
-    obj = _object(value, field, {"domain", "routes"})
+def parse_table(value: object, field: str = "table", tcp_ports: PortRange | None = None) -> Table:
+    obj = _object(value, field, {"domain", "routes"}, optional={"tcp_routes"})
     domain = _dns_name(obj["domain"], f"{field}.domain")
     routes = _array(obj["routes"], f"{field}.routes", MAX_ROUTES)
     parsed = tuple(_route(item, f"{field}.routes.{i}", domain) for i, item in enumerate(routes))
@@ -119,7 +153,19 @@ def parse_table(value: object, field: str = "table") -> Table:
         if route.label in seen:
             raise TableError(f"{field}.routes.{i}.label", f"{route.label!r} is the label of an earlier route")
         seen.add(route.label)
-    return Table(domain=domain, routes=parsed)
+    tcp = _array(obj.get("tcp_routes", []), f"{field}.tcp_routes", MAX_TCP_ROUTES)
+    tcp_routes = tuple(_tcp_route(item, f"{field}.tcp_routes.{i}", tcp_ports) for i, item in enumerate(tcp))
+    names: set[str] = set()
+    ports: set[int] = set()
+    for i, tcp_route in enumerate(tcp_routes):
+        if tcp_route.name in names:
+            raise TableError(f"{field}.tcp_routes.{i}.name", f"{tcp_route.name!r} is the name of an earlier TCP route")
+        if tcp_route.listen_port in ports:
+            raise TableError(f"{field}.tcp_routes.{i}.listen_port",
+                             f"{tcp_route.listen_port} is the listen port of an earlier TCP route")
+        names.add(tcp_route.name)
+        ports.add(tcp_route.listen_port)
+    return Table(domain=domain, routes=parsed, tcp_routes=tcp_routes)
 
 
 def _route(value: object, field: str, domain: str) -> Route:
@@ -143,12 +189,7 @@ def _route(value: object, field: str, domain: str) -> Route:
         if digest in key_hashes:
             raise TableError(f"{field}.key_hashes.{i}", "is listed twice")
         key_hashes.append(digest)
-    backends = tuple(_backend(item, f"{field}.backends.{i}")
-                     for i, item in enumerate(_array(obj["backends"], f"{field}.backends", MAX_BACKENDS_PER_ROUTE)))
-    replicas = [b.replica for b in backends]
-    for i, replica in enumerate(replicas):
-        if replica in replicas[:i]:
-            raise TableError(f"{field}.backends.{i}.replica", "is listed twice")
+    backends = _backends(obj["backends"], f"{field}.backends")
     unavailable = _string(obj["unavailable"], f"{field}.unavailable")
     if backends and unavailable != "":
         raise TableError(f"{field}.unavailable", "must be empty when the route has backends")
@@ -161,6 +202,32 @@ def _route(value: object, field: str, domain: str) -> Route:
         stop_grace_seconds=_int(obj["stop_grace_seconds"], f"{field}.stop_grace_seconds", 0, MAX_STOP_GRACE_S),
         backends=backends,
     )
+
+
+def _tcp_route(value: object, field: str, tcp_ports: PortRange | None) -> TcpRoute:
+    obj = _object(value, field, {"name", "listen_port", "timeout_s", "stop_grace_seconds", "backends"})
+    name = _string(obj["name"], f"{field}.name")
+    if not LABEL.fullmatch(name):
+        raise TableError(f"{field}.name", "must be a DNS label: a-z, 0-9 and inner '-', at most 63 characters")
+    listen_port = _int(obj["listen_port"], f"{field}.listen_port", 1, 65535)
+    if tcp_ports is not None and listen_port not in tcp_ports:
+        raise TableError(f"{field}.listen_port", f"must be one of this gateway's TCP ports, {tcp_ports} (--tcp-ports)")
+    return TcpRoute(
+        name=name, listen_port=listen_port,
+        timeout_s=_int(obj["timeout_s"], f"{field}.timeout_s", 1, MAX_TIMEOUT_S),
+        stop_grace_seconds=_int(obj["stop_grace_seconds"], f"{field}.stop_grace_seconds", 0, MAX_STOP_GRACE_S),
+        backends=_backends(obj["backends"], f"{field}.backends"),
+    )
+
+
+def _backends(value: object, field: str) -> tuple[Backend, ...]:
+    items = _array(value, field, MAX_BACKENDS_PER_ROUTE)
+    backends = tuple(_backend(item, f"{field}.{i}") for i, item in enumerate(items))
+    replicas = [b.replica for b in backends]
+    for i, replica in enumerate(replicas):
+        if replica in replicas[:i]:
+            raise TableError(f"{field}.{i}.replica", "is listed twice")
+    return backends
 
 
 def _backend(value: object, field: str) -> Backend:
@@ -192,12 +259,12 @@ def _dns_name(value: object, field: str) -> str:
     return name
 
 
-def _object(value: object, field: str, keys: set[str]) -> dict:
+def _object(value: object, field: str, keys: set[str], optional: frozenset[str] | set[str] = frozenset()) -> dict:
     if not isinstance(value, dict):
         raise TableError(field, "must be an object")
     for key in sorted(keys - value.keys()):
         raise TableError(f"{field}.{key}", "is missing")
-    for key in sorted(value.keys() - keys):
+    for key in sorted(value.keys() - keys - optional):
         raise TableError(f"{field}.{key}", "is not a field of this object")
     return value
 

@@ -2,6 +2,7 @@
 
     python tests/gateway/backend.py http PORT NAME    HTTP/1.1 on 0.0.0.0:PORT
     python tests/gateway/backend.py ws PORT           a WebSocket echo on 0.0.0.0:PORT
+    python tests/gateway/backend.py tcp PORT NAME     raw TCP on 0.0.0.0:PORT: says "NAME\n", then echoes
 
 Every answer says which backend gave it. Paths under /_ are the test's own window into the
 backend, called directly (not through the gateway):
@@ -20,6 +21,7 @@ Nothing here waits a guessed time for the test: a test releases what it holds.
 from __future__ import annotations
 
 import json
+import socketserver
 import sys
 import threading
 import time
@@ -139,10 +141,32 @@ def serve_ws(port: int) -> None:
         server.serve_forever()
 
 
+class TcpEcho(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, name: str):
+        super().__init__(("0.0.0.0", port), EchoHandler)
+        self.name = name
+
+
+class EchoHandler(socketserver.BaseRequestHandler):
+    server: TcpEcho
+
+    def handle(self) -> None:
+        self.request.sendall(f"{self.server.name}\n".encode())
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
 def main() -> None:
     kind, port = sys.argv[1], int(sys.argv[2])
     if kind == "ws":
         return serve_ws(port)
+    if kind == "tcp":
+        echo = TcpEcho(port, sys.argv[3])
+        print("ready", flush=True)
+        return echo.serve_forever()
     server = Backend(port, sys.argv[3])
     print("ready", flush=True)
     server.serve_forever()

@@ -197,6 +197,11 @@ class Backends:
         self.ns.spawn(sys.executable, str(REPO / "tests" / "gateway" / "backend.py"), "http", str(port), name,
                       ready_line="ready")
 
+    def tcp(self, port: int, name: str) -> None:
+        """A raw TCP echo: each connection first gets `name` and a newline."""
+        self.ns.spawn(sys.executable, str(REPO / "tests" / "gateway" / "backend.py"), "tcp", str(port), name,
+                      ready_line="ready")
+
     def ws(self, port: int) -> None:
         self.ns.spawn(sys.executable, str(REPO / "tests" / "gateway" / "backend.py"), "ws", str(port),
                       ready_line="ready")
@@ -248,6 +253,40 @@ def client(certs) -> Iterator[Client]:
     c = Client(certs)
     yield c
     c.close()
+
+
+class KeepAlive:
+    """HTTP/1.1 over one TLS connection, requests one after another, no retry and no reconnect:
+    if the gateway ever closes the connection, the next request fails."""
+
+    def __init__(self, certs, host: str):
+        self.host = host
+        raw = socket.create_connection((GATEWAY_IP, HTTPS_PORT), timeout=20)
+        context = ssl_context(certs)
+        context.set_alpn_protocols(["http/1.1"])
+        self.conn = context.wrap_socket(raw, server_hostname=host)
+        self.reader = self.conn.makefile("rb")
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        status_line = self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the gateway closed the keep-alive connection")
+        status = int(status_line.split()[1])
+        length = None
+        while (line := self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+            if name.strip().lower() == "connection" and value.strip().lower() == "close":
+                raise ConnectionError("the gateway announced it closes the connection")
+        if length is None:
+            raise ConnectionError(f"a {status} answer without Content-Length")
+        return status, self.reader.read(length)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.conn.close()
 
 
 def problem(response: httpx.Response) -> dict:

@@ -34,8 +34,17 @@ def route(label: str, *backends: dict, access: str = "public", keys: tuple[str, 
     }
 
 
-def table(*routes: dict, domain: str = DOMAIN) -> dict:
-    return {"domain": domain, "routes": sorted(routes, key=lambda r: r["label"])}
+def tcp_route(name: str, listen_port: int, *backends: dict, timeout_s: int = 600, stop_grace_seconds: int = 30) -> dict:
+    return {"name": name, "listen_port": listen_port, "timeout_s": timeout_s, "stop_grace_seconds": stop_grace_seconds,
+            "backends": sorted(backends, key=lambda b: b["replica"])}
+
+
+def table(*routes: dict, domain: str = DOMAIN, tcp: tuple[dict, ...] | list[dict] = ()) -> dict:
+    """As the plane sends it: `tcp_routes` only when there are some, sorted by listen port."""
+    t = {"domain": domain, "routes": sorted(routes, key=lambda r: r["label"])}
+    if tcp:
+        t["tcp_routes"] = sorted(tcp, key=lambda r: r["listen_port"])
+    return t
 
 
 def push_body(table_: dict, *, digest: str | None = None) -> bytes:

@@ -27,6 +27,8 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = rf"{_LABEL}(\.{_LABEL})+"
 
 _FIELD = r"var\(txn\.r\),field\([1-6],\|\)"
+_SERVER = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-[1-9]\d*"
+_ADDRESS = r"(ipv4@\d{1,3}(\.\d{1,3}){3}|ipv6@[0-9a-f:.]+):[1-9]\d{0,4}"
 _PRIVATE = r"\{ var\(txn\.r\),field\(3,\|\) -m str private \}"
 
 CONFIG_LINES = [re.compile(line) for line in [
@@ -44,7 +46,7 @@ CONFIG_LINES = [re.compile(line) for line in [
     r"    retries 2",
     r"    option redispatch 1",
     r"    max-session-srv-conns 0",
-    r"    timeout (connect|client|server|tunnel|http-request|http-keep-alive|client-fin) [1-9]\d*s",
+    r"    timeout (connect|client|server|tunnel|http-request|http-keep-alive|client-fin|server-fin) [1-9]\d*s",
     r"    http-error status (?P<status>\d{3}) content-type application/problem\+json string " + _BODY,
     r"frontend https?",
     rf"    bind ipv(4|6)@[0-9a-f.:]+:\d+( v4v6)? ssl crt {_PATH} alpn h2,http/1\.1",
@@ -65,17 +67,28 @@ CONFIG_LINES = [re.compile(line) for line in [
     r"    http-request set-header X-Forwarded-Proto https?",
     r"    http-request set-header X-Forwarded-Host %\[var\(txn\.host\)\]",
     rf"    use_backend be_%\[{_FIELD}\]",
+    # the TCP frontend and its pool (with --tcp-bind)
+    r"    mode tcp",
+    r"frontend tcp",
+    r"    bind ipv(4|6)@[0-9a-f.:]+:[1-9]\d{0,4}-[1-9]\d{0,4}( v4v6)?",
+    rf"    tcp-request connection reject unless \{{ dst_port,map_int\({_PATH}/tcp\.map\) -m found \}}",
+    rf"    tcp-request content set-var\(txn\.r\) dst_port,map_int\({_PATH}/tcp\.map\)",
+    r"    tcp-request content reject unless \{ var\(txn\.r\) -m found \}",
+    r"    use_backend tcp_%\[var\(txn\.r\),field\(2,\|\)\]",
+    r"backend tcp_(0|[1-9]\d*)",
+    rf"    server {_SERVER} {_ADDRESS}",
     r"    no log",
     _RETURN + r" unless \{ req\.hdr\(host\) -m found \}",
     r"    http-request redirect location https://%\[req\.hdr\(host\),regsub\(:\[0-9\]\+\$,\),lower\](:\d+)?%\[pathq\] code 308",
     r"backend be_(0|[1-9]\d*)",
     r"    balance leastconn",
     r"    http-request set-timeout (server|tunnel) var\(txn\.timeout\)",
-    r"    server [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-[1-9]\d* "
-    r"(ipv4@\d{1,3}(\.\d{1,3}){3}|ipv6@[0-9a-f:.]+):[1-9]\d{0,4} pool-max-conn -1 pool-purge-delay 5s",
+    rf"    server {_SERVER} {_ADDRESS} pool-max-conn -1 pool-purge-delay 5s",
 ]]
 ROUTES_LINE = re.compile(rf"{_HOST} {_LABEL}\|(0|[1-9]\d*)\|(private|public)\|[1-9]\d*\|[1-9]\d*\|(-|starting|no-capacity|stopped)")
 KEYS_LINE = re.compile(rf"[0-9a-f]{{64}}@{_LABEL} {_LABEL}")
+TCP_LINE = re.compile(rf"[1-9]\d{{0,4}} {_LABEL}\|(0|[1-9]\d*)")
+MAP_LINES = {"routes.map": ROUTES_LINE, "keys.map": KEYS_LINE, "tcp.map": TCP_LINE}
 
 
 def off_template(config: str, maps: dict[str, str]) -> list[str]:
@@ -91,21 +104,22 @@ def off_template(config: str, maps: dict[str, str]) -> list[str]:
                 offences.append(line)
     if not config.endswith("\n"):
         offences.append("(config without a final newline)")
-    for name, pattern in (("routes.map", ROUTES_LINE), ("keys.map", KEYS_LINE)):
+    for name, pattern in ((name, MAP_LINES[name]) for name in maps):
         offences += [f"{name}: {line}" for line in maps[name].split("\n")[:-1] if not pattern.fullmatch(line)]
         if maps[name] and not maps[name].endswith("\n"):
             offences.append(f"{name} without a final newline")
     return offences
 
 
-_REF = r"be_(0|[1-9]\d*)/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-[1-9]\d*"
+_REF = rf"(be|tcp)_(0|[1-9]\d*)/{_SERVER}"
 COMMAND_LINES = [re.compile(line) for line in [
-    rf"add server {_REF} (ipv4@\d{{1,3}}(\.\d{{1,3}}){{3}}|ipv6@[0-9a-f:.]+):[1-9]\d{{0,4}} pool-max-conn -1 pool-purge-delay 5s",
+    rf"add server be_(0|[1-9]\d*)/{_SERVER} {_ADDRESS} pool-max-conn -1 pool-purge-delay 5s",
+    rf"add server tcp_(0|[1-9]\d*)/{_SERVER} {_ADDRESS}",
     rf"enable server {_REF}",
     rf"set server {_REF} state drain",
-    rf"prepare map {_PATH}/(routes|keys)\.map",
-    rf"add map @\d+ {_PATH}/(routes|keys)\.map",
-    rf"commit map @\d+ {_PATH}/(routes|keys)\.map",
+    rf"prepare map {_PATH}/(routes|keys|tcp)\.map",
+    rf"add map @\d+ {_PATH}/(routes|keys|tcp)\.map",
+    rf"commit map @\d+ {_PATH}/(routes|keys|tcp)\.map",
 ]]
 
 
@@ -115,7 +129,7 @@ def off_commands(commands: list[tuple[str, list[str]]]) -> list[str]:
     for command, payload in commands:
         if not any(pattern.fullmatch(command) for pattern in COMMAND_LINES):
             offences.append(command)
-        offences += [line for line in payload if not (ROUTES_LINE.fullmatch(line) or KEYS_LINE.fullmatch(line))]
+        offences += [line for line in payload if not any(pattern.fullmatch(line) for pattern in MAP_LINES.values())]
     return offences
 
 
@@ -128,8 +142,10 @@ def _names():
 
 
 def rendered_for(table: Table, options: Options, directory: Path, size: int = 64) -> Rendered:
-    """The config and maps a gateway starting with `table` writes (servers named from 1)."""
-    return render(Pool.build(table, size, _names()).layout(), options, directory)
+    """The config and maps a gateway starting with `table` writes (servers named from 1; a TCP
+    pool as large as the HTTP one when `options` has a TCP frontend)."""
+    tcp_size = size if options.tcp is not None else None
+    return render(Pool.build(table, size, _names(), tcp_size).layout(), options, directory)
 
 
 class Recorder(AdminSession):
@@ -149,11 +165,11 @@ class Recorder(AdminSession):
         return [self.run(command) for command in commands]
 
 
-def commands_for(before: Table, after: Table) -> list[tuple[str, list[str]]]:
-    """What a gateway serving `before` sends HAProxy to serve `after` (with a pool and client
-    timeout that need no reload)."""
+def commands_for(before: Table, after: Table, *, tcp: bool = True) -> list[tuple[str, list[str]]]:
+    """What a gateway serving `before` sends HAProxy to serve `after` (with pools and a client
+    timeout that need no reload; `tcp`: the gateway has a TCP frontend)."""
     names = _names()
-    pool = Pool.build(before, 64, names)
+    pool = Pool.build(before, 64, names, 64 if tcp else None)
     pool.directory = Path("/var/lib/gantry-gateway/generations/1")
     pool.longest_s = 86400
     change = pool.change(after, names)

@@ -53,3 +53,26 @@ def test_a_state_dir_haproxy_could_not_be_told_is_refused(tmp_path):
     assert result.returncode == 2
     assert "absolute path of letters, digits" in result.stderr
     assert not (tmp_path / "my state").exists()
+
+
+@pytest.mark.parametrize("changes,message", [
+    (("--tcp-bind=127.0.0.1",), "--tcp-bind and --tcp-ports go together"),
+    (("--tcp-ports=20000-20999",), "--tcp-bind and --tcp-ports go together"),
+    (("--tcp-bind=127.0.0.1", "--tcp-ports=20999-20000"), "not LO-HI"),
+    (("--tcp-bind=127.0.0.1", "--tcp-ports=1-65535"), "at most 10000"),
+    (("--tcp-bind=localhost", "--tcp-ports=20000-20999"), "not an IP address literal"),
+    (("--tcp-bind=127.0.0.1", "--tcp-ports=1-100"), "holds the port of --https-bind 127.0.0.1:1"),
+    (("--tcp-bind=127.0.0.1", "--tcp-ports=3-3"), "holds the port of --control-bind 127.0.0.1:3"),
+])
+def test_a_tcp_frontend_half_given_or_clashing_is_refused(tmp_path, changes, message):
+    result = run(tmp_path, *changes)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_the_help_names_the_tcp_options():
+    result = subprocess.run([sys.executable, "-m", "gateway", "run", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0
+    assert "--tcp-bind ADDR" in result.stdout and "--tcp-ports LO-HI" in result.stdout

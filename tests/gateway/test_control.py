@@ -10,7 +10,7 @@ import pytest
 
 from gateway.control import MAX_BODY_BYTES
 from tests.gateway.conftest import CONTROL_PORT, GATEWAY_IP, TOKEN, problem, wait_for
-from tests.gateway.tables import backend, push_body, route, table
+from tests.gateway.tables import backend, push_body, route, table, tcp_route
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 PORT = 18021
@@ -121,3 +121,19 @@ def test_stats_count_requests_and_5xx_per_route(gateway, client):
     minute = gateway.control.get("/v1/stats").json()["minutes"][0]
     assert set(minute["latency_ms"]) == {"1", "2", "5", "10", "20", "50", "100", "200", "500", "1000", "2000", "5000",
                                          "10000", "30000", "60000", "inf"}
+
+
+def test_without_a_tcp_frontend_tcp_routes_are_taken_not_served_and_it_says_so(gateway, client, routes):
+    """The plane sends one table to every gateway: one that was not given --tcp-bind/--tcp-ports
+    still serves the table's HTTP routes, listens on no TCP port, and tells whoever asks."""
+    with_tcp = {**ROUTES, "tcp_routes": [tcp_route("counted-ssh", 20001, backend(GATEWAY_IP, PORT)),
+                                         tcp_route("counted-db", 20002)]}
+    answer = gateway.push(with_tcp)
+    assert answer["tcp_routes"] == {"count": 2, "served": False}
+    assert gateway.control.get("/v1/routes").json() == answer
+    assert gateway.said("2 TCP routes are not served: this gateway has no TCP frontend (--tcp-bind, --tcp-ports)")
+    assert client.get("counted.gantry.localhost", "/with-tcp-routes").status_code == 200
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((GATEWAY_IP, 20001), timeout=5)
+    restored = gateway.push(ROUTES)
+    assert restored["tcp_routes"] == {"count": 0, "served": False}

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.binds import parse_bind
-from gateway.haproxy_config import CONFIG, KEYS_MAP, ROUTES_MAP, Options
-from gateway.table import EMPTY, UNAVAILABLE, parse_push
-from tests.gateway.tables import backend, key_hash, push_body, route, table
+from gateway.binds import TcpListen, parse_address, parse_bind
+from gateway.haproxy_config import CONFIG, KEYS_MAP, ROUTES_MAP, TCP_MAP, Options
+from gateway.table import EMPTY, UNAVAILABLE, PortRange, parse_push
+from tests.gateway.tables import backend, key_hash, push_body, route, table, tcp_route
 from tests.gateway.template import commands_for, off_commands, off_template, rendered_for
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -40,6 +40,10 @@ def options(files: Path, **changes) -> Options:
                    cert=files / "gateway.pem", public_https_port=443, log_socket=files / "log.sock",
                    admin_socket=files / "admin.sock")
     return dataclasses.replace(base, **changes)
+
+
+def tcp_options(files: Path, address: str = "198.51.100.34", ports: PortRange = PortRange(20000, 20999)) -> Options:
+    return options(files, tcp=TcpListen(parse_address(address), ports))
 
 
 def haproxy_check(rendered, directory: Path) -> str:
@@ -129,6 +133,57 @@ def test_the_template_check_catches_a_value_that_would_add_a_line(files, tmp_pat
     assert any("server evil" in line for line in off_template(rendered.config, rendered.maps))
 
 
+# -- the TCP frontend -------------------------------------------------------------------------------
+
+
+def test_without_a_tcp_frontend_the_config_has_none_and_tcp_routes_reach_no_file(files, tmp_path):
+    t = parsed(table(route("a", backend("198.51.100.66", 1)),
+                     tcp=[tcp_route("a-ssh", 20001, backend("198.51.100.66", 2))]))
+    rendered = rendered_for(t, options(files), tmp_path)
+    lines = rendered.config.splitlines()
+    assert "    mode tcp" not in lines and "frontend tcp" not in lines and "backend tcp_0" not in lines
+    assert not any(line.endswith("ipv4@198.51.100.66:2") for line in lines)
+    assert set(rendered.maps) == {ROUTES_MAP, KEYS_MAP}
+
+
+def test_the_tcp_frontend_binds_the_range_once_and_its_empty_pool_is_valid(files, tmp_path):
+    rendered = rendered_for(EMPTY, tcp_options(files), tmp_path / "g")
+    assert haproxy_check(rendered, tmp_path / "g") == ""
+    assert off_template(rendered.config, rendered.maps) == []
+    assert rendered.maps[TCP_MAP] == ""
+    assert rendered.config.count("\nbackend tcp_") == 64 and rendered.config.count("\nbackend be_") == 64
+    tcp = rendered.config.split("frontend tcp\n")[1].split("\n\n")[0]
+    assert "    bind ipv4@198.51.100.34:20000-20999\n" in tcp
+    # its own defaults: no HTTP setting reaches the TCP proxies
+    defaults = rendered.config.split("\ndefaults\n")[2].split("\n\n")[0]
+    assert "    mode tcp" in defaults and "http" not in defaults
+
+
+def test_tcp_routes_with_a_backend_are_in_the_map_by_port_and_their_servers_in_their_slots(files, tmp_path):
+    t = parsed(table(route("web", backend("198.51.100.66", 30001)),
+                     tcp=[tcp_route("db-pg", 20000), tcp_route("vm-ssh", 20005, backend("198.51.100.66", 30002),
+                                                                backend("2001:db8::1", 30003))]))
+    rendered = rendered_for(t, tcp_options(files, "::"), tmp_path / "g")
+    assert haproxy_check(rendered, tmp_path / "g") == ""
+    assert off_template(rendered.config, rendered.maps) == []
+    # db-pg has no backend: not in the map, its port refuses like an unused one
+    assert rendered.maps[TCP_MAP] == "20005 vm-ssh|1\n"
+    tcp_1 = rendered.config.split("backend tcp_1\n")[1].split("\n\n")[0] + "\n"
+    assert " ipv4@198.51.100.66:30002\n" in tcp_1 and " ipv6@2001:db8::1:30003\n" in tcp_1
+    assert "pool-max-conn" not in tcp_1
+    assert "    bind ipv6@:::20000-20999 v4v6\n" in rendered.config
+
+
+def test_a_tcp_routes_timeout_raises_the_configs_longest_as_an_http_routes_does(files, tmp_path):
+    """HAProxy 2.6 has no per-stream timeout for TCP: every TCP connection idles up to the longest."""
+    t = parsed(table(route("a", backend("198.51.100.66", 1), timeout_s=30),
+                     tcp=[tcp_route("a-ssh", 20001, backend("198.51.100.66", 2), timeout_s=3000)]))
+    with_tcp = rendered_for(t, tcp_options(files), tmp_path).config
+    without = rendered_for(t, options(files), tmp_path).config
+    assert "    hard-stop-after 4800s\n" in with_tcp and with_tcp.count("    timeout tunnel 4800s\n") == 1
+    assert "    hard-stop-after 600s\n" in without  # TCP routes it does not serve do not count
+
+
 # -- generated valid tables -------------------------------------------------------------------------
 
 LABELS = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?\Z")
@@ -143,17 +198,26 @@ ROUTES = st.builds(
     LABELS, st.sampled_from(["private", "public"]), st.sets(st.text(min_size=1, max_size=8), max_size=4),
     st.lists(BACKENDS, max_size=3, unique_by=lambda b: b["replica"]), st.sampled_from(UNAVAILABLE),
     st.integers(1, 86400), st.integers(1, 2**40), st.integers(0, 86400))
-TABLES = st.lists(ROUTES, max_size=4, unique_by=lambda r: r["label"]).map(lambda routes: table(*routes))
+TCP_ROUTES = st.builds(
+    lambda name, port, backends, timeout, grace: tcp_route(name, port, *backends, timeout_s=timeout,
+                                                           stop_grace_seconds=grace),
+    LABELS, st.integers(20000, 20999), st.lists(BACKENDS, max_size=3, unique_by=lambda b: b["replica"]),
+    st.integers(1, 86400), st.integers(0, 86400))
+TABLES = st.builds(
+    lambda routes, tcp: table(*routes, tcp=tcp),
+    st.lists(ROUTES, max_size=4, unique_by=lambda r: r["label"]),
+    st.lists(TCP_ROUTES, max_size=4, unique_by=lambda r: r["name"]).filter(
+        lambda tcp: len({r["listen_port"] for r in tcp}) == len(tcp)))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(t=TABLES)
 def test_haproxy_accepts_every_valid_table_and_each_line_is_the_templates(files, tmp_path, t):
     directory = tmp_path / uuid.uuid4().hex
-    rendered = rendered_for(parsed(t), options(files), directory)
+    rendered = rendered_for(parsed(t), tcp_options(files), directory)
     assert off_template(rendered.config, rendered.maps) == []
     assert haproxy_check(rendered, directory) == ""
-    for r in t["routes"]:
+    for r in t["routes"] + t.get("tcp_routes", []):
         for b in r["backends"]:
             assert f"server {b['replica']}-" in rendered.config
             assert f" ipv{ipaddress.ip_address(b['address']).version}@" in rendered.config

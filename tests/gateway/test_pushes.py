@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
 import threading
 import time
 
 import pytest
 
-from tests.gateway.conftest import GATEWAY_IP, HTTPS_PORT, Client, ssl_context, wait_for
+from tests.gateway.conftest import GATEWAY_IP, Client, KeepAlive, wait_for
 from tests.gateway.tables import backend, route, table
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -30,40 +29,6 @@ def started(backends):
 
 def of(*names: str) -> list[dict]:
     return [backend(GATEWAY_IP, PORTS[name], REPLICAS[name]) for name in names]
-
-
-class KeepAlive:
-    """HTTP/1.1 over one TLS connection, requests one after another, no retry and no reconnect:
-    if the gateway ever closes the connection, the next request fails."""
-
-    def __init__(self, certs, host: str):
-        self.host = host
-        raw = socket.create_connection((GATEWAY_IP, HTTPS_PORT), timeout=20)
-        context = ssl_context(certs)
-        context.set_alpn_protocols(["http/1.1"])
-        self.conn = context.wrap_socket(raw, server_hostname=host)
-        self.reader = self.conn.makefile("rb")
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        self.conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-        status_line = self.reader.readline()
-        if not status_line:
-            raise ConnectionError("the gateway closed the keep-alive connection")
-        status = int(status_line.split()[1])
-        length = None
-        while (line := self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode().partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
-            if name.strip().lower() == "connection" and value.strip().lower() == "close":
-                raise ConnectionError("the gateway announced it closes the connection")
-        if length is None:
-            raise ConnectionError(f"a {status} answer without Content-Length")
-        return status, self.reader.read(length)
-
-    def close(self) -> None:
-        self.reader.close()
-        self.conn.close()
 
 
 def scenario() -> list[tuple[list[str], dict]]:

@@ -114,4 +114,5 @@ def test_a_table_file_that_is_not_a_table_starts_with_none(gateway, certs):
         assert problem(c.get(HOST))["status"] == 404
     finally:
         c.close()
-    assert gateway.control.get("/v1/routes").json() == {"digest": None, "applied_at": None}
+    assert gateway.control.get("/v1/routes").json() == {"digest": None, "applied_at": None,
+                                                        "tcp_routes": {"count": 0, "served": False}}

@@ -11,17 +11,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.binds import parse_bind
+from gateway.binds import TcpListen, parse_address, parse_bind
 from gateway.haproxy_config import Options
-from gateway.table import EMPTY, Backend, TableError, canonical_digest, parse_push
-from tests.gateway.tables import backend, key_hash, push_body, route, table
+from gateway.service import TableStore
+from gateway.table import EMPTY, Backend, PortRange, TableError, TcpRoute, canonical_digest, parse_push
+from tests.gateway.tables import backend, key_hash, push_body, route, table, tcp_route
 from tests.gateway.template import commands_for, off_commands, off_template, rendered_for
 
 REPLICA = "6f1c5a3e-0b7a-4d43-9a51-0d6f6d7cf001"
 REPLICA_2 = "6f1c5a3e-0b7a-4d43-9a51-0d6f6d7cf002"
 OPTIONS = Options(https_bind=parse_bind("198.51.100.34:443"), http_bind=parse_bind("198.51.100.34:80"),
                   cert=Path("/srv/gw/gateway.pem"), public_https_port=443, log_socket=Path("/srv/gw/log.sock"),
-                  admin_socket=Path("/srv/gw/admin.sock"))
+                  admin_socket=Path("/srv/gw/admin.sock"),
+                  tcp=TcpListen(parse_address("198.51.100.34"), PortRange(20000, 20999)))
+PORTS = PortRange(20000, 20999)
 
 
 def sample() -> dict:
@@ -29,12 +32,15 @@ def sample() -> dict:
         route("hi-k3x9qz", backend("198.51.100.66", 30001, REPLICA), backend("2001:db8::1", 30002, REPLICA_2),
               access="private", keys=("gk_one", "gk_two")),
         route("off", unavailable="no capacity"),
+        tcp=[tcp_route("hi-k3x9qz-ssh", 20001, backend("198.51.100.66", 30003, REPLICA),
+                       backend("2001:db8::1", 30004, REPLICA_2), timeout_s=30, stop_grace_seconds=5),
+             tcp_route("off-db", 20000)],
     )
 
 
-def refused(table_: dict) -> TableError:
+def refused(table_: dict, ports: PortRange | None = PORTS) -> TableError:
     with pytest.raises(TableError) as caught:
-        parse_push(push_body(table_))
+        parse_push(push_body(table_), ports)
     return caught.value
 
 
@@ -47,6 +53,28 @@ def test_a_valid_push_parses_into_the_tables_values():
     assert set(hi.key_hashes) == {key_hash("gk_one"), key_hash("gk_two")}
     assert Backend(replica=REPLICA, address="198.51.100.66", port=30001) in hi.backends
     assert (off.backends, off.unavailable) == ((), "no capacity")
+    assert push.table.tcp_routes == (
+        TcpRoute(name="off-db", listen_port=20000, timeout_s=600, stop_grace_seconds=30, backends=()),
+        TcpRoute(name="hi-k3x9qz-ssh", listen_port=20001, timeout_s=30, stop_grace_seconds=5,
+                 backends=(Backend(REPLICA, "198.51.100.66", 30003), Backend(REPLICA_2, "2001:db8::1", 30004))))
+
+
+def test_a_table_without_tcp_routes_or_with_an_empty_list_has_none():
+    plain = table(route("a", backend("198.51.100.66", 1)))
+    assert "tcp_routes" not in plain
+    assert parse_push(push_body(plain), PORTS).table.tcp_routes == ()
+    assert parse_push(push_body({**plain, "tcp_routes": []}), PORTS).table.tcp_routes == ()
+
+
+def test_without_a_tcp_frontend_any_listen_port_is_taken_with_one_only_its_own():
+    """A gateway with no --tcp-ports takes every TCP route (it serves none); one with a range
+    refuses a port outside it, naming the route's field, rather than leave it unserved unsaid."""
+    t = table(tcp=[tcp_route("a-ssh", 1, backend("198.51.100.66", 1)), tcp_route("b-ssh", 65535)])
+    assert [r.listen_port for r in parse_push(push_body(t)).table.tcp_routes] == [1, 65535]
+    assert refused(t).field == "table.tcp_routes.0.listen_port"
+    assert "20000-20999 (--tcp-ports)" in refused(t).message
+    assert refused(t, PortRange(1, 100)).field == "table.tcp_routes.1.listen_port"
+    assert len(parse_push(push_body(t), PortRange(1, 65535)).table.tcp_routes) == 2
 
 
 def test_the_digest_must_be_the_tables_own():
@@ -127,6 +155,38 @@ BAD = [
     ("missing field", _drop("routes.0.timeout_s"), "table.routes.0.timeout_s"),
     ("routes not a list", _set("routes", {}), "table.routes"),
     ("route not an object", _set("routes.1", "off"), "table.routes.1"),
+    ("tcp routes not a list", _set("tcp_routes", {}), "table.tcp_routes"),
+    ("tcp routes null", _set("tcp_routes", None), "table.tcp_routes"),
+    ("tcp route not an object", _set("tcp_routes.0", 20000), "table.tcp_routes.0"),
+    ("tcp name uppercase", _set("tcp_routes.1.name", "Hi-ssh"), "table.tcp_routes.1.name"),
+    ("tcp name with a pipe", _set("tcp_routes.1.name", "hi|0"), "table.tcp_routes.1.name"),
+    ("tcp name with a newline", _set("tcp_routes.1.name", "hi-ssh\n"), "table.tcp_routes.1.name"),
+    ("tcp name of 64", _set("tcp_routes.1.name", "a" * 64), "table.tcp_routes.1.name"),
+    ("tcp name empty", _set("tcp_routes.1.name", ""), "table.tcp_routes.1.name"),
+    ("tcp name twice", _set("tcp_routes.1.name", "off-db"), "table.tcp_routes.1.name"),
+    ("listen port twice", _set("tcp_routes.1.listen_port", 20000), "table.tcp_routes.1.listen_port"),
+    ("listen port below the range", _set("tcp_routes.0.listen_port", 19999), "table.tcp_routes.0.listen_port"),
+    ("listen port above the range", _set("tcp_routes.1.listen_port", 21000), "table.tcp_routes.1.listen_port"),
+    ("listen port 0", _set("tcp_routes.0.listen_port", 0), "table.tcp_routes.0.listen_port"),
+    ("listen port text", _set("tcp_routes.0.listen_port", "20000"), "table.tcp_routes.0.listen_port"),
+    ("listen port true", _set("tcp_routes.0.listen_port", True), "table.tcp_routes.0.listen_port"),
+    ("listen port float", _set("tcp_routes.0.listen_port", 20000.0), "table.tcp_routes.0.listen_port"),
+    ("tcp timeout 0", _set("tcp_routes.1.timeout_s", 0), "table.tcp_routes.1.timeout_s"),
+    ("tcp timeout a day and one", _set("tcp_routes.1.timeout_s", 86401), "table.tcp_routes.1.timeout_s"),
+    ("tcp grace negative", _set("tcp_routes.1.stop_grace_seconds", -1), "table.tcp_routes.1.stop_grace_seconds"),
+    ("tcp grace past a day", _set("tcp_routes.1.stop_grace_seconds", 86401), "table.tcp_routes.1.stop_grace_seconds"),
+    ("tcp backends not a list", _set("tcp_routes.1.backends", None), "table.tcp_routes.1.backends"),
+    ("tcp replica twice", _set("tcp_routes.1.backends.1.replica", REPLICA), "table.tcp_routes.1.backends.1.replica"),
+    ("tcp replica not a uuid", _set("tcp_routes.1.backends.0.replica", "r1"), "table.tcp_routes.1.backends.0.replica"),
+    ("tcp address a name", _set("tcp_routes.1.backends.0.address", "db.example"),
+     "table.tcp_routes.1.backends.0.address"),
+    ("tcp address unspecified", _set("tcp_routes.1.backends.1.address", "::"), "table.tcp_routes.1.backends.1.address"),
+    ("tcp backend port 0", _set("tcp_routes.1.backends.0.port", 0), "table.tcp_routes.1.backends.0.port"),
+    ("tcp backend unknown field", _set("tcp_routes.1.backends.0.weight", 1), "table.tcp_routes.1.backends.0.weight"),
+    ("tcp unknown field", _set("tcp_routes.0.unavailable", "starting"), "table.tcp_routes.0.unavailable"),
+    ("tcp route with a host", _set("tcp_routes.0.host", "off-db.gantry.localhost"), "table.tcp_routes.0.host"),
+    ("tcp missing field", _drop("tcp_routes.1.stop_grace_seconds"), "table.tcp_routes.1.stop_grace_seconds"),
+    ("tcp missing listen port", _drop("tcp_routes.0.listen_port"), "table.tcp_routes.0.listen_port"),
 ]
 
 
@@ -173,6 +233,8 @@ def test_key_hashes_backends_and_routes_may_come_in_any_order():
     t["routes"].reverse()
     t["routes"][1]["key_hashes"].reverse()
     t["routes"][1]["backends"].reverse()
+    t["tcp_routes"].reverse()
+    t["tcp_routes"][0]["backends"].reverse()
     assert rendered_for(parse_push(push_body(t)).table, OPTIONS, Path("/srv/gw/1")) == \
         rendered_for(parse_push(push_body(sample())).table, OPTIONS, Path("/srv/gw/1"))
 
@@ -180,9 +242,11 @@ def test_key_hashes_backends_and_routes_may_come_in_any_order():
 # -- hostile values: refused, or rendered and sent as nothing but the template's lines -------------
 
 STRING_FIELDS = ["domain", "routes.0.label", "routes.0.host", "routes.0.access", "routes.0.key_hashes.0",
-                 "routes.1.unavailable", "routes.0.backends.0.replica", "routes.0.backends.0.address"]
+                 "routes.1.unavailable", "routes.0.backends.0.replica", "routes.0.backends.0.address",
+                 "tcp_routes.1.name", "tcp_routes.1.backends.0.replica", "tcp_routes.1.backends.1.address"]
 INT_FIELDS = ["routes.0.timeout_s", "routes.0.max_body_bytes", "routes.0.stop_grace_seconds",
-              "routes.0.backends.0.port"]
+              "routes.0.backends.0.port", "tcp_routes.0.listen_port", "tcp_routes.1.listen_port",
+              "tcp_routes.1.timeout_s", "tcp_routes.1.stop_grace_seconds", "tcp_routes.1.backends.0.port"]
 HOSTILE_TEXT = st.one_of(
     st.text(),
     st.text(alphabet="abc019-.:#'\" \n\r\t%$\\{}[]@,;()/\x00\u2028\u00e9", max_size=40),
@@ -196,7 +260,7 @@ HOSTILE_VALUE = st.one_of(st.integers(min_value=-2**65, max_value=2**65), st.boo
 
 def _refused_or_in_template(t: dict) -> None:
     try:
-        push = parse_push(push_body(t))
+        push = parse_push(push_body(t), PORTS)
     except TableError:
         return
     rendered = rendered_for(push.table, OPTIONS, Path("/srv/gw/1"))
@@ -210,6 +274,26 @@ def _refused_or_in_template(t: dict) -> None:
 @given(field=st.sampled_from(STRING_FIELDS + INT_FIELDS), value=HOSTILE_VALUE)
 def test_any_value_in_any_field_is_refused_or_stays_inside_the_template(field, value):
     _refused_or_in_template(_set(field, value)(sample()))
+
+
+TCP_FIELDS = ["name", "listen_port", "timeout_s", "stop_grace_seconds", "backends", "backends.0", "backends.0.replica",
+              "backends.0.address", "backends.0.port"]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.from_regex(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True), port=st.integers(20002, 20999),
+       timeout=st.integers(1, 86400), grace=st.integers(0, 86400),
+       addresses=st.lists(st.sampled_from(["198.51.100.66", "2001:db8::9", "::ffff:198.51.100.7"]), min_size=1,
+                          max_size=3),
+       hostile=st.dictionaries(st.sampled_from(TCP_FIELDS), HOSTILE_VALUE, max_size=3))
+def test_any_tcp_route_is_refused_or_stays_inside_the_template(name, port, timeout, grace, addresses, hostile):
+    """A TCP route added to the sample's two: valid, then up to three of its fields made hostile."""
+    t = sample()
+    t["tcp_routes"].append(tcp_route(name, port, *(backend(address, 40000 + n) for n, address in enumerate(addresses)),
+                                     timeout_s=timeout, stop_grace_seconds=grace))
+    for field, value in sorted(hostile.items(), key=lambda item: -item[0].count(".")):  # deepest first
+        t = _set(f"tcp_routes.2.{field}", value)(t)
+    _refused_or_in_template(t)
 
 
 @settings(max_examples=200)
@@ -234,3 +318,16 @@ def test_any_body_is_a_table_error_never_another_exception(body):
         parse_push(body)
     except TableError as exc:
         assert exc.field and exc.message
+
+
+def test_a_kept_table_is_read_back_against_the_tcp_ports_the_gateway_has_now(tmp_path, capsys):
+    """A restart with another --tcp-ports does not serve a table whose ports are no longer its own
+    (it starts empty until the plane pushes, and says why)."""
+    store = TableStore(tmp_path / "table.json", PORTS)
+    store.save(push_body(sample()))
+    assert (tmp_path / "table.json").stat().st_mode & 0o777 == 0o600
+    push, _ = store.load()
+    assert [r.listen_port for r in push.table.tcp_routes] == [20000, 20001]
+    assert TableStore(tmp_path / "table.json").load() is not None  # no TCP frontend: any port is taken
+    assert TableStore(tmp_path / "table.json", PortRange(30000, 30999)).load() is None
+    assert "table.tcp_routes.0.listen_port" in capsys.readouterr().err
