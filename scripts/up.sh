@@ -77,6 +77,10 @@ GW_CONTROL=${GATEWAY_CONTROL:-127.0.0.1:9180}
 if [ "$(id -u)" -eq 0 ]; then GW_HTTPS=${GATEWAY_HTTPS_PORT:-443} GW_HTTP=${GATEWAY_HTTP_PORT:-80}
 else GW_HTTPS=${GATEWAY_HTTPS_PORT:-8443} GW_HTTP=${GATEWAY_HTTP_PORT:-8080}; fi
 export GANTRY_GATEWAY_HTTPS_PORT=$GW_HTTPS
+# Deployments' TCP ports: the plane allocates from this range and the gateway listens on all of it.
+GW_TCP_PORTS=${GANTRY_GATEWAY_TCP_PORTS:-20000-20999}
+GW_TCP_PORTS=${GW_TCP_PORTS// /}
+export GANTRY_GATEWAY_TCP_PORTS=$GW_TCP_PORTS GANTRY_GATEWAY_TCP_HOST=127.0.0.1
 gateway_ok=1
 if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
   echo "gateway: haproxy is missing (scripts/ensure-debs.sh installs it as root); continuing without it" >&2
@@ -106,8 +110,9 @@ gateway_line="none (see above)"
 if [ "$gateway_ok" = 1 ]; then
   start gateway $BIN/python -m gateway run --state-dir "$GW_DIR/run" --cert "$GW_DIR/gateway.pem" \
     --https-bind "127.0.0.1:$GW_HTTPS" --http-bind "127.0.0.1:$GW_HTTP" --public-https-port "$GW_HTTPS" \
-    --control-bind "$GW_CONTROL" --token-file "$GW_DIR/control-token"
-  gateway_line="https://<label>.$GANTRY_ENDPOINT_DOMAIN$([ "$GW_HTTPS" = 443 ] || echo ":$GW_HTTPS") on 127.0.0.1 (CA: $GW_DIR/ca.crt)"
+    --control-bind "$GW_CONTROL" --token-file "$GW_DIR/control-token" \
+    --tcp-bind 127.0.0.1 --tcp-ports "$GW_TCP_PORTS"
+  gateway_line="https://<label>.$GANTRY_ENDPOINT_DOMAIN$([ "$GW_HTTPS" = 443 ] || echo ":$GW_HTTPS") on 127.0.0.1 (CA: $GW_DIR/ca.crt), TCP ports $GW_TCP_PORTS"
 fi
 
 # What the agent and the printed examples call: the address daphne listens on, or loopback.
