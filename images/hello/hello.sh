@@ -8,7 +8,7 @@
 # headers as the workload sees them), /cgi-bin/stream (three Server-Sent Events, a second apart),
 # /cgi-bin/sick and /cgi-bin/well (from now on / answers 503, from busybox httpd's fallback
 # /cgi-bin/index.cgi once index.html is gone, or the greeting again: the health check fails or
-# passes).
+# passes). With ECHO_PORT set, a raw TCP echo listens on that port too.
 : "${GREETING:=Hello from Gantry}"
 : "${PORT:=8080}"
 mode="${1:-serve}"
@@ -31,6 +31,7 @@ for n in 1 2 3; do printf "data: tick %s %s\n\n" "$n" "$(date +%s)"; sleep 1; do
     cgi index.cgi 'printf "Status: 503 Service Unavailable\nContent-Type: text/plain\n\nsick\n"'
     cgi sick 'rm -f /tmp/www/index.html; printf "Content-Type: text/plain\n\nsick %s\n" "$(hostname)"'
     cgi well 'cp /tmp/www/greeting /tmp/www/index.html; printf "Content-Type: text/plain\n\nwell %s\n" "$(hostname)"'
+    [ -n "${ECHO_PORT:-}" ] && busybox nc -ll -p "$ECHO_PORT" -e cat &
     exec httpd -f -p "$PORT" -h /tmp/www ;;
   *) echo "hello: unknown mode $mode" >&2; exit 2 ;;
 esac

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from tests.e2e.test_deployments_run import Api
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 
 DOMAIN = "gantry.localhost"
+TCP_PORTS = "47100-47119"  # the deployments' TCP ports at the gateway, on loopback
 STRANGER = "203.0.113.77"  # TEST-NET-3: a caller that is not the gateway
 
 
@@ -52,7 +54,8 @@ class Gateway:
             sys.executable, "-m", "gateway", "run", "--state-dir", str(self.dir / "run"),
             "--cert", str(self.dir / "gateway.pem"), "--token-file", str(self.token_file),
             "--https-bind", f"127.0.0.1:{self.https_port}", "--http-bind", f"127.0.0.1:{self.http_port}",
-            "--public-https-port", str(self.https_port), "--control-bind", f"127.0.0.1:{self.control_port}"])
+            "--public-https-port", str(self.https_port), "--control-bind", f"127.0.0.1:{self.control_port}",
+            "--tcp-bind", "127.0.0.1", "--tcp-ports", TCP_PORTS])
         wait_for(lambda: _answers(f"http://127.0.0.1:{self.control_port}/healthz"), timeout=30,
                  what="the gateway's control API")
 
@@ -96,7 +99,8 @@ def gateway_port():
 @pytest.fixture
 def plane(catalog, tmp_path, local_registry, vmm_kit, gateway_port):  # noqa: F811  (overrides conftest's)
     plane = Plane(tmp_path, GANTRY_ENDPOINT_DOMAIN=DOMAIN, GANTRY_GATEWAY_HTTPS_PORT=str(gateway_port),
-                  GANTRY_GATEWAY_PUSH_INTERVAL_S="2")
+                  GANTRY_GATEWAY_PUSH_INTERVAL_S="2", GANTRY_GATEWAY_TCP_PORTS=TCP_PORTS,
+                  GANTRY_GATEWAY_TCP_HOST="127.0.0.1")
     yield plane
     plane.stop()
     for name in plane.procs:
@@ -116,6 +120,22 @@ def whoami(gateway: Gateway, host: str, key: str) -> str:
     answer = gateway.get(host, "/cgi-bin/whoami", headers={"Gantry-Key": key})
     assert answer.status_code == 200, answer.text
     return answer.text
+
+
+def tcp_echo(port: int, data: bytes) -> bytes:
+    """What an echo server sends back through the gateway's TCP port; b"" when refused or reset."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(data)
+            got = b""
+            while len(got) < len(data):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+    except OSError:
+        return b""
 
 
 def vm_of(text: str) -> str:
@@ -224,8 +244,15 @@ def test_a_rolling_restart_under_a_steady_request_loop_loses_no_request(plane, g
     node = make_node("local-cpu-1")
     wait_for(lambda: Node.objects.get(pk=node.node_id).status == "online", timeout=120, what="node online")
     api = Api(plane, customer)
-    deployment_id = api.deploy(replica_count=2, endpoint_access="public", stop_grace_seconds=3)
+    deployment_id = api.deploy(replica_count=2, endpoint_access="public", stop_grace_seconds=3,
+                               env={"ECHO_PORT": "7000"}, expose=[{"name": "echo", "port": 7000, "protocol": "tcp"}])
     api.wait_status(deployment_id, "running")
+    # Its TCP port: a raw TCP echo through the gateway's port for it.
+    (tcp,) = wait_for(lambda: [e for e in api.get(deployment_id)["endpoints"] if e["type"] == "tcp" and e["ready"]],
+                      timeout=60, what="the TCP endpoint to be ready")
+    assert tcp["url"] == f"tcp://127.0.0.1:{tcp['port']}" and tcp["access"] == "public"
+    assert wait_for(lambda: tcp_echo(tcp["port"], b"ping through the gateway\n"), timeout=30,
+                    what="the echo through the gateway") == b"ping through the gateway\n"
     host = f"{api.get(deployment_id)['endpoint_label']}.{DOMAIN}"
     wait_for(lambda: len({vm_of(gateway.get(host, "/cgi-bin/whoami").text) for _ in range(10)}) == 2, timeout=60,
              what="both replicas in the pool")
@@ -260,6 +287,7 @@ def test_a_rolling_restart_under_a_steady_request_loop_loses_no_request(plane, g
     finally:
         done.set()
         looping.join(timeout=60)
+    assert tcp_echo(tcp["port"], b"and after the roll\n") == b"and after the roll\n"  # the new replicas echo
     failed = [a for a in answers if a[0] != 200]
     assert not failed, (len(answers), failed[:5])
     served = {vm for _, vm in answers}
