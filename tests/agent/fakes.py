@@ -163,15 +163,19 @@ class FakeVmm(_Recorder):
     max_restarts, then final); alive() checks the pid is a live guest of that vm_dir; stop()
     terminates, then kills."""
 
-    def __init__(self) -> None:
+    def __init__(self, netns: str | None = None) -> None:
         super().__init__()
         self.procs: dict[Path, asyncio.subprocess.Process] = {}
+        # A namespace the test made: the guests (and so whatever they serve) live in it, as a
+        # real node's VMs live in its --netns. `ip netns exec` execs, so the pid is the guest's.
+        self.netns = netns
+        self.prefix = ["ip", "netns", "exec", netns] if netns else []
 
     async def launch(self, launch) -> int:
         self._record("launch", launch.name)
         await asyncio.to_thread(_write_private, launch.vm_dir / "guest.json", json.dumps(asdict(launch.guest)))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _GUEST, str(launch.vm_dir), start_new_session=True,
+            *self.prefix, sys.executable, "-c", _GUEST, str(launch.vm_dir), start_new_session=True,
             stdin=asyncio.subprocess.DEVNULL,
         )
         self.procs[launch.vm_dir] = proc

@@ -2,7 +2,9 @@
 process that behaves like /init, so these tests run in seconds. The same behaviours are checked
 with real QEMU, registry and network in test_cli.py and test_crash_safety.py.
 
-No VM boots and no network device is made (FakeVmm, FakeNetwork): guests listen on 127.0.0.1.
+No VM boots and no network device is made (FakeVmm, FakeNetwork). The guests run inside a
+network namespace this module made and listen on its 127.0.0.1, where the runtime's health check
+(`netns=`) and the test's own calls reach them: no packet touches the host's loopback.
 """
 
 import asyncio
@@ -22,21 +24,30 @@ from nodes.agent.vmm import Vmm
 from nodes.agent.vmm.qemu import QemuVm
 from protocol.wire import ReplicaSpec
 from tests.agent.fakes import FakeImageConfig, FakeImageStore, FakeNetwork, FakeVmm, fake_accel, fake_kit
+from tests.agent.netns import create_netns
 
 SH = FakeImageConfig(entrypoint=["/bin/sh", "-c"], cmd=["echo default"], env={"FROM_IMAGE": "1", "PATH": "/usr/bin:/bin"})
 
 
+@pytest.fixture(scope="module")
+def ns():
+    made = create_netns("gtrt")
+    yield made
+    made.close()
+
+
 @pytest.fixture
-def parts(tmp_path):
+def parts(tmp_path, ns):
     images = FakeImageStore(tmp_path / "images", {"sh": SH})
-    return images, FakeNetwork(), FakeVmm()
+    return images, FakeNetwork(), FakeVmm(netns=ns.name)
 
 
-def make_runtime(tmp_path, parts, **kw):
+def make_runtime(tmp_path, parts, *, netns: str | None = None, **kw):
+    """The runtime over `parts`, its health checks made inside the namespace its guests run in."""
     images, network, vmm = parts
     return MicroVmRuntime(
         tmp_path / "data", images=images, network=network, vmm=vmm, kit_provider=fake_kit,
-        accel_provider=fake_accel, poll_interval=0.02, **kw,
+        accel_provider=fake_accel, poll_interval=0.02, netns=netns or vmm.netns, **kw,
     )
 
 
@@ -146,14 +157,13 @@ async def test_a_state_is_announced_by_the_time_anyone_can_read_it(tmp_path, par
     await rt.close()
 
 
-async def test_health_check_gates_running_and_stop_leaves_nothing(tmp_path, parts):
+async def test_health_check_gates_running_and_stop_leaves_nothing(tmp_path, parts, ns):
     images, network, vmm = parts
     rt = make_runtime(tmp_path, parts)
     spec, port = web("srv")
     info = await rt.start(spec)
     assert info.state == "running" and info.host_port == port
-    _, writer = await asyncio.open_connection("127.0.0.1", port)  # it answers
-    writer.close()
+    assert "Directory listing" in await asyncio.to_thread(ns.fetch, "http", "127.0.0.1", port)  # it answers
     info = await rt.stop("srv")
     assert info.state == "stopped"
     assert not vmm.alive(tmp_path / "data" / "vms" / "srv")
@@ -313,10 +323,10 @@ def test_the_fakes_and_the_real_parts_are_what_the_runtime_asks_for(tmp_path, pa
 async def test_the_runtime_asks_its_far_sides_only_what_their_protocols_declare(tmp_path, parts):
     images, network, vmm = parts
     narrowed = only(images, ImageStore), only(network, Network), only(vmm, Vmm)
-    rt = make_runtime(tmp_path, narrowed)
+    rt = make_runtime(tmp_path, narrowed, netns=vmm.netns)
     await rt.start(web("web")[0])
     await rt.close()
-    rt2 = make_runtime(tmp_path, narrowed)
+    rt2 = make_runtime(tmp_path, narrowed, netns=vmm.netns)
     assert [i.name for i in await rt2.recover()] == ["web"]
     await rt2.reassert_networks()
     await rt2.remove("web")
