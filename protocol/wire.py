@@ -144,6 +144,17 @@ class ReplicaReport:
             raise ProtocolError(f"state must be one of {', '.join(VM_STATES)}, not {self.state[:40]!r}")
         if self.health not in HEALTH_STATES:
             raise ProtocolError("health must be empty or \"failing\"")
+        # A published port goes into the route table every gateway takes: one out of range
+        # would have the gateways refuse the table for every tenant.
+        if self.host_port is not None and not _a_port(self.host_port):
+            raise ProtocolError("host_port must be a port number (1-65535)")
+        for guest, host in self.host_ports.items():
+            if not (guest.isascii() and guest.isdigit() and _a_port(int(guest)) and _a_port(host)):
+                raise ProtocolError("host_ports must map guest port numbers to host port numbers (1-65535)")
+
+
+def _a_port(number: int) -> bool:
+    return 0 < number < 65536
 
 
 @dataclass(frozen=True)

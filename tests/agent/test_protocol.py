@@ -180,3 +180,15 @@ def test_log_entries_read_by_the_one_pass_checker_equal_the_general_checkers():
                 {"seq": 1, "ts": 1.0, "stream": "stdout", "message": "", "continued": 1}, ["not", "an", "object"]):
         with pytest.raises(protocol._Bad):
             fast(bad)
+
+
+@pytest.mark.parametrize("ports", [
+    {"host_port": 0}, {"host_port": 65536}, {"host_port": -1},
+    {"host_ports": {"8080": 70000}}, {"host_ports": {"0": 30000}}, {"host_ports": {"http": 30000}},
+    {"host_ports": {"٨٠": 30000}}, {"host_ports": {"99999": 30001}},
+])
+def test_a_published_port_out_of_range_is_refused_before_it_can_reach_a_route_table(ports):
+    with pytest.raises(ProtocolError, match="host_port"):
+        protocol.decode(frame("replica.status", report={"replica_id": "r", "state": "running", **ports}))
+    ok = {"replica_id": "r", "state": "running", "host_port": 30000, "host_ports": {"8080": 30000, "22": 65535}}
+    assert protocol.decode(frame("replica.status", report=ok)).report.host_ports == {"8080": 30000, "22": 65535}
