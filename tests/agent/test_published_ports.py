@@ -2,8 +2,8 @@
 port, reported as `host_ports`, closed to all but the gateways like the traffic port, released
 with the VM and published again when a restarted agent adopts it.
 
-The runtime half runs against the fakes (guests are host processes on 127.0.0.1, where a
-published port is the guest port itself); the network half against real kernel objects in
+The runtime half runs against the fakes (guests are host processes on 127.0.0.1 of a namespace
+test_runtime's `ns` fixture made, where a published port is the guest port itself); the network half against real kernel objects in
 namespaces the tests make, with TEST-NET-1 addresses only.
 """
 
@@ -28,7 +28,7 @@ from tests.agent.conftest_netns import (  # noqa: F401  (fixtures)
 from tests.agent.plane import Node, eventually, plane, data_dir  # noqa: F401  (fixtures)
 from tests.agent.test_network import _attach_vm
 from tests.agent.test_network_gateway_only import GATEWAY_IP, STRANGER_IP, _connect, _guard_rules, _net, outside  # noqa: F401
-from tests.agent.test_runtime import make_runtime, parts  # noqa: F401  (fixture)
+from tests.agent.test_runtime import make_runtime, ns, parts  # noqa: F401  (fixtures)
 
 # A guest that answers a connection on each of its ports with that port's number, and
 # closes it: the fake guest behind each published port.
@@ -69,12 +69,9 @@ def ports_spec(name: str, traffic: int, extra: list[int], *, listening: list[int
                        entrypoint=[sys.executable, "-c", PORTS_GUEST, *map(str, serve)])
 
 
-async def answer(port: int) -> str:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        return (await reader.read()).decode()
-    finally:
-        writer.close()
+async def answer(ns, port: int) -> str:
+    """What the guest says on `port`, asked from inside the namespace its fake guests run in."""
+    return await asyncio.to_thread(ns.fetch, "tcp", "127.0.0.1", port)
 
 
 def published(network) -> list[tuple]:
@@ -84,7 +81,7 @@ def published(network) -> list[tuple]:
 # -- the runtime, against the fakes ---------------------------------------------------------------
 
 
-async def test_every_port_is_published_and_only_the_traffic_port_is_health_checked(tmp_path, parts):
+async def test_every_port_is_published_and_only_the_traffic_port_is_health_checked(tmp_path, parts, ns):
     _, network, _ = parts
     rt = make_runtime(tmp_path, parts)
     traffic, web, ssh = free_ports(3)
@@ -94,7 +91,7 @@ async def test_every_port_is_published_and_only_the_traffic_port_is_health_check
     assert info.state == "running" and info.host_port == traffic
     assert info.host_ports == {str(traffic): traffic, str(web): web, str(ssh): ssh}
     assert published(network) == [("publish_port", "multi", port) for port in (traffic, web, ssh)]
-    assert (await answer(traffic), await answer(web)) == (str(traffic), str(web))
+    assert (await answer(ns, traffic), await answer(ns, web)) == (str(traffic), str(web))
     # What `vm ls` prints, and what state.json keeps for the next agent.
     assert (await rt.get("multi")).public()["host_ports"] == info.host_ports
     stored = json.loads((tmp_path / "data" / "vms" / "multi" / "state.json").read_text())
@@ -116,7 +113,7 @@ async def test_a_replica_without_extra_ports_reports_its_traffic_port_alone(tmp_
     await rt.close()
 
 
-async def test_an_adopted_vm_gets_every_port_published_again(tmp_path, parts):
+async def test_an_adopted_vm_gets_every_port_published_again(tmp_path, parts, ns):
     _, network, _ = parts
     rt = make_runtime(tmp_path, parts)
     traffic, web, ssh = free_ports(3)
@@ -129,7 +126,7 @@ async def test_an_adopted_vm_gets_every_port_published_again(tmp_path, parts):
     await rt2.reassert_networks()
     assert published(network) == [("publish_port", "kept", port) for port in (traffic, web, ssh)]
     assert (await rt2.get("kept")).host_ports == {str(p): p for p in (traffic, web, ssh)}
-    assert await answer(ssh) == str(ssh)
+    assert await answer(ns, ssh) == str(ssh)
     await rt2.remove("kept")
     assert network.ports == {}
 

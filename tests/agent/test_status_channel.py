@@ -21,7 +21,7 @@ import pytest
 
 from nodes.agent.lifecycle import MAX_REASON_CHARS, MAX_STATUS_LINE, StatusReader, read_status
 from protocol.wire import ReplicaSpec
-from tests.agent.test_runtime import make_runtime, parts, wait_state  # noqa: F401 (a fixture)
+from tests.agent.test_runtime import make_runtime, ns, parts, wait_state  # noqa: F401 (fixtures)
 
 
 def final(**fields) -> bytes:
