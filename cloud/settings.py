@@ -122,6 +122,7 @@ INSTALLED_APPS = [
     "nodes",
     "templates.apps.CatalogConfig",
     "billing",
+    "volumes",
     "cloud.deployments",
     "django_htmx",
     "cloud.dashboard",

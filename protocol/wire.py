@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
@@ -38,6 +39,34 @@ HEARTBEAT_INTERVAL_S = 5.0
 
 class ProtocolError(ValueError):
     """A frame that cannot be accepted; the message names what is wrong (never echoes secrets)."""
+
+
+MAX_VOLUMES_PER_REPLICA = 8
+MAX_VOLUME_GIB = 16384
+MAX_VOLUMES_PER_NODE = 4096
+# A volume's id names its file in the agent's volume directory and its serial inside the VM:
+# plain lowercase letters, digits and hyphens, so it can be neither a path nor an option.
+VOLUME_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# Where a volume may not be mounted inside the container: over the root, or over what /init
+# itself mounts (a volume there would hide the kernel's view the workload relies on).
+_RESERVED_MOUNTS = ("/proc", "/sys", "/dev", "/run/gantry")
+
+
+def mount_path_problem(path: str) -> str | None:
+    """Why `path` cannot be a volume's mount point inside a container, or None. One rule for
+    the plane (a 400 at create) and the agent (a spec it refuses)."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        return "must be an absolute path"
+    if len(path) > 255 or not path.isascii() or not path.isprintable():
+        return "must be printable ASCII, at most 255 characters"
+    if any(c in path for c in " \\,:;'\"$`\t"):
+        return "may not hold spaces, quotes, backslashes, commas, colons or semicolons"
+    parts = path.split("/")[1:]
+    if path == "/" or path.endswith("/") or any(part in ("", ".", "..") for part in parts):
+        return "must be a normalised path below / (no empty, '.' or '..' parts, no trailing /)"
+    if any(path == r or path.startswith(r + "/") for r in _RESERVED_MOUNTS):
+        return f"may not be at or under {', '.join(_RESERVED_MOUNTS)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -68,6 +97,15 @@ class ReplicaSpec:
     vcpus: int = 1
     memory_mib: int = 256
     gpu_bdfs: list[str] = field(default_factory=list)
+    volumes: list[VolumeMount] = field(default_factory=list)
+
+    def check(self) -> None:
+        if len(self.volumes) > MAX_VOLUMES_PER_REPLICA:
+            raise ProtocolError(f"a replica may mount at most {MAX_VOLUMES_PER_REPLICA} volumes")
+        paths = [v.mount_path for v in self.volumes]
+        ids = [v.volume_id for v in self.volumes]
+        if len(set(paths)) != len(paths) or len(set(ids)) != len(ids):
+            raise ProtocolError("a replica's volumes have distinct ids and distinct mount paths")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +113,9 @@ class ReplicaSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReplicaSpec:
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        values["volumes"] = [v if isinstance(v, VolumeMount) else VolumeMount(**v) for v in values.get("volumes", [])]
+        return cls(**values)
 
     def redacted(self) -> dict[str, Any]:
         """The spec as it may be shown or logged: secret values and the password removed."""
@@ -86,6 +126,31 @@ class ReplicaSpec:
 
 
 # -- pieces of messages -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """A persistent volume a replica's VM gets as a virtio block device, mounted by /init at
+    `mount_path` inside the container's root (`ro`: read-only). The agent keeps the volume as a
+    file named by `volume_id` in its volume directory, made sparse and formatted ext4 on first
+    use at `size_gib`; the host never mounts it. Added within version 1: an older plane sends
+    none."""
+
+    volume_id: str
+    size_gib: int
+    mount_path: str
+    mode: str = "rw"
+
+    def check(self) -> None:
+        if not VOLUME_ID_RE.fullmatch(self.volume_id):
+            raise ProtocolError("a volume_id is 1-63 lowercase letters, digits and hyphens")
+        if not 0 < self.size_gib <= MAX_VOLUME_GIB:
+            raise ProtocolError(f"a volume's size_gib must be 1-{MAX_VOLUME_GIB}")
+        problem = mount_path_problem(self.mount_path)
+        if problem:
+            raise ProtocolError(f"a volume's mount_path {problem}")
+        if self.mode not in ("rw", "ro"):
+            raise ProtocolError('a volume\'s mode is "rw" or "ro"')
 
 
 @dataclass(frozen=True)
@@ -223,10 +288,20 @@ class Heartbeat(Message):
     # Per replica, the last seq in its VM's log: should the node go silent, the plane can say
     # how many lines it will never get.
     log_seqs: dict[str, int] = field(default_factory=dict)
+    # The space left for new volumes in the agent's volume directory (what a new volume's
+    # provisioned size is checked against), and every volume file the node holds, by id, with
+    # its provisioned size in GiB. Added within version 1: an older agent sends neither, and
+    # then the plane places no new volume there.
+    free_volume_gib: float | None = None
+    volumes: dict[str, int] = field(default_factory=dict)
 
     def check(self) -> None:
         if len(self.log_seqs) > MAX_DESIRED_REPLICAS:
             raise ProtocolError(f"at most {MAX_DESIRED_REPLICAS} replicas per node")
+        if len(self.volumes) > MAX_VOLUMES_PER_NODE:
+            raise ProtocolError(f"at most {MAX_VOLUMES_PER_NODE} volumes per node")
+        if any(not VOLUME_ID_RE.fullmatch(k) or not 0 < v <= MAX_VOLUME_GIB for k, v in self.volumes.items()):
+            raise ProtocolError("volumes map volume ids to sizes in GiB")
 
 
 @dataclass(frozen=True)
@@ -282,6 +357,22 @@ class NodeDrain(Message):
 
 
 @dataclass(frozen=True)
+class VolumeDelete(Message):
+    """Erase a volume the node holds: its blocks are discarded and its file removed. Idempotent
+    (a volume the node does not hold is already gone); the node's next heartbeat no longer lists
+    it, which is how the plane learns the erase is done. Refused by the agent while a VM it runs
+    has the volume attached."""
+
+    type: ClassVar[str] = "volume.delete"
+    command_id: str
+    volume_id: str
+
+    def check(self) -> None:
+        if not VOLUME_ID_RE.fullmatch(self.volume_id):
+            raise ProtocolError("a volume_id is 1-63 lowercase letters, digits and hyphens")
+
+
+@dataclass(frozen=True)
 class LogsAck(Message):
     type: ClassVar[str] = "logs.ack"
     replica_id: str
@@ -298,7 +389,7 @@ class Error(Message):
 
 
 AGENT_MESSAGES: tuple[type[Message], ...] = (Hello, Heartbeat, ReplicaStatus, Logs)
-PLANE_MESSAGES: tuple[type[Message], ...] = (Desired, ReplicaStart, ReplicaStop, NodeDrain, LogsAck, Error)
+PLANE_MESSAGES: tuple[type[Message], ...] = (Desired, ReplicaStart, ReplicaStop, NodeDrain, VolumeDelete, LogsAck, Error)
 _BY_TYPE: dict[str, type[Message]] = {m.type: m for m in (*AGENT_MESSAGES, *PLANE_MESSAGES)}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("protocol", "cloud", "accounts", "billing", "nodes", "templates", "gateway")
+PACKAGES = ("protocol", "cloud", "accounts", "billing", "volumes", "nodes", "templates", "gateway")
 
 
 PROBES = [
