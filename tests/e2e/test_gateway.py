@@ -138,6 +138,20 @@ def tcp_echo(port: int, data: bytes) -> bytes:
         return b""
 
 
+def websocket_ticks(gateway: Gateway, host: str) -> list[tuple[float, str]]:
+    """The frames the hello image's WebSocket server sends (three, a second apart) as they
+    arrive through the gateway, over TLS with the name as SNI and Host."""
+    from websockets.sync.client import connect
+
+    arrivals = []
+    sock = socket.create_connection(("127.0.0.1", gateway.https_port), timeout=15)
+    with connect(f"wss://{host}:{gateway.https_port}/", sock=sock, ssl=gateway.tls, server_hostname=host,
+                 open_timeout=15) as ws:
+        for message in ws:
+            arrivals.append((time.monotonic(), message))
+    return arrivals
+
+
 def vm_of(text: str) -> str:
     return text.splitlines()[0].removeprefix("host ")
 
@@ -245,7 +259,9 @@ def test_a_rolling_restart_under_a_steady_request_loop_loses_no_request(plane, g
     wait_for(lambda: Node.objects.get(pk=node.node_id).status == "online", timeout=120, what="node online")
     api = Api(plane, customer)
     deployment_id = api.deploy(replica_count=2, endpoint_access="public", stop_grace_seconds=3,
-                               env={"ECHO_PORT": "7000"}, expose=[{"name": "echo", "port": 7000, "protocol": "tcp"}])
+                               env={"ECHO_PORT": "7000", "WS_PORT": "7001"},
+                               expose=[{"name": "echo", "port": 7000, "protocol": "tcp"},
+                                       {"name": "ws", "port": 7001, "protocol": "http"}])
     api.wait_status(deployment_id, "running")
     # Its TCP port: a raw TCP echo through the gateway's port for it.
     (tcp,) = wait_for(lambda: [e for e in api.get(deployment_id)["endpoints"] if e["type"] == "tcp" and e["ready"]],
@@ -254,6 +270,14 @@ def test_a_rolling_restart_under_a_steady_request_loop_loses_no_request(plane, g
     assert wait_for(lambda: tcp_echo(tcp["port"], b"ping through the gateway\n"), timeout=30,
                     what="the echo through the gateway") == b"ping through the gateway\n"
     host = f"{api.get(deployment_id)['endpoint_label']}.{DOMAIN}"
+    # A WebSocket on its own HTTP port's name: upgraded through the gateway, frames as they come.
+    ws_host = f"{api.get(deployment_id)['endpoint_label']}-ws.{DOMAIN}"
+    assert {"type": "https", "url": f"https://{ws_host}:{gateway.https_port}", "internal_port": 7001,
+            "name": "ws"}.items() <= \
+        next(e for e in api.get(deployment_id)["endpoints"] if e.get("name") == "ws").items()
+    ticks = wait_for(lambda: websocket_ticks(gateway, ws_host), timeout=30, what="a WebSocket through the gateway")
+    assert [m.split()[:2] for _, m in ticks] == [["tick", "1"], ["tick", "2"], ["tick", "3"]], ticks
+    assert ticks[-1][0] - ticks[0][0] > 1.5, ticks  # unbuffered: not all at the close
     wait_for(lambda: len({vm_of(gateway.get(host, "/cgi-bin/whoami").text) for _ in range(10)}) == 2, timeout=60,
              what="both replicas in the pool")
     before = {r["id"] for r in api.replicas(deployment_id, state="running")}
