@@ -172,9 +172,14 @@ def test_drain_moves_the_replica_then_stops_the_old_one(plane, make_node, custom
 
     services.node_drain(node_id=first.node_id)
     wait_for(lambda: Node.objects.get(pk=first.node_id).status == "cordoned", timeout=240, what="drained")
-    old, new = api.replicas(deployment_id)
-    assert (old["state"], old["node"]["hostname"]) == ("stopped", "node-a")
-    assert (new["state"], new["node"]["hostname"]) == ("running", "node-b")
+    replicas = api.replicas(deployment_id)
+    seen = [(r["generation"], r["state"], r["node"] and r["node"]["hostname"], r["reason"]) for r in replicas]
+    old, *successors = sorted(replicas, key=lambda r: r["generation"])
+    assert (old["state"], old["node"]["hostname"]) == ("stopped", "node-a"), seen
+    # One successor runs on node-b. On a loaded machine a successor can fail to come up in time;
+    # then the old one is kept and another successor placed: more incarnations, each ended.
+    (live,) = [r for r in successors if r["state"] not in ("stopped", "failed", "lost")] or [None]
+    assert live and (live["state"], live["node"]["hostname"]) == ("running", "node-b"), seen
     assert api.get(deployment_id)["status"] == "running"
 
 
