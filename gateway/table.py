@@ -16,19 +16,27 @@ is refused rather than silently not served, so the plane's status shows the mism
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import re
 import uuid
 from dataclasses import dataclass
 
-VERSION = 1
-PRIVATE, PUBLIC = "private", "public"
-ACCESS = (PRIVATE, PUBLIC)
-# Why a route has no backend: the three states the plane knows (spec). An enumeration rather than
-# free text because the reason is written into the 503 body in the config.
-UNAVAILABLE = ("starting", "no capacity", "stopped")
+from protocol.routes import (  # noqa: F401  (the shapes this module's callers take from it)
+    ACCESS,
+    PRIVATE,
+    PUBLIC,
+    UNAVAILABLE,
+    VERSION,
+    Backend,
+    Route,
+    RouteTable,
+    TcpRoute,
+    canonical_digest,
+)
+
+# The shapes are the protocol's (protocol/routes.py): this module checks a push into them.
+Table = RouteTable
 
 MAX_TIMEOUT_S = 86400
 MAX_BODY_BYTES = 2**40
@@ -55,35 +63,6 @@ class TableError(ValueError):
 
 
 @dataclass(frozen=True)
-class Backend:
-    replica: str  # the replica incarnation's UUID, canonical form
-    address: str  # an IP literal, as ipaddress writes it
-    port: int
-
-
-@dataclass(frozen=True)
-class Route:
-    label: str
-    host: str
-    access: str
-    key_hashes: tuple[str, ...]
-    unavailable: str
-    timeout_s: int
-    max_body_bytes: int
-    stop_grace_seconds: int
-    backends: tuple[Backend, ...]
-
-
-@dataclass(frozen=True)
-class TcpRoute:
-    name: str  # <label>-<port name>: a DNS label
-    listen_port: int  # the gateway port clients connect to
-    timeout_s: int
-    stop_grace_seconds: int
-    backends: tuple[Backend, ...]
-
-
-@dataclass(frozen=True)
 class PortRange:
     """The gateway's TCP listen ports, both ends included (`--tcp-ports 20000-20999`)."""
 
@@ -100,13 +79,6 @@ class PortRange:
         return f"{self.low}-{self.high}"
 
 
-@dataclass(frozen=True)
-class Table:
-    domain: str
-    routes: tuple[Route, ...]
-    tcp_routes: tuple[TcpRoute, ...] = ()
-
-
 EMPTY = Table(domain="", routes=())  # what a gateway serves from its start until the first push
 
 
@@ -114,12 +86,6 @@ EMPTY = Table(domain="", routes=())  # what a gateway serves from its start unti
 class Push:
     digest: str
     table: Table
-
-
-def canonical_digest(table: object) -> str:
-    """The plane's `RouteTable.digest()`: sha256 of the table's JSON with sorted keys, no spaces."""
-    canonical = json.dumps(table, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def parse_push(body: bytes, tcp_ports: PortRange | None = None) -> Push:

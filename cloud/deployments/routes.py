@@ -17,10 +17,7 @@ sent twice.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import operator
-from dataclasses import asdict, dataclass
 
 from django.conf import settings
 from django.contrib.postgres.expressions import ArraySubquery
@@ -29,62 +26,10 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from cloud.deployments.labels import endpoint_host, expose_label
 from cloud.deployments.models import SHORTAGE_PREFIXES, Deployment, EndpointKey, GatewayPort, Replica
 from nodes import selectors as node_selectors
+from protocol.routes import NO_CAPACITY, STARTING, STOPPED, Backend, Route, RouteTable, TcpRoute
 from protocol.vocabulary import EXPOSE_HTTP, EXPOSE_TCP, FAILING, LIVE_STATUSES, PENDING, RUN, RUNNING
 
-# Why a route has no backend, as the gateway's 503 says it.
-STARTING = "starting"
-NO_CAPACITY = "no capacity"
-STOPPED = "stopped"
-
 MB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Backend:
-    replica: str  # the incarnation's uid
-    address: str
-    port: int
-
-
-@dataclass(frozen=True)
-class Route:
-    label: str
-    host: str
-    access: str
-    key_hashes: tuple[str, ...]  # sha256 hex of each live endpoint key, sorted
-    unavailable: str  # "" with backends, else STARTING, NO_CAPACITY or STOPPED
-    timeout_s: int
-    max_body_bytes: int
-    stop_grace_seconds: int  # how long a leaving backend's requests may take to finish
-    backends: tuple[Backend, ...]
-
-
-@dataclass(frozen=True)
-class TcpRoute:
-    name: str  # <label>-<port name>
-    listen_port: int  # the gateway port (GatewayPort)
-    timeout_s: int
-    stop_grace_seconds: int
-    backends: tuple[Backend, ...]
-
-
-@dataclass(frozen=True)
-class RouteTable:
-    domain: str
-    routes: tuple[Route, ...]
-    tcp_routes: tuple[TcpRoute, ...] = ()  # sorted by listen_port
-
-    def as_dict(self) -> dict:
-        table = asdict(self)
-        if not self.tcp_routes:
-            # A gateway that does not know tcp_routes refuses a table carrying the key: until the
-            # first TCP port, the table stays what such a gateway takes (and its digest the same).
-            del table["tcp_routes"]
-        return table
-
-    def digest(self) -> str:
-        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def serving_replicas() -> QuerySet[Replica]:
