@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,42 +31,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-REGISTRY = ROOT / "scripts" / "registry" / "registry.py"
+
+from bench.kit.vm import HELLO, KIT_BASE, in_netns, reexec_in_netns, registry_with_hello  # noqa: E402
 STATE_DIR = Path(os.environ.get("STATE_DIR", ROOT / ".state"))
-HELLO = "127.0.0.1:5000/gantry/hello:latest"
 _IN_NS = "GANTRY_COLDSTART_NETNS"
-KIT_BASE = Path(os.environ.get("GANTRY_TEST_KIT_CACHE", "/var/cache/gantry-agent-test"))  # the tests' kit cache
 FLOOR_TIMEOUT_S = 60.0
 WARM_RUNS = 9  # warm starts, each right after a floor run of its own
 SETTLE_S = 2.0  # memory is read this long after `running`, once boot-time allocations settle
 OWN_TARGET_MIB = 30
-
-
-def _enter_netns() -> int:
-    # The guest kit is fetched with apt-get download, which needs the network the namespace
-    # lacks: build (or find) it here first, in the cache the agent tests use too.
-    from nodes.agent.guest.kit import ensure_kit
-
-    asyncio.run(ensure_kit(KIT_BASE))
-    name = f"gbench-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        env = {**os.environ, _IN_NS: name}
-        return subprocess.run(["ip", "netns", "exec", name, sys.executable, __file__], env=env).returncode
-    finally:
-        for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
-            try:
-                os.kill(int(pid), 9)
-            except ProcessLookupError:
-                pass
-        subprocess.run(["ip", "netns", "del", name])
-
-
-def _registry(state: Path) -> None:
-    for argv in (["up", "--addr", "127.0.0.1:5000", "--name", "benchreg"], ["push-hello", "--registry", "127.0.0.1:5000"]):
-        subprocess.run([sys.executable, str(REGISTRY), *argv, "--state-dir", str(state)], check=True,
-                       stdout=subprocess.DEVNULL)
 
 
 def _ms(seconds: float | None) -> str:
@@ -190,7 +160,7 @@ async def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="gantry-coldstart-"))
     try:
-        await asyncio.to_thread(_registry, tmp / "registry")
+        await asyncio.to_thread(registry_with_hello, tmp / "registry")
         data = tmp / "data"
         data.mkdir()
         # The bench's own registry on loopback is the operator's: trusted, as `make up` trusts its.
@@ -274,6 +244,6 @@ if __name__ == "__main__":
     if os.geteuid() != 0:
         print("coldstart: needs root (network namespace, TAPs, QEMU)", file=sys.stderr)
         sys.exit(1)
-    if os.environ.get(_IN_NS) is None:
-        sys.exit(_enter_netns())
+    if not in_netns(_IN_NS):
+        sys.exit(reexec_in_netns(__file__, _IN_NS))
     sys.exit(asyncio.run(main()))
