@@ -17,7 +17,9 @@ S = Volume.State
 
 
 def _attachments() -> Prefetch:
-    return Prefetch("attachments", queryset=VolumeAttachment.objects.select_related("deployment").order_by("id"))
+    # A deleted deployment's rows stay (services.deployment_volumes_release) but attach nothing.
+    return Prefetch("attachments", queryset=VolumeAttachment.objects.filter(deployment__deleted_at__isnull=True)
+                    .select_related("deployment").order_by("id"))
 
 
 def volumes_for(*, tenant) -> QuerySet[Volume]:

@@ -103,7 +103,7 @@ def volume_delete(*, volume: Volume, actor=None, reason: str = "deleted by user"
     volume = Volume.objects.select_for_update().get(pk=volume.pk)
     if volume.state in (S.DELETING, S.DELETED):
         return volume
-    attachments = list(volume.attachments.select_related("deployment"))
+    attachments = list(volume.attachments.filter(deployment__deleted_at__isnull=True).select_related("deployment"))
     owner_live = volume.owner_deployment_id is not None and volume.owner_deployment.deleted_at is None
     if (attachments or owner_live) and not detach:
         names = sorted({a.deployment.name for a in attachments} | ({volume.owner_deployment.name} if owner_live else set()))
@@ -170,8 +170,8 @@ def attachments_check(*, tenant, deployment_id, requested: Requested, replica_co
     volumes = []
     for entry in requested.attach:
         uid = selectors._uuid(entry["volume_id"])
-        volume = (Volume.objects.select_for_update().filter(tenant=tenant, pk=uid).exclude(state=S.DELETED)
-                  .select_related("location", "node").first() if uid else None)
+        volume = (Volume.objects.select_for_update(of=("self",)).filter(tenant=tenant, pk=uid)
+                  .exclude(state=S.DELETED).select_related("location", "node").first() if uid else None)
         if volume is None:
             raise _unknown(entry["volume_id"])
         if volume.state == S.DELETING:
@@ -270,9 +270,13 @@ def attachments_set(*, deployment, volumes: list[Volume], requested: Requested, 
 def deployment_volumes_release(*, deployment, actor) -> None:
     """The deployment is deleted: its attachments end, and its per-replica volumes are erased
     (unless kept: they stay as the tenant's volumes). An erase waits while a VM still holds the
-    volume: the consumer sends it once none does (volumes_erasable)."""
-    for attachment in list(VolumeAttachment.objects.filter(deployment=deployment).select_related("volume", "deployment")):
-        _detach(attachment, actor=actor)
+    volume: the consumer sends it once none does (volumes_erasable).
+
+    The attachment rows of a deleted deployment stay (nothing shows them): they are how a
+    stopping VM of that deployment is still seen to hold the volume (volume_users)."""
+    for attachment in VolumeAttachment.objects.filter(deployment=deployment).select_related("volume", "deployment"):
+        _event(attachment.volume, "volume.detached", deployment_id=deployment.pk, deployment=deployment.name,
+               actor=_actor(actor))
     for volume in Volume.objects.select_for_update().filter(owner_deployment=deployment).exclude(
             state__in=(S.DELETING, S.DELETED)):
         if volume.keep:
