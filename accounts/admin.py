@@ -49,7 +49,7 @@ class TenantChangeForm(forms.ModelForm):
 
     class Meta:
         model = Tenant
-        fields = ["name", "max_gpus", "max_deployments"]
+        fields = ["name", "max_gpus", "max_deployments", "max_volume_gib"]
 
     tenant_write = None  # set by TenantAdmin.get_form: the service calls this form's data makes
 
@@ -103,7 +103,8 @@ class TenantAdmin(admin.ModelAdmin):
     def tenant_write(self, request, tenant: Tenant, data: dict) -> Tenant:
         """Every service call a change of the tenant page makes, in order."""
         return services.tenant_update(tenant=tenant, name=data["name"], max_gpus=data["max_gpus"],
-                                      max_deployments=data["max_deployments"])
+                                      max_deployments=data["max_deployments"],
+                                      max_volume_gib=data.get("max_volume_gib"))
 
     def save_model(self, request, obj, form, change):
         if change:

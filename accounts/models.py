@@ -21,6 +21,10 @@ def default_max_deployments() -> int:
     return settings.TENANT_DEFAULT_MAX_DEPLOYMENTS
 
 
+def default_max_volume_gib() -> int:
+    return settings.TENANT_DEFAULT_MAX_VOLUME_GIB
+
+
 def default_balance() -> Decimal:
     # Referenced by migration 0001 (the balance field it made is now the ledger's, billing app).
     return Decimal(settings.TENANT_DEFAULT_BALANCE)
@@ -33,6 +37,8 @@ class Tenant(models.Model):
     personal = models.BooleanField(default=False)
     max_gpus = models.PositiveIntegerField(default=default_max_gpus, help_text="GPUs in use at once, all deployments")
     max_deployments = models.PositiveIntegerField(default=default_max_deployments, help_text="deployments not deleted")
+    max_volume_gib = models.PositiveIntegerField(default=default_max_volume_gib,
+                                                 help_text="GiB of volumes provisioned at once, all not deleted")
     spend_limit = models.DecimalField(
         max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(Decimal("0"))],
         help_text="monthly spend cap in USD; empty for none (the balance is the billing ledger's sum)",

@@ -81,7 +81,7 @@ def _tenant_fields_set(tenant, changes: dict) -> tuple[Tenant, bool]:
 
 @transaction.atomic
 def tenant_update(*, tenant, name: str | None = None, max_gpus: int | None = None,
-                  max_deployments: int | None = None) -> Tenant:
+                  max_deployments: int | None = None, max_volume_gib: int | None = None) -> Tenant:
     """What an operator may change on a tenant: its display name and its quotas. A lowered quota
     stops nothing that runs; it refuses what would pass it from now on."""
     changes = {}
@@ -89,7 +89,8 @@ def tenant_update(*, tenant, name: str | None = None, max_gpus: int | None = Non
         if not name.strip():
             raise InvalidInput("name", "A tenant has a name.", code="required")
         changes["name"] = name.strip()[:200]
-    for field, value in (("max_gpus", max_gpus), ("max_deployments", max_deployments)):
+    for field, value in (("max_gpus", max_gpus), ("max_deployments", max_deployments),
+                         ("max_volume_gib", max_volume_gib)):
         if value is not None:
             if value < 0:
                 raise InvalidInput(field, f"{field} is zero or more.", code="min_value")

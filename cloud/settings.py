@@ -287,11 +287,14 @@ SCOPES = {
     "deployments:read": "Read deployments, replicas, logs and events",
     "deployments:write": "Create, change, start, stop and delete deployments",
     "templates:read": "Read the template and hardware catalog (and manage private templates with deployments:write)",
+    "volumes:read": "Read volumes",
+    "volumes:write": "Create and delete volumes (attaching one to a deployment needs deployments:write too)",
     "billing:read": "Read balance, usage and statements",
     "billing:write": "Change billing settings: the monthly spend limit",
     "nodes:admin": "Operate the fleet (staff only)",
 }
-CUSTOMER_SCOPES = ["deployments:read", "deployments:write", "templates:read", "billing:read", "billing:write"]
+CUSTOMER_SCOPES = ["deployments:read", "deployments:write", "volumes:read", "volumes:write", "templates:read",
+                   "billing:read", "billing:write"]
 
 OAUTH2_PROVIDER = {
     "SCOPES": SCOPES,
@@ -348,6 +351,7 @@ LOGGING = {
 # Tenancy defaults for a new tenant; operators raise them per tenant in the admin.
 TENANT_DEFAULT_MAX_GPUS = int(os.environ.get("TENANT_DEFAULT_MAX_GPUS", "16"))
 TENANT_DEFAULT_MAX_DEPLOYMENTS = int(os.environ.get("TENANT_DEFAULT_MAX_DEPLOYMENTS", "20"))
+TENANT_DEFAULT_MAX_VOLUME_GIB = int(os.environ.get("TENANT_DEFAULT_MAX_VOLUME_GIB", "500"))
 # A new tenant's starting credit in USD: enough to try the platform (the CPU-only `hello`
 # template costs 0.02/hour). Deployments are refused with 402 once the balance cannot cover an
 # hour; set 0 where every tenant must pay first.

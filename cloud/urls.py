@@ -11,6 +11,7 @@ api_v1 = [
     path("", include("templates.urls")),
     path("", include("nodes.urls")),
     path("", include("billing.urls")),
+    path("", include("volumes.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

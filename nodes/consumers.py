@@ -39,6 +39,9 @@ CLOSE_RETRY = 4002  # the plane failed to store what was sent: reconnect and res
 # keeps 4 batches in flight per replica, so this is a few busy replicas' worth.
 LOG_QUEUE_BATCHES = 16
 MAX_STORED_LINES = p.MAX_LOG_BATCH_LINES  # lines of one replica stored in one transaction: a bounded wait for its first line
+# A volume erase the node still lists is asked again after this long (the agent refuses one while
+# a VM it runs still has the volume: a stop the plane saw before the node finished it).
+ERASE_RESEND_S = 30.0
 
 
 def _bearer(scope) -> str:
@@ -60,6 +63,7 @@ class AgentConsumer(NoConnectionSweep, AsyncWebsocketConsumer):
         self.node_id = node.pk
         self.hostname = node.hostname
         self._sent: dict[str, p.DesiredReplica] = {}
+        self._erase_sent: dict[str, float] = {}  # volume id -> when volume.delete was last sent
         self._greeted = False
         self._logs: asyncio.Queue[p.Logs] = asyncio.Queue(LOG_QUEUE_BATCHES)
         self._log_store = asyncio.create_task(self._store_logs(), name=f"node-{node.pk}-logs")
@@ -106,10 +110,13 @@ class AgentConsumer(NoConnectionSweep, AsyncWebsocketConsumer):
             desired = await database_sync_to_async(sink.desired)(node_id=self.node_id)
             self._sent = {d.replica_id: d for d in desired}
             await self.send(text_data=p.encode(p.Desired(replicas=desired)))
+            self._erase_sent = {}  # a new connection: every erase still to do is asked again
+            await self._send_erases()
             if came_online:
                 await database_sync_to_async(sink.node_online)(node_id=self.node_id)
         elif isinstance(message, p.Heartbeat):
-            if not await database_sync_to_async(services.node_heartbeat)(node_id=self.node_id):
+            if not await database_sync_to_async(services.node_heartbeat)(
+                    node_id=self.node_id, free_volume_gib=message.free_volume_gib):
                 # Declared offline meanwhile (its replicas are lost and placed elsewhere): the
                 # agent must reconnect, say hello, and be fenced by the new desired set.
                 await self.close(code=CLOSE_OFFLINE)
@@ -118,6 +125,12 @@ class AgentConsumer(NoConnectionSweep, AsyncWebsocketConsumer):
                     await database_sync_to_async(services.gpus_health)(node_id=self.node_id, health=message.gpu_health)
                 if message.log_seqs:
                     await database_sync_to_async(sink.log_heads)(node_id=self.node_id, heads=message.log_seqs)
+                # An agent that keeps volumes says so by saying how much room it has; an older
+                # one's empty list must not read as "every volume erased".
+                volume_sink = link.volume_sink()
+                if message.free_volume_gib is not None and volume_sink is not None:
+                    await database_sync_to_async(volume_sink.report)(node_id=self.node_id, volumes=message.volumes)
+                    await self._send_erases(listed=set(message.volumes))
         elif isinstance(message, p.ReplicaStatus):
             await database_sync_to_async(sink.report)(node_id=self.node_id, report=message.report)
         elif isinstance(message, p.Logs):
@@ -169,6 +182,20 @@ class AgentConsumer(NoConnectionSweep, AsyncWebsocketConsumer):
                 await self.send(text_data=p.encode(p.ReplicaStop(
                     command_id=uuid.uuid4().hex, replica_id=replica_id, grace_s=entry.stop_grace_s)))
         self._sent = now
+        await self._send_erases()
+
+    async def _send_erases(self, *, listed: set[str] | None = None) -> None:
+        """`volume.delete` for each volume this node must erase: once per connection, and again
+        while a heartbeat (`listed`) still names it after ERASE_RESEND_S."""
+        volume_sink = link.volume_sink()
+        if volume_sink is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for volume_id in await database_sync_to_async(volume_sink.erasable)(node_id=self.node_id):
+            sent = self._erase_sent.get(volume_id)
+            if sent is None or (listed is not None and volume_id in listed and now - sent >= ERASE_RESEND_S):
+                self._erase_sent[volume_id] = now
+                await self.send(text_data=p.encode(p.VolumeDelete(command_id=uuid.uuid4().hex, volume_id=volume_id)))
 
     async def node_disconnect(self, event):
         if self._greeted or self.node_id is not None:

@@ -6,6 +6,8 @@ replicas without importing the deployments app (imports run one way: deployments
 - `disconnect_node(node_id)`: closes the node's socket (credential revoked or replaced).
 - `ReplicaSink`: what the consumer (and the capacity reads in nodes/selectors.py) need of the
   replica side; the deployments app registers its implementation in `AppConfig.ready()`.
+- `VolumeSink`: what the consumer needs of the volumes app (a heartbeat's volume list, the
+  erases to send); the volumes app registers it the same way.
 """
 
 from __future__ import annotations
@@ -87,6 +89,26 @@ class ReplicaSink(Protocol):
         """Every replica not yet over (`TERMINAL_STATES`), as a queryset with a `node_id`
         column: each holds a unit on its node. Lazy, so a selector can filter it into a
         subquery of its own query."""
+
+
+class VolumeSink(Protocol):
+    def report(self, *, node_id: int, volumes: dict[str, int]) -> None:
+        """A heartbeat from an agent that keeps volumes: every volume file it holds."""
+
+    def erasable(self, *, node_id: int) -> list[str]:
+        """Ids of the volumes this node must erase now (`volume.delete`, idempotent)."""
+
+
+_volume_sink: VolumeSink | None = None
+
+
+def register_volume_sink(sink: VolumeSink) -> None:
+    global _volume_sink
+    _volume_sink = sink
+
+
+def volume_sink() -> VolumeSink | None:
+    return _volume_sink
 
 
 _sink: ReplicaSink | None = None

@@ -91,6 +91,9 @@ class Node(models.Model):
     gpu_passthrough_reason = models.CharField(max_length=500, blank=True)
     # While draining: when the old replicas are stopped even if their replacements never ran.
     drain_deadline = models.DateTimeField(null=True, blank=True)
+    # The space its agent's volume directory has left for new volumes (its last heartbeat);
+    # null from an agent that keeps no volumes, and then no new volume is placed there.
+    free_volume_gib = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -68,6 +68,13 @@ def node_hostname(node_id: int) -> str | None:
     return Node.objects.filter(pk=node_id).values_list("hostname", flat=True).first()
 
 
+def free_volume_gib(*, node_ids) -> dict[int, float]:
+    """{node id: GiB its agent last said are free for volumes} of those of these nodes whose
+    agent keeps volumes."""
+    return dict(Node.objects.filter(pk__in=list(node_ids), free_volume_gib__isnull=False)
+                .values_list("pk", "free_volume_gib"))
+
+
 def public_addresses(node_ids) -> dict[int, str]:
     """{node id: the address its published ports answer on} for those of these nodes that have one."""
     return dict(Node.objects.filter(pk__in=node_ids, public_address__isnull=False).values_list("pk", "public_address"))

@@ -85,7 +85,8 @@ def mallory(evil):
 
 
 def client_for(user=None, *,
-               scopes: str = "deployments:read deployments:write templates:read billing:read billing:write",
+               scopes: str = "deployments:read deployments:write volumes:read volumes:write templates:read billing:read "
+                             "billing:write",
                tenant: str | None = None) -> APIClient:
     client = APIClient()
     if user is not None:

@@ -23,6 +23,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.conftest import client_for
 from tests.deployments.factories import DeploymentFactory, LogLineFactory, ReplicaFactory
+from tests.factories import LocationFactory
 from tests.templates.factories import TemplateFactory
 
 DOCS = {"api/v1/schema/", "api/v1/docs/", "api/v1/redoc/"}
@@ -158,6 +159,13 @@ def _spend_limit(tenant) -> str:
     return "777.000001"
 
 
+def _volume_of(tenant) -> str:
+    from volumes import services as volume_services
+
+    return str(volume_services.volume_create(tenant=tenant, actor=None, name="mallory-secret-vol", size_gib=1,
+                                             location_id=LocationFactory().id).pk)
+
+
 def _private_template(tenant) -> dict:
     return {"ref": TemplateFactory(tenant=tenant, slug="mallory-secret-tpl").slug}
 
@@ -176,6 +184,8 @@ ROUTES: dict[str, ObjectRoute | ListRoute | CatalogRoute | StaffRoute | StreamRo
     "api/v1/^deployments/(?P<pk>[^/]+)/start$": ObjectRoute(_deployment),
     "api/v1/^deployments/(?P<pk>[^/]+)/stop$": ObjectRoute(_deployment),
     "api/v1/events": StreamRoute(_event),
+    "api/v1/^volumes$": ListRoute(_volume_of),
+    "api/v1/^volumes/(?P<pk>[^/]+)$": ObjectRoute(lambda t: {"pk": _volume_of(t)}),
     "api/v1/^templates$": ListRoute(lambda t: TemplateFactory(tenant=t, slug="mallory-secret-tpl").slug),
     "api/v1/^templates/(?P<ref>[^/]+)$": ObjectRoute(_private_template),
     "api/v1/^deployments/estimate$": TenantRoute(_estimate),

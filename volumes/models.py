@@ -44,6 +44,9 @@ class Volume(models.Model):
     ordinal = models.PositiveSmallIntegerField(null=True, blank=True)
     keep = models.BooleanField(default=False, help_text="a per-replica volume outlives its deployment")
     created_at = models.DateTimeField(auto_now_add=True)
+    # When its node's heartbeat first listed its file: until then its size is still to come out
+    # of the node's free volume space, so placement counts it against that space itself.
+    on_node_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -75,3 +78,17 @@ class VolumeAttachment(models.Model):
             models.UniqueConstraint(fields=["deployment", "volume"], name="attachment_volume_once_per_deployment"),
             models.UniqueConstraint(fields=["deployment", "mount_path"], name="attachment_one_volume_per_path"),
         ]
+
+
+class VolumeTemplate(models.Model):
+    """A deployment's per-replica volume (`{"size_gib", "mount_path", "keep"}` without a
+    volume_id): each ordinal gets a Volume of its own (`owner_deployment`, `ordinal`) at its
+    first placement, kept for that ordinal across restarts and scale down/up, as a StatefulSet's
+    volume claim template does. One per deployment (a Volume is one per deployment and ordinal)."""
+
+    deployment = models.OneToOneField("deployments.Deployment", on_delete=models.CASCADE,
+                                      related_name="volume_template")
+    size_gib = models.PositiveIntegerField()
+    mount_path = models.CharField(max_length=255)
+    keep = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)

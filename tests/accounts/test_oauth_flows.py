@@ -34,8 +34,8 @@ def test_client_credentials_give_a_token_that_acts_for_the_tenant(client, acme, 
     body = response.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] > 0
     assert "refresh_token" not in body  # RFC 6749 4.4.3: no refresh token for client credentials
-    assert set(body["scope"].split()) == {"deployments:read", "deployments:write", "templates:read", "billing:read",
-                                          "billing:write"}
+    assert set(body["scope"].split()) == {"deployments:read", "deployments:write", "volumes:read", "volumes:write",
+                                          "templates:read", "billing:read", "billing:write"}
 
     listed = bearer(body["access_token"]).get("/api/v1/templates")
     assert listed.status_code == 200

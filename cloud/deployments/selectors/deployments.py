@@ -18,6 +18,7 @@ from cloud.deployments.routes import serving_replicas
 from cloud.exceptions import NotFound
 from nodes.selectors import replica_gpus
 from protocol.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
+from volumes.selectors import deployment_volumes_annotations
 
 # Columns the API representation shows; the rest (encrypted blobs, registry user, price
 # history) stays on disk for the list endpoint, which is benchmarked at 5,000 rows a tenant.
@@ -67,6 +68,7 @@ def deployments_for(*, tenant, now: datetime | None = None) -> QuerySet[Deployme
             **_expose_annotations(),
             funds_notices=funds_notices_expression(tenant_ref="tenant_id"),
             **deployment_cost_annotations(now=now),
+            **deployment_volumes_annotations(),
         )
         .order_by("-created_at", "-id")
     )

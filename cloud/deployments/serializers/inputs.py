@@ -36,6 +36,8 @@ from protocol.vocabulary import (
     PRIVATE,
     PUBLIC,
 )
+from protocol.wire import MAX_VOLUME_GIB, MAX_VOLUMES_PER_REPLICA, mount_path_problem
+from volumes.services import Requested
 
 NAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 NAME_HELP = "1-100 characters: letters, digits, '.', '_' and '-', starting with a letter or digit; unique per tenant."
@@ -141,6 +143,59 @@ class _EndpointSettingsInput(_StrictInput):
         return None if value is None else _expose_list(value)
 
 
+class VolumeInput(_StrictInput):
+    """One volume of a deployment: an existing volume by id, or (without volume_id) a
+    per-replica volume of size_gib that each ordinal gets for its own."""
+
+    volume_id = _opt(StrictCharField, max_length=64, help_text="A volume of yours (GET /api/v1/volumes).")
+    mount_path = StrictCharField(max_length=255, trim_whitespace=False,
+                                 help_text="Where the container sees it, e.g. /data (made if missing).")
+    mode = _opt(StrictChoiceField, choices=["rw", "ro"], help_text='"rw" (default) or "ro". A read-write volume '
+                "belongs to one deployment with one replica; a read-only one may be shared.")
+    size_gib = _opt(StrictIntegerField, min_value=1, max_value=MAX_VOLUME_GIB,
+                    help_text="Per-replica volume (no volume_id): each ordinal's own volume, made at its first "
+                              "placement and kept across restarts and scale down/up.")
+    keep = _opt(StrictBooleanField, help_text="Per-replica volume: kept (as your volume) when the deployment is "
+                                              "deleted. Default false: erased with it.")
+
+    def validate_mount_path(self, value):
+        problem = mount_path_problem(value)
+        if problem:
+            raise serializers.ValidationError(f"mount_path {problem}.", code="invalid_mount_path")
+        return value
+
+    def validate(self, attrs):
+        if attrs.get("volume_id") is not None:
+            if attrs.get("size_gib") is not None or attrs.get("keep") is not None:
+                raise serializers.ValidationError({"size_gib": "size_gib and keep are for a per-replica volume "
+                                                               "(no volume_id); an existing volume has its size."})
+            return {"volume_id": attrs["volume_id"], "mount_path": attrs["mount_path"], "mode": attrs.get("mode") or "rw"}
+        if attrs.get("size_gib") is None:
+            raise serializers.ValidationError({"volume_id": "Give a volume_id, or a size_gib for a per-replica volume."})
+        if attrs.get("mode") == "ro":
+            raise serializers.ValidationError({"mode": "A per-replica volume is its replica's own: read-write."})
+        return {"size_gib": attrs["size_gib"], "mount_path": attrs["mount_path"], "keep": bool(attrs.get("keep"))}
+
+
+def _volume_list(entries: list) -> Requested:
+    paths = [e["mount_path"] for e in entries]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise serializers.ValidationError({i: {"mount_path": [serializers.ErrorDetail(
+                f"mount_path {path!r} is given twice; one volume per path.", code="duplicate")]}})
+    ids = [e["volume_id"] for e in entries if "volume_id" in e]
+    if len(set(ids)) != len(ids):
+        raise serializers.ValidationError("A volume is named twice; attach each once.")
+    templates = [e for e in entries if "volume_id" not in e]
+    if len(templates) > 1:
+        raise serializers.ValidationError("At most one per-replica volume (size_gib without volume_id).")
+    return Requested(attach=[e for e in entries if "volume_id" in e], template=templates[0] if templates else None)
+
+
+VOLUMES_HELP = (f"Up to {MAX_VOLUMES_PER_REPLICA} volumes, each {{volume_id, mount_path, mode}}, or one per-replica "
+                "{size_gib, mount_path, keep}. A PATCH replaces the list (what runs restarts, rolling, to take it).")
+
+
 def _endpoint_changes(attrs: dict) -> dict:
     """The endpoint settings a body gives, with share.is_public folded into endpoint_access."""
     access = attrs.get("endpoint_access")
@@ -201,6 +256,11 @@ class DeploymentCreateInput(_EndpointSettingsInput):
     registry_username = _opt(StrictCharField, max_length=200, allow_blank=True)
     registry_secret = _opt(StrictCharField, max_length=4096, allow_blank=True, write_only=True,
                            help_text="Registry password or token: encrypted at rest, never returned.")
+    volumes = serializers.ListField(child=VolumeInput(), required=False, allow_null=True,
+                                    max_length=MAX_VOLUMES_PER_REPLICA, help_text=VOLUMES_HELP)
+
+    def validate_volumes(self, value):
+        return None if value is None else _volume_list(value)
 
     def validate_name(self, value):
         return _valid_name(value)
@@ -244,6 +304,7 @@ class DeploymentCreateInput(_EndpointSettingsInput):
             "entrypoint": attrs.get("entrypoint"), "args": attrs.get("args"), "traffic_port": attrs.get("traffic_port"),
             "registry_username": attrs.get("registry_username") or "", "registry_secret": attrs.get("registry_secret") or "",
             "stop_grace_seconds": attrs.get("stop_grace_seconds"), "health_check_path": attrs.get("health_check_path"),
+            "volumes": attrs.get("volumes"),
             **_endpoint_changes(attrs),
         }
 
@@ -281,10 +342,16 @@ class DeploymentUpdateInput(_EndpointSettingsInput):
     env = EnvField(required=False, help_text="Replaces the plain environment.")
     env_variables = EnvField(required=False, help_text="Alias of env.")
     secret_env_variables = EnvField(required=False, help_text="Replaces the secret environment.")
+    volumes = serializers.ListField(child=VolumeInput(), required=False, max_length=MAX_VOLUMES_PER_REPLICA,
+                                    help_text=VOLUMES_HELP)
+
+    def validate_volumes(self, value):
+        return _volume_list(value)
 
     def validate(self, attrs):
         env = _one_of(attrs, "env", "env_variables")
-        changes = {k: attrs[k] for k in ("replica_count", "duration_hours", "stop_grace_seconds") if k in attrs}
+        changes = {k: attrs[k] for k in ("replica_count", "duration_hours", "stop_grace_seconds", "volumes")
+                   if k in attrs}
         changes.update(_endpoint_changes(attrs))
         if env is not None:
             changes["env"] = env

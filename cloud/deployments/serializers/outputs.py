@@ -66,6 +66,15 @@ class WarningOutput(serializers.Serializer):
     stop_at = serializers.DateTimeField(allow_null=True, help_text="When the deployment stops unless funds come back.")
 
 
+class DeploymentVolumeOutput(serializers.Serializer):
+    volume_id = serializers.CharField(required=False, help_text="The attached volume (absent: a per-replica volume).")
+    name = serializers.CharField(required=False)
+    size_gib = serializers.IntegerField()
+    mount_path = serializers.CharField()
+    mode = serializers.ChoiceField(choices=["rw", "ro"])
+    keep = serializers.BooleanField(required=False, help_text="Per-replica: kept when the deployment is deleted.")
+
+
 class DeploymentOutput(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()
@@ -106,11 +115,22 @@ class DeploymentOutput(serializers.Serializer):
     estimated_hourly_cost = serializers.SerializerMethodField()
     total_cost = serializers.SerializerMethodField()
     warnings = serializers.SerializerMethodField()
+    volumes = serializers.SerializerMethodField(help_text="Its volumes: attached ones by id, and its per-replica one.")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     stopped_at = serializers.DateTimeField(allow_null=True)
     expires_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_field(DeploymentVolumeOutput(many=True))
+    def get_volumes(self, obj: Deployment) -> list[dict]:
+        # Annotated by selectors.deployments_for (one query for a whole page).
+        shown = [dict(v) for v in getattr(obj, "volume_list", None) or []]
+        template = getattr(obj, "volume_template_json", None)
+        if template:
+            shown.append({"size_gib": template["size_gib"], "mount_path": template["mount_path"], "mode": "rw",
+                          "keep": template["keep"]})
+        return shown
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_endpoint_host(self, obj: Deployment) -> str:

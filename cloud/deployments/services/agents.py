@@ -10,6 +10,7 @@ and slots are freed only when the node says the VM is gone.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import uuid
 
@@ -28,8 +29,11 @@ from cloud.deployments.services.status import deployment_refresh, replica_event
 from nodes import link
 from nodes import selectors as node_selectors
 from protocol.wire import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
-from protocol.vocabulary import BOOTING, FAILED, FAILING, RESTARTING, RUNNING, STARTING, STOPPED, TERMINAL_STATES, VM_ENDED_STATES
+from volumes import selectors as volume_selectors
+from volumes.services import mounts_for
+from protocol.vocabulary import BOOTING, DRAINING, FAILED, FAILING, RESTARTING, RUNNING, STARTING, STOPPED, TERMINAL_STATES, VM_ENDED_STATES
 
+log = logging.getLogger(__name__)
 R = Replica.State
 # What a node reports once a replica's VM process has started. Not `stopping`: a node also says
 # that of a start it is cancelling, before any VM ran.
@@ -226,10 +230,22 @@ class AgentSink:
     def node_changed(self, *, node_id: int, status: str, reason: str) -> None:
         hostname = node_selectors.node_hostname(node_id)
         deployments = (Replica.objects.filter(node_id=node_id).exclude(state__in=TERMINAL_STATES)
-                       .values_list("deployment_id", "deployment__tenant_id").distinct())
-        for deployment_id, tenant_id in deployments:
-            event_record(tenant_id=tenant_id, deployment_id=deployment_id, type=f"node.{status}",
-                         payload={"node": hostname, "status": status, "reason": reason})
+                       .values_list("deployment_id", "deployment__tenant_id", "deployment__name").distinct())
+        # A drain moves replicas elsewhere, except those whose volumes live here: they stop at
+        # the drain's deadline and wait for this node (services/fleet.py). Each deployment hears
+        # which of its volumes keep it; the operator's log line names them all.
+        pinned = volume_selectors.volumes_on_node_of(node_id=node_id) if status == DRAINING else {}
+        if pinned:
+            log.warning("node %s drains, but volumes keep deployments there (they stop and wait, not move): %s",
+                        hostname, "; ".join(f"{v} keeps {', '.join(d)}" for v, d in sorted(pinned.items())))
+        for deployment_id, tenant_id, name in deployments:
+            payload = {"node": hostname, "status": status, "reason": reason}
+            kept = sorted(v for v, names in pinned.items() if name in names)
+            if kept:
+                payload["volumes"] = kept
+                payload["reason"] = (f"{reason}; volumes {', '.join(kept)} live on this node, so this deployment's "
+                                     "replicas there are not moved: they stop at the drain's deadline and wait for it")
+            event_record(tenant_id=tenant_id, deployment_id=deployment_id, type=f"node.{status}", payload=payload)
 
 
 def replica_spec(replica: Replica, *, gpu_bdfs: list[str]) -> ReplicaSpec:
@@ -245,5 +261,5 @@ def replica_spec(replica: Replica, *, gpu_bdfs: list[str]) -> ReplicaSpec:
         secret_env=d.get_secret_env(), entrypoint=d.entrypoint, args=d.args, traffic_port=d.traffic_port,
         health_path=d.health_check_path or None, ports=[entry["port"] for entry in d.expose],
         vcpus=max(hardware.vcpus_per_gpu * units, 1), memory_mib=max(hardware.memory_gib_per_gpu * units * 1024, 256),
-        gpu_bdfs=gpu_bdfs,
+        gpu_bdfs=gpu_bdfs, volumes=mounts_for(deployment_id=d.pk, ordinal=replica.ordinal),
     )

@@ -19,6 +19,9 @@ from cloud.deployments.services.rolling import deployment_roll
 from cloud.deployments.services.status import incarnations_create, missing_ordinals, replicas_stop, unfinished_q
 from cloud.exceptions import Conflict, InvalidInput
 from protocol.vocabulary import LIVE_STATUSES
+from volumes import selectors as volume_selectors
+from volumes import services as volume_services
+from volumes.services import Requested
 
 S = Deployment.Status
 # What the gateway's route table holds of a deployment, besides its replicas.
@@ -46,12 +49,47 @@ def _scale(*, tenant, deployment: Deployment, replica_count: int) -> None:
                            exclude_id=deployment.pk)
     deployment.replica_count = replica_count
     if replica_count > old:
+        locked = quotas.tenant_lock(tenant=tenant)
+        volume_services.template_quota_check(tenant=locked, deployment_id=deployment.pk,
+                                             template=_template_dict(deployment), replica_count=replica_count)
+    if replica_count > old:
         if live:
             incarnations_create(deployment=deployment, ordinals=missing_ordinals(deployment))
         return  # a stopped deployment gets its replicas when started
     # Scale-down stops the removed ordinals' incarnations; their rows stay as history.
     replicas_stop(Replica.objects.filter(unfinished_q(), deployment=deployment, ordinal__gte=replica_count),
                   reason="removed by scale-down")
+
+
+def _template_dict(deployment: Deployment) -> dict | None:
+    template = volume_selectors.template_of(deployment_id=deployment.pk)
+    return None if template is None else {"size_gib": template.size_gib, "mount_path": template.mount_path,
+                                          "keep": template.keep}
+
+
+def _current_volumes(deployment: Deployment) -> Requested:
+    return Requested(attach=[{"volume_id": str(a.volume_id), "mount_path": a.mount_path, "mode": a.mode}
+                             for a in volume_selectors.attachments_of(deployment_id=deployment.pk)],
+                     template=_template_dict(deployment))
+
+
+def _volumes(*, tenant, actor, deployment: Deployment, requested: Requested | None, replica_count: int) -> bool:
+    """Checks the deployment's volumes against its (new) replica count, and sets them when the
+    PATCH gives them. True when what a VM mounts changed."""
+    given = requested is not None
+    requested = requested if given else _current_volumes(deployment)
+    if not requested.attach and requested.template is None:
+        if not given:
+            return False
+    locked = quotas.tenant_lock(tenant=tenant)
+    volumes = volume_services.attachments_check(
+        tenant=locked, deployment_id=deployment.pk, requested=requested, replica_count=replica_count,
+        location_ids=list(deployment.locations.values_list("pk", flat=True)), pinned_node_id=deployment.node_id)
+    if not given:
+        return False
+    volume_services.template_quota_check(tenant=locked, deployment_id=deployment.pk, template=requested.template,
+                                         replica_count=replica_count)
+    return volume_services.attachments_set(deployment=deployment, volumes=volumes, requested=requested, actor=actor)
 
 
 def _extend(*, deployment: Deployment, duration_hours: int) -> None:
@@ -80,6 +118,12 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
     `expose` reaches the gateway at once and each replica's node when the replica next starts."""
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
     changed: list[str] = []
+    volumes_changed = False
+    if "volumes" in changes or changes.get("replica_count", deployment.replica_count) > deployment.replica_count:
+        volumes_changed = _volumes(tenant=tenant, actor=actor, deployment=deployment, requested=changes.get("volumes"),
+                                   replica_count=changes.get("replica_count", deployment.replica_count))
+        if volumes_changed:
+            changed.append("volumes")
     if "replica_count" in changes and changes["replica_count"] != deployment.replica_count:
         before = deployment.replica_count
         _scale(tenant=tenant, deployment=deployment, replica_count=changes["replica_count"])
@@ -126,8 +170,8 @@ def deployment_update(*, tenant, actor, deployment_id, changes: dict) -> Deploym
     # A VM takes its env and publishes its ports when it starts: the placed replicas restart
     # (rolling) to take the new ones.
     ports_changed = sorted(p["port"] for p in old_expose) != sorted(p["port"] for p in deployment.expose or [])
-    cause = "env changed" if env_changed else "ports changed"
-    restarted = (env_changed or ports_changed) and deployment.status in (S.STARTING, S.RUNNING)
+    cause = "env changed" if env_changed else "ports changed" if ports_changed else "volumes changed"
+    restarted = (env_changed or ports_changed or volumes_changed) and deployment.status in (S.STARTING, S.RUNNING)
     if restarted:
         deployment_roll(deployment=deployment)
     deployment.save()

@@ -30,6 +30,7 @@ from cloud.deployments.services.status import PENDING_REASON, incarnations_creat
 from cloud.exceptions import Conflict, InvalidInput, NotFound
 from nodes import selectors as node_selectors
 from templates.selectors import template_get
+from volumes import services as volume_services
 
 MAX_GPUS_WITHOUT_TEMPLATE = 8
 # A label is 30 random bits after the name: a second collision in a row is not going to happen.
@@ -227,6 +228,14 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
     quotas.check_deployment_quota(tenant=locked)
     quotas.check_gpu_quota(tenant=locked, gpus_needed=gpus * replica_count, cpu_only=hardware.cpu_only)
     quotas.check_funds(tenant=locked, hourly_cost=resolved.hourly_cost)
+    requested = spec.get("volumes")
+    volumes = []
+    if requested is not None:
+        volumes = volume_services.attachments_check(
+            tenant=locked, deployment_id=None, requested=requested, replica_count=replica_count,
+            location_ids=[loc.id for loc in locations], pinned_node_id=node.id if node else None)
+        volume_services.template_quota_check(tenant=locked, deployment_id=None, template=requested.template,
+                                             replica_count=replica_count)
 
     secret_env = spec.get("secret_env") or {}
     env = {**(template.default_env if template else {}), **(spec.get("env") or {})}
@@ -267,6 +276,8 @@ def deployment_create(*, tenant, actor, spec: dict) -> Deployment:
     gateway_ports_sync(deployment=deployment)
     if locations:
         deployment.locations.set(locations)
+    if requested is not None:
+        volume_services.attachments_set(deployment=deployment, volumes=volumes, requested=requested, actor=actor)
     incarnations_create(deployment=deployment, ordinals=range(replica_count))
     if deployment.traffic_port or deployment.expose:
         routes_changed()

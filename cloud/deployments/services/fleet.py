@@ -31,6 +31,7 @@ from cloud.deployments.services.status import (
 from nodes import selectors as node_selectors
 from nodes import services as node_services
 from protocol.vocabulary import LIVE_STATUSES, TERMINAL_STATES
+from volumes import services as volume_services
 
 R = Replica.State
 
@@ -74,6 +75,13 @@ def node_lost(*, node_id: int) -> int:
     return lost
 
 
+def _kept_by_volume(replica: Replica, node_id: int) -> bool:
+    """A replica whose volume lives on this node cannot move: it serves until the drain's
+    deadline, then stops and its next incarnation waits for the node (services/placement.py)."""
+    needs = volume_services.placement_needs(deployment_id=replica.deployment_id, ordinal=replica.ordinal)
+    return needs is not None and needs.node_id == node_id
+
+
 def _replace_on_draining(node) -> int:
     """Each wanted, unreplaced replica on a draining node gets a replacement placed elsewhere;
     the old one keeps serving until its replacement runs (or the drain deadline passes)."""
@@ -85,7 +93,7 @@ def _replace_on_draining(node) -> int:
                 continue
             for replica in Replica.objects.select_for_update(of=("self",)).filter(
                     live_q(), deployment=deployment, node_id=node.pk):
-                if replica.ordinal < deployment.replica_count:
+                if replica.ordinal < deployment.replica_count and not _kept_by_volume(replica, node.pk):
                     successor_create(
                         replica, reason=f"replacing generation {replica.generation} from draining node {node.hostname}",
                         old_reason="draining: serving until its replacement (generation {generation}) runs")
@@ -106,8 +114,16 @@ def drains_progress() -> int:
             for deployment_id in _deployments_on(node.pk):
                 with transaction.atomic():
                     Deployment.objects.select_for_update(of=("self",)).filter(pk=deployment_id).first()
+                    stopping = list(Replica.objects.filter(unfinished_q(), deployment_id=deployment_id, node_id=node.pk)
+                                    .filter(desired=Replica.Desired.RUN, replaced_by__isnull=True))
                     replicas_stop(Replica.objects.filter(unfinished_q(), deployment_id=deployment_id, node_id=node.pk)
                                   .filter(desired=Replica.Desired.RUN), reason="drain deadline passed")
+                    # Those kept by a volume here get a next incarnation that waits for the node.
+                    kept = [r.ordinal for r in stopping if _kept_by_volume(r, node.pk)]
+                    deployment = Deployment.objects.get(pk=deployment_id)
+                    if kept and deployment.status in LIVE_STATUSES:
+                        incarnations_create(deployment=deployment,
+                                            ordinals=[o for o in kept if o < deployment.replica_count])
         if not Replica.objects.filter(node_id=node.pk).exclude(state__in=TERMINAL_STATES).exists():
             node_services.node_finish_drain(node_id=node.pk)
             finished += 1

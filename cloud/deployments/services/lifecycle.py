@@ -37,6 +37,7 @@ from cloud.deployments.services.status import (
 )
 from cloud.exceptions import Conflict
 from protocol.vocabulary import LIVE_STATUSES
+from volumes.services import deployment_volumes_release
 
 S = Deployment.Status
 STARTABLE = (S.STOPPED, S.FAILED, S.EXPIRED)
@@ -146,6 +147,7 @@ def deployment_delete(*, tenant, actor, deployment_id) -> None:
     deployment.deleted_at = timezone.now()
     deployment.save(update_fields=["deleted_at", "updated_at"])
     gateway_ports_release(deployment=deployment)  # its TCP ports' gateway ports go to others
+    deployment_volumes_release(deployment=deployment, actor=actor)  # detached; its own volumes erased unless kept
     routes_changed()  # its name leaves the table
     event_record(tenant=tenant, deployment=deployment, type="deployment.deleted",
                  payload={"name": deployment.name, "actor": actor_label(actor)})

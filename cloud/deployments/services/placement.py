@@ -27,10 +27,12 @@ from cloud.deployments.models import Deployment, Replica
 from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services import rolling
 from cloud.deployments.services.status import deployment_refresh, replica_event
+from cloud.deployments.services.volumes import volume_holders
 from nodes import link
 from nodes import selectors as node_selectors
 from nodes import services as node_services
-from protocol.vocabulary import TERMINAL_STATES
+from protocol.vocabulary import ONLINE, TERMINAL_STATES
+from volumes import services as volume_services
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,48 @@ def _shortage(deployment: Deployment, *, cpu_only: bool, units: int) -> str:
             f"none with enough free" + (f" ({blocked} of them cannot pass GPUs through to VMs)" if blocked else ""))
 
 
+# How a pending replica's reason begins while its volume's node cannot take it.
+VOLUME_WAIT_PREFIX = "volume "
+
+
+def _volume_block(replica: Replica, needs: volume_services.Needs) -> tuple[str, bool] | None:
+    """(reason, unavailable) when the replica's volumes keep it from being placed now, else
+    None. `unavailable`: the volume's node is away (the `volume.unavailable` event)."""
+    deployment = replica.deployment
+    if needs.problem:
+        return f"{VOLUME_WAIT_PREFIX}placement impossible: {needs.problem}", False
+    if needs.node_id is not None:
+        volume = next(v for v in needs.volumes if v.node_id == needs.node_id)
+        if deployment.node_id is not None and deployment.node_id != needs.node_id:
+            return (f"{VOLUME_WAIT_PREFIX}{volume.name} is on another node than the one the deployment is pinned to",
+                    False)
+        host, status = node_selectors.pinned_node_state(needs.node_id) or (str(needs.node_id), "gone")
+        if status != ONLINE:
+            return (f"{VOLUME_WAIT_PREFIX}{volume.name} is on node {host}, which is {status}: waiting for it to be "
+                    "online again (a volume's replicas run only on its node)"), True
+    holders = volume_holders(volume_ids=[v.pk for v in needs.exclusive], exclude_pk=replica.pk)
+    if holders:
+        volume_id, holder = next(iter(holders.items()))
+        name = next(v.name for v in needs.exclusive if str(v.pk) == volume_id)
+        # Its predecessor stops (ordinal by ordinal) to hand the volume over; the VM's end kicks
+        # the scheduler again.
+        rolling.volume_hand_over(successor=replica, volume_name=name)
+        return (f"{VOLUME_WAIT_PREFIX}{name} is read-write and still held by generation {holder.generation} of "
+                f"ordinal {holder.ordinal}: waiting for its VM to end"), False
+    return None
+
+
+def _wait(replica: Replica, reason: str, *, unavailable: bool = False) -> None:
+    deployment = replica.deployment
+    if replica.reason != reason:
+        replica.reason = reason
+        replica.save(update_fields=["reason"])
+        if unavailable:  # once per new reason, not every pass
+            replica_event(replica, "volume.unavailable", reason=reason)
+        deployment_refresh(deployment_id=deployment.pk)
+        routes_changed()
+
+
 def place(replica_pk: int, *, placed_on: set[int] | None = None) -> bool | None:
     """One placement attempt in its own transaction. True: placed; False: no room (the reason
     says why); None: someone else holds the replica, its deployment or the units with room, or
@@ -97,28 +141,58 @@ def place(replica_pk: int, *, placed_on: set[int] | None = None) -> bool | None:
             return None
         deployment = replica.deployment
         cpu_only, units = _units_needed(deployment)
+        needs = volume_services.placement_needs(deployment_id=deployment.pk, ordinal=replica.ordinal)
+        node_id, location_ids = deployment.node_id, replica.location_ids
+        if needs is not None:
+            blocked = _volume_block(replica, needs)
+            if blocked is not None:
+                _wait(replica, blocked[0], unavailable=blocked[1])
+                return False
+            node_id = needs.node_id or node_id
+            if needs.location_id is not None:
+                location_ids = [needs.location_id]
         ranked = node_selectors.nodes_ranked(
-            hardware_type_id=deployment.hardware_type_id, location_ids=replica.location_ids, node_id=deployment.node_id,
+            hardware_type_id=deployment.hardware_type_id, location_ids=location_ids, node_id=node_id,
             cpu_only=cpu_only, units=units, spread=replica.spread)
+        if needs is not None and needs.new_gib:
+            room = volume_services.placement_room(needs=needs, node_ids=[n.pk for n in ranked])
+            if ranked and not any(room.values()):
+                _wait(replica, f"{VOLUME_WAIT_PREFIX}space: no node with room for the replica has {needs.new_gib} GiB "
+                               "free for its new volumes")
+                return False
+            ranked = [n for n in ranked if room[n.pk]]
         for node in ranked:
             # Claimed inside this transaction: a placement that fails later gives them back.
-            if node_services.units_claim(node.pk, replica.pk, cpu_only=cpu_only, units=units) is not None:
-                now = timezone.now()
-                replica.node, replica.placed_at = node, now
-                replica.reason = f"placed on {node.hostname}: waiting for its agent to start the VM"
-                replica.save(update_fields=["node", "placed_at", "reason"])
-                if placed_on is None:
-                    link.notify_node(node.pk)
-                else:
-                    placed_on.add(node.pk)
-                replica_event(replica, "replica.placed", node=node.hostname)
-                deployment_refresh(deployment_id=deployment.pk)
-                return True
+            saved = transaction.savepoint()
+            claimed = node_services.units_claim(node.pk, replica.pk, cpu_only=cpu_only, units=units) is not None
+            if claimed and needs is not None and not volume_services.placement_commit(
+                    needs=needs, deployment=deployment, ordinal=replica.ordinal, node=node):
+                claimed = False  # another placement took the volume space meanwhile
+            if not claimed:
+                transaction.savepoint_rollback(saved)
+                continue
+            transaction.savepoint_commit(saved)
+            now = timezone.now()
+            replica.node, replica.placed_at = node, now
+            replica.reason = f"placed on {node.hostname}: waiting for its agent to start the VM"
+            replica.save(update_fields=["node", "placed_at", "reason"])
+            if placed_on is None:
+                link.notify_node(node.pk)
+            else:
+                placed_on.add(node.pk)
+            replica_event(replica, "replica.placed", node=node.hostname)
+            deployment_refresh(deployment_id=deployment.pk)
+            return True
         if ranked:
             # Those nodes had room when ranked, so other workers hold (or just took) their
             # units: contention, not a shortage. No "no capacity" reason; the pass retries.
             return None
         reason = _shortage(deployment, cpu_only=cpu_only, units=units)
+        if needs is not None and needs.node_id is not None:
+            volume = next(v for v in needs.volumes if v.node_id == needs.node_id)
+            host = node_selectors.node_hostname(needs.node_id)
+            reason = (f"{VOLUME_WAIT_PREFIX}{volume.name} is on node {host}, which has no room for this replica now "
+                      f"({reason})")
         # A rolling restart's successor with no room: its predecessor may make room for it.
         changed = rolling.room_make(successor=replica)
         if replica.reason != reason:

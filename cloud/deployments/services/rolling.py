@@ -128,6 +128,24 @@ def room_make(*, successor: Replica) -> bool:
     return True
 
 
+def volume_hand_over(*, successor: Replica, volume_name: str) -> bool:
+    """`successor` waits for a read-write volume its predecessor's VM still holds (an ordinal
+    with one cannot surge): the predecessor drains and stops, ordinal by ordinal as room_make
+    does, so with per-replica volumes every other ordinal serves meanwhile. True when it did.
+    Caller holds the deployment's lock."""
+    deployment = successor.deployment
+    old = _predecessor(successor)
+    if old is None or old.desired != RUN:
+        return False  # nothing left to stop: the holder is on its way out already
+    others_leaving = (Replica.objects.filter(deployment=deployment, desired=STOP, node__isnull=False, vm_gone=False)
+                      .exclude(ordinal=old.ordinal).exists())
+    if others_leaving or (replica_up(old) and not _others_up(deployment, old.ordinal)):
+        return False  # the next ordinal waits until every other one serves again
+    replicas_stop(Replica.objects.filter(pk=old.pk),
+                  reason=f"handing read-write volume {volume_name} to generation {successor.generation}")
+    return True
+
+
 def successor_up(replica: Replica) -> None:
     """`replica` is up (a node's report): if it is a successor (a rolling restart's or a node
     drain's), the incarnation it replaces leaves the gateway's pool (drains) and stops. Its
