@@ -19,7 +19,7 @@ def operator(client):
 
 def _form(tenant, **changes) -> dict:
     return {"name": tenant.name, "max_gpus": tenant.max_gpus, "max_deployments": tenant.max_deployments,
-            "spend_limit": "", **changes}
+            "max_volume_gib": tenant.max_volume_gib, "spend_limit": "", **changes}
 
 
 def test_the_spend_limit_is_set_through_billings_service(operator, acme, monkeypatch,
