@@ -147,15 +147,17 @@ def ledger_credit(*, tenant, amount: Decimal, reason: str, kind: str = K.CREDIT,
 
 
 def funds_kick() -> None:
-    """Ask for a funds pass once this commits: a credit may cancel a pending stop. The task is
-    named, not imported: it belongs to the deployments app (imports run one way)."""
+    """Ask for the funds passes once this commits: a credit may cancel a pending stop or a
+    volume deletion. The tasks are named, not imported: the deployments app's belongs to it
+    (imports run one way), and billing's own (`billing.volumes_grace`) imports this module."""
 
     def send() -> None:
         from cloud.celery import app
 
-        try:
-            app.send_task("deployments.funds_enforce", ignore_result=True)
-        except Exception:  # noqa: BLE001 - the next metering pass runs it anyway
-            log.warning("could not queue a funds pass", exc_info=True)
+        for task in ("deployments.funds_enforce", "billing.volumes_grace"):
+            try:
+                app.send_task(task, ignore_result=True)
+            except Exception:  # noqa: BLE001 - the next metering pass runs it anyway
+                log.warning("could not queue %s", task, exc_info=True)
 
     transaction.on_commit(send)

@@ -95,13 +95,17 @@ def meter_volume_open(volume) -> None:
 def meter_volume_close(volume, at: datetime) -> datetime:
     """Called by the volumes app in the transaction that deletes `volume` (asked for at `at`):
     it is billed up to `at` and no further; the next pass writes its last record and closes
-    the meter. Returns where billing ends. Idempotent: a second call never moves the end.
-
-    Waits for a pass that holds the meter (FOR UPDATE): a pass that already metered past `at`
-    (its clock ran ahead of the caller's) has charged to there, so the end is never before what
-    was charged; a volume the metering never saw is opened here and ends at once."""
+    the meter. Returns where billing ends. Idempotent: a second call never moves the end. A
+    volume the metering never saw is opened here and ends at once."""
     volume_meters_open([{"volume_id": volume.pk, "tenant_id": volume.tenant_id, "created_at": volume.created_at}])
-    meter = Meter.objects.select_for_update().get(volume_id=volume.pk)
+    return volume_meter_end(volume_id=volume.pk, at=at)
+
+
+def volume_meter_end(*, volume_id, at: datetime) -> datetime:
+    """Ends the volume's meter at `at` unless it has an end already. Waits for a pass that holds
+    the meter (FOR UPDATE): one that already metered past `at` (its clock ran ahead of the
+    caller's) has charged to there, so the end is never before what was charged."""
+    meter = Meter.objects.select_for_update().get(volume_id=volume_id)
     if meter.ends_at is None:
         meter.ends_at = max(floor_second(at), meter.metered_to)
         meter.save(update_fields=["ends_at"])
