@@ -13,8 +13,7 @@ from django.db.migrations.executor import MigrationExecutor
 from tests.migrating import migrate, newest
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
-# volumes did not exist yet (its first migration needs a later accounts).
-BEFORE = [("accounts", "0001_initial"), ("billing", "0003_incarnations"), ("volumes", None)]
+BEFORE = [("accounts", "0001_initial"), ("billing", "0003_incarnations")]
 
 
 def migrate_before_volumes():
