@@ -159,6 +159,20 @@ def unit_price_expression(*, hardware_type_ref: str, location_ref: str, at: date
     return Coalesce(Subquery(own_or_shared), Subquery(list_price))
 
 
+def _price_checked(price: Decimal, field: str, *, effective_from: datetime | None,
+                   now: datetime | None) -> tuple[datetime, datetime]:
+    """(now, effective_from) in whole seconds for a new price, or InvalidInput: a price starts
+    now or later (nothing metered is re-priced) and is zero or more."""
+    now = floor_second(now or timezone.now())
+    effective_from = ceil_second(effective_from or now)
+    if effective_from < now:
+        raise InvalidInput("effective_from", "A price change takes effect now or later, never in the past: "
+                                             "what has been metered is never re-priced.", code="in_the_past")
+    if price < 0:
+        raise InvalidInput(field, "A price is zero or more.", code="min_value")
+    return now, effective_from
+
+
 @transaction.atomic
 def price_set(*, hardware_type, location, price: Decimal,
               effective_from: datetime | None = None, actor=None, reason: str = "",
@@ -166,13 +180,7 @@ def price_set(*, hardware_type, location, price: Decimal,
     """Adds a price from `effective_from` (now when omitted; never in the past, so nothing
     metered or being metered is re-priced). The catalog's list price follows the
     every-location price once it is in effect (`list_prices_sync`)."""
-    now = floor_second(now or timezone.now())
-    effective_from = ceil_second(effective_from or now)
-    if effective_from < now:
-        raise InvalidInput("effective_from", "A price change takes effect now or later, never in the past: "
-                                             "what has been metered is never re-priced.", code="in_the_past")
-    if price < 0:
-        raise InvalidInput("price_per_unit_hour", "A price is zero or more.", code="min_value")
+    now, effective_from = _price_checked(price, "price_per_unit_hour", effective_from=effective_from, now=now)
     if Price.objects.filter(hardware_type=hardware_type, location=location, effective_from=effective_from).exists():
         raise InvalidInput("effective_from", "This hardware type already has a price from that instant there.",
                            code="unique")
@@ -188,13 +196,7 @@ def volume_price_set(*, location, price: Decimal, effective_from: datetime | Non
                      reason: str = "", now: datetime | None = None) -> VolumePrice:
     """Adds a volume price per GiB-month in `location` (every location when None) from
     `effective_from` (now when omitted; never in the past), as `price_set` does for hardware."""
-    now = floor_second(now or timezone.now())
-    effective_from = ceil_second(effective_from or now)
-    if effective_from < now:
-        raise InvalidInput("effective_from", "A price change takes effect now or later, never in the past: "
-                                             "what has been metered is never re-priced.", code="in_the_past")
-    if price < 0:
-        raise InvalidInput("price_per_gib_month", "A price is zero or more.", code="min_value")
+    now, effective_from = _price_checked(price, "price_per_gib_month", effective_from=effective_from, now=now)
     if VolumePrice.objects.filter(location=location, effective_from=effective_from).exists():
         raise InvalidInput("effective_from", "Volumes already have a price from that instant there.", code="unique")
     return VolumePrice.objects.create(location=location, price_per_gib_month=price, effective_from=effective_from,

@@ -13,27 +13,14 @@ from django.utils import timezone
 from billing import link as billing_link
 from billing.metering import usage_close_intervals
 from billing.models import Meter, UsageRecord
-from tests.conftest import client_for
 from tests.deployments.conftest import h100  # noqa: F401
 from tests.deployments.factories import deployment_for
-from tests.factories import LocationFactory
 from volumes import services
 from volumes.keeper import VolumeKeeper
 from volumes.models import Volume, VolumeAttachment
 
 pytestmark = pytest.mark.django_db
 
-ALL = "volumes:read volumes:write deployments:read deployments:write"
-
-
-@pytest.fixture
-def loc(db):
-    return LocationFactory(slug="us-east-1")
-
-
-@pytest.fixture
-def api(alice):
-    return client_for(alice, scopes=ALL, tenant="acme")
 
 
 def test_create_opens_the_meter_and_delete_ends_it_where_it_was_asked(api, loc):
