@@ -7,8 +7,6 @@ from decimal import Decimal
 
 import pytest
 
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 
 from tests.migrating import migrate, newest
 
@@ -16,19 +14,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 BEFORE = [("accounts", "0001_initial"), ("billing", "0003_incarnations")]
 
 
-def migrate_before_volumes():
-    """`tests.migrating.migrate(BEFORE)` with the volumes app unapplied as well: volumes 0001
-    stands on accounts 0004 (and billing 0008 on volumes 0001), so it goes back too."""
-    executor = MigrationExecutor(connection)
-    targets = [*BEFORE, *(leaf for leaf in executor.loader.graph.leaf_nodes()
-                          if leaf[0] not in {"accounts", "billing", "volumes"})]
-    executor.migrate([*targets, ("volumes", None)])
-    executor.loader.build_graph()
-    return executor.loader.project_state(targets).apps
-
-
 def test_balances_become_opening_credits_and_prices_come_from_deployments():
-    old = migrate_before_volumes()
+    old = migrate(BEFORE)
     try:
         Tenant = old.get_model("accounts", "Tenant")
         HardwareType = old.get_model("nodes", "HardwareType")

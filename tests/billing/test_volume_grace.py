@@ -23,10 +23,10 @@ DAY = timedelta(days=1)
 
 @pytest.fixture
 def keeper():
-    keeper = RecordingKeeper()
+    keeper, registered = RecordingKeeper(), link.volume_keeper()
     link.register_volume_keeper(keeper)
     yield keeper
-    link.register_volume_keeper(None)
+    link.register_volume_keeper(registered)  # the volumes app's, for the tests after this one
 
 
 @pytest.fixture
@@ -129,7 +129,15 @@ def test_the_deployments_funds_pass_leaves_the_volumes_notice_alone(acme, broke,
     assert Tenant.objects.annotate(n=funds_notices_expression(tenant_ref="pk")).get(pk=acme.pk).n == []
 
 
-def test_without_a_keeper_nothing_is_deleted_and_the_notice_stays(acme, broke, caplog):
+@pytest.fixture
+def no_keeper():
+    registered = link.volume_keeper()
+    link.register_volume_keeper(None)
+    yield
+    link.register_volume_keeper(registered)
+
+
+def test_without_a_keeper_nothing_is_deleted_and_the_notice_stays(acme, broke, caplog, no_keeper):
     volumes_grace_enforce(now=T0 + timedelta(hours=3))
     volumes_grace_enforce(now=T0 + 8 * DAY)
     assert FundsNotice.objects.get(kind="volumes").closed_at is None

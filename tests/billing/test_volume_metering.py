@@ -168,11 +168,12 @@ def test_a_volume_the_metering_never_saw_is_metered_from_its_creation(acme, us_e
     Meter.objects.filter(volume=volume).delete()
     keeper.without_meter = [{"volume_id": volume.pk, "tenant_id": acme.pk, "created_at": T0,
                              "deleted_at": T0 + timedelta(minutes=30)}]
+    registered = link.volume_keeper()
     link.register_volume_keeper(keeper)
     try:
         usage_close_intervals(now=T0 + timedelta(hours=1))
     finally:
-        link.register_volume_keeper(None)
+        link.register_volume_keeper(registered)  # the volumes app's, for the tests after this one
     meter = Meter.objects.get(volume=volume)
     assert (meter.metered_from, meter.metered_to, meter.closed) == (T0, T0 + timedelta(minutes=30), True)
     assert meter.amount == exact(gib=100, seconds=1800)
