@@ -4,6 +4,7 @@ is refused here with the same message, shown at that field."""
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from django.db import transaction
@@ -25,16 +26,14 @@ SECRET_ROWS = 3
 VOLUME_ROWS = 2  # attach rows on the form; the API takes up to 8, PATCH (the API) the rest
 
 
-def _number(value: str):
+def form_number(value: str | None):
     # The API's integer fields are strict (no "2" for 2); a form only has text, so whole
-    # numbers become ints and anything else is passed on for the serializer to name.
-    value = value.strip()
+    # numbers become ints and anything else is passed on for the serializer to name. ASCII
+    # digits only: Python's int() also reads "1_000" and other scripts' digits, which JSON never carries.
+    value = (value or "").strip()
     if value == "":
         return None
-    try:
-        return int(value)
-    except ValueError:
-        return value
+    return int(value) if re.fullmatch(r"-?[0-9]{1,18}", value) else value
 
 
 def _env_lines(text: str, errors: dict) -> dict:
@@ -74,8 +73,8 @@ def body_from_form(post) -> tuple[dict, dict]:
     if post.get("name", "").strip():
         body["name"] = post["name"].strip()
     for field in INT_FIELDS:
-        body[field] = _number(post.get(field, ""))
-    locations = [_number(value) for value in post.getlist("location_ids") if value.strip()]
+        body[field] = form_number(post.get(field, ""))
+    locations = [form_number(value) for value in post.getlist("location_ids") if value.strip()]
     body["location_ids"] = locations or None
     body["env"] = _env_lines(post.get("env", ""), errors) or None
     secrets = {}
@@ -104,7 +103,7 @@ def volume_rows(post, errors: dict | None = None) -> list[tuple[str, dict]]:
         rows.append((f"volume_{i}", {"volume_id": volume_id.strip(), "mount_path": path, "mode": mode}))
     size, path = post.get("replica_volume_size", "").strip(), post.get("replica_volume_path", "").strip()
     if size or path:
-        rows.append(("replica_volume", {"size_gib": _number(size), "mount_path": path,
+        rows.append(("replica_volume", {"size_gib": form_number(size), "mount_path": path,
                                         "keep": post.get("replica_volume_keep") == "on"}))
     return rows
 

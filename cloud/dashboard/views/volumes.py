@@ -15,6 +15,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from cloud.dashboard.tenancy import tenant_view
+from cloud.dashboard.views.create import form_number
 from cloud.exceptions import ApplicationError, NotFound
 from nodes.selectors import locations_list
 from volumes import selectors, services
@@ -23,21 +24,11 @@ from volumes.serializers import NAME_HELP, VolumeCreateInput
 PAGE_SIZE = 20
 
 
-def _number(value: str):
-    # The API's integers are strict; a form posts text. Whole numbers become ints, anything
-    # else goes on to the serializer, which names it at its field.
-    value = (value or "").strip()
-    try:
-        return int(value)
-    except ValueError:
-        return value or None
-
-
 def _create(request) -> tuple[dict, dict]:
     """Creates the volume the form asks for; returns (errors by field, what to put back)."""
     post = request.POST
-    body = {"name": post.get("name", "").strip(), "size_gib": _number(post.get("size_gib")),
-            "location_id": _number(post.get("location_id"))}
+    body = {"name": post.get("name", "").strip(), "size_gib": form_number(post.get("size_gib")),
+            "location_id": form_number(post.get("location_id"))}
     errors: dict[str, list[str]] = {}
     serializer = VolumeCreateInput(data={k: v for k, v in body.items() if v is not None})
     if not serializer.is_valid():
