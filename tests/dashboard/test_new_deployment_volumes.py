@@ -149,3 +149,9 @@ def test_an_unknown_volume_id_is_the_same_words_as_another_tenants(alice_browser
     missing = uuid.uuid4()
     response = alice_browser.post("/deployments/new/", form(h100, volume_id=[str(missing)], volume_path=["/d"]))
     assert response.context["errors"]["volumes"] == [f"No volume {missing}. See GET /api/v1/volumes."]
+
+
+def test_without_volumes_the_form_points_to_the_volumes_page(alice_browser, acme, h100):
+    body = alice_browser.get("/deployments/new/").content.decode()
+    assert 'name="volume_id"' not in body and 'href="/volumes/">make one</a>' in body
+    assert 'name="replica_volume_size"' in body  # a per-replica volume needs none made first
