@@ -16,10 +16,13 @@ from django.utils.html import format_html
 
 from accounts.admin import TenantAdmin, TenantChangeForm, tenant_admin_replace
 from billing import services
-from billing.models import FundsNotice, LedgerEntry, MeterRun, Price, UsageDaily, UsageRecord
+from billing.models import FundsNotice, LedgerEntry, MeterRun, Price, UsageDaily, UsageRecord, VolumePrice
+from billing.money import HOURS_PER_MONTH
+from billing.prices import PriceBook
 from billing.reports import billing_report
 from billing.selectors import balance_expression
 from cloud.admin import ReadOnlyAdminMixin, service_dry_run
+from nodes.selectors import locations_list
 
 
 class PriceForm(forms.ModelForm):
@@ -66,6 +69,72 @@ class PriceAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         entry = services.price_set(hardware_type=obj.hardware_type, location=obj.location, price=obj.price_per_unit_hour,
                                    effective_from=obj.effective_from, actor=request.user, reason=obj.reason)
+        obj.pk = entry.pk
+
+
+class VolumePriceForm(forms.ModelForm):
+    class Meta:
+        model = VolumePrice
+        fields = ["location", "price_per_gib_month", "effective_from", "reason"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["effective_from"].initial = timezone.now().replace(microsecond=0)
+
+    def clean(self):
+        data = super().clean()
+        if not self.errors:
+            service_dry_run(self, lambda: services.volume_price_set(
+                location=data.get("location"), price=data["price_per_gib_month"], effective_from=data["effective_from"]))
+        return data
+
+
+@admin.register(VolumePrice)
+class VolumePriceAdmin(admin.ModelAdmin):
+    """The volumes' price book: USD per provisioned GiB-month per location (a row without a
+    location is every location without its own; with no row at all, VOLUME_PRICE_PER_GIB_MONTH).
+    Same rules as the hardware prices: a change is a new row from now or later."""
+
+    form = VolumePriceForm
+    list_display = ["location_or_every", "price_per_gib_month", "per_gib_hour", "effective_from", "in_effect",
+                    "created_by", "reason"]
+    list_filter = ["location"]
+    search_fields = ["location__slug", "reason"]
+    list_select_related = ["location", "created_by"]
+    date_hierarchy = "effective_from"
+
+    @admin.display(description="location", ordering="location__slug")
+    def location_or_every(self, obj: VolumePrice) -> str:
+        return obj.location.slug if obj.location_id else "every location"
+
+    @admin.display(description="per GiB-hour")
+    def per_gib_hour(self, obj: VolumePrice) -> str:
+        return f"{obj.price_per_gib_month / HOURS_PER_MONTH:.10f}"
+
+    @admin.display(boolean=True, description="in effect")
+    def in_effect(self, obj: VolumePrice) -> bool:
+        return obj.effective_from <= timezone.now()
+
+    def changelist_view(self, request, extra_context=None):
+        # What a GiB-month costs now in each location, whether from a row or the default.
+        now = timezone.now()
+        book = PriceBook.load(hardware_type_ids=set(), volumes=True)
+        current = [(location.slug, book.volume_at(location_id=location.pk, at=now))
+                   for location in locations_list().order_by("slug")]
+        self.message_user(request, "Now, per GiB-month: " + (", ".join(f"{slug} {price:.4f} USD" for slug, price in current)
+                                                            or f"{book.volume_at(location_id=None, at=now):.4f} USD "
+                                                               "everywhere"), messages.INFO)
+        return super().changelist_view(request, extra_context)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is not None and obj.effective_from > timezone.now()
+
+    def save_model(self, request, obj, form, change):
+        entry = services.volume_price_set(location=obj.location, price=obj.price_per_gib_month,
+                                          effective_from=obj.effective_from, actor=request.user, reason=obj.reason)
         obj.pk = entry.pk
 
 
@@ -126,11 +195,12 @@ class LedgerEntryAdmin(admin.ModelAdmin):
 class UsageRecordAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Written only by the metering task."""
 
-    list_display = ["period_start", "period_end", "seconds", "tenant", "deployment", "replica", "hardware_type",
-                    "location", "gpus", "units", "price_per_unit_hour", "amount"]
+    list_display = ["period_start", "period_end", "seconds", "tenant", "deployment", "replica", "volume",
+                    "hardware_type", "location", "gpus", "units", "price_per_unit_hour", "price_per_gib_month", "amount"]
     list_filter = ["hardware_type", "location"]
     search_fields = ["tenant__slug", "deployment__name"]
-    list_select_related = ["tenant", "deployment", "replica", "replica__deployment", "hardware_type", "location"]
+    list_select_related = ["tenant", "deployment", "replica", "replica__deployment", "volume", "hardware_type",
+                           "location"]
     date_hierarchy = "period_start"
     show_full_result_count = False
 

@@ -30,6 +30,9 @@ def _gpu_hours(gpu_seconds) -> str:
     return money_str((gpu_seconds or 0) / SECONDS_PER_HOUR)
 
 
+_gib_hours = _gpu_hours  # GiB x seconds to GiB-hours: the same division
+
+
 class BillingView(APIView):
     read_scopes = ["billing:read"]
     write_scopes = ["billing:write"]  # a read scope never authorises a write
@@ -54,7 +57,8 @@ class UsageView(BillingView):
     pagination_class = paginator("usage")
 
     @extend_schema(
-        summary="Usage by deployment, day or hardware type (one row per deployment within each group)",
+        summary="Usage by deployment, day, hardware type or volume (one row per deployment or volume within each "
+                "group)",
         parameters=[UsageQuery, OpenApiParameter("from", OpenApiTypes.DATE, description="First UTC day included "
                                                  "(default: the first of this month)."),
                     OpenApiParameter("page", OpenApiTypes.INT), OpenApiParameter("limit", OpenApiTypes.INT)],
@@ -75,7 +79,9 @@ class UsageView(BillingView):
         return Response({
             "usage": [_usage_row(row, group_by) for row in rows],
             "totals": {"amount": money_str(totals["amount"]), "seconds": totals["seconds"],
-                       "gpu_hours": _gpu_hours(totals["gpu_seconds"])},
+                       "gpu_hours": _gpu_hours(totals["gpu_seconds"]),
+                       "volumes_amount": money_str(totals["volumes_amount"]),
+                       "gib_hours": _gib_hours(totals["gib_seconds"])},
             "from": first, "to": last, "group_by": group_by, "pagination": pages.pagination_meta(),
         })
 
@@ -87,9 +93,12 @@ def _this_month() -> tuple[int, int]:
 
 def _usage_row(row: dict, group_by: str) -> dict:
     return {
+        "kind": "volume" if row["volume_id"] is not None else "deployment",
         "day": row.get("day"), "deployment_id": row["deployment_id"], "deployment_name": row["deployment__name"],
         "hardware_id": row["hardware_type_id"], "hardware": row["hardware_type__slug"],
+        "volume_id": row["volume_id"], "volume_name": row["volume__name"],
         "amount": money_str(row["amount"]), "seconds": row["seconds"], "gpu_hours": _gpu_hours(row["gpu_seconds"]),
+        "gib_hours": _gib_hours(row["gib_seconds"]),
     }
 
 

@@ -72,12 +72,14 @@ def charges_append_for_staged(cursor, *, table: str, at: datetime) -> None:
     tenants_lock(tenant_ids=[tenant_id for (tenant_id,) in cursor.fetchall()])
     cursor.execute(f"""
         WITH made AS (
-            INSERT INTO {records} (tenant_id, deployment_id, replica_id, hardware_type_id, location_id, period_start,
-                                   period_end, seconds, gpus, units, price_per_unit_hour, amount)
-            SELECT tenant_id, deployment_id, replica_id, hardware_type_id, location_id, period_start, period_end,
-                   seconds, gpus, units, price, amount
+            INSERT INTO {records} (tenant_id, deployment_id, replica_id, volume_id, hardware_type_id, location_id,
+                                   period_start, period_end, seconds, gpus, units, price_per_unit_hour,
+                                   price_per_gib_month, amount)
+            SELECT tenant_id, deployment_id, replica_id, volume_id, hardware_type_id, location_id, period_start,
+                   period_end, seconds, gpus, units, price, price_month, amount
             FROM {table} ORDER BY ord
-            RETURNING id, tenant_id, amount, seconds, units, price_per_unit_hour, period_start, period_end
+            RETURNING id, tenant_id, amount, seconds, units, price_per_unit_hour, price_per_gib_month, volume_id,
+                      period_start, period_end
         ), heads AS (
             SELECT t.tenant_id, coalesce(l.seq, 0) AS seq, coalesce(l.balance_after, 0) AS balance
             FROM (SELECT DISTINCT tenant_id FROM made) t
@@ -90,9 +92,13 @@ def charges_append_for_staged(cursor, *, table: str, at: datetime) -> None:
                'charge', -made.amount,
                heads.balance - sum(made.amount) OVER w,
                made.id, 'system:metering',
-               format('%%s s x %%s unit(s) at %%s/h (%%s-%%s)', made.seconds, made.units, made.price_per_unit_hour,
-                      to_char(made.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS"Z"'),
-                      to_char(made.period_end AT TIME ZONE 'UTC', 'HH24:MI:SS"Z"')),
+               CASE WHEN made.volume_id IS NULL
+                    THEN format('%%s s x %%s unit(s) at %%s/h', made.seconds, made.units, made.price_per_unit_hour)
+                    ELSE format('volume %%s: %%s s x %%s GiB at %%s/GiB-month', made.volume_id, made.seconds,
+                                made.units, made.price_per_gib_month)
+               END
+               || format(' (%%s-%%s)', to_char(made.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS"Z"'),
+                         to_char(made.period_end AT TIME ZONE 'UTC', 'HH24:MI:SS"Z"')),
                %s
         FROM made JOIN heads USING (tenant_id)
         WINDOW w AS (PARTITION BY made.tenant_id ORDER BY made.id)
@@ -141,15 +147,17 @@ def ledger_credit(*, tenant, amount: Decimal, reason: str, kind: str = K.CREDIT,
 
 
 def funds_kick() -> None:
-    """Ask for a funds pass once this commits: a credit may cancel a pending stop. The task is
-    named, not imported: it belongs to the deployments app (imports run one way)."""
+    """Ask for the funds passes once this commits: a credit may cancel a pending stop or a
+    volume deletion. The tasks are named, not imported: the deployments app's belongs to it
+    (imports run one way), and billing's own (`billing.volumes_grace`) imports this module."""
 
     def send() -> None:
         from cloud.celery import app
 
-        try:
-            app.send_task("deployments.funds_enforce", ignore_result=True)
-        except Exception:  # noqa: BLE001 - the next metering pass runs it anyway
-            log.warning("could not queue a funds pass", exc_info=True)
+        for task in ("deployments.funds_enforce", "billing.volumes_grace"):
+            try:
+                app.send_task(task, ignore_result=True)
+            except Exception:  # noqa: BLE001 - the next metering pass runs it anyway
+                log.warning("could not queue %s", task, exc_info=True)
 
     transaction.on_commit(send)

@@ -9,6 +9,9 @@ MONEY_DIGITS = 16
 MONEY_PLACES_N = 6
 MONEY_PLACES = Decimal("0.000001")
 SECONDS_PER_HOUR = Decimal(3600)
+# A volume is priced per GiB-month and a month is 730 hours (8760 / 12), as AWS and GCP count it.
+HOURS_PER_MONTH = Decimal(730)
+SECONDS_PER_MONTH = SECONDS_PER_HOUR * HOURS_PER_MONTH
 
 
 def quantize_money(amount) -> Decimal:
@@ -31,6 +34,13 @@ def hourly_cost(*, price_per_gpu_hour: Decimal, gpus_per_container: int, replica
     return quantize_money(Decimal(price_per_gpu_hour) * billable_units(gpus_per_container) * replica_count)
 
 
-def cost_of(*, unit_price_seconds: Decimal) -> Decimal:
-    """Sum of price x units x seconds, in USD: the one rounding a metered amount gets."""
-    return quantize_money(Decimal(unit_price_seconds) / SECONDS_PER_HOUR)
+def volume_hourly_cost(*, price_per_gib_month: Decimal, size_gib: int) -> Decimal:
+    """What a volume of `size_gib` costs per hour: GiB x the monthly price / 730."""
+    return quantize_money(Decimal(price_per_gib_month) * size_gib / HOURS_PER_MONTH)
+
+
+def cost_of(*, unit_price_seconds: Decimal, per: Decimal = SECONDS_PER_HOUR) -> Decimal:
+    """Sum of price x units x seconds, in USD: the one rounding a metered amount gets. `per` is
+    the seconds the price is for: an hour (replicas), or a month of 730 hours (volumes), so the
+    division by 730 is never rounded on its own."""
+    return quantize_money(Decimal(unit_price_seconds) / per)

@@ -1,5 +1,6 @@
 """Operators' figures over a period, from the daily sums (never a scan of the usage records):
-revenue by day, GPU-hours sold by hardware type, and utilisation per location.
+revenue by day (volumes included), GPU-hours sold by hardware type (and volumes' GiB-hours on a
+row of their own), and utilisation per location (GPUs only).
 
 Utilisation is allocated GPU-hours (metered GPU-seconds: GPUs held by running replicas) over
 total GPU-hours (the location's GPUs x the period's hours). The fleet's size is not kept as
@@ -32,9 +33,14 @@ def billing_report(*, first: date, last: date) -> dict:
     revenue = [{"day": first + timedelta(days=i), "amount": quantize_money(by_day.get(first + timedelta(days=i), (0, 0))[0]),
                 "gpu_hours": _hours(by_day.get(first + timedelta(days=i), (0, 0))[1])} for i in range(days)]
     hardware = [{"hardware": slug, "name": name, "gpu_hours": _hours(s), "amount": quantize_money(a)}
-                for slug, name, s, a in rows.values("hardware_type__slug", "hardware_type__name")
+                for slug, name, s, a in rows.filter(volume__isnull=True)
+                .values("hardware_type__slug", "hardware_type__name")
                 .annotate(s=Sum("gpu_seconds"), a=Sum("amount")).order_by("hardware_type__slug")
                 .values_list("hardware_type__slug", "hardware_type__name", "s", "a")]
+    volumes = rows.filter(volume__isnull=False).aggregate(a=Sum("amount"), gib=Sum("gib_seconds"))
+    if volumes["a"] is not None:  # volume storage sold: GiB-hours in the GPU-hours column's place
+        hardware.append({"hardware": "volumes", "name": "Volume storage (GiB-hours)",
+                         "gpu_hours": _hours(volumes["gib"]), "amount": quantize_money(volumes["a"])})
     sold = dict(rows.values("location_id").annotate(s=Sum("gpu_seconds")).values_list("location_id", "s"))
     fleet = gpus_by_location()
     locations = []

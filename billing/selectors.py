@@ -11,12 +11,12 @@ from decimal import Decimal
 
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db import connection
-from django.db.models import Case, DecimalField, ExpressionWrapper, F, Func, OuterRef, Subquery, Sum, Value, When
+from django.db.models import Case, DecimalField, ExpressionWrapper, F, Func, OuterRef, Q, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce, Greatest, JSONObject, Least
 from django.utils import timezone
 
 from billing.models import FundsNotice, LedgerEntry, Meter, UsageDaily, UsageRecord
-from billing.money import SECONDS_PER_HOUR, billable_units, quantize_money
+from billing.money import HOURS_PER_MONTH, SECONDS_PER_HOUR, billable_units, quantize_money
 from billing.prices import PriceBook, floor_second, unit_price_expression
 
 ZERO = Decimal("0")
@@ -85,23 +85,44 @@ def spend_this_month_by_tenant(*, tenant_ids, now: datetime | None = None) -> di
 
 
 def _accruing_meters():
-    return Meter.objects.filter(closed=False, replica__stopped_at__isnull=True, replica__ended_at__isnull=True)
+    return Meter.objects.filter(closed=False, replica__isnull=False, replica__stopped_at__isnull=True,
+                                replica__ended_at__isnull=True)
+
+
+def _accruing_volume_meters():
+    return Meter.objects.filter(closed=False, volume__isnull=False, ends_at__isnull=True)
 
 
 def burn_rates(*, tenant_ids=None, now: datetime | None = None) -> dict[int, Decimal]:
-    """USD per hour each tenant's running incarnations cost at today's prices."""
+    """USD per hour each tenant's running incarnations and live volumes cost at today's prices
+    (a volume: its GiB x the price per GiB-month / 730)."""
     now = now or timezone.now()
-    meters = _accruing_meters()
+    meters, volumes = _accruing_meters(), _accruing_volume_meters()
     if tenant_ids is not None:
         meters = meters.filter(tenant_id__in=list(tenant_ids))
+        volumes = volumes.filter(tenant_id__in=list(tenant_ids))
     rows = list(meters.values_list("tenant_id", "deployment__gpus_per_container", "deployment__hardware_type_id",
                                    "replica__node__location_id"))
-    book = PriceBook.load(hardware_type_ids={hw for _, _, hw, _ in rows})
+    volume_rows = list(volumes.values_list("tenant_id", "volume__size_gib", "volume__location_id"))
+    book = PriceBook.load(hardware_type_ids={hw for _, _, hw, _ in rows}, volumes=bool(volume_rows))
     rates: dict[int, Decimal] = {}
     for tenant_id, gpus, hw, loc in rows:
         price = book.at(hardware_type_id=hw, location_id=loc, at=now)
         rates[tenant_id] = rates.get(tenant_id, ZERO) + price * billable_units(gpus)
+    for tenant_id, gib, loc in volume_rows:
+        price = book.volume_at(location_id=loc, at=now)
+        rates[tenant_id] = rates.get(tenant_id, ZERO) + price * gib / HOURS_PER_MONTH
     return {tenant_id: quantize_money(rate) for tenant_id, rate in rates.items()}
+
+
+def funds_exhausted_by(*, balance: Decimal, spent: Decimal, limit: Decimal | None) -> str | None:
+    """Why a tenant is out of funds (`balance`: none left; `spend_limit`: its monthly limit is
+    reached), or None: the rule that stops its deployments and, days later, deletes its volumes."""
+    if balance <= 0:
+        return "balance"
+    if limit is not None and spent >= limit:
+        return "spend_limit"
+    return None
 
 
 @dataclass(frozen=True)
@@ -196,17 +217,46 @@ def deployment_cost_for(*, deployment_id, now: datetime | None = None) -> Decima
     return quantize_money(metered + accruing)
 
 
+# The notices about deployments (the deployments app's funds pass opens and closes them); the
+# `volumes` notice is billing's own (billing.grace) and outlives the deployments it stopped.
+DEPLOYMENT_NOTICE_KINDS = (FundsNotice.Kind.LOW_BALANCE, FundsNotice.Kind.EXHAUSTED)
+
+
 def funds_notices_expression(*, tenant_ref: str = "tenant_id") -> ArraySubquery:
-    """The tenant's open funds notices as a JSON array (kind, cause, message, stop_at)."""
+    """The tenant's open funds notices about deployments as a JSON array (kind, cause, message,
+    stop_at)."""
     return ArraySubquery(
-        FundsNotice.objects.filter(tenant_id=OuterRef(tenant_ref), closed_at__isnull=True).order_by("kind")
+        FundsNotice.objects.filter(tenant_id=OuterRef(tenant_ref), closed_at__isnull=True,
+                                   kind__in=DEPLOYMENT_NOTICE_KINDS).order_by("kind")
         .values(json=JSONObject(kind="kind", cause="cause", message="message", stop_at="stop_at"))
     )
 
 
+def volume_notices_open(*, tenant_ids=None) -> dict[int, FundsNotice]:
+    """{tenant id: its open `volumes` notice} (every tenant's when `tenant_ids` is None)."""
+    notices = FundsNotice.objects.filter(closed_at__isnull=True, kind=FundsNotice.Kind.VOLUMES)
+    if tenant_ids is not None:
+        notices = notices.filter(tenant_id__in=list(tenant_ids))
+    return {notice.tenant_id: notice for notice in notices}
+
+
+def live_volumes_by_tenant(*, tenant_ids=None) -> dict[int, list[tuple]]:
+    """{tenant id: [(volume id, name, GiB), ...]} of the volumes billing meters now (created,
+    not deleted), oldest first: what a tenant out of funds would lose."""
+    meters = _accruing_volume_meters()
+    if tenant_ids is not None:
+        meters = meters.filter(tenant_id__in=list(tenant_ids))
+    out: dict[int, list[tuple]] = {}
+    for tenant_id, volume_id, name, gib in (meters.order_by("metered_from", "id")
+                                            .values_list("tenant_id", "volume_id", "volume__name", "volume__size_gib")):
+        out.setdefault(tenant_id, []).append((volume_id, name, gib))
+    return out
+
+
 def open_notices_for(*, tenant_ids=None) -> dict[int, dict[str, FundsNotice]]:
-    """{tenant id: {kind: notice}} of open funds notices (of every tenant when `tenant_ids` is None)."""
-    notices = FundsNotice.objects.filter(closed_at__isnull=True)
+    """{tenant id: {kind: notice}} of open funds notices about deployments (of every tenant
+    when `tenant_ids` is None)."""
+    notices = FundsNotice.objects.filter(closed_at__isnull=True, kind__in=DEPLOYMENT_NOTICE_KINDS)
     if tenant_ids is not None:
         notices = notices.filter(tenant_id__in=list(tenant_ids))
     out: dict[int, dict[str, FundsNotice]] = {}
@@ -217,31 +267,42 @@ def open_notices_for(*, tenant_ids=None) -> dict[int, dict[str, FundsNotice]]:
 
 # --- usage and statements -----------------------------------------------------------------------
 
-_ROW = ("deployment_id", "deployment__name", "hardware_type_id", "hardware_type__slug")
-# Every row is one deployment's (its hardware is fixed at creation); `day` adds the day to the key.
-GROUPINGS = {"deployment": _ROW, "day": ("day", *_ROW), "hardware": _ROW}
+_ROW = ("deployment_id", "deployment__name", "hardware_type_id", "hardware_type__slug", "volume_id", "volume__name")
+# Every row is one deployment's (its hardware is fixed at creation) or one volume's; `day` adds
+# the day to the key. `volume` lists the volumes' rows only.
+GROUPINGS = {"deployment": _ROW, "day": ("day", *_ROW), "hardware": _ROW, "volume": _ROW}
+# PostgreSQL puts NULLs last in ascending order: the volumes' rows (no deployment, no hardware)
+# come after the deployments' within each group.
 _ORDER = {
-    "deployment": ("-amount", "deployment_id"),
-    "day": ("day", "deployment_id"),
-    "hardware": ("hardware_type_id", "-amount", "deployment_id"),
+    "deployment": ("-amount", "deployment_id", "volume_id"),
+    "day": ("day", "deployment_id", "volume_id"),
+    "hardware": ("hardware_type_id", "-amount", "deployment_id", "volume_id"),
+    "volume": ("-amount", "volume_id"),
 }
 
 
 def usage_for(*, tenant, first: date, last: date, group_by: str):
     """The tenant's usage from `first` to `last` (UTC days, both included), one row per
-    deployment within each group (`day` or `hardware`, or just per deployment): amount,
-    seconds and GPU-seconds behind it. Rows of deleted deployments are kept: they were used."""
-    return (UsageDaily.objects.filter(tenant=tenant, day__gte=first, day__lte=last)
-            .values(*GROUPINGS[group_by])
-            .annotate(amount=Sum("amount"), seconds=Sum("seconds"), gpu_seconds=Sum("gpu_seconds"))
+    deployment or volume within each group (`day` or `hardware`, or just per deployment and
+    volume; `volume`: the volumes only): amount, seconds, GPU-seconds and GiB-seconds behind it.
+    Rows of deleted deployments and volumes are kept: they were used."""
+    rows = UsageDaily.objects.filter(tenant=tenant, day__gte=first, day__lte=last)
+    if group_by == "volume":
+        rows = rows.filter(volume__isnull=False)
+    return (rows.values(*GROUPINGS[group_by])
+            .annotate(amount=Sum("amount"), seconds=Sum("seconds"), gpu_seconds=Sum("gpu_seconds"),
+                      gib_seconds=Sum("gib_seconds"))
             .order_by(*_ORDER[group_by]))
 
 
 def usage_totals_for(*, tenant, first: date, last: date) -> dict:
+    # Aliases apart from the column names: an aggregate named `amount` would shadow the column
+    # for the filtered sum after it.
     totals = UsageDaily.objects.filter(tenant=tenant, day__gte=first, day__lte=last).aggregate(
-        amount=Sum("amount"), seconds=Sum("seconds"), gpu_seconds=Sum("gpu_seconds"))
-    return {"amount": totals["amount"] or ZERO, "seconds": totals["seconds"] or 0,
-            "gpu_seconds": totals["gpu_seconds"] or 0}
+        a=Sum("amount"), s=Sum("seconds"), g=Sum("gpu_seconds"), gib=Sum("gib_seconds"),
+        va=Sum("amount", filter=Q(volume__isnull=False)))
+    return {"amount": totals["a"] or ZERO, "seconds": totals["s"] or 0, "gpu_seconds": totals["g"] or 0,
+            "gib_seconds": totals["gib"] or 0, "volumes_amount": totals["va"] or ZERO}
 
 
 def statement_records_for(*, tenant, year: int, month: int):
@@ -254,4 +315,5 @@ def statement_records_for(*, tenant, year: int, month: int):
             .order_by("period_start", "id")
             .values_list("id", "period_start", "period_end", "deployment_id", "deployment__name", "replica__uid",
                          "replica__ordinal", "replica__generation", "hardware_type__slug", "location__slug", "gpus",
-                         "units", "seconds", "price_per_unit_hour", "amount"))
+                         "units", "seconds", "price_per_unit_hour", "amount", "volume_id", "volume__name",
+                         "price_per_gib_month"))

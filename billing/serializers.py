@@ -24,7 +24,8 @@ class BalanceOutput(serializers.Serializer):
     currency = serializers.CharField()
     spend_this_month = serializers.CharField(help_text="USD metered since the first of this month (UTC).")
     spend_limit = serializers.CharField(allow_null=True, help_text="Monthly spend limit in USD; null for none.")
-    burn_rate_per_hour = serializers.CharField(help_text="USD per hour the running replicas cost now.")
+    burn_rate_per_hour = serializers.CharField(help_text="USD per hour the running replicas and the live volumes "
+                                                         "cost now.")
     hours_left = serializers.CharField(allow_null=True, help_text="Hours until the balance runs out at that rate "
                                                                  "(two places); null when nothing runs.")
     as_of = serializers.DateTimeField()
@@ -52,20 +53,26 @@ class UsageQuery(serializers.Serializer):
 
 
 class UsageRowOutput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["deployment", "volume"], help_text="What the row is of.")
     day = serializers.DateField(allow_null=True, help_text="With group_by=day: the UTC day.")
-    deployment_id = serializers.UUIDField()
-    deployment_name = serializers.CharField()
-    hardware_id = serializers.IntegerField()
-    hardware = serializers.CharField(help_text="The hardware type's slug.")
+    deployment_id = serializers.UUIDField(allow_null=True, help_text="null on a volume's row.")
+    deployment_name = serializers.CharField(allow_null=True)
+    hardware_id = serializers.IntegerField(allow_null=True, help_text="null on a volume's row.")
+    hardware = serializers.CharField(allow_null=True, help_text="The hardware type's slug.")
+    volume_id = serializers.UUIDField(allow_null=True, help_text="null on a deployment's row.")
+    volume_name = serializers.CharField(allow_null=True)
     amount = serializers.CharField(help_text="USD, six places.")
-    seconds = serializers.IntegerField(help_text="Replica-seconds metered.")
+    seconds = serializers.IntegerField(help_text="Replica-seconds metered (a volume's row: seconds it existed).")
     gpu_hours = serializers.CharField(help_text="GPUs x hours behind the amount (0 on CPU-only hardware).")
+    gib_hours = serializers.CharField(help_text="A volume's provisioned GiB x hours behind the amount.")
 
 
 class UsageTotalsOutput(serializers.Serializer):
     amount = serializers.CharField()
     seconds = serializers.IntegerField()
     gpu_hours = serializers.CharField()
+    volumes_amount = serializers.CharField(help_text="The part of `amount` that volumes cost.")
+    gib_hours = serializers.CharField()
 
 
 class PaginationOutput(serializers.Serializer):

@@ -330,7 +330,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"EndpointAccessEnum": "protocol.vocabulary.ENDPOINT_ACCESSES"},
+    "ENUM_NAME_OVERRIDES": {"EndpointAccessEnum": "protocol.vocabulary.ENDPOINT_ACCESSES",
+                            "VolumeModeEnum": "protocol.vocabulary.VOLUME_MODES"},
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "cloud.openapi.add_problem_responses"],
     "AUTHENTICATION_WHITELIST": ["oauth2_provider.contrib.rest_framework.OAuth2Authentication"],
     "OAUTH2_FLOWS": ["authorizationCode", "clientCredentials"],
@@ -370,6 +371,11 @@ WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", "")
 # credit is added (or the limit raised) first.
 BALANCE_WARNING_HOURS = float(os.environ.get("BALANCE_WARNING_HOURS", "24"))
 FUNDS_GRACE_MINUTES = float(os.environ.get("FUNDS_GRACE_MINUTES", "15"))
+# Volumes (issue 26): the price per provisioned GiB-month where the volumes' price book has no
+# entry, and how long a tenant out of funds keeps its volumes (an email and an event at the
+# start) before they are deleted, unless funds come back first.
+VOLUME_PRICE_PER_GIB_MONTH = os.environ.get("VOLUME_PRICE_PER_GIB_MONTH", "0.10")
+VOLUME_GRACE_DAYS = float(os.environ.get("VOLUME_GRACE_DAYS", "7"))
 # Mail to tenants' owners goes through this backend: SMTP in production (EMAIL_HOST, ...),
 # the console locally.
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

@@ -56,6 +56,9 @@ PRIVATE = "private"
 PUBLIC = "public"
 ENDPOINT_ACCESSES = (PRIVATE, PUBLIC)
 
+# How a volume is mounted inside a replica (protocol.wire.VolumeMount.mode).
+VOLUME_MODES = ("rw", "ro")
+
 # -- nodes ---------------------------------------------------------------------------------------
 
 JOINING = "joining"

@@ -12,3 +12,8 @@ class VolumesConfig(AppConfig):
         from volumes.sink import NodeVolumeSink
 
         link.register_volume_sink(NodeVolumeSink())
+
+        from billing import link as billing_link
+        from volumes.keeper import VolumeKeeper
+
+        billing_link.register_volume_keeper(VolumeKeeper())

@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.selectors import tenant_for_update
+from billing import services as billing_services
 from cloud.exceptions import Conflict, InvalidInput, QuotaExceeded
 from nodes import link as node_link
 from nodes import selectors as node_selectors
@@ -66,6 +67,7 @@ def volume_create(*, tenant, actor, name: str, size_gib: int, location_id: int) 
             {"field": "name", "message": "This name is already used by another volume.", "code": "unique"}])
     _quota_check(tenant=locked, adding_gib=size_gib)
     volume = Volume.objects.create(tenant=locked, name=name, size_gib=size_gib, location=location)
+    billing_services.meter_volume_open(volume)  # billed per provisioned GiB from now until deleted
     _event(volume, "volume.created", size_gib=size_gib, location=location.slug, actor=_actor(actor))
     return volume
 
@@ -79,6 +81,8 @@ def _actor(actor) -> str | None:
 def _erase(volume: Volume, *, reason: str, actor) -> None:
     """Caller holds the volume's row lock and checked nothing holds it."""
     now = timezone.now()
+    # Billed until the customer (or the grace period) asked for it to go, not while it is erased.
+    billing_services.meter_volume_close(volume, now)
     if volume.node_id is None:
         # Never placed: no file anywhere, nothing to erase.
         volume.state, volume.deleted_at = S.DELETED, now
@@ -382,6 +386,7 @@ def _owned_create(*, deployment, ordinal: int, template: VolumeTemplate, node) -
         volume = Volume.objects.create(tenant_id=deployment.tenant_id, name=name, size_gib=template.size_gib,
                                        location_id=node.location_id, node=node, state=S.READY,
                                        owner_deployment=deployment, ordinal=ordinal, keep=template.keep)
+    billing_services.meter_volume_open(volume)
     _event(volume, "volume.created", deployment_id=deployment.pk, size_gib=volume.size_gib, ordinal=ordinal,
            node=node.hostname, per_replica=True)
     return volume

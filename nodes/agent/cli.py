@@ -41,7 +41,7 @@ from nodes.agent.runtime_build import DEFAULT_BRIDGE, DEFAULT_SUBNET, build_runt
 from nodes.agent.runtime_health import DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_INTERVAL_S
 from nodes.agent.simulate import BOARDS, SimulatedSysfs, build_tree
 from nodes.agent.sysfs import Sysfs
-from protocol.wire import Inventory, ReplicaSpec
+from protocol.wire import Inventory, ReplicaSpec, VolumeMount
 from protocol.vocabulary import FAILED
 
 if TYPE_CHECKING:
@@ -74,6 +74,20 @@ def _entrypoint(text: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise argparse.ArgumentTypeError("--entrypoint must be a JSON list of strings")
     return value
+
+
+def _volume(text: str) -> VolumeMount:
+    """`ID:SIZE_GIB:MOUNT_PATH[:ro]`, checked as the wire checks one (a mount path holds no colon)."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("ro", "rw")) or not parts[1].isdigit():
+        raise argparse.ArgumentTypeError(f"expected --volume ID:SIZE_GIB:MOUNT_PATH[:ro], got {text!r}")
+    volume = VolumeMount(volume_id=parts[0], size_gib=int(parts[1]), mount_path=parts[2],
+                         mode=parts[3] if len(parts) == 4 else "rw")
+    try:
+        volume.check()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return volume
 
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -180,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpu", action="append", dest="gpus", default=[], metavar="BDF",
                      help="pass this GPU (PCI address) through; repeatable")
 
+    run.add_argument("--volume", type=_volume, action="append", dest="volumes", default=[],
+                     metavar="ID:SIZE_GIB:PATH[:ro]",
+                     help="a persistent volume, made (sparse, ext4) on first use and mounted at PATH; repeatable")
     vm.add_parser("ls", parents=[common])
     logs = vm.add_parser("logs", parents=[common])
     logs.add_argument("name")
@@ -187,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--after-seq", type=int, default=0)
     for cmd in ("stop", "rm"):
         vm.add_parser(cmd, parents=[common]).add_argument("name")
+    volume = sub.add_parser("volume", parents=[common], help="the node's persistent volumes").add_subparsers(
+        dest="volume_command", required=True)
+    volume.add_parser("ls", parents=[common], help="every volume (GiB) and the space free for new ones")
+    volume.add_parser("rm", parents=[common], help="erase a volume no VM uses").add_argument("volume_id")
     sub.add_parser("doctor", parents=[common])
     join_cmd = sub.add_parser("join", parents=[common], help="trade a join token for this node's credential")
     join_cmd.add_argument("--url", required=True, help="the control plane's base URL, e.g. http://127.0.0.1:8000")
@@ -259,6 +280,7 @@ def _spec(args: argparse.Namespace) -> ReplicaSpec:
         vcpus=args.vcpus,
         memory_mib=args.memory_mib,
         gpu_bdfs=list(args.gpus),
+        volumes=list(args.volumes),
     )
 
 
@@ -310,6 +332,24 @@ async def _vm(args: argparse.Namespace) -> int:
     finally:
         await runtime.close()
     return 0
+
+
+async def _volume_command(args: argparse.Namespace) -> int:
+    runtime = runtime_from_args(args)
+    try:
+        await runtime.recover()
+        if args.volume_command == "ls":
+            usage = await runtime.volumes.usage()
+            _emit({"volumes": usage.volumes, "free_volume_gib": round(usage.free_gib, 2)})
+            return 0
+        if not await runtime.delete_volume(args.volume_id):
+            users = await runtime.volume_users(args.volume_id)
+            raise AgentError(f"volume {args.volume_id} is in use by {', '.join(users) or 'a running QEMU'}: "
+                             "stop and remove the VM first", permanent=True)
+        _emit({"erased": args.volume_id})
+        return 0
+    finally:
+        await runtime.close()
 
 
 async def _join(args: argparse.Namespace) -> int:
@@ -369,6 +409,8 @@ async def _main(args: argparse.Namespace) -> int:
         return 0 if report.get("passthrough") else 1
     if args.command == "gpu-kit":
         return await _gpu_kit(args)
+    if args.command == "volume":
+        return await _volume_command(args)
     if args.command == "doctor":
         from nodes.agent.doctor import run_doctor
 

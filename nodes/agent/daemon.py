@@ -28,7 +28,18 @@ from nodes.agent.join import Credential
 from nodes.agent.runtime import MicroVmRuntime
 from nodes.agent.shipper import LogShipper
 from nodes.agent.supervisor import Supervisor
-from protocol.wire import Desired, Heartbeat, Hello, LogsAck, Message, NodeDrain, ReplicaStart, ReplicaStop
+from nodes.agent.volumes.deletes import PendingDeletes
+from protocol.wire import (
+    Desired,
+    Heartbeat,
+    Hello,
+    LogsAck,
+    Message,
+    NodeDrain,
+    ReplicaStart,
+    ReplicaStop,
+    VolumeDelete,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,7 @@ class Daemon:
                                   **(shipper_options or {}))
         self.supervisor = Supervisor(runtime, self.client.send, logs=self.shipper, log_seq=self.shipper.last_seq)
         self.ready = asyncio.Event()  # recovered, kit and probe ready: about to connect
+        self.volume_deletes = PendingDeletes(self.data_dir / "volumes" / ".deleting", runtime.delete_volume)
 
     async def hello(self) -> Hello:
         inventory = await asyncio.to_thread(collect, self.data_dir, self.accel, gpus=self.gpus,
@@ -65,8 +77,15 @@ class Daemon:
     async def heartbeat(self) -> Heartbeat:
         load1 = os.getloadavg()[0]
         health = await asyncio.to_thread(self.gpus.health) if self.gpus is not None else []
+        free_volume_gib, volumes = None, {}
+        if self.runtime.volumes is not None:
+            # A delete that waited for its VM to go is done by the time the heartbeat says so.
+            await self.volume_deletes.retry()
+            usage = await self.runtime.volumes.usage()
+            free_volume_gib, volumes = round(usage.free_gib, 2), usage.volumes
         return Heartbeat(load1=load1, free_disk_gib=round(await asyncio.to_thread(free_disk_gib, self.data_dir), 2),
-                         gpu_health=health, log_seqs=self.runtime.log_heads())
+                         gpu_health=health, log_seqs=self.runtime.log_heads(), free_volume_gib=free_volume_gib,
+                         volumes=volumes)
 
     async def on_message(self, message: Message) -> None:
         if isinstance(message, Desired):
@@ -84,6 +103,11 @@ class Daemon:
             # The plane drains by placing new incarnations elsewhere and then stopping these
             # ones with replica.stop; the node itself has nothing to do but say it heard.
             log.info("node.drain (command %s): the plane moves this node's replicas", message.command_id)
+        elif isinstance(message, VolumeDelete):
+            # Refused while a VM of this node has it attached: kept, and erased once none has.
+            gone = await self.volume_deletes.request(message.volume_id)
+            log.info("volume.delete %s (command %s): %s", message.volume_id, message.command_id,
+                     "erased" if gone else "in use; erased once no VM here uses it")
         elif isinstance(message, LogsAck):
             self.shipper.ack(message.replica_id, message.seq)
 

@@ -12,7 +12,7 @@ its view from those files with `recover()`.
 Its parts, each a module: the boot pipeline (runtime_boot.py), the watcher that derives a live
 VM's state (runtime_watch.py), the health checks of running VMs (runtime_health.py), recovery
 after a restart (runtime_recover.py), the log reads (runtime_logs.py) and the GPUs
-(runtime_gpus.py). This module keeps the VM table they share
+(runtime_gpus.py) and the volumes (runtime_volumes.py). This module keeps the VM table they share
 (infos, events, locks), stop and remove, and the views.
 """
 
@@ -40,9 +40,11 @@ from nodes.agent.runtime_gpus import VmGpus
 from nodes.agent.runtime_health import DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_INTERVAL_S, VmHealth
 from nodes.agent.runtime_logs import VmLogReads
 from nodes.agent.runtime_recover import VmRecovery
+from nodes.agent.runtime_volumes import VmVolumes
 from nodes.agent.runtime_watch import VmWatch
 from nodes.agent.state import StateStore, VmInfo, is_locked, validate_name
 from nodes.agent.vmm import Vmm
+from nodes.agent.volumes import VolumeBackend
 from protocol.wire import ReplicaSpec
 from protocol.vocabulary import FAILING, PASSING, RUNNING, STOPPING, VM_ENDED_STATES
 
@@ -78,13 +80,15 @@ class Runtime(Protocol):
     def events(self) -> AsyncIterator[RuntimeEvent]: ...
 
 
-class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmHealth, VmLogReads):
+class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmHealth, VmLogReads, VmVolumes):
     """`kit_cache` is the host-wide dir the guest kit and the accelerator probe are kept in
     (shared by every runtime on the host). `netns` is the namespace the VMs' network lives in
     (the `network` must manage the same one): QEMU runs in it and the health check connects
     from it, while image pulls and the kit build stay in this process's own namespace.
     `health_check` gates a start; `health_probe` (one attempt) checks a running VM every
-    `health_interval` seconds, and `health_failures` failures in a row make it "failing"."""
+    `health_interval` seconds, and `health_failures` failures in a row make it "failing".
+    `volumes`: where the VMs' persistent volumes live (runtime_volumes.py); None: a node that
+    refuses every spec naming one."""
 
     def __init__(
         self,
@@ -107,6 +111,7 @@ class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmHealth, VmLogReads):
         health_failures: int = DEFAULT_HEALTH_FAILURES,
         stop_timeout: float = 10.0,
         gpus: GpuHost | None = None,
+        volumes: VolumeBackend | None = None,
     ):
         if not health_interval > 0 or health_failures < 1:
             raise AgentError("the health interval must be positive and the failures at least 1", permanent=True)
@@ -129,6 +134,7 @@ class MicroVmRuntime(VmBoot, VmRecovery, VmWatch, VmHealth, VmLogReads):
         self.health_failures = health_failures
         self.stop_timeout = stop_timeout
         self._gpus = VmGpus(gpus)
+        self.volumes = volumes
         self._locks = VmLocks(self.data_dir / "locks")
         self._host_lock = asyncio.Lock()
         self._host: tuple[Any, Any] | None = None

@@ -64,6 +64,7 @@ def ports_problem(spec: ReplicaSpec) -> str | None:
 
 class VmBoot:
     """Needs of its host class: `store`, `images`, `network`, `vmm`, `netns`, `boot_timeout`,
+    the volumes' `_check_volumes()` and `_attach_volumes()` (runtime_volumes.VmVolumes),
     `health_timeout`, `_health_check`, `_clock`, `_locks`, `_gpus` (runtime_gpus.VmGpus),
     `_infos`, `_status`, `host()`, `_ensure_network()`, `_current()`, `_set()`, `_emit()`,
     `_release()`, and the watcher's `_watch()`, `_unwatch()` and `_wait_for()`."""
@@ -78,6 +79,7 @@ class VmBoot:
         problem = ports_problem(spec)
         if problem is not None:
             raise AgentError(f"ports refused: {problem}", permanent=True)
+        self._check_volumes(spec)
         async with self._locks.hold(spec.name):
             existing = await self._current(spec.name)
             if existing is not None and existing.state not in VM_ENDED_STATES:
@@ -109,6 +111,9 @@ class VmBoot:
     async def _boot(self, spec: ReplicaSpec, paths: VmPaths, info: VmInfo) -> VmInfo:
         kit, accel = await self.host()
         info = await self._set(replace(info, accel=accel.name))
+        # Before the pull: a volume this node cannot give (another size, no room) fails the
+        # start at once, not after gigabytes of image.
+        volumes = await self._attach_volumes(spec)
 
         def progress(p: Any) -> None:
             self._emit(RuntimeEvent(spec.name, PULLING, self._clock(), phase=p.phase,
@@ -133,6 +138,7 @@ class VmBoot:
         launch = VmLaunch(
             name=spec.name, vm_dir=paths.dir, kit=kit, accel=accel, disk=paths.overlay,
             vcpus=gpus.vcpus, memory_mib=gpus.memory_mib, guest=guest, net=net, machine=gpus.machine,
+            volumes=volumes,
         )
         pid = await self.vmm.launch(launch)
         info = await self._set(replace(info, pid=pid))

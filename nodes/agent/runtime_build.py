@@ -42,7 +42,7 @@ def build_runtime(
 ) -> MicroVmRuntime:
     """The real runtime, as the `vm` commands and the daemon run it.
 
-    data_dir: this agent's state (VMs, image cache, network leases).
+    data_dir: this agent's state (VMs, image cache, network leases, volumes).
     netns: the namespace (`ip netns`) for the VMs' network only: bridge, TAPs, nftables rules,
       published ports, the `ss` port check, the health check and QEMU (for its TAP). None: the
       namespace this process runs in. Must exist; a missing one fails the first network step.
@@ -69,6 +69,7 @@ def build_runtime(
     from nodes.agent.runtime import MicroVmRuntime
     from nodes.agent.vmm.accel import probe_accel
     from nodes.agent.vmm.qemu import QemuVm
+    from nodes.agent.volumes import FileVolumes
 
     kwargs = {}
     if insecure_registries:
@@ -86,4 +87,5 @@ def build_runtime(
     network = LinuxNetwork(config, data_dir / "network", netns=netns)
     return MicroVmRuntime(data_dir, images=images, network=network, vmm=QemuVm(netns=netns), kit_provider=ensure_kit,
                           accel_provider=probe_accel, kit_cache=kit_cache, netns=netns, gpus=gpus,
-                          health_interval=health_interval, health_failures=health_failures)
+                          health_interval=health_interval, health_failures=health_failures,
+                          volumes=FileVolumes(data_dir / "volumes"))

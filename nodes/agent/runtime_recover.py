@@ -16,7 +16,7 @@ from protocol.vocabulary import VM_ENDED_STATES
 
 
 class VmRecovery:
-    """Needs of its host class: `store`, `vmm`, `network`, `_locks`, `_gpus`
+    """Needs of its host class: `store`, `vmm`, `network`, `volumes`, `_locks`, `_gpus`
     (runtime_gpus.VmGpus), `_infos`, `_ensure_network()`, `_release()`, `_set()`, the boot's
     `_publish()`, and the watcher's `_refresh()` and `_watch()`."""
 
@@ -47,6 +47,8 @@ class VmRecovery:
         await self._gpus.recover(n for n in known if n not in self._infos or self._infos[n].state not in VM_ENDED_STATES)
         for orphan in await self.network.owned() - known:
             await self.network.remove(orphan)
+        if self.volumes is not None:
+            await self.volumes.sweep()  # volumes a crash left half-formatted
         return [self._infos[n] for n in sorted(known) if n in self._infos]
 
     async def reassert_networks(self) -> None:

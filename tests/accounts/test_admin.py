@@ -106,7 +106,9 @@ def test_a_personal_slug_or_an_unconfirmed_owner_is_a_form_error(operator):
 
 def test_quotas_change_through_the_service_and_the_slug_stays(operator, acme):
     response = operator.post(reverse("admin:accounts_tenant_change", args=[acme.pk]), {
-        "slug": "renamed", "name": "Acme Inc", "max_gpus": "3", "max_deployments": "4", "spend_limit": ""})
+        "slug": "renamed", "name": "Acme Inc", "max_gpus": "3", "max_deployments": "4", "max_volume_gib": "800",
+        "spend_limit": ""})
     assert response.status_code == 302, response.content[:2000]
     acme.refresh_from_db()
-    assert (acme.slug, acme.name, acme.max_gpus, acme.max_deployments) == ("acme", "Acme Inc", 3, 4)
+    assert (acme.slug, acme.name, acme.max_gpus, acme.max_deployments, acme.max_volume_gib) == (
+        "acme", "Acme Inc", 3, 4, 800)

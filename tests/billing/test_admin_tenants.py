@@ -19,7 +19,7 @@ def operator(client):
 
 def _form(tenant, **changes) -> dict:
     return {"name": tenant.name, "max_gpus": tenant.max_gpus, "max_deployments": tenant.max_deployments,
-            "spend_limit": "", **changes}
+            "max_volume_gib": tenant.max_volume_gib, "spend_limit": "", **changes}
 
 
 def test_the_spend_limit_is_set_through_billings_service(operator, acme, monkeypatch,
@@ -31,8 +31,9 @@ def test_the_spend_limit_is_set_through_billings_service(operator, acme, monkeyp
                                  _form(acme, spend_limit="50"))
     assert response.status_code == 302, response.content[:2000]
     acme.refresh_from_db()
-    # One funds pass asked for: the service's, not the form's check (rolled back with its kick).
-    assert acme.spend_limit == Decimal("50") and sent == ["deployments.funds_enforce"]
+    # One round of funds passes asked for (the deployments' and the volumes'): the service's, not
+    # the form's check (rolled back with its kick).
+    assert acme.spend_limit == Decimal("50") and sent == ["deployments.funds_enforce", "billing.volumes_grace"]
 
 
 def test_a_refused_spend_limit_is_a_form_error(operator, acme):

@@ -64,7 +64,8 @@ def test_usage_by_deployment_carries_amount_seconds_and_gpu_hours(as_alice, used
     assert rows["big"]["amount"] == "59.760000"  # 24 GPU-hours x 2.49
     assert rows["small"]["seconds"] == 90 * 60 and rows["small"]["amount"] == "3.735000"
     assert rows["big"]["deployment_id"] == str(used["big"].pk) and rows["big"]["hardware"] == "h100"
-    assert body["totals"] == {"amount": "63.495000", "seconds": 16200, "gpu_hours": "25.500000"}
+    assert body["totals"] == {"amount": "63.495000", "seconds": 16200, "gpu_hours": "25.500000",
+                              "volumes_amount": "0.000000", "gib_hours": "0.000000"}
     assert body["pagination"] == {"page": 1, "limit": 20, "total": 2, "total_pages": 1}
 
 

@@ -7,14 +7,28 @@ from decimal import Decimal
 
 import pytest
 
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
 from tests.migrating import migrate, newest
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 BEFORE = [("accounts", "0001_initial"), ("billing", "0003_incarnations")]
 
 
+def migrate_before_volumes():
+    """`tests.migrating.migrate(BEFORE)` with the volumes app unapplied as well: volumes 0001
+    stands on accounts 0004 (and billing 0008 on volumes 0001), so it goes back too."""
+    executor = MigrationExecutor(connection)
+    targets = [*BEFORE, *(leaf for leaf in executor.loader.graph.leaf_nodes()
+                          if leaf[0] not in {"accounts", "billing", "volumes"})]
+    executor.migrate([*targets, ("volumes", None)])
+    executor.loader.build_graph()
+    return executor.loader.project_state(targets).apps
+
+
 def test_balances_become_opening_credits_and_prices_come_from_deployments():
-    old = migrate(BEFORE)
+    old = migrate_before_volumes()
     try:
         Tenant = old.get_model("accounts", "Tenant")
         HardwareType = old.get_model("nodes", "HardwareType")
@@ -30,7 +44,7 @@ def test_balances_become_opening_credits_and_prices_come_from_deployments():
                                              hardware_type=hw, price_per_gpu_hour=Decimal(price))
             Deployment.objects.filter(pk=made.pk).update(created_at=first + timedelta(days=i))
 
-        new = migrate(newest("accounts", "billing"))
+        new = migrate(newest("accounts", "billing", "volumes"))
         LedgerEntry = new.get_model("billing", "LedgerEntry")
         Price = new.get_model("billing", "Price")
         (entry,) = LedgerEntry.objects.filter(tenant__slug="rich")
@@ -42,4 +56,4 @@ def test_balances_become_opening_credits_and_prices_come_from_deployments():
         assert [price for _, price in history] == [Decimal("2.4900"), Decimal("2.6900"), Decimal("2.9900")]
         assert history[1][0] == first + timedelta(days=2)  # the change first seen on a deployment
     finally:
-        migrate(newest("accounts", "billing"))
+        migrate(newest("accounts", "billing", "volumes"))

@@ -8,23 +8,12 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from cloud.deployments.models import Event
 from tests.conftest import client_for
-from tests.factories import LocationFactory
+from tests.volumes.conftest import ALL
 from volumes.models import Volume
 
 pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/volumes"
-ALL = "volumes:read volumes:write deployments:read deployments:write"
-
-
-@pytest.fixture
-def loc(db):
-    return LocationFactory(slug="us-east-1")
-
-
-@pytest.fixture
-def api(alice):
-    return client_for(alice, scopes=ALL, tenant="acme")
 
 
 def create(api, loc, name="data", size=10):

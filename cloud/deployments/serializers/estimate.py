@@ -33,6 +33,14 @@ class EstimateFundsOutput(serializers.Serializer):
     spend_limit_reached = serializers.BooleanField(help_text="true: create would be refused with 402 now.")
 
 
+class EstimateVolumesOutput(serializers.Serializer):
+    volumes = serializers.IntegerField(help_text="Per-replica volumes the deployment would make (one per ordinal).")
+    gib = serializers.IntegerField(help_text="Their provisioned GiB, all together.")
+    price_per_gib_month = serializers.CharField()
+    hourly_cost = serializers.CharField(help_text="USD per hour for them, billed beside hourly_cost from each one's "
+                                                  "creation until it is deleted.")
+
+
 class EstimateOutput(serializers.Serializer):
     hardware_id = serializers.IntegerField()
     hardware = serializers.CharField(help_text="The hardware type's slug.")
@@ -41,6 +49,7 @@ class EstimateOutput(serializers.Serializer):
     location_ids = serializers.ListField(child=serializers.IntegerField())
     price_per_gpu_hour = serializers.CharField(help_text="The quote: the highest price among the allowed locations.")
     hourly_cost = serializers.CharField(help_text="USD per hour at the quote (what create returns as estimated_hourly_cost).")
+    volumes = EstimateVolumesOutput(allow_null=True, help_text="null without a per-replica volume.")
     duration_hours = serializers.IntegerField(allow_null=True)
     cost_for_duration = serializers.CharField(allow_null=True, help_text="hourly_cost x duration_hours.")
     capacity = EstimateCapacityOutput()

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 
+from billing.estimate import per_replica_volumes_estimate
 from billing.money import hourly_cost, money_str
 from billing.prices import PriceBook
 from billing.selectors import spend_this_month_for, tenant_balance
@@ -50,6 +51,14 @@ def deployment_estimate(*, tenant, spec: dict, now: datetime | None = None) -> d
     balance = tenant_balance(tenant=tenant)
     spent = spend_this_month_for(tenant=tenant, now=now)
     hourly = resolved.hourly_cost
+    # A per-replica volume template makes one volume per ordinal, billed from its first placement
+    # per provisioned GiB, beside the replicas' hourly_cost (which create returns).
+    template = getattr(spec.get("volumes"), "template", None)
+    volumes = None
+    if template is not None:
+        volumes = per_replica_volumes_estimate(sizes_gib=[template["size_gib"]], replica_count=replicas,
+                                               location_ids=[loc.pk for loc in resolved.locations] or None, at=now)
+        volumes["hourly_cost"] = money_str(volumes["hourly_cost"])
     # Create compares the balance with this hour plus everything already pending or running.
     committed = quotas.committed_hourly_cost(tenant=tenant, now=now)
     whole = committed + hourly
@@ -57,7 +66,7 @@ def deployment_estimate(*, tenant, spec: dict, now: datetime | None = None) -> d
         "hardware_id": hardware.pk, "hardware": hardware.slug, "gpus_per_container": resolved.gpus,
         "replica_count": replicas, "location_ids": [loc.pk for loc in resolved.locations],
         "price_per_gpu_hour": f"{resolved.price_per_gpu_hour:.4f}", "hourly_cost": money_str(hourly),
-        "duration_hours": duration, "cost_for_duration": money_str(hourly * duration) if duration else None,
+        "volumes": volumes, "duration_hours": duration, "cost_for_duration": money_str(hourly * duration) if duration else None,
         "capacity": {"available_now": placeable >= replicas, "replicas_placeable_now": placeable,
                      "locations": locations},
         "funds": {

@@ -47,6 +47,26 @@ TCG_CMDLINE = "mitigations=off"
 
 
 @dataclass(frozen=True)
+class GuestVolume:
+    """One volume as the VM gets it: a virtio block device whose serial /init looks up to mount
+    it at `mount_path` inside the container. `source` and `cache` come from the volume backend
+    (volumes.VolumeAttach); a read-only volume is read-only to the device itself, so no guest
+    can write it, whatever it remounts."""
+
+    serial: str
+    source: str
+    mount_path: str
+    readonly: bool = False
+    cache: str = "none"
+
+
+def volume_serial(index: int) -> str:
+    # virtio-blk serials hold 20 bytes, volume ids up to 63: the guest finds a volume by its
+    # place in the spec instead.
+    return f"gantry-vol{index}"
+
+
+@dataclass(frozen=True)
 class VmLaunch:
     name: str
     vm_dir: Path
@@ -58,6 +78,7 @@ class VmLaunch:
     guest: GuestSpec
     net: object | None = None  # nodes.agent.network.VmNetwork (duck-typed: tap, mac, address, gateway, prefixlen, nameservers)
     machine: Q35Machine | None = None  # set: a q35 VM with passed-through devices; None: microvm
+    volumes: tuple[GuestVolume, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,6 +195,15 @@ def command_line(l: VmLaunch, disk_format: str | None = None, tsc_khz: int | Non
             "-drive", f"id=root,file={l.disk},format={disk_format or 'raw'},if=none,discard=unmap",
             "-device", f"virtio-blk-{bus},drive=root",
         ]  # fmt: skip
+    for i, v in enumerate(l.volumes):
+        # discard=unmap: what the guest's ext4 frees (mounted with `discard`) goes back to the
+        # host as holes. werror/rerror=report: an I/O error reaches the guest as one, instead
+        # of QEMU pausing the whole VM (its default on ENOSPC) with nobody to resume it.
+        argv += [
+            "-drive", f"id=vol{i},{v.source},if=none,cache={v.cache},discard=unmap,werror=report,rerror=report"
+                      + (",readonly=on" if v.readonly else ""),
+            "-device", f"virtio-blk-{bus},drive=vol{i},serial={v.serial}" + (",bus=pcie.0" if l.machine else ""),
+        ]  # fmt: skip
     if l.net is not None:
         argv += [
             "-netdev", f"tap,id=net0,ifname={l.net.tap},script=no,downscript=no",
@@ -210,4 +240,5 @@ def guest_fragment(l: VmLaunch) -> str:
         net = {"addr": f"{l.net.address}/{l.net.prefixlen}", "gw": str(l.net.gateway), "mac": l.net.mac,
                "dns": " ".join(l.net.nameservers)}
     return render(l.guest, hostname=l.name, root_dev="/dev/vda" if l.disk else None, net=net,
-                  gpus=len(l.machine.gpus) if l.machine else 0)
+                  gpus=len(l.machine.gpus) if l.machine else 0,
+                  volumes=[(v.serial, "ro" if v.readonly else "rw", v.mount_path) for v in l.volumes])

@@ -64,10 +64,23 @@ def validate(spec: GuestSpec) -> None:
         raise ValueError(f"workdir must be absolute, got {spec.workdir!r}")
 
 
-def render(spec: GuestSpec, *, hostname: str, root_dev: str | None, net: dict[str, str] | None, gpus: int = 0) -> str:
+def volume_lines(volumes: list[tuple[str, str, str]]) -> str:
+    """GANTRY_VOLUMES: one `serial:mode:mount_path` line per volume, parents before what is
+    mounted inside them (a path sorts before every path below it), so no mount hides another.
+    The wire's mount_path_problem() leaves no colon, space, quote or newline in a path."""
+    for serial, mode, path in volumes:
+        if mode not in ("rw", "ro") or any(c in serial + path for c in ":\n\0") or not path.startswith("/"):
+            raise ValueError(f"volume mount refused: {path[:80]!r}")
+    return "".join(f"{serial}:{mode}:{path}\n" for serial, mode, path in sorted(volumes, key=lambda v: v[2]))
+
+
+def render(spec: GuestSpec, *, hostname: str, root_dev: str | None, net: dict[str, str] | None, gpus: int = 0,
+           volumes: list[tuple[str, str, str]] = ()) -> str:
     """The fragment /init sources. net: {"addr": "a.b.c.d/len", "gw": ..., "mac": ..., "dns":
     space-separated nameserver addresses}. gpus: how many GPUs the VM was given; /init loads
-    the GPU kit's driver and refuses to run the workload unless it finds exactly that many."""
+    the GPU kit's driver and refuses to run the workload unless it finds exactly that many.
+    volumes: (serial, "rw"|"ro", mount_path) of each volume disk, mounted by /init before the
+    workload starts (a volume that does not mount fails the VM: no workload runs without its data)."""
     validate(spec)
     env = dict(spec.env)
     env.setdefault("PATH", DEFAULT_PATH)
@@ -87,5 +100,6 @@ def render(spec: GuestSpec, *, hostname: str, root_dev: str | None, net: dict[st
         "GANTRY_NET_MAC": (net or {}).get("mac", "").lower(),
         "GANTRY_NET_DNS": (net or {}).get("dns", ""),
         "GANTRY_GPUS": str(max(0, int(gpus))),
+        "GANTRY_VOLUMES": volume_lines(list(volumes)),
     }
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
