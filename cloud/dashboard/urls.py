@@ -1,6 +1,6 @@
 from django.urls import path
 
-from cloud.dashboard.views import billing, create, deployments, home, team
+from cloud.dashboard.views import billing, create, deployments, home, team, volumes
 
 app_name = "dashboard"
 
@@ -17,6 +17,8 @@ urlpatterns = [
          name="endpoint-key-revoke"),
     # After the paths above: "requests" and "keys" are not actions.
     path("deployments/<uuid:deployment_id>/<str:action>/", deployments.deployment_action, name="deployment-action"),
+    path("volumes/", volumes.volume_list, name="volumes"),
+    path("volumes/<uuid:volume_id>/delete/", volumes.volume_delete, name="volume-delete"),
     path("billing/", billing.billing, name="billing"),
     path("billing/statements/<int:year>-<int:month>.csv", billing.statement_csv, name="statement"),
     path("members/", team.members, name="members"),

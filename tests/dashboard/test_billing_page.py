@@ -40,3 +40,16 @@ def test_another_tenants_usage_is_not_shown(mallory_browser, acme, h100):
     deployment = deployment_for(acme, name="trainer")
     _usage(acme, deployment, days_ago=0, amount="12.50", gpu_seconds=3600)
     assert b"trainer" not in mallory_browser.get("/billing/").content
+
+
+def test_a_volume_row_says_volume_and_its_gib_hours(alice_browser, acme):
+    from tests.factories import LocationFactory
+    from volumes import services as volume_services
+
+    volume = volume_services.volume_create(tenant=acme, actor=None, name="weights", size_gib=100,
+                                           location_id=LocationFactory(slug="us-east-1").pk)
+    UsageDaily.objects.create(tenant=acme, volume_id=volume.pk, location_id=volume.location_id,
+                              day=timezone.now().date(), amount=Decimal("0.27"), seconds=7200,
+                              gib_seconds=100 * 7200, records=1)
+    body = alice_browser.get("/billing/").content.decode()
+    assert "volume weights" in body and "200.00 GiB-hours" in body and "None" not in body

@@ -3,7 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from cloud.deployments.models import Deployment
-from tests.deployments.factories import EventFactory, deployment_for, place_running
+from tests.deployments.factories import EventFactory, NodeFactory, deployment_for, place_running
+from volumes import services as volume_services
+from volumes.models import Volume
+from volumes.services import Requested
 
 
 def test_list_shows_the_tenants_deployments_only(alice_browser, acme, evil, h100):
@@ -144,3 +147,30 @@ def test_the_estimate_says_start_up_is_billed(alice_browser, h100):
     response = alice_browser.post("/deployments/estimate/", {"source": "image", "hardware_id": str(h100.pk),
                                                              "gpus_per_container": "1", "replica_count": "1"})
     assert b"billed per second from the moment each replica's VM starts booting" in response.content
+
+
+def test_deployment_page_lists_its_volumes_with_mount_mode_size_node_and_ordinal(alice_browser, acme, us_east):
+    shared = volume_services.volume_create(tenant=acme, actor=None, name="weights", size_gib=80, location_id=us_east.pk)
+    node = NodeFactory(location=us_east, hostname="gpu-3.example.net")
+    Volume.objects.filter(pk=shared.pk).update(node=node, state="ready")
+    deployment = deployment_for(acme, name="llm", replica_count=2, volumes=Requested(
+        attach=[{"volume_id": str(shared.pk), "mount_path": "/weights", "mode": "ro"}],
+        template={"size_gib": 15, "mount_path": "/cache", "keep": False}))
+    own = Volume.objects.create(tenant=acme, name="llm-1", size_gib=15, location=us_east, node=node, state="ready",
+                                owner_deployment=deployment, ordinal=1)
+    body = alice_browser.get(f"/deployments/{deployment.pk}/").content.decode()
+    rows = body.split('data-testid="deployment-volume"')[1:]
+    assert len(rows) == 2
+    assert f'href="/volumes/#volume-{shared.pk}">weights</a>' in rows[0] and "<code>/weights</code>" in rows[0]
+    assert "<td>ro</td><td>80 GiB</td>" in rows[0] and "gpu-3.example.net" in rows[0]
+    assert f'href="/volumes/#volume-{own.pk}">llm-1</a>' in rows[1] and "replica #1's own" in rows[1]
+    assert "<code>/cache</code>" in rows[1] and "<td>rw</td><td>15 GiB</td>" in rows[1]
+    assert "Each replica gets its own 15 GiB volume at <code>/cache</code>" in body and "erased when" in body
+    # the 3-second poll carries them too (a volume gets its node at the first placement)
+    polled = alice_browser.get(f"/deployments/{deployment.pk}/", HTTP_HX_REQUEST="true").content.decode()
+    assert polled.count('data-testid="deployment-volume"') == 2
+
+
+def test_a_deployment_without_volumes_shows_no_volume_table(alice_browser, acme, h100):
+    deployment = deployment_for(acme, name="plain")
+    assert b'id="volumes-h"' not in alice_browser.get(f"/deployments/{deployment.pk}/").content

@@ -21,3 +21,12 @@ def field_aria(errors, name):
 @register.filter
 def getlist(querydict, key):
     return querydict.getlist(key) if hasattr(querydict, "getlist") else []
+
+
+@register.filter
+def index(values, i):
+    """values[i], or "" past its end: a form's repeated rows put back in place."""
+    try:
+        return values[int(i)]
+    except (IndexError, TypeError, ValueError):
+        return ""

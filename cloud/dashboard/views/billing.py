@@ -32,6 +32,7 @@ def billing(request):
     usage = list(selectors.usage_for(tenant=request.tenant, first=month_first, last=today, group_by="deployment"))
     for row in usage:
         row["gpu_hours"] = Decimal(row["gpu_seconds"]) / 3600
+        row["gib_hours"] = Decimal(row["gib_seconds"]) / 3600
     months = []
     cursor = month_first
     for _ in range(6):

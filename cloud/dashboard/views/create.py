@@ -4,6 +4,7 @@ is refused here with the same message, shown at that field."""
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from django.db import transaction
@@ -18,21 +19,21 @@ from cloud.deployments.services.estimate import deployment_estimate
 from cloud.exceptions import ApplicationError
 from nodes.selectors import capacity_by_hardware, hardware_types_list, locations_list
 from templates.selectors import templates_for
+from volumes import selectors as volume_selectors
 
 INT_FIELDS = ("hardware_id", "gpus_per_container", "replica_count", "duration_hours", "traffic_port")
 SECRET_ROWS = 3
+VOLUME_ROWS = 2  # attach rows on the form; the API takes up to 8, PATCH (the API) the rest
 
 
-def _number(value: str):
+def form_number(value: str | None):
     # The API's integer fields are strict (no "2" for 2); a form only has text, so whole
-    # numbers become ints and anything else is passed on for the serializer to name.
-    value = value.strip()
+    # numbers become ints and anything else is passed on for the serializer to name. ASCII
+    # digits only: Python's int() also reads "1_000" and other scripts' digits, which JSON never carries.
+    value = (value or "").strip()
     if value == "":
         return None
-    try:
-        return int(value)
-    except ValueError:
-        return value
+    return int(value) if re.fullmatch(r"-?[0-9]{1,18}", value) else value
 
 
 def _env_lines(text: str, errors: dict) -> dict:
@@ -72,8 +73,8 @@ def body_from_form(post) -> tuple[dict, dict]:
     if post.get("name", "").strip():
         body["name"] = post["name"].strip()
     for field in INT_FIELDS:
-        body[field] = _number(post.get(field, ""))
-    locations = [_number(value) for value in post.getlist("location_ids") if value.strip()]
+        body[field] = form_number(post.get(field, ""))
+    locations = [form_number(value) for value in post.getlist("location_ids") if value.strip()]
     body["location_ids"] = locations or None
     body["env"] = _env_lines(post.get("env", ""), errors) or None
     secrets = {}
@@ -83,7 +84,43 @@ def body_from_form(post) -> tuple[dict, dict]:
     body["secret_env_variables"] = secrets or None
     body["entrypoint"] = _words(post.get("entrypoint", ""), "entrypoint", errors)
     body["args"] = _words(post.get("args", ""), "args", errors)
+    body["volumes"] = [entry for _, entry in volume_rows(post, errors)] or None
     return {key: value for key, value in body.items() if value is not None}, errors
+
+
+def volume_rows(post, errors: dict | None = None) -> list[tuple[str, dict]]:
+    """The form's volume rows as the API's `volumes` entries, each with the form key its errors
+    show at: `volume_N` for an attach row, `replica_volume` for the per-replica one."""
+    rows = []
+    paths, modes = post.getlist("volume_path"), post.getlist("volume_mode")
+    for i, volume_id in enumerate(post.getlist("volume_id")[:VOLUME_ROWS]):
+        path = paths[i].strip() if i < len(paths) else ""
+        if not volume_id.strip():
+            if path and errors is not None:
+                errors.setdefault(f"volume_{i}", []).append("Pick the volume to mount here.")
+            continue
+        mode = modes[i] if i < len(modes) else "rw"
+        rows.append((f"volume_{i}", {"volume_id": volume_id.strip(), "mount_path": path, "mode": mode}))
+    size, path = post.get("replica_volume_size", "").strip(), post.get("replica_volume_path", "").strip()
+    if size or path:
+        rows.append(("replica_volume", {"size_gib": form_number(size), "mount_path": path,
+                                        "keep": post.get("replica_volume_keep") == "on"}))
+    return rows
+
+
+def _volume_errors(detail, keys: list[str]) -> dict[str, list[str]]:
+    """The serializer's `volumes` errors at the form rows they are about: {index: ...} from the
+    list's items, a plain list for the whole list (a volume named twice, too many)."""
+    out: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for index, item in detail.items():
+            key = keys[int(index)] if str(index).isdigit() and int(index) < len(keys) else "volumes"
+            for messages in _flatten(item).values():
+                out.setdefault(key, []).extend(messages)
+    else:
+        for messages in _flatten(detail, "volumes").values():
+            out.setdefault("volumes", []).extend(messages)
+    return out
 
 
 def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
@@ -94,7 +131,7 @@ def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
             field = prefix or ("template_id" if key == "non_field_errors" else key)
             for name, messages in _flatten(value, field).items():
                 out.setdefault(name, []).extend(
-                    [f"{key}: {m}" for m in messages] if prefix and not key.isdigit() else messages)
+                    [f"{key}: {m}" for m in messages] if prefix and not str(key).isdigit() else messages)
     elif isinstance(detail, list):
         for item in detail:
             for name, messages in _flatten(item, prefix).items():
@@ -121,8 +158,10 @@ def _choices(tenant) -> dict:
         for row in rows:
             free_by_location[row["location_id"]] = free_by_location.get(row["location_id"], 0) + row["gpus_free"]
     locations = [{"location": loc, "free": free_by_location.get(loc.pk, 0)} for loc in locations_list()]
+    # Volumes being erased cannot be attached (the service says so); the rest can be offered.
+    volumes = [v for v in volume_selectors.volumes_for(tenant=tenant) if v.state != "deleting"]
     return {"templates": list(templates_for(tenant=tenant)), "hardware": hardware, "locations": locations,
-            "secret_rows": range(SECRET_ROWS)}
+            "secret_rows": range(SECRET_ROWS), "volumes": volumes, "volume_rows": [(i, f"volume_{i}") for i in range(VOLUME_ROWS)]}
 
 
 @tenant_view()
@@ -144,7 +183,12 @@ def deployment_new(request):
                     if not exc.errors:
                         errors.setdefault("form", []).append(exc.detail)
             else:
-                for field, messages in _flatten(serializer.errors).items():
+                found = dict(serializer.errors)
+                if "volumes" in found:
+                    keys = [key for key, _ in volume_rows(request.POST)]
+                    for field, messages in _volume_errors(found.pop("volumes"), keys).items():
+                        errors.setdefault(field, []).extend(messages)
+                for field, messages in _flatten(found).items():
                     errors.setdefault(_form_field(field), []).extend(messages)
     context = {**_choices(request.tenant), "errors": errors, "post": request.POST,
                "picked_template": request.POST.get("template_id") or request.GET.get("template", "")}

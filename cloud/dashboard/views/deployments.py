@@ -24,6 +24,7 @@ from cloud.deployments import feeds, selectors, services
 from cloud.deployments.serializers import DeploymentOutput, ReplicaOutput
 from cloud.exceptions import ApplicationError, NotFound
 from protocol.vocabulary import DEPLOYMENT_STATUSES, ENDPOINT_ACCESSES, PUBLIC
+from volumes import selectors as volume_selectors
 
 PAGE_SIZE = 20
 ACTIONS = {
@@ -59,14 +60,30 @@ def deployment_list(request):
     return render(request, "dashboard/deployments.html", context)
 
 
+def _volumes(deployment) -> tuple[list[dict], object]:
+    """Its volumes as the page lists them: the attached ones, then its replicas' own (by
+    ordinal), and the per-replica template (what a replica not yet placed will get)."""
+    rows = [{"id": a.volume_id, "name": a.volume.name, "mount_path": a.mount_path, "mode": a.mode,
+             "size_gib": a.volume.size_gib, "node": a.volume.node, "state": a.volume.state, "ordinal": None}
+            for a in volume_selectors.attachments_of(deployment_id=deployment.pk)]
+    template = volume_selectors.template_of(deployment_id=deployment.pk)
+    own = sorted((v for v in volume_selectors.volumes_of_deployment(deployment_id=deployment.pk)
+                  if v.owner_deployment_id == deployment.pk), key=lambda v: v.ordinal)
+    rows += [{"id": v.pk, "name": v.name, "mount_path": template.mount_path if template else None, "mode": "rw",
+              "size_gib": v.size_gib, "node": v.node, "state": v.state, "ordinal": v.ordinal} for v in own]
+    return rows, template
+
+
 def _detail_context(request, deployment) -> dict:
     shown = DeploymentOutput(deployment).data
     replicas = ReplicaOutput(selectors.replicas_for(tenant=request.tenant, deployment_id=deployment.pk),
                              many=True).data
     events = selectors.events_for(tenant=request.tenant, deployment_id=deployment.pk, before=2**62, limit=50)
     live_ordinals = sorted({r["ordinal"] for r in replicas})
+    volumes, volume_template = _volumes(deployment)
     return {"d": shown, "deployment": deployment, "replicas": replicas, "live_ordinals": live_ordinals,
-            "events": [feeds.event_item(e) for e in reversed(events.items)]}
+            "events": [feeds.event_item(e) for e in reversed(events.items)], "volumes": volumes,
+            "volume_template": volume_template}
 
 
 def _requests_context(request, deployment) -> dict:
