@@ -19,7 +19,9 @@ from tests.e2e.conftest import Node, Plane
 from tests.e2e.stack import wait_for
 from tests.e2e.test_deployments_run import Api
 
-pytestmark = [pytest.mark.timeout(900)]
+# Not transactional: the module's rows are committed by `stack` (and by the plane's processes),
+# outside any test's transaction; the mark is what has pytest-django set up the test database.
+pytestmark = [pytest.mark.django_db, pytest.mark.timeout(900)]
 
 # The first writer's hostname (its VM's name: the incarnation's id) is kept beside the count, so a
 # per-replica volume shows whose it is, not just how often it was mounted.
@@ -84,13 +86,6 @@ def stack(tmp_path_factory, django_db_setup, django_db_blocker, local_registry, 
             for name in plane.procs:
                 print(f"--- {name}.log (tail)\n{plane.log(name)}")
             call_command("flush", interactive=False, verbosity=0)
-
-
-@pytest.fixture(autouse=True)
-def _database(django_db_blocker):
-    # The tests read the rows the plane wrote, in the module's database (see `stack`).
-    with django_db_blocker.unblock():
-        yield
 
 
 def counts(api: Api, deployment_id: str, **params) -> list[str]:
