@@ -74,7 +74,9 @@ def stack(tmp_path_factory, django_db_setup, django_db_blocker, local_registry, 
             node = Node(plane, tmp, "vol-node-1", index=NODE_INDEX)
             node.join()
             node.start()
-            wait_for(lambda: NodeRow.objects.get(pk=node.node_id).status == "online", timeout=120, what="node online")
+            # Online, and its heartbeat says how much room it has for volumes (placement needs it).
+            wait_for(lambda: (row := NodeRow.objects.get(pk=node.node_id)).status == "online"
+                     and (row.free_volume_gib or 0) > 1, timeout=120, what="node online with volume room")
             yield Stack(plane=plane, node=node, api=Api(plane, _customer("acme", "alice@example.com")),
                         stranger=Api(plane, _customer("evil", "mallory@example.com")),
                         location_id=Location.objects.get(slug="us-east").pk, state={})
@@ -231,6 +233,7 @@ def test_each_ordinal_keeps_its_own_volume_across_scale_down_and_up(stack):
 
 
 def test_delete_waits_for_detach_then_the_node_erases_the_file(stack):
+    from cloud.deployments.models import Event
     from volumes.models import Volume
 
     api, volume_id, holder = stack.api, stack.state["volume_id"], stack.state["deployment"]
@@ -246,6 +249,10 @@ def test_delete_waits_for_detach_then_the_node_erases_the_file(stack):
     wait_for(lambda: Volume.objects.get(pk=volume_id).state == "deleted", timeout=120, what="volume deleted")
     assert not path.exists()  # erased on the node: the plane marks it deleted on the node's word
     assert api.http.get(f"/volumes/{volume_id}").status_code == 404
+    # Its whole life, as the tenant's event feed tells it (two deployments held it in turn).
+    events = list(Event.objects.filter(payload__volume_id=volume_id).order_by("ts", "id").values_list("type", flat=True))
+    assert events == ["volume.created", "volume.attached", "volume.detached", "volume.attached", "volume.detached",
+                      "volume.deleting", "volume.deleted"], events
 
     # A deployment's per-replica volumes go with it (they were not `keep`).
     owned = stack.state["owned"]
