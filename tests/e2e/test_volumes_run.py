@@ -28,6 +28,9 @@ pytestmark = [pytest.mark.django_db, pytest.mark.timeout(900)]
 COUNTER = ('n=$(cat /data/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/count; '
            '[ -s /data/first ] || hostname > /data/first; sync; echo "count $n first $(cat /data/first)"; '
            'exec /hello.sh serve')
+# Reads the counter on a read-only mount and tries to bump it; stays up like COUNTER.
+READER = ('n=$(cat /data/count); w="write accepted"; echo 99 > /data/count 2>/dev/null || w="write refused"; '
+          '[ "$(cat /data/count)" = "$n" ] && u=unchanged || u=changed; echo "count $n $u, $w"; exec /hello.sh serve')
 WORKLOAD = {"entrypoint": ["/bin/sh", "-c", COUNTER, "sh"], "args": []}
 # Far from tests/e2e's usual indexes (1, 2, ...): another run's veth pair on this machine keeps its
 # addresses (tests/e2e/conftest.py: the node's pair is 198.51.100.64 + 4 * index).
@@ -242,6 +245,12 @@ def test_delete_waits_for_detach_then_the_node_erases_the_file(stack):
     assert path.is_file() and path.stat().st_blocks > 0
 
     assert api.http.delete(f"/deployments/{holder}").status_code in (200, 202, 204)
+    # Mounted "ro" through the plane, the guest reads the count and its write is refused.
+    reader = stack.api.deploy(name="reader", volumes=[{"volume_id": volume_id, "mount_path": "/data", "mode": "ro"}],
+                              entrypoint=["/bin/sh", "-c", READER, "sh"], args=[])
+    (replica,) = live_running(api, reader)
+    assert printed(api, reader, replica["id"]) == "count 5 unchanged, write refused"
+    assert api.http.delete(f"/deployments/{reader}").status_code in (200, 202, 204)
     # Deleting the deployment detaches at once; its VM may still be stopping (a 409 that says so).
     answer = wait_for(lambda: (r := api.http.delete(f"/volumes/{volume_id}")).status_code == 202 and r,
                       timeout=120, what="the volume delete to be accepted")
@@ -249,10 +258,10 @@ def test_delete_waits_for_detach_then_the_node_erases_the_file(stack):
     wait_for(lambda: Volume.objects.get(pk=volume_id).state == "deleted", timeout=120, what="volume deleted")
     assert not path.exists()  # erased on the node: the plane marks it deleted on the node's word
     assert api.http.get(f"/volumes/{volume_id}").status_code == 404
-    # Its whole life, as the tenant's event feed tells it (two deployments held it in turn).
+    # Its whole life, as the tenant's event feed tells it (three deployments held it in turn).
     events = list(Event.objects.filter(payload__volume_id=volume_id).order_by("ts", "id").values_list("type", flat=True))
-    assert events == ["volume.created", "volume.attached", "volume.detached", "volume.attached", "volume.detached",
-                      "volume.deleting", "volume.deleted"], events
+    assert events == ["volume.created"] + ["volume.attached", "volume.detached"] * 3 + [
+        "volume.deleting", "volume.deleted"], events
 
     # A deployment's per-replica volumes go with it (they were not `keep`).
     owned = stack.state["owned"]
