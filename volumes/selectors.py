@@ -103,12 +103,15 @@ def volumes_of_deployment(*, deployment_id) -> QuerySet[Volume]:
             .exclude(state=S.DELETED).distinct().select_related("node").order_by("name"))
 
 
-def volume_users(*, volume_ids) -> list[tuple[str, object, int | None]]:
+def volume_users(*, volume_ids, writers_only: bool = False) -> list[tuple[str, object, int | None]]:
     """(volume id, deployment id, ordinal or None) for each deployment that mounts one of these
-    volumes: attached (every ordinal), or its own per-replica volume (that ordinal only)."""
+    volumes: attached (every ordinal), or its own per-replica volume (that ordinal only, always
+    read-write). `writers_only`: the deployments that mount it read-write."""
     ids = [uid for v in volume_ids if (uid := _uuid(v)) is not None]
-    rows = [(str(v), d, None) for v, d in VolumeAttachment.objects.filter(volume_id__in=ids)
-            .values_list("volume_id", "deployment_id")]
+    attachments = VolumeAttachment.objects.filter(volume_id__in=ids)
+    if writers_only:
+        attachments = attachments.filter(mode=Volume.Mode.RW)
+    rows = [(str(v), d, None) for v, d in attachments.values_list("volume_id", "deployment_id")]
     rows += [(str(v), d, o) for v, d, o in Volume.objects.filter(pk__in=ids, owner_deployment__isnull=False)
              .values_list("pk", "owner_deployment_id", "ordinal")]
     return rows

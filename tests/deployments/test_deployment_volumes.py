@@ -244,3 +244,29 @@ def test_an_rw_ordinal_never_surges_its_restart_waits_for_the_old_vm(tenant, cpu
     assert old.desired == Replica.Desired.STOP  # handed over: stopping, not serving beside its successor
     report(old, "stopped")
     assert schedule_pending() == 1
+
+
+def test_a_read_only_mount_waits_while_a_deleted_deployments_vm_still_writes_the_volume(tenant, cpu, loc):
+    # Issue 26, found end to end (tests/e2e/test_volumes_run.py): the ro replica was placed at once,
+    # and QEMU refused to open the file the stopping rw VM still held ("Failed to get shared
+    # write lock"), failing the replica for good.
+    node(cpu, loc)
+    vol = volume(tenant, loc)
+    writer = deploy(tenant, cpu, gpus=0, volumes=attach(vol))
+    schedule_pending()
+    old = writer.replicas.get()
+    report(old, "running", host_port=30000)
+    deployment_delete(tenant=tenant, actor=None, deployment_id=writer.pk)  # its VM is stopping
+    reader = deploy(tenant, cpu, gpus=0, volumes=attach(vol, mode="ro"))
+    schedule_pending()
+    waiting = reader.replicas.get()
+    assert waiting.node_id is None
+    assert f"still held read-write by generation 1 of ordinal 0 of deployment {writer.name}" in waiting.reason
+    report(old, "stopped")  # the VM is gone: the volume is free to read
+    assert schedule_pending() == 1
+    waiting.refresh_from_db()
+    vol.refresh_from_db()
+    assert waiting.node_id == vol.node_id is not None
+    # Readers never wait for each other.
+    other = deploy(tenant, cpu, gpus=0, volumes=attach(vol, mode="ro"))
+    assert schedule_pending() == 1 and other.replicas.get().node_id == vol.node_id

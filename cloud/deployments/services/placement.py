@@ -105,6 +105,17 @@ def _volume_block(replica: Replica, needs: volume_services.Needs) -> tuple[str, 
         rolling.volume_hand_over(successor=replica, volume_name=name)
         return (f"{VOLUME_WAIT_PREFIX}{name} is read-write and still held by generation {holder.generation} of "
                 f"ordinal {holder.ordinal}: waiting for its VM to end"), False
+    # A read-only mount waits too while a VM still writes the volume (a deleted or re-attached
+    # deployment's, stopping): QEMU locks an image it opens read-write against other openers
+    # (the ro VM would fail to start, "Failed to get shared write lock"), and a guest must never
+    # mount an ext4 another guest is changing.
+    shared = [v for v in needs.volumes if all(v.pk != e.pk for e in needs.exclusive)]
+    writers = volume_holders(volume_ids=[v.pk for v in shared], exclude_pk=replica.pk, writers_only=True)
+    if writers:
+        volume_id, holder = next(iter(writers.items()))
+        name = next(v.name for v in shared if str(v.pk) == volume_id)
+        return (f"{VOLUME_WAIT_PREFIX}{name} is still held read-write by generation {holder.generation} of "
+                f"ordinal {holder.ordinal} of deployment {holder.deployment.name}: waiting for its VM to end"), False
     return None
 
 

@@ -19,10 +19,12 @@ def _holding_q() -> Q:
     return Q(node__isnull=False, vm_gone=False)
 
 
-def volume_holders(*, volume_ids, exclude_pk=None) -> dict[str, Replica]:
-    """{volume id: an incarnation whose VM (placed, not yet gone) mounts it}."""
+def volume_holders(*, volume_ids, exclude_pk=None, writers_only: bool = False) -> dict[str, Replica]:
+    """{volume id: an incarnation whose VM (placed, not yet gone) mounts it (read-write, with
+    `writers_only`)}."""
     held: dict[str, Replica] = {}
-    for volume_id, deployment_id, ordinal in volume_selectors.volume_users(volume_ids=volume_ids):
+    for volume_id, deployment_id, ordinal in volume_selectors.volume_users(volume_ids=volume_ids,
+                                                                           writers_only=writers_only):
         replicas = Replica.objects.filter(_holding_q(), deployment_id=deployment_id)
         if ordinal is not None:
             replicas = replicas.filter(ordinal=ordinal)
