@@ -6,7 +6,6 @@ from django.utils import timezone
 from cloud.deployments.models import Deployment, IdempotencyKey
 from cloud.deployments.services import idempotency_keys_purge
 from cloud.deployments.tasks import idempotency_keys_purge as purge_task
-from tests.conftest import client_for
 from tests.deployments.conftest import URL, post_concurrently
 
 pytestmark = pytest.mark.django_db
