@@ -50,7 +50,8 @@ class Stack:
 def _customer(slug: str, username: str) -> dict:
     from tests.factories import MembershipFactory, TenantFactory, UserFactory, issue_token
 
-    tenant = TenantFactory(slug=slug)
+    # A quota above any test machine's free disk: the node's own room is what a test meets first.
+    tenant = TenantFactory(slug=slug, max_volume_gib=1_000_000)
     user = UserFactory(username=username)
     MembershipFactory(user=user, tenant=tenant, role="owner")
     token = issue_token(user=user, scopes="deployments:read deployments:write volumes:read volumes:write "
@@ -269,3 +270,37 @@ def test_delete_waits_for_detach_then_the_node_erases_the_file(stack):
     wait_for(lambda: set(Volume.objects.filter(pk__in=owned).values_list("state", flat=True)) == {"deleted"},
              timeout=180, what="per-replica volumes deleted")
     assert not any(volume_file(stack, v).exists() for v in owned)
+
+
+def test_a_replica_waits_for_room_on_a_node_and_for_its_volumes_node_to_come_back(stack):
+    from nodes.models import Node as NodeRow
+
+    api, node = stack.api, stack.node
+    # Larger than what the node says it has for volumes: pending with that reason, nothing made.
+    free = NodeRow.objects.get(pk=node.node_id).free_volume_gib
+    huge = stack.api.deploy(name="huge", volumes=[{"size_gib": int(free) + 10, "mount_path": "/data"}], **WORKLOAD)
+    (waiting,) = wait_for(lambda: [r for r in api.replicas(huge) if "free for its new volumes" in r["reason"]],
+                          timeout=60, what="the replica to wait for volume room")
+    assert waiting["state"] == "pending" and waiting["node"] is None, waiting
+    assert api.http.delete(f"/deployments/{huge}").status_code in (200, 202, 204)
+
+    # A volume on a node that goes silent: its replica is lost, and the next incarnation waits
+    # for that node (no other node could have its data), then runs there once it is back.
+    made = api.http.post("/volumes", json={"name": "pinned", "size_gib": 1, "location_id": stack.location_id})
+    volume_id = made.json()["volume"]["id"]
+    pinned = deploy(stack, "pinned", [{"volume_id": volume_id, "mount_path": "/data", "mode": "rw"}])
+    (first,) = live_running(api, pinned)
+    assert n_of(printed(api, pinned, first["id"])) == 1
+    node.kill(signal.SIGSTOP)  # a partition: the agent is silent, its VM still runs
+    try:
+        wait_for(lambda: NodeRow.objects.get(pk=node.node_id).status == "offline", timeout=60, what="node offline")
+        waiting = wait_for(lambda: [r for r in api.replicas(pinned, live="true")
+                                    if r["state"] == "pending" and "pinned" in r["reason"] and "offline" in r["reason"]],
+                           timeout=60, what="the next incarnation to wait for the volume's node")
+        assert waiting[0]["node"] is None, waiting
+    finally:
+        node.kill(signal.SIGCONT)  # the partition heals: the old VM is fenced, the new one placed there
+    (second,) = live_running(api, pinned, generation=2)
+    assert second["node"]["hostname"] == "vol-node-1"
+    assert n_of(printed(api, pinned, second["id"])) == 2  # the same volume, its data intact
+    assert api.http.delete(f"/deployments/{pinned}").status_code in (200, 202, 204)
