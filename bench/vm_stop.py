@@ -55,7 +55,8 @@ async def timed(coro) -> float:
 async def main(work: Path) -> None:
     from nodes.agent.guest.kit import ensure_kit
     from nodes.agent.vmm.accel import probe_accel
-    from nodes.agent.vmm.qemu import GuestSpec, QemuVm, VmLaunch
+    from nodes.agent.vmm.qemu import QemuVm, VmLaunch
+    from nodes.agent.vmm.spec import GuestSpec
 
     KIT_CACHE.mkdir(parents=True, exist_ok=True)
     kit = await ensure_kit(KIT_CACHE)
