@@ -1,5 +1,5 @@
-"""What a deployment or a template may carry: image references, environment names and sizes.
-Shared by two apps, so it lives in cloud/ (DESIGN 3: imports run one way).
+"""What a deployment or a template may carry: image references, environment names and sizes;
+and ids as they come in URLs and bodies. Shared by several apps, so it lives in cloud/ (DESIGN 3: imports run one way).
 
 `validate_image_reference` implements the grammar of distribution/reference (the parser
 Docker, containerd and the registries share):
@@ -18,6 +18,8 @@ exists is the registry's answer when a node pulls it.
 """
 
 from __future__ import annotations
+
+import uuid
 
 import re
 
@@ -125,3 +127,14 @@ def env_errors(value) -> dict[str, str] | str | None:
     if total > MAX_ENV_TOTAL_BYTES:
         return f"Names and values together are at most {MAX_ENV_TOTAL_BYTES // 1024} KiB."
     return None
+
+
+def as_uuid(value) -> uuid.UUID | None:
+    """An id from a URL, a body or a node as a UUID, or None when it is not one: an id that is
+    not a UUID names nothing, so callers answer "no such thing" rather than a validation error."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
+        return None

@@ -3,13 +3,13 @@ ones placement and the agent consumer use (a node's room for new volumes, what i
 
 from __future__ import annotations
 
-import uuid
 
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import CharField, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Cast, JSONObject
 
 from cloud.exceptions import NotFound
+from cloud.validators import as_uuid
 from nodes import selectors as node_selectors
 from volumes.models import Volume, VolumeAttachment, VolumeTemplate
 
@@ -28,17 +28,10 @@ def volumes_for(*, tenant) -> QuerySet[Volume]:
             .select_related("location", "node").prefetch_related(_attachments()).order_by("-created_at", "id"))
 
 
-def _uuid(value) -> uuid.UUID | None:
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
 def volume_get(*, tenant, volume_id) -> Volume:
     """One of the tenant's volumes; another tenant's, a deleted one or a malformed id is the same
     404 (nothing says a volume of that id exists)."""
-    uid = _uuid(volume_id)
+    uid = as_uuid(volume_id)
     volume = volumes_for(tenant=tenant).filter(pk=uid).first() if uid else None
     if volume is None:
         raise NotFound(f"No volume {str(volume_id)[:40]}.")
@@ -107,7 +100,7 @@ def volume_users(*, volume_ids, writers_only: bool = False) -> list[tuple[str, o
     """(volume id, deployment id, ordinal or None) for each deployment that mounts one of these
     volumes: attached (every ordinal), or its own per-replica volume (that ordinal only, always
     read-write). `writers_only`: the deployments that mount it read-write."""
-    ids = [uid for v in volume_ids if (uid := _uuid(v)) is not None]
+    ids = [uid for v in volume_ids if (uid := as_uuid(v)) is not None]
     attachments = VolumeAttachment.objects.filter(volume_id__in=ids)
     if writers_only:
         attachments = attachments.filter(mode=Volume.Mode.RW)

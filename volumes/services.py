@@ -19,6 +19,7 @@ from django.utils import timezone
 from accounts.selectors import tenant_for_update
 from billing import services as billing_services
 from cloud.exceptions import Conflict, InvalidInput, QuotaExceeded
+from cloud.validators import as_uuid
 from nodes import link as node_link
 from nodes import selectors as node_selectors
 from protocol.wire import MAX_VOLUME_GIB, VolumeMount
@@ -137,7 +138,7 @@ def volumes_node_report(*, node_id: int, volumes: dict[str, int]) -> None:
     erases it no longer lists are done. A file of a volume the plane did not place there is
     ignored (never erased on a node's word alone)."""
     now = timezone.now()
-    listed = [uid for key in volumes if (uid := selectors._uuid(key)) is not None]
+    listed = [uid for key in volumes if (uid := as_uuid(key)) is not None]
     Volume.objects.filter(node_id=node_id, pk__in=listed, on_node_at__isnull=True).update(on_node_at=now)
     gone = list(Volume.objects.select_for_update(skip_locked=True)
                 .filter(node_id=node_id, state=S.DELETING).exclude(pk__in=listed))
@@ -173,7 +174,7 @@ def attachments_check(*, tenant, deployment_id, requested: Requested, replica_co
         raise InvalidInput("volumes", f"At most {MAX_VOLUMES_PER_DEPLOYMENT} volumes per deployment.", code="too_many")
     volumes = []
     for entry in requested.attach:
-        uid = selectors._uuid(entry["volume_id"])
+        uid = as_uuid(entry["volume_id"])
         volume = (Volume.objects.select_for_update(of=("self",)).filter(tenant=tenant, pk=uid)
                   .exclude(state=S.DELETED).select_related("location", "node").first() if uid else None)
         if volume is None:

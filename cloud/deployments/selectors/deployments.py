@@ -16,6 +16,7 @@ from billing.selectors import billed_interval_annotations, deployment_cost_annot
 from cloud.deployments.models import Deployment, GatewayPort, Replica
 from cloud.deployments.routes import serving_replicas
 from cloud.exceptions import NotFound
+from cloud.validators import as_uuid
 from nodes.selectors import replica_gpus
 from protocol.vocabulary import LIVE_STATUSES, STOPPING, TERMINAL_STATES
 from volumes.selectors import deployment_volumes_annotations
@@ -106,11 +107,11 @@ def deployments_in_order(*, tenant, ids: list) -> list[Deployment]:
 
 
 def _parse_id(deployment_id) -> uuid.UUID:
-    try:
-        return deployment_id if isinstance(deployment_id, uuid.UUID) else uuid.UUID(str(deployment_id))
-    except (TypeError, ValueError, AttributeError):
+    pk = as_uuid(deployment_id)
+    if pk is None:
         # Not a UUID is "no such deployment", not a validation error: the id is part of the URL.
-        raise NotFound(f"No deployment '{deployment_id}'.") from None
+        raise NotFound(f"No deployment '{deployment_id}'.")
+    return pk
 
 
 def deployment_get(*, tenant, deployment_id) -> Deployment:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import uuid
 
 from django.db import transaction
 from django.db.models import Max
@@ -26,6 +25,7 @@ from cloud.deployments.services.gateways import routes_changed
 from cloud.deployments.services.kick import scheduler_kick
 from cloud.deployments.services.logs import logs_heads_remember, logs_store
 from cloud.deployments.services.status import deployment_refresh, replica_event
+from cloud.validators import as_uuid
 from nodes import link
 from nodes import selectors as node_selectors
 from protocol.wire import DesiredReplica, LogEntry, ReplicaReport, ReplicaSpec
@@ -40,16 +40,9 @@ R = Replica.State
 _BOOTED = (BOOTING, STARTING, RUNNING, RESTARTING)
 
 
-def _uid(replica_id: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(replica_id)
-    except (ValueError, AttributeError, TypeError):
-        return None
-
-
 def _replica_locked(node_id: int, replica_id: str) -> Replica:
     """The incarnation a report is about, locked (its deployment first, as every writer does)."""
-    uid = _uid(replica_id)
+    uid = as_uuid(replica_id)
     row = Replica.objects.filter(uid=uid).values("pk", "node_id", "deployment_id").first() if uid else None
     if row is None or row["node_id"] != node_id:
         raise link.NotPlacedHere(f"replica {replica_id[:40]} is not placed on this node")
@@ -72,7 +65,7 @@ def _log_target(node_id: int, replica_id: str) -> Replica:
         if replica is not None:
             _log_targets.move_to_end(key)
             return replica
-    uid = _uid(replica_id)
+    uid = as_uuid(replica_id)
     # Its tenant comes along (the log caps count per tenant), cached with it.
     replica = (Replica.objects.filter(uid=uid).select_related("deployment")
                .only("id", "uid", "node_id", "deployment_id", "ordinal", "generation", "deployment__tenant_id")
@@ -179,7 +172,7 @@ class AgentSink:
         for report in reports:
             try:
                 self.report(node_id=node_id, report=report)
-                seen.add(_uid(report.replica_id))
+                seen.add(as_uuid(report.replica_id))
             except link.NotPlacedHere:
                 continue
         with transaction.atomic():
@@ -220,7 +213,7 @@ class AgentSink:
             scheduler_kick()
 
     def log_heads(self, *, node_id: int, heads: dict[str, int]) -> None:
-        uids = {uid: seq for key, seq in heads.items() if (uid := _uid(key)) is not None and seq > 0}
+        uids = {uid: seq for key, seq in heads.items() if (uid := as_uuid(key)) is not None and seq > 0}
         mine = Replica.objects.filter(node_id=node_id, uid__in=list(uids)).values_list("uid", flat=True)
         logs_heads_remember({str(uid): uids[uid] for uid in mine})  # only replicas placed on this node
 

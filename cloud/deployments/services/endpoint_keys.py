@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import uuid
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -22,6 +21,7 @@ from cloud.deployments.models import EndpointKey
 from cloud.deployments.services.events import actor_label, event_record
 from cloud.deployments.services.gateways import routes_changed
 from cloud.exceptions import Conflict, InvalidInput, NotFound
+from cloud.validators import as_uuid
 
 SECRET_PREFIX = "gk_"
 PREFIX_LENGTH = 11  # "gk_" and 8 characters of the secret: enough to tell a tenant's keys apart
@@ -79,10 +79,7 @@ def endpoint_key_create(*, tenant, actor, deployment_id, name: str) -> MadeKey:
 def endpoint_key_revoke(*, tenant, actor, deployment_id, key_id) -> EndpointKey:
     """Revokes a live key; NotFound for a key of another deployment, a revoked one, or none."""
     deployment = selectors.deployment_get_for_update(tenant=tenant, deployment_id=deployment_id)
-    try:
-        pk = key_id if isinstance(key_id, uuid.UUID) else uuid.UUID(str(key_id))
-    except (TypeError, ValueError, AttributeError):
-        pk = None
+    pk = as_uuid(key_id)
     key = (EndpointKey.objects.select_for_update().filter(pk=pk, deployment=deployment, revoked_at__isnull=True).first()
            if pk is not None else None)
     if key is None:
