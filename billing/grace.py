@@ -35,6 +35,7 @@ from billing.notices import funds_notice_close, funds_notice_emailed, funds_noti
 from billing.selectors import (
     balances_for,
     funds_exhausted_by,
+    funds_why_and_fix,
     live_volumes_by_tenant,
     spend_this_month_by_tenant,
     volume_notices_open,
@@ -43,16 +44,6 @@ from billing.selectors import (
 log = logging.getLogger(__name__)
 K, Outcome = FundsNotice.Kind, FundsNotice.Outcome
 ZERO = Decimal("0")
-
-
-def _usd(amount: Decimal) -> str:
-    return f"{amount:.2f} USD"
-
-
-def _why_and_fix(cause: str, *, balance: Decimal, spent: Decimal, limit: Decimal | None) -> tuple[str, str]:
-    if cause == "balance":
-        return f"balance {_usd(balance)}", "add credit"
-    return f"monthly spend limit {_usd(limit)} reached ({_usd(spent)} spent)", "raise the spend limit"
 
 
 def volumes_grace_enforce(*, now: datetime | None = None) -> dict:
@@ -87,7 +78,7 @@ def volumes_grace_enforce(*, now: datetime | None = None) -> dict:
 
 def _warn(tenant, mine: list[tuple], *, cause: str, balance: Decimal, spent: Decimal, now: datetime) -> int:
     delete_at = (now + timedelta(days=settings.VOLUME_GRACE_DAYS)).replace(microsecond=0)
-    why, fix = _why_and_fix(cause, balance=balance, spent=spent, limit=tenant.spend_limit)
+    why, fix = funds_why_and_fix(cause, balance=balance, spent=spent, limit=tenant.spend_limit)
     names = ", ".join(name for _, name, _ in mine)
     message = (f"insufficient_funds: {why}; volumes {names} are deleted with their data at "
                f"{delete_at:%Y-%m-%d %H:%M:%S} UTC unless you {fix} before then")
@@ -154,7 +145,7 @@ def _delete(tenant, notice: FundsNotice, mine: list[tuple], *, now: datetime) ->
     if not cause:
         _restore(tenant, notice, now=now)
         return 0
-    why, fix = _why_and_fix(cause, balance=balance, spent=spent, limit=tenant.spend_limit)
+    why, fix = funds_why_and_fix(cause, balance=balance, spent=spent, limit=tenant.spend_limit)
     reason = f"insufficient_funds: {why} at the end of the volumes' grace period ({settings.VOLUME_GRACE_DAYS:g} days)"
     deleted, failed = 0, 0
     for volume_id, name, _ in mine:

@@ -125,6 +125,18 @@ def funds_exhausted_by(*, balance: Decimal, spent: Decimal, limit: Decimal | Non
     return None
 
 
+def usd(amount: Decimal) -> str:
+    return f"{amount:.2f} USD"
+
+
+def funds_why_and_fix(cause: str, *, balance: Decimal, spent: Decimal, limit: Decimal | None) -> tuple[str, str]:
+    """What the notices and emails say of an exhausted tenant: why (from `funds_exhausted_by`)
+    and what to do about it."""
+    if cause == "balance":
+        return f"balance {usd(balance)}", "add credit"
+    return f"monthly spend limit {usd(limit)} reached ({usd(spent)} spent)", "raise the spend limit"
+
+
 @dataclass(frozen=True)
 class BalanceSummary:
     balance: Decimal

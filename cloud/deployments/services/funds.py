@@ -41,10 +41,13 @@ from billing.services import (
 from billing.selectors import (
     balances_for,
     burn_rates,
+    funds_exhausted_by,
+    funds_why_and_fix,
     open_notices_for,
     spend_this_month_by_tenant,
     spend_this_month_for,
     tenant_balance,
+    usd,
 )
 from cloud.deployments.models import Deployment
 from cloud.deployments.services.events import event_record
@@ -64,11 +67,7 @@ class Funds:
 
     @property
     def exhausted_by(self) -> str | None:
-        if self.balance <= 0:
-            return "balance"
-        if self.limit is not None and self.spent >= self.limit:
-            return "spend_limit"
-        return None
+        return funds_exhausted_by(balance=self.balance, spent=self.spent, limit=self.limit)
 
     @property
     def hours_left(self) -> Decimal | None:
@@ -78,9 +77,7 @@ class Funds:
         return self.burn > 0 and max(self.balance, ZERO) / self.burn < Decimal(str(hours))
 
     def why_and_fix(self) -> tuple[str, str]:
-        if self.exhausted_by == "balance":
-            return f"balance {_usd(self.balance)}", "add credit"
-        return f"monthly spend limit {_usd(self.limit)} reached ({_usd(self.spent)} spent)", "raise the spend limit"
+        return funds_why_and_fix(self.exhausted_by, balance=self.balance, spent=self.spent, limit=self.limit)
 
 
 def _funds(tenant, *, now: datetime) -> Funds:
@@ -96,10 +93,6 @@ def _live(tenant_id: int) -> list[Deployment]:
 def _tell(tenant_id: int, type_: str, payload: dict) -> None:
     for deployment in _live(tenant_id):
         event_record(tenant_id=tenant_id, deployment=deployment, type=type_, payload=payload)
-
-
-def _usd(amount: Decimal) -> str:
-    return f"{amount:.2f} USD"
 
 
 def funds_enforce(*, now: datetime | None = None) -> dict:
@@ -146,8 +139,8 @@ def _close(notices, *, now: datetime, outcome: str = NoticeOutcome.RESOLVED) -> 
 
 
 def _warn(tenant, funds: Funds, *, now: datetime) -> int:
-    message = (f"low_balance: {_usd(funds.balance)} left runs out in about {funds.hours_left} hours at "
-               f"{_usd(funds.burn)}/hour; add credit to keep deployments running")
+    message = (f"low_balance: {usd(funds.balance)} left runs out in about {funds.hours_left} hours at "
+               f"{usd(funds.burn)}/hour; add credit to keep deployments running")
     with transaction.atomic():
         if funds_notice_open(tenant=tenant, kind=K.LOW_BALANCE, cause="balance", message=message, now=now) is None:
             return 0
