@@ -33,7 +33,21 @@ from billing.money import MONEY_DIGITS, MONEY_PLACES_N
 _REPLICA_XOR_VOLUME = (Q(replica__isnull=False, volume__isnull=True) | Q(replica__isnull=True, volume__isnull=False))
 
 
-class Price(models.Model):
+class PriceChange(models.Model):
+    """What every price row keeps beside its amount: from when (never in the past, so nothing
+    metered is re-priced), why, and who set it."""
+
+    effective_from = models.DateTimeField(help_text="UTC, whole seconds; never in the past when added")
+    reason = models.CharField(max_length=300, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+
+
+class Price(PriceChange):
     """Price per unit-hour (a GPU, or one replica slot on CPU-only hardware) of a hardware
     type, in one location or (location empty) every location without a price of its own,
     from `effective_from` until the next row for the same (hardware type, location)."""
@@ -43,11 +57,6 @@ class Price(models.Model):
                                  help_text="empty: every location without a price of its own")
     price_per_unit_hour = models.DecimalField(max_digits=10, decimal_places=4, validators=[MinValueValidator(0)],
                                               help_text="USD per GPU-hour (per replica-hour on CPU-only hardware)")
-    effective_from = models.DateTimeField(help_text="UTC, whole seconds; never in the past when added")
-    reason = models.CharField(max_length=300, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["hardware_type_id", "location_id", "-effective_from"]
@@ -61,7 +70,7 @@ class Price(models.Model):
         return f"{self.hardware_type.slug} in {where}: {self.price_per_unit_hour}/h from {self.effective_from:%Y-%m-%d %H:%M:%SZ}"
 
 
-class VolumePrice(models.Model):
+class VolumePrice(PriceChange):
     """Price per provisioned GiB-month of a volume, in one location or (location empty) every
     location without a price of its own, from `effective_from` until the next row for the same
     location. Metering charges it per second: per GiB-hour is this / 730 (hours in a month),
@@ -72,11 +81,6 @@ class VolumePrice(models.Model):
                                  related_name="volume_prices", help_text="empty: every location without a price of its own")
     price_per_gib_month = models.DecimalField(max_digits=10, decimal_places=4, validators=[MinValueValidator(0)],
                                               help_text="USD per provisioned GiB per month (730 hours)")
-    effective_from = models.DateTimeField(help_text="UTC, whole seconds; never in the past when added")
-    reason = models.CharField(max_length=300, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["location_id", "-effective_from"]
