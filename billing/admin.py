@@ -25,14 +25,36 @@ from cloud.admin import ReadOnlyAdminMixin, service_dry_run
 from nodes.selectors import locations_list
 
 
-class PriceForm(forms.ModelForm):
-    class Meta:
-        model = Price
-        fields = ["hardware_type", "location", "price_per_unit_hour", "effective_from", "reason"]
+class PriceChangeForm(forms.ModelForm):
+    """A new price row: from now unless said otherwise; `clean` asks the service dry."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["effective_from"].initial = timezone.now().replace(microsecond=0)
+
+
+class PriceChangeAdmin(admin.ModelAdmin):
+    """A price book: a change is a new row from now or later (added through the service);
+    rows in effect are history and stay; one scheduled for later may be deleted before it
+    takes effect."""
+
+    date_hierarchy = "effective_from"
+
+    @admin.display(boolean=True, description="in effect")
+    def in_effect(self, obj) -> bool:
+        return obj.effective_from <= timezone.now()
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is not None and obj.effective_from > timezone.now()
+
+
+class PriceForm(PriceChangeForm):
+    class Meta:
+        model = Price
+        fields = ["hardware_type", "location", "price_per_unit_hour", "effective_from", "reason"]
 
     def clean(self):
         data = super().clean()
@@ -44,9 +66,8 @@ class PriceForm(forms.ModelForm):
 
 
 @admin.register(Price)
-class PriceAdmin(admin.ModelAdmin):
-    """The price book. A change is a new row from now or later; rows in effect are history and
-    stay; one scheduled for later may be deleted before it takes effect."""
+class PriceAdmin(PriceChangeAdmin):
+    """The hardware price book."""
 
     form = PriceForm
     list_display = ["hardware_type", "location", "price_per_unit_hour", "effective_from", "in_effect", "created_by",
@@ -54,17 +75,6 @@ class PriceAdmin(admin.ModelAdmin):
     list_filter = ["hardware_type", "location"]
     search_fields = ["hardware_type__slug", "location__slug", "reason"]
     list_select_related = ["hardware_type", "location", "created_by"]
-    date_hierarchy = "effective_from"
-
-    @admin.display(boolean=True, description="in effect")
-    def in_effect(self, obj: Price) -> bool:
-        return obj.effective_from <= timezone.now()
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return obj is not None and obj.effective_from > timezone.now()
 
     def save_model(self, request, obj, form, change):
         entry = services.price_set(hardware_type=obj.hardware_type, location=obj.location, price=obj.price_per_unit_hour,
@@ -72,14 +82,10 @@ class PriceAdmin(admin.ModelAdmin):
         obj.pk = entry.pk
 
 
-class VolumePriceForm(forms.ModelForm):
+class VolumePriceForm(PriceChangeForm):
     class Meta:
         model = VolumePrice
         fields = ["location", "price_per_gib_month", "effective_from", "reason"]
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["effective_from"].initial = timezone.now().replace(microsecond=0)
 
     def clean(self):
         data = super().clean()
@@ -90,7 +96,7 @@ class VolumePriceForm(forms.ModelForm):
 
 
 @admin.register(VolumePrice)
-class VolumePriceAdmin(admin.ModelAdmin):
+class VolumePriceAdmin(PriceChangeAdmin):
     """The volumes' price book: USD per provisioned GiB-month per location (a row without a
     location is every location without its own; with no row at all, VOLUME_PRICE_PER_GIB_MONTH).
     Same rules as the hardware prices: a change is a new row from now or later."""
@@ -101,7 +107,6 @@ class VolumePriceAdmin(admin.ModelAdmin):
     list_filter = ["location"]
     search_fields = ["location__slug", "reason"]
     list_select_related = ["location", "created_by"]
-    date_hierarchy = "effective_from"
 
     @admin.display(description="location", ordering="location__slug")
     def location_or_every(self, obj: VolumePrice) -> str:
@@ -110,10 +115,6 @@ class VolumePriceAdmin(admin.ModelAdmin):
     @admin.display(description="per GiB-hour")
     def per_gib_hour(self, obj: VolumePrice) -> str:
         return f"{obj.price_per_gib_month / HOURS_PER_MONTH:.10f}"
-
-    @admin.display(boolean=True, description="in effect")
-    def in_effect(self, obj: VolumePrice) -> bool:
-        return obj.effective_from <= timezone.now()
 
     def changelist_view(self, request, extra_context=None):
         # What a GiB-month costs now in each location, whether from a row or the default.
@@ -125,12 +126,6 @@ class VolumePriceAdmin(admin.ModelAdmin):
                                                             or f"{book.volume_at(location_id=None, at=now):.4f} USD "
                                                                "everywhere"), messages.INFO)
         return super().changelist_view(request, extra_context)
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return obj is not None and obj.effective_from > timezone.now()
 
     def save_model(self, request, obj, form, change):
         entry = services.volume_price_set(location=obj.location, price=obj.price_per_gib_month,
