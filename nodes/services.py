@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import math
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -261,19 +260,12 @@ def node_connected(*, node_id: int, inventory: Inventory) -> tuple[Node, bool]:
 
 
 # More than any one node's disks hold: a larger claim is a hostile or broken agent's.
-MAX_FREE_VOLUME_GIB = float(2**30)
-
-
 def node_heartbeat(*, node_id: int, free_volume_gib: float | None = None) -> bool:
     """Returns False if the node was offline (its hello must be redone before it counts).
-    `free_volume_gib`: what its volume directory has left (None from an agent without volumes,
-    which then gets no new volume)."""
-    space = None
-    if isinstance(free_volume_gib, (int, float)) and not isinstance(free_volume_gib, bool) \
-            and math.isfinite(free_volume_gib):
-        space = min(max(float(free_volume_gib), 0.0), MAX_FREE_VOLUME_GIB)  # a node's word, bounded
+    `free_volume_gib`: what its volume directory has left, as the heartbeat's check bounded it
+    (None from an agent without volumes, which then gets no new volume)."""
     return Node.objects.filter(pk=node_id).exclude(status=Node.Status.OFFLINE).update(
-        last_heartbeat=timezone.now(), free_volume_gib=space) > 0
+        last_heartbeat=timezone.now(), free_volume_gib=free_volume_gib) > 0
 
 
 def nodes_mark_silent_offline(*, window_s: float) -> list[int]:

@@ -44,6 +44,8 @@ class ProtocolError(ValueError):
 MAX_VOLUMES_PER_REPLICA = 8
 MAX_VOLUME_GIB = 16384
 MAX_VOLUMES_PER_NODE = 4096
+# More room for volumes than any node has (a GiB-petabyte): what a heartbeat may claim.
+MAX_FREE_VOLUME_GIB = float(2**30)
 # A volume's id names its file in the agent's volume directory and its serial inside the VM:
 # plain lowercase letters, digits and hyphens, so it can be neither a path nor an option.
 VOLUME_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -302,6 +304,10 @@ class Heartbeat(Message):
             raise ProtocolError(f"at most {MAX_VOLUMES_PER_NODE} volumes per node")
         if any(not VOLUME_ID_RE.fullmatch(k) or not 0 < v <= MAX_VOLUME_GIB for k, v in self.volumes.items()):
             raise ProtocolError("volumes map volume ids to sizes in GiB")
+        # Placement compares volumes' sizes with it: NaN (which JSON decoding lets through) would
+        # compare false with everything, a negative or huge value would mislead it.
+        if self.free_volume_gib is not None and not 0 <= self.free_volume_gib <= MAX_FREE_VOLUME_GIB:
+            raise ProtocolError(f"free_volume_gib must be a number of GiB from 0 to {MAX_FREE_VOLUME_GIB:.0f}")
 
 
 @dataclass(frozen=True)

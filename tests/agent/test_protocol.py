@@ -192,3 +192,22 @@ def test_a_published_port_out_of_range_is_refused_before_it_can_reach_a_route_ta
         protocol.decode(frame("replica.status", report={"replica_id": "r", "state": "running", **ports}))
     ok = {"replica_id": "r", "state": "running", "host_port": 30000, "host_ports": {"8080": 30000, "22": 65535}}
     assert protocol.decode(frame("replica.status", report=ok)).report.host_ports == {"8080": 30000, "22": 65535}
+
+
+@pytest.mark.parametrize("text", [
+    '{"type":"heartbeat","version":1,"free_volume_gib":NaN}',
+    '{"type":"heartbeat","version":1,"free_volume_gib":Infinity}',
+    '{"type":"heartbeat","version":1,"free_volume_gib":-1.5}',
+    '{"type":"heartbeat","version":1,"free_volume_gib":1e300}',
+])
+def test_a_heartbeats_volume_room_must_be_a_real_bounded_number(text):
+    # NaN compares false with every size, so placement would read it as room or none at random.
+    with pytest.raises(ProtocolError, match="free_volume_gib"):
+        protocol.decode(text)
+    assert protocol.decode('{"type":"heartbeat","version":1,"free_volume_gib":0}').free_volume_gib == 0
+
+
+@pytest.mark.parametrize("volumes", [{"../x": 1}, {"a": 0}, {"a": 16385}, {"A": 1}, {"a/b": 2}])
+def test_a_heartbeats_volume_list_names_ids_and_sizes(volumes):
+    with pytest.raises(ProtocolError, match="volumes"):
+        protocol.decode(json.dumps({"type": "heartbeat", "version": 1, "free_volume_gib": 5, "volumes": volumes}))
