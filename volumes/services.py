@@ -142,10 +142,11 @@ def volumes_node_report(*, node_id: int, volumes: dict[str, int]) -> None:
     Volume.objects.filter(node_id=node_id, pk__in=listed, on_node_at__isnull=True).update(on_node_at=now)
     gone = list(Volume.objects.select_for_update(skip_locked=True)
                 .filter(node_id=node_id, state=S.DELETING).exclude(pk__in=listed))
+    host = node_selectors.node_hostname(node_id) if gone else None
     for volume in gone:
         volume.state, volume.deleted_at = S.DELETED, now
         volume.save(update_fields=["state", "deleted_at"])
-        _event(volume, "volume.deleted", node=node_selectors.node_hostname(node_id))
+        _event(volume, "volume.deleted", node=host)
 
 
 # -- attachments (deployment create and PATCH) ----------------------------------------------------
