@@ -10,6 +10,7 @@ namespaces the tests make, with TEST-NET-1 addresses only.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import sys
@@ -50,15 +51,25 @@ while True:
 """
 
 
+# Ports for the fake guests, handed out once each from below Linux's ephemeral range (32768
+# up): a connection the namespace makes (the health checks') takes its local port from that
+# range, and one it held would keep a guest from binding the same port.
+_PORTS = itertools.count(24100)
+
+
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """`n` ports no earlier call gave, each free to bind here too (some tests' guests run in the
+    test's own namespace)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = next(_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
 
 
 def ports_spec(name: str, traffic: int, extra: list[int], *, listening: list[int] | None = None) -> ReplicaSpec:
