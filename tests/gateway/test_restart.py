@@ -27,11 +27,12 @@ def started(backends):
 
 
 def serves(certs) -> int | None:
-    """The status the gateway answers for the route now, None when nothing listens."""
+    """The status the gateway answers for the route now, None when nothing serves: nothing
+    listens, or a worker whose master was killed accepts and closes as it goes."""
     c = Client(certs)
     try:
         return c.get(HOST, "/", timeout=5).status_code
-    except httpx.ConnectError:
+    except httpx.TransportError:
         return None
     finally:
         c.close()
